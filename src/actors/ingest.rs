@@ -1,0 +1,158 @@
+//! The Ingest actor: turns validated submissions into jobs with ids and commits them to
+//! the queue in groups, answering each submission only after its group is committed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix::prelude::*;
+use chrono::Utc;
+use tokio::sync::oneshot;
+
+use super::dispatcher::{Dispatcher, JobsCommitted};
+use crate::job::{Job, JobId, JobKind};
+use crate::queue::{QueueHandle, Refusal, StorageError};
+use crate::stats::Stats;
+
+/// A group holds at most this many jobs, so one commit stays short; a single
+/// submission larger than this still forms a group of its own.
+const MAX_GROUP_JOBS: usize = 16_384;
+/// Room for this many submissions waiting in the mailbox; the HTTP handlers wait for
+/// room beyond it, which bounds memory by the number of open connections.
+const MAILBOX_CAPACITY: usize = 4_096;
+
+/// A validated, all-or-nothing submission from an HTTP handler.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<JobId>, SubmitError>")]
+pub struct Submit {
+    pub jobs: Vec<JobKind>,
+}
+
+/// Why a submission was not accepted. Nothing of it was enqueued.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Where a submission's answer goes.
+type Reply = oneshot::Sender<Result<Vec<JobId>, SubmitError>>;
+
+struct PendingSubmission {
+    jobs: Vec<Job>,
+    reply: Reply,
+}
+
+/// Gathers submissions into groups and commits one group at a time.
+///
+/// While a commit is in flight, new submissions wait in `pending`; when it returns they
+/// all go out in the next commit. The group grows with the load by itself, so a quiet
+/// daemon commits each submission at once and a busy one amortises each commit over
+/// many submissions, without a timer.
+pub struct Ingest {
+    queue: QueueHandle,
+    dispatcher: Addr<Dispatcher>,
+    stats: Arc<Stats>,
+    /// Shared with the Dispatcher; see `Dispatcher::wake_pending`.
+    wake_pending: Arc<AtomicBool>,
+    pending: Vec<PendingSubmission>,
+    committing: bool,
+}
+
+impl Ingest {
+    pub fn new(
+        queue: QueueHandle,
+        dispatcher: Addr<Dispatcher>,
+        stats: Arc<Stats>,
+        wake_pending: Arc<AtomicBool>,
+    ) -> Self {
+        Self { queue, dispatcher, stats, wake_pending, pending: Vec::new(), committing: false }
+    }
+
+    fn commit_next_group(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.pending.is_empty() {
+            return;
+        }
+        let mut size = 0;
+        let take = self
+            .pending
+            .iter()
+            .take_while(|submission| {
+                size += submission.jobs.len();
+                size <= MAX_GROUP_JOBS
+            })
+            .count()
+            .max(1);
+        let group: Vec<PendingSubmission> = self.pending.drain(..take).collect();
+        let mut replies = Vec::with_capacity(group.len());
+        let mut batches = Vec::with_capacity(group.len());
+        for submission in group {
+            let ids: Vec<JobId> = submission.jobs.iter().map(|job| job.id).collect();
+            replies.push((ids, submission.reply));
+            batches.push(submission.jobs);
+        }
+        self.committing = true;
+        let queue = self.queue.clone();
+        ctx.spawn(async move { queue.enqueue_group(batches).await }.into_actor(self).map(
+            move |result, ingest, ctx| {
+                ingest.committing = false;
+                ingest.answer(result, replies);
+                ingest.commit_next_group(ctx);
+            },
+        ));
+    }
+
+    fn answer(&mut self, result: Result<Vec<Result<(), Refusal>>, StorageError>, replies: Vec<(Vec<JobId>, Reply)>) {
+        let mut committed = 0;
+        match result {
+            Ok(answers) => {
+                for ((ids, reply), answer) in replies.into_iter().zip(answers) {
+                    let answer = answer.map(|()| {
+                        committed += ids.len();
+                        ids
+                    });
+                    // A client that went away still had its jobs committed; they run.
+                    let _ = reply.send(answer.map_err(SubmitError::from));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, submissions = replies.len(), "commit failed; nothing of the group was enqueued");
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(SubmitError::Storage(error.clone())));
+                }
+            }
+        }
+        if committed > 0 {
+            self.stats.jobs_accepted.fetch_add(committed as u64, Ordering::Relaxed);
+            if !self.wake_pending.swap(true, Ordering::AcqRel) {
+                self.dispatcher.do_send(JobsCommitted);
+            }
+        }
+    }
+}
+
+impl Actor for Ingest {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+    }
+}
+
+impl Handler<Submit> for Ingest {
+    type Result = ResponseFuture<Result<Vec<JobId>, SubmitError>>;
+
+    fn handle(&mut self, submit: Submit, ctx: &mut Self::Context) -> Self::Result {
+        let created_at = Utc::now();
+        let jobs = submit.jobs.into_iter().map(|kind| Job { id: JobId::generate(), created_at, kind }).collect();
+        let (reply, answer) = oneshot::channel();
+        self.pending.push(PendingSubmission { jobs, reply });
+        self.commit_next_group(ctx);
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(SubmitError::Storage(StorageError("the Ingest actor stopped".to_owned()))))
+        })
+    }
+}

@@ -1,0 +1,10 @@
+//! The actor system: [`Ingest`] takes submissions, the [`Dispatcher`] routes ready jobs
+//! to idle [`Worker`]s, and workers run job bodies under supervision.
+
+pub mod dispatcher;
+pub mod ingest;
+pub mod worker;
+
+pub use dispatcher::Dispatcher;
+pub use ingest::Ingest;
+pub use worker::Worker;

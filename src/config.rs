@@ -1,0 +1,252 @@
+//! Configuration: the command line, the environment and a TOML file, merged in that order
+//! of precedence over built-in defaults, and checked before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// Default `max_workers`. Workers are cheap actors and upload jobs wait on I/O, so the
+/// pool is larger than the core count; 16 concurrent uploads keep a store busy without
+/// holding many payloads in memory at once.
+pub const DEFAULT_MAX_WORKERS: usize = 16;
+/// Default `max_queue`. Queued jobs keep their payloads in memory in the in-memory
+/// backend; 100,000 jobs of about 1 KiB is about 100 MiB, a backlog large enough to ride
+/// out a burst and small enough to fit on any host.
+pub const DEFAULT_MAX_QUEUE: usize = 100_000;
+/// Default `max_body_bytes`: 8 MiB, a payload collection of thousands of small payloads.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Default `shutdown_timeout_secs`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+
+/// jobd: a job-processing daemon. Accepts jobs over HTTP, runs them on a bounded pool of
+/// workers, and uploads payloads to an object store.
+///
+/// Settings come from, highest first: command-line flags, JOBD_* environment variables,
+/// the TOML file given by --config (keys as the flags, with underscores), built-in defaults.
+#[derive(Debug, Parser)]
+#[command(name = "jobd", version, about, long_about)]
+pub struct Cli {
+    /// A TOML configuration file.
+    #[arg(long, env = "JOBD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, env = "JOBD_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub settings: Settings,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Run the daemon until SIGTERM or SIGINT.
+    Serve,
+    /// Validate the configuration, print it, and exit non-zero on error.
+    CheckConfig,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting, each optional, so that the flags, the environment and the file can
+/// each give some and be merged.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on for the HTTP API [default: 127.0.0.1:8080].
+    #[arg(long, env = "JOBD_LISTEN", global = true)]
+    pub listen: Option<SocketAddr>,
+
+    /// Directory for jobd's own files [default: ./jobd-data].
+    #[arg(long, env = "JOBD_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Object store for uploads: file:///path, s3://bucket/prefix or memory:// [default: file://<data_dir>/objects].
+    #[arg(long, env = "JOBD_STORE_URL", global = true)]
+    pub store_url: Option<String>,
+
+    /// First segments of the default upload key, <key_prefix>/<yyyy>/<mm>/<dd>/<id>.json [default: payloads].
+    #[arg(long, env = "JOBD_KEY_PREFIX", global = true)]
+    pub key_prefix: Option<String>,
+
+    /// Jobs that run at once [default: 16].
+    #[arg(long, env = "JOBD_MAX_WORKERS", global = true)]
+    pub max_workers: Option<usize>,
+
+    /// Most jobs accepted and not yet finished; beyond it submissions get 429 [default: 100000].
+    #[arg(long, env = "JOBD_MAX_QUEUE", global = true)]
+    pub max_queue: Option<usize>,
+
+    /// Largest request body in bytes; larger ones get 413 [default: 8388608].
+    #[arg(long, env = "JOBD_MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<usize>,
+
+    /// Seconds that running jobs get to finish after SIGTERM [default: 30].
+    #[arg(long, env = "JOBD_SHUTDOWN_TIMEOUT_SECS", global = true)]
+    pub shutdown_timeout_secs: Option<u64>,
+
+    /// Enable the test kinds sleep, fail and panic [default: false].
+    #[arg(long, env = "JOBD_TEST_KINDS", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub test_kinds: Option<bool>,
+
+    /// HTTP worker threads [default: the number of CPUs].
+    #[arg(long, env = "JOBD_HTTP_WORKERS", global = true)]
+    pub http_workers: Option<usize>,
+}
+
+impl Settings {
+    /// `self` where set, else `lower`.
+    fn or(self, lower: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(lower.listen),
+            data_dir: self.data_dir.or(lower.data_dir),
+            store_url: self.store_url.or(lower.store_url),
+            key_prefix: self.key_prefix.or(lower.key_prefix),
+            max_workers: self.max_workers.or(lower.max_workers),
+            max_queue: self.max_queue.or(lower.max_queue),
+            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            shutdown_timeout_secs: self.shutdown_timeout_secs.or(lower.shutdown_timeout_secs),
+            test_kinds: self.test_kinds.or(lower.test_kinds),
+            http_workers: self.http_workers.or(lower.http_workers),
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is invalid: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{setting} must be {requirement}, got {value}")]
+    OutOfRange { setting: &'static str, requirement: &'static str, value: String },
+    #[error("data_dir {path} cannot be made absolute: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+}
+
+/// The effective configuration, every value resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub store_url: String,
+    pub key_prefix: String,
+    pub max_workers: usize,
+    pub max_queue: usize,
+    pub max_body_bytes: usize,
+    #[serde(serialize_with = "serialize_secs")]
+    pub shutdown_timeout: Duration,
+    pub test_kinds: bool,
+    pub http_workers: usize,
+}
+
+fn serialize_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(duration.as_secs())
+}
+
+impl Config {
+    /// Merges `cli` (flags and environment, which clap has already merged) over the
+    /// file `config_file`, if any, over the defaults.
+    pub fn load(cli: Settings, config_file: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = match config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                toml::from_str::<Settings>(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?
+            }
+            None => Settings::default(),
+        };
+        Config::resolve(cli.or(file))
+    }
+
+    /// Fills in defaults and checks every value.
+    pub fn resolve(settings: Settings) -> Result<Config, ConfigError> {
+        let relative_data_dir = settings.data_dir.unwrap_or_else(|| PathBuf::from("jobd-data"));
+        let data_dir = std::path::absolute(&relative_data_dir)
+            .map_err(|source| ConfigError::DataDir { path: relative_data_dir.clone(), source })?;
+        let store_url = match settings.store_url {
+            Some(url) => url,
+            None => url::Url::from_directory_path(data_dir.join("objects")).map(String::from).map_err(|()| {
+                ConfigError::OutOfRange {
+                    setting: "data_dir",
+                    requirement: "a path that can be written as a file:// URL",
+                    value: data_dir.display().to_string(),
+                }
+            })?,
+        };
+        let config = Config {
+            listen: settings.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data_dir,
+            store_url,
+            key_prefix: settings.key_prefix.unwrap_or_else(|| "payloads".to_owned()),
+            max_workers: settings.max_workers.unwrap_or(DEFAULT_MAX_WORKERS),
+            max_queue: settings.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
+            max_body_bytes: settings.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            shutdown_timeout: Duration::from_secs(
+                settings.shutdown_timeout_secs.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
+            ),
+            test_kinds: settings.test_kinds.unwrap_or(false),
+            http_workers: settings
+                .http_workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let ranges: [(&'static str, usize, usize, usize, &'static str); 4] = [
+            ("max_workers", self.max_workers, 1, 10_000, "between 1 and 10000"),
+            ("max_queue", self.max_queue, 1, 100_000_000, "between 1 and 100000000"),
+            ("max_body_bytes", self.max_body_bytes, 1024, 1 << 30, "between 1024 and 1073741824"),
+            ("http_workers", self.http_workers, 1, 256, "between 1 and 256"),
+        ];
+        for (setting, value, low, high, requirement) in ranges {
+            if !(low..=high).contains(&value) {
+                return Err(ConfigError::OutOfRange { setting, requirement, value: value.to_string() });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jobd.toml");
+        std::fs::write(&path, "max_workers = 3\nmax_queue = 50\n").expect("write");
+        let cli = Settings { max_workers: Some(7), ..Settings::default() };
+        let config = Config::load(cli, Some(&path)).expect("valid");
+        assert_eq!((config.max_workers, config.max_queue), (7, 50));
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert!(config.store_url.starts_with("file:///") && config.store_url.ends_with("/jobd-data/objects/"));
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_refused() {
+        let zero = Settings { max_workers: Some(0), ..Settings::default() };
+        assert!(matches!(Config::resolve(zero), Err(ConfigError::OutOfRange { setting: "max_workers", .. })));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jobd.toml");
+        std::fs::write(&path, "max_wrokers = 3\n").expect("write");
+        assert!(matches!(Config::load(Settings::default(), Some(&path)), Err(ConfigError::Parse { .. })));
+    }
+}

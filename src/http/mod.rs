@@ -1,0 +1,246 @@
+//! The HTTP API: routes, request reading and validation, and the answers, all in JSON.
+//! Handlers never wait for room in the queue; a full queue is a 429.
+
+pub mod problem;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::http::header;
+use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::actors::Ingest;
+use crate::actors::ingest::{Submit, SubmitError};
+use crate::job::{JobId, JobKind};
+use crate::queue::{QueueHandle, Refusal};
+use crate::stats::Stats;
+use crate::submission::{self, ParseOptions};
+pub use problem::Problem;
+
+/// How long `/readyz` and `/v1/stats` wait for the queue thread before calling it wedged.
+const QUEUE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The `Retry-After` of a 429, in seconds. Jobs finish continuously, so room usually
+/// appears within a second; clients that back off further are welcome to.
+const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 1;
+
+/// Process-wide flags that readiness and the handlers read.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// Set once the actors run and the listener is bound.
+    pub started: AtomicBool,
+    /// Set at the first shutdown signal; submissions get 503 from then on.
+    pub shutting_down: AtomicBool,
+    /// The result of the latest store probe.
+    pub store_reachable: AtomicBool,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub ingest: Addr<Ingest>,
+    pub queue: QueueHandle,
+    pub stats: Arc<Stats>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub parse_options: ParseOptions,
+    pub max_body_bytes: usize,
+}
+
+/// Registers every route. The default service answers unknown paths with a 404 problem,
+/// and each resource answers other methods with a 405 problem.
+pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |config| {
+        config
+            .app_data(state)
+            .service(
+                web::resource("/v1/jobs")
+                    .route(web::post().to(post_jobs))
+                    .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("POST")) })),
+            )
+            .service(
+                web::resource("/v1/payloads")
+                    .route(web::post().to(post_payloads))
+                    .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("POST")) })),
+            )
+            .service(
+                web::resource("/v1/stats")
+                    .route(web::get().to(get_stats))
+                    .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("GET")) })),
+            )
+            .service(
+                web::resource("/healthz")
+                    .route(web::get().to(healthz))
+                    .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("GET")) })),
+            )
+            .service(
+                web::resource("/readyz")
+                    .route(web::get().to(readyz))
+                    .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("GET")) })),
+            )
+            .default_service(web::to(|request: HttpRequest| async move {
+                Err::<HttpResponse, _>(Problem::not_found(format!("no route for {}", request.path())))
+            }));
+    }
+}
+
+#[derive(Serialize)]
+struct AcceptedJob {
+    id: JobId,
+    state: &'static str,
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    jobs: Vec<AcceptedJob>,
+}
+
+async fn post_jobs(
+    request: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    let options = state.parse_options;
+    counted(&state, submit(&request, body, &state, |bytes| submission::parse_jobs(bytes, options))).await
+}
+
+async fn post_payloads(
+    request: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    counted(&state, submit(&request, body, &state, submission::parse_payloads)).await
+}
+
+/// Counts every refused submission by reason.
+async fn counted(
+    state: &AppState,
+    answer: impl Future<Output = Result<HttpResponse, Problem>>,
+) -> Result<HttpResponse, Problem> {
+    let answer = answer.await;
+    if let Err(problem) = &answer {
+        let counter = match problem.status().as_u16() {
+            429 => &state.stats.rejected_queue_full,
+            413 => &state.stats.rejected_too_large,
+            503 => &state.stats.rejected_unavailable,
+            _ => &state.stats.rejected_invalid,
+        };
+        Stats::bump(counter);
+    }
+    answer
+}
+
+/// The shared path of both submission routes: check, read, parse, enqueue, answer.
+async fn submit(
+    request: &HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+    parse: impl FnOnce(&[u8]) -> Result<Vec<JobKind>, submission::SubmissionError>,
+) -> Result<HttpResponse, Problem> {
+    if state.lifecycle.shutting_down.load(Ordering::Acquire) {
+        return Err(Problem::unavailable("jobd is shutting down and accepts no new jobs"));
+    }
+    require_json(request)?;
+    let bytes = read_body(request, body, state.max_body_bytes).await?;
+    let jobs = parse(&bytes)?;
+    let answer = state.ingest.send(Submit { jobs }).await;
+    match answer {
+        Ok(Ok(ids)) => Ok(HttpResponse::Accepted()
+            .json(Accepted { jobs: ids.into_iter().map(|id| AcceptedJob { id, state: "queued" }).collect() })),
+        Ok(Err(SubmitError::Refused(refusal @ Refusal::QueueFull { .. }))) => Err(Problem::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "queue-full",
+            "Queue Full",
+            format!("{refusal}; nothing of this request was enqueued"),
+        )
+        .retry_after(QUEUE_FULL_RETRY_AFTER_SECS)),
+        Ok(Err(SubmitError::Storage(error))) => {
+            Err(Problem::unavailable(format!("{error}; nothing of this request was enqueued")))
+        }
+        Err(error) => Err(Problem::unavailable(format!("the Ingest actor is unavailable ({error})"))),
+    }
+}
+
+/// Accepts `application/json` and any `+json` type, with parameters such as charset.
+fn require_json(request: &HttpRequest) -> Result<(), Problem> {
+    let found = request.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    let essence = found.map(|value| value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    match essence.as_deref() {
+        Some("application/json") => Ok(()),
+        Some(other) if other.starts_with("application/") && other.ends_with("+json") => Ok(()),
+        _ => Err(Problem::unsupported_media_type(found)),
+    }
+}
+
+/// Reads the body, refusing it with 413 as soon as it is known to exceed `limit`, by
+/// its Content-Length or by the bytes read so far.
+async fn read_body(request: &HttpRequest, mut body: web::Payload, limit: usize) -> Result<Bytes, Problem> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(Problem::too_large(limit));
+    }
+    let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|error| {
+            Problem::new(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "unreadable-body",
+                "Unreadable Body",
+                format!("reading the request body failed: {error}"),
+            )
+        })?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(Problem::too_large(limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.freeze())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "alive"}))
+}
+
+/// Ready means: started, not shutting down, the queue thread answers, the store answered
+/// its latest probe. The body lists each check so an operator sees which one failed.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let lifecycle = &state.lifecycle;
+    let started = lifecycle.started.load(Ordering::Acquire);
+    let shutting_down = lifecycle.shutting_down.load(Ordering::Acquire);
+    let store_reachable = lifecycle.store_reachable.load(Ordering::Acquire);
+    let queue_open = matches!(tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.depth()).await, Ok(Ok(_)));
+    let ready = started && !shutting_down && store_reachable && queue_open;
+    let body = json!({
+        "ready": ready,
+        "checks": {
+            "started": started,
+            "shutting_down": shutting_down,
+            "queue_open": queue_open,
+            "store_reachable": store_reachable,
+        }
+    });
+    if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}
+
+async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let (depth, durable) = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.depth())
+        .await
+        .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
+        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "queue": {
+            "backlog": depth.queued,
+            "claimed": depth.claimed,
+            "capacity": depth.capacity,
+            "durable": durable,
+        },
+        "counters": state.stats.snapshot(),
+    })))
+}

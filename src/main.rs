@@ -1,0 +1,44 @@
+//! The `jobd` binary: parses the command line, sets up logging, and calls the library.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use jobd::config::{Cli, Command, Config};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    jobd::telemetry::init(cli.log_format);
+    let config = match Config::load(cli.settings, cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("jobd: invalid configuration: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig => match jobd::server::check(&config).map(|()| toml::to_string(&config)) {
+            Err(error) => {
+                eprintln!("jobd: invalid configuration: {error}");
+                ExitCode::from(2)
+            }
+            Ok(Ok(text)) => {
+                println!("# configuration is valid; effective settings:\n{text}");
+                ExitCode::SUCCESS
+            }
+            Ok(Err(error)) => {
+                eprintln!("jobd: cannot print the configuration: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve => match jobd::server::serve(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "jobd failed");
+                eprintln!("jobd: {error}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

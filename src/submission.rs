@@ -1,0 +1,358 @@
+//! Request bodies to validated jobs: parses `POST /v1/jobs` and `POST /v1/payloads` bodies,
+//! naming the job index and field of every problem.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::job::{JobKind, UploadBody, UploadSpec};
+use crate::keys::ObjectKey;
+
+/// The longest `sleep` a test job may ask for; keeps a typo from parking a worker for days.
+const MAX_SLEEP_MILLIS: u64 = 3_600_000;
+/// The longest Content-Type accepted; S3 headers are limited and no real type is longer.
+const MAX_CONTENT_TYPE_BYTES: usize = 256;
+
+/// What the parser needs to know about the daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseOptions {
+    /// Whether the `sleep`, `fail` and `panic` kinds exist.
+    pub test_kinds: bool,
+}
+
+/// One problem with one field of one job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    /// The job's position in the request, when the problem belongs to one job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// The field's JSON path within the job (or within the body, without an index).
+    pub field: String,
+    pub message: String,
+}
+
+/// Why a request body was refused. Nothing from a refused body is ever enqueued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmissionError {
+    #[error("the body is not valid JSON: {0}")]
+    Syntax(String),
+    #[error("{}", describe(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn describe(errors: &[FieldError]) -> String {
+    let Some(first) = errors.first() else {
+        return "the request is invalid".to_owned();
+    };
+    let location = match first.index {
+        Some(index) => format!("jobs[{index}].{}", first.field),
+        None => first.field.clone(),
+    };
+    format!("{location}: {}", first.message)
+}
+
+/// A job as it arrives, before validation. Unknown fields are refused, so that a
+/// misspelt option is an error rather than silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    kind: String,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+    #[serde(default)]
+    body_base64: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    content_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PayloadCollection {
+    payloads: Vec<Box<RawValue>>,
+}
+
+/// Parses a `POST /v1/jobs` body: `{"jobs": [...]}` or a single job object.
+pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobKind>, SubmissionError> {
+    let top: HashMap<String, &RawValue> = serde_json::from_slice(body).map_err(top_level_error)?;
+    let raw_jobs: Vec<RawJob> = if let Some(jobs) = top.get("jobs") {
+        if let Some(other) = top.keys().find(|key| key.as_str() != "jobs") {
+            return Err(invalid(None, other, "unknown field; a body with \"jobs\" has no other fields"));
+        }
+        deserialize_at(jobs.get(), "jobs")?
+    } else {
+        // A single job without the wrapper is job 0 for error reporting.
+        let text = std::str::from_utf8(body).map_err(|error| SubmissionError::Syntax(error.to_string()))?;
+        vec![deserialize_at(text, "").map_err(|error| match error {
+            SubmissionError::Invalid(mut errors) => {
+                for error in &mut errors {
+                    error.index = Some(0);
+                }
+                SubmissionError::Invalid(errors)
+            }
+            syntax => syntax,
+        })?]
+    };
+    if raw_jobs.is_empty() {
+        return Err(invalid(None, "jobs", "must contain at least one job"));
+    }
+    let mut kinds = Vec::with_capacity(raw_jobs.len());
+    let mut errors = Vec::new();
+    for (index, raw) in raw_jobs.into_iter().enumerate() {
+        match validate_job(raw, options) {
+            Ok(kind) => kinds.push(kind),
+            Err((field, message)) => errors.push(FieldError { index: Some(index), field, message }),
+        }
+    }
+    if errors.is_empty() { Ok(kinds) } else { Err(SubmissionError::Invalid(errors)) }
+}
+
+/// Parses a `POST /v1/payloads` body: the seed's `{"payloads": [...]}` collection, one
+/// `upload` job per payload.
+pub fn parse_payloads(body: &[u8]) -> Result<Vec<JobKind>, SubmissionError> {
+    let collection: PayloadCollection =
+        deserialize_at(std::str::from_utf8(body).map_err(|error| SubmissionError::Syntax(error.to_string()))?, "")?;
+    if collection.payloads.is_empty() {
+        return Err(invalid(None, "payloads", "must contain at least one payload"));
+    }
+    Ok(collection
+        .payloads
+        .into_iter()
+        .map(|payload| JobKind::Upload(UploadSpec { body: UploadBody::Json(payload), key: None, content_type: None }))
+        .collect())
+}
+
+fn top_level_error(error: serde_json::Error) -> SubmissionError {
+    match error.classify() {
+        serde_json::error::Category::Data => {
+            invalid(None, "", "the body must be a JSON object: a job, or {\"jobs\": [...]}")
+        }
+        _ => SubmissionError::Syntax(error.to_string()),
+    }
+}
+
+fn invalid(index: Option<usize>, field: &str, message: &str) -> SubmissionError {
+    SubmissionError::Invalid(vec![FieldError { index, field: field.to_owned(), message: message.to_owned() }])
+}
+
+/// Deserializes `text`, turning a type error into a [`FieldError`] that names the job
+/// index and field, e.g. `jobs[3].kind`.
+fn deserialize_at<'de, T: Deserialize<'de>>(text: &'de str, root: &str) -> Result<T, SubmissionError> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let inner = error.inner();
+        if !matches!(inner.classify(), serde_json::error::Category::Data) {
+            return SubmissionError::Syntax(inner.to_string());
+        }
+        let (index, field) = split_path(root, error.path());
+        SubmissionError::Invalid(vec![FieldError { index, field, message: strip_position(inner) }])
+    })?;
+    deserializer.end().map_err(|error| SubmissionError::Syntax(error.to_string()))?;
+    Ok(value)
+}
+
+/// Splits a serde path into the job index and the field within that job.
+fn split_path(root: &str, path: &serde_path_to_error::Path) -> (Option<usize>, String) {
+    use serde_path_to_error::Segment;
+    let mut segments = path.iter().peekable();
+    let mut index = None;
+    if root == "jobs" {
+        if let Some(Segment::Seq { index: position }) = segments.peek() {
+            index = Some(*position);
+            segments.next();
+        }
+    }
+    let mut field = String::new();
+    if index.is_none() && !root.is_empty() {
+        field.push_str(root);
+    }
+    for segment in segments {
+        match segment {
+            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(key);
+            }
+            Segment::Enum { variant } => field.push_str(variant),
+            Segment::Unknown => {}
+        }
+    }
+    (index, field)
+}
+
+/// serde_json appends " at line L column C" to data errors; inside a nested value those
+/// positions are relative to the fragment and would mislead, so they are dropped.
+fn strip_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(position) => text[..position].to_owned(),
+        None => text,
+    }
+}
+
+type FieldProblem = (String, String);
+
+fn field_problem(field: &str, message: impl Into<String>) -> FieldProblem {
+    (field.to_owned(), message.into())
+}
+
+fn validate_job(raw: RawJob, options: ParseOptions) -> Result<JobKind, FieldProblem> {
+    let is_test_kind = matches!(raw.kind.as_str(), "sleep" | "fail" | "panic");
+    if is_test_kind && !options.test_kinds {
+        return Err(field_problem("kind", format!("unknown kind {:?}; known kinds: upload, noop", raw.kind)));
+    }
+    if raw.kind != "upload" {
+        for (field, present) in [
+            ("body_base64", raw.body_base64.is_some()),
+            ("key", raw.key.is_some()),
+            ("content_type", raw.content_type.is_some()),
+        ] {
+            if present {
+                return Err(field_problem(field, "is only valid for kind \"upload\""));
+            }
+        }
+    }
+    match raw.kind.as_str() {
+        "upload" => validate_upload(raw).map(JobKind::Upload),
+        "noop" => Ok(JobKind::Noop),
+        "sleep" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct SleepPayload {
+                ms: u64,
+            }
+            let payload: SleepPayload = test_payload(raw.payload.as_deref(), true)?
+                .ok_or_else(|| field_problem("payload", "must be {\"ms\": N}"))?;
+            if payload.ms > MAX_SLEEP_MILLIS {
+                return Err(field_problem("payload.ms", format!("must be at most {MAX_SLEEP_MILLIS}")));
+            }
+            Ok(JobKind::Sleep { millis: payload.ms })
+        }
+        "fail" | "panic" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct MessagePayload {
+                message: String,
+            }
+            let message = test_payload::<MessagePayload>(raw.payload.as_deref(), false)?
+                .map_or_else(|| format!("{} requested by the job", raw.kind), |payload| payload.message);
+            Ok(if raw.kind == "fail" { JobKind::Fail { message } } else { JobKind::Panic { message } })
+        }
+        other => {
+            let known = if options.test_kinds { "upload, noop, sleep, fail, panic" } else { "upload, noop" };
+            Err(field_problem("kind", format!("unknown kind {other:?}; known kinds: {known}")))
+        }
+    }
+}
+
+fn test_payload<T: for<'de> Deserialize<'de>>(
+    payload: Option<&RawValue>,
+    required: bool,
+) -> Result<Option<T>, FieldProblem> {
+    match payload {
+        None if required => Err(field_problem("payload", "is required for this kind")),
+        None => Ok(None),
+        Some(raw) => {
+            serde_json::from_str(raw.get()).map(Some).map_err(|error| field_problem("payload", strip_position(&error)))
+        }
+    }
+}
+
+fn validate_upload(raw: RawJob) -> Result<UploadSpec, FieldProblem> {
+    let body = match (raw.payload, raw.body_base64) {
+        (Some(_), Some(_)) => {
+            return Err(field_problem("body_base64", "give either payload or body_base64, not both"));
+        }
+        (None, None) => return Err(field_problem("payload", "an upload needs payload or body_base64")),
+        (Some(payload), None) => UploadBody::Json(payload),
+        (None, Some(encoded)) => UploadBody::Bytes(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map_err(|error| field_problem("body_base64", format!("is not valid base64: {error}")))?,
+        ),
+    };
+    let key = raw
+        .key
+        .as_deref()
+        .map(ObjectKey::parse)
+        .transpose()
+        .map_err(|error| field_problem("key", error.to_string()))?;
+    if let Some(content_type) = &raw.content_type {
+        let valid = !content_type.is_empty()
+            && content_type.len() <= MAX_CONTENT_TYPE_BYTES
+            && content_type.bytes().all(|byte| (0x20..0x7f).contains(&byte))
+            && content_type.contains('/');
+        if !valid {
+            return Err(field_problem(
+                "content_type",
+                "must be a printable ASCII media type such as \"text/plain\", at most 256 bytes",
+            ));
+        }
+    }
+    Ok(UploadSpec { body, key, content_type: raw.content_type })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTIONS: ParseOptions = ParseOptions { test_kinds: true };
+
+    fn first_error(result: Result<Vec<JobKind>, SubmissionError>) -> FieldError {
+        match result {
+            Err(SubmissionError::Invalid(errors)) => errors[0].clone(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrapped_and_single_forms_parse() {
+        let jobs = parse_jobs(br#"{"jobs":[{"kind":"noop"},{"kind":"upload","payload":{"a":1}}]}"#, OPTIONS);
+        assert_eq!(jobs.map(|j| j.len()), Ok(2));
+        let single = parse_jobs(br#"{"kind":"sleep","payload":{"ms":5}}"#, OPTIONS);
+        assert!(matches!(single.as_deref(), Ok([JobKind::Sleep { millis: 5 }])));
+    }
+
+    #[test]
+    fn payload_bytes_are_kept_exactly() {
+        let jobs = parse_payloads(br#"{"payloads":[ {"b":2,  "a":1.50} ]}"#).expect("valid");
+        let JobKind::Upload(upload) = &jobs[0] else { panic!("not an upload") };
+        assert_eq!(upload.body.as_bytes(), br#"{"b":2,  "a":1.50}"#);
+    }
+
+    #[test]
+    fn errors_name_index_and_field() {
+        let error = first_error(parse_jobs(br#"{"jobs":[{"kind":"noop"},{"kind":7}]}"#, OPTIONS));
+        assert_eq!((error.index, error.field.as_str()), (Some(1), "kind"));
+        let error = first_error(parse_jobs(br#"{"jobs":[{"kind":"noop"},{"kind":"nope"}]}"#, OPTIONS));
+        assert_eq!((error.index, error.field.as_str()), (Some(1), "kind"));
+        let error = first_error(parse_jobs(br#"{"jobs":[{"kind":"upload","payload":1,"key":"../x"}]}"#, OPTIONS));
+        assert_eq!((error.index, error.field.as_str()), (Some(0), "key"));
+        let error = first_error(parse_jobs(br#"{"jobs":[]}"#, OPTIONS));
+        assert_eq!((error.index, error.field.as_str()), (None, "jobs"));
+        let error = first_error(parse_jobs(br#"{"jobs":"x"}"#, OPTIONS));
+        assert_eq!((error.index, error.field.as_str()), (None, "jobs"));
+        let error = first_error(parse_jobs(br#"{"kind":"noop","colour":"red"}"#, OPTIONS));
+        assert!(error.message.contains("colour"), "{error:?}");
+        let error = first_error(parse_payloads(br#"{"payloads":{}}"#));
+        assert_eq!((error.index, error.field.as_str()), (None, "payloads"));
+    }
+
+    #[test]
+    fn test_kinds_are_unknown_unless_enabled() {
+        let closed = ParseOptions { test_kinds: false };
+        let error = first_error(parse_jobs(br#"{"kind":"sleep","payload":{"ms":1}}"#, closed));
+        assert_eq!(error.field, "kind");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_as_such() {
+        assert!(matches!(parse_jobs(b"{\"jobs\": [", OPTIONS), Err(SubmissionError::Syntax(_))));
+        assert!(matches!(parse_jobs(b"[1,2]", OPTIONS), Err(SubmissionError::Invalid(_))));
+    }
+}

@@ -1,0 +1,66 @@
+//! The command line: `check-config` accepts good settings and names the bad one, and
+//! `--help` documents every setting's environment variable.
+
+use std::process::Command;
+
+fn jobd(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jobd"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("JOBD_") {
+            command.env_remove(key);
+        }
+    }
+    command.args(args).envs(env.iter().copied()).output().expect("run jobd")
+}
+
+#[test]
+fn check_config_accepts_good_settings_and_names_bad_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().to_str().expect("utf-8 path");
+    let good = jobd(&["check-config"], &[("JOBD_DATA_DIR", data_dir), ("JOBD_MAX_WORKERS", "7")]);
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    let text = String::from_utf8_lossy(&good.stdout);
+    assert!(text.contains("max_workers = 7"), "{text}");
+
+    let bad = jobd(&["check-config"], &[("JOBD_DATA_DIR", data_dir), ("JOBD_MAX_WORKERS", "0")]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("max_workers"));
+
+    let config = dir.path().join("jobd.toml");
+    std::fs::write(&config, "max_queue = 12\nlisten = \"127.0.0.1:9999\"\n").expect("write config");
+    let from_file = jobd(&["check-config", "--config", config.to_str().expect("path")], &[("JOBD_DATA_DIR", data_dir)]);
+    assert!(from_file.status.success());
+    let text = String::from_utf8_lossy(&from_file.stdout);
+    assert!(text.contains("max_queue = 12") && text.contains("127.0.0.1:9999"), "{text}");
+
+    std::fs::write(&config, "max_qeueu = 12\n").expect("write config");
+    let misspelt = jobd(&["check-config", "--config", config.to_str().expect("path")], &[]);
+    assert_eq!(misspelt.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&misspelt.stderr).contains("max_qeueu"));
+
+    let bad_store = jobd(&["check-config"], &[("JOBD_DATA_DIR", data_dir), ("JOBD_STORE_URL", "ftp://x/y")]);
+    assert_eq!(bad_store.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_store.stderr).contains("unsupported scheme"));
+}
+
+#[test]
+fn help_documents_every_setting() {
+    let help = jobd(&["serve", "--help"], &[]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for variable in [
+        "JOBD_LISTEN",
+        "JOBD_DATA_DIR",
+        "JOBD_STORE_URL",
+        "JOBD_KEY_PREFIX",
+        "JOBD_MAX_WORKERS",
+        "JOBD_MAX_QUEUE",
+        "JOBD_MAX_BODY_BYTES",
+        "JOBD_SHUTDOWN_TIMEOUT_SECS",
+        "JOBD_TEST_KINDS",
+        "JOBD_CONFIG",
+        "JOBD_LOG_FORMAT",
+    ] {
+        assert!(text.contains(variable), "--help lacks {variable}:\n{text}");
+    }
+}

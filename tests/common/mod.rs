@@ -1,0 +1,194 @@
+//! Test harness: starts the real `jobd` binary on a free loopback port with its own data
+//! directory, captures its JSON logs, and talks HTTP to it.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a daemon may take to start before the test fails. Generous: it guards
+/// against a hang, it measures nothing.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+/// How long `wait_for` polls before failing a test; a safety net, not a timing assertion.
+pub const WAIT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A running daemon, killed when dropped.
+pub struct Daemon {
+    child: Child,
+    pub base: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub data_dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl Daemon {
+    /// Starts `jobd serve` with test kinds enabled and `env` on top.
+    pub fn start(env: &[(&str, &str)]) -> Daemon {
+        let data_dir = tempfile::tempdir().expect("temporary data dir");
+        Self::start_in(data_dir, env)
+    }
+
+    /// Starts `jobd serve` on an existing data directory.
+    pub fn start_in(data_dir: tempfile::TempDir, env: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_jobd"));
+        command.arg("serve");
+        // The test must not inherit a developer's settings.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("JOBD_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .env("JOBD_LISTEN", "127.0.0.1:0")
+            .env("JOBD_DATA_DIR", data_dir.path())
+            .env("JOBD_LOG_FORMAT", "json")
+            .env("JOBD_LOG", "info,jobd=debug")
+            .env("JOBD_TEST_KINDS", "1");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child =
+            command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start jobd");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_sender, addr_receiver) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                    if value["message"] == "jobd listening" {
+                        let _ = addr_sender.send(value["addr"].as_str().unwrap_or_default().to_owned());
+                    }
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = match addr_receiver.recv_timeout(START_DEADLINE) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("jobd did not start; logs:\n{}", logs.lock().expect("log lock").join("\n"));
+            }
+        };
+        Daemon {
+            child,
+            base: format!("http://{addr}"),
+            logs,
+            data_dir,
+            client: reqwest::Client::builder().build().expect("HTTP client"),
+        }
+    }
+
+    /// The default `file://` store root.
+    pub fn objects_dir(&self) -> PathBuf {
+        self.data_dir.path().join("objects")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs a JSON value.
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("POST")
+    }
+
+    /// POSTs raw bytes with a Content-Type.
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+        self.client.post(self.url(path)).header("content-type", content_type).body(body).send().await.expect("POST")
+    }
+
+    /// `GET /v1/stats`.
+    pub async fn stats(&self) -> Value {
+        let response = self.client.get(self.url("/v1/stats")).send().await.expect("GET stats");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("stats JSON")
+    }
+
+    /// Polls `/v1/stats` until `done` holds for it; fails the test after [`WAIT_DEADLINE`].
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT_DEADLINE;
+        loop {
+            let stats = self.stats().await;
+            if done(&stats) {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last stats: {stats}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a signal by name (TERM, INT, KILL).
+    pub fn signal(&self, name: &str) {
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit; fails the test after [`WAIT_DEADLINE`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "jobd did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every captured log line that parses as JSON.
+    pub fn log_records(&self) -> Vec<Value> {
+        self.logs.lock().expect("log lock").iter().filter_map(|line| serde_json::from_str(line).ok()).collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The ids of a 202 answer, in order.
+pub async fn accepted_ids(response: reqwest::Response) -> Vec<String> {
+    assert_eq!(response.status(), 202, "expected 202 Accepted");
+    let body: Value = response.json().await.expect("JSON answer");
+    body["jobs"]
+        .as_array()
+        .expect("jobs array")
+        .iter()
+        .map(|job| {
+            assert_eq!(job["state"], "queued");
+            job["id"].as_str().expect("id").to_owned()
+        })
+        .collect()
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Finished-job counts from a stats answer.
+pub fn finished(stats: &Value) -> u64 {
+    let counters = &stats["counters"]["jobs"];
+    ["succeeded", "failed", "panicked"].iter().map(|key| counters[key].as_u64().unwrap_or(0)).sum()
+}
