@@ -8,14 +8,19 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+pub use crate::queue::sqlite::Synchronous;
+
 /// Default `max_workers`. Workers are cheap actors and upload jobs wait on I/O, so the
 /// pool is larger than the core count; 16 concurrent uploads keep a store busy without
 /// holding many payloads in memory at once.
 pub const DEFAULT_MAX_WORKERS: usize = 16;
-/// Default `max_queue`. Queued jobs keep their payloads in memory in the in-memory
-/// backend; 100,000 jobs of about 1 KiB is about 100 MiB, a backlog large enough to ride
-/// out a burst and small enough to fit on any host.
-pub const DEFAULT_MAX_QUEUE: usize = 100_000;
+/// Default `max_queue`. The durable queue keeps the backlog on disk and only a small
+/// window in memory, so the bound is about disk: a million jobs of about 1 KiB is about
+/// 1 GiB, hours of backlog at typical rates, and still a hard stop before the disk fills.
+pub const DEFAULT_MAX_QUEUE: usize = 1_000_000;
+/// Default `retention_secs`: finished jobs stay readable (and idempotency keys stay
+/// remembered) for a day.
+pub const DEFAULT_RETENTION_SECS: u64 = 86_400;
 /// Default `max_body_bytes`: 8 MiB, a payload collection of thousands of small payloads.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Default `shutdown_timeout_secs`.
@@ -104,6 +109,34 @@ pub struct Settings {
     /// HTTP worker threads [default: the number of CPUs].
     #[arg(long, env = "JOBD_HTTP_WORKERS", global = true)]
     pub http_workers: Option<usize>,
+
+    /// Queue backend: sqlite (durable, <data_dir>/queue.db) or memory (lost on exit) [default: sqlite].
+    #[arg(long, env = "JOBD_QUEUE", global = true, value_enum)]
+    pub queue: Option<QueueKind>,
+
+    /// SQLite sync mode: full (a 202 survives power loss) or normal (survives a crash of jobd only) [default: full].
+    #[arg(long, env = "JOBD_SQLITE_SYNCHRONOUS", global = true, value_enum)]
+    pub sqlite_synchronous: Option<Synchronous>,
+
+    /// Largest size of queue.db in bytes; beyond it submissions get 503. 0 means no limit [default: 0].
+    #[arg(long, env = "JOBD_QUEUE_DB_MAX_BYTES", global = true)]
+    pub queue_db_max_bytes: Option<u64>,
+
+    /// Seconds finished jobs stay readable, and idempotency keys remembered [default: 86400].
+    #[arg(long, env = "JOBD_RETENTION_SECS", global = true)]
+    pub retention_secs: Option<u64>,
+
+    /// Commit concurrent submissions together, one fsync for many [default: true].
+    #[arg(long, env = "JOBD_GROUP_COMMIT", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub group_commit: Option<bool>,
+}
+
+/// Which queue backend holds the jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    Sqlite,
+    Memory,
 }
 
 impl Settings {
@@ -120,6 +153,11 @@ impl Settings {
             shutdown_timeout_secs: self.shutdown_timeout_secs.or(lower.shutdown_timeout_secs),
             test_kinds: self.test_kinds.or(lower.test_kinds),
             http_workers: self.http_workers.or(lower.http_workers),
+            queue: self.queue.or(lower.queue),
+            sqlite_synchronous: self.sqlite_synchronous.or(lower.sqlite_synchronous),
+            queue_db_max_bytes: self.queue_db_max_bytes.or(lower.queue_db_max_bytes),
+            retention_secs: self.retention_secs.or(lower.retention_secs),
+            group_commit: self.group_commit.or(lower.group_commit),
         }
     }
 }
@@ -147,10 +185,17 @@ pub struct Config {
     pub max_workers: usize,
     pub max_queue: usize,
     pub max_body_bytes: usize,
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(serialize_with = "serialize_secs", rename = "shutdown_timeout_secs")]
     pub shutdown_timeout: Duration,
     pub test_kinds: bool,
     pub http_workers: usize,
+    pub queue: QueueKind,
+    pub sqlite_synchronous: Synchronous,
+    /// `None` means no limit.
+    pub queue_db_max_bytes: Option<u64>,
+    #[serde(serialize_with = "serialize_secs", rename = "retention_secs")]
+    pub retention: Duration,
+    pub group_commit: bool,
 }
 
 fn serialize_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -203,12 +248,29 @@ impl Config {
             http_workers: settings
                 .http_workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
+            queue: settings.queue.unwrap_or(QueueKind::Sqlite),
+            sqlite_synchronous: settings.sqlite_synchronous.unwrap_or(Synchronous::Full),
+            queue_db_max_bytes: settings.queue_db_max_bytes.filter(|&bytes| bytes > 0),
+            retention: Duration::from_secs(settings.retention_secs.unwrap_or(DEFAULT_RETENTION_SECS)),
+            group_commit: settings.group_commit.unwrap_or(true),
         };
         config.check()?;
         Ok(config)
     }
 
+    /// The durable queue's file.
+    pub fn queue_path(&self) -> PathBuf {
+        self.data_dir.join("queue.db")
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
+        if self.queue_db_max_bytes.is_some_and(|bytes| bytes < 65_536) {
+            return Err(ConfigError::OutOfRange {
+                setting: "queue_db_max_bytes",
+                requirement: "0 (no limit) or at least 65536",
+                value: format!("{:?}", self.queue_db_max_bytes),
+            });
+        }
         let ranges: [(&'static str, usize, usize, usize, &'static str); 4] = [
             ("max_workers", self.max_workers, 1, 10_000, "between 1 and 10000"),
             ("max_queue", self.max_queue, 1, 100_000_000, "between 1 and 100000000"),

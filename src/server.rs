@@ -11,10 +11,11 @@ use actix_web::{App, HttpServer, web};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::actors::{Dispatcher, Ingest, dispatcher::Drain};
-use crate::config::Config;
+use crate::config::{Config, QueueKind};
 use crate::http::{self, AppState, Lifecycle};
-use crate::queue::QueueThread;
 use crate::queue::memory::MemoryBackend;
+use crate::queue::sqlite::SqliteBackend;
+use crate::queue::{QueueBackend, QueueHandle, QueueThread, StorageError};
 use crate::runner::JobRunner;
 use crate::stats::Stats;
 use crate::store::{JobStore, StoreError};
@@ -22,6 +23,9 @@ use crate::submission::ParseOptions;
 
 /// How often the store is probed for `/readyz`.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(15);
+/// Finished jobs deleted per purge transaction: small, so a purge never holds the queue
+/// thread long enough to delay submissions noticeably.
+const PURGE_BATCH: usize = 1_000;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +36,10 @@ pub enum ServeError {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot start the queue thread: {0}")]
     QueueThread(std::io::Error),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot open the queue: {0}")]
+    Queue(#[from] StorageError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("HTTP server failed: {0}")]
@@ -47,7 +55,9 @@ pub fn check(config: &Config) -> Result<(), ServeError> {
 
 /// Runs the daemon until a shutdown signal, then drains and returns.
 pub fn serve(config: Config) -> Result<(), ServeError> {
-    let queue = QueueThread::spawn(Box::new(MemoryBackend::new(config.max_queue))).map_err(ServeError::QueueThread)?;
+    // The queue opens, and recovers, before anything listens: jobd is ready only after
+    // recovery.
+    let queue = QueueThread::spawn(open_queue(&config)?, config.group_commit).map_err(ServeError::QueueThread)?;
     let handle = queue.handle();
     let result = actix::System::new().block_on(run(config, handle));
     // The actors and the HTTP server are gone with the System, and with them every
@@ -56,7 +66,31 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     result
 }
 
-async fn run(config: Config, queue: crate::queue::QueueHandle) -> Result<(), ServeError> {
+/// Opens the configured backend, recovering what a previous process left.
+fn open_queue(config: &Config) -> Result<Box<dyn QueueBackend>, ServeError> {
+    match config.queue {
+        QueueKind::Memory => {
+            tracing::warn!("queue = memory: accepted jobs are lost when jobd stops");
+            Ok(Box::new(MemoryBackend::new(config.max_queue)))
+        }
+        QueueKind::Sqlite => {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
+            let path = config.queue_path();
+            let (backend, recovery) =
+                SqliteBackend::open(&path, config.max_queue, config.sqlite_synchronous, config.queue_db_max_bytes)?;
+            tracing::info!(
+                path = %path.display(),
+                requeued_running = recovery.requeued,
+                queued = recovery.queued,
+                "queue opened and recovered"
+            );
+            Ok(Box::new(backend))
+        }
+    }
+}
+
+async fn run(config: Config, queue: QueueHandle) -> Result<(), ServeError> {
     // Signal streams are created first, so that a signal during start-up is not lost.
     let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
@@ -74,8 +108,11 @@ async fn run(config: Config, queue: crate::queue::QueueHandle) -> Result<(), Ser
     let wake_pending = Arc::new(AtomicBool::new(false));
     let dispatcher =
         Dispatcher::new(queue.clone(), runner, stats.clone(), config.max_workers, wake_pending.clone()).start();
-    let ingest = Ingest::new(queue.clone(), dispatcher.clone(), stats.clone(), wake_pending).start();
+    let ingest =
+        Ingest::new(queue.clone(), dispatcher.clone(), stats.clone(), wake_pending, config.group_commit).start();
+    let purge_task = actix::spawn(purge_periodically(queue.clone(), config.retention));
 
+    let state_queue = queue.clone();
     let state = web::Data::new(AppState {
         ingest,
         queue,
@@ -136,6 +173,16 @@ async fn run(config: Config, queue: crate::queue::QueueHandle) -> Result<(), Ser
         Err(_) => tracing::warn!("shutdown_timeout elapsed with jobs still running; they are abandoned"),
     }
     probe_task.abort();
+    purge_task.abort();
+    match queue_status_for_log(&state_queue).await {
+        Some((queued, true)) if queued > 0 => {
+            tracing::info!(queued, "queued jobs stay in the queue for the next start")
+        }
+        Some((queued, false)) if queued > 0 => {
+            tracing::warn!(queued, "queue = memory: queued jobs that never started are lost")
+        }
+        _ => {}
+    }
     server_handle.stop(true).await;
     if let Err(error) = server_task.await {
         tracing::error!(%error, "the HTTP server task failed");
@@ -143,6 +190,38 @@ async fn run(config: Config, queue: crate::queue::QueueHandle) -> Result<(), Ser
     actix::System::current().stop();
     tracing::info!("jobd stopped");
     Ok(())
+}
+
+async fn queue_status_for_log(queue: &QueueHandle) -> Option<(usize, bool)> {
+    queue.status().await.ok().map(|status| (status.depth.queued, status.durable))
+}
+
+/// Deletes finished jobs older than `retention`, in small batches, forever. The period
+/// is a tenth of the retention (between 1 s and 60 s), so records outlive it by at most
+/// about ten per cent.
+async fn purge_periodically(queue: QueueHandle, retention: Duration) {
+    let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut interval = tokio::time::interval(period);
+    loop {
+        interval.tick().await;
+        let Ok(retention) = chrono::Duration::from_std(retention) else { return };
+        loop {
+            let cutoff = chrono::Utc::now() - retention;
+            match queue.purge_finished(cutoff, PURGE_BATCH).await {
+                Ok(purged) if purged == PURGE_BATCH => continue,
+                Ok(purged) => {
+                    if purged > 0 {
+                        tracing::debug!(purged, "purged finished jobs past retention");
+                    }
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "purging finished jobs failed");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 async fn probe_store_periodically(store: Arc<JobStore>, lifecycle: Arc<Lifecycle>) {

@@ -7,11 +7,13 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::job::{JobKind, UploadBody, UploadSpec};
+use crate::job::{JobKind, JobSpec, UploadBody, UploadSpec};
 use crate::keys::ObjectKey;
 
 /// The longest `sleep` a test job may ask for; keeps a typo from parking a worker for days.
 const MAX_SLEEP_MILLIS: u64 = 3_600_000;
+/// The longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 /// The longest Content-Type accepted; S3 headers are limited and no real type is longer.
 const MAX_CONTENT_TYPE_BYTES: usize = 256;
 
@@ -67,6 +69,8 @@ struct RawJob {
     key: Option<String>,
     #[serde(default)]
     content_type: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,7 +80,7 @@ struct PayloadCollection {
 }
 
 /// Parses a `POST /v1/jobs` body: `{"jobs": [...]}` or a single job object.
-pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobKind>, SubmissionError> {
+pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, SubmissionError> {
     let top: HashMap<String, &RawValue> = serde_json::from_slice(body).map_err(top_level_error)?;
     let raw_jobs: Vec<RawJob> = if let Some(jobs) = top.get("jobs") {
         if let Some(other) = top.keys().find(|key| key.as_str() != "jobs") {
@@ -101,9 +105,16 @@ pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobKind>, Su
     }
     let mut kinds = Vec::with_capacity(raw_jobs.len());
     let mut errors = Vec::new();
-    for (index, raw) in raw_jobs.into_iter().enumerate() {
+    for (index, mut raw) in raw_jobs.into_iter().enumerate() {
+        let idempotency_key = raw.idempotency_key.take();
+        if let Some(key) = &idempotency_key
+            && let Err(message) = check_idempotency_key(key)
+        {
+            errors.push(FieldError { index: Some(index), field: "idempotency_key".to_owned(), message });
+            continue;
+        }
         match validate_job(raw, options) {
-            Ok(kind) => kinds.push(kind),
+            Ok(kind) => kinds.push(JobSpec { kind, idempotency_key }),
             Err((field, message)) => errors.push(FieldError { index: Some(index), field, message }),
         }
     }
@@ -112,7 +123,7 @@ pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobKind>, Su
 
 /// Parses a `POST /v1/payloads` body: the seed's `{"payloads": [...]}` collection, one
 /// `upload` job per payload.
-pub fn parse_payloads(body: &[u8]) -> Result<Vec<JobKind>, SubmissionError> {
+pub fn parse_payloads(body: &[u8]) -> Result<Vec<JobSpec>, SubmissionError> {
     let collection: PayloadCollection =
         deserialize_at(std::str::from_utf8(body).map_err(|error| SubmissionError::Syntax(error.to_string()))?, "")?;
     if collection.payloads.is_empty() {
@@ -121,8 +132,22 @@ pub fn parse_payloads(body: &[u8]) -> Result<Vec<JobKind>, SubmissionError> {
     Ok(collection
         .payloads
         .into_iter()
-        .map(|payload| JobKind::Upload(UploadSpec { body: UploadBody::Json(payload), key: None, content_type: None }))
+        .map(|payload| JobSpec {
+            kind: JobKind::Upload(UploadSpec { body: UploadBody::Json(payload), key: None, content_type: None }),
+            idempotency_key: None,
+        })
         .collect())
+}
+
+/// Checks an idempotency key from a job field or the `Idempotency-Key` header.
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(format!("must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes long"));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("must not contain control characters".to_owned());
+    }
+    Ok(())
 }
 
 fn top_level_error(error: serde_json::Error) -> SubmissionError {
@@ -303,7 +328,7 @@ mod tests {
 
     const OPTIONS: ParseOptions = ParseOptions { test_kinds: true };
 
-    fn first_error(result: Result<Vec<JobKind>, SubmissionError>) -> FieldError {
+    fn first_error(result: Result<Vec<JobSpec>, SubmissionError>) -> FieldError {
         match result {
             Err(SubmissionError::Invalid(errors)) => errors[0].clone(),
             other => panic!("expected a validation error, got {other:?}"),
@@ -315,13 +340,13 @@ mod tests {
         let jobs = parse_jobs(br#"{"jobs":[{"kind":"noop"},{"kind":"upload","payload":{"a":1}}]}"#, OPTIONS);
         assert_eq!(jobs.map(|j| j.len()), Ok(2));
         let single = parse_jobs(br#"{"kind":"sleep","payload":{"ms":5}}"#, OPTIONS);
-        assert!(matches!(single.as_deref(), Ok([JobKind::Sleep { millis: 5 }])));
+        assert!(matches!(single.as_deref(), Ok([JobSpec { kind: JobKind::Sleep { millis: 5 }, .. }])));
     }
 
     #[test]
     fn payload_bytes_are_kept_exactly() {
         let jobs = parse_payloads(br#"{"payloads":[ {"b":2,  "a":1.50} ]}"#).expect("valid");
-        let JobKind::Upload(upload) = &jobs[0] else { panic!("not an upload") };
+        let JobKind::Upload(upload) = &jobs[0].kind else { panic!("not an upload") };
         assert_eq!(upload.body.as_bytes(), br#"{"b":2,  "a":1.50}"#);
     }
 
@@ -339,6 +364,8 @@ mod tests {
         assert_eq!((error.index, error.field.as_str()), (None, "jobs"));
         let error = first_error(parse_jobs(br#"{"kind":"noop","colour":"red"}"#, OPTIONS));
         assert!(error.message.contains("colour"), "{error:?}");
+        let error = first_error(parse_jobs(br#"{"jobs":[{"kind":"noop","idempotency_key":""}]}"#, OPTIONS));
+        assert_eq!((error.index, error.field.as_str()), (Some(0), "idempotency_key"));
         let error = first_error(parse_payloads(br#"{"payloads":{}}"#));
         assert_eq!((error.index, error.field.as_str()), (None, "payloads"));
     }

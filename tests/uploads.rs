@@ -68,7 +68,7 @@ async fn jobs_with_chosen_keys_and_raw_bytes_are_written_there() {
 #[tokio::test]
 async fn keys_that_escape_the_root_are_refused_and_nothing_is_written_outside() {
     let daemon = Daemon::start(&[]);
-    let outside_marker = daemon.data_dir.path().parent().expect("tmp").join("x");
+    let outside_marker = daemon.data_path().parent().expect("tmp").join("x");
     let escaping = [
         "../x",
         "/etc/x",

@@ -11,12 +11,14 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::worker::{RunJob, Worker};
-use crate::job::{FinishedJob, Job};
+use chrono::Utc;
+
+use crate::job::{FinishedJob, Job, StartedJob};
 use crate::queue::QueueHandle;
 use crate::runner::JobRunner;
 use crate::stats::Stats;
 
-/// How long to wait before asking the queue again after it failed to answer.
+/// How long to wait before calling the queue again after a call failed.
 const FETCH_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// A worker is idle: at its first start, and again after a restart.
@@ -81,7 +83,9 @@ pub struct Dispatcher {
     /// this keeps at most one notice in the mailbox whatever the commit rate.
     wake_pending: Arc<AtomicBool>,
     busy: usize,
-    /// Outcomes waiting to be recorded; flushed in one batch per queue call.
+    /// Starts and outcomes waiting to be recorded; flushed together, one queue call at a
+    /// time, so that each flush is one transaction however many jobs it carries.
+    started: Vec<StartedJob>,
     outcomes: Vec<FinishedJob>,
     recording: bool,
     /// Drain requests waiting for the running jobs; `Some` once draining began.
@@ -111,6 +115,7 @@ impl Dispatcher {
             commit_epoch: 0,
             wake_pending,
             busy: 0,
+            started: Vec::new(),
             outcomes: Vec::new(),
             recording: false,
             drain_waiters: None,
@@ -126,12 +131,18 @@ impl Dispatcher {
         if self.draining() {
             return;
         }
+        let mut dispatched = false;
         while !self.idle.is_empty() && !self.ready.is_empty() {
             let (Some(worker), Some(job)) = (self.idle.pop(), self.ready.pop_front()) else {
                 break;
             };
             self.busy += 1;
+            self.started.push(StartedJob { id: job.id, started_at: Utc::now() });
             worker.do_send(RunJob(job));
+            dispatched = true;
+        }
+        if dispatched {
+            self.record_progress(ctx);
         }
         self.stats.workers_busy.store(self.busy, Ordering::Relaxed);
         if !self.fetching && self.backlog_may_have_jobs && self.ready.len() <= self.window / 2 {
@@ -164,27 +175,41 @@ impl Dispatcher {
         ));
     }
 
-    /// Records buffered outcomes, one queue call at a time, so that outcomes that
+    /// Records buffered starts and outcomes, one queue call at a time, so that those that
     /// arrive during a call go out together in the next.
-    fn record_outcomes(&mut self, ctx: &mut Context<Self>) {
-        if self.recording || self.outcomes.is_empty() {
+    fn record_progress(&mut self, ctx: &mut Context<Self>) {
+        if self.recording || (self.outcomes.is_empty() && self.started.is_empty()) {
             self.finish_drain_if_done();
             return;
         }
         self.recording = true;
-        let batch = std::mem::take(&mut self.outcomes);
+        let started = std::mem::take(&mut self.started);
+        let finished = std::mem::take(&mut self.outcomes);
         let queue = self.queue.clone();
-        ctx.spawn(async move { queue.record_outcomes(batch).await }.into_actor(self).map(|result, dispatcher, ctx| {
-            dispatcher.recording = false;
-            if let Err(error) = result {
-                tracing::error!(%error, "recording job outcomes failed");
-            }
-            dispatcher.record_outcomes(ctx);
-        }));
+        ctx.spawn(async move { queue.record_progress(started, finished).await }.into_actor(self).map(
+            |result, dispatcher, ctx| {
+                dispatcher.recording = false;
+                if let Err(failed) = result {
+                    // Keep the progress and try again shortly; until then the records lag
+                    // behind the jobs, and a crash in between only means the jobs run
+                    // again, which is the at-least-once promise.
+                    tracing::error!(error = %failed.error, "recording job progress failed; retrying");
+                    dispatcher.started.splice(0..0, failed.started);
+                    dispatcher.outcomes.splice(0..0, failed.finished);
+                    dispatcher.recording = true;
+                    ctx.run_later(FETCH_RETRY_DELAY, |dispatcher, ctx| {
+                        dispatcher.recording = false;
+                        dispatcher.record_progress(ctx);
+                    });
+                    return;
+                }
+                dispatcher.record_progress(ctx);
+            },
+        ));
     }
 
     fn finish_drain_if_done(&mut self) {
-        let done = self.busy == 0 && !self.recording && self.outcomes.is_empty();
+        let done = self.busy == 0 && !self.recording && self.outcomes.is_empty() && self.started.is_empty();
         if done && let Some(waiters) = self.drain_waiters.as_mut() {
             for waiter in waiters.drain(..) {
                 let _ = waiter.send(());
@@ -227,7 +252,7 @@ impl Handler<JobFinished> for Dispatcher {
             self.idle.push(message.worker);
         }
         self.outcomes.push(message.finished);
-        self.record_outcomes(ctx);
+        self.record_progress(ctx);
         self.pump(ctx);
     }
 }

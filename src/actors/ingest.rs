@@ -9,8 +9,8 @@ use chrono::Utc;
 use tokio::sync::oneshot;
 
 use super::dispatcher::{Dispatcher, JobsCommitted};
-use crate::job::{Job, JobId, JobKind};
-use crate::queue::{QueueHandle, Refusal, StorageError};
+use crate::job::{Job, JobId, JobSpec};
+use crate::queue::{Admitted, QueueHandle, Refusal, StorageError, SubmissionAnswer};
 use crate::stats::Stats;
 
 /// A group holds at most this many jobs, so one commit stays short; a single
@@ -22,9 +22,9 @@ const MAILBOX_CAPACITY: usize = 4_096;
 
 /// A validated, all-or-nothing submission from an HTTP handler.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<JobId>, SubmitError>")]
+#[rtype(result = "Result<Vec<Admitted>, SubmitError>")]
 pub struct Submit {
-    pub jobs: Vec<JobKind>,
+    pub jobs: Vec<JobSpec>,
 }
 
 /// Why a submission was not accepted. Nothing of it was enqueued.
@@ -37,7 +37,7 @@ pub enum SubmitError {
 }
 
 /// Where a submission's answer goes.
-type Reply = oneshot::Sender<Result<Vec<JobId>, SubmitError>>;
+type Reply = oneshot::Sender<Result<Vec<Admitted>, SubmitError>>;
 
 struct PendingSubmission {
     jobs: Vec<Job>,
@@ -58,6 +58,9 @@ pub struct Ingest {
     wake_pending: Arc<AtomicBool>,
     pending: Vec<PendingSubmission>,
     committing: bool,
+    /// Whether submissions that arrive during a commit join the next one; off, each
+    /// submission is committed alone (for comparison).
+    group_commit: bool,
 }
 
 impl Ingest {
@@ -66,12 +69,13 @@ impl Ingest {
         dispatcher: Addr<Dispatcher>,
         stats: Arc<Stats>,
         wake_pending: Arc<AtomicBool>,
+        group_commit: bool,
     ) -> Self {
-        Self { queue, dispatcher, stats, wake_pending, pending: Vec::new(), committing: false }
+        Self { queue, dispatcher, stats, wake_pending, pending: Vec::new(), committing: false, group_commit }
     }
 
     fn commit_next_group(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.pending.is_empty() {
+        if self.pending.is_empty() || (self.committing && self.group_commit) {
             return;
         }
         let mut size = 0;
@@ -83,13 +87,12 @@ impl Ingest {
                 size <= MAX_GROUP_JOBS
             })
             .count()
-            .max(1);
+            .clamp(1, if self.group_commit { usize::MAX } else { 1 });
         let group: Vec<PendingSubmission> = self.pending.drain(..take).collect();
         let mut replies = Vec::with_capacity(group.len());
         let mut batches = Vec::with_capacity(group.len());
         for submission in group {
-            let ids: Vec<JobId> = submission.jobs.iter().map(|job| job.id).collect();
-            replies.push((ids, submission.reply));
+            replies.push(submission.reply);
             batches.push(submission.jobs);
         }
         self.committing = true;
@@ -103,22 +106,21 @@ impl Ingest {
         ));
     }
 
-    fn answer(&mut self, result: Result<Vec<Result<(), Refusal>>, StorageError>, replies: Vec<(Vec<JobId>, Reply)>) {
+    fn answer(&mut self, result: Result<Vec<SubmissionAnswer>, StorageError>, replies: Vec<Reply>) {
         let mut committed = 0;
         match result {
             Ok(answers) => {
-                for ((ids, reply), answer) in replies.into_iter().zip(answers) {
-                    let answer = answer.map(|()| {
-                        committed += ids.len();
-                        ids
-                    });
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    if let Ok(admitted) = &answer {
+                        committed += admitted.iter().filter(|job| job.created).count();
+                    }
                     // A client that went away still had its jobs committed; they run.
                     let _ = reply.send(answer.map_err(SubmitError::from));
                 }
             }
             Err(error) => {
                 tracing::error!(%error, submissions = replies.len(), "commit failed; nothing of the group was enqueued");
-                for (_, reply) in replies {
+                for reply in replies {
                     let _ = reply.send(Err(SubmitError::Storage(error.clone())));
                 }
             }
@@ -141,11 +143,21 @@ impl Actor for Ingest {
 }
 
 impl Handler<Submit> for Ingest {
-    type Result = ResponseFuture<Result<Vec<JobId>, SubmitError>>;
+    type Result = ResponseFuture<Result<Vec<Admitted>, SubmitError>>;
 
     fn handle(&mut self, submit: Submit, ctx: &mut Self::Context) -> Self::Result {
         let created_at = Utc::now();
-        let jobs = submit.jobs.into_iter().map(|kind| Job { id: JobId::generate(), created_at, kind }).collect();
+        let jobs = submit
+            .jobs
+            .into_iter()
+            .map(|spec| Job {
+                id: JobId::generate(),
+                created_at,
+                attempt: 0,
+                idempotency_key: spec.idempotency_key,
+                kind: spec.kind,
+            })
+            .collect();
         let (reply, answer) = oneshot::channel();
         self.pending.push(PendingSubmission { jobs, reply });
         self.commit_next_group(ctx);

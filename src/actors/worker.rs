@@ -68,7 +68,7 @@ impl Handler<RunJob> for Worker {
     fn handle(&mut self, RunJob(job): RunJob, ctx: &mut Self::Context) {
         let id = job.id;
         let kind = job.kind.name();
-        let span = tracing::info_span!("job", job_id = %id, kind, worker = self.number);
+        let span = tracing::info_span!("job", job_id = %id, kind, attempt = job.attempt, worker = self.number);
         let started = Instant::now();
         Stats::bump(&self.stats.jobs_started);
         // The body runs inside `catch_unwind`, so a panic ends only this future. Without
@@ -99,7 +99,7 @@ impl Handler<RunJob> for Worker {
             let panicked = matches!(outcome, Outcome::Panicked { .. });
             worker.dispatcher.do_send(JobFinished {
                 worker: ctx.address(),
-                finished: FinishedJob { id, kind, outcome },
+                finished: FinishedJob { id, kind, outcome, finished_at: chrono::Utc::now() },
                 worker_restarts: panicked,
             });
             if panicked {

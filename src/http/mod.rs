@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::actors::Ingest;
 use crate::actors::ingest::{Submit, SubmitError};
-use crate::job::{JobId, JobKind};
+use crate::job::{JobId, JobSpec, JobState};
 use crate::queue::{QueueHandle, Refusal};
 use crate::stats::Stats;
 use crate::submission::{self, ParseOptions};
@@ -62,6 +62,11 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("POST")) })),
             )
             .service(
+                web::resource("/v1/jobs/{id}")
+                    .route(web::get().to(get_job))
+                    .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("GET")) })),
+            )
+            .service(
                 web::resource("/v1/payloads")
                     .route(web::post().to(post_payloads))
                     .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("POST")) })),
@@ -90,7 +95,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
 #[derive(Serialize)]
 struct AcceptedJob {
     id: JobId,
-    state: &'static str,
+    state: JobState,
 }
 
 #[derive(Serialize)]
@@ -104,7 +109,41 @@ async fn post_jobs(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     let options = state.parse_options;
-    counted(&state, submit(&request, body, &state, |bytes| submission::parse_jobs(bytes, options))).await
+    let header_key = request.headers().get("idempotency-key").map(|value| value.to_str().map(str::to_owned));
+    let parse = move |bytes: &[u8]| {
+        let mut jobs = submission::parse_jobs(bytes, options)?;
+        if let Some(key) = header_key {
+            apply_idempotency_header(&mut jobs, key)?;
+        }
+        Ok(jobs)
+    };
+    counted(&state, submit(&request, body, &state, parse)).await
+}
+
+/// The `Idempotency-Key` header names the one job of a single-job request.
+fn apply_idempotency_header(
+    jobs: &mut [JobSpec],
+    key: Result<String, header::ToStrError>,
+) -> Result<(), submission::SubmissionError> {
+    let header_problem = |message: &str| {
+        submission::SubmissionError::Invalid(vec![submission::FieldError {
+            index: None,
+            field: "Idempotency-Key".to_owned(),
+            message: message.to_owned(),
+        }])
+    };
+    let key = key.map_err(|_| header_problem("must be visible ASCII"))?;
+    submission::check_idempotency_key(&key).map_err(|message| header_problem(&message))?;
+    match jobs {
+        [job] => match &job.idempotency_key {
+            Some(own) if *own != key => Err(header_problem("differs from the job's idempotency_key")),
+            _ => {
+                job.idempotency_key = Some(key);
+                Ok(())
+            }
+        },
+        _ => Err(header_problem("applies to a single-job request only; give each job an idempotency_key")),
+    }
 }
 
 async fn post_payloads(
@@ -138,7 +177,7 @@ async fn submit(
     request: &HttpRequest,
     body: web::Payload,
     state: &AppState,
-    parse: impl FnOnce(&[u8]) -> Result<Vec<JobKind>, submission::SubmissionError>,
+    parse: impl FnOnce(&[u8]) -> Result<Vec<JobSpec>, submission::SubmissionError>,
 ) -> Result<HttpResponse, Problem> {
     if state.lifecycle.shutting_down.load(Ordering::Acquire) {
         return Err(Problem::unavailable("jobd is shutting down and accepts no new jobs"));
@@ -148,8 +187,15 @@ async fn submit(
     let jobs = parse(&bytes)?;
     let answer = state.ingest.send(Submit { jobs }).await;
     match answer {
-        Ok(Ok(ids)) => Ok(HttpResponse::Accepted()
-            .json(Accepted { jobs: ids.into_iter().map(|id| AcceptedJob { id, state: "queued" }).collect() })),
+        Ok(Ok(admitted)) => {
+            // 202 when this request created a job; 200 when every job was already known
+            // by its idempotency key, so that a retried request looks like the original.
+            let mut response =
+                if admitted.iter().any(|job| job.created) { HttpResponse::Accepted() } else { HttpResponse::Ok() };
+            Ok(response.json(Accepted {
+                jobs: admitted.into_iter().map(|job| AcceptedJob { id: job.id, state: job.state }).collect(),
+            }))
+        }
         Ok(Err(SubmitError::Refused(refusal @ Refusal::QueueFull { .. }))) => Err(Problem::new(
             actix_web::http::StatusCode::TOO_MANY_REQUESTS,
             "queue-full",
@@ -157,6 +203,9 @@ async fn submit(
             format!("{refusal}; nothing of this request was enqueued"),
         )
         .retry_after(QUEUE_FULL_RETRY_AFTER_SECS)),
+        Ok(Err(SubmitError::Refused(full @ Refusal::StorageFull { .. }))) => {
+            Err(Problem::unavailable(format!("{full}; nothing of this request was enqueued")))
+        }
         Ok(Err(SubmitError::Storage(error))) => {
             Err(Problem::unavailable(format!("{error}; nothing of this request was enqueued")))
         }
@@ -215,14 +264,17 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let started = lifecycle.started.load(Ordering::Acquire);
     let shutting_down = lifecycle.shutting_down.load(Ordering::Acquire);
     let store_reachable = lifecycle.store_reachable.load(Ordering::Acquire);
-    let queue_open = matches!(tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.depth()).await, Ok(Ok(_)));
-    let ready = started && !shutting_down && store_reachable && queue_open;
+    let queue = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.status()).await;
+    let queue_open = matches!(queue, Ok(Ok(_)));
+    let queue_writable = matches!(queue, Ok(Ok(status)) if status.writable);
+    let ready = started && !shutting_down && store_reachable && queue_open && queue_writable;
     let body = json!({
         "ready": ready,
         "checks": {
             "started": started,
             "shutting_down": shutting_down,
             "queue_open": queue_open,
+            "queue_writable": queue_writable,
             "store_reachable": store_reachable,
         }
     });
@@ -230,17 +282,43 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
-    let (depth, durable) = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.depth())
+    let status = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.status())
         .await
         .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
         .map_err(|error| Problem::unavailable(error.to_string()))?;
     Ok(HttpResponse::Ok().json(json!({
         "queue": {
-            "backlog": depth.queued,
-            "claimed": depth.claimed,
-            "capacity": depth.capacity,
-            "durable": durable,
+            "queued": status.depth.queued,
+            "running": status.depth.running,
+            "capacity": status.depth.capacity,
+            "durable": status.durable,
+            "writable": status.writable,
         },
         "counters": state.stats.snapshot(),
     })))
+}
+
+#[derive(serde::Deserialize)]
+struct GetJobQuery {
+    /// Include the payload; off by default because payloads can be large.
+    #[serde(default)]
+    payload: bool,
+}
+
+async fn get_job(
+    id: web::Path<String>,
+    query: web::Query<GetJobQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    let Some(job_id) = JobId::parse(&id) else {
+        return Err(Problem::not_found(format!("{:?} is not a job id", id.as_str())));
+    };
+    let record = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.get(job_id, query.payload))
+        .await
+        .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
+        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    match record {
+        Some(record) => Ok(HttpResponse::Ok().json(record)),
+        None => Err(Problem::not_found(format!("no job {job_id}; unknown, or purged after its retention"))),
+    }
 }

@@ -1,63 +1,165 @@
 //! The in-memory backend: fast and bounded, and honest that it forgets everything when
-//! the process ends.
+//! the process ends. For tests and for deployments that prefer speed over durability.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
-use super::{QueueBackend, QueueDepth, Refusal, StorageError};
-use crate::job::{FinishedJob, Job};
+use chrono::{DateTime, Utc};
 
-/// Jobs in a `VecDeque`, in submission order.
+use super::{Admitted, QueueBackend, QueueDepth, Refusal, StorageError};
+use crate::job::{FinishedJob, Job, JobId, JobRecord, JobState, StartedJob};
+
+/// Jobs in a `VecDeque`, in submission order, and a record of every job for status reads.
 pub struct MemoryBackend {
     ready: VecDeque<Job>,
-    /// Jobs handed to the Dispatcher whose outcome has not been recorded yet. They still
-    /// count against `capacity`, so that `max_queue` bounds everything not yet finished.
-    claimed: usize,
+    records: HashMap<JobId, JobRecord>,
+    idempotency: HashMap<String, JobId>,
+    /// Queued (including claimed) and running jobs; bounded by `capacity`.
+    unfinished: usize,
+    running: usize,
     capacity: usize,
 }
 
 impl MemoryBackend {
     /// A backend that holds at most `capacity` unfinished jobs.
     pub fn new(capacity: usize) -> Self {
-        Self { ready: VecDeque::new(), claimed: 0, capacity }
-    }
-
-    fn unfinished(&self) -> usize {
-        self.ready.len() + self.claimed
+        Self {
+            ready: VecDeque::new(),
+            records: HashMap::new(),
+            idempotency: HashMap::new(),
+            unfinished: 0,
+            running: 0,
+            capacity,
+        }
     }
 }
 
 impl QueueBackend for MemoryBackend {
-    fn enqueue_group(&mut self, group: Vec<Vec<Job>>) -> Result<Vec<Result<(), Refusal>>, StorageError> {
-        Ok(group
-            .into_iter()
-            .map(|submission| {
-                let unfinished = self.unfinished();
-                if unfinished + submission.len() > self.capacity {
-                    return Err(Refusal::QueueFull {
-                        unfinished,
-                        capacity: self.capacity,
-                        requested: submission.len(),
-                    });
+    fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError> {
+        let mut admitted = Vec::with_capacity(submission.len());
+        let mut is_new = Vec::with_capacity(submission.len());
+        let mut keys_in_submission: HashMap<&str, JobId> = HashMap::new();
+        for job in &submission {
+            let earlier = job
+                .idempotency_key
+                .as_deref()
+                .and_then(|key| self.idempotency.get(key).copied().or_else(|| keys_in_submission.get(key).copied()));
+            match earlier {
+                Some(id) => {
+                    let state = self.records.get(&id).map_or(JobState::Queued, |record| record.state);
+                    admitted.push(Admitted { id, state, created: false });
+                    is_new.push(false);
                 }
-                self.ready.extend(submission);
-                Ok(())
-            })
-            .collect())
+                None => {
+                    if let Some(key) = job.idempotency_key.as_deref() {
+                        keys_in_submission.insert(key, job.id);
+                    }
+                    admitted.push(Admitted { id: job.id, state: JobState::Queued, created: true });
+                    is_new.push(true);
+                }
+            }
+        }
+        let new_jobs = is_new.iter().filter(|&&new| new).count();
+        if self.unfinished + new_jobs > self.capacity {
+            return Ok(Err(Refusal::QueueFull {
+                unfinished: self.unfinished,
+                capacity: self.capacity,
+                requested: new_jobs,
+            }));
+        }
+        for (job, new) in submission.into_iter().zip(is_new) {
+            if !new {
+                continue;
+            }
+            if let Some(key) = &job.idempotency_key {
+                self.idempotency.insert(key.clone(), job.id);
+            }
+            self.records.insert(
+                job.id,
+                JobRecord {
+                    id: job.id,
+                    kind: job.kind.name().to_owned(),
+                    state: JobState::Queued,
+                    attempts: 0,
+                    created_at: job.created_at,
+                    started_at: None,
+                    finished_at: None,
+                    last_error: None,
+                    result: None,
+                    idempotency_key: job.idempotency_key.clone(),
+                    payload: None,
+                },
+            );
+            self.unfinished += 1;
+            self.ready.push_back(job);
+        }
+        Ok(Ok(admitted))
     }
 
     fn take_ready(&mut self, max: usize) -> Result<Vec<Job>, StorageError> {
         let count = max.min(self.ready.len());
-        self.claimed += count;
-        Ok(self.ready.drain(..count).collect())
+        Ok(self
+            .ready
+            .drain(..count)
+            .map(|mut job| {
+                job.attempt = self.records.get(&job.id).map_or(1, |record| record.attempts + 1);
+                job
+            })
+            .collect())
     }
 
-    fn record_outcomes(&mut self, finished: Vec<FinishedJob>) -> Result<(), StorageError> {
-        self.claimed = self.claimed.saturating_sub(finished.len());
+    fn record_started(&mut self, started: &[StartedJob]) -> Result<(), StorageError> {
+        for start in started {
+            if let Some(record) = self.records.get_mut(&start.id) {
+                record.state = JobState::Running;
+                record.attempts += 1;
+                record.started_at = Some(start.started_at);
+                self.running += 1;
+            }
+        }
         Ok(())
     }
 
+    fn record_finished(&mut self, finished: &[FinishedJob]) -> Result<(), StorageError> {
+        for end in finished {
+            if let Some(record) = self.records.get_mut(&end.id) {
+                if record.state == JobState::Running {
+                    self.running -= 1;
+                }
+                record.state = end.outcome.final_state();
+                record.finished_at = Some(end.finished_at);
+                match &end.outcome {
+                    crate::job::Outcome::Succeeded(result) => record.result = Some(result.clone()),
+                    crate::job::Outcome::Failed { error } => record.last_error = Some(error.clone()),
+                    crate::job::Outcome::Panicked { message } => record.last_error = Some(message.clone()),
+                }
+                self.unfinished -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {
+        let expired: Vec<JobId> = self
+            .records
+            .values()
+            .filter(|record| record.state.is_finished() && record.finished_at.is_some_and(|at| at < cutoff))
+            .take(limit)
+            .map(|record| record.id)
+            .collect();
+        for id in &expired {
+            if let Some(key) = self.records.remove(id).and_then(|record| record.idempotency_key) {
+                self.idempotency.remove(&key);
+            }
+        }
+        Ok(expired.len())
+    }
+
+    fn get(&mut self, id: JobId, _with_payload: bool) -> Result<Option<JobRecord>, StorageError> {
+        Ok(self.records.get(&id).cloned())
+    }
+
     fn depth(&self) -> QueueDepth {
-        QueueDepth { queued: self.ready.len(), claimed: self.claimed, capacity: self.capacity }
+        QueueDepth { queued: self.unfinished - self.running, running: self.running, capacity: self.capacity }
     }
 
     fn is_durable(&self) -> bool {
@@ -68,36 +170,50 @@ impl QueueBackend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{JobId, JobKind, Outcome};
+    use crate::job::{JobKind, Outcome};
 
     fn jobs(count: usize) -> Vec<Job> {
-        (0..count).map(|_| Job { id: JobId::generate(), created_at: chrono::Utc::now(), kind: JobKind::Noop }).collect()
+        (0..count)
+            .map(|_| Job {
+                id: JobId::generate(),
+                created_at: Utc::now(),
+                attempt: 0,
+                idempotency_key: None,
+                kind: JobKind::Noop,
+            })
+            .collect()
     }
 
     #[test]
     fn submissions_are_all_or_nothing_against_capacity() {
         let mut backend = MemoryBackend::new(5);
-        let answers = backend.enqueue_group(vec![jobs(3), jobs(3), jobs(2)]).expect("memory never fails");
-        assert_eq!(answers[0], Ok(()));
+        let answers: Vec<_> =
+            [jobs(3), jobs(3), jobs(2)].into_iter().map(|s| backend.enqueue(s).expect("memory never fails")).collect();
+        assert!(answers[0].is_ok());
         assert!(matches!(answers[1], Err(Refusal::QueueFull { unfinished: 3, .. })));
-        assert_eq!(answers[2], Ok(()));
+        assert!(answers[2].is_ok());
         assert_eq!(backend.depth().queued, 5);
     }
 
     #[test]
-    fn claimed_jobs_hold_capacity_until_recorded() {
+    fn claimed_jobs_hold_capacity_until_finished() {
         let mut backend = MemoryBackend::new(2);
         let first = jobs(2);
         let ids: Vec<JobId> = first.iter().map(|job| job.id).collect();
-        backend.enqueue_group(vec![first]).expect("enqueue");
+        backend.enqueue(first).expect("enqueue").expect("fits");
         let claimed = backend.take_ready(10).expect("take");
         assert_eq!(claimed.iter().map(|job| job.id).collect::<Vec<_>>(), ids);
-        assert!(backend.enqueue_group(vec![jobs(1)]).expect("enqueue")[0].is_err());
-        let finished = ids
+        assert!(backend.enqueue(jobs(1)).expect("enqueue").is_err());
+        let finished: Vec<_> = ids
             .iter()
-            .map(|&id| FinishedJob { id, kind: "noop", outcome: Outcome::Failed { error: "x".into() } })
+            .map(|&id| FinishedJob {
+                id,
+                kind: "noop",
+                outcome: Outcome::Failed { error: "x".into() },
+                finished_at: Utc::now(),
+            })
             .collect();
-        backend.record_outcomes(finished).expect("record");
-        assert_eq!(backend.enqueue_group(vec![jobs(2)]).expect("enqueue")[0], Ok(()));
+        backend.record_finished(&finished).expect("record");
+        assert!(backend.enqueue(jobs(2)).expect("enqueue").is_ok());
     }
 }

@@ -1,15 +1,19 @@
 //! The job queue seam: the [`QueueBackend`] trait every backend implements, and the
-//! [`QueueThread`] that runs a backend on a thread of its own so no actor ever blocks on it.
+//! [`QueueThread`] that runs a backend on a thread of its own, so that no actor ever
+//! blocks on storage, and that commits the work of many callers at once.
 
 pub mod memory;
+pub mod sqlite;
 
 use std::thread;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::job::{FinishedJob, Job};
+use crate::job::{FinishedJob, Job, JobId, JobRecord, JobState, StartedJob};
 
-/// A storage failure: the operation did nothing. Callers answer 503 and keep running.
+/// A storage failure: the unit of work it belonged to did nothing. Callers answer 503
+/// and keep running.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("queue storage failed: {0}")]
 pub struct StorageError(pub String);
@@ -20,51 +24,203 @@ pub enum Refusal {
     /// Accepting the submission would exceed `max_queue` unfinished jobs.
     #[error("the queue holds {unfinished} of at most {capacity} unfinished jobs; {requested} more do not fit")]
     QueueFull { unfinished: usize, capacity: usize, requested: usize },
+    /// The queue's storage reached its size limit (`queue_db_max_bytes`).
+    #[error("the queue database holds {used_bytes} of at most {limit_bytes} bytes; this request does not fit")]
+    StorageFull { used_bytes: u64, limit_bytes: u64 },
 }
 
-/// How many jobs the backend holds, by state.
+/// One job of an accepted submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub id: JobId,
+    pub state: JobState,
+    /// False when an earlier job with the same idempotency key answered instead.
+    pub created: bool,
+}
+
+/// What the backend holds, by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueDepth {
-    /// Accepted and not yet handed to the Dispatcher.
+    /// Accepted and not started (including jobs claimed into the Dispatcher's window).
     pub queued: usize,
-    /// Handed to the Dispatcher and not yet finished.
-    pub claimed: usize,
+    /// Started and not finished.
+    pub running: usize,
     /// The most unfinished jobs the backend accepts (`max_queue`).
     pub capacity: usize,
+}
+
+/// The queue's health as `/readyz` and `/v1/stats` see it.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueStatus {
+    pub depth: QueueDepth,
+    pub durable: bool,
+    /// Whether the latest write committed; false after a storage fault until a write succeeds.
+    pub writable: bool,
 }
 
 /// A place where accepted jobs wait for a worker.
 ///
 /// A backend is owned by exactly one thread (see [`QueueThread`]), so its methods take
-/// `&mut self` and may block: a durable backend does its I/O here. Every method is a
-/// whole unit of work: it either happens completely or returns an error and changes nothing.
+/// `&mut self` and may block: a durable backend does its I/O here. The thread wraps a
+/// batch of calls in [`begin`](Self::begin) and [`commit`](Self::commit); nothing a
+/// batch did may be visible after a failed commit, and [`rollback`](Self::rollback) must
+/// restore any bookkeeping the backend keeps in memory.
 pub trait QueueBackend: Send + 'static {
-    /// Enqueues a group of submissions in one commit.
-    ///
-    /// Each submission is all-or-nothing: it is accepted whole or refused whole with a
-    /// [`Refusal`], judged in group order. A [`StorageError`] means nothing of the group
-    /// was stored. Group commit lives here: one call is one transaction, however many
-    /// submissions it carries.
-    fn enqueue_group(&mut self, group: Vec<Vec<Job>>) -> Result<Vec<Result<(), Refusal>>, StorageError>;
+    /// Starts a unit of work.
+    fn begin(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 
-    /// Claims up to `max` ready jobs in submission order for the Dispatcher.
+    /// Makes the unit of work durable.
+    fn commit(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Undoes the unit of work after a failure.
+    fn rollback(&mut self) {}
+
+    /// Enqueues one submission, all or nothing: either every job is accepted (or
+    /// answered by an earlier job with the same idempotency key) or none is.
+    fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError>;
+
+    /// Claims up to `max` queued jobs in submission order for the Dispatcher. A claimed
+    /// job is not returned again by this process; after a restart it is queued again.
     fn take_ready(&mut self, max: usize) -> Result<Vec<Job>, StorageError>;
 
-    /// Records how claimed jobs ended, freeing their capacity.
-    fn record_outcomes(&mut self, finished: Vec<FinishedJob>) -> Result<(), StorageError>;
+    /// Marks jobs as running.
+    fn record_started(&mut self, started: &[StartedJob]) -> Result<(), StorageError>;
+
+    /// Records how jobs ended, freeing their capacity.
+    fn record_finished(&mut self, finished: &[FinishedJob]) -> Result<(), StorageError>;
+
+    /// Deletes up to `limit` finished jobs that finished before `cutoff`; returns how many.
+    fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError>;
+
+    /// One job's record.
+    fn get(&mut self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError>;
 
     /// The current depth.
     fn depth(&self) -> QueueDepth;
 
     /// Whether jobs the backend accepted are still there after the process dies.
     fn is_durable(&self) -> bool;
+
+    /// Whether the backend's storage reached its size limit, so that submissions are
+    /// refused until finished jobs are purged.
+    fn is_full(&mut self) -> bool {
+        false
+    }
+
+    /// Tries a trivial write, to learn whether a storage fault has passed.
+    fn check_writable(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+/// The answer to one submission of a group.
+pub type SubmissionAnswer = Result<Vec<Admitted>, Refusal>;
+
+/// Progress that could not be recorded, handed back so the caller can try again.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct ProgressNotRecorded {
+    pub error: StorageError,
+    pub started: Vec<StartedJob>,
+    pub finished: Vec<FinishedJob>,
 }
 
 enum Command {
-    Enqueue { group: Vec<Vec<Job>>, reply: oneshot::Sender<Result<Vec<Result<(), Refusal>>, StorageError>> },
-    TakeReady { max: usize, reply: oneshot::Sender<Result<Vec<Job>, StorageError>> },
-    RecordOutcomes { finished: Vec<FinishedJob>, reply: oneshot::Sender<Result<(), StorageError>> },
-    Depth { reply: oneshot::Sender<(QueueDepth, bool)> },
+    Enqueue {
+        group: Vec<Vec<Job>>,
+        reply: Reply<Vec<SubmissionAnswer>>,
+    },
+    TakeReady {
+        max: usize,
+        reply: Reply<Vec<Job>>,
+    },
+    RecordProgress {
+        started: Vec<StartedJob>,
+        finished: Vec<FinishedJob>,
+        reply: oneshot::Sender<Result<(), ProgressNotRecorded>>,
+    },
+    Purge {
+        cutoff: DateTime<Utc>,
+        limit: usize,
+        reply: Reply<usize>,
+    },
+    Get {
+        id: JobId,
+        with_payload: bool,
+        reply: Reply<Option<JobRecord>>,
+    },
+    Status {
+        reply: Reply<QueueStatus>,
+    },
+}
+
+/// What a write command produced inside the open transaction; its answer is held back
+/// until the commit has returned.
+enum Output {
+    Enqueue(Vec<SubmissionAnswer>),
+    TakeReady(Vec<Job>),
+    RecordProgress,
+    Purge(usize),
+}
+
+impl Command {
+    fn is_read(&self) -> bool {
+        matches!(self, Command::Get { .. } | Command::Status { .. })
+    }
+
+    /// Does a write command's work. Jobs to enqueue are moved into the backend; progress
+    /// is only borrowed, so that it can be handed back if the commit fails.
+    fn execute(&mut self, backend: &mut dyn QueueBackend) -> Result<Output, StorageError> {
+        match self {
+            Command::Enqueue { group, .. } => {
+                let mut answers = Vec::with_capacity(group.len());
+                for submission in std::mem::take(group) {
+                    answers.push(backend.enqueue(submission)?);
+                }
+                Ok(Output::Enqueue(answers))
+            }
+            Command::TakeReady { max, .. } => Ok(Output::TakeReady(backend.take_ready(*max)?)),
+            Command::RecordProgress { started, finished, .. } => {
+                backend.record_started(started)?;
+                backend.record_finished(finished)?;
+                Ok(Output::RecordProgress)
+            }
+            Command::Purge { cutoff, limit, .. } => Ok(Output::Purge(backend.purge_finished(*cutoff, *limit)?)),
+            Command::Get { .. } | Command::Status { .. } => unreachable!("reads run outside transactions"),
+        }
+    }
+
+    /// Answers a write command after its transaction committed.
+    fn answer(self, output: Output) {
+        // A reply whose receiver went away is dropped: the caller gave up, and the work
+        // is done either way, exactly as if the answer had been lost on the wire.
+        match (self, output) {
+            (Command::Enqueue { reply, .. }, Output::Enqueue(answers)) => drop(reply.send(Ok(answers))),
+            (Command::TakeReady { reply, .. }, Output::TakeReady(jobs)) => drop(reply.send(Ok(jobs))),
+            (Command::RecordProgress { reply, .. }, Output::RecordProgress) => drop(reply.send(Ok(()))),
+            (Command::Purge { reply, .. }, Output::Purge(count)) => drop(reply.send(Ok(count))),
+            _ => unreachable!("each command produces its own kind of output"),
+        }
+    }
+
+    /// Answers a write command whose transaction failed: nothing it did remains.
+    fn fail(self, error: &StorageError) {
+        match self {
+            Command::Enqueue { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::TakeReady { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::RecordProgress { started, finished, reply } => {
+                drop(reply.send(Err(ProgressNotRecorded { error: error.clone(), started, finished })))
+            }
+            Command::Purge { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Get { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Status { reply } => drop(reply.send(Err(error.clone()))),
+        }
+    }
 }
 
 /// The error every [`QueueHandle`] call returns once the queue thread has stopped.
@@ -87,16 +243,22 @@ pub struct QueueHandle {
 }
 
 /// Calls in flight beyond this wait for room. The protocol keeps far fewer in flight:
-/// one commit from the Ingest actor, one fetch and one outcome flush from the Dispatcher,
-/// plus status reads.
-const COMMAND_CHANNEL_CAPACITY: usize = 256;
+/// one commit from the Ingest actor, one fetch and one progress flush from the
+/// Dispatcher, one purge, plus status reads.
+const COMMAND_CHANNEL_CAPACITY: usize = 1024;
+/// The most commands one transaction carries when group commit is on.
+const MAX_COMMANDS_PER_COMMIT: usize = 256;
 
 impl QueueThread {
-    /// Starts the queue thread with `backend`.
-    pub fn spawn(backend: Box<dyn QueueBackend>) -> std::io::Result<Self> {
+    /// Starts the queue thread with `backend`. With `group_commit`, all commands waiting
+    /// when the thread wakes share one transaction and so one fsync; without it, each
+    /// command commits alone (for comparison and for debugging).
+    pub fn spawn(backend: Box<dyn QueueBackend>, group_commit: bool) -> std::io::Result<Self> {
         let (commands, receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
-        let thread =
-            thread::Builder::new().name("jobd-queue".to_owned()).spawn(move || run_backend(backend, receiver))?;
+        let per_commit = if group_commit { MAX_COMMANDS_PER_COMMIT } else { 1 };
+        let thread = thread::Builder::new()
+            .name("jobd-queue".to_owned())
+            .spawn(move || run_backend(backend, receiver, per_commit))?;
         Ok(Self { handle: QueueHandle { commands }, thread })
     }
 
@@ -115,51 +277,173 @@ impl QueueThread {
     }
 }
 
-fn run_backend(mut backend: Box<dyn QueueBackend>, mut receiver: mpsc::Receiver<Command>) {
-    // Replies whose receiver went away are dropped: the caller gave up, and the work is
-    // done either way, exactly as if the answer had been lost on the wire.
-    while let Some(command) = receiver.blocking_recv() {
-        match command {
-            Command::Enqueue { group, reply } => {
-                let _ = reply.send(backend.enqueue_group(group));
+fn run_backend(mut backend: Box<dyn QueueBackend>, mut receiver: mpsc::Receiver<Command>, per_commit: usize) {
+    let mut writable = true;
+    while let Some(first) = receiver.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < per_commit {
+            match receiver.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
             }
-            Command::TakeReady { max, reply } => {
-                let _ = reply.send(backend.take_ready(max));
+        }
+        let (reads, writes): (Vec<Command>, Vec<Command>) = batch.into_iter().partition(Command::is_read);
+        // Reads run outside the transaction, so they are served even while writes fail.
+        for read in reads {
+            answer_read(backend.as_mut(), read, &mut writable);
+        }
+        if !writes.is_empty() {
+            writable = run_writes(backend.as_mut(), writes);
+        }
+    }
+}
+
+fn answer_read(backend: &mut dyn QueueBackend, command: Command, writable: &mut bool) {
+    match command {
+        Command::Get { id, with_payload, reply } => drop(reply.send(backend.get(id, with_payload))),
+        Command::Status { reply } => {
+            if !*writable {
+                *writable = backend.check_writable().is_ok();
             }
-            Command::RecordOutcomes { finished, reply } => {
-                let _ = reply.send(backend.record_outcomes(finished));
+            let status = QueueStatus {
+                depth: backend.depth(),
+                durable: backend.is_durable(),
+                writable: *writable && !backend.is_full(),
+            };
+            drop(reply.send(Ok(status)));
+        }
+        _ => unreachable!("only reads are passed here"),
+    }
+}
+
+/// Runs write commands in one transaction and answers them after the commit. Returns
+/// whether the commit succeeded.
+fn run_writes(backend: &mut dyn QueueBackend, mut writes: Vec<Command>) -> bool {
+    let mut outputs = Vec::with_capacity(writes.len());
+    let result = backend.begin().and_then(|()| {
+        for command in &mut writes {
+            outputs.push(command.execute(backend)?);
+        }
+        backend.commit()
+    });
+    match result {
+        Ok(()) => {
+            for (command, output) in writes.into_iter().zip(outputs) {
+                command.answer(output);
             }
-            Command::Depth { reply } => {
-                let _ = reply.send((backend.depth(), backend.is_durable()));
+            true
+        }
+        Err(error) => {
+            backend.rollback();
+            tracing::error!(%error, commands = writes.len(), "queue transaction failed and was rolled back");
+            for command in writes {
+                command.fail(&error);
             }
+            false
         }
     }
 }
 
 impl QueueHandle {
-    async fn call<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, StorageError> {
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(command(reply)).await.map_err(|_| queue_closed())?;
-        answer.await.map_err(|_| queue_closed())
+        answer.await.map_err(|_| queue_closed())?
     }
 
-    /// See [`QueueBackend::enqueue_group`].
-    pub async fn enqueue_group(&self, group: Vec<Vec<Job>>) -> Result<Vec<Result<(), Refusal>>, StorageError> {
-        self.call(|reply| Command::Enqueue { group, reply }).await?
+    /// Enqueues a group of submissions in one transaction; see [`QueueBackend::enqueue`].
+    pub async fn enqueue_group(&self, group: Vec<Vec<Job>>) -> Result<Vec<SubmissionAnswer>, StorageError> {
+        self.call(|reply| Command::Enqueue { group, reply }).await
     }
 
     /// See [`QueueBackend::take_ready`].
     pub async fn take_ready(&self, max: usize) -> Result<Vec<Job>, StorageError> {
-        self.call(|reply| Command::TakeReady { max, reply }).await?
+        self.call(|reply| Command::TakeReady { max, reply }).await
     }
 
-    /// See [`QueueBackend::record_outcomes`].
-    pub async fn record_outcomes(&self, finished: Vec<FinishedJob>) -> Result<(), StorageError> {
-        self.call(|reply| Command::RecordOutcomes { finished, reply }).await?
+    /// Records started and finished jobs in one transaction. On failure the progress
+    /// comes back, to be tried again.
+    pub async fn record_progress(
+        &self,
+        started: Vec<StartedJob>,
+        finished: Vec<FinishedJob>,
+    ) -> Result<(), ProgressNotRecorded> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::RecordProgress { started, finished, reply };
+        if let Err(mpsc::error::SendError(command)) = self.commands.send(command).await {
+            let Command::RecordProgress { started, finished, .. } = command else { unreachable!("sent just above") };
+            return Err(ProgressNotRecorded { error: queue_closed(), started, finished });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ProgressNotRecorded { error: queue_closed(), started: Vec::new(), finished: Vec::new() })
+        })
     }
 
-    /// The depth and whether the backend is durable.
-    pub async fn depth(&self) -> Result<(QueueDepth, bool), StorageError> {
-        self.call(|reply| Command::Depth { reply }).await
+    /// See [`QueueBackend::purge_finished`].
+    pub async fn purge_finished(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {
+        self.call(|reply| Command::Purge { cutoff, limit, reply }).await
+    }
+
+    /// See [`QueueBackend::get`].
+    pub async fn get(&self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError> {
+        self.call(|reply| Command::Get { id, with_payload, reply }).await
+    }
+
+    /// Depth, durability and whether writes currently succeed.
+    pub async fn status(&self) -> Result<QueueStatus, StorageError> {
+        self.call(|reply| Command::Status { reply }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite::{SqliteBackend, Synchronous};
+    use super::*;
+    use crate::job::{JobKind, UploadBody, UploadSpec};
+
+    fn upload(bytes: usize) -> Job {
+        Job {
+            id: JobId::generate(),
+            created_at: Utc::now(),
+            attempt: 0,
+            idempotency_key: None,
+            kind: JobKind::Upload(UploadSpec {
+                body: UploadBody::Bytes(vec![7; bytes]),
+                key: None,
+                content_type: None,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_fails_its_writes_keeps_earlier_jobs_and_reads_go_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut backend, _) =
+            SqliteBackend::open(&dir.path().join("queue.db"), 1000, Synchronous::Full, None).expect("open");
+        let small = upload(10);
+        let small_id = small.id;
+        backend.begin().expect("begin");
+        assert!(backend.enqueue(vec![small]).expect("enqueue").is_ok());
+        backend.commit().expect("commit");
+        // The file may not grow any more: like a full disk.
+        backend.set_max_page_count_for_test(backend.page_count_for_test());
+        let thread = QueueThread::spawn(Box::new(backend), true).expect("thread");
+        let queue = thread.handle();
+        assert!(queue.status().await.expect("status").writable);
+
+        // A megabyte does not fit: the commit fails, and the whole group is gone.
+        let big = upload(1 << 20);
+        let big_id = big.id;
+        let failed = queue.enqueue_group(vec![vec![upload(10)], vec![big]]).await;
+        assert!(failed.is_err(), "{failed:?}");
+        let status = queue.status().await.expect("status is a read");
+        assert!(!status.writable, "the probe write fails too");
+        assert_eq!(status.depth.queued, 1, "bookkeeping rolled back");
+        assert!(queue.get(big_id, false).await.expect("reads go on").is_none());
+        assert!(queue.get(small_id, false).await.expect("reads go on").is_some());
+        let claimed = queue.take_ready(10).await.expect("the earlier job is still there");
+        assert_eq!(claimed.iter().map(|job| job.id).collect::<Vec<_>>(), vec![small_id]);
+        drop(queue);
+        thread.join();
     }
 }

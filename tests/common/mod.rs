@@ -23,7 +23,11 @@ pub struct Daemon {
     child: Child,
     pub base: String,
     pub logs: Arc<Mutex<Vec<String>>>,
-    pub data_dir: tempfile::TempDir,
+    /// Always `Some` until [`Daemon::into_data_dir`] takes it.
+    data_dir: Option<tempfile::TempDir>,
+    /// The thread that copies the daemon's log lines into `logs`; joined after exit so
+    /// that `logs` holds every line.
+    log_reader: Option<std::thread::JoinHandle<()>>,
     pub client: reqwest::Client,
 }
 
@@ -59,7 +63,7 @@ impl Daemon {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (addr_sender, addr_receiver) = mpsc::channel();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Ok(value) = serde_json::from_str::<Value>(&line) {
@@ -81,14 +85,50 @@ impl Daemon {
             child,
             base: format!("http://{addr}"),
             logs,
-            data_dir,
+            data_dir: Some(data_dir),
+            log_reader: Some(log_reader),
             client: reqwest::Client::builder().build().expect("HTTP client"),
         }
     }
 
+    /// The data directory.
+    pub fn data_path(&self) -> &Path {
+        self.data_dir.as_ref().expect("data dir present until into_data_dir").path()
+    }
+
     /// The default `file://` store root.
     pub fn objects_dir(&self) -> PathBuf {
-        self.data_dir.path().join("objects")
+        self.data_path().join("objects")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL and hands back its data directory, for a restart.
+    /// Every line it logged is in `logs` by then.
+    pub fn kill_9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.finish_logs();
+        self.data_dir.take().expect("data dir present")
+    }
+
+    fn finish_logs(&mut self) {
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("read status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS line")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -103,6 +143,16 @@ impl Daemon {
     /// POSTs raw bytes with a Content-Type.
     pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
         self.client.post(self.url(path)).header("content-type", content_type).body(body).send().await.expect("POST")
+    }
+
+    /// `GET /v1/jobs/{id}` as JSON, or `None` for a 404.
+    pub async fn job(&self, id: &str) -> Option<Value> {
+        let response = self.client.get(self.url(&format!("/v1/jobs/{id}"))).send().await.expect("GET job");
+        match response.status().as_u16() {
+            200 => Some(response.json().await.expect("job JSON")),
+            404 => None,
+            other => panic!("GET /v1/jobs/{id} answered {other}"),
+        }
     }
 
     /// `GET /v1/stats`.
@@ -137,6 +187,7 @@ impl Daemon {
         let deadline = Instant::now() + WAIT_DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.finish_logs();
                 return status;
             }
             assert!(Instant::now() < deadline, "jobd did not exit");
