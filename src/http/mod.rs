@@ -56,40 +56,23 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
     move |config| {
         config
             .app_data(state)
-            .service(
-                web::resource("/v1/jobs")
-                    .route(web::post().to(post_jobs))
-                    .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("POST")) })),
-            )
-            .service(
-                web::resource("/v1/jobs/{id}")
-                    .route(web::get().to(get_job))
-                    .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("GET")) })),
-            )
-            .service(
-                web::resource("/v1/payloads")
-                    .route(web::post().to(post_payloads))
-                    .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("POST")) })),
-            )
-            .service(
-                web::resource("/v1/stats")
-                    .route(web::get().to(get_stats))
-                    .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("GET")) })),
-            )
-            .service(
-                web::resource("/healthz")
-                    .route(web::get().to(healthz))
-                    .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("GET")) })),
-            )
-            .service(
-                web::resource("/readyz")
-                    .route(web::get().to(readyz))
-                    .default_service(web::to(|| async { Err::<HttpResponse, _>(Problem::method_not_allowed("GET")) })),
-            )
+            .service(resource("/v1/jobs", "POST", web::post().to(post_jobs)))
+            .service(resource("/v1/jobs/{id}", "GET", web::get().to(get_job)))
+            .service(resource("/v1/payloads", "POST", web::post().to(post_payloads)))
+            .service(resource("/v1/stats", "GET", web::get().to(get_stats)))
+            .service(resource("/healthz", "GET", web::get().to(healthz)))
+            .service(resource("/readyz", "GET", web::get().to(readyz)))
             .default_service(web::to(|request: HttpRequest| async move {
                 Err::<HttpResponse, _>(Problem::not_found(format!("no route for {}", request.path())))
             }));
     }
+}
+
+/// A resource with one method; any other method gets a 405 problem naming it.
+fn resource(path: &str, allow: &'static str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(move || async move { Err::<HttpResponse, _>(Problem::method_not_allowed(allow)) }))
 }
 
 #[derive(Serialize)]

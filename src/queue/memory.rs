@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 
-use super::{Admitted, QueueBackend, QueueDepth, Refusal, StorageError};
+use super::{Admitted, QueueBackend, QueueDepth, Refusal, StorageError, admit};
 use crate::job::{FinishedJob, Job, JobId, JobRecord, JobState, StartedJob};
 
 /// Jobs in a `VecDeque`, in submission order, and a record of every job for status reads.
@@ -35,29 +35,12 @@ impl MemoryBackend {
 
 impl QueueBackend for MemoryBackend {
     fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError> {
-        let mut admitted = Vec::with_capacity(submission.len());
-        let mut is_new = Vec::with_capacity(submission.len());
-        let mut keys_in_submission: HashMap<&str, JobId> = HashMap::new();
-        for job in &submission {
-            let earlier = job
-                .idempotency_key
-                .as_deref()
-                .and_then(|key| self.idempotency.get(key).copied().or_else(|| keys_in_submission.get(key).copied()));
-            match earlier {
-                Some(id) => {
-                    let state = self.records.get(&id).map_or(JobState::Queued, |record| record.state);
-                    admitted.push(Admitted { id, state, created: false });
-                    is_new.push(false);
-                }
-                None => {
-                    if let Some(key) = job.idempotency_key.as_deref() {
-                        keys_in_submission.insert(key, job.id);
-                    }
-                    admitted.push(Admitted { id: job.id, state: JobState::Queued, created: true });
-                    is_new.push(true);
-                }
-            }
-        }
+        let (admitted, is_new) = admit(&submission, |key| {
+            Ok(self
+                .idempotency
+                .get(key)
+                .map(|id| (*id, self.records.get(id).map_or(JobState::Queued, |record| record.state))))
+        })?;
         let new_jobs = is_new.iter().filter(|&&new| new).count();
         if self.unfinished + new_jobs > self.capacity {
             return Ok(Err(Refusal::QueueFull {

@@ -117,6 +117,41 @@ pub trait QueueBackend: Send + 'static {
     }
 }
 
+/// Decides, for each job of a submission, whether it is new or answered by an earlier job
+/// with the same idempotency key: one found by `find_earlier`, or one earlier in the same
+/// submission. Returns the answers and, per job, whether it is new. Shared by backends.
+pub(crate) fn admit(
+    submission: &[Job],
+    mut find_earlier: impl FnMut(&str) -> Result<Option<(JobId, JobState)>, StorageError>,
+) -> Result<(Vec<Admitted>, Vec<bool>), StorageError> {
+    let mut admitted = Vec::with_capacity(submission.len());
+    let mut is_new = Vec::with_capacity(submission.len());
+    let mut keys_in_submission = std::collections::HashMap::new();
+    for job in submission {
+        let earlier = match job.idempotency_key.as_deref() {
+            None => None,
+            Some(key) => match keys_in_submission.get(key) {
+                Some(&id) => Some((id, JobState::Queued)),
+                None => find_earlier(key)?,
+            },
+        };
+        match earlier {
+            Some((id, state)) => {
+                admitted.push(Admitted { id, state, created: false });
+                is_new.push(false);
+            }
+            None => {
+                if let Some(key) = job.idempotency_key.as_deref() {
+                    keys_in_submission.insert(key, job.id);
+                }
+                admitted.push(Admitted { id: job.id, state: JobState::Queued, created: true });
+                is_new.push(true);
+            }
+        }
+    }
+    Ok((admitted, is_new))
+}
+
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 /// The answer to one submission of a group.
 pub type SubmissionAnswer = Result<Vec<Admitted>, Refusal>;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use serde_json::value::RawValue;
 
-use super::{Admitted, QueueBackend, QueueDepth, Refusal, StorageError};
+use super::{Admitted, QueueBackend, QueueDepth, Refusal, StorageError, admit};
 use crate::job::{
     FinishedJob, Job, JobId, JobKind, JobRecord, JobResult, JobState, Outcome, StartedJob, UploadBody, UploadSpec,
 };
@@ -274,31 +274,7 @@ impl QueueBackend for SqliteBackend {
     }
 
     fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError> {
-        let mut admitted = Vec::with_capacity(submission.len());
-        let mut is_new = Vec::with_capacity(submission.len());
-        let mut keys_in_submission = std::collections::HashMap::new();
-        for job in &submission {
-            let earlier = match job.idempotency_key.as_deref() {
-                None => None,
-                Some(key) => match keys_in_submission.get(key) {
-                    Some(&id) => Some((id, JobState::Queued)),
-                    None => self.find_by_idempotency_key(key)?,
-                },
-            };
-            match earlier {
-                Some((id, state)) => {
-                    admitted.push(Admitted { id, state, created: false });
-                    is_new.push(false);
-                }
-                None => {
-                    if let Some(key) = job.idempotency_key.as_deref() {
-                        keys_in_submission.insert(key, job.id);
-                    }
-                    admitted.push(Admitted { id: job.id, state: JobState::Queued, created: true });
-                    is_new.push(true);
-                }
-            }
-        }
+        let (admitted, is_new) = admit(&submission, |key| self.find_by_idempotency_key(key))?;
         let new_jobs = is_new.iter().filter(|&&new| new).count();
         if let Some(limit_bytes) = self.size_limit {
             // A row costs its body plus about two hundred bytes of columns and index entries.
