@@ -18,6 +18,15 @@ pub const DEFAULT_MAX_WORKERS: usize = 16;
 /// window in memory, so the bound is about disk: a million jobs of about 1 KiB is about
 /// 1 GiB, hours of backlog at typical rates, and still a hard stop before the disk fills.
 pub const DEFAULT_MAX_QUEUE: usize = 1_000_000;
+/// Default `max_attempts`: enough to ride out a short outage with backoff, few enough
+/// that a broken job is parked within minutes.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Default `retry_base_ms`: the first retry waits up to a second.
+pub const DEFAULT_RETRY_BASE_MS: u64 = 1_000;
+/// Default `retry_cap_ms`: no retry waits more than an hour.
+pub const DEFAULT_RETRY_CAP_MS: u64 = 3_600_000;
+/// Default `job_timeout_ms`: five minutes, generous for an upload of `max_body_bytes`.
+pub const DEFAULT_JOB_TIMEOUT_MS: u64 = 300_000;
 /// Default `retention_secs`: finished jobs stay readable (and idempotency keys stay
 /// remembered) for a day.
 pub const DEFAULT_RETENTION_SECS: u64 = 86_400;
@@ -129,6 +138,26 @@ pub struct Settings {
     /// Commit concurrent submissions together, one fsync for many [default: true].
     #[arg(long, env = "JOBD_GROUP_COMMIT", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub group_commit: Option<bool>,
+
+    /// Attempts a job gets before it is dead, unless it gives its own [default: 5].
+    #[arg(long, env = "JOBD_MAX_ATTEMPTS", global = true)]
+    pub max_attempts: Option<u32>,
+
+    /// Retry backoff: the first retry waits up to this many ms, doubling per attempt [default: 1000].
+    #[arg(long, env = "JOBD_RETRY_BASE_MS", global = true)]
+    pub retry_base_ms: Option<u64>,
+
+    /// Retry backoff: no retry waits longer than this many ms [default: 3600000].
+    #[arg(long, env = "JOBD_RETRY_CAP_MS", global = true)]
+    pub retry_cap_ms: Option<u64>,
+
+    /// How long one attempt may run, in ms, unless the job or its kind says otherwise [default: 300000].
+    #[arg(long, env = "JOBD_JOB_TIMEOUT_MS", global = true)]
+    pub job_timeout_ms: Option<u64>,
+
+    /// Per-kind attempt timeouts in ms, e.g. `[job_timeouts_ms] upload = 60000`. File only.
+    #[arg(skip)]
+    pub job_timeouts_ms: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Which queue backend holds the jobs.
@@ -158,6 +187,11 @@ impl Settings {
             queue_db_max_bytes: self.queue_db_max_bytes.or(lower.queue_db_max_bytes),
             retention_secs: self.retention_secs.or(lower.retention_secs),
             group_commit: self.group_commit.or(lower.group_commit),
+            max_attempts: self.max_attempts.or(lower.max_attempts),
+            retry_base_ms: self.retry_base_ms.or(lower.retry_base_ms),
+            retry_cap_ms: self.retry_cap_ms.or(lower.retry_cap_ms),
+            job_timeout_ms: self.job_timeout_ms.or(lower.job_timeout_ms),
+            job_timeouts_ms: self.job_timeouts_ms.or(lower.job_timeouts_ms),
         }
     }
 }
@@ -196,6 +230,11 @@ pub struct Config {
     #[serde(serialize_with = "serialize_secs", rename = "retention_secs")]
     pub retention: Duration,
     pub group_commit: bool,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_cap_ms: u64,
+    pub job_timeout_ms: u64,
+    pub job_timeouts_ms: std::collections::BTreeMap<String, u64>,
 }
 
 fn serialize_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -253,6 +292,11 @@ impl Config {
             queue_db_max_bytes: settings.queue_db_max_bytes.filter(|&bytes| bytes > 0),
             retention: Duration::from_secs(settings.retention_secs.unwrap_or(DEFAULT_RETENTION_SECS)),
             group_commit: settings.group_commit.unwrap_or(true),
+            max_attempts: settings.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            retry_base_ms: settings.retry_base_ms.unwrap_or(DEFAULT_RETRY_BASE_MS),
+            retry_cap_ms: settings.retry_cap_ms.unwrap_or(DEFAULT_RETRY_CAP_MS),
+            job_timeout_ms: settings.job_timeout_ms.unwrap_or(DEFAULT_JOB_TIMEOUT_MS),
+            job_timeouts_ms: settings.job_timeouts_ms.unwrap_or_default(),
         };
         config.check()?;
         Ok(config)
@@ -263,7 +307,44 @@ impl Config {
         self.data_dir.join("queue.db")
     }
 
+    /// The retry policy these settings describe.
+    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy {
+            base: Duration::from_millis(self.retry_base_ms),
+            cap: Duration::from_millis(self.retry_cap_ms),
+        }
+    }
+
+    /// The attempt timeouts these settings describe.
+    pub fn timeouts(&self) -> crate::runner::Timeouts {
+        crate::runner::Timeouts {
+            default: Duration::from_millis(self.job_timeout_ms),
+            by_kind: self.job_timeouts_ms.iter().map(|(kind, ms)| (kind.clone(), Duration::from_millis(*ms))).collect(),
+        }
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
+        let limits: [(&'static str, u64, u64, u64, &'static str); 4] = [
+            ("max_attempts", u64::from(self.max_attempts), 1, 100, "between 1 and 100"),
+            ("retry_base_ms", self.retry_base_ms, 1, 86_400_000, "between 1 and 86400000"),
+            ("retry_cap_ms", self.retry_cap_ms, self.retry_base_ms, 604_800_000, "between retry_base_ms and 604800000"),
+            ("job_timeout_ms", self.job_timeout_ms, 1, 86_400_000, "between 1 and 86400000"),
+        ];
+        for (setting, value, low, high, requirement) in limits {
+            if !(low..=high).contains(&value) {
+                return Err(ConfigError::OutOfRange { setting, requirement, value: value.to_string() });
+            }
+        }
+        for (kind, ms) in &self.job_timeouts_ms {
+            if !["upload", "noop", "sleep", "fail", "panic"].contains(&kind.as_str()) || !(1..=86_400_000).contains(ms)
+            {
+                return Err(ConfigError::OutOfRange {
+                    setting: "job_timeouts_ms",
+                    requirement: "a table of known kinds to milliseconds between 1 and 86400000",
+                    value: format!("{kind} = {ms}"),
+                });
+            }
+        }
         if self.queue_db_max_bytes.is_some_and(|bytes| bytes < 65_536) {
             return Err(ConfigError::OutOfRange {
                 setting: "queue_db_max_bytes",

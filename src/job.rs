@@ -47,18 +47,20 @@ impl fmt::Display for JobId {
 }
 
 /// What a job does. Test kinds exist only when `test_kinds` is enabled.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum JobKind {
     /// Writes a body to the object store.
     Upload(UploadSpec),
     /// Succeeds at once; used by benchmarks to measure the queue itself.
     Noop,
-    /// Test kind: sleeps asynchronously, then succeeds.
-    Sleep { millis: u64 },
-    /// Test kind: returns an error.
-    Fail { message: String },
-    /// Test kind: panics inside the job body.
-    Panic { message: String },
+    /// Test kind: sleeps, then succeeds. With `blocking`, it blocks its thread instead of
+    /// yielding, like a careless job body would.
+    Sleep { millis: u64, blocking: bool },
+    /// Test kind: returns an error, retryable or not.
+    Fail { message: String, retryable: bool },
+    /// Test kind: panics inside the job body, or with `in_worker` inside the Worker
+    /// actor itself, outside the body's containment (to exercise worker replacement).
+    Panic { message: String, in_worker: bool },
 }
 
 impl JobKind {
@@ -75,7 +77,7 @@ impl JobKind {
 }
 
 /// An `upload` job: what to write and where.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct UploadSpec {
     pub body: UploadBody,
     /// The object key; `None` means the default `<key_prefix>/<yyyy>/<mm>/<dd>/<id>.<ext>`.
@@ -85,7 +87,7 @@ pub struct UploadSpec {
 }
 
 /// The bytes an upload writes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum UploadBody {
     /// A JSON payload, kept as the exact bytes the client sent.
     Json(Box<RawValue>),
@@ -126,15 +128,32 @@ pub struct JobSpec {
     /// A client's key for deduplication: a second job with the same key, within the
     /// retention window, is not created; the first one is answered instead.
     pub idempotency_key: Option<String>,
+    /// Attempts before the job is dead; `None` means the configured default.
+    pub max_attempts: Option<u32>,
+    /// How long one attempt may take; `None` means the configured default for its kind.
+    pub timeout_ms: Option<u64>,
+    /// When the job becomes due; `None` means now.
+    pub run_at: Option<DateTime<Utc>>,
+}
+
+impl JobSpec {
+    /// A spec with every option at its default.
+    pub fn new(kind: JobKind) -> Self {
+        Self { kind, idempotency_key: None, max_attempts: None, timeout_ms: None, run_at: None }
+    }
 }
 
 /// An accepted job: a validated kind plus the identity and time the Ingest actor gave it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Job {
     pub id: JobId,
     pub created_at: DateTime<Utc>,
     /// Which attempt this run is, from 1; set when the Dispatcher claims the job.
     pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<u64>,
+    /// When the job is due, if not at once.
+    pub run_at: Option<DateTime<Utc>>,
     pub idempotency_key: Option<String>,
     pub kind: JobKind,
 }
@@ -143,31 +162,44 @@ pub struct Job {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
-    /// Accepted and waiting for a worker.
+    /// Due and waiting for a worker.
     Queued,
+    /// Accepted with a `run_at` or `delay_ms` that has not come yet.
+    Scheduled,
     /// A worker is running it.
     Running,
     /// It did its work.
     Succeeded,
-    /// Its latest attempt failed and it will be retried.
+    /// Its latest attempt failed; it will be retried at its `run_at`.
     Failed,
-    /// It failed and will not be retried.
+    /// It failed for good: a permanent error, or `max_attempts` used up.
     Dead,
+    /// Cancelled by a client before it ran.
+    Cancelled,
 }
 
 impl JobState {
     /// Every state, for listings and metrics.
-    pub const ALL: [JobState; 5] =
-        [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Dead];
+    pub const ALL: [JobState; 7] = [
+        JobState::Queued,
+        JobState::Scheduled,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Dead,
+        JobState::Cancelled,
+    ];
 
     /// The state's name in the API, the database and metrics labels.
     pub fn name(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
+            JobState::Scheduled => "scheduled",
             JobState::Running => "running",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
         }
     }
 
@@ -176,9 +208,9 @@ impl JobState {
         JobState::ALL.into_iter().find(|state| state.name() == name)
     }
 
-    /// Whether the job will never run again.
+    /// Whether the job will never run again (unless a client retries a dead one).
     pub fn is_finished(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Dead)
+        matches!(self, JobState::Succeeded | JobState::Dead | JobState::Cancelled)
     }
 }
 
@@ -189,7 +221,12 @@ pub struct JobRecord {
     pub kind: String,
     pub state: JobState,
     pub attempts: u32,
+    pub max_attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     pub created_at: DateTime<Utc>,
+    /// When the job is (or was) due, for scheduled jobs and retries.
+    pub run_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
@@ -201,24 +238,40 @@ pub struct JobRecord {
     pub payload: Option<Box<RawValue>>,
 }
 
-/// How one run of a job ended.
+/// How one attempt of a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The job did its work; for uploads, where the object went.
     Succeeded(JobResult),
-    /// The job body returned an error.
-    Failed { error: String },
-    /// The job body panicked; the panic was caught and the worker restarted.
+    /// The job body returned an error; `retryable` is the error's own verdict.
+    Failed { error: String, retryable: bool },
+    /// The attempt ran past its timeout and was abandoned. Retryable.
+    TimedOut { after_ms: u64 },
+    /// The job body panicked; the panic was contained and the worker restarted. Retryable:
+    /// a panic may come from a transient condition, and `max_attempts` bounds the cost.
     Panicked { message: String },
+    /// The worker running the job died; the Dispatcher replaced it. Retryable.
+    WorkerLost,
 }
 
 impl Outcome {
-    /// The state a job is in after this outcome. Retries arrive with the failure-handling
-    /// work; until then a failed or panicked job is not retried and so is dead.
-    pub fn final_state(&self) -> JobState {
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
         match self {
-            Outcome::Succeeded(_) => JobState::Succeeded,
-            Outcome::Failed { .. } | Outcome::Panicked { .. } => JobState::Dead,
+            Outcome::Succeeded(_) => false,
+            Outcome::Failed { retryable, .. } => *retryable,
+            Outcome::TimedOut { .. } | Outcome::Panicked { .. } | Outcome::WorkerLost => true,
+        }
+    }
+
+    /// The error recorded on the job, if the attempt failed.
+    pub fn error(&self) -> Option<String> {
+        match self {
+            Outcome::Succeeded(_) => None,
+            Outcome::Failed { error, .. } => Some(error.clone()),
+            Outcome::TimedOut { after_ms } => Some(format!("timed out after {after_ms} ms")),
+            Outcome::Panicked { message } => Some(format!("panicked: {message}")),
+            Outcome::WorkerLost => Some("the worker running the job died".to_owned()),
         }
     }
 
@@ -227,7 +280,9 @@ impl Outcome {
         match self {
             Outcome::Succeeded(_) => "succeeded",
             Outcome::Failed { .. } => "failed",
+            Outcome::TimedOut { .. } => "timed_out",
             Outcome::Panicked { .. } => "panicked",
+            Outcome::WorkerLost => "worker_lost",
         }
     }
 }
@@ -246,13 +301,26 @@ pub struct JobResult {
     pub etag: Option<String>,
 }
 
-/// A finished run, as the Dispatcher reports it to the queue backend.
+/// A finished attempt, as the Dispatcher reports it to the queue backend.
 #[derive(Debug, Clone)]
 pub struct FinishedJob {
     pub id: JobId,
     pub kind: &'static str,
     pub outcome: Outcome,
     pub finished_at: DateTime<Utc>,
+    /// When to try again; `None` means the outcome is final.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+impl FinishedJob {
+    /// The state the job is in after this attempt.
+    pub fn state(&self) -> JobState {
+        match (&self.outcome, self.retry_at) {
+            (Outcome::Succeeded(_), _) => JobState::Succeeded,
+            (_, Some(_)) => JobState::Failed,
+            (_, None) => JobState::Dead,
+        }
+    }
 }
 
 /// A job a worker started, as the Dispatcher reports it to the queue backend.

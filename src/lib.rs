@@ -16,6 +16,7 @@ pub mod http;
 pub mod job;
 pub mod keys;
 pub mod queue;
+pub mod retry;
 pub mod runner;
 pub mod server;
 pub mod stats;

@@ -1,19 +1,47 @@
-//! Job bodies: what each kind does when a worker runs it.
+//! Job bodies: what each kind does when a worker runs it, and how long it may take.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::job::{Job, JobKind, JobResult};
+use crate::job::{Job, JobKind, JobResult, UploadBody};
 use crate::stats::Stats;
-use crate::store::JobStore;
+use crate::store::{JobStore, StoreError};
 
-/// Why a job body failed. The message is recorded on the job.
+/// Why a job body failed. The error decides whether another attempt may help.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error("upload failed: {0}")]
-    Upload(#[from] crate::store::StoreError),
-    #[error("{0}")]
-    Requested(String),
+    Upload(#[from] StoreError),
+    #[error("{message}")]
+    Requested { message: String, retryable: bool },
+}
+
+impl JobError {
+    /// Whether another attempt may succeed; a permanent error makes the job dead at once.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            JobError::Upload(error) => error.is_retryable(),
+            JobError::Requested { retryable, .. } => *retryable,
+        }
+    }
+}
+
+/// How long one attempt may run: a job's own `timeout_ms`, else its kind's default,
+/// else the global default.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub default: Duration,
+    pub by_kind: HashMap<String, Duration>,
+}
+
+impl Timeouts {
+    pub fn for_job(&self, job: &Job) -> Duration {
+        job.timeout_ms
+            .map(Duration::from_millis)
+            .or_else(|| self.by_kind.get(job.kind.name()).copied())
+            .unwrap_or(self.default)
+    }
 }
 
 /// Everything a job body may use. Shared by all workers.
@@ -21,11 +49,15 @@ pub enum JobError {
 pub struct JobRunner {
     pub store: Arc<JobStore>,
     pub stats: Arc<Stats>,
+    pub timeouts: Timeouts,
+    /// The runtime job bodies run on, apart from the actors: a body that blocks its
+    /// thread holds one of these threads, never the Dispatcher's or another worker's.
+    pub bodies: tokio::runtime::Handle,
 }
 
 impl JobRunner {
-    /// Runs one job to its end. Panics are not caught here: the worker catches them,
-    /// because it also has to restart itself afterwards.
+    /// Runs one job to its end. Panics are not caught here: the body runs as a task on
+    /// the bodies runtime, whose join handle reports them to the worker.
     pub async fn run(self: Arc<Self>, job: Job) -> Result<JobResult, JobError> {
         let _running = self.stats.body_running();
         match job.kind {
@@ -37,18 +69,23 @@ impl JobRunner {
                 let content_type =
                     upload.content_type.as_deref().unwrap_or_else(|| upload.body.default_content_type()).to_owned();
                 let body = match upload.body {
-                    crate::job::UploadBody::Json(raw) => String::from(Box::<str>::from(raw)).into_bytes(),
-                    crate::job::UploadBody::Bytes(bytes) => bytes,
+                    UploadBody::Json(raw) => String::from(Box::<str>::from(raw)).into_bytes(),
+                    UploadBody::Bytes(bytes) => bytes,
                 };
                 Ok(self.store.put(&key, body, &content_type).await?)
             }
             JobKind::Noop => Ok(JobResult::default()),
-            JobKind::Sleep { millis } => {
+            JobKind::Sleep { millis, blocking: false } => {
                 tokio::time::sleep(Duration::from_millis(millis)).await;
                 Ok(JobResult::default())
             }
-            JobKind::Fail { message } => Err(JobError::Requested(message)),
-            JobKind::Panic { message } => panic!("{message}"),
+            JobKind::Sleep { millis, blocking: true } => {
+                // Deliberately blocks the thread, as careless job code would.
+                std::thread::sleep(Duration::from_millis(millis));
+                Ok(JobResult::default())
+            }
+            JobKind::Fail { message, retryable } => Err(JobError::Requested { message, retryable }),
+            JobKind::Panic { message, .. } => panic!("{message}"),
         }
     }
 }

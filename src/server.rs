@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::Actor as _;
@@ -26,6 +26,8 @@ const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(15);
 /// Finished jobs deleted per purge transaction: small, so a purge never holds the queue
 /// thread long enough to delay submissions noticeably.
 const PURGE_BATCH: usize = 1_000;
+/// The most threads the job-body runtime gets, however large `max_workers` is.
+const MAX_BODY_THREADS: usize = 256;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +60,18 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // The queue opens, and recovers, before anything listens: jobd is ready only after
     // recovery.
     let queue = QueueThread::spawn(open_queue(&config)?, config.group_commit).map_err(ServeError::QueueThread)?;
+    // Job bodies run here, one thread per worker: a body that blocks its thread holds
+    // only its own, so it cannot stall the actors or the other workers.
+    let bodies = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.max_workers.min(MAX_BODY_THREADS))
+        .thread_name("jobd-job")
+        .enable_all()
+        .build()
+        .map_err(ServeError::QueueThread)?;
     let handle = queue.handle();
-    let result = actix::System::new().block_on(run(config, handle));
+    let result = actix::System::new().block_on(run(config, handle, bodies.handle().clone()));
+    // Bodies still running after the drain (past shutdown_timeout) are abandoned.
+    bodies.shutdown_timeout(Duration::from_secs(1));
     // The actors and the HTTP server are gone with the System, and with them every
     // queue handle, so the queue thread ends here.
     queue.join();
@@ -90,7 +102,7 @@ fn open_queue(config: &Config) -> Result<Box<dyn QueueBackend>, ServeError> {
     }
 }
 
-async fn run(config: Config, queue: QueueHandle) -> Result<(), ServeError> {
+async fn run(config: Config, queue: QueueHandle, bodies: tokio::runtime::Handle) -> Result<(), ServeError> {
     // Signal streams are created first, so that a signal during start-up is not lost.
     let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
@@ -104,17 +116,19 @@ async fn run(config: Config, queue: QueueHandle) -> Result<(), ServeError> {
     }
     let probe_task = actix::spawn(probe_store_periodically(store.clone(), lifecycle.clone()));
 
-    let runner = Arc::new(JobRunner { store: store.clone(), stats: stats.clone() });
-    let wake_pending = Arc::new(AtomicBool::new(false));
-    let dispatcher =
-        Dispatcher::new(queue.clone(), runner, stats.clone(), config.max_workers, wake_pending.clone()).start();
+    let runner =
+        Arc::new(JobRunner { store: store.clone(), stats: stats.clone(), timeouts: config.timeouts(), bodies });
+    let (dispatcher, wake) =
+        Dispatcher::new(queue.clone(), runner, stats.clone(), config.max_workers, config.retry_policy()).launch();
     let ingest =
-        Ingest::new(queue.clone(), dispatcher.clone(), stats.clone(), wake_pending, config.group_commit).start();
+        Ingest::new(queue.clone(), wake.clone(), stats.clone(), config.group_commit, config.max_attempts).start();
     let purge_task = actix::spawn(purge_periodically(queue.clone(), config.retention));
 
     let state_queue = queue.clone();
     let state = web::Data::new(AppState {
         ingest,
+        dispatcher: dispatcher.clone(),
+        wake,
         queue,
         stats,
         lifecycle: lifecycle.clone(),

@@ -17,8 +17,16 @@ pub struct Stats {
     /// Jobs whose body returned an error (panics excluded).
     pub jobs_failed: AtomicU64,
     pub jobs_panicked: AtomicU64,
+    /// Attempts abandoned at their timeout.
+    pub jobs_timed_out: AtomicU64,
+    /// Failed attempts that will be retried.
+    pub jobs_retried: AtomicU64,
+    /// Jobs that failed for good.
+    pub jobs_dead: AtomicU64,
     /// Times the Supervisor restarted a worker.
     pub worker_restarts: AtomicU64,
+    /// Workers that died some other way and were replaced by the Dispatcher.
+    pub worker_replacements: AtomicU64,
     pub rejected_queue_full: AtomicU64,
     pub rejected_invalid: AtomicU64,
     pub rejected_too_large: AtomicU64,
@@ -45,13 +53,15 @@ pub struct StatsSnapshot {
 #[derive(Debug, Serialize)]
 pub struct JobCounts {
     pub accepted: u64,
-    /// Accepted and not yet started.
-    pub queued: u64,
-    /// Started and not yet finished.
-    pub running: u64,
+    /// Attempts started; with retries, a job may start more than once.
+    pub started: u64,
     pub succeeded: u64,
     pub failed: u64,
+    pub timed_out: u64,
     pub panicked: u64,
+    /// Attempts that failed and were scheduled to run again.
+    pub retried: u64,
+    pub dead: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,6 +70,7 @@ pub struct WorkerCounts {
     pub busy: usize,
     pub idle: usize,
     pub restarts: u64,
+    pub replacements: u64,
     pub bodies_running: usize,
     pub bodies_running_peak: usize,
 }
@@ -96,7 +107,6 @@ impl Stats {
 
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let finished = read(&self.jobs_succeeded) + read(&self.jobs_failed) + read(&self.jobs_panicked);
         let accepted = read(&self.jobs_accepted);
         let started = read(&self.jobs_started);
         let total = read_gauge(&self.workers_total);
@@ -104,17 +114,20 @@ impl Stats {
         StatsSnapshot {
             jobs: JobCounts {
                 accepted,
-                queued: accepted.saturating_sub(started),
-                running: started.saturating_sub(finished),
+                started,
                 succeeded: read(&self.jobs_succeeded),
                 failed: read(&self.jobs_failed),
+                timed_out: read(&self.jobs_timed_out),
                 panicked: read(&self.jobs_panicked),
+                retried: read(&self.jobs_retried),
+                dead: read(&self.jobs_dead),
             },
             workers: WorkerCounts {
                 total,
                 busy,
                 idle: total.saturating_sub(busy),
                 restarts: read(&self.worker_restarts),
+                replacements: read(&self.worker_replacements),
                 bodies_running: read_gauge(&self.bodies_running),
                 bodies_running_peak: read_gauge(&self.bodies_running_peak),
             },

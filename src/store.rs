@@ -30,6 +30,26 @@ pub enum StoreError {
     SymlinkCheck(std::io::Error),
 }
 
+impl StoreError {
+    /// Whether trying again later may succeed: network trouble, throttling and server
+    /// errors may pass; a refused permission, a bad path or a symlink will not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::ObjectStore(error) => !matches!(
+                error,
+                object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::NotImplemented { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::UnknownConfigurationKey { .. }
+            ),
+            StoreError::SymlinkCheck(_) => true,
+            StoreError::InvalidUrl { .. } | StoreError::CreateRoot { .. } | StoreError::Symlink(_) => false,
+        }
+    }
+}
+
 /// Which kind of store a URL named; stores differ in what they support.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {

@@ -12,6 +12,12 @@ use crate::keys::ObjectKey;
 
 /// The longest `sleep` a test job may ask for; keeps a typo from parking a worker for days.
 const MAX_SLEEP_MILLIS: u64 = 3_600_000;
+/// The most attempts a job may ask for.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// The longest timeout a job may ask for: a day.
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// The furthest ahead a job may be scheduled: a year.
+pub const MAX_DELAY_MS: u64 = 365 * 86_400_000;
 /// The longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 /// The longest Content-Type accepted; S3 headers are limited and no real type is longer.
@@ -71,6 +77,14 @@ struct RawJob {
     content_type: Option<String>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    run_at: Option<String>,
+    #[serde(default)]
+    delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,15 +120,11 @@ pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, Su
     let mut kinds = Vec::with_capacity(raw_jobs.len());
     let mut errors = Vec::new();
     for (index, mut raw) in raw_jobs.into_iter().enumerate() {
-        let idempotency_key = raw.idempotency_key.take();
-        if let Some(key) = &idempotency_key
-            && let Err(message) = check_idempotency_key(key)
-        {
-            errors.push(FieldError { index: Some(index), field: "idempotency_key".to_owned(), message });
-            continue;
-        }
-        match validate_job(raw, options) {
-            Ok(kind) => kinds.push(JobSpec { kind, idempotency_key }),
+        let options_result = take_job_options(&mut raw);
+        let result = options_result
+            .and_then(|options_only| validate_job(raw, options).map(|kind| JobSpec { kind, ..options_only }));
+        match result {
+            Ok(spec) => kinds.push(spec),
             Err((field, message)) => errors.push(FieldError { index: Some(index), field, message }),
         }
     }
@@ -132,9 +142,8 @@ pub fn parse_payloads(body: &[u8]) -> Result<Vec<JobSpec>, SubmissionError> {
     Ok(collection
         .payloads
         .into_iter()
-        .map(|payload| JobSpec {
-            kind: JobKind::Upload(UploadSpec { body: UploadBody::Json(payload), key: None, content_type: None }),
-            idempotency_key: None,
+        .map(|payload| {
+            JobSpec::new(JobKind::Upload(UploadSpec { body: UploadBody::Json(payload), key: None, content_type: None }))
         })
         .collect())
 }
@@ -222,6 +231,45 @@ fn strip_position(error: &serde_json::Error) -> String {
 
 type FieldProblem = (String, String);
 
+/// Takes and checks the options every kind accepts, returning them in a spec whose kind
+/// is a placeholder.
+fn take_job_options(raw: &mut RawJob) -> Result<JobSpec, FieldProblem> {
+    let idempotency_key = raw.idempotency_key.take();
+    if let Some(key) = &idempotency_key {
+        check_idempotency_key(key).map_err(|message| field_problem("idempotency_key", message))?;
+    }
+    if let Some(attempts) = raw.max_attempts
+        && !(1..=MAX_ATTEMPTS_LIMIT).contains(&attempts)
+    {
+        return Err(field_problem("max_attempts", format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}")));
+    }
+    if let Some(timeout) = raw.timeout_ms
+        && !(1..=MAX_TIMEOUT_MS).contains(&timeout)
+    {
+        return Err(field_problem("timeout_ms", format!("must be between 1 and {MAX_TIMEOUT_MS}")));
+    }
+    let run_at = match (raw.run_at.take(), raw.delay_ms) {
+        (Some(_), Some(_)) => return Err(field_problem("delay_ms", "give either run_at or delay_ms, not both")),
+        (Some(text), None) => Some(
+            chrono::DateTime::parse_from_rfc3339(&text)
+                .map_err(|error| field_problem("run_at", format!("is not an RFC 3339 time: {error}")))?
+                .with_timezone(&chrono::Utc),
+        ),
+        (None, Some(delay)) if delay > MAX_DELAY_MS => {
+            return Err(field_problem("delay_ms", format!("must be at most {MAX_DELAY_MS}")));
+        }
+        (None, Some(delay)) => Some(chrono::Utc::now() + chrono::Duration::milliseconds(delay as i64)),
+        (None, None) => None,
+    };
+    Ok(JobSpec {
+        idempotency_key,
+        max_attempts: raw.max_attempts,
+        timeout_ms: raw.timeout_ms,
+        run_at,
+        ..JobSpec::new(JobKind::Noop)
+    })
+}
+
 fn field_problem(field: &str, message: impl Into<String>) -> FieldProblem {
     (field.to_owned(), message.into())
 }
@@ -250,29 +298,49 @@ fn validate_job(raw: RawJob, options: ParseOptions) -> Result<JobKind, FieldProb
             #[serde(deny_unknown_fields)]
             struct SleepPayload {
                 ms: u64,
+                #[serde(default)]
+                blocking: bool,
             }
             let payload: SleepPayload = test_payload(raw.payload.as_deref(), true)?
                 .ok_or_else(|| field_problem("payload", "must be {\"ms\": N}"))?;
             if payload.ms > MAX_SLEEP_MILLIS {
                 return Err(field_problem("payload.ms", format!("must be at most {MAX_SLEEP_MILLIS}")));
             }
-            Ok(JobKind::Sleep { millis: payload.ms })
+            Ok(JobKind::Sleep { millis: payload.ms, blocking: payload.blocking })
         }
         "fail" | "panic" => {
             #[derive(Deserialize)]
             #[serde(deny_unknown_fields)]
             struct MessagePayload {
-                message: String,
+                #[serde(default)]
+                message: Option<String>,
+                /// `fail` only: whether the error is worth retrying.
+                #[serde(default = "default_true")]
+                retryable: bool,
+                /// `panic` only: panic in the Worker actor rather than in the job body.
+                #[serde(default)]
+                in_worker: bool,
             }
-            let message = test_payload::<MessagePayload>(raw.payload.as_deref(), false)?
-                .map_or_else(|| format!("{} requested by the job", raw.kind), |payload| payload.message);
-            Ok(if raw.kind == "fail" { JobKind::Fail { message } } else { JobKind::Panic { message } })
+            let payload = test_payload::<MessagePayload>(raw.payload.as_deref(), false)?;
+            let message = payload
+                .as_ref()
+                .and_then(|payload| payload.message.clone())
+                .unwrap_or_else(|| format!("{} requested by the job", raw.kind));
+            Ok(if raw.kind == "fail" {
+                JobKind::Fail { message, retryable: payload.as_ref().is_none_or(|payload| payload.retryable) }
+            } else {
+                JobKind::Panic { message, in_worker: payload.as_ref().is_some_and(|payload| payload.in_worker) }
+            })
         }
         other => {
             let known = if options.test_kinds { "upload, noop, sleep, fail, panic" } else { "upload, noop" };
             Err(field_problem("kind", format!("unknown kind {other:?}; known kinds: {known}")))
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn test_payload<T: for<'de> Deserialize<'de>>(
@@ -340,7 +408,7 @@ mod tests {
         let jobs = parse_jobs(br#"{"jobs":[{"kind":"noop"},{"kind":"upload","payload":{"a":1}}]}"#, OPTIONS);
         assert_eq!(jobs.map(|j| j.len()), Ok(2));
         let single = parse_jobs(br#"{"kind":"sleep","payload":{"ms":5}}"#, OPTIONS);
-        assert!(matches!(single.as_deref(), Ok([JobSpec { kind: JobKind::Sleep { millis: 5 }, .. }])));
+        assert!(matches!(single.as_deref(), Ok([JobSpec { kind: JobKind::Sleep { millis: 5, blocking: false }, .. }])));
     }
 
     #[test]
@@ -366,6 +434,21 @@ mod tests {
         assert!(error.message.contains("colour"), "{error:?}");
         let error = first_error(parse_jobs(br#"{"jobs":[{"kind":"noop","idempotency_key":""}]}"#, OPTIONS));
         assert_eq!((error.index, error.field.as_str()), (Some(0), "idempotency_key"));
+        for (body, field) in [
+            (r#"{"kind":"noop","max_attempts":0}"#, "max_attempts"),
+            (r#"{"kind":"noop","timeout_ms":0}"#, "timeout_ms"),
+            (r#"{"kind":"noop","run_at":"tomorrow"}"#, "run_at"),
+            (r#"{"kind":"noop","run_at":"2030-01-01T00:00:00Z","delay_ms":5}"#, "delay_ms"),
+            (r#"{"kind":"noop","delay_ms":-5}"#, "delay_ms"),
+        ] {
+            let error = first_error(parse_jobs(body.as_bytes(), OPTIONS));
+            assert_eq!((error.index, error.field.as_str()), (Some(0), field), "{body}");
+        }
+        let spec = parse_jobs(br#"{"kind":"noop","run_at":"2030-01-01T00:00:00+02:00","max_attempts":3}"#, OPTIONS)
+            .expect("valid")
+            .remove(0);
+        assert_eq!(spec.run_at.map(|at| at.to_rfc3339()).as_deref(), Some("2029-12-31T22:00:00+00:00"));
+        assert_eq!(spec.max_attempts, Some(3));
         let error = first_error(parse_payloads(br#"{"payloads":{}}"#));
         assert_eq!((error.index, error.field.as_str()), (None, "payloads"));
     }

@@ -99,8 +99,8 @@ async fn bad_requests_get_clear_problems_and_enqueue_nothing() {
     rejected_invalid += 2;
 
     // Wrong method and unknown path.
-    let response = daemon.client.get(daemon.url("/v1/jobs")).send().await.expect("GET");
-    assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
+    let response = daemon.client.put(daemon.url("/v1/jobs")).send().await.expect("PUT");
+    assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET, POST"));
     problem(response, 405).await;
     let response = daemon.client.delete(daemon.url("/v1/payloads")).send().await.expect("DELETE");
     problem(response, 405).await;

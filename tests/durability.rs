@@ -315,8 +315,8 @@ async fn the_status_api_shows_every_state_and_404s_unknown_ids() {
                 "/v1/jobs",
                 &json!({"jobs": [
                     {"kind": "upload", "payload": {"hello": 1}, "key": "status/hello.json"},
-                    {"kind": "fail", "payload": {"message": "no such customer"}},
-                    {"kind": "panic", "payload": {"message": "bug"}},
+                    {"kind": "fail", "payload": {"message": "no such customer"}, "max_attempts": 1},
+                    {"kind": "panic", "payload": {"message": "bug"}, "max_attempts": 1},
                     {"kind": "sleep", "payload": {"ms": 600000}},
                     {"kind": "noop"},
                 ]}),

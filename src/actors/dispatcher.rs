@@ -1,6 +1,6 @@
-//! The Dispatcher actor: holds the idle workers and a bounded window of ready jobs, and
-//! hands a job to a worker whenever it has both. The seed's `WorkerPool chan chan Job`,
-//! as an actor.
+//! The Dispatcher actor: holds the worker pool and a bounded window of ready jobs, hands a
+//! job to a worker whenever it has both (the seed's `WorkerPool chan chan Job`, as an
+//! actor), decides retries, keeps the one timer for delayed jobs, and replaces dead workers.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -8,41 +8,50 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use super::worker::{RunJob, Worker};
-use chrono::Utc;
-
-use crate::job::{FinishedJob, Job, StartedJob};
-use crate::queue::QueueHandle;
+use crate::job::{FinishedJob, Job, JobId, JobState, Outcome, StartedJob};
+use crate::queue::{ControlError, QueueHandle, StorageError};
+use crate::retry::RetryPolicy;
 use crate::runner::JobRunner;
 use crate::stats::Stats;
 
 /// How long to wait before calling the queue again after a call failed.
-const FETCH_RETRY_DELAY: Duration = Duration::from_millis(500);
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// How often the Dispatcher checks that every worker is still alive.
+const WORKER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A worker is idle: at its first start, and again after a restart.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WorkerIdle {
+    pub number: usize,
     pub worker: Addr<Worker>,
 }
 
-/// A worker finished a job. Unless `worker_restarts` is set, the worker is idle again.
+/// A worker finished an attempt. Unless `worker_restarts` is set, it is idle again.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct JobFinished {
-    pub worker: Addr<Worker>,
-    pub finished: FinishedJob,
+    pub number: usize,
+    pub outcome: Outcome,
     /// The job panicked and the worker is restarting; it will send [`WorkerIdle`] itself.
     pub worker_restarts: bool,
 }
 
-/// New jobs were committed. At most one is in the mailbox at a time (see
-/// [`Dispatcher::wake_pending`]), so the Ingest actor may send it with `do_send`.
+/// New jobs were committed. At most one is in the mailbox at a time (see [`Wake`]), so
+/// it may be sent with `do_send`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct JobsCommitted;
+
+/// Cancel a job that has not started. Goes through the Dispatcher, which alone knows
+/// whether the job is in its window or already running.
+#[derive(Message)]
+#[rtype(result = "Result<Result<(), ControlError>, StorageError>")]
+pub struct CancelJob(pub JobId);
 
 /// Stop starting jobs; answers once every running job has finished and its outcome
 /// has been recorded.
@@ -57,31 +66,69 @@ pub struct DrainReport {
     pub unstarted_in_window: usize,
 }
 
+/// Wakes the Dispatcher after jobs were committed, with at most one notice in its mailbox
+/// whatever the commit rate: the flag is set by the waker and cleared on receipt.
+#[derive(Clone)]
+pub struct Wake {
+    dispatcher: Addr<Dispatcher>,
+    pending: Arc<AtomicBool>,
+}
+
+impl Wake {
+    pub fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            self.dispatcher.do_send(JobsCommitted);
+        }
+    }
+}
+
+/// What the Dispatcher knows about a job a worker is running.
+struct RunningJob {
+    id: JobId,
+    kind: &'static str,
+    attempt: u32,
+    max_attempts: u32,
+}
+
+/// One worker of the pool.
+struct WorkerSlot {
+    /// `None` until the worker first reports idle.
+    addr: Option<Addr<Worker>>,
+    running: Option<RunningJob>,
+}
+
 /// Routes ready jobs to idle workers.
 pub struct Dispatcher {
     queue: QueueHandle,
     runner: Arc<JobRunner>,
     stats: Arc<Stats>,
-    max_workers: usize,
-    /// Idle workers, used last-in first-out so the most recently active worker (whose
-    /// state is warm in the cache) runs the next job.
-    idle: Vec<Addr<Worker>>,
-    /// Ready jobs claimed from the queue, in submission order. Bounded by `window`, so
-    /// memory does not grow with the backlog.
+    retry_policy: RetryPolicy,
+    rng: fastrand::Rng,
+    /// The pool, by worker number.
+    workers: Vec<WorkerSlot>,
+    /// Numbers of idle workers, used last-in first-out so the most recently active
+    /// worker (whose state is warm in the cache) runs the next job.
+    idle: Vec<usize>,
+    /// Ready jobs claimed from the queue, in order. Bounded by `window`, so memory does
+    /// not grow with the backlog.
     ready: VecDeque<Job>,
     /// The most jobs `ready` holds.
     window: usize,
     /// Whether a `take_ready` call is in flight; at most one is, so the window is never
     /// overfilled.
     fetching: bool,
+    /// Jobs cancelled while a fetch was in flight; that fetch may still bring them.
+    cancelled_during_fetch: Vec<JobId>,
     /// Whether the queue may hold jobs the window has not claimed yet.
     backlog_may_have_jobs: bool,
     /// Counts [`JobsCommitted`] notices, so a fetch that started before a commit does not
     /// wrongly conclude that the backlog is empty.
     commit_epoch: u64,
-    /// Set by the Ingest actor before it sends [`JobsCommitted`], cleared here on receipt:
-    /// this keeps at most one notice in the mailbox whatever the commit rate.
+    /// The flag behind [`Wake`].
     wake_pending: Arc<AtomicBool>,
+    /// The one timer for delayed work: when the earliest scheduled job or retry is due.
+    /// However many jobs wait, this is the only timer they cost.
+    due_timer: Option<(DateTime<Utc>, SpawnHandle)>,
     busy: usize,
     /// Starts and outcomes waiting to be recorded; flushed together, one queue call at a
     /// time, so that each flush is one transaction however many jobs it carries.
@@ -98,22 +145,26 @@ impl Dispatcher {
         runner: Arc<JobRunner>,
         stats: Arc<Stats>,
         max_workers: usize,
-        wake_pending: Arc<AtomicBool>,
+        retry_policy: RetryPolicy,
     ) -> Self {
         Self {
             queue,
             runner,
             stats,
-            max_workers,
+            retry_policy,
+            rng: fastrand::Rng::new(),
+            workers: (0..max_workers).map(|_| WorkerSlot { addr: None, running: None }).collect(),
             idle: Vec::with_capacity(max_workers),
             ready: VecDeque::new(),
             // Twice the pool keeps every worker fed while the next page is fetched, with
             // a floor so small pools still fetch in useful batches.
             window: (2 * max_workers).max(64),
             fetching: false,
+            cancelled_during_fetch: Vec::new(),
             backlog_may_have_jobs: true,
             commit_epoch: 0,
-            wake_pending,
+            wake_pending: Arc::new(AtomicBool::new(false)),
+            due_timer: None,
             busy: 0,
             started: Vec::new(),
             outcomes: Vec::new(),
@@ -122,8 +173,22 @@ impl Dispatcher {
         }
     }
 
+    /// Starts the Dispatcher and returns its address with the [`Wake`] for committers.
+    pub fn launch(self) -> (Addr<Dispatcher>, Wake) {
+        let pending = self.wake_pending.clone();
+        let dispatcher = self.start();
+        (dispatcher.clone(), Wake { dispatcher, pending })
+    }
+
     fn draining(&self) -> bool {
         self.drain_waiters.is_some()
+    }
+
+    fn start_worker(&self, number: usize, ctx: &mut Context<Self>) {
+        let dispatcher = ctx.address();
+        let runner = self.runner.clone();
+        let stats = self.stats.clone();
+        Supervisor::start(move |_| Worker::new(number, dispatcher, runner, stats));
     }
 
     /// Starts jobs while there is an idle worker and a ready job, then tops up the window.
@@ -133,18 +198,26 @@ impl Dispatcher {
         }
         let mut dispatched = false;
         while !self.idle.is_empty() && !self.ready.is_empty() {
-            let (Some(worker), Some(job)) = (self.idle.pop(), self.ready.pop_front()) else {
+            let (Some(number), Some(job)) = (self.idle.pop(), self.ready.pop_front()) else {
                 break;
             };
+            let slot = &mut self.workers[number];
+            let Some(worker) = slot.addr.clone() else { continue };
+            slot.running = Some(RunningJob {
+                id: job.id,
+                kind: job.kind.name(),
+                attempt: job.attempt,
+                max_attempts: job.max_attempts,
+            });
             self.busy += 1;
             self.started.push(StartedJob { id: job.id, started_at: Utc::now() });
             worker.do_send(RunJob(job));
             dispatched = true;
         }
+        self.stats.workers_busy.store(self.busy, Ordering::Relaxed);
         if dispatched {
             self.record_progress(ctx);
         }
-        self.stats.workers_busy.store(self.busy, Ordering::Relaxed);
         if !self.fetching && self.backlog_may_have_jobs && self.ready.len() <= self.window / 2 {
             self.fetch(ctx);
         }
@@ -158,21 +231,98 @@ impl Dispatcher {
         ctx.spawn(async move { queue.take_ready(wanted).await }.into_actor(self).map(
             move |result, dispatcher, ctx| {
                 dispatcher.fetching = false;
+                let cancelled = std::mem::take(&mut dispatcher.cancelled_during_fetch);
                 match result {
-                    Ok(jobs) => {
-                        if jobs.len() < wanted && dispatcher.commit_epoch == epoch {
+                    Ok(batch) => {
+                        if batch.jobs.len() < wanted && dispatcher.commit_epoch == epoch {
                             dispatcher.backlog_may_have_jobs = false;
                         }
-                        dispatcher.ready.extend(jobs);
+                        dispatcher.ready.extend(batch.jobs.into_iter().filter(|job| !cancelled.contains(&job.id)));
+                        if let Some(due) = batch.next_due {
+                            dispatcher.arm_due_timer(due, ctx);
+                        }
                         dispatcher.pump(ctx);
                     }
                     Err(error) => {
                         tracing::error!(%error, "fetching ready jobs failed; retrying");
-                        ctx.run_later(FETCH_RETRY_DELAY, |dispatcher, ctx| dispatcher.pump(ctx));
+                        ctx.run_later(RETRY_DELAY, |dispatcher, ctx| dispatcher.pump(ctx));
                     }
                 }
             },
         ));
+    }
+
+    /// Makes sure the one timer fires by `due`. A timer already set for an earlier time
+    /// stays; one set for a later time is replaced. A timer that fires with nothing due
+    /// costs one fetch, so stale timers are harmless and never cancelled for lack of news.
+    fn arm_due_timer(&mut self, due: DateTime<Utc>, ctx: &mut Context<Self>) {
+        if let Some((current, handle)) = self.due_timer {
+            if current <= due {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        // One millisecond late rather than early: `run_at` has millisecond precision.
+        let wait = (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1);
+        let handle = ctx.run_later(wait, |dispatcher, ctx| {
+            dispatcher.due_timer = None;
+            dispatcher.backlog_may_have_jobs = true;
+            dispatcher.pump(ctx);
+        });
+        self.due_timer = Some((due, handle));
+    }
+
+    /// Decides what happens after an attempt: retry later, or the outcome is final.
+    fn decide(&mut self, running: &RunningJob, outcome: Outcome, ctx: &mut Context<Self>) -> FinishedJob {
+        let now = Utc::now();
+        let retry_at = (outcome.is_retryable() && running.attempt < running.max_attempts).then(|| {
+            let delay = self.retry_policy.delay(running.attempt, &mut self.rng);
+            now + chrono::Duration::from_std(delay).unwrap_or_default()
+        });
+        let finished = FinishedJob { id: running.id, kind: running.kind, outcome, finished_at: now, retry_at };
+        match (finished.state(), retry_at) {
+            (JobState::Failed, Some(at)) => {
+                Stats::bump(&self.stats.jobs_retried);
+                tracing::info!(job_id = %running.id, attempt = running.attempt, retry_at = %at, "job will be retried");
+                self.arm_due_timer(at, ctx);
+            }
+            (JobState::Dead, _) => {
+                Stats::bump(&self.stats.jobs_dead);
+                tracing::warn!(
+                    job_id = %running.id,
+                    attempts = running.attempt,
+                    error = finished.outcome.error(),
+                    "job is dead"
+                );
+            }
+            _ => {}
+        }
+        finished
+    }
+
+    /// Replaces workers whose actor is gone without a restart (a panic outside the job
+    /// body's containment, say). Their running job counts as a failed attempt.
+    fn replace_dead_workers(&mut self, ctx: &mut Context<Self>) {
+        for number in 0..self.workers.len() {
+            let alive = self.workers[number].addr.as_ref().is_none_or(Addr::connected);
+            if alive {
+                continue;
+            }
+            tracing::error!(worker = number, "worker died; starting a replacement");
+            Stats::bump(&self.stats.worker_replacements);
+            // The dead actor never ran `stopped`, so its count is taken off here.
+            self.stats.workers_total.fetch_sub(1, Ordering::Relaxed);
+            self.idle.retain(|idle| *idle != number);
+            let slot = &mut self.workers[number];
+            slot.addr = None;
+            if let Some(running) = slot.running.take() {
+                self.busy -= 1;
+                let finished = self.decide(&running, Outcome::WorkerLost, ctx);
+                self.outcomes.push(finished);
+            }
+            self.start_worker(number, ctx);
+        }
+        self.record_progress(ctx);
     }
 
     /// Records buffered starts and outcomes, one queue call at a time, so that those that
@@ -197,7 +347,7 @@ impl Dispatcher {
                     dispatcher.started.splice(0..0, failed.started);
                     dispatcher.outcomes.splice(0..0, failed.finished);
                     dispatcher.recording = true;
-                    ctx.run_later(FETCH_RETRY_DELAY, |dispatcher, ctx| {
+                    ctx.run_later(RETRY_DELAY, |dispatcher, ctx| {
                         dispatcher.recording = false;
                         dispatcher.record_progress(ctx);
                     });
@@ -224,12 +374,10 @@ impl Actor for Dispatcher {
     /// Starts the worker pool on this actor's arbiter: a round trip between actors that
     /// share an arbiter costs a fraction of one that crosses threads.
     fn started(&mut self, ctx: &mut Self::Context) {
-        for number in 0..self.max_workers {
-            let dispatcher = ctx.address();
-            let runner = self.runner.clone();
-            let stats = self.stats.clone();
-            Supervisor::start(move |_| Worker::new(number, dispatcher, runner, stats));
+        for number in 0..self.workers.len() {
+            self.start_worker(number, ctx);
         }
+        ctx.run_interval(WORKER_CHECK_INTERVAL, |dispatcher, ctx| dispatcher.replace_dead_workers(ctx));
         self.pump(ctx);
     }
 }
@@ -238,7 +386,11 @@ impl Handler<WorkerIdle> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, message: WorkerIdle, ctx: &mut Self::Context) {
-        self.idle.push(message.worker);
+        let Some(slot) = self.workers.get_mut(message.number) else { return };
+        slot.addr = Some(message.worker);
+        if !self.idle.contains(&message.number) {
+            self.idle.push(message.number);
+        }
         self.pump(ctx);
     }
 }
@@ -247,11 +399,15 @@ impl Handler<JobFinished> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, message: JobFinished, ctx: &mut Self::Context) {
+        let Some(running) = self.workers.get_mut(message.number).and_then(|slot| slot.running.take()) else {
+            return;
+        };
         self.busy = self.busy.saturating_sub(1);
         if !message.worker_restarts {
-            self.idle.push(message.worker);
+            self.idle.push(message.number);
         }
-        self.outcomes.push(message.finished);
+        let finished = self.decide(&running, message.outcome, ctx);
+        self.outcomes.push(finished);
         self.record_progress(ctx);
         self.pump(ctx);
     }
@@ -265,6 +421,32 @@ impl Handler<JobsCommitted> for Dispatcher {
         self.commit_epoch += 1;
         self.backlog_may_have_jobs = true;
         self.pump(ctx);
+    }
+}
+
+impl Handler<CancelJob> for Dispatcher {
+    type Result = ResponseActFuture<Self, Result<Result<(), ControlError>, StorageError>>;
+
+    fn handle(&mut self, CancelJob(id): CancelJob, _ctx: &mut Self::Context) -> Self::Result {
+        let running = self.workers.iter().any(|slot| slot.running.as_ref().is_some_and(|job| job.id == id));
+        if running {
+            return Box::pin(actix::fut::ready(Ok(Err(ControlError::Conflict(JobState::Running)))));
+        }
+        // Out of the window before the queue is asked, so it cannot start meanwhile.
+        let position = self.ready.iter().position(|job| job.id == id);
+        let taken = position.and_then(|position| self.ready.remove(position));
+        if self.fetching {
+            self.cancelled_during_fetch.push(id);
+        }
+        let queue = self.queue.clone();
+        Box::pin(async move { queue.cancel(id).await }.into_actor(self).map(move |result, dispatcher, ctx| {
+            if let (Err(_), Some(job)) = (&result, taken) {
+                // The cancel did not happen; the job goes back to the front of the window.
+                dispatcher.ready.push_front(job);
+                dispatcher.pump(ctx);
+            }
+            result
+        }))
     }
 }
 

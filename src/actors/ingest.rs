@@ -2,13 +2,13 @@
 //! the queue in groups, answering each submission only after its group is committed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use actix::prelude::*;
 use chrono::Utc;
 use tokio::sync::oneshot;
 
-use super::dispatcher::{Dispatcher, JobsCommitted};
+use super::dispatcher::Wake;
 use crate::job::{Job, JobId, JobSpec};
 use crate::queue::{Admitted, QueueHandle, Refusal, StorageError, SubmissionAnswer};
 use crate::stats::Stats;
@@ -52,26 +52,26 @@ struct PendingSubmission {
 /// many submissions, without a timer.
 pub struct Ingest {
     queue: QueueHandle,
-    dispatcher: Addr<Dispatcher>,
+    wake: Wake,
     stats: Arc<Stats>,
-    /// Shared with the Dispatcher; see `Dispatcher::wake_pending`.
-    wake_pending: Arc<AtomicBool>,
     pending: Vec<PendingSubmission>,
     committing: bool,
     /// Whether submissions that arrive during a commit join the next one; off, each
     /// submission is committed alone (for comparison).
     group_commit: bool,
+    /// `max_attempts` for jobs that do not give their own.
+    default_max_attempts: u32,
 }
 
 impl Ingest {
     pub fn new(
         queue: QueueHandle,
-        dispatcher: Addr<Dispatcher>,
+        wake: Wake,
         stats: Arc<Stats>,
-        wake_pending: Arc<AtomicBool>,
         group_commit: bool,
+        default_max_attempts: u32,
     ) -> Self {
-        Self { queue, dispatcher, stats, wake_pending, pending: Vec::new(), committing: false, group_commit }
+        Self { queue, wake, stats, pending: Vec::new(), committing: false, group_commit, default_max_attempts }
     }
 
     fn commit_next_group(&mut self, ctx: &mut Context<Self>) {
@@ -127,9 +127,7 @@ impl Ingest {
         }
         if committed > 0 {
             self.stats.jobs_accepted.fetch_add(committed as u64, Ordering::Relaxed);
-            if !self.wake_pending.swap(true, Ordering::AcqRel) {
-                self.dispatcher.do_send(JobsCommitted);
-            }
+            self.wake.wake();
         }
     }
 }
@@ -154,6 +152,9 @@ impl Handler<Submit> for Ingest {
                 id: JobId::generate(),
                 created_at,
                 attempt: 0,
+                max_attempts: spec.max_attempts.unwrap_or(self.default_max_attempts),
+                timeout_ms: spec.timeout_ms,
+                run_at: spec.run_at,
                 idempotency_key: spec.idempotency_key,
                 kind: spec.kind,
             })

@@ -1,17 +1,15 @@
-//! The Worker actor: runs one job at a time, contains the job's panics, and restarts
-//! itself under actix supervision when a job panicked.
+//! The Worker actor: runs one job at a time with its timeout, contains the job's panics,
+//! and restarts itself under actix supervision when a job panicked.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures_util::FutureExt as _;
 use tracing::Instrument as _;
 
 use super::dispatcher::{Dispatcher, JobFinished, WorkerIdle};
-use crate::job::{FinishedJob, Job, Outcome};
+use crate::job::{Job, JobKind, JobResult, Outcome};
 use crate::runner::JobRunner;
 use crate::stats::Stats;
 
@@ -27,7 +25,7 @@ pub struct RunJob(pub Job);
 /// Runs jobs one at a time. Started under a [`Supervisor`], so stopping it restarts it
 /// with the same address.
 pub struct Worker {
-    /// The worker's number, for logs.
+    /// The worker's slot in the Dispatcher, also used in logs.
     number: usize,
     dispatcher: Addr<Dispatcher>,
     runner: Arc<JobRunner>,
@@ -38,6 +36,35 @@ impl Worker {
     pub fn new(number: usize, dispatcher: Addr<Dispatcher>, runner: Arc<JobRunner>, stats: Arc<Stats>) -> Self {
         Self { number, dispatcher, runner, stats }
     }
+
+    /// Counts, logs and reports one attempt's outcome; stops the worker after a panic.
+    fn finish(&mut self, ctx: &mut Context<Self>, outcome: Outcome, started: Instant) {
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let counter = match &outcome {
+            Outcome::Succeeded(_) => &self.stats.jobs_succeeded,
+            Outcome::Failed { .. } | Outcome::WorkerLost => &self.stats.jobs_failed,
+            Outcome::TimedOut { .. } => &self.stats.jobs_timed_out,
+            Outcome::Panicked { .. } => &self.stats.jobs_panicked,
+        };
+        Stats::bump(counter);
+        match &outcome {
+            Outcome::Succeeded(result) => {
+                tracing::debug!(elapsed_ms, outcome = outcome.name(), key = result.key.as_deref(), "job finished");
+            }
+            Outcome::Panicked { .. } => {
+                tracing::error!(elapsed_ms, outcome = outcome.name(), error = outcome.error(), "job finished");
+            }
+            _ => tracing::warn!(elapsed_ms, outcome = outcome.name(), error = outcome.error(), "job finished"),
+        }
+        let panicked = matches!(outcome, Outcome::Panicked { .. });
+        self.dispatcher.do_send(JobFinished { number: self.number, outcome, worker_restarts: panicked });
+        if panicked {
+            // A panic may have left state behind that the worker cannot vouch for, so the
+            // worker starts afresh: the Supervisor restarts it and `started` registers it
+            // as idle again.
+            ctx.stop();
+        }
+    }
 }
 
 impl Actor for Worker {
@@ -47,7 +74,7 @@ impl Actor for Worker {
     /// now and says so.
     fn started(&mut self, ctx: &mut Self::Context) {
         self.stats.workers_total.fetch_add(1, Ordering::Relaxed);
-        self.dispatcher.do_send(WorkerIdle { worker: ctx.address() });
+        self.dispatcher.do_send(WorkerIdle { number: self.number, worker: ctx.address() });
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -66,50 +93,48 @@ impl Handler<RunJob> for Worker {
     type Result = ();
 
     fn handle(&mut self, RunJob(job): RunJob, ctx: &mut Self::Context) {
-        let id = job.id;
-        let kind = job.kind.name();
-        let span = tracing::info_span!("job", job_id = %id, kind, attempt = job.attempt, worker = self.number);
+        let span = tracing::info_span!("job", job_id = %job.id, kind = job.kind.name(), attempt = job.attempt, worker = self.number);
+        let entered = span.enter();
         let started = Instant::now();
         Stats::bump(&self.stats.jobs_started);
-        // The body runs inside `catch_unwind`, so a panic ends only this future. Without
-        // it the panic would unwind through the actor's task and kill the worker without
-        // a restart.
-        let body = AssertUnwindSafe(self.runner.clone().run(job)).catch_unwind().instrument(span.clone());
-        ctx.spawn(body.into_actor(self).map(move |result, worker, ctx| {
+        match &job.kind {
+            // A test kind that panics in the actor itself, outside the body's containment,
+            // as a bug in jobd would. The Dispatcher's health check must replace the worker.
+            JobKind::Panic { message, in_worker: true } => panic!("{message}"),
+            // A noop cannot block or panic; running it here saves two thread crossings.
+            JobKind::Noop => return self.finish(ctx, Outcome::Succeeded(JobResult::default()), started),
+            _ => {}
+        }
+        drop(entered);
+        let timeout = self.runner.timeouts.for_job(&job);
+        // The body runs on the bodies runtime: a body that blocks its thread cannot stall
+        // this arbiter, and a panic ends only its task, reported by the join handle.
+        let body = self.runner.bodies.spawn(self.runner.clone().run(job).instrument(span.clone()));
+        let abort = body.abort_handle();
+        ctx.spawn(tokio::time::timeout(timeout, body).into_actor(self).map(move |result, worker, ctx| {
             let _entered = span.enter();
-            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
             let outcome = match result {
-                Ok(Ok(result)) => {
-                    Stats::bump(&worker.stats.jobs_succeeded);
-                    tracing::debug!(elapsed_ms, outcome = "succeeded", key = result.key.as_deref(), "job finished");
-                    Outcome::Succeeded(result)
+                Ok(Ok(Ok(result))) => Outcome::Succeeded(result),
+                Ok(Ok(Err(error))) => Outcome::Failed { error: error.to_string(), retryable: error.is_retryable() },
+                Ok(Err(join_error)) if join_error.is_panic() => {
+                    Outcome::Panicked { message: panic_message(join_error.into_panic().as_ref()) }
                 }
-                Ok(Err(error)) => {
-                    Stats::bump(&worker.stats.jobs_failed);
-                    tracing::warn!(elapsed_ms, outcome = "failed", %error, "job finished");
-                    Outcome::Failed { error: error.to_string() }
-                }
-                Err(panic) => {
-                    Stats::bump(&worker.stats.jobs_panicked);
-                    let message = panic_message(panic.as_ref());
-                    tracing::error!(elapsed_ms, outcome = "panicked", error = %message, "job finished");
-                    Outcome::Panicked { message: format!("panicked: {message}") }
+                Ok(Err(join_error)) => Outcome::Failed { error: join_error.to_string(), retryable: true },
+                Err(_elapsed) => {
+                    // Dropping the future abandons the attempt at its next await; a body
+                    // that blocks keeps its thread until it returns, but its result is
+                    // ignored and this worker is free now.
+                    abort.abort();
+                    Outcome::TimedOut { after_ms: duration_ms(timeout) }
                 }
             };
-            let panicked = matches!(outcome, Outcome::Panicked { .. });
-            worker.dispatcher.do_send(JobFinished {
-                worker: ctx.address(),
-                finished: FinishedJob { id, kind, outcome, finished_at: chrono::Utc::now() },
-                worker_restarts: panicked,
-            });
-            if panicked {
-                // A panic may have left state behind that the worker cannot vouch for,
-                // so the worker starts afresh; the Supervisor restarts it and `started`
-                // registers it as idle again.
-                ctx.stop();
-            }
+            worker.finish(ctx, outcome, started);
         }));
     }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The text of a panic payload, which is a `&str` or a `String` for `panic!` with a

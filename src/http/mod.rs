@@ -15,10 +15,11 @@ use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::actors::Ingest;
+use crate::actors::dispatcher::{CancelJob, Wake};
 use crate::actors::ingest::{Submit, SubmitError};
+use crate::actors::{Dispatcher, Ingest};
 use crate::job::{JobId, JobSpec, JobState};
-use crate::queue::{QueueHandle, Refusal};
+use crate::queue::{ControlError, QueueHandle, Refusal};
 use crate::stats::Stats;
 use crate::submission::{self, ParseOptions};
 pub use problem::Problem;
@@ -43,6 +44,9 @@ pub struct Lifecycle {
 /// What every handler shares.
 pub struct AppState {
     pub ingest: Addr<Ingest>,
+    pub dispatcher: Addr<Dispatcher>,
+    /// Wakes the Dispatcher after a dead job is queued again.
+    pub wake: Wake,
     pub queue: QueueHandle,
     pub stats: Arc<Stats>,
     pub lifecycle: Arc<Lifecycle>,
@@ -56,8 +60,23 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
     move |config| {
         config
             .app_data(state)
-            .service(resource("/v1/jobs", "POST", web::post().to(post_jobs)))
-            .service(resource("/v1/jobs/{id}", "GET", web::get().to(get_job)))
+            .service(
+                web::resource("/v1/jobs")
+                    .route(web::post().to(post_jobs))
+                    .route(web::get().to(list_jobs))
+                    .default_service(web::to(|| async {
+                        Err::<HttpResponse, _>(Problem::method_not_allowed("GET, POST"))
+                    })),
+            )
+            .service(
+                web::resource("/v1/jobs/{id}")
+                    .route(web::get().to(get_job))
+                    .route(web::delete().to(cancel_job))
+                    .default_service(web::to(|| async {
+                        Err::<HttpResponse, _>(Problem::method_not_allowed("GET, DELETE"))
+                    })),
+            )
+            .service(resource("/v1/jobs/{id}/retry", "POST", web::post().to(retry_job)))
             .service(resource("/v1/payloads", "POST", web::post().to(post_payloads)))
             .service(resource("/v1/stats", "GET", web::get().to(get_stats)))
             .service(resource("/healthz", "GET", web::get().to(healthz)))
@@ -272,7 +291,10 @@ async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse, Problem> 
     Ok(HttpResponse::Ok().json(json!({
         "queue": {
             "queued": status.depth.queued,
+            "scheduled": status.depth.scheduled,
             "running": status.depth.running,
+            "failed": status.depth.failed,
+            "dead": status.depth.dead,
             "capacity": status.depth.capacity,
             "durable": status.durable,
             "writable": status.writable,
@@ -293,9 +315,7 @@ async fn get_job(
     query: web::Query<GetJobQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
-    let Some(job_id) = JobId::parse(&id) else {
-        return Err(Problem::not_found(format!("{:?} is not a job id", id.as_str())));
-    };
+    let job_id = parse_job_id(&id)?;
     let record = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.get(job_id, query.payload))
         .await
         .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
@@ -304,4 +324,98 @@ async fn get_job(
         Some(record) => Ok(HttpResponse::Ok().json(record)),
         None => Err(Problem::not_found(format!("no job {job_id}; unknown, or purged after its retention"))),
     }
+}
+
+/// The most records one listing page holds.
+const MAX_PAGE: usize = 1_000;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// `GET /v1/jobs?state=dead&limit=100&cursor=...`: records newest first, paged.
+async fn list_jobs(query: web::Query<ListQuery>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let bad = |field: &str, message: String| {
+        Problem::from(submission::SubmissionError::Invalid(vec![submission::FieldError {
+            index: None,
+            field: field.to_owned(),
+            message,
+        }]))
+    };
+    let job_state = match query.state.as_deref() {
+        None => None,
+        Some(name) => Some(JobState::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = JobState::ALL.iter().map(|state| state.name()).collect();
+            bad("state", format!("unknown state {name:?}; one of {}", known.join(", ")))
+        })?),
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(bad("limit", format!("must be between 1 and {MAX_PAGE}")));
+    }
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => {
+            Some(cursor.parse::<i64>().map_err(|_| bad("cursor", "is not a cursor from this API".to_owned()))?)
+        }
+    };
+    let page = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.list(job_state, before, limit))
+        .await
+        .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
+        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "jobs": page.records,
+        "next_cursor": page.next_before.map(|seq| seq.to_string()),
+    })))
+}
+
+fn parse_job_id(id: &str) -> Result<JobId, Problem> {
+    JobId::parse(id).ok_or_else(|| Problem::not_found(format!("{id:?} is not a job id")))
+}
+
+/// Turns a refused control request into its problem.
+fn control_problem(id: JobId, error: ControlError) -> Problem {
+    match error {
+        ControlError::NotFound => Problem::not_found(format!("no job {id}")),
+        ControlError::Conflict(job_state) => Problem::new(
+            actix_web::http::StatusCode::CONFLICT,
+            "conflict",
+            "Conflict",
+            format!("job {id} is {}", job_state.name()),
+        ),
+        ControlError::Refused(refusal) => Problem::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "queue-full",
+            "Queue Full",
+            refusal.to_string(),
+        )
+        .retry_after(QUEUE_FULL_RETRY_AFTER_SECS),
+    }
+}
+
+/// `POST /v1/jobs/{id}/retry`: a dead job runs again, its attempts reset.
+async fn retry_job(id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let job_id = parse_job_id(&id)?;
+    let result = state.queue.retry_dead(job_id).await.map_err(|error| Problem::unavailable(error.to_string()))?;
+    result.map_err(|error| control_problem(job_id, error))?;
+    state.wake.wake();
+    Ok(HttpResponse::Accepted().json(AcceptedJob { id: job_id, state: JobState::Queued }))
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a job that has not started.
+async fn cancel_job(id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let job_id = parse_job_id(&id)?;
+    let result = state
+        .dispatcher
+        .send(CancelJob(job_id))
+        .await
+        .map_err(|error| Problem::unavailable(format!("the Dispatcher is unavailable ({error})")))?
+        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    result.map_err(|error| control_problem(job_id, error))?;
+    Ok(HttpResponse::Ok().json(AcceptedJob { id: job_id, state: JobState::Cancelled }))
 }

@@ -1,21 +1,31 @@
 //! The in-memory backend: fast and bounded, and honest that it forgets everything when
 //! the process ends. For tests and for deployments that prefer speed over durability.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use super::{Admitted, QueueBackend, QueueDepth, Refusal, StorageError, admit};
-use crate::job::{FinishedJob, Job, JobId, JobRecord, JobState, StartedJob};
+use super::{Admitted, ControlError, JobPage, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, admit};
+use crate::job::{FinishedJob, Job, JobId, JobRecord, JobState, Outcome, StartedJob};
 
-/// Jobs in a `VecDeque`, in submission order, and a record of every job for status reads.
+/// One job: its definition (kept so that a retry can run it again) and its record.
+struct Entry {
+    job: Job,
+    record: JobRecord,
+    seq: i64,
+}
+
+/// Every job in a map, with ordered indexes for the ready queue, the due times and listings.
 pub struct MemoryBackend {
-    ready: VecDeque<Job>,
-    records: HashMap<JobId, JobRecord>,
+    entries: HashMap<JobId, Entry>,
+    /// Queued jobs not yet claimed, by ready order.
+    ready: BTreeMap<i64, JobId>,
+    /// Scheduled and failed jobs, by due time.
+    due: BTreeMap<(DateTime<Utc>, i64), JobId>,
+    /// Every job by submission order, for listings.
+    by_seq: BTreeMap<i64, JobId>,
     idempotency: HashMap<String, JobId>,
-    /// Queued (including claimed) and running jobs; bounded by `capacity`.
-    unfinished: usize,
-    running: usize,
+    next_seq: i64,
     capacity: usize,
 }
 
@@ -23,80 +33,115 @@ impl MemoryBackend {
     /// A backend that holds at most `capacity` unfinished jobs.
     pub fn new(capacity: usize) -> Self {
         Self {
-            ready: VecDeque::new(),
-            records: HashMap::new(),
+            entries: HashMap::new(),
+            ready: BTreeMap::new(),
+            due: BTreeMap::new(),
+            by_seq: BTreeMap::new(),
             idempotency: HashMap::new(),
-            unfinished: 0,
-            running: 0,
+            next_seq: 0,
             capacity,
         }
+    }
+
+    fn take_seq(&mut self) -> i64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn count(&self, state: JobState) -> usize {
+        self.entries.values().filter(|entry| entry.record.state == state).count()
+    }
+
+    fn unfinished(&self) -> usize {
+        self.entries.values().filter(|entry| !entry.record.state.is_finished()).count()
     }
 }
 
 impl QueueBackend for MemoryBackend {
     fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError> {
-        let (admitted, is_new) = admit(&submission, |key| {
-            Ok(self
-                .idempotency
-                .get(key)
-                .map(|id| (*id, self.records.get(id).map_or(JobState::Queued, |record| record.state))))
+        let (mut admitted, is_new) = admit(&submission, |key| {
+            Ok(self.idempotency.get(key).and_then(|id| self.entries.get(id)).map(|e| (e.record.id, e.record.state)))
         })?;
         let new_jobs = is_new.iter().filter(|&&new| new).count();
-        if self.unfinished + new_jobs > self.capacity {
-            return Ok(Err(Refusal::QueueFull {
-                unfinished: self.unfinished,
-                capacity: self.capacity,
-                requested: new_jobs,
-            }));
+        let unfinished = self.unfinished();
+        if unfinished + new_jobs > self.capacity {
+            return Ok(Err(Refusal::QueueFull { unfinished, capacity: self.capacity, requested: new_jobs }));
         }
-        for (job, new) in submission.into_iter().zip(is_new) {
+        let now = Utc::now();
+        for ((job, new), answer) in submission.into_iter().zip(is_new).zip(admitted.iter_mut()) {
             if !new {
                 continue;
             }
+            let seq = self.take_seq();
+            let state = match job.run_at.filter(|at| *at > now) {
+                Some(at) => {
+                    self.due.insert((at, seq), job.id);
+                    JobState::Scheduled
+                }
+                None => {
+                    self.ready.insert(seq, job.id);
+                    JobState::Queued
+                }
+            };
+            answer.state = state;
             if let Some(key) = &job.idempotency_key {
                 self.idempotency.insert(key.clone(), job.id);
             }
-            self.records.insert(
-                job.id,
-                JobRecord {
-                    id: job.id,
-                    kind: job.kind.name().to_owned(),
-                    state: JobState::Queued,
-                    attempts: 0,
-                    created_at: job.created_at,
-                    started_at: None,
-                    finished_at: None,
-                    last_error: None,
-                    result: None,
-                    idempotency_key: job.idempotency_key.clone(),
-                    payload: None,
-                },
-            );
-            self.unfinished += 1;
-            self.ready.push_back(job);
+            let record = JobRecord {
+                id: job.id,
+                kind: job.kind.name().to_owned(),
+                state,
+                attempts: 0,
+                max_attempts: job.max_attempts,
+                timeout_ms: job.timeout_ms,
+                created_at: job.created_at,
+                run_at: job.run_at,
+                started_at: None,
+                finished_at: None,
+                last_error: None,
+                result: None,
+                idempotency_key: job.idempotency_key.clone(),
+                payload: None,
+            };
+            self.by_seq.insert(seq, job.id);
+            self.entries.insert(job.id, Entry { job, record, seq });
         }
         Ok(Ok(admitted))
     }
 
-    fn take_ready(&mut self, max: usize) -> Result<Vec<Job>, StorageError> {
-        let count = max.min(self.ready.len());
-        Ok(self
-            .ready
-            .drain(..count)
-            .map(|mut job| {
-                job.attempt = self.records.get(&job.id).map_or(1, |record| record.attempts + 1);
-                job
-            })
-            .collect())
+    fn take_ready(&mut self, max: usize, now: DateTime<Utc>) -> Result<ReadyBatch, StorageError> {
+        while self.ready.len() < max {
+            let Some((&(at, seq), &id)) = self.due.first_key_value() else { break };
+            if at > now {
+                break;
+            }
+            self.due.remove(&(at, seq));
+            let ready_seq = self.take_seq();
+            self.ready.insert(ready_seq, id);
+            if let Some(entry) = self.entries.get_mut(&id) {
+                entry.record.state = JobState::Queued;
+            }
+        }
+        let mut jobs = Vec::new();
+        while jobs.len() < max {
+            let Some((_, id)) = self.ready.pop_first() else { break };
+            if let Some(entry) = self.entries.get(&id) {
+                let mut job = entry.job.clone();
+                job.attempt = entry.record.attempts + 1;
+                jobs.push(job);
+            }
+        }
+        Ok(ReadyBatch { jobs, next_due: self.due.keys().next().map(|(at, _)| *at) })
     }
 
     fn record_started(&mut self, started: &[StartedJob]) -> Result<(), StorageError> {
         for start in started {
-            if let Some(record) = self.records.get_mut(&start.id) {
-                record.state = JobState::Running;
-                record.attempts += 1;
-                record.started_at = Some(start.started_at);
-                self.running += 1;
+            if let Some(entry) = self.entries.get_mut(&start.id)
+                && entry.record.state == JobState::Queued
+            {
+                entry.record.state = JobState::Running;
+                entry.record.attempts += 1;
+                entry.record.started_at = Some(start.started_at);
             }
         }
         Ok(())
@@ -104,18 +149,22 @@ impl QueueBackend for MemoryBackend {
 
     fn record_finished(&mut self, finished: &[FinishedJob]) -> Result<(), StorageError> {
         for end in finished {
-            if let Some(record) = self.records.get_mut(&end.id) {
-                if record.state == JobState::Running {
-                    self.running -= 1;
-                }
-                record.state = end.outcome.final_state();
-                record.finished_at = Some(end.finished_at);
-                match &end.outcome {
-                    crate::job::Outcome::Succeeded(result) => record.result = Some(result.clone()),
-                    crate::job::Outcome::Failed { error } => record.last_error = Some(error.clone()),
-                    crate::job::Outcome::Panicked { message } => record.last_error = Some(message.clone()),
-                }
-                self.unfinished -= 1;
+            let Some(entry) = self.entries.get_mut(&end.id) else { continue };
+            if entry.record.state != JobState::Running {
+                continue;
+            }
+            let state = end.state();
+            entry.record.state = state;
+            entry.record.run_at = end.retry_at.or(entry.record.run_at);
+            entry.record.finished_at = state.is_finished().then_some(end.finished_at);
+            if let Some(error) = end.outcome.error() {
+                entry.record.last_error = Some(error);
+            }
+            if let Outcome::Succeeded(result) = &end.outcome {
+                entry.record.result = Some(result.clone());
+            }
+            if let Some(at) = end.retry_at {
+                self.due.insert((at, entry.seq), end.id);
             }
         }
         Ok(())
@@ -123,26 +172,84 @@ impl QueueBackend for MemoryBackend {
 
     fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {
         let expired: Vec<JobId> = self
-            .records
+            .entries
             .values()
-            .filter(|record| record.state.is_finished() && record.finished_at.is_some_and(|at| at < cutoff))
+            .filter(|entry| entry.record.state.is_finished() && entry.record.finished_at.is_some_and(|at| at < cutoff))
             .take(limit)
-            .map(|record| record.id)
+            .map(|entry| entry.record.id)
             .collect();
         for id in &expired {
-            if let Some(key) = self.records.remove(id).and_then(|record| record.idempotency_key) {
-                self.idempotency.remove(&key);
+            if let Some(entry) = self.entries.remove(id) {
+                self.by_seq.remove(&entry.seq);
+                if let Some(key) = entry.record.idempotency_key {
+                    self.idempotency.remove(&key);
+                }
             }
         }
         Ok(expired.len())
     }
 
+    fn retry_dead(&mut self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {
+        let unfinished = self.unfinished();
+        let Some(entry) = self.entries.get_mut(&id) else { return Ok(Err(ControlError::NotFound)) };
+        if entry.record.state != JobState::Dead {
+            return Ok(Err(ControlError::Conflict(entry.record.state)));
+        }
+        if unfinished + 1 > self.capacity {
+            let refusal = Refusal::QueueFull { unfinished, capacity: self.capacity, requested: 1 };
+            return Ok(Err(ControlError::Refused(refusal)));
+        }
+        entry.record.state = JobState::Queued;
+        entry.record.attempts = 0;
+        entry.record.finished_at = None;
+        entry.record.run_at = None;
+        self.next_seq += 1;
+        self.ready.insert(self.next_seq, id);
+        Ok(Ok(()))
+    }
+
+    fn cancel(&mut self, id: JobId, now: DateTime<Utc>) -> Result<Result<(), ControlError>, StorageError> {
+        let Some(entry) = self.entries.get_mut(&id) else { return Ok(Err(ControlError::NotFound)) };
+        match entry.record.state {
+            JobState::Queued | JobState::Scheduled | JobState::Failed => {}
+            other => return Ok(Err(ControlError::Conflict(other))),
+        }
+        entry.record.state = JobState::Cancelled;
+        entry.record.finished_at = Some(now);
+        self.ready.retain(|_, ready| *ready != id);
+        self.due.retain(|_, due| *due != id);
+        Ok(Ok(()))
+    }
+
+    fn list(&mut self, state: Option<JobState>, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
+        let mut page = JobPage::default();
+        for (&seq, id) in self.by_seq.range(..before.unwrap_or(i64::MAX)).rev() {
+            let Some(entry) = self.entries.get(id) else { continue };
+            if state.is_some_and(|state| state != entry.record.state) {
+                continue;
+            }
+            page.records.push(entry.record.clone());
+            if page.records.len() == limit {
+                page.next_before = Some(seq);
+                break;
+            }
+        }
+        Ok(page)
+    }
+
     fn get(&mut self, id: JobId, _with_payload: bool) -> Result<Option<JobRecord>, StorageError> {
-        Ok(self.records.get(&id).cloned())
+        Ok(self.entries.get(&id).map(|entry| entry.record.clone()))
     }
 
     fn depth(&self) -> QueueDepth {
-        QueueDepth { queued: self.unfinished - self.running, running: self.running, capacity: self.capacity }
+        QueueDepth {
+            queued: self.count(JobState::Queued),
+            scheduled: self.count(JobState::Scheduled),
+            running: self.count(JobState::Running),
+            failed: self.count(JobState::Failed),
+            dead: self.count(JobState::Dead),
+            capacity: self.capacity,
+        }
     }
 
     fn is_durable(&self) -> bool {
@@ -153,7 +260,7 @@ impl QueueBackend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{JobKind, Outcome};
+    use crate::job::{JobKind, JobResult};
 
     fn jobs(count: usize) -> Vec<Job> {
         (0..count)
@@ -161,6 +268,9 @@ mod tests {
                 id: JobId::generate(),
                 created_at: Utc::now(),
                 attempt: 0,
+                max_attempts: 3,
+                timeout_ms: None,
+                run_at: None,
                 idempotency_key: None,
                 kind: JobKind::Noop,
             })
@@ -179,24 +289,36 @@ mod tests {
     }
 
     #[test]
-    fn claimed_jobs_hold_capacity_until_finished() {
+    fn retries_wait_for_their_time_and_finished_jobs_free_capacity() {
         let mut backend = MemoryBackend::new(2);
-        let first = jobs(2);
-        let ids: Vec<JobId> = first.iter().map(|job| job.id).collect();
-        backend.enqueue(first).expect("enqueue").expect("fits");
-        let claimed = backend.take_ready(10).expect("take");
-        assert_eq!(claimed.iter().map(|job| job.id).collect::<Vec<_>>(), ids);
-        assert!(backend.enqueue(jobs(1)).expect("enqueue").is_err());
-        let finished: Vec<_> = ids
-            .iter()
-            .map(|&id| FinishedJob {
-                id,
+        let now = Utc::now();
+        backend.enqueue(jobs(2)).expect("enqueue").expect("fits");
+        let claimed = backend.take_ready(10, now).expect("take").jobs;
+        let started: Vec<_> = claimed.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
+        backend.record_started(&started).expect("start");
+        let retry_at = now + chrono::Duration::seconds(10);
+        let finished = [
+            FinishedJob {
+                id: claimed[0].id,
                 kind: "noop",
-                outcome: Outcome::Failed { error: "x".into() },
-                finished_at: Utc::now(),
-            })
-            .collect();
+                outcome: Outcome::Succeeded(JobResult::default()),
+                finished_at: now,
+                retry_at: None,
+            },
+            FinishedJob {
+                id: claimed[1].id,
+                kind: "noop",
+                outcome: Outcome::Failed { error: "x".into(), retryable: true },
+                finished_at: now,
+                retry_at: Some(retry_at),
+            },
+        ];
         backend.record_finished(&finished).expect("record");
-        assert!(backend.enqueue(jobs(2)).expect("enqueue").is_ok());
+        assert!(backend.enqueue(jobs(1)).expect("enqueue").is_ok(), "the success freed a slot");
+        assert!(backend.enqueue(jobs(1)).expect("enqueue").is_err(), "the retry still holds one");
+        let batch = backend.take_ready(10, now).expect("take");
+        assert_eq!((batch.jobs.len(), batch.next_due), (1, Some(retry_at)));
+        let later = backend.take_ready(10, retry_at).expect("take");
+        assert_eq!(later.jobs.iter().map(|job| (job.id, job.attempt)).collect::<Vec<_>>(), vec![(claimed[1].id, 2)]);
     }
 }

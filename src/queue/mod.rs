@@ -41,12 +41,53 @@ pub struct Admitted {
 /// What the backend holds, by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueDepth {
-    /// Accepted and not started (including jobs claimed into the Dispatcher's window).
+    /// Due and not started (including jobs claimed into the Dispatcher's window).
     pub queued: usize,
+    /// Waiting for their `run_at`.
+    pub scheduled: usize,
     /// Started and not finished.
     pub running: usize,
-    /// The most unfinished jobs the backend accepts (`max_queue`).
+    /// Failed and waiting for their retry.
+    pub failed: usize,
+    /// Failed for good, kept until the retention purge.
+    pub dead: usize,
+    /// The most unfinished jobs (queued, scheduled, running, failed) the backend accepts.
     pub capacity: usize,
+}
+
+impl QueueDepth {
+    /// Jobs that will still run: what `max_queue` bounds.
+    pub fn unfinished(&self) -> usize {
+        self.queued + self.scheduled + self.running + self.failed
+    }
+}
+
+/// Ready jobs for the Dispatcher, and when the next delayed job falls due.
+#[derive(Debug, Default)]
+pub struct ReadyBatch {
+    pub jobs: Vec<Job>,
+    /// The earliest `run_at` of a scheduled or failed job, if there is one. The
+    /// Dispatcher keeps one timer for it: this is the whole timer structure.
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+/// Why a retry or cancel request was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("no such job")]
+    NotFound,
+    #[error("the job is {}", .0.name())]
+    Conflict(JobState),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+}
+
+/// A page of a listing, newest first.
+#[derive(Debug, Default)]
+pub struct JobPage {
+    pub records: Vec<JobRecord>,
+    /// Pass as `before` for the next page; `None` on the last page.
+    pub next_before: Option<i64>,
 }
 
 /// The queue's health as `/readyz` and `/v1/stats` see it.
@@ -83,18 +124,28 @@ pub trait QueueBackend: Send + 'static {
     /// answered by an earlier job with the same idempotency key) or none is.
     fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError>;
 
-    /// Claims up to `max` queued jobs in submission order for the Dispatcher. A claimed
-    /// job is not returned again by this process; after a restart it is queued again.
-    fn take_ready(&mut self, max: usize) -> Result<Vec<Job>, StorageError>;
+    /// Moves scheduled and failed jobs whose `run_at` has come to the queue, then claims
+    /// up to `max` queued jobs in order for the Dispatcher. A claimed job is not returned
+    /// again by this process; after a restart it is queued again.
+    fn take_ready(&mut self, max: usize, now: DateTime<Utc>) -> Result<ReadyBatch, StorageError>;
 
     /// Marks jobs as running.
     fn record_started(&mut self, started: &[StartedJob]) -> Result<(), StorageError>;
 
-    /// Records how jobs ended, freeing their capacity.
+    /// Records how attempts ended: final states free capacity, retries wait for `retry_at`.
     fn record_finished(&mut self, finished: &[FinishedJob]) -> Result<(), StorageError>;
 
     /// Deletes up to `limit` finished jobs that finished before `cutoff`; returns how many.
     fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError>;
+
+    /// Queues a dead job again with its attempts reset.
+    fn retry_dead(&mut self, id: JobId) -> Result<Result<(), ControlError>, StorageError>;
+
+    /// Cancels a job that has not started: queued, scheduled, or failed and waiting.
+    fn cancel(&mut self, id: JobId, now: DateTime<Utc>) -> Result<Result<(), ControlError>, StorageError>;
+
+    /// A page of records, newest first, optionally of one state, before a cursor.
+    fn list(&mut self, state: Option<JobState>, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError>;
 
     /// One job's record.
     fn get(&mut self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError>;
@@ -166,46 +217,32 @@ pub struct ProgressNotRecorded {
 }
 
 enum Command {
-    Enqueue {
-        group: Vec<Vec<Job>>,
-        reply: Reply<Vec<SubmissionAnswer>>,
-    },
-    TakeReady {
-        max: usize,
-        reply: Reply<Vec<Job>>,
-    },
-    RecordProgress {
-        started: Vec<StartedJob>,
-        finished: Vec<FinishedJob>,
-        reply: oneshot::Sender<Result<(), ProgressNotRecorded>>,
-    },
-    Purge {
-        cutoff: DateTime<Utc>,
-        limit: usize,
-        reply: Reply<usize>,
-    },
-    Get {
-        id: JobId,
-        with_payload: bool,
-        reply: Reply<Option<JobRecord>>,
-    },
-    Status {
-        reply: Reply<QueueStatus>,
-    },
+    Enqueue { group: Vec<Vec<Job>>, reply: Reply<Vec<SubmissionAnswer>> },
+    TakeReady { max: usize, now: DateTime<Utc>, reply: Reply<ReadyBatch> },
+    RecordProgress { started: Vec<StartedJob>, finished: Vec<FinishedJob>, reply: ProgressReply },
+    Purge { cutoff: DateTime<Utc>, limit: usize, reply: Reply<usize> },
+    Retry { id: JobId, reply: Reply<Result<(), ControlError>> },
+    Cancel { id: JobId, now: DateTime<Utc>, reply: Reply<Result<(), ControlError>> },
+    Get { id: JobId, with_payload: bool, reply: Reply<Option<JobRecord>> },
+    List { state: Option<JobState>, before: Option<i64>, limit: usize, reply: Reply<JobPage> },
+    Status { reply: Reply<QueueStatus> },
 }
+
+type ProgressReply = oneshot::Sender<Result<(), ProgressNotRecorded>>;
 
 /// What a write command produced inside the open transaction; its answer is held back
 /// until the commit has returned.
 enum Output {
     Enqueue(Vec<SubmissionAnswer>),
-    TakeReady(Vec<Job>),
+    TakeReady(ReadyBatch),
     RecordProgress,
     Purge(usize),
+    Control(Result<(), ControlError>),
 }
 
 impl Command {
     fn is_read(&self) -> bool {
-        matches!(self, Command::Get { .. } | Command::Status { .. })
+        matches!(self, Command::Get { .. } | Command::Status { .. } | Command::List { .. })
     }
 
     /// Does a write command's work. Jobs to enqueue are moved into the backend; progress
@@ -219,14 +256,18 @@ impl Command {
                 }
                 Ok(Output::Enqueue(answers))
             }
-            Command::TakeReady { max, .. } => Ok(Output::TakeReady(backend.take_ready(*max)?)),
+            Command::TakeReady { max, now, .. } => Ok(Output::TakeReady(backend.take_ready(*max, *now)?)),
+            Command::Retry { id, .. } => Ok(Output::Control(backend.retry_dead(*id)?)),
+            Command::Cancel { id, now, .. } => Ok(Output::Control(backend.cancel(*id, *now)?)),
             Command::RecordProgress { started, finished, .. } => {
                 backend.record_started(started)?;
                 backend.record_finished(finished)?;
                 Ok(Output::RecordProgress)
             }
             Command::Purge { cutoff, limit, .. } => Ok(Output::Purge(backend.purge_finished(*cutoff, *limit)?)),
-            Command::Get { .. } | Command::Status { .. } => unreachable!("reads run outside transactions"),
+            Command::Get { .. } | Command::Status { .. } | Command::List { .. } => {
+                unreachable!("reads run outside transactions")
+            }
         }
     }
 
@@ -236,7 +277,10 @@ impl Command {
         // is done either way, exactly as if the answer had been lost on the wire.
         match (self, output) {
             (Command::Enqueue { reply, .. }, Output::Enqueue(answers)) => drop(reply.send(Ok(answers))),
-            (Command::TakeReady { reply, .. }, Output::TakeReady(jobs)) => drop(reply.send(Ok(jobs))),
+            (Command::TakeReady { reply, .. }, Output::TakeReady(batch)) => drop(reply.send(Ok(batch))),
+            (Command::Retry { reply, .. } | Command::Cancel { reply, .. }, Output::Control(result)) => {
+                drop(reply.send(Ok(result)))
+            }
             (Command::RecordProgress { reply, .. }, Output::RecordProgress) => drop(reply.send(Ok(()))),
             (Command::Purge { reply, .. }, Output::Purge(count)) => drop(reply.send(Ok(count))),
             _ => unreachable!("each command produces its own kind of output"),
@@ -248,6 +292,8 @@ impl Command {
         match self {
             Command::Enqueue { reply, .. } => drop(reply.send(Err(error.clone()))),
             Command::TakeReady { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Retry { reply, .. } | Command::Cancel { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::List { reply, .. } => drop(reply.send(Err(error.clone()))),
             Command::RecordProgress { started, finished, reply } => {
                 drop(reply.send(Err(ProgressNotRecorded { error: error.clone(), started, finished })))
             }
@@ -336,6 +382,7 @@ fn run_backend(mut backend: Box<dyn QueueBackend>, mut receiver: mpsc::Receiver<
 fn answer_read(backend: &mut dyn QueueBackend, command: Command, writable: &mut bool) {
     match command {
         Command::Get { id, with_payload, reply } => drop(reply.send(backend.get(id, with_payload))),
+        Command::List { state, before, limit, reply } => drop(reply.send(backend.list(state, before, limit))),
         Command::Status { reply } => {
             if !*writable {
                 *writable = backend.check_writable().is_ok();
@@ -392,8 +439,28 @@ impl QueueHandle {
     }
 
     /// See [`QueueBackend::take_ready`].
-    pub async fn take_ready(&self, max: usize) -> Result<Vec<Job>, StorageError> {
-        self.call(|reply| Command::TakeReady { max, reply }).await
+    pub async fn take_ready(&self, max: usize) -> Result<ReadyBatch, StorageError> {
+        self.call(|reply| Command::TakeReady { max, now: Utc::now(), reply }).await
+    }
+
+    /// See [`QueueBackend::retry_dead`].
+    pub async fn retry_dead(&self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {
+        self.call(|reply| Command::Retry { id, reply }).await
+    }
+
+    /// See [`QueueBackend::cancel`].
+    pub async fn cancel(&self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {
+        self.call(|reply| Command::Cancel { id, now: Utc::now(), reply }).await
+    }
+
+    /// See [`QueueBackend::list`].
+    pub async fn list(
+        &self,
+        state: Option<JobState>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<JobPage, StorageError> {
+        self.call(|reply| Command::List { state, before, limit, reply }).await
     }
 
     /// Records started and finished jobs in one transaction. On failure the progress
@@ -441,6 +508,9 @@ mod tests {
             id: JobId::generate(),
             created_at: Utc::now(),
             attempt: 0,
+            max_attempts: 1,
+            timeout_ms: None,
+            run_at: None,
             idempotency_key: None,
             kind: JobKind::Upload(UploadSpec {
                 body: UploadBody::Bytes(vec![7; bytes]),
@@ -476,7 +546,7 @@ mod tests {
         assert_eq!(status.depth.queued, 1, "bookkeeping rolled back");
         assert!(queue.get(big_id, false).await.expect("reads go on").is_none());
         assert!(queue.get(small_id, false).await.expect("reads go on").is_some());
-        let claimed = queue.take_ready(10).await.expect("the earlier job is still there");
+        let claimed = queue.take_ready(10).await.expect("the earlier job is still there").jobs;
         assert_eq!(claimed.iter().map(|job| job.id).collect::<Vec<_>>(), vec![small_id]);
         drop(queue);
         thread.join();

@@ -6,9 +6,9 @@ use std::path::Path;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
-use serde_json::value::RawValue;
+use serde_json::{Value, json, value::RawValue};
 
-use super::{Admitted, QueueBackend, QueueDepth, Refusal, StorageError, admit};
+use super::{Admitted, ControlError, JobPage, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, admit};
 use crate::job::{
     FinishedJob, Job, JobId, JobKind, JobRecord, JobResult, JobState, Outcome, StartedJob, UploadBody, UploadSpec,
 };
@@ -31,15 +31,26 @@ impl From<rusqlite::Error> for StorageError {
     }
 }
 
-/// The schema. `seq` is AUTOINCREMENT so it only ever grows, even after purges: the
-/// claim cursor relies on new jobs always sorting after claimed ones.
+/// The schema's version, in `PRAGMA user_version`; a file of another version is refused
+/// rather than misread.
+const SCHEMA_VERSION: i64 = 2;
+
+/// The schema.
+///
+/// `seq` is the submission order and AUTOINCREMENT, so it only ever grows. `ready_seq` is
+/// the order among queued jobs: new jobs get the next one, and so do scheduled and failed
+/// jobs when they fall due, so the claim cursor over `ready_seq` never misses a job.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id BLOB NOT NULL UNIQUE,
     kind TEXT NOT NULL,
     state TEXT NOT NULL,
+    ready_seq INTEGER,
+    run_at INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    timeout_ms INTEGER,
     created_at INTEGER NOT NULL,
     started_at INTEGER,
     finished_at INTEGER,
@@ -53,19 +64,60 @@ CREATE TABLE IF NOT EXISTS jobs (
     arg TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs(idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_queued ON jobs(seq) WHERE state = 'queued';
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE state IN ('succeeded', 'dead');
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(ready_seq) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(run_at, seq) WHERE state IN ('scheduled', 'failed');
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE state IN ('succeeded', 'dead', 'cancelled');
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE TABLE IF NOT EXISTS probe (value BLOB);
 ";
 
-/// Counters kept in memory so capacity checks cost no query; restored on rollback.
-#[derive(Debug, Clone, Copy)]
+/// The columns a record is read from, for `get` and `list`.
+const RECORD_COLUMNS: &str = "seq, id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at, started_at,
+     finished_at, last_error, result, idempotency_key, body_is_json";
+
+/// Counts kept in memory so capacity checks and depth cost no query; restored on rollback.
+#[derive(Debug, Clone, Copy, Default)]
 struct Bookkeeping {
-    /// Queued and running jobs.
-    unfinished: usize,
+    queued: usize,
+    scheduled: usize,
     running: usize,
-    /// The highest `seq` claimed by this process.
+    failed: usize,
+    dead: usize,
+    /// The next `ready_seq` to hand out.
+    next_ready_seq: i64,
+    /// The highest `ready_seq` claimed by this process.
     claimed_up_to: i64,
+}
+
+impl Bookkeeping {
+    fn unfinished(&self) -> usize {
+        self.queued + self.scheduled + self.running + self.failed
+    }
+
+    fn count(&mut self, state: JobState) -> Option<&mut usize> {
+        match state {
+            JobState::Queued => Some(&mut self.queued),
+            JobState::Scheduled => Some(&mut self.scheduled),
+            JobState::Running => Some(&mut self.running),
+            JobState::Failed => Some(&mut self.failed),
+            JobState::Dead => Some(&mut self.dead),
+            JobState::Succeeded | JobState::Cancelled => None,
+        }
+    }
+
+    fn moved(&mut self, from: JobState, to: JobState, count: usize) {
+        if let Some(counter) = self.count(from) {
+            *counter = counter.saturating_sub(count);
+        }
+        if let Some(counter) = self.count(to) {
+            *counter += count;
+        }
+    }
+
+    fn take_ready_seq(&mut self) -> i64 {
+        self.next_ready_seq += 1;
+        self.next_ready_seq
+    }
 }
 
 /// The SQLite queue.
@@ -85,8 +137,10 @@ pub struct SqliteBackend {
 pub struct Recovery {
     /// Jobs a previous process left running, now queued again.
     pub requeued: usize,
-    /// Jobs waiting to run, in submission order.
+    /// Jobs waiting to run now, in submission order.
     pub queued: usize,
+    /// Jobs waiting for a later time (scheduled, or failed and waiting for a retry).
+    pub delayed: usize,
 }
 
 fn millis(at: DateTime<Utc>) -> i64 {
@@ -97,9 +151,16 @@ fn from_millis(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+fn state_of(name: &str) -> JobState {
+    // Only this module writes the column, with `JobState::name`; an unknown value would
+    // mean a newer jobd wrote the file, which the schema version refuses first.
+    JobState::from_name(name).unwrap_or(JobState::Dead)
+}
+
 impl SqliteBackend {
     /// Opens (or creates) the queue at `path` and recovers what a previous process left:
-    /// jobs left running go back to the queue, keeping the attempt they used.
+    /// jobs left running go back to the queue, keeping the attempt they used, ahead of
+    /// everything queued after them.
     pub fn open(
         path: &Path,
         capacity: usize,
@@ -117,7 +178,20 @@ impl SqliteBackend {
         };
         connection.pragma_update(None, "synchronous", sync)?;
         connection.pragma_update(None, "busy_timeout", 5_000)?;
+        let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        let has_jobs: bool = connection.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs')",
+            [],
+            |row| row.get(0),
+        )?;
+        if has_jobs && version != SCHEMA_VERSION {
+            return Err(StorageError(format!(
+                "{} has schema version {version}; this jobd reads version {SCHEMA_VERSION}",
+                path.display()
+            )));
+        }
         connection.execute_batch(SCHEMA)?;
+        connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let page_size = connection.query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0))?.unsigned_abs();
         if let Some(bytes) = max_bytes {
             // Submissions stop at `bytes`; the hard limit above it leaves room for what
@@ -129,21 +203,44 @@ impl SqliteBackend {
         }
         connection.set_prepared_statement_cache_capacity(64);
         let requeued = connection.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'", [])?;
-        let queued: i64 = connection.query_row("SELECT COUNT(*) FROM jobs WHERE state = 'queued'", [], |r| r.get(0))?;
-        let books = Bookkeeping { unfinished: queued as usize, running: 0, claimed_up_to: 0 };
+        let mut books = Bookkeeping::default();
+        {
+            let mut statement = connection.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                let state = state_of(&row.get::<_, String>(0)?);
+                if let Some(counter) = books.count(state) {
+                    *counter = row.get::<_, i64>(1)?.unsigned_abs() as usize;
+                }
+            }
+        }
+        books.next_ready_seq =
+            connection.query_row("SELECT COALESCE(MAX(ready_seq), 0) FROM jobs", [], |r| r.get(0))?;
+        let recovery = Recovery { requeued, queued: books.queued, delayed: books.scheduled + books.failed };
         let backend = Self { connection, capacity, size_limit: max_bytes, page_size, books, books_at_begin: books };
-        Ok((backend, Recovery { requeued, queued: queued as usize }))
+        Ok((backend, recovery))
     }
 
-    fn insert(&self, job: &Job) -> Result<(), StorageError> {
+    fn insert(&mut self, job: &Job, now: DateTime<Utc>) -> Result<(), StorageError> {
         let columns = KindColumns::of(&job.kind);
+        let delayed = job.run_at.filter(|at| *at > now);
+        let (state, ready_seq) = match delayed {
+            Some(_) => (JobState::Scheduled, None),
+            None => (JobState::Queued, Some(self.books.take_ready_seq())),
+        };
         let mut statement = self.connection.prepare_cached(
-            "INSERT INTO jobs (id, kind, state, created_at, idempotency_key, body, body_is_json, object_key, content_type, arg)
-             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO jobs (id, kind, state, ready_seq, run_at, max_attempts, timeout_ms, created_at,
+                               idempotency_key, body, body_is_json, object_key, content_type, arg)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         statement.execute(params![
             job.id.to_bytes().as_slice(),
             job.kind.name(),
+            state.name(),
+            ready_seq,
+            job.run_at.map(millis),
+            job.max_attempts,
+            job.timeout_ms.map(|ms| ms.min(i64::MAX as u64) as i64),
             millis(job.created_at),
             job.idempotency_key,
             columns.body,
@@ -152,6 +249,9 @@ impl SqliteBackend {
             columns.content_type,
             columns.arg,
         ])?;
+        if let Some(counter) = self.books.count(state) {
+            *counter += 1;
+        }
         Ok(())
     }
 
@@ -159,10 +259,15 @@ impl SqliteBackend {
         let mut statement = self.connection.prepare_cached("SELECT id, state FROM jobs WHERE idempotency_key = ?1")?;
         let found =
             statement.query_row([key], |row| Ok((row.get::<_, [u8; 16]>(0)?, row.get::<_, String>(1)?))).optional()?;
-        Ok(found.map(|(id, state)| (JobId::from_bytes(id), JobState::from_name(&state).unwrap_or(JobState::Queued))))
+        Ok(found.map(|(id, state)| (JobId::from_bytes(id), state_of(&state))))
     }
 
-    /// Marks a job that cannot be decoded as dead, so one bad row cannot wedge the queue.
+    fn state_of_job(&self, id: JobId) -> Result<Option<JobState>, StorageError> {
+        let mut statement = self.connection.prepare_cached("SELECT state FROM jobs WHERE id = ?1")?;
+        let state: Option<String> = statement.query_row([id.to_bytes().as_slice()], |row| row.get(0)).optional()?;
+        Ok(state.map(|state| state_of(&state)))
+    }
+
     /// Bytes in use: the database's pages less the free ones.
     fn used_bytes(&self) -> Result<u64, StorageError> {
         let pages: i64 = self.connection.query_row("PRAGMA page_count", [], |row| row.get(0))?;
@@ -170,13 +275,41 @@ impl SqliteBackend {
         Ok(pages.saturating_sub(free).unsigned_abs() * self.page_size)
     }
 
+    /// Moves due scheduled and failed jobs to the queue, earliest first, at most `max`.
+    fn promote_due(&mut self, max: usize, now: DateTime<Utc>) -> Result<(), StorageError> {
+        let due: Vec<(i64, String)> = {
+            let mut statement = self.connection.prepare_cached(
+                "SELECT seq, state FROM jobs WHERE state IN ('scheduled', 'failed') AND run_at <= ?1
+                 ORDER BY run_at, seq LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![millis(now), max as i64], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (seq, state) in due {
+            let ready_seq = self.books.take_ready_seq();
+            self.connection
+                .prepare_cached("UPDATE jobs SET state = 'queued', ready_seq = ?2 WHERE seq = ?1")?
+                .execute(params![seq, ready_seq])?;
+            self.books.moved(state_of(&state), JobState::Queued, 1);
+        }
+        Ok(())
+    }
+
+    fn next_due(&self) -> Result<Option<DateTime<Utc>>, StorageError> {
+        let mut statement =
+            self.connection.prepare_cached("SELECT MIN(run_at) FROM jobs WHERE state IN ('scheduled', 'failed')")?;
+        let next: Option<i64> = statement.query_row([], |row| row.get(0))?;
+        Ok(next.map(from_millis))
+    }
+
+    /// Marks a job that cannot be decoded as dead, so one bad row cannot wedge the queue.
     fn bury_undecodable(&mut self, seq: i64, error: &str) -> Result<(), StorageError> {
         tracing::error!(seq, %error, "a stored job cannot be decoded; it is marked dead");
         self.connection.execute(
             "UPDATE jobs SET state = 'dead', last_error = ?2, finished_at = ?3 WHERE seq = ?1",
             params![seq, format!("stored job cannot be decoded: {error}"), millis(Utc::now())],
         )?;
-        self.books.unfinished -= 1;
+        self.books.moved(JobState::Queued, JobState::Dead, 1);
         Ok(())
     }
 }
@@ -187,7 +320,7 @@ struct KindColumns<'a> {
     body_is_json: bool,
     object_key: Option<String>,
     content_type: Option<&'a str>,
-    /// The test kinds' one parameter: `sleep`'s milliseconds, `fail`'s and `panic`'s message.
+    /// The test kinds' parameters as JSON.
     arg: Option<String>,
 }
 
@@ -203,9 +336,14 @@ impl<'a> KindColumns<'a> {
                 arg: None,
             },
             JobKind::Noop => none,
-            JobKind::Sleep { millis } => KindColumns { arg: Some(millis.to_string()), ..none },
-            JobKind::Fail { message } | JobKind::Panic { message } => {
-                KindColumns { arg: Some(message.clone()), ..none }
+            JobKind::Sleep { millis, blocking } => {
+                KindColumns { arg: Some(json!({"ms": millis, "blocking": blocking}).to_string()), ..none }
+            }
+            JobKind::Fail { message, retryable } => {
+                KindColumns { arg: Some(json!({"message": message, "retryable": retryable}).to_string()), ..none }
+            }
+            JobKind::Panic { message, in_worker } => {
+                KindColumns { arg: Some(json!({"message": message, "in_worker": in_worker}).to_string()), ..none }
             }
         }
     }
@@ -213,43 +351,81 @@ impl<'a> KindColumns<'a> {
 
 /// The bytes a job's body takes in its row.
 fn job_body_len(kind: &JobKind) -> u64 {
-    match kind {
-        JobKind::Upload(upload) => upload.body.as_bytes().len() as u64,
-        JobKind::Fail { message } | JobKind::Panic { message } => message.len() as u64,
-        JobKind::Noop | JobKind::Sleep { .. } => 0,
-    }
+    KindColumns::of(kind).body.map_or(0, |body| body.len() as u64)
 }
 
 /// Rebuilds a job's kind from its columns.
 fn decode_kind(row: &Row<'_>) -> Result<JobKind, String> {
-    let kind: String = row.get("kind").map_err(|e| e.to_string())?;
-    let arg: Option<String> = row.get("arg").map_err(|e| e.to_string())?;
+    let text = |error: rusqlite::Error| error.to_string();
+    let kind: String = row.get("kind").map_err(text)?;
+    let arg: Value = match row.get::<_, Option<String>>("arg").map_err(text)? {
+        Some(arg) => serde_json::from_str(&arg).map_err(|error| error.to_string())?,
+        None => Value::Null,
+    };
+    let message = || arg["message"].as_str().unwrap_or_default().to_owned();
     match kind.as_str() {
         "upload" => {
-            let body: Vec<u8> = row.get::<_, Option<Vec<u8>>>("body").map_err(|e| e.to_string())?.unwrap_or_default();
-            let is_json: bool = row.get("body_is_json").map_err(|e| e.to_string())?;
+            let body: Vec<u8> = row.get::<_, Option<Vec<u8>>>("body").map_err(text)?.unwrap_or_default();
+            let is_json: bool = row.get("body_is_json").map_err(text)?;
             let body = if is_json {
-                let text = String::from_utf8(body).map_err(|e| e.to_string())?;
-                UploadBody::Json(RawValue::from_string(text).map_err(|e| e.to_string())?)
+                let json = String::from_utf8(body).map_err(|error| error.to_string())?;
+                UploadBody::Json(RawValue::from_string(json).map_err(|error| error.to_string())?)
             } else {
                 UploadBody::Bytes(body)
             };
             let key = row
                 .get::<_, Option<String>>("object_key")
-                .map_err(|e| e.to_string())?
-                .map(|key| ObjectKey::parse(&key).map_err(|e| e.to_string()))
+                .map_err(text)?
+                .map(|key| ObjectKey::parse(&key).map_err(|error| error.to_string()))
                 .transpose()?;
-            let content_type = row.get("content_type").map_err(|e| e.to_string())?;
+            let content_type = row.get("content_type").map_err(text)?;
             Ok(JobKind::Upload(UploadSpec { body, key, content_type }))
         }
         "noop" => Ok(JobKind::Noop),
-        "sleep" => {
-            Ok(JobKind::Sleep { millis: arg.unwrap_or_default().parse().map_err(|_| "bad sleep ms".to_owned())? })
-        }
-        "fail" => Ok(JobKind::Fail { message: arg.unwrap_or_default() }),
-        "panic" => Ok(JobKind::Panic { message: arg.unwrap_or_default() }),
+        "sleep" => Ok(JobKind::Sleep {
+            millis: arg["ms"].as_u64().ok_or("sleep without ms")?,
+            blocking: arg["blocking"].as_bool().unwrap_or(false),
+        }),
+        "fail" => Ok(JobKind::Fail { message: message(), retryable: arg["retryable"].as_bool().unwrap_or(true) }),
+        "panic" => Ok(JobKind::Panic { message: message(), in_worker: arg["in_worker"].as_bool().unwrap_or(false) }),
         other => Err(format!("unknown kind {other:?}")),
     }
+}
+
+/// Reads a record from a row selected with [`RECORD_COLUMNS`] (plus `body` when wanted).
+fn record_from_row(row: &Row<'_>, with_payload: bool) -> rusqlite::Result<JobRecord> {
+    let state: String = row.get("state")?;
+    let result: Option<String> = row.get("result")?;
+    let payload = if with_payload {
+        let body: Option<Vec<u8>> = row.get("body")?;
+        let is_json: bool = row.get("body_is_json")?;
+        body.and_then(|bytes| {
+            let text = if is_json {
+                String::from_utf8(bytes).ok()?
+            } else {
+                serde_json::to_string(&base64::engine::general_purpose::STANDARD.encode(bytes)).ok()?
+            };
+            RawValue::from_string(text).ok()
+        })
+    } else {
+        None
+    };
+    Ok(JobRecord {
+        id: JobId::from_bytes(row.get("id")?),
+        kind: row.get("kind")?,
+        state: state_of(&state),
+        attempts: row.get("attempts")?,
+        max_attempts: row.get("max_attempts")?,
+        timeout_ms: row.get::<_, Option<i64>>("timeout_ms")?.map(i64::unsigned_abs),
+        created_at: from_millis(row.get("created_at")?),
+        run_at: row.get::<_, Option<i64>>("run_at")?.map(from_millis),
+        started_at: row.get::<_, Option<i64>>("started_at")?.map(from_millis),
+        finished_at: row.get::<_, Option<i64>>("finished_at")?.map(from_millis),
+        last_error: row.get("last_error")?,
+        result: result.and_then(|text| serde_json::from_str::<JobResult>(&text).ok()),
+        idempotency_key: row.get("idempotency_key")?,
+        payload,
+    })
 }
 
 impl QueueBackend for SqliteBackend {
@@ -274,7 +450,7 @@ impl QueueBackend for SqliteBackend {
     }
 
     fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError> {
-        let (admitted, is_new) = admit(&submission, |key| self.find_by_idempotency_key(key))?;
+        let (mut admitted, is_new) = admit(&submission, |key| self.find_by_idempotency_key(key))?;
         let new_jobs = is_new.iter().filter(|&&new| new).count();
         if let Some(limit_bytes) = self.size_limit {
             // A row costs its body plus about two hundred bytes of columns and index entries.
@@ -289,83 +465,98 @@ impl QueueBackend for SqliteBackend {
                 return Ok(Err(Refusal::StorageFull { used_bytes, limit_bytes }));
             }
         }
-        if self.books.unfinished + new_jobs > self.capacity {
+        if self.books.unfinished() + new_jobs > self.capacity {
             return Ok(Err(Refusal::QueueFull {
-                unfinished: self.books.unfinished,
+                unfinished: self.books.unfinished(),
                 capacity: self.capacity,
                 requested: new_jobs,
             }));
         }
-        for (job, new) in submission.iter().zip(is_new) {
+        let now = Utc::now();
+        for ((job, new), answer) in submission.iter().zip(is_new).zip(admitted.iter_mut()) {
             if new {
-                self.insert(job)?;
+                self.insert(job, now)?;
+                if job.run_at.is_some_and(|at| at > now) {
+                    answer.state = JobState::Scheduled;
+                }
             }
         }
-        self.books.unfinished += new_jobs;
         Ok(Ok(admitted))
     }
 
-    fn take_ready(&mut self, max: usize) -> Result<Vec<Job>, StorageError> {
+    fn take_ready(&mut self, max: usize, now: DateTime<Utc>) -> Result<ReadyBatch, StorageError> {
+        self.promote_due(max, now)?;
         let mut jobs = Vec::with_capacity(max);
         let mut undecodable = Vec::new();
         {
             let mut statement = self.connection.prepare_cached(
-                "SELECT seq, id, kind, attempts, created_at, idempotency_key, body, body_is_json, object_key, content_type, arg
-                 FROM jobs WHERE state = 'queued' AND seq > ?1 ORDER BY seq LIMIT ?2",
+                "SELECT seq, ready_seq, id, kind, attempts, max_attempts, timeout_ms, run_at, created_at,
+                        idempotency_key, body, body_is_json, object_key, content_type, arg
+                 FROM jobs WHERE state = 'queued' AND ready_seq > ?1 ORDER BY ready_seq LIMIT ?2",
             )?;
             let mut rows = statement.query(params![self.books.claimed_up_to, max as i64])?;
             while let Some(row) = rows.next()? {
-                let seq: i64 = row.get("seq")?;
-                self.books.claimed_up_to = seq;
+                self.books.claimed_up_to = row.get("ready_seq")?;
                 match decode_kind(row) {
                     Ok(kind) => jobs.push(Job {
                         id: JobId::from_bytes(row.get("id")?),
                         created_at: from_millis(row.get("created_at")?),
                         attempt: row.get::<_, u32>("attempts")? + 1,
+                        max_attempts: row.get("max_attempts")?,
+                        timeout_ms: row.get::<_, Option<i64>>("timeout_ms")?.map(i64::unsigned_abs),
+                        run_at: row.get::<_, Option<i64>>("run_at")?.map(from_millis),
                         idempotency_key: row.get("idempotency_key")?,
                         kind,
                     }),
-                    Err(error) => undecodable.push((seq, error)),
+                    Err(error) => undecodable.push((row.get::<_, i64>("seq")?, error)),
                 }
             }
         }
         for (seq, error) in undecodable {
             self.bury_undecodable(seq, &error)?;
         }
-        Ok(jobs)
+        Ok(ReadyBatch { jobs, next_due: self.next_due()? })
     }
 
     fn record_started(&mut self, started: &[StartedJob]) -> Result<(), StorageError> {
         let mut statement = self.connection.prepare_cached(
             "UPDATE jobs SET state = 'running', started_at = ?2, attempts = attempts + 1 WHERE id = ?1 AND state = 'queued'",
         )?;
+        let mut changed = 0;
         for start in started {
-            self.books.running +=
-                statement.execute(params![start.id.to_bytes().as_slice(), millis(start.started_at)])?;
+            changed += statement.execute(params![start.id.to_bytes().as_slice(), millis(start.started_at)])?;
         }
+        drop(statement);
+        self.books.moved(JobState::Queued, JobState::Running, changed);
         Ok(())
     }
 
     fn record_finished(&mut self, finished: &[FinishedJob]) -> Result<(), StorageError> {
         let mut statement = self.connection.prepare_cached(
-            "UPDATE jobs SET state = ?2, finished_at = ?3, last_error = ?4, result = ?5
+            "UPDATE jobs SET state = ?2, finished_at = ?3, last_error = COALESCE(?4, last_error), result = ?5, run_at = ?6
              WHERE id = ?1 AND state = 'running'",
         )?;
+        let mut moves = Vec::with_capacity(finished.len());
         for end in finished {
-            let (error, result) = match &end.outcome {
-                Outcome::Succeeded(result) => (None, serde_json::to_string(result).ok()),
-                Outcome::Failed { error } => (Some(error.as_str()), None),
-                Outcome::Panicked { message } => (Some(message.as_str()), None),
+            let state = end.state();
+            let result = match &end.outcome {
+                Outcome::Succeeded(result) => serde_json::to_string(result).ok(),
+                _ => None,
             };
+            let finished_at = state.is_finished().then(|| millis(end.finished_at));
             let changed = statement.execute(params![
                 end.id.to_bytes().as_slice(),
-                end.outcome.final_state().name(),
-                millis(end.finished_at),
-                error,
+                state.name(),
+                finished_at,
+                end.outcome.error(),
                 result,
+                end.retry_at.map(millis),
             ])?;
-            self.books.running -= changed;
-            self.books.unfinished -= changed;
+            moves.push((state, changed));
+        }
+        drop(statement);
+        for (state, changed) in moves {
+            self.books.moved(JobState::Running, state, changed);
         }
         Ok(())
     }
@@ -373,53 +564,86 @@ impl QueueBackend for SqliteBackend {
     fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {
         let mut statement = self.connection.prepare_cached(
             "DELETE FROM jobs WHERE seq IN (
-                 SELECT seq FROM jobs WHERE state IN ('succeeded', 'dead') AND finished_at < ?1 LIMIT ?2)",
+                 SELECT seq FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at < ?1 LIMIT ?2)
+             RETURNING state",
         )?;
-        Ok(statement.execute(params![millis(cutoff), limit as i64])?)
+        let states = statement
+            .query_map(params![millis(cutoff), limit as i64], |row| row.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(statement);
+        let dead = states.iter().filter(|state| state.as_str() == "dead").count();
+        self.books.dead = self.books.dead.saturating_sub(dead);
+        Ok(states.len())
+    }
+
+    fn retry_dead(&mut self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {
+        match self.state_of_job(id)? {
+            None => return Ok(Err(ControlError::NotFound)),
+            Some(JobState::Dead) => {}
+            Some(other) => return Ok(Err(ControlError::Conflict(other))),
+        }
+        if self.books.unfinished() + 1 > self.capacity {
+            let refusal =
+                Refusal::QueueFull { unfinished: self.books.unfinished(), capacity: self.capacity, requested: 1 };
+            return Ok(Err(ControlError::Refused(refusal)));
+        }
+        let ready_seq = self.books.take_ready_seq();
+        self.connection
+            .prepare_cached(
+                "UPDATE jobs SET state = 'queued', attempts = 0, ready_seq = ?2, run_at = NULL, finished_at = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![id.to_bytes().as_slice(), ready_seq])?;
+        self.books.moved(JobState::Dead, JobState::Queued, 1);
+        Ok(Ok(()))
+    }
+
+    fn cancel(&mut self, id: JobId, now: DateTime<Utc>) -> Result<Result<(), ControlError>, StorageError> {
+        let state = match self.state_of_job(id)? {
+            None => return Ok(Err(ControlError::NotFound)),
+            Some(state @ (JobState::Queued | JobState::Scheduled | JobState::Failed)) => state,
+            Some(other) => return Ok(Err(ControlError::Conflict(other))),
+        };
+        self.connection
+            .prepare_cached("UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1")?
+            .execute(params![id.to_bytes().as_slice(), millis(now)])?;
+        self.books.moved(state, JobState::Cancelled, 1);
+        Ok(Ok(()))
+    }
+
+    fn list(&mut self, state: Option<JobState>, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+        );
+        let mut statement = self.connection.prepare_cached(&sql)?;
+        let mut rows = statement.query(params![state.map(JobState::name), before.unwrap_or(i64::MAX), limit as i64])?;
+        let mut page = JobPage::default();
+        let mut last_seq = None;
+        while let Some(row) = rows.next()? {
+            last_seq = Some(row.get::<_, i64>("seq")?);
+            page.records.push(record_from_row(row, false)?);
+        }
+        page.next_before = if page.records.len() == limit { last_seq } else { None };
+        Ok(page)
     }
 
     fn get(&mut self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError> {
-        let mut statement = self.connection.prepare_cached(
-            "SELECT kind, state, attempts, created_at, started_at, finished_at, last_error, result, idempotency_key,
-                    CASE WHEN ?2 THEN body END AS body, body_is_json
-             FROM jobs WHERE id = ?1",
-        )?;
+        let sql = format!("SELECT {RECORD_COLUMNS}, CASE WHEN ?2 THEN body END AS body FROM jobs WHERE id = ?1");
+        let mut statement = self.connection.prepare_cached(&sql)?;
         let record = statement
-            .query_row(params![id.to_bytes().as_slice(), with_payload], |row| {
-                let state: String = row.get("state")?;
-                let result: Option<String> = row.get("result")?;
-                let body: Option<Vec<u8>> = row.get("body")?;
-                let is_json: bool = row.get("body_is_json")?;
-                let payload = body.and_then(|bytes| {
-                    let text = if is_json {
-                        String::from_utf8(bytes).ok()?
-                    } else {
-                        serde_json::to_string(&base64::engine::general_purpose::STANDARD.encode(bytes)).ok()?
-                    };
-                    RawValue::from_string(text).ok()
-                });
-                Ok(JobRecord {
-                    id,
-                    kind: row.get("kind")?,
-                    state: JobState::from_name(&state).unwrap_or(JobState::Dead),
-                    attempts: row.get("attempts")?,
-                    created_at: from_millis(row.get("created_at")?),
-                    started_at: row.get::<_, Option<i64>>("started_at")?.map(from_millis),
-                    finished_at: row.get::<_, Option<i64>>("finished_at")?.map(from_millis),
-                    last_error: row.get("last_error")?,
-                    result: result.and_then(|text| serde_json::from_str::<JobResult>(&text).ok()),
-                    idempotency_key: row.get("idempotency_key")?,
-                    payload,
-                })
-            })
+            .query_row(params![id.to_bytes().as_slice(), with_payload], |row| record_from_row(row, with_payload))
             .optional()?;
         Ok(record)
     }
 
     fn depth(&self) -> QueueDepth {
+        let books = &self.books;
         QueueDepth {
-            queued: self.books.unfinished - self.books.running,
-            running: self.books.running,
+            queued: books.queued,
+            scheduled: books.scheduled,
+            running: books.running,
+            failed: books.failed,
+            dead: books.dead,
             capacity: self.capacity,
         }
     }
@@ -465,7 +689,16 @@ mod tests {
     use super::*;
 
     fn job(kind: JobKind, key: Option<&str>) -> Job {
-        Job { id: JobId::generate(), created_at: Utc::now(), attempt: 0, idempotency_key: key.map(str::to_owned), kind }
+        Job {
+            id: JobId::generate(),
+            created_at: Utc::now(),
+            attempt: 0,
+            max_attempts: 3,
+            timeout_ms: None,
+            run_at: None,
+            idempotency_key: key.map(str::to_owned),
+            kind,
+        }
     }
 
     fn open(path: &Path, capacity: usize) -> SqliteBackend {
@@ -482,7 +715,8 @@ mod tests {
             key: Some(ObjectKey::parse("x/y.json").expect("key")),
             content_type: Some("text/plain".to_owned()),
         });
-        let jobs = vec![job(upload, None), job(JobKind::Sleep { millis: 7 }, None), job(JobKind::Noop, None)];
+        let jobs =
+            vec![job(upload, None), job(JobKind::Sleep { millis: 7, blocking: false }, None), job(JobKind::Noop, None)];
         let ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
         {
             let mut backend = open(&path, 10);
@@ -490,22 +724,25 @@ mod tests {
             backend.enqueue(jobs).expect("enqueue").expect("fits");
             backend.commit().expect("commit");
             backend.begin().expect("begin");
-            let claimed = backend.take_ready(1).expect("take");
+            let claimed = backend.take_ready(1, Utc::now()).expect("take").jobs;
             backend.record_started(&[StartedJob { id: claimed[0].id, started_at: Utc::now() }]).expect("start");
             backend.commit().expect("commit");
-            assert_eq!(backend.depth(), QueueDepth { queued: 2, running: 1, capacity: 10 });
+            assert_eq!((backend.depth().queued, backend.depth().running), (2, 1));
         }
         // The process "died" with one job running: it is queued again, attempt counted.
         let (mut backend, recovery) = SqliteBackend::open(&path, 10, Synchronous::Full, None).expect("reopen");
         assert_eq!((recovery.requeued, recovery.queued), (1, 3));
-        let claimed = backend.take_ready(10).expect("take");
+        let claimed = backend.take_ready(10, Utc::now()).expect("take").jobs;
         assert_eq!(claimed.iter().map(|job| job.id).collect::<Vec<_>>(), ids, "submission order");
         assert_eq!(claimed[0].attempt, 2);
         let JobKind::Upload(upload) = &claimed[0].kind else { panic!("not an upload") };
         assert_eq!(upload.body.as_bytes(), br#"{"b": 1,  "a": [2]}"#);
         assert_eq!(upload.key.as_ref().map(ToString::to_string).as_deref(), Some("x/y.json"));
-        assert!(matches!(claimed[1].kind, JobKind::Sleep { millis: 7 }));
-        assert!(backend.take_ready(10).expect("take").is_empty(), "claimed jobs are not handed out twice");
+        assert!(matches!(claimed[1].kind, JobKind::Sleep { millis: 7, blocking: false }));
+        assert!(
+            backend.take_ready(10, Utc::now()).expect("take").jobs.is_empty(),
+            "claimed jobs are not handed out twice"
+        );
     }
 
     #[test]
@@ -514,10 +751,10 @@ mod tests {
         let mut backend = open(&dir.path().join("queue.db"), 10);
         backend.begin().expect("begin");
         backend.enqueue(vec![job(JobKind::Noop, None)]).expect("enqueue").expect("fits");
-        assert_eq!(backend.take_ready(10).expect("take").len(), 1);
+        assert_eq!(backend.take_ready(10, Utc::now()).expect("take").jobs.len(), 1);
         backend.rollback();
         assert_eq!(backend.depth().queued, 0);
-        assert!(backend.take_ready(10).expect("take").is_empty());
+        assert!(backend.take_ready(10, Utc::now()).expect("take").jobs.is_empty());
     }
 
     #[test]
@@ -546,7 +783,7 @@ mod tests {
         let mut backend = open(&dir.path().join("queue.db"), 2);
         backend.enqueue(vec![job(JobKind::Noop, None), job(JobKind::Noop, None)]).expect("enqueue").expect("fits");
         assert!(backend.enqueue(vec![job(JobKind::Noop, None)]).expect("enqueue").is_err());
-        let claimed = backend.take_ready(2).expect("take");
+        let claimed = backend.take_ready(2, Utc::now()).expect("take").jobs;
         let now = Utc::now();
         let started: Vec<_> = claimed.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
         backend.record_started(&started).expect("start");
@@ -557,6 +794,7 @@ mod tests {
                 kind: "noop",
                 outcome: Outcome::Succeeded(JobResult::default()),
                 finished_at: now,
+                retry_at: None,
             })
             .collect();
         backend.record_finished(&finished).expect("finish");
@@ -567,5 +805,105 @@ mod tests {
         assert_eq!(backend.purge_finished(now + chrono::Duration::seconds(1), 1).expect("purge"), 1, "limit");
         assert_eq!(backend.purge_finished(now + chrono::Duration::seconds(1), 10).expect("purge"), 1);
         assert!(backend.get(claimed[0].id, false).expect("get").is_none());
+    }
+}
+
+#[cfg(test)]
+mod delayed_tests {
+    use super::*;
+
+    fn job_at(run_at: Option<DateTime<Utc>>) -> Job {
+        Job {
+            id: JobId::generate(),
+            created_at: Utc::now(),
+            attempt: 0,
+            max_attempts: 3,
+            timeout_ms: Some(250),
+            run_at,
+            idempotency_key: None,
+            kind: JobKind::Noop,
+        }
+    }
+
+    #[test]
+    fn delayed_jobs_wait_for_their_time_then_run_in_due_order_and_retries_come_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("queue.db");
+        let (mut backend, _) = SqliteBackend::open(&path, 100, Synchronous::Full, None).expect("open");
+        let now = Utc::now();
+        let later = |secs| now + chrono::Duration::seconds(secs);
+        let (late, early, at_once) = (job_at(Some(later(20))), job_at(Some(later(10))), job_at(None));
+        let ids = (late.id, early.id, at_once.id);
+        let admitted = backend.enqueue(vec![late, early, at_once]).expect("enqueue").expect("fits");
+        let states: Vec<JobState> = admitted.iter().map(|job| job.state).collect();
+        assert_eq!(states, [JobState::Scheduled, JobState::Scheduled, JobState::Queued]);
+
+        let batch = backend.take_ready(10, now).expect("take");
+        assert_eq!(batch.jobs.iter().map(|job| job.id).collect::<Vec<_>>(), vec![ids.2]);
+        assert_eq!(batch.next_due.map(|at| at.timestamp_millis()), Some(later(10).timestamp_millis()));
+        assert_eq!(batch.jobs[0].timeout_ms, Some(250));
+
+        let batch = backend.take_ready(10, later(30)).expect("take");
+        assert_eq!(batch.jobs.iter().map(|job| job.id).collect::<Vec<_>>(), vec![ids.1, ids.0], "due order");
+        assert_eq!(batch.next_due, None);
+
+        // A failed attempt with a retry time is `failed` until then, then queued again.
+        backend.record_started(&[StartedJob { id: ids.1, started_at: later(30) }]).expect("start");
+        let retry_at = later(40);
+        let failed = FinishedJob {
+            id: ids.1,
+            kind: "noop",
+            outcome: Outcome::TimedOut { after_ms: 250 },
+            finished_at: later(31),
+            retry_at: Some(retry_at),
+        };
+        backend.record_finished(&[failed]).expect("finish");
+        let record = backend.get(ids.1, false).expect("get").expect("exists");
+        assert_eq!((record.state, record.attempts), (JobState::Failed, 1));
+        assert_eq!(record.last_error.as_deref(), Some("timed out after 250 ms"));
+        assert_eq!(backend.depth().failed, 1);
+        assert!(backend.take_ready(10, later(39)).expect("take").jobs.is_empty(), "not early");
+        let retried = backend.take_ready(10, later(41)).expect("take").jobs;
+        assert_eq!((retried[0].id, retried[0].attempt), (ids.1, 2));
+    }
+
+    #[test]
+    fn cancel_retry_and_list_follow_the_states() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut backend, _) =
+            SqliteBackend::open(&dir.path().join("queue.db"), 100, Synchronous::Full, None).expect("open");
+        let jobs: Vec<Job> = (0..3).map(|_| job_at(None)).collect();
+        let ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
+        backend.enqueue(jobs).expect("enqueue").expect("fits");
+        let now = Utc::now();
+        assert_eq!(backend.cancel(ids[0], now).expect("cancel"), Ok(()));
+        assert_eq!(backend.cancel(ids[0], now).expect("cancel"), Err(ControlError::Conflict(JobState::Cancelled)));
+        assert_eq!(backend.cancel(JobId::generate(), now).expect("cancel"), Err(ControlError::NotFound));
+        let claimed = backend.take_ready(10, now).expect("take").jobs;
+        assert_eq!(claimed.iter().map(|job| job.id).collect::<Vec<_>>(), ids[1..].to_vec(), "cancelled never runs");
+        backend.record_started(&[StartedJob { id: ids[1], started_at: now }]).expect("start");
+        assert_eq!(backend.cancel(ids[1], now).expect("cancel"), Err(ControlError::Conflict(JobState::Running)));
+        let dead = FinishedJob {
+            id: ids[1],
+            kind: "noop",
+            outcome: Outcome::Failed { error: "bad input".into(), retryable: false },
+            finished_at: now,
+            retry_at: None,
+        };
+        backend.record_finished(&[dead]).expect("finish");
+        assert_eq!(backend.retry_dead(ids[2]).expect("retry"), Err(ControlError::Conflict(JobState::Queued)));
+
+        let page = backend.list(Some(JobState::Dead), None, 10).expect("list");
+        assert_eq!(page.records.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[1]]);
+        let all = backend.list(None, None, 2).expect("list");
+        assert_eq!(all.records.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[2], ids[1]], "newest first");
+        let rest = backend.list(None, all.next_before, 2).expect("list");
+        assert_eq!((rest.records.len(), rest.next_before), (1, None));
+
+        assert_eq!(backend.retry_dead(ids[1]).expect("retry"), Ok(()));
+        let record = backend.get(ids[1], false).expect("get").expect("exists");
+        assert_eq!((record.state, record.attempts), (JobState::Queued, 0));
+        let again = backend.take_ready(10, now).expect("take").jobs;
+        assert_eq!(again.iter().map(|job| (job.id, job.attempt)).collect::<Vec<_>>(), vec![(ids[1], 1)]);
     }
 }

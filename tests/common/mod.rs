@@ -195,6 +195,24 @@ impl Daemon {
         }
     }
 
+    /// Waits until `count` captured log records match `matches`; the log pipe is read
+    /// by another thread, so lines can trail the HTTP answers a little.
+    pub async fn wait_for_logs(&self, what: &str, count: usize, matches: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT_DEADLINE;
+        loop {
+            let found: Vec<Value> = self.log_records().into_iter().filter(|record| matches(record)).collect();
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {count} log lines: {what}; found {}",
+                found.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Every captured log line that parses as JSON.
     pub fn log_records(&self) -> Vec<Value> {
         self.logs.lock().expect("log lock").iter().filter_map(|line| serde_json::from_str(line).ok()).collect()
