@@ -116,8 +116,12 @@ async fn run(config: Config, queue: QueueHandle, bodies: tokio::runtime::Handle)
     }
     let probe_task = actix::spawn(probe_store_periodically(store.clone(), lifecycle.clone()));
 
-    let runner =
-        Arc::new(JobRunner { store: store.clone(), stats: stats.clone(), timeouts: config.timeouts(), bodies });
+    let runner = Arc::new(JobRunner {
+        store: store.clone(),
+        stats: stats.clone(),
+        timeouts: config.timeouts(),
+        bodies: bodies.clone(),
+    });
     let (dispatcher, wake) =
         Dispatcher::new(queue.clone(), runner, stats.clone(), config.max_workers, config.retry_policy()).launch();
     let ingest =
@@ -134,6 +138,7 @@ async fn run(config: Config, queue: QueueHandle, bodies: tokio::runtime::Handle)
         lifecycle: lifecycle.clone(),
         parse_options: ParseOptions { test_kinds: config.test_kinds },
         max_body_bytes: config.max_body_bytes,
+        body_runtime: bodies,
     });
     let listener =
         TcpListener::bind(config.listen).map_err(|source| ServeError::Listen { addr: config.listen, source })?;

@@ -31,8 +31,10 @@ pub struct Stats {
     pub rejected_invalid: AtomicU64,
     pub rejected_too_large: AtomicU64,
     pub rejected_unavailable: AtomicU64,
-    /// Workers that exist (started and not stopped).
+    /// Workers in the pool, as the Dispatcher counts them.
     pub workers_total: AtomicUsize,
+    /// Timers armed for delayed jobs: 0 or 1, however many jobs are scheduled.
+    pub delay_timers: AtomicUsize,
     /// Workers running a job, as the Dispatcher counts them.
     pub workers_busy: AtomicUsize,
     /// Job bodies executing right now, counted inside the body itself. Independent of

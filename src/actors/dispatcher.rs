@@ -20,6 +20,11 @@ use crate::stats::Stats;
 
 /// How long to wait before calling the queue again after a call failed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// The shortest time between two firings of the due timer. When jobs fall due every
+/// fraction of a millisecond, firing for each would cost a transaction per job; waiting
+/// this long gathers them, at the price of starting delayed jobs up to this much late
+/// (never early).
+const MIN_DUE_INTERVAL: Duration = Duration::from_millis(10);
 /// How often the Dispatcher checks that every worker is still alive.
 const WORKER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -129,6 +134,8 @@ pub struct Dispatcher {
     /// The one timer for delayed work: when the earliest scheduled job or retry is due.
     /// However many jobs wait, this is the only timer they cost.
     due_timer: Option<(DateTime<Utc>, SpawnHandle)>,
+    /// When the due timer last fired; see [`MIN_DUE_INTERVAL`].
+    due_timer_fired: Option<std::time::Instant>,
     busy: usize,
     /// Starts and outcomes waiting to be recorded; flushed together, one queue call at a
     /// time, so that each flush is one transaction however many jobs it carries.
@@ -165,6 +172,7 @@ impl Dispatcher {
             commit_epoch: 0,
             wake_pending: Arc::new(AtomicBool::new(false)),
             due_timer: None,
+            due_timer_fired: None,
             busy: 0,
             started: Vec::new(),
             outcomes: Vec::new(),
@@ -178,6 +186,13 @@ impl Dispatcher {
         let pending = self.wake_pending.clone();
         let dispatcher = self.start();
         (dispatcher.clone(), Wake { dispatcher, pending })
+    }
+
+    /// Publishes the pool's size: workers that have registered and not died. A worker
+    /// restarting after a panic keeps its address and so its place.
+    fn count_workers(&self) {
+        let live = self.workers.iter().filter(|slot| slot.addr.is_some()).count();
+        self.stats.workers_total.store(live, Ordering::Relaxed);
     }
 
     fn draining(&self) -> bool {
@@ -263,9 +278,15 @@ impl Dispatcher {
             ctx.cancel_future(handle);
         }
         // One millisecond late rather than early: `run_at` has millisecond precision.
-        let wait = (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1);
+        let until_due = (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1);
+        let until_allowed =
+            self.due_timer_fired.map_or(Duration::ZERO, |fired| MIN_DUE_INTERVAL.saturating_sub(fired.elapsed()));
+        let wait = until_due.max(until_allowed);
+        self.stats.delay_timers.store(1, Ordering::Relaxed);
         let handle = ctx.run_later(wait, |dispatcher, ctx| {
             dispatcher.due_timer = None;
+            dispatcher.due_timer_fired = Some(std::time::Instant::now());
+            dispatcher.stats.delay_timers.store(0, Ordering::Relaxed);
             dispatcher.backlog_may_have_jobs = true;
             dispatcher.pump(ctx);
         });
@@ -283,7 +304,12 @@ impl Dispatcher {
         match (finished.state(), retry_at) {
             (JobState::Failed, Some(at)) => {
                 Stats::bump(&self.stats.jobs_retried);
-                tracing::info!(job_id = %running.id, attempt = running.attempt, retry_at = %at, "job will be retried");
+                tracing::info!(
+                    job_id = %running.id,
+                    attempt = running.attempt,
+                    retry_at = %at.to_rfc3339(),
+                    "job will be retried"
+                );
                 self.arm_due_timer(at, ctx);
             }
             (JobState::Dead, _) => {
@@ -310,8 +336,6 @@ impl Dispatcher {
             }
             tracing::error!(worker = number, "worker died; starting a replacement");
             Stats::bump(&self.stats.worker_replacements);
-            // The dead actor never ran `stopped`, so its count is taken off here.
-            self.stats.workers_total.fetch_sub(1, Ordering::Relaxed);
             self.idle.retain(|idle| *idle != number);
             let slot = &mut self.workers[number];
             slot.addr = None;
@@ -322,6 +346,7 @@ impl Dispatcher {
             }
             self.start_worker(number, ctx);
         }
+        self.count_workers();
         self.record_progress(ctx);
     }
 
@@ -388,6 +413,7 @@ impl Handler<WorkerIdle> for Dispatcher {
     fn handle(&mut self, message: WorkerIdle, ctx: &mut Self::Context) {
         let Some(slot) = self.workers.get_mut(message.number) else { return };
         slot.addr = Some(message.worker);
+        self.count_workers();
         if !self.idle.contains(&message.number) {
             self.idle.push(message.number);
         }

@@ -2,7 +2,6 @@
 //! and restarts itself under actix supervision when a job panicked.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -73,12 +72,7 @@ impl Actor for Worker {
     /// Runs at the first start and after every restart: either way the worker is idle
     /// now and says so.
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.stats.workers_total.fetch_add(1, Ordering::Relaxed);
         self.dispatcher.do_send(WorkerIdle { number: self.number, worker: ctx.address() });
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.stats.workers_total.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -52,6 +52,8 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     pub parse_options: ParseOptions,
     pub max_body_bytes: usize,
+    /// The job bodies' runtime, whose task count `/v1/stats` reports.
+    pub body_runtime: tokio::runtime::Handle,
 }
 
 /// Registers every route. The default service answers unknown paths with a 404 problem,
@@ -300,6 +302,12 @@ async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse, Problem> 
             "writable": status.writable,
         },
         "counters": state.stats.snapshot(),
+        // Flat however many jobs wait: delayed jobs cost no task and no timer of their own.
+        "runtime": {
+            "delay_timers": state.stats.delay_timers.load(Ordering::Relaxed),
+            "body_tasks": state.body_runtime.metrics().num_alive_tasks(),
+            "body_threads": state.body_runtime.metrics().num_workers(),
+        },
     })))
 }
 

@@ -533,7 +533,8 @@ impl QueueBackend for SqliteBackend {
 
     fn record_finished(&mut self, finished: &[FinishedJob]) -> Result<(), StorageError> {
         let mut statement = self.connection.prepare_cached(
-            "UPDATE jobs SET state = ?2, finished_at = ?3, last_error = COALESCE(?4, last_error), result = ?5, run_at = ?6
+            "UPDATE jobs SET state = ?2, finished_at = ?3, last_error = COALESCE(?4, last_error), result = ?5,
+                 run_at = COALESCE(?6, run_at)
              WHERE id = ?1 AND state = 'running'",
         )?;
         let mut moves = Vec::with_capacity(finished.len());
