@@ -6,10 +6,28 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. The filter comes from `JOBD_LOG` (same syntax as
-/// `RUST_LOG`), default `info`. Logs go to standard error, which systemd's journal and
-/// test harnesses both capture.
+/// Installs the global subscriber and a panic hook that logs through it. The filter
+/// comes from `JOBD_LOG` (same syntax as `RUST_LOG`), default `info`. Logs go to standard
+/// error, which systemd's journal and test harnesses both capture.
 pub fn init(format: LogFormat) {
+    install(format);
+    // The default hook writes several pieces to stderr from whichever thread panicked,
+    // which tears JSON lines written at the same moment. Through tracing, a panic is one
+    // structured line like any other; the job's outcome records it as well.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let location = info.location().map(|location| format!("{}:{}", location.file(), location.line()));
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), location, panic = %message, "panic");
+    }));
+}
+
+fn install(format: LogFormat) {
     let filter = EnvFilter::try_from_env("JOBD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
