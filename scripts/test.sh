@@ -4,16 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use: a C compiler for crates that build C code, and kill(1)
-# for the signal tests.
+# Debian packages the tests use: a C compiler for crates that build C code (SQLite),
+# kill(1) for the signal tests, and Prometheus with promtool for the metrics tests, which
+# start their own Prometheus on a free loopback port.
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 type -P kill >/dev/null 2>&1 || missing+=(procps)
+{ type -P prometheus && type -P promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${missing[*]}"
   if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
   "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -155,6 +155,10 @@ pub struct Settings {
     #[arg(long, env = "JOBD_JOB_TIMEOUT_MS", global = true)]
     pub job_timeout_ms: Option<u64>,
 
+    /// A second address that serves only /metrics, so scrapers need no access to the job API [default: none].
+    #[arg(long, env = "JOBD_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Per-kind attempt timeouts in ms, e.g. `[job_timeouts_ms] upload = 60000`. File only.
     #[arg(skip)]
     pub job_timeouts_ms: Option<std::collections::BTreeMap<String, u64>>,
@@ -192,6 +196,7 @@ impl Settings {
             retry_cap_ms: self.retry_cap_ms.or(lower.retry_cap_ms),
             job_timeout_ms: self.job_timeout_ms.or(lower.job_timeout_ms),
             job_timeouts_ms: self.job_timeouts_ms.or(lower.job_timeouts_ms),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
         }
     }
 }
@@ -235,6 +240,8 @@ pub struct Config {
     pub retry_cap_ms: u64,
     pub job_timeout_ms: u64,
     pub job_timeouts_ms: std::collections::BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn serialize_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -297,6 +304,7 @@ impl Config {
             retry_cap_ms: settings.retry_cap_ms.unwrap_or(DEFAULT_RETRY_CAP_MS),
             job_timeout_ms: settings.job_timeout_ms.unwrap_or(DEFAULT_JOB_TIMEOUT_MS),
             job_timeouts_ms: settings.job_timeouts_ms.unwrap_or_default(),
+            metrics_listen: settings.metrics_listen,
         };
         config.check()?;
         Ok(config)

@@ -15,6 +15,7 @@ pub mod config;
 pub mod http;
 pub mod job;
 pub mod keys;
+pub mod metrics;
 pub mod queue;
 pub mod retry;
 pub mod runner;

@@ -49,6 +49,7 @@ impl Timeouts {
 pub struct JobRunner {
     pub store: Arc<JobStore>,
     pub stats: Arc<Stats>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub timeouts: Timeouts,
     /// The runtime job bodies run on, apart from the actors: a body that blocks its
     /// thread holds one of these threads, never the Dispatcher's or another worker's.

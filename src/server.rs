@@ -7,12 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::Actor as _;
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::actors::{Dispatcher, Ingest, dispatcher::Drain};
 use crate::config::{Config, QueueKind};
 use crate::http::{self, AppState, Lifecycle};
+use crate::metrics::{Metrics, MetricsError};
 use crate::queue::memory::MemoryBackend;
 use crate::queue::sqlite::SqliteBackend;
 use crate::queue::{QueueBackend, QueueHandle, QueueThread, StorageError};
@@ -46,6 +48,8 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] MetricsError),
 }
 
 /// Checks what `serve` would build from `config` without starting anything: the store
@@ -59,7 +63,9 @@ pub fn check(config: &Config) -> Result<(), ServeError> {
 pub fn serve(config: Config) -> Result<(), ServeError> {
     // The queue opens, and recovers, before anything listens: jobd is ready only after
     // recovery.
-    let queue = QueueThread::spawn(open_queue(&config)?, config.group_commit).map_err(ServeError::QueueThread)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let queue = QueueThread::spawn(open_queue(&config)?, config.group_commit, metrics.clone())
+        .map_err(ServeError::QueueThread)?;
     // Job bodies run here, one thread per worker: a body that blocks its thread holds
     // only its own, so it cannot stall the actors or the other workers.
     let bodies = tokio::runtime::Builder::new_multi_thread()
@@ -69,7 +75,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .build()
         .map_err(ServeError::QueueThread)?;
     let handle = queue.handle();
-    let result = actix::System::new().block_on(run(config, handle, bodies.handle().clone()));
+    let result = actix::System::new().block_on(run(config, handle, bodies.handle().clone(), metrics));
     // Bodies still running after the drain (past shutdown_timeout) are abandoned.
     bodies.shutdown_timeout(Duration::from_secs(1));
     // The actors and the HTTP server are gone with the System, and with them every
@@ -102,7 +108,12 @@ fn open_queue(config: &Config) -> Result<Box<dyn QueueBackend>, ServeError> {
     }
 }
 
-async fn run(config: Config, queue: QueueHandle, bodies: tokio::runtime::Handle) -> Result<(), ServeError> {
+async fn run(
+    config: Config,
+    queue: QueueHandle,
+    bodies: tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
+) -> Result<(), ServeError> {
     // Signal streams are created first, so that a signal during start-up is not lost.
     let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
@@ -119,13 +130,21 @@ async fn run(config: Config, queue: QueueHandle, bodies: tokio::runtime::Handle)
     let runner = Arc::new(JobRunner {
         store: store.clone(),
         stats: stats.clone(),
+        metrics: metrics.clone(),
         timeouts: config.timeouts(),
         bodies: bodies.clone(),
     });
     let (dispatcher, wake) =
         Dispatcher::new(queue.clone(), runner, stats.clone(), config.max_workers, config.retry_policy()).launch();
-    let ingest =
-        Ingest::new(queue.clone(), wake.clone(), stats.clone(), config.group_commit, config.max_attempts).start();
+    let ingest = Ingest::new(
+        queue.clone(),
+        wake.clone(),
+        stats.clone(),
+        metrics.clone(),
+        config.group_commit,
+        config.max_attempts,
+    )
+    .start();
     let purge_task = actix::spawn(purge_periodically(queue.clone(), config.retention));
 
     let state_queue = queue.clone();
@@ -133,8 +152,9 @@ async fn run(config: Config, queue: QueueHandle, bodies: tokio::runtime::Handle)
         ingest,
         dispatcher: dispatcher.clone(),
         wake,
-        queue,
-        stats,
+        queue: queue.clone(),
+        stats: stats.clone(),
+        metrics: metrics.clone(),
         lifecycle: lifecycle.clone(),
         parse_options: ParseOptions { test_kinds: config.test_kinds },
         max_body_bytes: config.max_body_bytes,
@@ -143,17 +163,23 @@ async fn run(config: Config, queue: QueueHandle, bodies: tokio::runtime::Handle)
     let listener =
         TcpListener::bind(config.listen).map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
-    let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
-        .workers(config.http_workers)
-        // jobd handles the signals itself: the HTTP listener must stay open during the
-        // drain so that late submissions get a clear 503 instead of a refused connection.
-        .disable_signals()
-        .shutdown_timeout(config.shutdown_timeout.as_secs())
-        .listen(listener)
-        .map_err(ServeError::Http)?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new().wrap(from_fn(crate::metrics::observe_http)).configure(http::configure(state.clone()))
+    })
+    .workers(config.http_workers)
+    // jobd handles the signals itself: the HTTP listener must stay open during the
+    // drain so that late submissions get a clear 503 instead of a refused connection.
+    .disable_signals()
+    .shutdown_timeout(config.shutdown_timeout.as_secs())
+    .listen(listener)
+    .map_err(ServeError::Http)?
+    .run();
     let server_handle = server.handle();
     let server_task = actix::spawn(server);
+    let metrics_server = match config.metrics_listen {
+        Some(metrics_addr) => Some(serve_metrics(metrics_addr, metrics.clone(), queue.clone(), stats.clone())?),
+        None => None,
+    };
     lifecycle.started.store(true, Ordering::Release);
     tracing::info!(
         %addr,
@@ -203,12 +229,45 @@ async fn run(config: Config, queue: QueueHandle, bodies: tokio::runtime::Handle)
         _ => {}
     }
     server_handle.stop(true).await;
+    if let Some((handle, task)) = metrics_server {
+        handle.stop(true).await;
+        let _ = task.await;
+    }
     if let Err(error) = server_task.await {
         tracing::error!(%error, "the HTTP server task failed");
     }
     actix::System::current().stop();
     tracing::info!("jobd stopped");
     Ok(())
+}
+
+/// Starts the listener that serves only `/metrics`, on one worker thread.
+fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    queue: QueueHandle,
+    stats: Arc<Stats>,
+) -> Result<(actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>), ServeError> {
+    let listener = TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| ServeError::Listen { addr, source })?;
+    let server = HttpServer::new(move || {
+        let (metrics, queue, stats) = (metrics.clone(), queue.clone(), stats.clone());
+        App::new().route(
+            "/metrics",
+            web::get().to(move || {
+                let (metrics, queue, stats) = (metrics.clone(), queue.clone(), stats.clone());
+                async move { http::render_metrics(&metrics, &queue, &stats).await }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .map_err(ServeError::Http)?
+    .run();
+    tracing::info!(addr = %bound, "metrics listening");
+    let handle = server.handle();
+    Ok((handle, actix::spawn(server)))
 }
 
 async fn queue_status_for_log(queue: &QueueHandle) -> Option<(usize, bool)> {

@@ -225,7 +225,11 @@ impl Dispatcher {
                 max_attempts: job.max_attempts,
             });
             self.busy += 1;
-            self.started.push(StartedJob { id: job.id, started_at: Utc::now() });
+            let now = Utc::now();
+            let due = job.run_at.map_or(job.created_at, |run_at| run_at.max(job.created_at));
+            let wait = (now - due).as_seconds_f64().max(0.0);
+            self.runner.metrics.job_wait.with_label_values(&[job.kind.name()]).observe(wait);
+            self.started.push(StartedJob { id: job.id, started_at: now });
             worker.do_send(RunJob(job));
             dispatched = true;
         }
@@ -301,6 +305,12 @@ impl Dispatcher {
             now + chrono::Duration::from_std(delay).unwrap_or_default()
         });
         let finished = FinishedJob { id: running.id, kind: running.kind, outcome, finished_at: now, retry_at };
+        let attempt_outcome = match &finished.outcome {
+            Outcome::WorkerLost => "failed",
+            other => other.name(),
+        };
+        let finished_total = &self.runner.metrics.jobs_finished;
+        finished_total.with_label_values(&[running.kind, attempt_outcome]).inc();
         match (finished.state(), retry_at) {
             (JobState::Failed, Some(at)) => {
                 Stats::bump(&self.stats.jobs_retried);
@@ -314,6 +324,7 @@ impl Dispatcher {
             }
             (JobState::Dead, _) => {
                 Stats::bump(&self.stats.jobs_dead);
+                finished_total.with_label_values(&[running.kind, "dead"]).inc();
                 tracing::warn!(
                     job_id = %running.id,
                     attempts = running.attempt,
@@ -336,6 +347,7 @@ impl Dispatcher {
             }
             tracing::error!(worker = number, "worker died; starting a replacement");
             Stats::bump(&self.stats.worker_replacements);
+            self.runner.metrics.worker_restarts.inc();
             self.idle.retain(|idle| *idle != number);
             let slot = &mut self.workers[number];
             slot.addr = None;

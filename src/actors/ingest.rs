@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 
 use super::dispatcher::Wake;
 use crate::job::{Job, JobId, JobSpec};
+use crate::metrics::Metrics;
 use crate::queue::{Admitted, QueueHandle, Refusal, StorageError, SubmissionAnswer};
 use crate::stats::Stats;
 
@@ -54,6 +55,7 @@ pub struct Ingest {
     queue: QueueHandle,
     wake: Wake,
     stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     pending: Vec<PendingSubmission>,
     committing: bool,
     /// Whether submissions that arrive during a commit join the next one; off, each
@@ -68,10 +70,11 @@ impl Ingest {
         queue: QueueHandle,
         wake: Wake,
         stats: Arc<Stats>,
+        metrics: Arc<Metrics>,
         group_commit: bool,
         default_max_attempts: u32,
     ) -> Self {
-        Self { queue, wake, stats, pending: Vec::new(), committing: false, group_commit, default_max_attempts }
+        Self { queue, wake, stats, metrics, pending: Vec::new(), committing: false, group_commit, default_max_attempts }
     }
 
     fn commit_next_group(&mut self, ctx: &mut Context<Self>) {
@@ -92,7 +95,8 @@ impl Ingest {
         let mut replies = Vec::with_capacity(group.len());
         let mut batches = Vec::with_capacity(group.len());
         for submission in group {
-            replies.push(submission.reply);
+            let kinds: Vec<&'static str> = submission.jobs.iter().map(|job| job.kind.name()).collect();
+            replies.push((submission.reply, kinds));
             batches.push(submission.jobs);
         }
         self.committing = true;
@@ -106,13 +110,22 @@ impl Ingest {
         ));
     }
 
-    fn answer(&mut self, result: Result<Vec<SubmissionAnswer>, StorageError>, replies: Vec<Reply>) {
+    fn answer(
+        &mut self,
+        result: Result<Vec<SubmissionAnswer>, StorageError>,
+        replies: Vec<(Reply, Vec<&'static str>)>,
+    ) {
         let mut committed = 0;
         match result {
             Ok(answers) => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
+                for ((reply, kinds), answer) in replies.into_iter().zip(answers) {
                     if let Ok(admitted) = &answer {
-                        committed += admitted.iter().filter(|job| job.created).count();
+                        for (job, kind) in admitted.iter().zip(kinds) {
+                            if job.created {
+                                committed += 1;
+                                self.metrics.jobs_submitted.with_label_values(&[kind]).inc();
+                            }
+                        }
                     }
                     // A client that went away still had its jobs committed; they run.
                     let _ = reply.send(answer.map_err(SubmitError::from));
@@ -120,7 +133,7 @@ impl Ingest {
             }
             Err(error) => {
                 tracing::error!(%error, submissions = replies.len(), "commit failed; nothing of the group was enqueued");
-                for reply in replies {
+                for (reply, _) in replies {
                     let _ = reply.send(Err(SubmitError::Storage(error.clone())));
                 }
             }

@@ -29,11 +29,13 @@ pub struct Worker {
     dispatcher: Addr<Dispatcher>,
     runner: Arc<JobRunner>,
     stats: Arc<Stats>,
+    /// The kind of the job running now, for the duration histogram's label.
+    kind: &'static str,
 }
 
 impl Worker {
     pub fn new(number: usize, dispatcher: Addr<Dispatcher>, runner: Arc<JobRunner>, stats: Arc<Stats>) -> Self {
-        Self { number, dispatcher, runner, stats }
+        Self { number, dispatcher, runner, stats, kind: "noop" }
     }
 
     /// Counts, logs and reports one attempt's outcome; stops the worker after a panic.
@@ -46,6 +48,7 @@ impl Worker {
             Outcome::Panicked { .. } => &self.stats.jobs_panicked,
         };
         Stats::bump(counter);
+        self.runner.metrics.job_duration.with_label_values(&[self.kind]).observe(started.elapsed().as_secs_f64());
         match &outcome {
             Outcome::Succeeded(result) => {
                 tracing::debug!(elapsed_ms, outcome = outcome.name(), key = result.key.as_deref(), "job finished");
@@ -79,6 +82,7 @@ impl Actor for Worker {
 impl Supervised for Worker {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         Stats::bump(&self.stats.worker_restarts);
+        self.runner.metrics.worker_restarts.inc();
         tracing::info!(worker = self.number, "worker restarting after a panicked job");
     }
 }
@@ -91,6 +95,7 @@ impl Handler<RunJob> for Worker {
         let entered = span.enter();
         let started = Instant::now();
         Stats::bump(&self.stats.jobs_started);
+        self.kind = job.kind.name();
         match &job.kind {
             // A test kind that panics in the actor itself, outside the body's containment,
             // as a bug in jobd would. The Dispatcher's health check must replace the worker.

@@ -19,6 +19,7 @@ use crate::actors::dispatcher::{CancelJob, Wake};
 use crate::actors::ingest::{Submit, SubmitError};
 use crate::actors::{Dispatcher, Ingest};
 use crate::job::{JobId, JobSpec, JobState};
+use crate::metrics::Metrics;
 use crate::queue::{ControlError, QueueHandle, Refusal};
 use crate::stats::Stats;
 use crate::submission::{self, ParseOptions};
@@ -52,6 +53,7 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     pub parse_options: ParseOptions,
     pub max_body_bytes: usize,
+    pub metrics: Arc<Metrics>,
     /// The job bodies' runtime, whose task count `/v1/stats` reports.
     pub body_runtime: tokio::runtime::Handle,
 }
@@ -61,6 +63,7 @@ pub struct AppState {
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
         config
+            .app_data(web::Data::new(state.metrics.clone()))
             .app_data(state)
             .service(
                 web::resource("/v1/jobs")
@@ -82,6 +85,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .service(resource("/v1/payloads", "POST", web::post().to(post_payloads)))
             .service(resource("/v1/stats", "GET", web::get().to(get_stats)))
             .service(resource("/healthz", "GET", web::get().to(healthz)))
+            .service(resource("/metrics", "GET", web::get().to(get_metrics)))
             .service(resource("/readyz", "GET", web::get().to(readyz)))
             .default_service(web::to(|request: HttpRequest| async move {
                 Err::<HttpResponse, _>(Problem::not_found(format!("no route for {}", request.path())))
@@ -165,13 +169,14 @@ async fn counted(
 ) -> Result<HttpResponse, Problem> {
     let answer = answer.await;
     if let Err(problem) = &answer {
-        let counter = match problem.status().as_u16() {
-            429 => &state.stats.rejected_queue_full,
-            413 => &state.stats.rejected_too_large,
-            503 => &state.stats.rejected_unavailable,
-            _ => &state.stats.rejected_invalid,
+        let (counter, reason) = match problem.status().as_u16() {
+            429 => (&state.stats.rejected_queue_full, "queue_full"),
+            413 => (&state.stats.rejected_too_large, "too_large"),
+            503 => (&state.stats.rejected_unavailable, "unavailable"),
+            _ => (&state.stats.rejected_invalid, "invalid"),
         };
         Stats::bump(counter);
+        state.metrics.submissions_rejected.with_label_values(&[reason]).inc();
     }
     answer
 }
@@ -426,4 +431,26 @@ async fn cancel_job(id: web::Path<String>, state: web::Data<AppState>) -> Result
         .map_err(|error| Problem::unavailable(error.to_string()))?;
     result.map_err(|error| control_problem(job_id, error))?;
     Ok(HttpResponse::Ok().json(AcceptedJob { id: job_id, state: JobState::Cancelled }))
+}
+
+/// `GET /metrics`: every series in the Prometheus text format, with the queue gauges
+/// read at scrape time.
+pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
+    render_metrics(&state.metrics, &state.queue, &state.stats).await
+}
+
+/// Renders the metrics; shared by the API listener and the optional metrics listener.
+pub async fn render_metrics(metrics: &Metrics, queue: &QueueHandle, stats: &Stats) -> HttpResponse {
+    let status = match tokio::time::timeout(QUEUE_CHECK_TIMEOUT, queue.status()).await {
+        Ok(Ok(status)) => Some(status),
+        // The queue gauges keep their last values; the scrape itself still succeeds, so
+        // the counters and the process metrics stay visible while the queue is wedged.
+        _ => None,
+    };
+    let text = metrics.render(
+        status.as_ref(),
+        stats.workers_total.load(Ordering::Relaxed),
+        stats.workers_busy.load(Ordering::Relaxed),
+    );
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text)
 }

@@ -255,6 +255,11 @@ impl QueueBackend for MemoryBackend {
     fn is_durable(&self) -> bool {
         false
     }
+
+    fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {
+        let first = self.ready.values().next().and_then(|id| self.entries.get(id));
+        Ok(first.map(|entry| entry.record.run_at.unwrap_or(entry.record.created_at)))
+    }
 }
 
 #[cfg(test)]

@@ -5,12 +5,14 @@
 pub mod memory;
 pub mod sqlite;
 
+use std::sync::Arc;
 use std::thread;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::job::{FinishedJob, Job, JobId, JobRecord, JobState, StartedJob};
+use crate::metrics::Metrics;
 
 /// A storage failure: the unit of work it belonged to did nothing. Callers answer 503
 /// and keep running.
@@ -94,6 +96,8 @@ pub struct JobPage {
 #[derive(Debug, Clone, Copy)]
 pub struct QueueStatus {
     pub depth: QueueDepth,
+    /// When the oldest queued job became due; its age is how far the queue lags.
+    pub oldest_queued_at: Option<DateTime<Utc>>,
     pub durable: bool,
     /// Whether the latest write committed; false after a storage fault until a write succeeds.
     pub writable: bool,
@@ -155,6 +159,11 @@ pub trait QueueBackend: Send + 'static {
 
     /// Whether jobs the backend accepted are still there after the process dies.
     fn is_durable(&self) -> bool;
+
+    /// When the oldest queued job (the next to be claimed) became due.
+    fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {
+        Ok(None)
+    }
 
     /// Whether the backend's storage reached its size limit, so that submissions are
     /// refused until finished jobs are purged.
@@ -334,12 +343,12 @@ impl QueueThread {
     /// Starts the queue thread with `backend`. With `group_commit`, all commands waiting
     /// when the thread wakes share one transaction and so one fsync; without it, each
     /// command commits alone (for comparison and for debugging).
-    pub fn spawn(backend: Box<dyn QueueBackend>, group_commit: bool) -> std::io::Result<Self> {
+    pub fn spawn(backend: Box<dyn QueueBackend>, group_commit: bool, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let (commands, receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         let per_commit = if group_commit { MAX_COMMANDS_PER_COMMIT } else { 1 };
         let thread = thread::Builder::new()
             .name("jobd-queue".to_owned())
-            .spawn(move || run_backend(backend, receiver, per_commit))?;
+            .spawn(move || run_backend(backend, receiver, per_commit, &metrics))?;
         Ok(Self { handle: QueueHandle { commands }, thread })
     }
 
@@ -358,7 +367,12 @@ impl QueueThread {
     }
 }
 
-fn run_backend(mut backend: Box<dyn QueueBackend>, mut receiver: mpsc::Receiver<Command>, per_commit: usize) {
+fn run_backend(
+    mut backend: Box<dyn QueueBackend>,
+    mut receiver: mpsc::Receiver<Command>,
+    per_commit: usize,
+    metrics: &Metrics,
+) {
     let mut writable = true;
     while let Some(first) = receiver.blocking_recv() {
         let mut batch = vec![first];
@@ -374,7 +388,17 @@ fn run_backend(mut backend: Box<dyn QueueBackend>, mut receiver: mpsc::Receiver<
             answer_read(backend.as_mut(), read, &mut writable);
         }
         if !writes.is_empty() {
+            let requests: usize = writes
+                .iter()
+                .map(|command| match command {
+                    Command::Enqueue { group, .. } => group.len(),
+                    _ => 1,
+                })
+                .sum();
+            let started = std::time::Instant::now();
             writable = run_writes(backend.as_mut(), writes);
+            metrics.store_commit_duration.observe(started.elapsed().as_secs_f64());
+            metrics.store_commit_batch_size.observe(requests as f64);
         }
     }
 }
@@ -389,6 +413,7 @@ fn answer_read(backend: &mut dyn QueueBackend, command: Command, writable: &mut 
             }
             let status = QueueStatus {
                 depth: backend.depth(),
+                oldest_queued_at: backend.oldest_queued().unwrap_or(None),
                 durable: backend.is_durable(),
                 writable: *writable && !backend.is_full(),
             };
@@ -532,7 +557,8 @@ mod tests {
         backend.commit().expect("commit");
         // The file may not grow any more: like a full disk.
         backend.set_max_page_count_for_test(backend.page_count_for_test());
-        let thread = QueueThread::spawn(Box::new(backend), true).expect("thread");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let thread = QueueThread::spawn(Box::new(backend), true, metrics).expect("thread");
         let queue = thread.handle();
         assert!(queue.status().await.expect("status").writable);
 

@@ -653,6 +653,14 @@ impl QueueBackend for SqliteBackend {
         true
     }
 
+    fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT COALESCE(run_at, created_at) FROM jobs WHERE state = 'queued' ORDER BY ready_seq LIMIT 1",
+        )?;
+        let due: Option<i64> = statement.query_row([], |row| row.get(0)).optional()?;
+        Ok(due.map(from_millis))
+    }
+
     /// Full when less than a page-sized row still fits under the limit.
     fn is_full(&mut self) -> bool {
         let Some(limit) = self.size_limit else { return false };

@@ -1,0 +1,100 @@
+"""Writes grafana/dashboards/jobd.json: the jobd dashboard, one panel per operator question.
+
+Run from the repository root: python3 grafana/generate.py
+"""
+import json
+import pathlib
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+RATE = "$__rate_interval"
+KIND = 'kind=~"$kind"'
+panels = []
+
+
+def panel(title, targets, unit="short", kind="timeseries", description=""):
+    n = len(panels)
+    panels.append({
+        "id": n + 1,
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": 8, "w": 12, "x": (n % 2) * 12, "y": (n // 2) * 8},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"}} if kind == "timeseries" else {},
+        "targets": [
+            {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": chr(65 + i)}
+            for i, (expr, legend) in enumerate(targets)
+        ],
+    })
+
+
+def quantiles(metric, by, qs, filters=""):
+    return [
+        (f"histogram_quantile({q}, sum by (le{by}) (rate({metric}_bucket{filters}[{RATE}])))",
+         ("{{kind}} " if by else "") + f"p{int(q * 100)}")
+        for q in qs
+    ]
+
+
+panel("Jobs finished per second, by outcome",
+      [(f"sum by (outcome) (rate(jobd_jobs_finished_total{{{KIND}}}[{RATE}]))", "{{outcome}}")], "ops",
+      description="Attempts by outcome; dead counts jobs that failed for good.")
+panel("Jobs submitted per second, by kind",
+      [(f"sum by (kind) (rate(jobd_jobs_submitted_total{{{KIND}}}[{RATE}]))", "{{kind}}")], "ops")
+panel("Queue depth by state", [("sum by (state) (jobd_queue_depth)", "{{state}}")])
+panel("Queue fill (unfinished / max_queue)",
+      [('sum(jobd_queue_depth{state=~"queued|scheduled|running|failed"}) / max(jobd_queue_capacity)', "fill")],
+      "percentunit")
+panel("Oldest queued job age", [("max(jobd_queue_oldest_age_seconds)", "oldest")], "s")
+panel("Workers busy and idle", [("sum by (state) (jobd_workers)", "{{state}}")])
+panel("Run time by kind (p50, p95, p99)",
+      quantiles("jobd_job_duration_seconds", ", kind", (0.5, 0.95, 0.99), f"{{{KIND}}}"), "s")
+panel("Wait from due to start by kind (p50, p95, p99)",
+      quantiles("jobd_job_wait_seconds", ", kind", (0.5, 0.95, 0.99), f"{{{KIND}}}"), "s")
+panel("Worker restarts", [(f"sum(increase(jobd_worker_restarts_total[{RATE}]))", "restarts")])
+panel("Submissions rejected per second, by reason",
+      [(f"sum by (reason) (rate(jobd_submissions_rejected_total[{RATE}]))", "{{reason}}")], "ops")
+panel("HTTP errors per second, by route and status",
+      [(f'sum by (route, status) (rate(jobd_http_requests_total{{status=~"4xx|5xx"}}[{RATE}]))',
+        "{{route}} {{status}}")], "ops")
+panel("HTTP requests per second, by route",
+      [(f"sum by (route) (rate(jobd_http_requests_total[{RATE}]))", "{{route}}")], "ops")
+panel("HTTP latency p99 by route",
+      [(f"histogram_quantile(0.99, sum by (le, route) (rate(jobd_http_request_duration_seconds_bucket[{RATE}])))",
+        "{{route}}")], "s")
+panel("Queue commit latency (p50, p99)", quantiles("jobd_store_commit_duration_seconds", "", (0.5, 0.99)), "s")
+panel("Requests per commit (group commit batch size)", [
+    (f"sum(rate(jobd_store_commit_batch_size_sum[{RATE}])) / sum(rate(jobd_store_commit_batch_size_count[{RATE}]))",
+     "mean"),
+    (f"histogram_quantile(0.99, sum by (le) (rate(jobd_store_commit_batch_size_bucket[{RATE}])))", "p99"),
+])
+panel("Resident memory", [('process_resident_memory_bytes{job="jobd"}', "{{instance}}")], "bytes")
+panel("CPU", [(f'rate(process_cpu_seconds_total{{job="jobd"}}[{RATE}])', "{{instance}}")], "percentunit")
+panel("Open file descriptors", [('process_open_fds{job="jobd"}', "{{instance}}")])
+panel("Up", [('up{job="jobd"}', "{{instance}}")], kind="stat")
+panel("Version", [("jobd_build_info", "{{version}}")], kind="stat")
+
+dashboard = {
+    "title": "jobd",
+    "uid": "jobd",
+    "schemaVersion": 39,
+    "version": 1,
+    "editable": True,
+    "time": {"from": "now-1h", "to": "now"},
+    "refresh": "30s",
+    "tags": ["jobd"],
+    "templating": {"list": [
+        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus", "current": {}},
+        {"name": "kind", "label": "Kind", "type": "query", "datasource": DATASOURCE,
+         "query": {"query": "label_values(jobd_jobs_submitted_total, kind)", "refId": "kinds"},
+         "definition": "label_values(jobd_jobs_submitted_total, kind)",
+         "includeAll": True, "multi": True, "allValue": ".*",
+         "current": {"text": "All", "value": "$__all"}, "refresh": 2},
+    ]},
+    "annotations": {"list": []},
+    "panels": panels,
+}
+path = pathlib.Path(__file__).parent / "dashboards" / "jobd.json"
+path.write_text(json.dumps(dashboard, indent=2) + "\n")
+print(f"wrote {path} with {len(panels)} panels")

@@ -1,0 +1,240 @@
+//! Observability against real parts: `/metrics` checked by `promtool`, the shipped
+//! Prometheus config and alert rules checked and unit-tested by `promtool`, and every
+//! query of the Grafana dashboard run against a real Prometheus scraping a real jobd.
+//! Needs the Debian package `prometheus`, which `scripts/test.sh` installs.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, accepted_ids};
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tool(name: &str) -> Command {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(found, "{name} is not installed; `bash scripts/test.sh` installs the Debian package prometheus");
+    Command::new(name)
+}
+
+fn promtool(args: &[&str], dir: &Path) -> std::process::Output {
+    tool("promtool").args(args).current_dir(dir).output().expect("run promtool")
+}
+
+/// A real Prometheus on a free loopback port, scraping one target every second.
+struct Prometheus {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: jobd\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .expect("write config");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let child = tool("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        Prometheus { child, base: format!("http://127.0.0.1:{port}"), _dir: dir }
+    }
+
+    async fn wait_ready(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + common::WAIT_DEADLINE;
+        loop {
+            if let Ok(response) = client.get(format!("{}/-/ready", self.base)).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "prometheus never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// An instant query's result vector.
+    async fn query(&self, client: &reqwest::Client, expr: &str) -> Vec<Value> {
+        let answer: Value = client
+            .get(format!("{}/api/v1/query", self.base))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .expect("query prometheus")
+            .json()
+            .await
+            .expect("prometheus JSON");
+        assert_eq!(answer["status"], "success", "query {expr}: {answer}");
+        answer["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of one series in a scrape, by its exact name and labels.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn the_shipped_prometheus_config_and_alert_rules_pass_promtool() {
+    let dir = repo().join("deploy/prometheus");
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["check", "rules", "jobd-alerts.yml"],
+        vec!["test", "rules", "jobd-alerts.test.yml"],
+    ] {
+        let output = promtool(&args, &dir);
+        assert!(
+            output.status.success(),
+            "promtool {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_scrape_under_load_passes_promtool_check_metrics() {
+    let daemon = Daemon::start(&[("JOBD_MAX_WORKERS", "4")]);
+    let jobs: Vec<Value> = (0..400)
+        .map(|n| if n % 2 == 0 { json!({"kind": "noop"}) } else { json!({"kind": "sleep", "payload": {"ms": 2}}) })
+        .collect();
+    accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": jobs})).await).await;
+    let scrape = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
+    let mut check = tool("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    check.stdin.take().expect("stdin").write_all(scrape.as_bytes()).expect("write scrape");
+    let output = check.wait_with_output().expect("promtool output");
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in [
+        "jobd_queue_depth{state=\"scheduled\"}",
+        "jobd_queue_capacity",
+        "jobd_queue_oldest_age_seconds",
+        "jobd_workers{state=\"idle\"}",
+        "jobd_jobs_submitted_total{kind=\"sleep\"}",
+        "jobd_job_wait_seconds_count{kind=\"noop\"}",
+        "jobd_store_commit_duration_seconds_count",
+        "jobd_http_requests_total{method=\"POST\",route=\"/v1/jobs\",status=\"2xx\"}",
+        "process_open_fds",
+    ] {
+        assert!(scrape.contains(name), "scrape lacks {name}");
+    }
+}
+
+#[tokio::test]
+async fn gauges_tell_the_truth() {
+    let daemon = Daemon::start(&[("JOBD_MAX_WORKERS", "3")]);
+    let long: Vec<Value> = (0..3).map(|_| json!({"kind": "sleep", "payload": {"ms": 600000}})).collect();
+    accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": long})).await).await;
+    daemon.wait_for("three running", |stats| stats["queue"]["running"] == 3).await;
+    let queued: Vec<Value> = (0..5).map(|_| json!({"kind": "noop"})).collect();
+    accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": queued})).await).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let scrape = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
+    assert_eq!(sample(&scrape, "jobd_workers{state=\"busy\"}"), Some(3.0), "{scrape}");
+    assert_eq!(sample(&scrape, "jobd_workers{state=\"idle\"}"), Some(0.0));
+    assert_eq!(sample(&scrape, "jobd_queue_depth{state=\"queued\"}"), Some(5.0));
+    assert_eq!(sample(&scrape, "jobd_queue_depth{state=\"running\"}"), Some(3.0));
+    assert!(sample(&scrape, "jobd_queue_oldest_age_seconds").is_some_and(|age| age > 0.0));
+    assert_eq!(sample(&scrape, "jobd_queue_capacity"), Some(1_000_000.0));
+}
+
+#[tokio::test]
+async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let daemon = Daemon::start(&[
+        ("JOBD_MAX_WORKERS", "2"),
+        ("JOBD_MAX_QUEUE", "50"),
+        ("JOBD_RETRY_BASE_MS", "10"),
+        ("JOBD_METRICS_LISTEN", metrics_listen.as_str()),
+        ("JOBD_STORE_URL", "memory://"),
+    ]);
+    // Prometheus scrapes the separate metrics listener, which serves nothing else.
+    let only_metrics = daemon.client.get(format!("http://{metrics_listen}/v1/stats")).send().await.expect("GET");
+    assert_eq!(only_metrics.status(), 404);
+    let prometheus = Prometheus::start(&metrics_listen);
+    prometheus.wait_ready(&daemon.client).await;
+
+    // A small mixed load: successes, retried failures that die, a panic, a 429 and a 400.
+    let mut jobs: Vec<Value> = (0..20).map(|_| json!({"kind": "noop"})).collect();
+    jobs.extend((0..5).map(|_| json!({"kind": "sleep", "payload": {"ms": 20}})));
+    jobs.extend((0..3).map(|n| json!({"kind": "fail", "payload": {"message": format!("f{n}")}, "max_attempts": 2})));
+    jobs.push(json!({"kind": "panic", "max_attempts": 1}));
+    jobs.push(json!({"kind": "upload", "payload": {"hello": "prometheus"}}));
+    accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": jobs})).await).await;
+    let too_many: Vec<Value> = (0..60).map(|_| json!({"kind": "noop"})).collect();
+    assert_eq!(daemon.post_json("/v1/jobs", &json!({"jobs": too_many})).await.status(), 429);
+    assert_eq!(daemon.post_json("/v1/jobs", &json!({"kind": "nope"})).await.status(), 400);
+    daemon.wait_for("the load done", |stats| stats["counters"]["jobs"]["dead"] == 4).await;
+
+    // Let Prometheus take a few scrapes after the events, so that rates have two points.
+    let deadline = Instant::now() + common::WAIT_DEADLINE;
+    while prometheus.query(&daemon.client, "jobd_jobs_finished_total{outcome=\"dead\"} > 0").await.len() < 2 {
+        assert!(Instant::now() < deadline, "prometheus never saw the dead jobs");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("grafana/dashboards/jobd.json")).expect("read dashboard"),
+    )
+    .expect("dashboard JSON");
+    assert_eq!(dashboard["templating"]["list"][0]["name"], "datasource");
+    let mut expressions = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "panel {} uses the variable", panel["title"]);
+        for target in panel["targets"].as_array().expect("targets") {
+            expressions.push((
+                panel["title"].as_str().unwrap_or_default().to_owned(),
+                target["expr"].as_str().expect("expr").to_owned(),
+            ));
+        }
+    }
+    assert!(expressions.len() >= 20);
+    let mut empty = Vec::new();
+    for (title, expr) in &expressions {
+        let query = expr.replace("$__rate_interval", "30s").replace("$kind", ".*");
+        if prometheus.query(&daemon.client, &query).await.is_empty() {
+            empty.push(format!("{title}: {query}"));
+        }
+    }
+    println!("{} dashboard queries run, {} empty", expressions.len(), empty.len());
+    assert!(empty.is_empty(), "dashboard queries that match nothing:\n{}", empty.join("\n"));
+}
