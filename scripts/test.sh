@@ -11,6 +11,9 @@ missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 type -P kill >/dev/null 2>&1 || missing+=(procps)
 { type -P prometheus && type -P promtool; } >/dev/null 2>&1 || missing+=(prometheus)
+# systemd-analyze checks the unit file; dpkg-deb inspects the package.
+type -P systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+type -P dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${missing[*]}"
   if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
@@ -24,3 +27,6 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 cargo test "$@"
+
+# The Debian package: builds it (a release build) and checks its contents.
+bash scripts/check-deb.sh

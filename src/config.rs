@@ -43,7 +43,7 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 #[derive(Debug, Parser)]
 #[command(name = "jobd", version, about, long_about)]
 pub struct Cli {
-    /// A TOML configuration file.
+    /// A TOML configuration file [default: $CONFIGURATION_DIRECTORY/jobd.toml under systemd, if present].
     #[arg(long, env = "JOBD_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 
@@ -83,7 +83,7 @@ pub struct Settings {
     #[arg(long, env = "JOBD_LISTEN", global = true)]
     pub listen: Option<SocketAddr>,
 
-    /// Directory for jobd's own files [default: ./jobd-data].
+    /// Directory for jobd's own files [default: $STATE_DIRECTORY under systemd, else ./jobd-data].
     #[arg(long, env = "JOBD_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 
@@ -252,7 +252,9 @@ impl Config {
     /// Merges `cli` (flags and environment, which clap has already merged) over the
     /// file `config_file`, if any, over the defaults.
     pub fn load(cli: Settings, config_file: Option<&Path>) -> Result<Config, ConfigError> {
-        let file = match config_file {
+        // Under systemd, `ConfigurationDirectory=jobd` makes /etc/jobd/jobd.toml the default.
+        let systemd_file = crate::systemd::configuration_file();
+        let file = match config_file.or(systemd_file.as_deref()) {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
@@ -266,7 +268,9 @@ impl Config {
 
     /// Fills in defaults and checks every value.
     pub fn resolve(settings: Settings) -> Result<Config, ConfigError> {
-        let relative_data_dir = settings.data_dir.unwrap_or_else(|| PathBuf::from("jobd-data"));
+        // Under systemd, `StateDirectory=jobd` (/var/lib/jobd) is the default.
+        let relative_data_dir =
+            settings.data_dir.or_else(crate::systemd::state_directory).unwrap_or_else(|| PathBuf::from("jobd-data"));
         let data_dir = std::path::absolute(&relative_data_dir)
             .map_err(|source| ConfigError::DataDir { path: relative_data_dir.clone(), source })?;
         let store_url = match settings.store_url {

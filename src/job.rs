@@ -54,8 +54,9 @@ pub enum JobKind {
     /// Succeeds at once; used by benchmarks to measure the queue itself.
     Noop,
     /// Test kind: sleeps, then succeeds. With `blocking`, it blocks its thread instead of
-    /// yielding, like a careless job body would.
-    Sleep { millis: u64, blocking: bool },
+    /// yielding, like a careless job body would. With `in_worker`, it blocks the Worker
+    /// actor's own thread, which wedges the Dispatcher's loop (to test the watchdog).
+    Sleep { millis: u64, blocking: bool, in_worker: bool },
     /// Test kind: returns an error, retryable or not.
     Fail { message: String, retryable: bool },
     /// Test kind: panics inside the job body, or with `in_worker` inside the Worker

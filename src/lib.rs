@@ -23,4 +23,5 @@ pub mod server;
 pub mod stats;
 pub mod store;
 pub mod submission;
+pub mod systemd;
 pub mod telemetry;

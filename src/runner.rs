@@ -76,11 +76,11 @@ impl JobRunner {
                 Ok(self.store.put(&key, body, &content_type).await?)
             }
             JobKind::Noop => Ok(JobResult::default()),
-            JobKind::Sleep { millis, blocking: false } => {
+            JobKind::Sleep { millis, blocking: false, .. } => {
                 tokio::time::sleep(Duration::from_millis(millis)).await;
                 Ok(JobResult::default())
             }
-            JobKind::Sleep { millis, blocking: true } => {
+            JobKind::Sleep { millis, blocking: true, .. } => {
                 // Deliberately blocks the thread, as careless job code would.
                 std::thread::sleep(Duration::from_millis(millis));
                 Ok(JobResult::default())

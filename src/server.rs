@@ -117,6 +117,9 @@ async fn run(
     // Signal streams are created first, so that a signal during start-up is not lost.
     let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    // SIGHUP's default action would kill the process; an operator used to "reload" must
+    // not lose the daemon to it.
+    let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
 
     let store = Arc::new(JobStore::from_url(&config.store_url, &config.key_prefix)?);
     let lifecycle = Arc::new(Lifecycle::default());
@@ -134,8 +137,11 @@ async fn run(
         timeouts: config.timeouts(),
         bodies: bodies.clone(),
     });
+    let notifier = crate::systemd::Notifier::from_env().map(Arc::new);
     let (dispatcher, wake) =
-        Dispatcher::new(queue.clone(), runner, stats.clone(), config.max_workers, config.retry_policy()).launch();
+        Dispatcher::new(queue.clone(), runner, stats.clone(), config.max_workers, config.retry_policy())
+            .with_systemd(notifier.clone(), crate::systemd::watchdog_interval())
+            .launch();
     let ingest = Ingest::new(
         queue.clone(),
         wake.clone(),
@@ -189,12 +195,24 @@ async fn run(
         test_kinds = config.test_kinds,
         "jobd listening"
     );
+    // Ready only now: the queue is open and recovered, and the listener is bound.
+    if let Some(notifier) = &notifier {
+        notifier.ready();
+    }
 
-    let signal_name = tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
+    let signal_name = loop {
+        tokio::select! {
+            _ = terminate.recv() => break "SIGTERM",
+            _ = interrupt.recv() => break "SIGINT",
+            _ = hangup.recv() => {
+                tracing::warn!("SIGHUP: settings are read at start only; restart jobd to apply changes");
+            }
+        }
     };
     lifecycle.shutting_down.store(true, Ordering::Release);
+    if let Some(notifier) = &notifier {
+        notifier.stopping();
+    }
     tracing::info!(
         signal = signal_name,
         timeout_secs = config.shutdown_timeout.as_secs(),

@@ -93,7 +93,19 @@ impl JobStore {
                     .host_str()
                     .filter(|host| !host.is_empty())
                     .ok_or_else(|| invalid("an s3:// URL needs a bucket: s3://bucket/prefix".to_owned()))?;
-                let store = AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                // Secrets from systemd's LoadCredential= win over the environment, so they
+                // need never be in the environment at all.
+                if let Some(key_id) = crate::systemd::credential("aws_access_key_id") {
+                    builder = builder.with_access_key_id(key_id);
+                }
+                if let Some(secret) = crate::systemd::credential("aws_secret_access_key") {
+                    builder = builder.with_secret_access_key(secret);
+                }
+                if let Some(token) = crate::systemd::credential("aws_session_token") {
+                    builder = builder.with_token(token);
+                }
+                let store = builder.build()?;
                 let prefix = Path::parse(parsed.path()).map_err(|error| invalid(error.to_string()))?;
                 let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
                     Arc::new(store)

@@ -300,13 +300,15 @@ fn validate_job(raw: RawJob, options: ParseOptions) -> Result<JobKind, FieldProb
                 ms: u64,
                 #[serde(default)]
                 blocking: bool,
+                #[serde(default)]
+                in_worker: bool,
             }
             let payload: SleepPayload = test_payload(raw.payload.as_deref(), true)?
                 .ok_or_else(|| field_problem("payload", "must be {\"ms\": N}"))?;
             if payload.ms > MAX_SLEEP_MILLIS {
                 return Err(field_problem("payload.ms", format!("must be at most {MAX_SLEEP_MILLIS}")));
             }
-            Ok(JobKind::Sleep { millis: payload.ms, blocking: payload.blocking })
+            Ok(JobKind::Sleep { millis: payload.ms, blocking: payload.blocking, in_worker: payload.in_worker })
         }
         "fail" | "panic" => {
             #[derive(Deserialize)]
@@ -408,7 +410,10 @@ mod tests {
         let jobs = parse_jobs(br#"{"jobs":[{"kind":"noop"},{"kind":"upload","payload":{"a":1}}]}"#, OPTIONS);
         assert_eq!(jobs.map(|j| j.len()), Ok(2));
         let single = parse_jobs(br#"{"kind":"sleep","payload":{"ms":5}}"#, OPTIONS);
-        assert!(matches!(single.as_deref(), Ok([JobSpec { kind: JobKind::Sleep { millis: 5, blocking: false }, .. }])));
+        assert!(matches!(
+            single.as_deref(),
+            Ok([JobSpec { kind: JobKind::Sleep { millis: 5, blocking: false, in_worker: false }, .. }])
+        ));
     }
 
     #[test]

@@ -44,6 +44,36 @@ fn check_config_accepts_good_settings_and_names_bad_ones() {
 }
 
 #[test]
+fn the_example_config_names_only_real_keys() {
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/jobd.toml")).expect("read");
+    // Uncomment every setting, as an operator would, and let check-config judge them all.
+    let uncommented: String = example
+        .lines()
+        .map(|line| match line.strip_prefix('#') {
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => rest,
+            _ => line,
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("jobd.toml");
+    let uncommented = uncommented
+        .replace("s3://my-bucket/jobd", &format!("file://{}/objects", dir.path().display()))
+        .replace("/var/lib/jobd", &dir.path().display().to_string());
+    std::fs::write(&config, uncommented).expect("write");
+    let checked = jobd(&["check-config", "--config", config.to_str().expect("path")], &[]);
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    let effective = String::from_utf8_lossy(&checked.stdout);
+    assert!(effective.contains("upload = 60000"), "{effective}");
+    // And every setting jobd has is documented in the example.
+    for key in effective.lines().filter_map(|line| line.split_once(" = ").map(|(key, _)| key)) {
+        if key != "upload" {
+            assert!(example.contains(&format!("#{key} = ")), "deploy/jobd.toml does not document {key}");
+        }
+    }
+}
+
+#[test]
 fn help_documents_every_setting() {
     let help = jobd(&["serve", "--help"], &[]);
     assert!(help.status.success());

@@ -17,6 +17,7 @@ use crate::queue::{ControlError, QueueHandle, StorageError};
 use crate::retry::RetryPolicy;
 use crate::runner::JobRunner;
 use crate::stats::Stats;
+use crate::systemd::Notifier;
 
 /// How long to wait before calling the queue again after a call failed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -25,6 +26,8 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// this long gathers them, at the price of starting delayed jobs up to this much late
 /// (never early).
 const MIN_DUE_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the Dispatcher refreshes the `STATUS=` line systemd shows.
+const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the Dispatcher checks that every worker is still alive.
 const WORKER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -144,6 +147,11 @@ pub struct Dispatcher {
     recording: bool,
     /// Drain requests waiting for the running jobs; `Some` once draining began.
     drain_waiters: Option<Vec<oneshot::Sender<()>>>,
+    /// systemd's notification socket, when jobd runs under systemd.
+    notifier: Option<Arc<Notifier>>,
+    /// Half of systemd's watchdog timeout. The pings come from this actor's own loop, so
+    /// a wedged Dispatcher stops them and systemd restarts jobd.
+    watchdog: Option<Duration>,
 }
 
 impl Dispatcher {
@@ -178,7 +186,36 @@ impl Dispatcher {
             outcomes: Vec::new(),
             recording: false,
             drain_waiters: None,
+            notifier: None,
+            watchdog: None,
         }
+    }
+
+    /// Reports to systemd: watchdog pings every `watchdog`, and a status line.
+    pub fn with_systemd(mut self, notifier: Option<Arc<Notifier>>, watchdog: Option<Duration>) -> Self {
+        self.notifier = notifier;
+        self.watchdog = watchdog;
+        self
+    }
+
+    /// Sends systemd a one-line summary of the queue and the pool.
+    fn report_status(&mut self, ctx: &mut Context<Self>) {
+        let Some(notifier) = self.notifier.clone() else { return };
+        let queue = self.queue.clone();
+        let (busy, total) = (self.busy, self.workers.len());
+        ctx.spawn(async move { queue.status().await }.into_actor(self).map(move |status, _, _| {
+            let line = match status {
+                Ok(status) => {
+                    let depth = status.depth;
+                    format!(
+                        "queued {}, scheduled {}, running {}, failed {}, dead {}; workers {busy}/{total} busy",
+                        depth.queued, depth.scheduled, depth.running, depth.failed, depth.dead
+                    )
+                }
+                Err(error) => format!("queue unavailable: {error}; workers {busy}/{total} busy"),
+            };
+            notifier.status(&line);
+        }));
     }
 
     /// Starts the Dispatcher and returns its address with the [`Wake`] for committers.
@@ -415,6 +452,14 @@ impl Actor for Dispatcher {
             self.start_worker(number, ctx);
         }
         ctx.run_interval(WORKER_CHECK_INTERVAL, |dispatcher, ctx| dispatcher.replace_dead_workers(ctx));
+        if let (Some(notifier), Some(every)) = (self.notifier.clone(), self.watchdog) {
+            notifier.watchdog();
+            ctx.run_interval(every, move |_, _| notifier.watchdog());
+        }
+        if self.notifier.is_some() {
+            self.report_status(ctx);
+            ctx.run_interval(STATUS_INTERVAL, |dispatcher, ctx| dispatcher.report_status(ctx));
+        }
         self.pump(ctx);
     }
 }

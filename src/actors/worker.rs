@@ -100,6 +100,12 @@ impl Handler<RunJob> for Worker {
             // A test kind that panics in the actor itself, outside the body's containment,
             // as a bug in jobd would. The Dispatcher's health check must replace the worker.
             JobKind::Panic { message, in_worker: true } => panic!("{message}"),
+            // A test kind that blocks this actor's thread, which the Dispatcher shares: its
+            // loop stops, and so do the watchdog pings.
+            JobKind::Sleep { millis, in_worker: true, .. } => {
+                std::thread::sleep(Duration::from_millis(*millis));
+                return self.finish(ctx, Outcome::Succeeded(JobResult::default()), started);
+            }
             // A noop cannot block or panic; running it here saves two thread crossings.
             JobKind::Noop => return self.finish(ctx, Outcome::Succeeded(JobResult::default()), started),
             _ => {}

@@ -336,9 +336,10 @@ impl<'a> KindColumns<'a> {
                 arg: None,
             },
             JobKind::Noop => none,
-            JobKind::Sleep { millis, blocking } => {
-                KindColumns { arg: Some(json!({"ms": millis, "blocking": blocking}).to_string()), ..none }
-            }
+            JobKind::Sleep { millis, blocking, in_worker } => KindColumns {
+                arg: Some(json!({"ms": millis, "blocking": blocking, "in_worker": in_worker}).to_string()),
+                ..none
+            },
             JobKind::Fail { message, retryable } => {
                 KindColumns { arg: Some(json!({"message": message, "retryable": retryable}).to_string()), ..none }
             }
@@ -385,6 +386,7 @@ fn decode_kind(row: &Row<'_>) -> Result<JobKind, String> {
         "sleep" => Ok(JobKind::Sleep {
             millis: arg["ms"].as_u64().ok_or("sleep without ms")?,
             blocking: arg["blocking"].as_bool().unwrap_or(false),
+            in_worker: arg["in_worker"].as_bool().unwrap_or(false),
         }),
         "fail" => Ok(JobKind::Fail { message: message(), retryable: arg["retryable"].as_bool().unwrap_or(true) }),
         "panic" => Ok(JobKind::Panic { message: message(), in_worker: arg["in_worker"].as_bool().unwrap_or(false) }),
@@ -724,8 +726,11 @@ mod tests {
             key: Some(ObjectKey::parse("x/y.json").expect("key")),
             content_type: Some("text/plain".to_owned()),
         });
-        let jobs =
-            vec![job(upload, None), job(JobKind::Sleep { millis: 7, blocking: false }, None), job(JobKind::Noop, None)];
+        let jobs = vec![
+            job(upload, None),
+            job(JobKind::Sleep { millis: 7, blocking: false, in_worker: false }, None),
+            job(JobKind::Noop, None),
+        ];
         let ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
         {
             let mut backend = open(&path, 10);
@@ -747,7 +752,7 @@ mod tests {
         let JobKind::Upload(upload) = &claimed[0].kind else { panic!("not an upload") };
         assert_eq!(upload.body.as_bytes(), br#"{"b": 1,  "a": [2]}"#);
         assert_eq!(upload.key.as_ref().map(ToString::to_string).as_deref(), Some("x/y.json"));
-        assert!(matches!(claimed[1].kind, JobKind::Sleep { millis: 7, blocking: false }));
+        assert!(matches!(claimed[1].kind, JobKind::Sleep { millis: 7, blocking: false, in_worker: false }));
         assert!(
             backend.take_ready(10, Utc::now()).expect("take").jobs.is_empty(),
             "claimed jobs are not handed out twice"
