@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use: a C compiler for crates that build C code (SQLite),
 # kill(1) for the signal tests, and Prometheus with promtool for the metrics tests, which
 # start their own Prometheus on a free loopback port.
+if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 type -P kill >/dev/null 2>&1 || missing+=(procps)
@@ -16,9 +17,18 @@ type -P systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 type -P dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${missing[*]}"
-  if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The S3 tests start their own S3-protocol server, moto_server, from PyPI.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing moto[server] with pip"
+  if ! command -v pip3 >/dev/null 2>&1; then
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends python3-pip
+  fi
+  pip3 install --quiet 'moto[server]' || pip3 install --quiet --break-system-packages 'moto[server]'
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -64,7 +64,11 @@ pub enum Command {
     /// Run the daemon until SIGTERM or SIGINT.
     Serve,
     /// Validate the configuration, print it, and exit non-zero on error.
-    CheckConfig,
+    CheckConfig {
+        /// Also check once that the object store answers (e.g. the S3 bucket is reachable).
+        #[arg(long)]
+        probe: bool,
+    },
 }
 
 /// How log lines look.
@@ -155,6 +159,26 @@ pub struct Settings {
     #[arg(long, env = "JOBD_JOB_TIMEOUT_MS", global = true)]
     pub job_timeout_ms: Option<u64>,
 
+    /// A custom S3 endpoint (MinIO, Ceph, R2...); implies path-style requests [default: AWS_ENDPOINT_URL, else AWS].
+    #[arg(long, env = "JOBD_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+
+    /// The S3 region [default: AWS_REGION / AWS_DEFAULT_REGION].
+    #[arg(long, env = "JOBD_S3_REGION", global = true)]
+    pub s3_region: Option<String>,
+
+    /// Allow plain HTTP to the S3 endpoint [default: false].
+    #[arg(long, env = "JOBD_S3_ALLOW_HTTP", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub s3_allow_http: Option<bool>,
+
+    /// Bodies at least this many bytes go up as multipart uploads [default: 8388608].
+    #[arg(long, env = "JOBD_MULTIPART_THRESHOLD", global = true)]
+    pub multipart_threshold: Option<usize>,
+
+    /// The most uploads in flight at once, apart from max_workers [default: 16].
+    #[arg(long, env = "JOBD_UPLOAD_CONCURRENCY", global = true)]
+    pub upload_concurrency: Option<usize>,
+
     /// A second address that serves only /metrics, so scrapers need no access to the job API [default: none].
     #[arg(long, env = "JOBD_METRICS_LISTEN", global = true)]
     pub metrics_listen: Option<SocketAddr>,
@@ -197,6 +221,11 @@ impl Settings {
             job_timeout_ms: self.job_timeout_ms.or(lower.job_timeout_ms),
             job_timeouts_ms: self.job_timeouts_ms.or(lower.job_timeouts_ms),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
+            s3_endpoint: self.s3_endpoint.or(lower.s3_endpoint),
+            s3_region: self.s3_region.or(lower.s3_region),
+            s3_allow_http: self.s3_allow_http.or(lower.s3_allow_http),
+            multipart_threshold: self.multipart_threshold.or(lower.multipart_threshold),
+            upload_concurrency: self.upload_concurrency.or(lower.upload_concurrency),
         }
     }
 }
@@ -242,6 +271,13 @@ pub struct Config {
     pub job_timeouts_ms: std::collections::BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_region: Option<String>,
+    pub s3_allow_http: bool,
+    pub multipart_threshold: usize,
+    pub upload_concurrency: usize,
 }
 
 fn serialize_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -309,6 +345,11 @@ impl Config {
             job_timeout_ms: settings.job_timeout_ms.unwrap_or(DEFAULT_JOB_TIMEOUT_MS),
             job_timeouts_ms: settings.job_timeouts_ms.unwrap_or_default(),
             metrics_listen: settings.metrics_listen,
+            s3_endpoint: settings.s3_endpoint,
+            s3_region: settings.s3_region,
+            s3_allow_http: settings.s3_allow_http.unwrap_or(false),
+            multipart_threshold: settings.multipart_threshold.unwrap_or(8 * 1024 * 1024),
+            upload_concurrency: settings.upload_concurrency.unwrap_or(16),
         };
         config.check()?;
         Ok(config)
@@ -317,6 +358,18 @@ impl Config {
     /// The durable queue's file.
     pub fn queue_path(&self) -> PathBuf {
         self.data_dir.join("queue.db")
+    }
+
+    /// How to build the object store.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            key_prefix: self.key_prefix.clone(),
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_allow_http: self.s3_allow_http,
+            multipart_threshold: self.multipart_threshold,
+            upload_concurrency: self.upload_concurrency,
+        }
     }
 
     /// The retry policy these settings describe.
@@ -364,11 +417,13 @@ impl Config {
                 value: format!("{:?}", self.queue_db_max_bytes),
             });
         }
-        let ranges: [(&'static str, usize, usize, usize, &'static str); 4] = [
+        let ranges: [(&'static str, usize, usize, usize, &'static str); 6] = [
             ("max_workers", self.max_workers, 1, 10_000, "between 1 and 10000"),
             ("max_queue", self.max_queue, 1, 100_000_000, "between 1 and 100000000"),
             ("max_body_bytes", self.max_body_bytes, 1024, 1 << 30, "between 1024 and 1073741824"),
             ("http_workers", self.http_workers, 1, 256, "between 1 and 256"),
+            ("multipart_threshold", self.multipart_threshold, 5 << 20, 5 << 30, "between 5 MiB and 5 GiB"),
+            ("upload_concurrency", self.upload_concurrency, 1, 1024, "between 1 and 1024"),
         ];
         for (setting, value, low, high, requirement) in ranges {
             if !(low..=high).contains(&value) {

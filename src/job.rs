@@ -85,6 +85,10 @@ pub struct UploadSpec {
     pub key: Option<ObjectKey>,
     /// The Content-Type to record where the store supports it.
     pub content_type: Option<String>,
+    /// `Some("gzip")` compresses the body before upload and records `Content-Encoding`.
+    pub content_encoding: Option<String>,
+    /// User metadata to record with the object (S3 `x-amz-meta-*`).
+    pub metadata: Vec<(String, String)>,
 }
 
 /// The bytes an upload writes.

@@ -18,20 +18,22 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::CheckConfig => match jobd::server::check(&config).map(|()| toml::to_string(&config)) {
-            Err(error) => {
-                eprintln!("jobd: invalid configuration: {error}");
-                ExitCode::from(2)
+        Command::CheckConfig { probe } => {
+            match jobd::server::check(&config, probe).map(|()| toml::to_string(&config)) {
+                Err(error) => {
+                    eprintln!("jobd: invalid configuration: {error}");
+                    ExitCode::from(2)
+                }
+                Ok(Ok(text)) => {
+                    println!("# configuration is valid; effective settings:\n{text}");
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(error)) => {
+                    eprintln!("jobd: cannot print the configuration: {error}");
+                    ExitCode::FAILURE
+                }
             }
-            Ok(Ok(text)) => {
-                println!("# configuration is valid; effective settings:\n{text}");
-                ExitCode::SUCCESS
-            }
-            Ok(Err(error)) => {
-                eprintln!("jobd: cannot print the configuration: {error}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Serve => match jobd::server::serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

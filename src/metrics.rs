@@ -51,6 +51,17 @@ pub struct Metrics {
     queue_capacity: IntGauge,
     queue_oldest_age: prometheus::Gauge,
     workers: IntGaugeVec,
+    uploads_in_flight: IntGauge,
+    upload_concurrency: IntGauge,
+}
+
+/// What the scrape-time gauges are read from.
+pub struct Scrape<'a> {
+    pub queue: Option<&'a QueueStatus>,
+    pub workers_total: usize,
+    pub workers_busy: usize,
+    /// Uploads in flight, and `upload_concurrency`.
+    pub uploads: (usize, usize),
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,6 +132,9 @@ impl Metrics {
             "How long the oldest queued job has been due without starting; 0 when none is queued.",
         )?;
         let workers = IntGaugeVec::new(Opts::new("jobd_workers", "Workers, by state."), &["state"])?;
+        let uploads_in_flight = IntGauge::new("jobd_uploads_in_flight", "Uploads to the object store in flight.")?;
+        let upload_concurrency =
+            IntGauge::new("jobd_upload_concurrency", "The most uploads in flight at once (upload_concurrency).")?;
         let build_info =
             IntGaugeVec::new(Opts::new("jobd_build_info", "Always 1; labelled with the version."), &["version"])?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -151,6 +165,8 @@ impl Metrics {
             Box::new(queue_capacity.clone()),
             Box::new(queue_oldest_age.clone()),
             Box::new(workers.clone()),
+            Box::new(uploads_in_flight.clone()),
+            Box::new(upload_concurrency.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -173,12 +189,17 @@ impl Metrics {
             queue_capacity,
             queue_oldest_age,
             workers,
+            uploads_in_flight,
+            upload_concurrency,
         })
     }
 
     /// Sets the scrape-time gauges and renders every series in the text format.
-    pub fn render(&self, queue: Option<&QueueStatus>, workers_total: usize, workers_busy: usize) -> String {
-        if let Some(status) = queue {
+    pub fn render(&self, scrape: &Scrape<'_>) -> String {
+        let (workers_total, workers_busy) = (scrape.workers_total, scrape.workers_busy);
+        self.uploads_in_flight.set(i64::try_from(scrape.uploads.0).unwrap_or(i64::MAX));
+        self.upload_concurrency.set(i64::try_from(scrape.uploads.1).unwrap_or(i64::MAX));
+        if let Some(status) = scrape.queue {
             let depth = &status.depth;
             for state in DEPTH_STATES {
                 let value = match state {
@@ -255,7 +276,7 @@ mod tests {
     #[test]
     fn every_required_series_is_exported_with_its_labels() {
         let metrics = Metrics::new().expect("metrics");
-        let text = metrics.render(None, 4, 1);
+        let text = metrics.render(&Scrape { queue: None, workers_total: 4, workers_busy: 1, uploads: (2, 8) });
         for series in [
             "jobd_jobs_submitted_total{kind=\"upload\"} 0",
             "jobd_jobs_finished_total{kind=\"noop\",outcome=\"dead\"} 0",
@@ -267,6 +288,8 @@ mod tests {
             "jobd_job_duration_seconds_bucket{kind=\"sleep\"",
             "jobd_store_commit_batch_size_bucket",
             "process_resident_memory_bytes",
+            "jobd_uploads_in_flight 2",
+            "jobd_upload_concurrency 8",
         ] {
             assert!(text.contains(series), "missing {series}");
         }

@@ -53,9 +53,15 @@ pub enum ServeError {
 }
 
 /// Checks what `serve` would build from `config` without starting anything: the store
-/// URL is parsed and the store built (a `file://` root is created).
-pub fn check(config: &Config) -> Result<(), ServeError> {
-    JobStore::from_url(&config.store_url, &config.key_prefix)?;
+/// URL is parsed and the store built (a `file://` root is created). With `probe`, the
+/// store is also asked once whether it answers.
+pub fn check(config: &Config, probe: bool) -> Result<(), ServeError> {
+    let store = JobStore::from_url(&config.store_url, &config.store_options())?;
+    if probe {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ServeError::Http)?;
+        runtime.block_on(store.probe())?;
+        eprintln!("jobd: store {} answers", store.url());
+    }
     Ok(())
 }
 
@@ -121,12 +127,11 @@ async fn run(
     // not lose the daemon to it.
     let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
 
-    let store = Arc::new(JobStore::from_url(&config.store_url, &config.key_prefix)?);
+    let store = Arc::new(JobStore::from_url(&config.store_url, &config.store_options())?);
     let lifecycle = Arc::new(Lifecycle::default());
     let stats = Arc::new(Stats::default());
-    match store.probe().await {
-        Ok(()) => lifecycle.store_reachable.store(true, Ordering::Release),
-        Err(error) => tracing::warn!(%error, store = store.url(), "object store not reachable; not ready until it is"),
+    if let Err(error) = record_probe(&store, &lifecycle).await {
+        tracing::warn!(%error, store = store.url(), "object store not reachable; not ready until it is");
     }
     let probe_task = actix::spawn(probe_store_periodically(store.clone(), lifecycle.clone()));
 
@@ -161,8 +166,12 @@ async fn run(
         queue: queue.clone(),
         stats: stats.clone(),
         metrics: metrics.clone(),
+        store: store.clone(),
         lifecycle: lifecycle.clone(),
-        parse_options: ParseOptions { test_kinds: config.test_kinds },
+        parse_options: ParseOptions {
+            test_kinds: config.test_kinds,
+            metadata_supported: store.kind().supports_attributes(),
+        },
         max_body_bytes: config.max_body_bytes,
         body_runtime: bodies,
     });
@@ -183,7 +192,9 @@ async fn run(
     let server_handle = server.handle();
     let server_task = actix::spawn(server);
     let metrics_server = match config.metrics_listen {
-        Some(metrics_addr) => Some(serve_metrics(metrics_addr, metrics.clone(), queue.clone(), stats.clone())?),
+        Some(metrics_addr) => {
+            Some(serve_metrics(metrics_addr, metrics.clone(), queue.clone(), stats.clone(), store.clone())?)
+        }
         None => None,
     };
     lifecycle.started.store(true, Ordering::Release);
@@ -265,16 +276,17 @@ fn serve_metrics(
     metrics: Arc<Metrics>,
     queue: QueueHandle,
     stats: Arc<Stats>,
+    store: Arc<JobStore>,
 ) -> Result<(actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>), ServeError> {
     let listener = TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })?;
     let bound = listener.local_addr().map_err(|source| ServeError::Listen { addr, source })?;
     let server = HttpServer::new(move || {
-        let (metrics, queue, stats) = (metrics.clone(), queue.clone(), stats.clone());
+        let (metrics, queue, stats, store) = (metrics.clone(), queue.clone(), stats.clone(), store.clone());
         App::new().route(
             "/metrics",
             web::get().to(move || {
-                let (metrics, queue, stats) = (metrics.clone(), queue.clone(), stats.clone());
-                async move { http::render_metrics(&metrics, &queue, &stats).await }
+                let (metrics, queue, stats, store) = (metrics.clone(), queue.clone(), stats.clone(), store.clone());
+                async move { http::render_metrics(&metrics, &queue, &stats, &store).await }
             }),
         )
     })
@@ -325,13 +337,18 @@ async fn probe_store_periodically(store: Arc<JobStore>, lifecycle: Arc<Lifecycle
     interval.tick().await;
     loop {
         interval.tick().await;
-        let reachable = match store.probe().await {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(%error, store = store.url(), "object store probe failed");
-                false
-            }
-        };
-        lifecycle.store_reachable.store(reachable, Ordering::Release);
+        if let Err(error) = record_probe(&store, &lifecycle).await {
+            tracing::warn!(%error, store = store.url(), "object store probe failed");
+        }
     }
+}
+
+/// Probes the store and records the answer for `/readyz`.
+async fn record_probe(store: &JobStore, lifecycle: &Lifecycle) -> Result<(), StoreError> {
+    let result = store.probe().await;
+    lifecycle.store_reachable.store(result.is_ok(), Ordering::Release);
+    if let Ok(mut last_error) = lifecycle.store_error.lock() {
+        *last_error = result.as_ref().err().map(ToString::to_string);
+    }
+    result
 }

@@ -1,19 +1,46 @@
 //! The object store jobs upload to: built from one URL (`file://`, `s3://`, `memory://`),
-//! with the write path that keeps every object inside the store's root.
+//! with the write path that keeps every object inside the store's root, sends large bodies
+//! as multipart uploads, bounds concurrent uploads, and classifies failures for retries.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+use object_store::{
+    Attribute, Attributes, BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMultipartOptions,
+    PutOptions, PutPayload, RetryConfig,
+};
+use tokio::sync::Semaphore;
 use url::Url;
 
 use crate::job::{JobId, JobResult};
+
+/// The size of each part of a multipart upload. S3 wants at least 5 MiB per part but the
+/// last; 8 MiB parts keep the number of requests low without holding much per request.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// S3 error codes after which another attempt cannot succeed: the job goes dead at once.
+const PERMANENT_S3_CODES: [&str; 12] = [
+    "AccessDenied",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "InvalidAccessKeyId",
+    "InvalidBucketName",
+    "InvalidArgument",
+    "InvalidRequest",
+    "InvalidClientTokenId",
+    "MalformedXML",
+    "NoSuchBucket",
+    "SignatureDoesNotMatch",
+    "EntityTooLarge",
+];
 
 /// Why the store could not be built or used.
 #[derive(Debug, thiserror::Error)]
@@ -22,21 +49,42 @@ pub enum StoreError {
     InvalidUrl { url: String, reason: String },
     #[error("cannot create the local store directory {path}: {source}")]
     CreateRoot { path: PathBuf, source: std::io::Error },
-    #[error("object store: {0}")]
-    ObjectStore(#[from] object_store::Error),
+    #[error("{}", describe(.code.as_deref(), .source))]
+    ObjectStore { code: Option<String>, source: object_store::Error },
     #[error("refusing to write through the symbolic link {0}: it could lead outside the store root")]
     Symlink(PathBuf),
     #[error("checking the key's directories for symbolic links failed: {0}")]
     SymlinkCheck(std::io::Error),
 }
 
+fn describe(code: Option<&str>, source: &object_store::Error) -> String {
+    match code {
+        Some(code) => format!("S3 {code}: {source}"),
+        None => source.to_string(),
+    }
+}
+
+impl From<object_store::Error> for StoreError {
+    fn from(source: object_store::Error) -> Self {
+        StoreError::ObjectStore { code: s3_error_code(&source.to_string()), source }
+    }
+}
+
+/// The `<Code>` of an S3 error response quoted in an error's text, if any.
+fn s3_error_code(text: &str) -> Option<String> {
+    let start = text.find("<Code>")? + "<Code>".len();
+    let end = start + text[start..].find("</Code>")?;
+    Some(text[start..end].to_owned()).filter(|code| !code.is_empty() && code.len() < 64)
+}
+
 impl StoreError {
-    /// Whether trying again later may succeed: network trouble, throttling and server
-    /// errors may pass; a refused permission, a bad path or a symlink will not.
+    /// Whether trying again later may succeed: network trouble, throttling (`SlowDown`) and
+    /// server errors may pass; a refused permission, a missing bucket or a bad path will not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::ObjectStore(error) => !matches!(
-                error,
+            StoreError::ObjectStore { code: Some(code), .. } => !PERMANENT_S3_CODES.contains(&code.as_str()),
+            StoreError::ObjectStore { code: None, source } => !matches!(
+                source,
                 object_store::Error::PermissionDenied { .. }
                     | object_store::Error::Unauthenticated { .. }
                     | object_store::Error::InvalidPath { .. }
@@ -58,6 +106,51 @@ pub enum StoreKind {
     Memory,
 }
 
+impl StoreKind {
+    /// Whether objects carry attributes (Content-Type, Content-Encoding, user metadata).
+    /// A file has none, and the local store refuses them rather than drop them.
+    pub fn supports_attributes(self) -> bool {
+        self != StoreKind::Local
+    }
+}
+
+/// How the store is built, beyond its URL.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// First segments of default keys.
+    pub key_prefix: String,
+    /// A custom S3 endpoint (MinIO, Ceph, R2, ...); it implies path-style requests.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    /// Allow plain HTTP to the endpoint; only when set explicitly.
+    pub s3_allow_http: bool,
+    /// Bodies at least this large go up as multipart uploads.
+    pub multipart_threshold: usize,
+    /// The most uploads in flight at once.
+    pub upload_concurrency: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            key_prefix: "payloads".to_owned(),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_allow_http: false,
+            multipart_threshold: 8 * 1024 * 1024,
+            upload_concurrency: 16,
+        }
+    }
+}
+
+/// What to record with an object, where the store supports it.
+#[derive(Debug, Clone, Default)]
+pub struct UploadOptions {
+    pub content_type: String,
+    pub content_encoding: Option<String>,
+    pub metadata: Vec<(String, String)>,
+}
+
 /// The configured store plus what the upload path needs to know about it.
 #[derive(Debug)]
 pub struct JobStore {
@@ -67,16 +160,22 @@ pub struct JobStore {
     local_root: Option<PathBuf>,
     /// The prefix of default keys, `<key_prefix>/<yyyy>/<mm>/<dd>/<id>.<ext>`.
     key_prefix: Path,
-    /// The URL, for logs; it never contains credentials, which come from the environment.
+    /// The URL, for logs; it never contains credentials, which come from elsewhere.
     url: String,
+    multipart_threshold: usize,
+    /// Bounds uploads in flight, apart from `max_workers`: the store's connection pool and
+    /// memory for bodies in flight are the store's concern, not the worker pool's.
+    upload_slots: Semaphore,
+    upload_concurrency: usize,
+    uploads_in_flight: AtomicUsize,
 }
 
 impl JobStore {
     /// Builds the store a URL names. `file://` roots are created if missing.
-    pub fn from_url(url: &str, key_prefix: &str) -> Result<Self, StoreError> {
+    pub fn from_url(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let invalid = |reason: String| StoreError::InvalidUrl { url: url.to_owned(), reason };
         let parsed = Url::parse(url).map_err(|error| invalid(error.to_string()))?;
-        let key_prefix = Path::parse(key_prefix).map_err(|error| invalid(format!("key_prefix: {error}")))?;
+        let key_prefix = Path::parse(&options.key_prefix).map_err(|error| invalid(format!("key_prefix: {error}")))?;
         let (store, kind, local_root): (Arc<dyn ObjectStore>, _, _) = match parsed.scheme() {
             "file" => {
                 let root =
@@ -93,19 +192,7 @@ impl JobStore {
                     .host_str()
                     .filter(|host| !host.is_empty())
                     .ok_or_else(|| invalid("an s3:// URL needs a bucket: s3://bucket/prefix".to_owned()))?;
-                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-                // Secrets from systemd's LoadCredential= win over the environment, so they
-                // need never be in the environment at all.
-                if let Some(key_id) = crate::systemd::credential("aws_access_key_id") {
-                    builder = builder.with_access_key_id(key_id);
-                }
-                if let Some(secret) = crate::systemd::credential("aws_secret_access_key") {
-                    builder = builder.with_secret_access_key(secret);
-                }
-                if let Some(token) = crate::systemd::credential("aws_session_token") {
-                    builder = builder.with_token(token);
-                }
-                let store = builder.build()?;
+                let store = s3_builder(bucket, options).build()?;
                 let prefix = Path::parse(parsed.path()).map_err(|error| invalid(error.to_string()))?;
                 let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
                     Arc::new(store)
@@ -121,7 +208,18 @@ impl JobStore {
         // Credentials in a URL would be a mistake, but they must not reach the logs either.
         let _ = shown.set_password(None);
         let _ = shown.set_username("");
-        Ok(Self { store, kind, local_root, key_prefix, url: shown.to_string() })
+        let upload_concurrency = options.upload_concurrency.max(1);
+        Ok(Self {
+            store,
+            kind,
+            local_root,
+            key_prefix,
+            url: shown.to_string(),
+            multipart_threshold: options.multipart_threshold,
+            upload_slots: Semaphore::new(upload_concurrency),
+            upload_concurrency,
+            uploads_in_flight: AtomicUsize::new(0),
+        })
     }
 
     /// The URL, safe to log.
@@ -132,6 +230,11 @@ impl JobStore {
     /// Which kind of store this is.
     pub fn kind(&self) -> StoreKind {
         self.kind
+    }
+
+    /// Uploads in flight now, and the most allowed.
+    pub fn uploads(&self) -> (usize, usize) {
+        (self.uploads_in_flight.load(Ordering::Relaxed), self.upload_concurrency)
     }
 
     /// The default key of an upload job.
@@ -156,8 +259,8 @@ impl JobStore {
         Ok(())
     }
 
-    /// Writes `body` at `key`.
-    pub async fn put(&self, key: &Path, body: Vec<u8>, content_type: &str) -> Result<JobResult, StoreError> {
+    /// Writes `body` at `key`, as a multipart upload when it is large.
+    pub async fn put(&self, key: &Path, body: Vec<u8>, options: &UploadOptions) -> Result<JobResult, StoreError> {
         if let Some(root) = &self.local_root {
             let root = root.clone();
             let key_text = key.to_string();
@@ -165,23 +268,120 @@ impl JobStore {
                 .await
                 .map_err(|error| StoreError::SymlinkCheck(std::io::Error::other(error)))??;
         }
+        // The semaphore is never closed, so acquiring only waits.
+        let _slot = self.upload_slots.acquire().await.ok();
+        self.uploads_in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&self.uploads_in_flight);
         let size = body.len() as u64;
-        let mut options = PutOptions::default();
-        // The local store refuses attributes rather than ignoring them; a file has no
-        // Content-Type to record.
-        if self.kind != StoreKind::Local {
-            let mut attributes = Attributes::new();
-            attributes.insert(Attribute::ContentType, content_type.to_owned().into());
-            options.attributes = attributes;
-        }
-        let written = self.store.put_opts(key, PutPayload::from(body), options).await?;
+        let attributes = self.attributes(options);
+        let written = if body.len() >= self.multipart_threshold {
+            self.put_multipart(key, body, attributes).await?
+        } else {
+            let options = PutOptions { attributes, ..PutOptions::default() };
+            self.store.put_opts(key, PutPayload::from(body), options).await?
+        };
         Ok(JobResult { key: Some(key.to_string()), size: Some(size), etag: written.e_tag })
+    }
+
+    fn attributes(&self, options: &UploadOptions) -> Attributes {
+        let mut attributes = Attributes::new();
+        if self.kind.supports_attributes() {
+            attributes.insert(Attribute::ContentType, options.content_type.clone().into());
+            if let Some(encoding) = &options.content_encoding {
+                attributes.insert(Attribute::ContentEncoding, encoding.clone().into());
+            }
+            for (name, value) in &options.metadata {
+                attributes.insert(Attribute::Metadata(name.clone().into()), value.clone().into());
+            }
+        }
+        attributes
+    }
+
+    /// Uploads in parts; on any failure the upload is aborted, so no orphaned parts stay
+    /// behind to be billed.
+    async fn put_multipart(
+        &self,
+        key: &Path,
+        body: Vec<u8>,
+        attributes: Attributes,
+    ) -> Result<object_store::PutResult, StoreError> {
+        let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
+        let mut upload = self.store.put_multipart_opts(key, options).await?;
+        let body = bytes::Bytes::from(body);
+        let parts: Vec<_> = (0..body.len())
+            .step_by(PART_SIZE)
+            .map(|start| body.slice(start..(start + PART_SIZE).min(body.len())))
+            .collect();
+        let mut uploaded = Ok(());
+        for part in parts {
+            // Parts go up one at a time: the upload slot bounds concurrency already.
+            if let Err(error) = upload.put_part(PutPayload::from(part)).await {
+                uploaded = Err(error);
+                break;
+            }
+        }
+        let completed = match uploaded {
+            Ok(()) => upload.complete().await,
+            Err(error) => Err(error),
+        };
+        match completed {
+            Ok(result) => Ok(result),
+            Err(error) => {
+                if let Err(abort_error) = upload.abort().await {
+                    tracing::warn!(error = %abort_error, key = %key, "aborting a failed multipart upload failed");
+                }
+                Err(error.into())
+            }
+        }
     }
 
     /// Reads an object back; for tests and tools.
     pub async fn get(&self, key: &Path) -> Result<Vec<u8>, StoreError> {
         Ok(self.store.get(key).await?.bytes().await?.to_vec())
     }
+}
+
+/// Counts an upload in flight until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The S3 client: the standard AWS environment, then jobd's settings, then systemd
+/// credentials, which win so that secrets need never be in the environment.
+fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(endpoint) = &options.s3_endpoint {
+        builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
+    }
+    if let Some(region) = &options.s3_region {
+        builder = builder.with_region(region);
+    }
+    if options.s3_allow_http {
+        builder = builder.with_allow_http(true);
+    }
+    if let Some(key_id) = crate::systemd::credential("aws_access_key_id") {
+        builder = builder.with_access_key_id(key_id);
+    }
+    if let Some(secret) = crate::systemd::credential("aws_secret_access_key") {
+        builder = builder.with_secret_access_key(secret);
+    }
+    if let Some(token) = crate::systemd::credential("aws_session_token") {
+        builder = builder.with_token(token);
+    }
+    // object_store retries a request a little on its own; jobd's job retries (with their
+    // backoff) do the rest, so the two bound each other instead of multiplying.
+    let retry =
+        RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(15), backoff: BackoffConfig::default() };
+    // Set as keys, not as a new `ClientOptions`, which would drop what the environment
+    // and `with_allow_http` put there.
+    builder
+        .with_retry(retry)
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "120s")
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "5s")
 }
 
 /// Refuses a key if any existing directory on its way, or the object itself, is a
@@ -210,30 +410,77 @@ mod tests {
         let outside = tempfile::tempdir().expect("tempdir");
         let root = tempfile::tempdir().expect("tempdir");
         let url = Url::from_directory_path(root.path()).expect("url").to_string();
-        let store = JobStore::from_url(&url, "payloads").expect("store");
+        let store = JobStore::from_url(&url, &StoreOptions::default()).expect("store");
 
         let key = Path::parse("a/b.json").expect("key");
-        store.put(&key, b"{}".to_vec(), "application/json").await.expect("put");
+        let json = UploadOptions { content_type: "application/json".into(), ..UploadOptions::default() };
+        store.put(&key, b"{}".to_vec(), &json).await.expect("put");
         assert_eq!(std::fs::read(root.path().join("a/b.json")).expect("read"), b"{}");
 
         std::os::unix::fs::symlink(outside.path(), root.path().join("evil")).expect("symlink");
         let escape = Path::parse("evil/x.json").expect("key");
-        let error = store.put(&escape, b"{}".to_vec(), "application/json").await;
+        let error = store.put(&escape, b"{}".to_vec(), &json).await;
         assert!(matches!(error, Err(StoreError::Symlink(_))), "{error:?}");
         assert_eq!(std::fs::read_dir(outside.path()).expect("list").count(), 0);
     }
 
     #[test]
     fn default_keys_use_the_prefix_and_utc_date() {
-        let store = JobStore::from_url("memory://", "payloads").expect("store");
+        let store = JobStore::from_url("memory://", &StoreOptions::default()).expect("store");
         let id = JobId::generate();
         let at = DateTime::parse_from_rfc3339("2026-03-04T23:59:59Z").expect("time").with_timezone(&Utc);
         assert_eq!(store.default_key(id, at, "json").to_string(), format!("payloads/2026/03/04/{id}.json"));
     }
 
     #[test]
+    fn s3_error_codes_decide_retries() {
+        let text = "Client error with status 404 Not Found: <?xml?><Error><Code>NoSuchBucket</Code></Error>";
+        assert_eq!(s3_error_code(text).as_deref(), Some("NoSuchBucket"));
+        assert_eq!(s3_error_code("connection refused"), None);
+        let permanent = StoreError::ObjectStore {
+            code: Some("NoSuchBucket".into()),
+            source: object_store::Error::Generic { store: "S3", source: "x".into() },
+        };
+        assert!(!permanent.is_retryable());
+        assert!(permanent.to_string().starts_with("S3 NoSuchBucket: "));
+        let throttled = StoreError::ObjectStore {
+            code: Some("SlowDown".into()),
+            source: object_store::Error::Generic { store: "S3", source: "x".into() },
+        };
+        assert!(throttled.is_retryable());
+        let network =
+            StoreError::from(object_store::Error::Generic { store: "S3", source: "connection refused".into() });
+        assert!(network.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn large_bodies_go_up_in_parts_with_their_attributes() {
+        let options = StoreOptions { multipart_threshold: 1024, ..StoreOptions::default() };
+        let store = JobStore::from_url("memory://", &options).expect("store");
+        let key = Path::parse("big.bin").expect("key");
+        let body: Vec<u8> = (0..20 * 1024 * 1024).map(|n| (n % 251) as u8).collect();
+        let upload = UploadOptions {
+            content_type: "application/octet-stream".into(),
+            content_encoding: Some("gzip".into()),
+            metadata: vec![("team".into(), "ingest".into())],
+        };
+        store.put(&key, body.clone(), &upload).await.expect("put");
+        let got = store.store.get(&key).await.expect("get");
+        assert_eq!(got.attributes.get(&Attribute::ContentEncoding).map(|v| v.as_ref()), Some("gzip"));
+        assert_eq!(got.attributes.get(&Attribute::Metadata("team".into())).map(|v| v.as_ref()), Some("ingest"));
+        assert_eq!(got.bytes().await.expect("bytes").to_vec(), body);
+        assert_eq!(store.uploads(), (0, 16));
+    }
+
+    #[test]
     fn unknown_schemes_are_refused() {
-        assert!(matches!(JobStore::from_url("ftp://x/y", "p"), Err(StoreError::InvalidUrl { .. })));
-        assert!(matches!(JobStore::from_url("s3:///nobucket", "p"), Err(StoreError::InvalidUrl { .. })));
+        assert!(matches!(
+            JobStore::from_url("ftp://x/y", &StoreOptions::default()),
+            Err(StoreError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            JobStore::from_url("s3:///nobucket", &StoreOptions::default()),
+            Err(StoreError::InvalidUrl { .. })
+        ));
     }
 }

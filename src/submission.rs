@@ -20,6 +20,10 @@ pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
 pub const MAX_DELAY_MS: u64 = 365 * 86_400_000;
 /// The longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+/// The most user metadata entries an upload may carry.
+const MAX_METADATA_ENTRIES: usize = 32;
+/// The most bytes of user metadata, keys and values together: S3's limit is 2 KiB.
+const MAX_METADATA_BYTES: usize = 2048;
 /// The longest Content-Type accepted; S3 headers are limited and no real type is longer.
 const MAX_CONTENT_TYPE_BYTES: usize = 256;
 
@@ -28,6 +32,8 @@ const MAX_CONTENT_TYPE_BYTES: usize = 256;
 pub struct ParseOptions {
     /// Whether the `sleep`, `fail` and `panic` kinds exist.
     pub test_kinds: bool,
+    /// Whether the store records object metadata (a `file://` store cannot).
+    pub metadata_supported: bool,
 }
 
 /// One problem with one field of one job.
@@ -75,6 +81,10 @@ struct RawJob {
     key: Option<String>,
     #[serde(default)]
     content_type: Option<String>,
+    #[serde(default)]
+    content_encoding: Option<String>,
+    #[serde(default)]
+    metadata: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default)]
     idempotency_key: Option<String>,
     #[serde(default)]
@@ -143,7 +153,13 @@ pub fn parse_payloads(body: &[u8]) -> Result<Vec<JobSpec>, SubmissionError> {
         .payloads
         .into_iter()
         .map(|payload| {
-            JobSpec::new(JobKind::Upload(UploadSpec { body: UploadBody::Json(payload), key: None, content_type: None }))
+            JobSpec::new(JobKind::Upload(UploadSpec {
+                body: UploadBody::Json(payload),
+                key: None,
+                content_type: None,
+                content_encoding: None,
+                metadata: Vec::new(),
+            }))
         })
         .collect())
 }
@@ -284,6 +300,8 @@ fn validate_job(raw: RawJob, options: ParseOptions) -> Result<JobKind, FieldProb
             ("body_base64", raw.body_base64.is_some()),
             ("key", raw.key.is_some()),
             ("content_type", raw.content_type.is_some()),
+            ("content_encoding", raw.content_encoding.is_some()),
+            ("metadata", raw.metadata.is_some()),
         ] {
             if present {
                 return Err(field_problem(field, "is only valid for kind \"upload\""));
@@ -291,7 +309,7 @@ fn validate_job(raw: RawJob, options: ParseOptions) -> Result<JobKind, FieldProb
         }
     }
     match raw.kind.as_str() {
-        "upload" => validate_upload(raw).map(JobKind::Upload),
+        "upload" => validate_upload(raw, options).map(JobKind::Upload),
         "noop" => Ok(JobKind::Noop),
         "sleep" => {
             #[derive(Deserialize)]
@@ -358,7 +376,7 @@ fn test_payload<T: for<'de> Deserialize<'de>>(
     }
 }
 
-fn validate_upload(raw: RawJob) -> Result<UploadSpec, FieldProblem> {
+fn validate_upload(raw: RawJob, options: ParseOptions) -> Result<UploadSpec, FieldProblem> {
     let body = match (raw.payload, raw.body_base64) {
         (Some(_), Some(_)) => {
             return Err(field_problem("body_base64", "give either payload or body_base64, not both"));
@@ -389,14 +407,48 @@ fn validate_upload(raw: RawJob) -> Result<UploadSpec, FieldProblem> {
             ));
         }
     }
-    Ok(UploadSpec { body, key, content_type: raw.content_type })
+    if let Some(encoding) = &raw.content_encoding
+        && encoding != "gzip"
+    {
+        return Err(field_problem("content_encoding", "must be \"gzip\" (the only encoding jobd applies)"));
+    }
+    let metadata: Vec<(String, String)> = raw.metadata.unwrap_or_default().into_iter().collect();
+    if !metadata.is_empty() && !options.metadata_supported {
+        return Err(field_problem("metadata", "needs a store that records metadata (s3:// or memory://), not file://"));
+    }
+    check_metadata(&metadata)?;
+    Ok(UploadSpec { body, key, content_type: raw.content_type, content_encoding: raw.content_encoding, metadata })
+}
+
+/// User metadata rules: few short entries of header-safe names and printable values, as
+/// S3 accepts them.
+fn check_metadata(metadata: &[(String, String)]) -> Result<(), FieldProblem> {
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(field_problem("metadata", format!("has more than {MAX_METADATA_ENTRIES} entries")));
+    }
+    let total: usize = metadata.iter().map(|(name, value)| name.len() + value.len()).sum();
+    if total > MAX_METADATA_BYTES {
+        return Err(field_problem("metadata", format!("is larger than {MAX_METADATA_BYTES} bytes")));
+    }
+    for (name, value) in metadata {
+        let valid_name = !name.is_empty()
+            && name.len() <= 128
+            && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+        if !valid_name {
+            return Err(field_problem(&format!("metadata.{name}"), "names are 1-128 letters, digits, '-' or '_'"));
+        }
+        if !value.bytes().all(|byte| (0x20..0x7f).contains(&byte)) {
+            return Err(field_problem(&format!("metadata.{name}"), "values are printable ASCII"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const OPTIONS: ParseOptions = ParseOptions { test_kinds: true };
+    const OPTIONS: ParseOptions = ParseOptions { test_kinds: true, metadata_supported: true };
 
     fn first_error(result: Result<Vec<JobSpec>, SubmissionError>) -> FieldError {
         match result {
@@ -460,7 +512,7 @@ mod tests {
 
     #[test]
     fn test_kinds_are_unknown_unless_enabled() {
-        let closed = ParseOptions { test_kinds: false };
+        let closed = ParseOptions { test_kinds: false, metadata_supported: true };
         let error = first_error(parse_jobs(br#"{"kind":"sleep","payload":{"ms":1}}"#, closed));
         assert_eq!(error.field, "kind");
     }

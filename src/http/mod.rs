@@ -22,6 +22,7 @@ use crate::job::{JobId, JobSpec, JobState};
 use crate::metrics::Metrics;
 use crate::queue::{ControlError, QueueHandle, Refusal};
 use crate::stats::Stats;
+use crate::store::JobStore;
 use crate::submission::{self, ParseOptions};
 pub use problem::Problem;
 
@@ -40,6 +41,8 @@ pub struct Lifecycle {
     pub shutting_down: AtomicBool,
     /// The result of the latest store probe.
     pub store_reachable: AtomicBool,
+    /// Why the latest store probe failed, for `/readyz`.
+    pub store_error: std::sync::Mutex<Option<String>>,
 }
 
 /// What every handler shares.
@@ -54,6 +57,7 @@ pub struct AppState {
     pub parse_options: ParseOptions,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
+    pub store: Arc<JobStore>,
     /// The job bodies' runtime, whose task count `/v1/stats` reports.
     pub body_runtime: tokio::runtime::Handle,
 }
@@ -285,7 +289,12 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "queue_open": queue_open,
             "queue_writable": queue_writable,
             "store_reachable": store_reachable,
-        }
+        },
+        "store": {
+            "url": state.store.url(),
+            "reachable": store_reachable,
+            "error": lifecycle.store_error.lock().ok().and_then(|error| error.clone()),
+        },
     });
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
@@ -436,21 +445,22 @@ async fn cancel_job(id: web::Path<String>, state: web::Data<AppState>) -> Result
 /// `GET /metrics`: every series in the Prometheus text format, with the queue gauges
 /// read at scrape time.
 pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
-    render_metrics(&state.metrics, &state.queue, &state.stats).await
+    render_metrics(&state.metrics, &state.queue, &state.stats, &state.store).await
 }
 
 /// Renders the metrics; shared by the API listener and the optional metrics listener.
-pub async fn render_metrics(metrics: &Metrics, queue: &QueueHandle, stats: &Stats) -> HttpResponse {
+pub async fn render_metrics(metrics: &Metrics, queue: &QueueHandle, stats: &Stats, store: &JobStore) -> HttpResponse {
     let status = match tokio::time::timeout(QUEUE_CHECK_TIMEOUT, queue.status()).await {
         Ok(Ok(status)) => Some(status),
         // The queue gauges keep their last values; the scrape itself still succeeds, so
         // the counters and the process metrics stay visible while the queue is wedged.
         _ => None,
     };
-    let text = metrics.render(
-        status.as_ref(),
-        stats.workers_total.load(Ordering::Relaxed),
-        stats.workers_busy.load(Ordering::Relaxed),
-    );
+    let text = metrics.render(&crate::metrics::Scrape {
+        queue: status.as_ref(),
+        workers_total: stats.workers_total.load(Ordering::Relaxed),
+        workers_busy: stats.workers_busy.load(Ordering::Relaxed),
+        uploads: store.uploads(),
+    });
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text)
 }

@@ -541,6 +541,8 @@ mod tests {
                 body: UploadBody::Bytes(vec![7; bytes]),
                 key: None,
                 content_type: None,
+                content_encoding: None,
+                metadata: Vec::new(),
             }),
         }
     }

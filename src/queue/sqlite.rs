@@ -333,7 +333,15 @@ impl<'a> KindColumns<'a> {
                 body_is_json: matches!(upload.body, UploadBody::Json(_)),
                 object_key: upload.key.as_ref().map(ToString::to_string),
                 content_type: upload.content_type.as_deref(),
-                arg: None,
+                // Upload options beyond the columns travel in `arg`, only when given.
+                arg: (upload.content_encoding.is_some() || !upload.metadata.is_empty()).then(|| {
+                    let metadata: serde_json::Map<String, Value> = upload
+                        .metadata
+                        .iter()
+                        .map(|(name, value)| (name.clone(), Value::from(value.clone())))
+                        .collect();
+                    json!({"content_encoding": upload.content_encoding, "metadata": metadata}).to_string()
+                }),
             },
             JobKind::Noop => none,
             JobKind::Sleep { millis, blocking, in_worker } => KindColumns {
@@ -380,7 +388,16 @@ fn decode_kind(row: &Row<'_>) -> Result<JobKind, String> {
                 .map(|key| ObjectKey::parse(&key).map_err(|error| error.to_string()))
                 .transpose()?;
             let content_type = row.get("content_type").map_err(text)?;
-            Ok(JobKind::Upload(UploadSpec { body, key, content_type }))
+            let content_encoding = arg["content_encoding"].as_str().map(str::to_owned);
+            let metadata = arg["metadata"]
+                .as_object()
+                .map(|map| {
+                    map.iter()
+                        .map(|(name, value)| (name.clone(), value.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(JobKind::Upload(UploadSpec { body, key, content_type, content_encoding, metadata }))
         }
         "noop" => Ok(JobKind::Noop),
         "sleep" => Ok(JobKind::Sleep {
@@ -725,6 +742,8 @@ mod tests {
             body: UploadBody::Json(payload),
             key: Some(ObjectKey::parse("x/y.json").expect("key")),
             content_type: Some("text/plain".to_owned()),
+            content_encoding: Some("gzip".to_owned()),
+            metadata: vec![("team".to_owned(), "ingest".to_owned())],
         });
         let jobs = vec![
             job(upload, None),
@@ -752,6 +771,8 @@ mod tests {
         let JobKind::Upload(upload) = &claimed[0].kind else { panic!("not an upload") };
         assert_eq!(upload.body.as_bytes(), br#"{"b": 1,  "a": [2]}"#);
         assert_eq!(upload.key.as_ref().map(ToString::to_string).as_deref(), Some("x/y.json"));
+        assert_eq!(upload.content_encoding.as_deref(), Some("gzip"));
+        assert_eq!(upload.metadata, vec![("team".to_owned(), "ingest".to_owned())]);
         assert!(matches!(claimed[1].kind, JobKind::Sleep { millis: 7, blocking: false, in_worker: false }));
         assert!(
             backend.take_ready(10, Utc::now()).expect("take").jobs.is_empty(),
