@@ -91,7 +91,8 @@ impl Metrics {
         )?;
         let job_wait = HistogramVec::new(
             HistogramOpts::new("jobd_job_wait_seconds", "Time from due (queued) to started, by kind.")
-                .buckets(exponential_buckets(0.0005, 4.0, 11)?),
+                // Fine at the low end: dispatch latency is counted in fractions of a millisecond.
+                .buckets(exponential_buckets(0.0001, 2.0, 22)?),
             &["kind"],
         )?;
         let worker_restarts =

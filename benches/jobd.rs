@@ -1,0 +1,493 @@
+//! The jobd benchmark: starts release builds of jobd on temporary data directories, drives
+//! them over real HTTP with its own keep-alive load generator, and prints every figure
+//! beside the HTTP ceiling measured in the same run. Writes `target/jobd-bench.json` and
+//! `BENCHMARKS.md`. Run with `cargo bench --bench jobd`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use object_store::ObjectStoreExt as _;
+use serde_json::{Value, json};
+
+const CONNECTIONS: usize = 64;
+const WARM_UP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(5);
+const END_TO_END_JOBS: u64 = 1_000_000;
+const UPLOAD_JOBS: u64 = 20_000;
+
+/// A release jobd on a temporary data directory, killed when dropped.
+struct Daemon {
+    child: Child,
+    base: String,
+    data_dir: Option<tempfile::TempDir>,
+    started: Instant,
+    listening_after: Duration,
+}
+
+impl Daemon {
+    fn start(env: &[(&str, &str)]) -> Daemon {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), env)
+    }
+
+    fn start_in(data_dir: tempfile::TempDir, env: &[(&str, &str)]) -> Daemon {
+        let started = Instant::now();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_jobd"));
+        command
+            .arg("serve")
+            .env("JOBD_LISTEN", "127.0.0.1:0")
+            .env("JOBD_DATA_DIR", data_dir.path())
+            .env("JOBD_LOG_FORMAT", "json")
+            .env("JOBD_LOG", "warn,jobd::server=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start jobd");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let addr = loop {
+            let line = lines.next().expect("jobd exited before listening").expect("read log");
+            let record: Value = serde_json::from_str(&line).unwrap_or_default();
+            if record["message"] == "jobd listening" {
+                break record["addr"].as_str().expect("addr").to_owned();
+            }
+        };
+        let listening_after = started.elapsed();
+        // Keep draining the pipe so that the daemon never blocks on a full one.
+        std::thread::spawn(move || lines.for_each(drop));
+        Daemon { child, base: format!("http://{addr}"), data_dir: Some(data_dir), started, listening_after }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib / 1024.0
+    }
+
+    fn kill_9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.data_dir.take().expect("data dir")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Throughput {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+type RequestFactory = Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>;
+
+/// `CONNECTIONS` clients on keep-alive connections. Closed loop (each sends the next request
+/// when the last is answered) unless `rate` paces them open loop at that total rate.
+async fn drive(client: &reqwest::Client, request: RequestFactory, expected: u16, rate: Option<f64>) -> Throughput {
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let interval = rate.map(|rate| Duration::from_secs_f64(CONNECTIONS as f64 / rate));
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (client, request, measuring, stop) = (client.clone(), request.clone(), measuring.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut ticker = interval.map(tokio::time::interval);
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(ticker) = ticker.as_mut() {
+                        ticker.tick().await;
+                    }
+                    let started = Instant::now();
+                    let response = request(&client).send().await.expect("request");
+                    assert_eq!(response.status().as_u16(), expected, "unexpected status");
+                    let _ = response.bytes().await;
+                    if measuring.load(Ordering::Relaxed) {
+                        latencies.push(started.elapsed());
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    tokio::time::sleep(WARM_UP).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(MEASURE).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("client task"));
+    }
+    latencies.sort();
+    let at = |quantile: f64| latencies[((latencies.len() as f64 * quantile) as usize).min(latencies.len() - 1)];
+    Throughput {
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: at(0.50).as_secs_f64() * 1000.0,
+        p99_ms: at(0.99).as_secs_f64() * 1000.0,
+    }
+}
+
+fn post_json(base: &str, path: &str, body: Vec<u8>) -> RequestFactory {
+    let url = format!("{base}{path}");
+    Arc::new(move |client: &reqwest::Client| {
+        client.post(&url).header("content-type", "application/json").body(body.clone())
+    })
+}
+
+async fn stats(client: &reqwest::Client, daemon: &Daemon) -> Value {
+    client.get(daemon.url("/v1/stats")).send().await.expect("stats").json().await.expect("stats JSON")
+}
+
+async fn wait_succeeded(client: &reqwest::Client, daemon: &Daemon, count: u64) -> Instant {
+    loop {
+        if stats(client, daemon).await["counters"]["jobs"]["succeeded"].as_u64() >= Some(count) {
+            return Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Submits `total` jobs made by `job` in batches of `batch` from `parallel` clients.
+async fn submit_batches(
+    client: &reqwest::Client,
+    daemon: &Daemon,
+    total: u64,
+    batch: u64,
+    parallel: usize,
+    job: impl Fn(u64) -> Value + Send + Sync + 'static,
+) {
+    let job = Arc::new(job);
+    let next = Arc::new(AtomicU64::new(0));
+    let url = daemon.url("/v1/jobs");
+    let tasks: Vec<_> = (0..parallel)
+        .map(|_| {
+            let (client, job, next, url) = (client.clone(), job.clone(), next.clone(), url.clone());
+            tokio::spawn(async move {
+                loop {
+                    let first = next.fetch_add(batch, Ordering::Relaxed);
+                    if first >= total {
+                        return;
+                    }
+                    let jobs: Vec<Value> = (first..(first + batch).min(total)).map(|n| job(n)).collect();
+                    let body = serde_json::to_vec(&json!({"jobs": jobs})).expect("json");
+                    let response = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .expect("submit");
+                    assert_eq!(response.status(), 202, "batch refused");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("submitter");
+    }
+}
+
+/// A quantile of a Prometheus histogram in a scrape, interpolated within its bucket.
+fn histogram_quantile(scrape: &str, series: &str, quantile: f64) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = scrape
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(series)?.strip_prefix(",le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? }, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |bucket| bucket.1);
+    let rank = total * quantile;
+    let mut lower = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return lower.0;
+            }
+            let fraction = if count > lower.1 { (rank - lower.1) / (count - lower.1) } else { 0.0 };
+            return lower.0 + (le - lower.0) * fraction;
+        }
+        lower = (le, count);
+    }
+    f64::NAN
+}
+
+struct Figure {
+    name: &'static str,
+    value: String,
+    target: &'static str,
+    met: Option<bool>,
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let figures = runtime.block_on(run());
+    let machine = machine_description();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
+    let mut table = String::from("| # | Figure | Result | Target | Met |\n|---|---|---|---|---|\n");
+    for (n, figure) in figures.iter().enumerate() {
+        let met = match figure.met {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "",
+        };
+        table.push_str(&format!("| {} | {} | {} | {} | {met} |\n", n + 1, figure.name, figure.value, figure.target));
+    }
+    println!("\n{table}");
+    let json: Vec<Value> = figures
+        .iter()
+        .map(
+            |figure| json!({"figure": figure.name, "result": figure.value, "target": figure.target, "met": figure.met}),
+        )
+        .collect();
+    let report = json!({"date": date, "commit": commit, "machine": machine, "figures": json});
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(root.join("target/jobd-bench.json"), serde_json::to_string_pretty(&report).expect("json"))
+        .expect("write JSON");
+    let markdown = format!(
+        "# Benchmarks\n\nWritten by `cargo bench --bench jobd`: it starts release builds of jobd on temporary \
+         data directories and drives them over HTTP with its own keep-alive load generator ({CONNECTIONS} \
+         connections; {}s per throughput figure after {}s of warm-up). Client and daemon share the machine, \
+         and every ratio is taken within one run.\n\n- Date: {date}\n- Commit: {commit}\n- Machine: {machine}\n\n\
+         {table}\nThe same figures, as JSON, are in `target/jobd-bench.json` after a run.\n",
+        MEASURE.as_secs(),
+        WARM_UP.as_secs()
+    );
+    std::fs::write(root.join("BENCHMARKS.md"), markdown).expect("write BENCHMARKS.md");
+    println!("wrote BENCHMARKS.md and target/jobd-bench.json");
+}
+
+fn machine_description() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| text.lines().next().and_then(|line| line.split_whitespace().nth(1)).map(str::to_owned))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{cores} cores ({model}), {memory_gib:.0} GiB RAM, Linux")
+}
+
+async fn run() -> Vec<Figure> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(CONNECTIONS).build().expect("client");
+    let mut figures = Vec::new();
+    let job = json!({"kind": "noop", "payload": {"pad": "x".repeat(160)}}).to_string().into_bytes();
+
+    // (1) and (2): the ceiling and single-job durable submissions, same server, same client.
+    let daemon = Daemon::start(&[]);
+    let base = daemon.base.clone();
+    let healthz: RequestFactory = Arc::new(move |client: &reqwest::Client| client.get(format!("{base}/healthz")));
+    let ceiling = drive(&client, healthz, 200, None).await;
+    let single = drive(&client, post_json(&daemon.base, "/v1/jobs", job.clone()), 202, None).await;
+    let ratio = single.per_second / ceiling.per_second;
+    println!(
+        "(1) ceiling {:.0}/s; (2) single-job {:.0}/s, p99 {:.2} ms",
+        ceiling.per_second, single.per_second, single.p99_ms
+    );
+    figures.push(Figure {
+        name: "Ceiling: GET /healthz requests/s",
+        value: format!("{:.0} (p50 {:.2} ms, p99 {:.2} ms)", ceiling.per_second, ceiling.p50_ms, ceiling.p99_ms),
+        target: "reference",
+        met: None,
+    });
+    figures.push(Figure {
+        name: "Single-job durable submissions/s (POST /v1/jobs, ~200 B noop)",
+        value: format!(
+            "{:.0}: {ratio:.2} x (1), p50 {:.2} ms, p99 {:.2} ms",
+            single.per_second, single.p50_ms, single.p99_ms
+        ),
+        target: ">= 0.75 x (1), p99 < 5 ms",
+        met: Some(ratio >= 0.75 && single.p99_ms < 5.0),
+    });
+    drop(daemon);
+
+    // For comparison: the same submissions with group commit off, one fsync per request.
+    let daemon = Daemon::start(&[("JOBD_GROUP_COMMIT", "false")]);
+    let alone = drive(&client, post_json(&daemon.base, "/v1/jobs", job.clone()), 202, None).await;
+    println!("(2b) without group commit {:.0}/s, p99 {:.2} ms", alone.per_second, alone.p99_ms);
+    figures.push(Figure {
+        name: "For comparison: (2) with group_commit = false",
+        value: format!(
+            "{:.0}: group commit gives {:.1} x, p99 {:.2} ms",
+            alone.per_second,
+            single.per_second / alone.per_second,
+            alone.p99_ms
+        ),
+        target: "reference",
+        met: None,
+    });
+    drop(daemon);
+
+    // (3) batch ingest, with one worker and a memory store so that running the jobs does not
+    // compete much with taking them in.
+    for batch in [100u64, 1000] {
+        let daemon = Daemon::start(&[("JOBD_STORE_URL", "memory://"), ("JOBD_MAX_WORKERS", "1")]);
+        let payloads: Vec<Value> = (0..batch).map(|n| json!({"n": n, "pad": "x".repeat(100)})).collect();
+        let body = serde_json::to_vec(&json!({"payloads": payloads})).expect("json");
+        let result = drive(&client, post_json(&daemon.base, "/v1/payloads", body), 202, None).await;
+        let payloads_per_second = result.per_second * batch as f64;
+        println!("(3) batches of {batch}: {payloads_per_second:.0} payloads/s");
+        figures.push(Figure {
+            name: if batch == 100 {
+                "Batch ingest, 100 payloads per request: payloads/s"
+            } else {
+                "Batch ingest, 1,000 payloads per request: payloads/s"
+            },
+            value: format!("{payloads_per_second:.0} (p99 {:.1} ms per request)", result.p99_ms),
+            target: if batch == 100 { "" } else { ">= 500,000" },
+            met: (batch == 1000).then_some(payloads_per_second >= 500_000.0),
+        });
+    }
+
+    // (4) end to end: a million noop jobs, submitted in batches while the workers run.
+    let daemon = Daemon::start(&[]);
+    let started = Instant::now();
+    submit_batches(&client, &daemon, END_TO_END_JOBS, 1000, 4, |_| json!({"kind": "noop"})).await;
+    let submitted = started.elapsed();
+    let done = wait_succeeded(&client, &daemon, END_TO_END_JOBS).await;
+    let end_to_end = END_TO_END_JOBS as f64 / (done - started).as_secs_f64();
+    println!("(4) {END_TO_END_JOBS} noop jobs end to end: {end_to_end:.0}/s (all submitted after {submitted:.1?})");
+    figures.push(Figure {
+        name: "End to end: noop jobs/s, 1,000,000 jobs, first submission to last succeeded",
+        value: format!("{end_to_end:.0}"),
+        target: ">= 200,000",
+        met: Some(end_to_end >= 200_000.0),
+    });
+    drop(daemon);
+
+    // (5) dispatch latency, open loop at about half of (2)'s rate, read from the
+    // submit-to-start histogram of a fresh daemon.
+    let daemon = Daemon::start(&[]);
+    let half =
+        drive(&client, post_json(&daemon.base, "/v1/jobs", job.clone()), 202, Some(single.per_second / 2.0)).await;
+    let scrape = client.get(daemon.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let series = "jobd_job_wait_seconds_bucket{kind=\"noop\"";
+    let wait_p50 = histogram_quantile(&scrape, series, 0.5) * 1000.0;
+    let wait_p99 = histogram_quantile(&scrape, series, 0.99) * 1000.0;
+    println!("(5) at {:.0}/s: submit -> start p50 {wait_p50:.3} ms, p99 {wait_p99:.3} ms", half.per_second);
+    figures.push(Figure {
+        name: "Dispatch latency, submit -> start, at half of (2)'s rate",
+        value: format!("p50 {wait_p50:.2} ms, p99 {wait_p99:.2} ms at {:.0} submissions/s", half.per_second),
+        target: "p99 < 2 ms",
+        met: Some(wait_p99 < 2.0),
+    });
+    drop(daemon);
+
+    // (6) uploads into a file:// store, against a plain loop of object_store puts into the
+    // same kind of store at the same concurrency (the default upload_concurrency).
+    let daemon = Daemon::start(&[]);
+    let started = Instant::now();
+    submit_batches(
+        &client,
+        &daemon,
+        UPLOAD_JOBS,
+        500,
+        4,
+        |n| json!({"kind": "upload", "payload": {"n": n, "pad": "x".repeat(160)}}),
+    )
+    .await;
+    let done = wait_succeeded(&client, &daemon, UPLOAD_JOBS).await;
+    let uploads = UPLOAD_JOBS as f64 / (done - started).as_secs_f64();
+    drop(daemon);
+    let plain = plain_puts(UPLOAD_JOBS, 16).await;
+    println!("(6) uploads {uploads:.0}/s; plain object_store puts {plain:.0}/s");
+    figures.push(Figure {
+        name: "Uploads into file://: jobs/s, vs a plain loop of object_store puts (16 at once)",
+        value: format!("{uploads:.0} vs {plain:.0}: {:.2} x", uploads / plain),
+        target: ">= 0.8 x the plain loop",
+        met: Some(uploads / plain >= 0.8),
+    });
+
+    // (7) and (8): memory idle and with a million-job backlog; recovery after kill -9.
+    // Room for the backlog plus the job that holds the only worker.
+    let backlog_env = [("JOBD_MAX_WORKERS", "1"), ("JOBD_TEST_KINDS", "1"), ("JOBD_MAX_QUEUE", "2000000")];
+    let daemon = Daemon::start(&backlog_env);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = daemon.rss_mib();
+    let blocker = client
+        .post(daemon.url("/v1/jobs"))
+        .json(&json!({"kind": "sleep", "payload": {"ms": 3_600_000}}))
+        .send()
+        .await
+        .expect("blocker");
+    assert_eq!(blocker.status(), 202);
+    submit_batches(&client, &daemon, END_TO_END_JOBS, 1000, 4, |_| json!({"kind": "noop"})).await;
+    let backlog = daemon.rss_mib();
+    let queued = stats(&client, &daemon).await["queue"]["queued"].as_u64().unwrap_or(0);
+    println!("(7) RSS idle {idle:.1} MiB, with {queued} queued {backlog:.1} MiB");
+    figures.push(Figure {
+        name: "Memory: resident set idle, and with a 1,000,000-job backlog",
+        value: format!("{idle:.1} MiB idle, {backlog:.1} MiB with {queued} queued"),
+        target: "idle < 30 MB, backlog < 150 MB",
+        met: Some(idle < 30.0 && backlog < 150.0),
+    });
+    let data_dir = daemon.kill_9();
+    let restarted = Daemon::start_in(data_dir, &backlog_env);
+    let ready = loop {
+        let answer = client.get(restarted.url("/readyz")).send().await.expect("readyz");
+        if answer.status() == 200 {
+            break restarted.started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    println!("(8) recovery: listening after {:.2?}, ready after {ready:.2?}", restarted.listening_after);
+    figures.push(Figure {
+        name: "Recovery: start to ready with 1,000,000 queued jobs after kill -9",
+        value: format!("{:.2} s", ready.as_secs_f64()),
+        target: "< 3 s",
+        met: Some(ready < Duration::from_secs(3)),
+    });
+    figures
+}
+
+/// Puts `count` small objects into a fresh local store, `concurrency` at a time.
+async fn plain_puts(count: u64, concurrency: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("store"));
+    let started = Instant::now();
+    futures_util::stream::iter(0..count)
+        .map(|n| {
+            let store = store.clone();
+            async move {
+                let path = object_store::path::Path::from(format!("payloads/2026/01/01/{n}.json"));
+                let body = serde_json::to_vec(&json!({"n": n, "pad": "x".repeat(160)})).expect("json");
+                store.put(&path, body.into()).await.expect("put");
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<()>>()
+        .await;
+    count as f64 / started.elapsed().as_secs_f64()
+}
