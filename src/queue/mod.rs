@@ -139,6 +139,13 @@ pub trait QueueBackend: Send + 'static {
     /// Records how attempts ended: final states free capacity, retries wait for `retry_at`.
     fn record_finished(&mut self, finished: &[FinishedJob]) -> Result<(), StorageError>;
 
+    /// Records starts and finishes together. A backend may do it in fewer writes than
+    /// the two calls, for jobs that started and finished within one flush.
+    fn record_progress(&mut self, started: &[StartedJob], finished: &[FinishedJob]) -> Result<(), StorageError> {
+        self.record_started(started)?;
+        self.record_finished(finished)
+    }
+
     /// Deletes up to `limit` finished jobs that finished before `cutoff`; returns how many.
     fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError>;
 
@@ -269,8 +276,7 @@ impl Command {
             Command::Retry { id, .. } => Ok(Output::Control(backend.retry_dead(*id)?)),
             Command::Cancel { id, now, .. } => Ok(Output::Control(backend.cancel(*id, *now)?)),
             Command::RecordProgress { started, finished, .. } => {
-                backend.record_started(started)?;
-                backend.record_finished(finished)?;
+                backend.record_progress(started, finished)?;
                 Ok(Output::RecordProgress)
             }
             Command::Purge { cutoff, limit, .. } => Ok(Output::Purge(backend.purge_finished(*cutoff, *limit)?)),
