@@ -363,6 +363,33 @@ impl<'a> KindColumns<'a> {
     }
 }
 
+/// The columns an attempt's end writes, shared by both ways of recording it.
+struct FinishColumns {
+    state: JobState,
+    /// Set only when the job will not run again.
+    finished_at: Option<i64>,
+    error: Option<String>,
+    result: Option<String>,
+    retry_at: Option<i64>,
+}
+
+impl FinishColumns {
+    fn of(end: &FinishedJob) -> Self {
+        let state = end.state();
+        let result = match &end.outcome {
+            Outcome::Succeeded(result) => serde_json::to_string(result).ok(),
+            _ => None,
+        };
+        FinishColumns {
+            state,
+            finished_at: state.is_finished().then(|| millis(end.finished_at)),
+            error: end.outcome.error(),
+            result,
+            retry_at: end.retry_at.map(millis),
+        }
+    }
+}
+
 /// The bytes a job's body takes in its row.
 fn job_body_len(kind: &JobKind) -> u64 {
     KindColumns::of(kind).body.map_or(0, |body| body.len() as u64)
@@ -563,21 +590,16 @@ impl QueueBackend for SqliteBackend {
         )?;
         let mut moves = Vec::with_capacity(finished.len());
         for end in finished {
-            let state = end.state();
-            let result = match &end.outcome {
-                Outcome::Succeeded(result) => serde_json::to_string(result).ok(),
-                _ => None,
-            };
-            let finished_at = state.is_finished().then(|| millis(end.finished_at));
+            let columns = FinishColumns::of(end);
             let changed = statement.execute(params![
                 end.id.to_bytes().as_slice(),
-                state.name(),
-                finished_at,
-                end.outcome.error(),
-                result,
-                end.retry_at.map(millis),
+                columns.state.name(),
+                columns.finished_at,
+                columns.error,
+                columns.result,
+                columns.retry_at,
             ])?;
-            moves.push((state, changed));
+            moves.push((columns.state, changed));
         }
         drop(statement);
         for (state, changed) in moves {
@@ -606,21 +628,17 @@ impl QueueBackend for SqliteBackend {
         )?;
         let mut moves = Vec::with_capacity(started_and_finished.len());
         for end in started_and_finished {
-            let state = end.state();
-            let result = match &end.outcome {
-                Outcome::Succeeded(result) => serde_json::to_string(result).ok(),
-                _ => None,
-            };
+            let columns = FinishColumns::of(end);
             let changed = statement.execute(params![
                 end.id.to_bytes().as_slice(),
-                state.name(),
+                columns.state.name(),
                 started_at.get(&end.id).copied().map(millis),
-                state.is_finished().then(|| millis(end.finished_at)),
-                end.outcome.error(),
-                result,
-                end.retry_at.map(millis),
+                columns.finished_at,
+                columns.error,
+                columns.result,
+                columns.retry_at,
             ])?;
-            moves.push((state, changed));
+            moves.push((columns.state, changed));
         }
         drop(statement);
         for (state, changed) in moves {
