@@ -163,6 +163,23 @@ pub struct Job {
     pub kind: JobKind,
 }
 
+#[cfg(test)]
+impl Job {
+    /// A new job of `kind` with every option at a plain default, for unit tests.
+    pub(crate) fn for_test(kind: JobKind) -> Job {
+        Job {
+            id: JobId::generate(),
+            created_at: Utc::now(),
+            attempt: 0,
+            max_attempts: 3,
+            timeout_ms: None,
+            run_at: None,
+            idempotency_key: None,
+            kind,
+        }
+    }
+}
+
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

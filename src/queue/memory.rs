@@ -268,18 +268,7 @@ mod tests {
     use crate::job::{JobKind, JobResult};
 
     fn jobs(count: usize) -> Vec<Job> {
-        (0..count)
-            .map(|_| Job {
-                id: JobId::generate(),
-                created_at: Utc::now(),
-                attempt: 0,
-                max_attempts: 3,
-                timeout_ms: None,
-                run_at: None,
-                idempotency_key: None,
-                kind: JobKind::Noop,
-            })
-            .collect()
+        (0..count).map(|_| Job::for_test(JobKind::Noop)).collect()
     }
 
     #[test]

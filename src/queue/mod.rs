@@ -535,22 +535,13 @@ mod tests {
     use crate::job::{JobKind, UploadBody, UploadSpec};
 
     fn upload(bytes: usize) -> Job {
-        Job {
-            id: JobId::generate(),
-            created_at: Utc::now(),
-            attempt: 0,
-            max_attempts: 1,
-            timeout_ms: None,
-            run_at: None,
-            idempotency_key: None,
-            kind: JobKind::Upload(UploadSpec {
-                body: UploadBody::Bytes(vec![7; bytes]),
-                key: None,
-                content_type: None,
-                content_encoding: None,
-                metadata: Vec::new(),
-            }),
-        }
+        Job::for_test(JobKind::Upload(UploadSpec {
+            body: UploadBody::Bytes(vec![7; bytes]),
+            key: None,
+            content_type: None,
+            content_encoding: None,
+            metadata: Vec::new(),
+        }))
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The durable backend, the default: `<data_dir>/queue.db` in SQLite, WAL mode, one
 //! transaction per batch of commands. A job it accepted survives `kill -9`.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use base64::Engine as _;
@@ -307,6 +308,42 @@ impl SqliteBackend {
         Ok(next.map(from_millis))
     }
 
+    /// Records how attempts ended. An end with a start time also records that start: the
+    /// job goes straight from `queued`, and its attempt is counted here.
+    fn write_finishes<'a>(
+        &mut self,
+        ends: impl Iterator<Item = (&'a FinishedJob, Option<DateTime<Utc>>)>,
+    ) -> Result<(), StorageError> {
+        let mut statement = self.connection.prepare_cached(
+            "UPDATE jobs SET state = ?2, started_at = COALESCE(?3, started_at), attempts = attempts + ?4,
+                 finished_at = ?5, last_error = COALESCE(?6, last_error), result = ?7,
+                 run_at = COALESCE(?8, run_at)
+             WHERE id = ?1 AND state = ?9",
+        )?;
+        let mut moves = Vec::new();
+        for (end, started_at) in ends {
+            let columns = FinishColumns::of(end);
+            let from = if started_at.is_some() { JobState::Queued } else { JobState::Running };
+            let changed = statement.execute(params![
+                end.id.to_bytes().as_slice(),
+                columns.state.name(),
+                started_at.map(millis),
+                i64::from(started_at.is_some()),
+                columns.finished_at,
+                columns.error,
+                columns.result,
+                columns.retry_at,
+                from.name(),
+            ])?;
+            moves.push((from, columns.state, changed));
+        }
+        drop(statement);
+        for (from, to, changed) in moves {
+            self.books.moved(from, to, changed);
+        }
+        Ok(())
+    }
+
     /// Marks a job that cannot be decoded as dead, so one bad row cannot wedge the queue.
     fn bury_undecodable(&mut self, seq: i64, error: &str) -> Result<(), StorageError> {
         tracing::error!(seq, %error, "a stored job cannot be decoded; it is marked dead");
@@ -583,68 +620,19 @@ impl QueueBackend for SqliteBackend {
     }
 
     fn record_finished(&mut self, finished: &[FinishedJob]) -> Result<(), StorageError> {
-        let mut statement = self.connection.prepare_cached(
-            "UPDATE jobs SET state = ?2, finished_at = ?3, last_error = COALESCE(?4, last_error), result = ?5,
-                 run_at = COALESCE(?6, run_at)
-             WHERE id = ?1 AND state = 'running'",
-        )?;
-        let mut moves = Vec::with_capacity(finished.len());
-        for end in finished {
-            let columns = FinishColumns::of(end);
-            let changed = statement.execute(params![
-                end.id.to_bytes().as_slice(),
-                columns.state.name(),
-                columns.finished_at,
-                columns.error,
-                columns.result,
-                columns.retry_at,
-            ])?;
-            moves.push((columns.state, changed));
-        }
-        drop(statement);
-        for (state, changed) in moves {
-            self.books.moved(JobState::Running, state, changed);
-        }
-        Ok(())
+        self.write_finishes(finished.iter().map(|end| (end, None)))
     }
 
     /// A job that starts and finishes within one flush (most short jobs) costs one UPDATE
     /// instead of two: the finish also records the start.
     fn record_progress(&mut self, started: &[StartedJob], finished: &[FinishedJob]) -> Result<(), StorageError> {
-        let started_at: std::collections::HashMap<JobId, DateTime<Utc>> =
+        let started_at: HashMap<JobId, DateTime<Utc>> =
             started.iter().map(|start| (start.id, start.started_at)).collect();
-        let (started_and_finished, finished_only): (Vec<&FinishedJob>, Vec<&FinishedJob>) =
-            finished.iter().partition(|end| started_at.contains_key(&end.id));
-        let finishing: std::collections::HashSet<JobId> = started_and_finished.iter().map(|end| end.id).collect();
+        let finishing: HashSet<JobId> = finished.iter().map(|end| end.id).collect();
         let started_only: Vec<StartedJob> =
             started.iter().filter(|start| !finishing.contains(&start.id)).copied().collect();
         self.record_started(&started_only)?;
-        let finished_only: Vec<FinishedJob> = finished_only.into_iter().cloned().collect();
-        self.record_finished(&finished_only)?;
-        let mut statement = self.connection.prepare_cached(
-            "UPDATE jobs SET state = ?2, started_at = ?3, attempts = attempts + 1, finished_at = ?4,
-                 last_error = COALESCE(?5, last_error), result = ?6, run_at = COALESCE(?7, run_at)
-             WHERE id = ?1 AND state = 'queued'",
-        )?;
-        let mut moves = Vec::with_capacity(started_and_finished.len());
-        for end in started_and_finished {
-            let columns = FinishColumns::of(end);
-            let changed = statement.execute(params![
-                end.id.to_bytes().as_slice(),
-                columns.state.name(),
-                started_at.get(&end.id).copied().map(millis),
-                columns.finished_at,
-                columns.error,
-                columns.result,
-                columns.retry_at,
-            ])?;
-            moves.push((columns.state, changed));
-        }
-        drop(statement);
-        for (state, changed) in moves {
-            self.books.moved(JobState::Queued, state, changed);
-        }
-        Ok(())
+        self.write_finishes(finished.iter().map(|end| (end, started_at.get(&end.id).copied())))
     }
 
     fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {
@@ -783,16 +771,7 @@ mod tests {
     use super::*;
 
     fn job(kind: JobKind, key: Option<&str>) -> Job {
-        Job {
-            id: JobId::generate(),
-            created_at: Utc::now(),
-            attempt: 0,
-            max_attempts: 3,
-            timeout_ms: None,
-            run_at: None,
-            idempotency_key: key.map(str::to_owned),
-            kind,
-        }
+        Job { idempotency_key: key.map(str::to_owned), ..Job::for_test(kind) }
     }
 
     fn open(path: &Path, capacity: usize) -> SqliteBackend {
@@ -941,16 +920,7 @@ mod delayed_tests {
     }
 
     fn job_at(run_at: Option<DateTime<Utc>>) -> Job {
-        Job {
-            id: JobId::generate(),
-            created_at: Utc::now(),
-            attempt: 0,
-            max_attempts: 3,
-            timeout_ms: Some(250),
-            run_at,
-            idempotency_key: None,
-            kind: JobKind::Noop,
-        }
+        Job { timeout_ms: Some(250), run_at, ..Job::for_test(JobKind::Noop) }
     }
 
     #[test]
