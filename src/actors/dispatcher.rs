@@ -335,7 +335,7 @@ impl Dispatcher {
     }
 
     /// Decides what happens after an attempt: retry later, or the outcome is final.
-    fn decide(&mut self, running: &RunningJob, outcome: Outcome, ctx: &mut Context<Self>) -> FinishedJob {
+    fn decide(&mut self, running: &RunningJob, outcome: Outcome) -> FinishedJob {
         let now = Utc::now();
         let retry_at = (outcome.is_retryable() && running.attempt < running.max_attempts).then(|| {
             let delay = self.retry_policy.delay(running.attempt, &mut self.rng);
@@ -357,7 +357,6 @@ impl Dispatcher {
                     retry_at = %at.to_rfc3339(),
                     "job will be retried"
                 );
-                self.arm_due_timer(at, ctx);
             }
             (JobState::Dead, _) => {
                 Stats::bump(&self.stats.jobs_dead);
@@ -390,7 +389,7 @@ impl Dispatcher {
             slot.addr = None;
             if let Some(running) = slot.running.take() {
                 self.busy -= 1;
-                let finished = self.decide(&running, Outcome::WorkerLost, ctx);
+                let finished = self.decide(&running, Outcome::WorkerLost);
                 self.outcomes.push(finished);
             }
             self.start_worker(number, ctx);
@@ -409,9 +408,10 @@ impl Dispatcher {
         self.recording = true;
         let started = std::mem::take(&mut self.started);
         let finished = std::mem::take(&mut self.outcomes);
+        let earliest_retry = finished.iter().filter_map(|end| end.retry_at).min();
         let queue = self.queue.clone();
         ctx.spawn(async move { queue.record_progress(started, finished).await }.into_actor(self).map(
-            |result, dispatcher, ctx| {
+            move |result, dispatcher, ctx| {
                 dispatcher.recording = false;
                 if let Err(failed) = result {
                     // Keep the progress and try again shortly; until then the records lag
@@ -426,6 +426,11 @@ impl Dispatcher {
                         dispatcher.record_progress(ctx);
                     });
                     return;
+                }
+                // The timer for retries is armed only now that they are committed: a fetch
+                // before the commit would not see them, and then no timer would be left.
+                if let Some(at) = earliest_retry {
+                    dispatcher.arm_due_timer(at, ctx);
                 }
                 dispatcher.record_progress(ctx);
             },
@@ -489,7 +494,7 @@ impl Handler<JobFinished> for Dispatcher {
         if !message.worker_restarts {
             self.idle.push(message.number);
         }
-        let finished = self.decide(&running, message.outcome, ctx);
+        let finished = self.decide(&running, message.outcome);
         self.outcomes.push(finished);
         self.record_progress(ctx);
         self.pump(ctx);
