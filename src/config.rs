@@ -183,6 +183,46 @@ pub struct Settings {
     #[arg(long, env = "JOBD_METRICS_LISTEN", global = true)]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Bearer tokens, one `<name> <scopes> <token> [allowed_key_prefixes=a/,b/]` per line [default: $CREDENTIALS_DIRECTORY/tokens under systemd, else none: no authentication, loopback only].
+    #[arg(long, env = "JOBD_TOKENS_FILE", global = true)]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Allow listening on a non-loopback address without tokens_file [default: false].
+    #[arg(long, env = "JOBD_ALLOW_UNAUTHENTICATED", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_unauthenticated: Option<bool>,
+
+    /// PEM certificate chain for HTTPS on the API listener; reloaded on SIGHUP [default: none, plain HTTP].
+    #[arg(long, env = "JOBD_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for tls_cert; reloaded on SIGHUP [default: none].
+    #[arg(long, env = "JOBD_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// Most jobs (or payloads) in one request; more get 413 [default: 10000].
+    #[arg(long, env = "JOBD_MAX_JOBS_PER_REQUEST", global = true)]
+    pub max_jobs_per_request: Option<usize>,
+
+    /// Deepest nesting of JSON arrays and objects in a body, counted from the top; deeper gets 400 [default: 64].
+    #[arg(long, env = "JOBD_MAX_JSON_DEPTH", global = true)]
+    pub max_json_depth: Option<usize>,
+
+    /// A client must send a request's headers within this many ms of connecting, or gets 408 [default: 5000].
+    #[arg(long, env = "JOBD_CLIENT_REQUEST_TIMEOUT_MS", global = true)]
+    pub client_request_timeout_ms: Option<u64>,
+
+    /// A request's whole body must arrive within this many ms of its headers, or gets 408 [default: 30000].
+    #[arg(long, env = "JOBD_CLIENT_BODY_TIMEOUT_MS", global = true)]
+    pub client_body_timeout_ms: Option<u64>,
+
+    /// How long a closing connection may take to shut down, in ms [default: 1000].
+    #[arg(long, env = "JOBD_CLIENT_DISCONNECT_TIMEOUT_MS", global = true)]
+    pub client_disconnect_timeout_ms: Option<u64>,
+
+    /// Most open API connections; beyond it new ones wait in the listen backlog [default: 10000].
+    #[arg(long, env = "JOBD_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+
     /// Per-kind attempt timeouts in ms, e.g. `[job_timeouts_ms] upload = 60000`. File only.
     #[arg(skip)]
     pub job_timeouts_ms: Option<std::collections::BTreeMap<String, u64>>,
@@ -226,6 +266,16 @@ impl Settings {
             s3_allow_http: self.s3_allow_http.or(lower.s3_allow_http),
             multipart_threshold: self.multipart_threshold.or(lower.multipart_threshold),
             upload_concurrency: self.upload_concurrency.or(lower.upload_concurrency),
+            tokens_file: self.tokens_file.or(lower.tokens_file),
+            allow_unauthenticated: self.allow_unauthenticated.or(lower.allow_unauthenticated),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            max_jobs_per_request: self.max_jobs_per_request.or(lower.max_jobs_per_request),
+            max_json_depth: self.max_json_depth.or(lower.max_json_depth),
+            client_request_timeout_ms: self.client_request_timeout_ms.or(lower.client_request_timeout_ms),
+            client_body_timeout_ms: self.client_body_timeout_ms.or(lower.client_body_timeout_ms),
+            client_disconnect_timeout_ms: self.client_disconnect_timeout_ms.or(lower.client_disconnect_timeout_ms),
+            max_connections: self.max_connections.or(lower.max_connections),
         }
     }
 }
@@ -241,6 +291,13 @@ pub enum ConfigError {
     OutOfRange { setting: &'static str, requirement: &'static str, value: String },
     #[error("data_dir {path} cannot be made absolute: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
+    #[error(
+        "listen = {listen} is not a loopback address and no tokens_file is set: anyone who reaches it could \
+         submit and control jobs; set tokens_file, or allow_unauthenticated = true if a proxy in front authenticates"
+    )]
+    Unauthenticated { listen: SocketAddr },
+    #[error("tls_cert and tls_key go together; only {given} is set")]
+    TlsHalf { given: &'static str },
 }
 
 /// The effective configuration, every value resolved.
@@ -278,6 +335,19 @@ pub struct Config {
     pub s3_allow_http: bool,
     pub multipart_threshold: usize,
     pub upload_concurrency: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_file: Option<PathBuf>,
+    pub allow_unauthenticated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    pub max_jobs_per_request: usize,
+    pub max_json_depth: usize,
+    pub client_request_timeout_ms: u64,
+    pub client_body_timeout_ms: u64,
+    pub client_disconnect_timeout_ms: u64,
+    pub max_connections: usize,
 }
 
 fn serialize_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -350,6 +420,19 @@ impl Config {
             s3_allow_http: settings.s3_allow_http.unwrap_or(false),
             multipart_threshold: settings.multipart_threshold.unwrap_or(8 * 1024 * 1024),
             upload_concurrency: settings.upload_concurrency.unwrap_or(16),
+            // Under systemd, `LoadCredential=tokens:...` is the default token file.
+            tokens_file: settings.tokens_file.or_else(|| crate::systemd::credential_path("tokens")),
+            allow_unauthenticated: settings.allow_unauthenticated.unwrap_or(false),
+            tls_cert: settings.tls_cert,
+            tls_key: settings.tls_key,
+            max_jobs_per_request: settings
+                .max_jobs_per_request
+                .unwrap_or(crate::submission::DEFAULT_MAX_JOBS_PER_REQUEST),
+            max_json_depth: settings.max_json_depth.unwrap_or(crate::submission::DEFAULT_MAX_JSON_DEPTH),
+            client_request_timeout_ms: settings.client_request_timeout_ms.unwrap_or(5_000),
+            client_body_timeout_ms: settings.client_body_timeout_ms.unwrap_or(30_000),
+            client_disconnect_timeout_ms: settings.client_disconnect_timeout_ms.unwrap_or(1_000),
+            max_connections: settings.max_connections.unwrap_or(10_000),
         };
         config.check()?;
         Ok(config)
@@ -389,11 +472,22 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
-        let limits: [(&'static str, u64, u64, u64, &'static str); 4] = [
+        if self.tokens_file.is_none() && !self.listen.ip().is_loopback() && !self.allow_unauthenticated {
+            return Err(ConfigError::Unauthenticated { listen: self.listen });
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(ConfigError::TlsHalf { given: "tls_cert" }),
+            (None, Some(_)) => return Err(ConfigError::TlsHalf { given: "tls_key" }),
+            _ => {}
+        }
+        let limits: [(&'static str, u64, u64, u64, &'static str); 7] = [
             ("max_attempts", u64::from(self.max_attempts), 1, 100, "between 1 and 100"),
             ("retry_base_ms", self.retry_base_ms, 1, 86_400_000, "between 1 and 86400000"),
             ("retry_cap_ms", self.retry_cap_ms, self.retry_base_ms, 604_800_000, "between retry_base_ms and 604800000"),
             ("job_timeout_ms", self.job_timeout_ms, 1, 86_400_000, "between 1 and 86400000"),
+            ("client_request_timeout_ms", self.client_request_timeout_ms, 100, 600_000, "between 100 and 600000"),
+            ("client_body_timeout_ms", self.client_body_timeout_ms, 100, 3_600_000, "between 100 and 3600000"),
+            ("client_disconnect_timeout_ms", self.client_disconnect_timeout_ms, 0, 60_000, "between 0 and 60000"),
         ];
         for (setting, value, low, high, requirement) in limits {
             if !(low..=high).contains(&value) {
@@ -417,13 +511,17 @@ impl Config {
                 value: format!("{:?}", self.queue_db_max_bytes),
             });
         }
-        let ranges: [(&'static str, usize, usize, usize, &'static str); 6] = [
+        let ranges: [(&'static str, usize, usize, usize, &'static str); 9] = [
             ("max_workers", self.max_workers, 1, 10_000, "between 1 and 10000"),
             ("max_queue", self.max_queue, 1, 100_000_000, "between 1 and 100000000"),
             ("max_body_bytes", self.max_body_bytes, 1024, 1 << 30, "between 1024 and 1073741824"),
             ("http_workers", self.http_workers, 1, 256, "between 1 and 256"),
             ("multipart_threshold", self.multipart_threshold, 5 << 20, 5 << 30, "between 5 MiB and 5 GiB"),
             ("upload_concurrency", self.upload_concurrency, 1, 1024, "between 1 and 1024"),
+            ("max_jobs_per_request", self.max_jobs_per_request, 1, 1_000_000, "between 1 and 1000000"),
+            // serde_json stops at 128 levels on its own; jobd's limit must be the one that speaks.
+            ("max_json_depth", self.max_json_depth, 4, 128, "between 4 and 128"),
+            ("max_connections", self.max_connections, 1, 1_000_000, "between 1 and 1000000"),
         ];
         for (setting, value, low, high, requirement) in ranges {
             if !(low..=high).contains(&value) {
@@ -448,6 +546,20 @@ mod tests {
         assert_eq!((config.max_workers, config.max_queue), (7, 50));
         assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert!(config.store_url.starts_with("file:///") && config.store_url.ends_with("/jobd-data/objects/"));
+    }
+
+    #[test]
+    fn a_public_listener_needs_tokens_or_an_explicit_opt_out() {
+        let public = SocketAddr::from(([0, 0, 0, 0], 8080));
+        let open = Settings { listen: Some(public), ..Settings::default() };
+        assert!(matches!(Config::resolve(open), Err(ConfigError::Unauthenticated { .. })));
+        let opted_out = Settings { listen: Some(public), allow_unauthenticated: Some(true), ..Settings::default() };
+        assert!(Config::resolve(opted_out).is_ok());
+        let with_tokens =
+            Settings { listen: Some(public), tokens_file: Some(PathBuf::from("tokens")), ..Settings::default() };
+        assert!(Config::resolve(with_tokens).is_ok());
+        let half_tls = Settings { tls_cert: Some(PathBuf::from("cert.pem")), ..Settings::default() };
+        assert!(matches!(Config::resolve(half_tls), Err(ConfigError::TlsHalf { given: "tls_cert" })));
     }
 
     #[test]

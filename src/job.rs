@@ -13,8 +13,9 @@ use crate::keys::ObjectKey;
 ///
 /// The hyphenated lowercase text form sorts the same way as the time order, because
 /// UUIDv7 puts the millisecond timestamp in its most significant bits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, format = Uuid)]
 pub struct JobId(Uuid);
 
 impl JobId {
@@ -181,7 +182,7 @@ impl Job {
 }
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Due and waiting for a worker.
@@ -237,7 +238,7 @@ impl JobState {
 }
 
 /// Everything the queue knows about one job, as `GET /v1/jobs/{id}` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobRecord {
     pub id: JobId,
     pub kind: String,
@@ -257,6 +258,7 @@ pub struct JobRecord {
     pub idempotency_key: Option<String>,
     /// The payload, only when asked for: it can be large.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Box<RawValue>>,
 }
 
@@ -310,7 +312,7 @@ impl Outcome {
 }
 
 /// What a successful job produced.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct JobResult {
     /// The object key an upload wrote, relative to the store root.
     #[serde(skip_serializing_if = "Option::is_none")]

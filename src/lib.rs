@@ -6,11 +6,12 @@
 //! from the queue in a bounded window and hands each to an idle Worker
 //! ([`actors::worker`]), which runs the job body ([`runner`]), for `upload` a write to the
 //! object store ([`store`]). [`server`] wires it together and owns shutdown; [`config`]
-//! reads the settings. See ARCHITECTURE.md for the map and its invariants.
+//! reads the settings; [`auth`] and [`tls`] guard the listener. See ARCHITECTURE.md for the map and its invariants.
 
 #![forbid(unsafe_code)]
 
 pub mod actors;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod job;
@@ -25,3 +26,4 @@ pub mod store;
 pub mod submission;
 pub mod systemd;
 pub mod telemetry;
+pub mod tls;

@@ -24,7 +24,18 @@ pub const KINDS: [&str; 5] = ["upload", "noop", "sleep", "fail", "panic"];
 /// Attempt outcomes, plus `dead` for jobs that failed for good.
 pub const OUTCOMES: [&str; 5] = ["succeeded", "failed", "dead", "panicked", "timed_out"];
 /// Why a submission was refused.
-pub const REJECTION_REASONS: [&str; 4] = ["queue_full", "invalid", "too_large", "unavailable"];
+pub const REJECTION_REASONS: [&str; 8] = [
+    "queue_full",
+    "invalid",
+    "too_large",
+    "too_many_jobs",
+    "too_deep",
+    "body_timeout",
+    "key_not_allowed",
+    "unavailable",
+];
+/// What SIGHUP reloads.
+pub const RELOADABLE: [&str; 2] = ["tokens", "tls"];
 /// The states `jobd_queue_depth` reports.
 pub const DEPTH_STATES: [JobState; 5] =
     [JobState::Queued, JobState::Scheduled, JobState::Running, JobState::Failed, JobState::Dead];
@@ -43,6 +54,11 @@ pub struct Metrics {
     pub job_wait: HistogramVec,
     pub worker_restarts: IntCounter,
     pub submissions_rejected: IntCounterVec,
+    /// Requests refused for their token, by reason (`missing`, `invalid`, `scope`,
+    /// `key_prefix`).
+    pub auth_failures: IntCounterVec,
+    /// SIGHUP reloads, by what was reloaded and whether it worked.
+    pub reloads: IntCounterVec,
     pub store_commit_duration: Histogram,
     pub store_commit_batch_size: Histogram,
     http_requests: IntCounterVec,
@@ -101,6 +117,14 @@ impl Metrics {
             Opts::new("jobd_submissions_rejected_total", "Submissions refused, by reason."),
             &["reason"],
         )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new("jobd_auth_failures_total", "Requests refused for their bearer token, by reason."),
+            &["reason"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new("jobd_reloads_total", "SIGHUP reloads, by what was reloaded and outcome."),
+            &["what", "outcome"],
+        )?;
         let store_commit_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "jobd_store_commit_duration_seconds",
@@ -151,6 +175,14 @@ impl Metrics {
         for reason in REJECTION_REASONS {
             submissions_rejected.with_label_values(&[reason]);
         }
+        for reason in crate::auth::AuthFailure::REASONS {
+            auth_failures.with_label_values(&[reason]);
+        }
+        for what in RELOADABLE {
+            for outcome in ["ok", "error"] {
+                reloads.with_label_values(&[what, outcome]);
+            }
+        }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(jobs_submitted.clone()),
             Box::new(jobs_finished.clone()),
@@ -158,6 +190,8 @@ impl Metrics {
             Box::new(job_wait.clone()),
             Box::new(worker_restarts.clone()),
             Box::new(submissions_rejected.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(reloads.clone()),
             Box::new(store_commit_duration.clone()),
             Box::new(store_commit_batch_size.clone()),
             Box::new(http_requests.clone()),
@@ -182,6 +216,8 @@ impl Metrics {
             job_wait,
             worker_restarts,
             submissions_rejected,
+            auth_failures,
+            reloads,
             store_commit_duration,
             store_commit_batch_size,
             http_requests,
@@ -282,6 +318,8 @@ mod tests {
             "jobd_jobs_submitted_total{kind=\"upload\"} 0",
             "jobd_jobs_finished_total{kind=\"noop\",outcome=\"dead\"} 0",
             "jobd_submissions_rejected_total{reason=\"queue_full\"} 0",
+            "jobd_auth_failures_total{reason=\"scope\"} 0",
+            "jobd_reloads_total{outcome=\"error\",what=\"tls\"} 0",
             "jobd_workers{state=\"busy\"} 1",
             "jobd_workers{state=\"idle\"} 3",
             "jobd_worker_restarts_total 0",

@@ -12,6 +12,7 @@ use actix_web::{App, HttpServer, web};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::actors::{Dispatcher, Ingest, dispatcher::Drain};
+use crate::auth::{Authenticator, TokenFileError};
 use crate::config::{Config, QueueKind};
 use crate::http::{self, AppState, Lifecycle};
 use crate::metrics::{Metrics, MetricsError};
@@ -22,6 +23,7 @@ use crate::runner::JobRunner;
 use crate::stats::Stats;
 use crate::store::{JobStore, StoreError};
 use crate::submission::ParseOptions;
+use crate::tls::{CertificateReloader, TlsError};
 
 /// How often the store is probed for `/readyz`.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(15);
@@ -50,12 +52,24 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Tokens(#[from] TokenFileError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Checks what `serve` would build from `config` without starting anything: the store
 /// URL is parsed and the store built (a `file://` root is created). With `probe`, the
 /// store is also asked once whether it answers.
 pub fn check(config: &Config, probe: bool) -> Result<(), ServeError> {
+    authenticator(config)?;
+    if let Some(path) = &config.tokens_file {
+        eprintln!("jobd: token file {} is valid", path.display());
+    }
+    if let Some(reloader) = certificate(config)? {
+        reloader.server_config()?;
+        eprintln!("jobd: TLS certificate and key are valid");
+    }
     let store = JobStore::from_url(&config.store_url, &config.store_options())?;
     if probe {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ServeError::Http)?;
@@ -63,6 +77,52 @@ pub fn check(config: &Config, probe: bool) -> Result<(), ServeError> {
         eprintln!("jobd: store {} answers", store.url());
     }
     Ok(())
+}
+
+/// The token checker `config` describes; fails on a token file that cannot be used.
+fn authenticator(config: &Config) -> Result<Authenticator, ServeError> {
+    match &config.tokens_file {
+        Some(path) => Ok(Authenticator::from_file(path)?),
+        None => Ok(Authenticator::disabled()),
+    }
+}
+
+/// The TLS certificate `config` describes, if any.
+fn certificate(config: &Config) -> Result<Option<Arc<CertificateReloader>>, ServeError> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(Arc::new(CertificateReloader::load(cert, key)?))),
+        _ => Ok(None),
+    }
+}
+
+/// SIGHUP: reads the token file and the TLS certificate again. Each keeps what is in
+/// force when its new version cannot be used, so a bad edit never opens or closes the API.
+fn reload(auth: &Authenticator, certificate: Option<&CertificateReloader>, metrics: &Metrics) {
+    if auth.enabled() {
+        match auth.reload() {
+            Ok(tokens) => {
+                metrics.reloads.with_label_values(&["tokens", "ok"]).inc();
+                tracing::info!(tokens, "SIGHUP: token file reloaded");
+            }
+            Err(error) => {
+                metrics.reloads.with_label_values(&["tokens", "error"]).inc();
+                tracing::error!(%error, "SIGHUP: token file not reloaded; the previous tokens stay in force");
+            }
+        }
+    }
+    if let Some(certificate) = certificate {
+        match certificate.reload() {
+            Ok(()) => {
+                metrics.reloads.with_label_values(&["tls", "ok"]).inc();
+                tracing::info!("SIGHUP: TLS certificate reloaded; new connections use it");
+            }
+            Err(error) => {
+                metrics.reloads.with_label_values(&["tls", "error"]).inc();
+                tracing::error!(%error, "SIGHUP: TLS certificate not reloaded; the previous one stays in force");
+            }
+        }
+    }
+    tracing::info!("SIGHUP: other settings are read at start only; restart jobd to apply them");
 }
 
 /// Runs the daemon until a shutdown signal, then drains and returns.
@@ -127,6 +187,15 @@ async fn run(
     // not lose the daemon to it.
     let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
 
+    let auth = Arc::new(authenticator(&config)?);
+    let certificate = certificate(&config)?;
+    if !auth.enabled() {
+        if config.listen.ip().is_loopback() {
+            tracing::warn!(listen = %config.listen, "no tokens_file: authentication is off, so jobd listens on loopback only");
+        } else {
+            tracing::warn!(listen = %config.listen, "no tokens_file and allow_unauthenticated = true: anyone who reaches this address can submit and control jobs");
+        }
+    }
     let store = Arc::new(JobStore::from_url(&config.store_url, &config.store_options())?);
     let lifecycle = Arc::new(Lifecycle::default());
     let stats = Arc::new(Stats::default());
@@ -171,9 +240,14 @@ async fn run(
         parse_options: ParseOptions {
             test_kinds: config.test_kinds,
             metadata_supported: store.kind().supports_attributes(),
+            max_json_depth: config.max_json_depth,
+            max_jobs_per_request: config.max_jobs_per_request,
         },
         max_body_bytes: config.max_body_bytes,
         body_runtime: bodies,
+        auth: auth.clone(),
+        default_key_prefix: config.key_prefix.clone(),
+        client_body_timeout: Duration::from_millis(config.client_body_timeout_ms),
     });
     let listener =
         TcpListener::bind(config.listen).map_err(|source| ServeError::Listen { addr: config.listen, source })?;
@@ -186,7 +260,17 @@ async fn run(
     // drain so that late submissions get a clear 503 instead of a refused connection.
     .disable_signals()
     .shutdown_timeout(config.shutdown_timeout.as_secs())
-    .listen(listener)
+    // A client that trickles its headers (slowloris) is cut off after this, so idle
+    // connections cannot pile up to max_connections and starve real clients.
+    .client_request_timeout(Duration::from_millis(config.client_request_timeout_ms))
+    .client_disconnect_timeout(Duration::from_millis(config.client_disconnect_timeout_ms))
+    .tls_handshake_timeout(Duration::from_millis(config.client_request_timeout_ms))
+    // actix counts connections per worker thread.
+    .max_connections(config.max_connections.div_ceil(config.http_workers));
+    let server = match &certificate {
+        Some(certificate) => server.listen_rustls_0_23(listener, certificate.server_config()?),
+        None => server.listen(listener),
+    }
     .map_err(ServeError::Http)?
     .run();
     let server_handle = server.handle();
@@ -200,6 +284,8 @@ async fn run(
     lifecycle.started.store(true, Ordering::Release);
     tracing::info!(
         %addr,
+        tls = certificate.is_some(),
+        authentication = auth.enabled(),
         store = store.url(),
         max_workers = config.max_workers,
         max_queue = config.max_queue,
@@ -215,9 +301,7 @@ async fn run(
         tokio::select! {
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
-            _ = hangup.recv() => {
-                tracing::warn!("SIGHUP: settings are read at start only; restart jobd to apply changes");
-            }
+            _ = hangup.recv() => reload(&auth, certificate.as_deref(), &metrics),
         }
     };
     lifecycle.shutting_down.store(true, Ordering::Release);

@@ -34,10 +34,31 @@ pub struct ParseOptions {
     pub test_kinds: bool,
     /// Whether the store records object metadata (a `file://` store cannot).
     pub metadata_supported: bool,
+    /// The deepest nesting of arrays and objects a body may have, counted from the top.
+    pub max_json_depth: usize,
+    /// The most jobs (or payloads) one request may carry.
+    pub max_jobs_per_request: usize,
 }
 
+impl ParseOptions {
+    /// The defaults, with the test kinds off.
+    pub const DEFAULT: ParseOptions = ParseOptions {
+        test_kinds: false,
+        metadata_supported: true,
+        max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+        max_jobs_per_request: DEFAULT_MAX_JOBS_PER_REQUEST,
+    };
+}
+
+/// Default `max_json_depth`: a job wrapper takes three levels, which leaves payloads 61,
+/// far more than real documents use and far fewer than could exhaust a stack.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+/// Default `max_jobs_per_request`: large batches are what make ingest fast, and ten
+/// thousand jobs are committed in well under a second.
+pub const DEFAULT_MAX_JOBS_PER_REQUEST: usize = 10_000;
+
 /// One problem with one field of one job.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// The job's position in the request, when the problem belongs to one job.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -52,6 +73,10 @@ pub struct FieldError {
 pub enum SubmissionError {
     #[error("the body is not valid JSON: {0}")]
     Syntax(String),
+    #[error("the body nests arrays and objects deeper than max_json_depth ({limit}), at byte {offset}")]
+    TooDeep { limit: usize, offset: usize },
+    #[error("{field} holds {count} entries; at most {limit} (max_jobs_per_request) are accepted per request")]
+    TooManyJobs { field: &'static str, count: usize, limit: usize },
     #[error("{}", describe(.0))]
     Invalid(Vec<FieldError>),
 }
@@ -69,11 +94,15 @@ fn describe(errors: &[FieldError]) -> String {
 
 /// A job as it arrives, before validation. Unknown fields are refused, so that a
 /// misspelt option is an error rather than silently ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RawJob {
+#[schema(as = Job)]
+pub(crate) struct RawJob {
+    /// `upload` or `noop`; with test_kinds also `sleep`, `fail` and `panic`.
     kind: String,
+    /// For `upload`: the JSON to store, byte for byte. For test kinds: their options.
     #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<Box<RawValue>>,
     #[serde(default)]
     body_base64: Option<String>,
@@ -97,14 +126,17 @@ struct RawJob {
     delay_ms: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PayloadCollection {
+pub(crate) struct PayloadCollection {
+    /// Each payload becomes one `upload` job under a default key.
+    #[schema(value_type = Vec<serde_json::Value>)]
     payloads: Vec<Box<RawValue>>,
 }
 
 /// Parses a `POST /v1/jobs` body: `{"jobs": [...]}` or a single job object.
 pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, SubmissionError> {
+    check_depth(body, options.max_json_depth)?;
     let top: HashMap<String, &RawValue> = serde_json::from_slice(body).map_err(top_level_error)?;
     let raw_jobs: Vec<RawJob> = if let Some(jobs) = top.get("jobs") {
         if let Some(other) = top.keys().find(|key| key.as_str() != "jobs") {
@@ -127,6 +159,13 @@ pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, Su
     if raw_jobs.is_empty() {
         return Err(invalid(None, "jobs", "must contain at least one job"));
     }
+    if raw_jobs.len() > options.max_jobs_per_request {
+        return Err(SubmissionError::TooManyJobs {
+            field: "jobs",
+            count: raw_jobs.len(),
+            limit: options.max_jobs_per_request,
+        });
+    }
     let mut kinds = Vec::with_capacity(raw_jobs.len());
     let mut errors = Vec::new();
     for (index, mut raw) in raw_jobs.into_iter().enumerate() {
@@ -143,11 +182,19 @@ pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, Su
 
 /// Parses a `POST /v1/payloads` body: the seed's `{"payloads": [...]}` collection, one
 /// `upload` job per payload.
-pub fn parse_payloads(body: &[u8]) -> Result<Vec<JobSpec>, SubmissionError> {
+pub fn parse_payloads(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, SubmissionError> {
+    check_depth(body, options.max_json_depth)?;
     let collection: PayloadCollection =
         deserialize_at(std::str::from_utf8(body).map_err(|error| SubmissionError::Syntax(error.to_string()))?, "")?;
     if collection.payloads.is_empty() {
         return Err(invalid(None, "payloads", "must contain at least one payload"));
+    }
+    if collection.payloads.len() > options.max_jobs_per_request {
+        return Err(SubmissionError::TooManyJobs {
+            field: "payloads",
+            count: collection.payloads.len(),
+            limit: options.max_jobs_per_request,
+        });
     }
     Ok(collection
         .payloads
@@ -162,6 +209,40 @@ pub fn parse_payloads(body: &[u8]) -> Result<Vec<JobSpec>, SubmissionError> {
             }))
         })
         .collect())
+}
+
+/// Refuses a body whose arrays and objects nest deeper than `limit`, in one pass over
+/// the bytes and before any value is built, so a hostile body costs no more than its
+/// length: no recursion, no allocation. Brackets inside strings do not count. Bodies
+/// that are not JSON at all pass through to the parser, which names the syntax error.
+pub fn check_depth(body: &[u8], limit: usize) -> Result<(), SubmissionError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (offset, &byte) in body.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return Err(SubmissionError::TooDeep { limit, offset });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Checks an idempotency key from a job field or the `Idempotency-Key` header.
@@ -448,7 +529,7 @@ fn check_metadata(metadata: &[(String, String)]) -> Result<(), FieldProblem> {
 mod tests {
     use super::*;
 
-    const OPTIONS: ParseOptions = ParseOptions { test_kinds: true, metadata_supported: true };
+    const OPTIONS: ParseOptions = ParseOptions { test_kinds: true, ..ParseOptions::DEFAULT };
 
     fn first_error(result: Result<Vec<JobSpec>, SubmissionError>) -> FieldError {
         match result {
@@ -470,7 +551,7 @@ mod tests {
 
     #[test]
     fn payload_bytes_are_kept_exactly() {
-        let jobs = parse_payloads(br#"{"payloads":[ {"b":2,  "a":1.50} ]}"#).expect("valid");
+        let jobs = parse_payloads(br#"{"payloads":[ {"b":2,  "a":1.50} ]}"#, OPTIONS).expect("valid");
         let JobKind::Upload(upload) = &jobs[0].kind else { panic!("not an upload") };
         assert_eq!(upload.body.as_bytes(), br#"{"b":2,  "a":1.50}"#);
     }
@@ -506,15 +587,39 @@ mod tests {
             .remove(0);
         assert_eq!(spec.run_at.map(|at| at.to_rfc3339()).as_deref(), Some("2029-12-31T22:00:00+00:00"));
         assert_eq!(spec.max_attempts, Some(3));
-        let error = first_error(parse_payloads(br#"{"payloads":{}}"#));
+        let error = first_error(parse_payloads(br#"{"payloads":{}}"#, OPTIONS));
         assert_eq!((error.index, error.field.as_str()), (None, "payloads"));
     }
 
     #[test]
     fn test_kinds_are_unknown_unless_enabled() {
-        let closed = ParseOptions { test_kinds: false, metadata_supported: true };
+        let closed = ParseOptions { test_kinds: false, ..OPTIONS };
         let error = first_error(parse_jobs(br#"{"kind":"sleep","payload":{"ms":1}}"#, closed));
         assert_eq!(error.field, "kind");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = format!("{{\"kind\":\"upload\",\"payload\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let error = parse_jobs(deep.as_bytes(), OPTIONS).expect_err("too deep");
+        assert_eq!(error, SubmissionError::TooDeep { limit: 64, offset: 90 });
+        let shallow = format!("{{\"kind\":\"upload\",\"payload\":{}1{}}}", "[".repeat(63), "]".repeat(63));
+        assert!(parse_jobs(shallow.as_bytes(), OPTIONS).is_ok());
+        // Brackets inside strings, also after an escaped quote, are text.
+        let text = format!("{{\"kind\":\"upload\",\"payload\":\"\\\"{}\"}}", "[".repeat(1_000));
+        assert!(parse_jobs(text.as_bytes(), OPTIONS).is_ok());
+    }
+
+    #[test]
+    fn requests_carry_at_most_max_jobs_per_request() {
+        let options = ParseOptions { max_jobs_per_request: 2, ..OPTIONS };
+        let body = br#"{"jobs":[{"kind":"noop"},{"kind":"noop"},{"kind":"noop"}]}"#;
+        assert_eq!(
+            parse_jobs(body, options).expect_err("too many"),
+            SubmissionError::TooManyJobs { field: "jobs", count: 3, limit: 2 }
+        );
+        let payloads = parse_payloads(br#"{"payloads":[1,2,3]}"#, options).expect_err("too many");
+        assert!(matches!(payloads, SubmissionError::TooManyJobs { field: "payloads", .. }));
     }
 
     #[test]

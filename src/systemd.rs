@@ -95,6 +95,12 @@ pub fn credential(name: &str) -> Option<String> {
     credential_in(Path::new(&std::env::var_os("CREDENTIALS_DIRECTORY")?), name)
 }
 
+/// The path of a credential file in `$CREDENTIALS_DIRECTORY`, if it exists.
+pub fn credential_path(name: &str) -> Option<PathBuf> {
+    let path = Path::new(&std::env::var_os("CREDENTIALS_DIRECTORY")?).join(name);
+    path.is_file().then_some(path)
+}
+
 /// A secret file's content without its trailing newline, if the file exists and is not
 /// empty.
 pub fn credential_in(dir: &Path, name: &str) -> Option<String> {

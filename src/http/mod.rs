@@ -1,6 +1,7 @@
 //! The HTTP API: routes, request reading and validation, and the answers, all in JSON.
 //! Handlers never wait for room in the queue; a full queue is a 429.
 
+pub mod openapi;
 pub mod problem;
 
 use std::sync::Arc;
@@ -8,9 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::http::header;
+use actix_web::body::BoxBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, header};
+use actix_web::middleware::{Next, from_fn};
 use actix_web::web::{self, Bytes, BytesMut};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse};
 use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde_json::json;
@@ -18,13 +22,16 @@ use serde_json::json;
 use crate::actors::dispatcher::{CancelJob, Wake};
 use crate::actors::ingest::{Submit, SubmitError};
 use crate::actors::{Dispatcher, Ingest};
-use crate::job::{JobId, JobSpec, JobState};
+use crate::auth::{AuthFailure, Authenticator, Principal, Scope};
+use crate::job::{JobId, JobKind, JobSpec, JobState};
 use crate::metrics::Metrics;
 use crate::queue::{ControlError, QueueHandle, Refusal};
 use crate::stats::Stats;
 use crate::store::JobStore;
 use crate::submission::{self, ParseOptions};
 pub use problem::Problem;
+use problem::ProblemBody;
+use submission::{PayloadCollection, RawJob};
 
 /// How long `/readyz` and `/v1/stats` wait for the queue thread before calling it wedged.
 const QUEUE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,61 +67,172 @@ pub struct AppState {
     pub store: Arc<JobStore>,
     /// The job bodies' runtime, whose task count `/v1/stats` reports.
     pub body_runtime: tokio::runtime::Handle,
+    /// The tokens in force; off when no token file is configured.
+    pub auth: Arc<Authenticator>,
+    /// The first segments of default upload keys, which confined tokens must be allowed.
+    pub default_key_prefix: String,
+    /// How long a request body may take to arrive after its headers.
+    pub client_body_timeout: Duration,
 }
 
-/// Registers every route. The default service answers unknown paths with a 404 problem,
-/// and each resource answers other methods with a 405 problem.
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: probes, metrics and the API description, which hold no job data.
+    Open,
+    /// A bearer token with this scope, when a token file is configured.
+    Needs(Scope),
+}
+
+/// One route of the API: the single table that both the router and the OpenAPI
+/// description are checked against.
+pub struct RouteSpec {
+    pub path: &'static str,
+    pub method: Method,
+    pub access: Access,
+    route: fn() -> actix_web::Route,
+}
+
+/// Every route jobd serves.
+pub fn routes() -> Vec<RouteSpec> {
+    let spec = |path, method, access, route| RouteSpec { path, method, access, route };
+    vec![
+        spec("/v1/jobs", Method::POST, Access::Needs(Scope::Submit), || web::post().to(post_jobs)),
+        spec("/v1/jobs", Method::GET, Access::Needs(Scope::Read), || web::get().to(list_jobs)),
+        spec("/v1/jobs/{id}", Method::GET, Access::Needs(Scope::Read), || web::get().to(get_job)),
+        spec("/v1/jobs/{id}", Method::DELETE, Access::Needs(Scope::Admin), || web::delete().to(cancel_job)),
+        spec("/v1/jobs/{id}/retry", Method::POST, Access::Needs(Scope::Admin), || web::post().to(retry_job)),
+        spec("/v1/payloads", Method::POST, Access::Needs(Scope::Submit), || web::post().to(post_payloads)),
+        spec("/v1/stats", Method::GET, Access::Needs(Scope::Read), || web::get().to(get_stats)),
+        spec("/v1/openapi.json", Method::GET, Access::Open, || web::get().to(openapi::get_openapi)),
+        spec("/healthz", Method::GET, Access::Open, || web::get().to(healthz)),
+        spec("/readyz", Method::GET, Access::Open, || web::get().to(readyz)),
+        spec("/metrics", Method::GET, Access::Open, || web::get().to(get_metrics)),
+    ]
+}
+
+/// Registers every route of [`routes`], each behind its access check. The default service
+/// answers unknown paths with a 404 problem, and each resource answers other methods with
+/// a 405 problem listing the ones it has.
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
-        config
-            .app_data(web::Data::new(state.metrics.clone()))
-            .app_data(state)
-            .service(
-                web::resource("/v1/jobs")
-                    .route(web::post().to(post_jobs))
-                    .route(web::get().to(list_jobs))
-                    .default_service(web::to(|| async {
-                        Err::<HttpResponse, _>(Problem::method_not_allowed("GET, POST"))
-                    })),
-            )
-            .service(
-                web::resource("/v1/jobs/{id}")
-                    .route(web::get().to(get_job))
-                    .route(web::delete().to(cancel_job))
-                    .default_service(web::to(|| async {
-                        Err::<HttpResponse, _>(Problem::method_not_allowed("GET, DELETE"))
-                    })),
-            )
-            .service(resource("/v1/jobs/{id}/retry", "POST", web::post().to(retry_job)))
-            .service(resource("/v1/payloads", "POST", web::post().to(post_payloads)))
-            .service(resource("/v1/stats", "GET", web::get().to(get_stats)))
-            .service(resource("/healthz", "GET", web::get().to(healthz)))
-            .service(resource("/metrics", "GET", web::get().to(get_metrics)))
-            .service(resource("/readyz", "GET", web::get().to(readyz)))
-            .default_service(web::to(|request: HttpRequest| async move {
-                Err::<HttpResponse, _>(Problem::not_found(format!("no route for {}", request.path())))
-            }));
+        config.app_data(web::Data::new(state.metrics.clone())).app_data(state);
+        let table = routes();
+        let mut paths: Vec<&'static str> = Vec::new();
+        for spec in &table {
+            if !paths.contains(&spec.path) {
+                paths.push(spec.path);
+            }
+        }
+        for path in paths {
+            let specs: Vec<&RouteSpec> = table.iter().filter(|spec| spec.path == path).collect();
+            let allow = specs.iter().map(|spec| spec.method.as_str()).collect::<Vec<_>>().join(", ");
+            let mut resource = web::resource(path);
+            for spec in specs {
+                let route = (spec.route)();
+                resource = resource.route(match spec.access {
+                    Access::Open => route,
+                    Access::Needs(scope) => route.wrap(from_fn(move |request, next| authorize(request, next, scope))),
+                });
+            }
+            config.service(resource.default_service(web::to(move || {
+                let allow = allow.clone();
+                async move { Err::<HttpResponse, _>(Problem::method_not_allowed(allow)) }
+            })));
+        }
+        config.default_service(web::to(|request: HttpRequest| async move {
+            Err::<HttpResponse, _>(Problem::not_found(format!("no route for {}", request.path())))
+        }));
     }
 }
 
-/// A resource with one method; any other method gets a 405 problem naming it.
-fn resource(path: &str, allow: &'static str, route: actix_web::Route) -> actix_web::Resource {
-    web::resource(path)
-        .route(route)
-        .default_service(web::to(move || async move { Err::<HttpResponse, _>(Problem::method_not_allowed(allow)) }))
+/// Lets a request through when its bearer token has `scope` (or authentication is off),
+/// and records who it is for the handler; otherwise answers 401 or 403 and counts why.
+async fn authorize(
+    request: ServiceRequest,
+    next: Next<BoxBody>,
+    scope: Scope,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let Some(state) = request.app_data::<web::Data<AppState>>().cloned() else {
+        // Unreachable in a configured app; refusing keeps the check fail-closed.
+        return Ok(request.error_response(Problem::unavailable("the API is not configured")));
+    };
+    let authorization = request.headers().get(header::AUTHORIZATION).map(header::HeaderValue::as_bytes);
+    match state.auth.check(authorization, scope) {
+        Ok(principal) => {
+            if let Some(principal) = principal {
+                request.extensions_mut().insert(principal);
+            }
+            next.call(request).await
+        }
+        Err(failure) => {
+            state.metrics.auth_failures.with_label_values(&[failure.reason()]).inc();
+            let token_name = match &failure {
+                AuthFailure::Scope { name, .. } => Some(name.clone()),
+                _ => None,
+            };
+            tracing::warn!(
+                reason = failure.reason(),
+                token_name,
+                scope = scope.name(),
+                method = %request.method(),
+                path = request.path(),
+                peer = ?request.peer_addr(),
+                "request refused"
+            );
+            Ok(request.error_response(Problem::from(failure)))
+        }
+    }
 }
 
-#[derive(Serialize)]
+/// One job of an accepted request.
+#[derive(Serialize, utoipa::ToSchema)]
 struct AcceptedJob {
     id: JobId,
     state: JobState,
 }
 
-#[derive(Serialize)]
+/// The answer to an accepted submission: one entry per job, in request order.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Accepted {
     jobs: Vec<AcceptedJob>,
 }
 
+/// One page of job records.
+#[derive(Serialize, utoipa::ToSchema)]
+struct JobList {
+    jobs: Vec<crate::job::JobRecord>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// The liveness answer.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    status: String,
+}
+
+/// Submits one job, or `{"jobs": [...]}`, atomically: all are enqueued or none.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    request_body(content = RawJob, description = "A job, or an object with `jobs`: an array of jobs"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "For a single-job request: a key that makes retries of it return the original job")),
+    responses(
+        (status = 202, description = "Accepted; every job is durably queued", body = Accepted),
+        (status = 200, description = "Every job was already known by its idempotency key", body = Accepted),
+        (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within client_body_timeout_ms", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body exceeds max_body_bytes, or holds more than max_jobs_per_request jobs", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "The queue is full; nothing was enqueued; see Retry-After", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn post_jobs(
     request: HttpRequest,
     body: web::Payload,
@@ -158,12 +276,33 @@ fn apply_idempotency_header(
     }
 }
 
+/// Submits the seed's payload collection: one `upload` job per payload, all or none.
+#[utoipa::path(
+    post,
+    path = "/v1/payloads",
+    tag = "jobs",
+    request_body = PayloadCollection,
+    responses(
+        (status = 202, description = "Accepted; every job is durably queued", body = Accepted),
+        (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within client_body_timeout_ms", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body exceeds max_body_bytes, or holds more than max_jobs_per_request jobs", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "The queue is full; nothing was enqueued; see Retry-After", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn post_payloads(
     request: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
-    counted(&state, submit(&request, body, &state, submission::parse_payloads)).await
+    let options = state.parse_options;
+    let parse = move |bytes: &[u8]| submission::parse_payloads(bytes, options);
+    counted(&state, submit(&request, body, &state, parse)).await
 }
 
 /// Counts every refused submission by reason.
@@ -173,10 +312,14 @@ async fn counted(
 ) -> Result<HttpResponse, Problem> {
     let answer = answer.await;
     if let Err(problem) = &answer {
-        let (counter, reason) = match problem.status().as_u16() {
-            429 => (&state.stats.rejected_queue_full, "queue_full"),
-            413 => (&state.stats.rejected_too_large, "too_large"),
-            503 => (&state.stats.rejected_unavailable, "unavailable"),
+        let (counter, reason) = match problem.slug() {
+            "queue-full" => (&state.stats.rejected_queue_full, "queue_full"),
+            "body-too-large" => (&state.stats.rejected_too_large, "too_large"),
+            "too-many-jobs" => (&state.stats.rejected_too_large, "too_many_jobs"),
+            "too-deep" => (&state.stats.rejected_invalid, "too_deep"),
+            "body-timeout" => (&state.stats.rejected_invalid, "body_timeout"),
+            "key-not-allowed" => (&state.stats.rejected_invalid, "key_not_allowed"),
+            "unavailable" => (&state.stats.rejected_unavailable, "unavailable"),
             _ => (&state.stats.rejected_invalid, "invalid"),
         };
         Stats::bump(counter);
@@ -196,8 +339,29 @@ async fn submit(
         return Err(Problem::unavailable("jobd is shutting down and accepts no new jobs"));
     }
     require_json(request)?;
-    let bytes = read_body(request, body, state.max_body_bytes).await?;
+    // A client that sends its body a byte at a time must not hold a connection and a
+    // handler for ever.
+    let bytes = tokio::time::timeout(state.client_body_timeout, read_body(request, body, state.max_body_bytes))
+        .await
+        .map_err(|_| {
+            Problem::new(
+                actix_web::http::StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request Timeout",
+                format!(
+                    "the body did not arrive within client_body_timeout_ms ({} ms)",
+                    state.client_body_timeout.as_millis()
+                ),
+            )
+        })??;
     let jobs = parse(&bytes)?;
+    let principal = request.extensions().get::<Arc<Principal>>().cloned();
+    if let Some(principal) = principal {
+        confine_keys(&principal, &jobs, &state.default_key_prefix).inspect_err(|_| {
+            state.metrics.auth_failures.with_label_values(&["key_prefix"]).inc();
+            tracing::warn!(reason = "key_prefix", token_name = principal.name, "submission refused");
+        })?;
+    }
     let answer = state.ingest.send(Submit { jobs }).await;
     match answer {
         Ok(Ok(admitted)) => {
@@ -224,6 +388,37 @@ async fn submit(
         }
         Err(error) => Err(Problem::unavailable(format!("the Ingest actor is unavailable ({error})"))),
     }
+}
+
+/// Refuses the request if any upload would write outside the caller's
+/// `allowed_key_prefixes`; a job without a key writes under the default key prefix,
+/// which must then be allowed too. Nothing of a refused request is enqueued.
+fn confine_keys(principal: &Principal, jobs: &[JobSpec], default_key_prefix: &str) -> Result<(), Problem> {
+    let mut errors = Vec::new();
+    for (index, job) in jobs.iter().enumerate() {
+        let JobKind::Upload(upload) = &job.kind else { continue };
+        let (key, field) = match &upload.key {
+            Some(key) => (key.path().as_ref(), "key"),
+            None => (default_key_prefix, "key"),
+        };
+        if !principal.may_write(key) {
+            let message = match &upload.key {
+                Some(_) => format!(
+                    "lies outside token {}'s allowed_key_prefixes ({})",
+                    principal.name,
+                    principal.allowed_key_prefixes.join(", ")
+                ),
+                None => format!(
+                    "is required: the default key prefix {default_key_prefix:?} lies outside token {}'s \
+                     allowed_key_prefixes ({})",
+                    principal.name,
+                    principal.allowed_key_prefixes.join(", ")
+                ),
+            };
+            errors.push(submission::FieldError { index: Some(index), field: field.to_owned(), message });
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(Problem::key_not_allowed(errors)) }
 }
 
 /// Accepts `application/json` and any `+json` type, with parameters such as charset.
@@ -266,12 +461,23 @@ async fn read_body(request: &HttpRequest, mut body: web::Payload, limit: usize) 
     Ok(bytes.freeze())
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "Alive", body = Health)))]
 async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "alive"}))
+    HttpResponse::Ok().json(Health { status: "alive".to_owned() })
 }
 
 /// Ready means: started, not shutting down, the queue thread answers, the store answered
 /// its latest probe. The body lists each check so an operator sees which one failed.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Ready; `checks` shows each check", body = Object),
+        (status = 503, description = "Not ready; `checks` shows which check failed", body = Object)
+    )
+)]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let lifecycle = &state.lifecycle;
     let started = lifecycle.started.load(Ordering::Acquire);
@@ -299,6 +505,19 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
 
+/// Queue depths, counters and runtime figures.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Current figures", body = Object),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let status = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.status())
         .await
@@ -325,13 +544,30 @@ async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse, Problem> 
     })))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct GetJobQuery {
     /// Include the payload; off by default because payloads can be large.
     #[serde(default)]
     payload: bool,
 }
 
+/// One job's record.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job id"), GetJobQuery),
+    responses(
+        (status = 200, description = "The job", body = crate::job::JobRecord),
+        (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn get_job(
     id: web::Path<String>,
     query: web::Query<GetJobQuery>,
@@ -351,16 +587,34 @@ async fn get_job(
 /// The most records one listing page holds.
 const MAX_PAGE: usize = 1_000;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only jobs in this state.
+    #[param(value_type = Option<JobState>)]
     state: Option<String>,
+    /// Records per page, 1 to 1000 [default: 100].
     limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// `GET /v1/jobs?state=dead&limit=100&cursor=...`: records newest first, paged.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of records, newest first", body = JobList),
+        (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn list_jobs(query: web::Query<ListQuery>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let bad = |field: &str, message: String| {
         Problem::from(submission::SubmissionError::Invalid(vec![submission::FieldError {
@@ -390,10 +644,8 @@ async fn list_jobs(query: web::Query<ListQuery>, state: web::Data<AppState>) -> 
         .await
         .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
         .map_err(|error| Problem::unavailable(error.to_string()))?;
-    Ok(HttpResponse::Ok().json(json!({
-        "jobs": page.records,
-        "next_cursor": page.next_before.map(|seq| seq.to_string()),
-    })))
+    Ok(HttpResponse::Ok()
+        .json(JobList { jobs: page.records, next_cursor: page.next_before.map(|seq| seq.to_string()) }))
 }
 
 fn parse_job_id(id: &str) -> Result<JobId, Problem> {
@@ -421,6 +673,22 @@ fn control_problem(id: JobId, error: ControlError) -> Problem {
 }
 
 /// `POST /v1/jobs/{id}/retry`: a dead job runs again, its attempts reset.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/retry",
+    tag = "control",
+    params(("id" = String, Path, description = "The job id")),
+    responses(
+        (status = 202, description = "Queued again", body = AcceptedJob),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The job is in a state that does not allow this", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "The queue is full; nothing was enqueued; see Retry-After", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn retry_job(id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let job_id = parse_job_id(&id)?;
     let result = state.queue.retry_dead(job_id).await.map_err(|error| Problem::unavailable(error.to_string()))?;
@@ -430,6 +698,22 @@ async fn retry_job(id: web::Path<String>, state: web::Data<AppState>) -> Result<
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels a job that has not started.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    tag = "control",
+    params(("id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "Cancelled", body = AcceptedJob),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The job is in a state that does not allow this", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "The queue is full; nothing was enqueued; see Retry-After", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 async fn cancel_job(id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let job_id = parse_job_id(&id)?;
     let result = state
@@ -444,6 +728,12 @@ async fn cancel_job(id: web::Path<String>, state: web::Data<AppState>) -> Result
 
 /// `GET /metrics`: every series in the Prometheus text format, with the queue gauges
 /// read at scrape time.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
+)]
 pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
     render_metrics(&state.metrics, &state.queue, &state.stats, &state.store).await
 }

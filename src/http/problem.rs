@@ -7,6 +7,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::auth::AuthFailure;
 use crate::submission::{FieldError, SubmissionError};
 
 /// An HTTP error with an `application/problem+json` body.
@@ -19,23 +20,39 @@ pub struct Problem {
     detail: String,
     errors: Vec<FieldError>,
     retry_after_secs: Option<u64>,
-    allow: Option<&'static str>,
+    allow: Option<String>,
+    /// The `WWW-Authenticate` challenge of a 401 or 403.
+    challenge: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ProblemBody<'a> {
+/// The body of every error: RFC 9457 problem details, with the fields at fault.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub(crate) struct ProblemBody<'a> {
+    /// `/problems/<slug>`, e.g. `/problems/invalid-job`.
     #[serde(rename = "type")]
     kind: String,
     title: &'a str,
     status: u16,
     detail: &'a str,
+    /// One entry per field at fault, with the job's index where there is one.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    #[schema(value_type = Vec<FieldError>)]
     errors: &'a [FieldError],
 }
 
 impl Problem {
     pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, slug, title, detail: detail.into(), errors: Vec::new(), retry_after_secs: None, allow: None }
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            errors: Vec::new(),
+            retry_after_secs: None,
+            allow: None,
+            challenge: None,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -56,7 +73,8 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not Found", detail)
     }
 
-    pub fn method_not_allowed(allow: &'static str) -> Self {
+    pub fn method_not_allowed(allow: impl Into<String>) -> Self {
+        let allow = allow.into();
         let mut problem = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
@@ -90,11 +108,72 @@ impl Problem {
     }
 }
 
+impl From<AuthFailure> for Problem {
+    /// A 401 or 403 with its RFC 6750 challenge; a refused token's name is shown, its
+    /// value never.
+    fn from(failure: AuthFailure) -> Self {
+        let (status, slug, title, detail, challenge) = match &failure {
+            AuthFailure::Missing => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "this route needs an `Authorization: Bearer <token>` header".to_owned(),
+                r#"Bearer realm="jobd""#.to_owned(),
+            ),
+            AuthFailure::Invalid => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "the bearer token is not valid".to_owned(),
+                r#"Bearer realm="jobd", error="invalid_token""#.to_owned(),
+            ),
+            AuthFailure::Scope { name, needed } => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                format!("token {name} lacks the {} scope this route needs", needed.name()),
+                format!(r#"Bearer realm="jobd", error="insufficient_scope", scope="{}""#, needed.name()),
+            ),
+        };
+        let mut problem = Problem::new(status, slug, title, detail);
+        problem.challenge = Some(challenge);
+        problem
+    }
+}
+
+impl Problem {
+    /// A 403 for jobs that would write outside the caller's `allowed_key_prefixes`.
+    pub fn key_not_allowed(errors: Vec<FieldError>) -> Self {
+        let detail = match errors.first() {
+            Some(first) => format!("jobs[{}].{}: {}", first.index.unwrap_or(0), first.field, first.message),
+            None => "a key lies outside this token's allowed_key_prefixes".to_owned(),
+        };
+        let mut problem = Problem::new(StatusCode::FORBIDDEN, "key-not-allowed", "Key Not Allowed", detail);
+        problem.errors = errors;
+        problem
+    }
+}
+
 impl From<SubmissionError> for Problem {
     fn from(error: SubmissionError) -> Self {
         match error {
             SubmissionError::Syntax(_) => {
                 Problem::new(StatusCode::BAD_REQUEST, "invalid-json", "Invalid JSON", error.to_string())
+            }
+            SubmissionError::TooDeep { offset, .. } => {
+                let mut problem = Problem::new(StatusCode::BAD_REQUEST, "too-deep", "JSON Too Deep", error.to_string());
+                problem.errors = vec![FieldError {
+                    index: None,
+                    field: String::new(),
+                    message: format!("nested too deep at byte {offset}"),
+                }];
+                problem
+            }
+            SubmissionError::TooManyJobs { field, .. } => {
+                let mut problem =
+                    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-many-jobs", "Too Many Jobs", error.to_string());
+                problem.errors = vec![FieldError { index: None, field: field.to_owned(), message: error.to_string() }];
+                problem
             }
             SubmissionError::Invalid(ref errors) => {
                 let mut problem =
@@ -130,8 +209,11 @@ impl ResponseError for Problem {
         if let Some(secs) = self.retry_after_secs {
             response.insert_header((header::RETRY_AFTER, secs));
         }
-        if let Some(allow) = self.allow {
-            response.insert_header((header::ALLOW, allow));
+        if let Some(allow) = &self.allow {
+            response.insert_header((header::ALLOW, allow.as_str()));
+        }
+        if let Some(challenge) = &self.challenge {
+            response.insert_header((header::WWW_AUTHENTICATE, challenge.as_str()));
         }
         match serde_json::to_vec(&body) {
             Ok(bytes) => response.body(bytes),

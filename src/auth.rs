@@ -1,0 +1,348 @@
+//! Who may call the API: bearer tokens read from a token file, each with a name, scopes
+//! and optional key prefixes, compared in constant time and swappable on SIGHUP.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use aws_lc_rs::digest::{SHA256, digest};
+use subtle::ConstantTimeEq as _;
+
+/// The shortest token accepted: 128 bits of hex. Shorter secrets can be guessed online.
+pub const MIN_TOKEN_CHARS: usize = 32;
+
+/// What a token may do. Each route needs one scope; `/healthz`, `/readyz`, `/metrics` and
+/// `/v1/openapi.json` need none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Create jobs: `POST /v1/jobs`, `POST /v1/payloads`.
+    Submit,
+    /// Read job records, listings and stats.
+    Read,
+    /// Control jobs: retry and cancel.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Submit, Scope::Read, Scope::Admin];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Submit => "submit",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|scope| scope.name() == name)
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Scope::Submit => 1,
+            Scope::Read => 2,
+            Scope::Admin => 4,
+        }
+    }
+}
+
+/// The caller a valid token stands for. Logs and metrics show its name, never its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    scopes: u8,
+    /// Where this caller may write; empty means anywhere in the store. Each prefix is a
+    /// whole number of key segments, kept without a trailing `/`.
+    pub allowed_key_prefixes: Vec<String>,
+}
+
+impl Principal {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes & scope.bit() != 0
+    }
+
+    /// Whether this caller may write `key`: always without prefixes, else when the key
+    /// lies under one of them segment by segment, so `tenant-a` does not admit `tenant-ab/x`.
+    pub fn may_write(&self, key: &str) -> bool {
+        self.allowed_key_prefixes.is_empty()
+            || self.allowed_key_prefixes.iter().any(|prefix| {
+                key.strip_prefix(prefix.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+    }
+}
+
+/// One line of the token file, with the token kept only as its SHA-256 digest.
+struct Entry {
+    principal: Arc<Principal>,
+    token_digest: [u8; 32],
+}
+
+/// Every token of one token file.
+pub struct TokenSet {
+    entries: Vec<Entry>,
+}
+
+impl fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.entries.iter().map(|entry| entry.principal.name.as_str()).collect();
+        f.debug_struct("TokenSet").field("names", &names).finish()
+    }
+}
+
+/// Why a token file cannot be used. Messages name the line and the token's name, never
+/// the token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read the token file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("token file line {line}: {message}")]
+    Line { line: usize, message: String },
+    #[error("the token file holds no tokens")]
+    Empty,
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0; 32];
+    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
+    out
+}
+
+impl TokenSet {
+    /// Reads a token file.
+    pub fn load(path: &Path) -> Result<TokenSet, TokenFileError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TokenFileError::Read { path: path.to_owned(), source })?;
+        TokenSet::parse(&text)
+    }
+
+    /// Parses `<name> <scopes> <token> [allowed_key_prefixes=<prefix>,...]` lines; blank
+    /// lines and `#` comments are skipped.
+    pub fn parse(text: &str) -> Result<TokenSet, TokenFileError> {
+        let mut entries: Vec<Entry> = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line_number = index + 1;
+            let fail = |message: String| TokenFileError::Line { line: line_number, message };
+            let content = line.trim();
+            if content.is_empty() || content.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = content.split_whitespace().collect();
+            let [name, scopes, token, options @ ..] = fields.as_slice() else {
+                return Err(fail("expected `<name> <scopes> <token> [allowed_key_prefixes=...]`".to_owned()));
+            };
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+                return Err(fail(format!("name {name:?} may hold only letters, digits, '-', '_' and '.'")));
+            }
+            let mut scope_bits = 0;
+            for scope_name in scopes.split(',') {
+                let scope = Scope::from_name(scope_name).ok_or_else(|| {
+                    fail(format!("token {name}: unknown scope {scope_name:?}; known: submit, read, admin"))
+                })?;
+                scope_bits |= scope.bit();
+            }
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                return Err(fail(format!("token {name} is shorter than {MIN_TOKEN_CHARS} characters")));
+            }
+            let mut allowed_key_prefixes = Vec::new();
+            for option in options {
+                let Some(list) = option.strip_prefix("allowed_key_prefixes=") else {
+                    return Err(fail(format!("token {name}: unknown option; only allowed_key_prefixes=... exists")));
+                };
+                for prefix in list.split(',') {
+                    let trimmed = prefix.trim_end_matches('/');
+                    crate::keys::ObjectKey::parse(trimmed)
+                        .map_err(|error| fail(format!("token {name}: allowed key prefix {prefix:?} {error}")))?;
+                    allowed_key_prefixes.push(trimmed.to_owned());
+                }
+            }
+            let token_digest = sha256(token.as_bytes());
+            if entries.iter().any(|entry| entry.principal.name == *name) {
+                return Err(fail(format!("the name {name} is used twice")));
+            }
+            if entries.iter().any(|entry| bool::from(entry.token_digest.ct_eq(&token_digest))) {
+                return Err(fail(format!("token {name} repeats an earlier line's token")));
+            }
+            entries.push(Entry {
+                principal: Arc::new(Principal { name: (*name).to_owned(), scopes: scope_bits, allowed_key_prefixes }),
+                token_digest,
+            });
+        }
+        if entries.is_empty() {
+            return Err(TokenFileError::Empty);
+        }
+        Ok(TokenSet { entries })
+    }
+
+    /// The caller `token` belongs to. Both sides are compared as SHA-256 digests, in
+    /// constant time and against every entry, so the time taken tells nothing about how
+    /// much of a guess was right, nor its length, nor which entry it resembled.
+    pub fn find(&self, token: &[u8]) -> Option<Arc<Principal>> {
+        let presented = sha256(token);
+        let mut found = None;
+        for entry in &self.entries {
+            if bool::from(entry.token_digest.ct_eq(&presented)) {
+                found = Some(entry.principal.clone());
+            }
+        }
+        found
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Why a request was not let through, also the `reason` label of
+/// `jobd_auth_failures_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// A token that no line of the token file holds, or a malformed header.
+    Invalid,
+    /// A valid token without the route's scope.
+    Scope { name: String, needed: Scope },
+}
+
+impl AuthFailure {
+    pub const REASONS: [&'static str; 4] = ["missing", "invalid", "scope", "key_prefix"];
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Invalid => "invalid",
+            AuthFailure::Scope { .. } => "scope",
+        }
+    }
+}
+
+/// The token set in force, if authentication is on. Swapped whole on reload, so a
+/// request sees either the old file or the new one, never a mix.
+#[derive(Debug)]
+pub struct Authenticator {
+    path: Option<PathBuf>,
+    tokens: RwLock<Option<Arc<TokenSet>>>,
+}
+
+impl Authenticator {
+    /// Authentication off: every route is open. Only allowed on loopback or with
+    /// `allow_unauthenticated`, which the configuration checks.
+    pub fn disabled() -> Authenticator {
+        Authenticator { path: None, tokens: RwLock::new(None) }
+    }
+
+    /// Loads `path`, failing if it cannot be used: jobd never starts with a token file
+    /// it cannot read, because that would silently open or close the API.
+    pub fn from_file(path: &Path) -> Result<Authenticator, TokenFileError> {
+        let tokens = TokenSet::load(path)?;
+        Ok(Authenticator { path: Some(path.to_owned()), tokens: RwLock::new(Some(Arc::new(tokens))) })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.path.is_some()
+    }
+
+    /// Reads the token file again. On error the tokens in force stay, so a typo in an
+    /// edit locks no one out. Returns the number of tokens now in force.
+    pub fn reload(&self) -> Result<Option<usize>, TokenFileError> {
+        let Some(path) = &self.path else { return Ok(None) };
+        let tokens = TokenSet::load(path)?;
+        let count = tokens.len();
+        if let Ok(mut slot) = self.tokens.write() {
+            *slot = Some(Arc::new(tokens));
+        }
+        Ok(Some(count))
+    }
+
+    /// Checks an `Authorization` header value for `scope`. `Ok(None)` means authentication
+    /// is off.
+    pub fn check(&self, authorization: Option<&[u8]>, scope: Scope) -> Result<Option<Arc<Principal>>, AuthFailure> {
+        let tokens = match self.tokens.read() {
+            Ok(slot) => slot.clone(),
+            // A poisoned lock means a writer panicked mid-swap; refusing is the safe answer.
+            Err(_) => return Err(AuthFailure::Invalid),
+        };
+        let Some(tokens) = tokens else { return Ok(None) };
+        let header = authorization.ok_or(AuthFailure::Missing)?;
+        let token = bearer_token(header).ok_or(AuthFailure::Invalid)?;
+        let principal = tokens.find(token).ok_or(AuthFailure::Invalid)?;
+        if principal.has(scope) {
+            Ok(Some(principal))
+        } else {
+            Err(AuthFailure::Scope { name: principal.name.clone(), needed: scope })
+        }
+    }
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1).
+fn bearer_token(header: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = header.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN_A: &str = "0123456789abcdef0123456789abcdef";
+    const TOKEN_B: &str = "fedcba9876543210fedcba9876543210";
+
+    fn tokens() -> TokenSet {
+        TokenSet::parse(&format!(
+            "# comment\n\ningest submit,read {TOKEN_A} allowed_key_prefixes=tenant-a/,shared\nops admin {TOKEN_B}\n"
+        ))
+        .expect("valid token file")
+    }
+
+    #[test]
+    fn tokens_resolve_to_their_names_scopes_and_prefixes() {
+        let set = tokens();
+        let ingest = set.find(TOKEN_A.as_bytes()).expect("known token");
+        assert_eq!(ingest.name, "ingest");
+        assert!(ingest.has(Scope::Submit) && ingest.has(Scope::Read) && !ingest.has(Scope::Admin));
+        assert_eq!(ingest.allowed_key_prefixes, ["tenant-a", "shared"]);
+        assert!(ingest.may_write("tenant-a/x.json") && ingest.may_write("shared/y"));
+        assert!(!ingest.may_write("tenant-ab/x.json") && !ingest.may_write("other/tenant-a/x"));
+        assert!(set.find(b"0123456789abcdef0123456789abcdeX").is_none());
+        assert!(set.find(b"").is_none());
+    }
+
+    #[test]
+    fn the_header_needs_the_bearer_scheme_and_the_scope() {
+        let auth = Authenticator { path: Some(PathBuf::from("unused")), tokens: RwLock::new(Some(Arc::new(tokens()))) };
+        let header = format!("bearer {TOKEN_B}");
+        assert_eq!(auth.check(None, Scope::Admin), Err(AuthFailure::Missing));
+        assert_eq!(auth.check(Some(TOKEN_B.as_bytes()), Scope::Admin), Err(AuthFailure::Invalid));
+        assert!(auth.check(Some(header.as_bytes()), Scope::Admin).is_ok());
+        assert_eq!(
+            auth.check(Some(header.as_bytes()), Scope::Submit),
+            Err(AuthFailure::Scope { name: "ops".to_owned(), needed: Scope::Submit })
+        );
+        assert_eq!(Authenticator::disabled().check(None, Scope::Admin), Ok(None));
+    }
+
+    #[test]
+    fn bad_lines_name_the_line_and_never_the_token() {
+        for (text, expected) in [
+            (format!("a submit {TOKEN_A}\nb submit {TOKEN_A}\n"), "line 2"),
+            (format!("a write {TOKEN_A}\n"), "unknown scope"),
+            ("a submit short\n".to_owned(), "shorter than"),
+            (format!("a submit {TOKEN_A} allowed_key_prefixes=../x\n"), "allowed key prefix"),
+            (format!("a submit {TOKEN_A}\na read {TOKEN_B}\n"), "used twice"),
+            ("# only comments\n".to_owned(), "no tokens"),
+        ] {
+            let message = TokenSet::parse(&text).expect_err("invalid").to_string();
+            assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+            assert!(!message.contains(TOKEN_A) && !message.contains(TOKEN_B), "{message:?} shows a token");
+        }
+    }
+}
