@@ -219,6 +219,10 @@ pub struct Settings {
     #[arg(long, env = "JOBD_CLIENT_DISCONNECT_TIMEOUT_MS", global = true)]
     pub client_disconnect_timeout_ms: Option<u64>,
 
+    /// Largest request head (request line and headers) in bytes; larger gets 431 [default: 32768].
+    #[arg(long, env = "JOBD_MAX_HEADER_BYTES", global = true)]
+    pub max_header_bytes: Option<usize>,
+
     /// Most open API connections; beyond it new ones wait in the listen backlog [default: 10000].
     #[arg(long, env = "JOBD_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<usize>,
@@ -276,6 +280,7 @@ impl Settings {
             client_body_timeout_ms: self.client_body_timeout_ms.or(lower.client_body_timeout_ms),
             client_disconnect_timeout_ms: self.client_disconnect_timeout_ms.or(lower.client_disconnect_timeout_ms),
             max_connections: self.max_connections.or(lower.max_connections),
+            max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
         }
     }
 }
@@ -348,6 +353,7 @@ pub struct Config {
     pub client_body_timeout_ms: u64,
     pub client_disconnect_timeout_ms: u64,
     pub max_connections: usize,
+    pub max_header_bytes: usize,
 }
 
 fn serialize_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -433,6 +439,7 @@ impl Config {
             client_body_timeout_ms: settings.client_body_timeout_ms.unwrap_or(30_000),
             client_disconnect_timeout_ms: settings.client_disconnect_timeout_ms.unwrap_or(1_000),
             max_connections: settings.max_connections.unwrap_or(10_000),
+            max_header_bytes: settings.max_header_bytes.unwrap_or(32_768),
         };
         config.check()?;
         Ok(config)
@@ -511,7 +518,7 @@ impl Config {
                 value: format!("{:?}", self.queue_db_max_bytes),
             });
         }
-        let ranges: [(&'static str, usize, usize, usize, &'static str); 9] = [
+        let ranges: [(&'static str, usize, usize, usize, &'static str); 10] = [
             ("max_workers", self.max_workers, 1, 10_000, "between 1 and 10000"),
             ("max_queue", self.max_queue, 1, 100_000_000, "between 1 and 100000000"),
             ("max_body_bytes", self.max_body_bytes, 1024, 1 << 30, "between 1024 and 1073741824"),
@@ -522,6 +529,8 @@ impl Config {
             // serde_json stops at 128 levels on its own; jobd's limit must be the one that speaks.
             ("max_json_depth", self.max_json_depth, 4, 128, "between 4 and 128"),
             ("max_connections", self.max_connections, 1, 1_000_000, "between 1 and 1000000"),
+            // actix-http itself stops reading a head at 128 KiB, so a higher limit would never speak.
+            ("max_header_bytes", self.max_header_bytes, 1024, 131_072, "between 1024 and 131072"),
         ];
         for (setting, value, low, high, requirement) in ranges {
             if !(low..=high).contains(&value) {

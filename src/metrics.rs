@@ -34,6 +34,8 @@ pub const REJECTION_REASONS: [&str; 8] = [
     "key_not_allowed",
     "unavailable",
 ];
+/// Why a request was refused before its route ran.
+pub const HTTP_REFUSAL_REASONS: [&str; 1] = ["header_too_large"];
 /// What SIGHUP reloads.
 pub const RELOADABLE: [&str; 2] = ["tokens", "tls"];
 /// The states `jobd_queue_depth` reports.
@@ -59,6 +61,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// SIGHUP reloads, by what was reloaded and whether it worked.
     pub reloads: IntCounterVec,
+    /// Requests refused before their route ran, by reason.
+    pub http_refusals: IntCounterVec,
     pub store_commit_duration: Histogram,
     pub store_commit_batch_size: Histogram,
     http_requests: IntCounterVec,
@@ -125,6 +129,10 @@ impl Metrics {
             Opts::new("jobd_reloads_total", "SIGHUP reloads, by what was reloaded and outcome."),
             &["what", "outcome"],
         )?;
+        let http_refusals = IntCounterVec::new(
+            Opts::new("jobd_http_refusals_total", "Requests refused before their route ran, by reason."),
+            &["reason"],
+        )?;
         let store_commit_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "jobd_store_commit_duration_seconds",
@@ -178,6 +186,9 @@ impl Metrics {
         for reason in crate::auth::AuthFailure::REASONS {
             auth_failures.with_label_values(&[reason]);
         }
+        for reason in HTTP_REFUSAL_REASONS {
+            http_refusals.with_label_values(&[reason]);
+        }
         for what in RELOADABLE {
             for outcome in ["ok", "error"] {
                 reloads.with_label_values(&[what, outcome]);
@@ -192,6 +203,7 @@ impl Metrics {
             Box::new(submissions_rejected.clone()),
             Box::new(auth_failures.clone()),
             Box::new(reloads.clone()),
+            Box::new(http_refusals.clone()),
             Box::new(store_commit_duration.clone()),
             Box::new(store_commit_batch_size.clone()),
             Box::new(http_requests.clone()),
@@ -218,6 +230,7 @@ impl Metrics {
             submissions_rejected,
             auth_failures,
             reloads,
+            http_refusals,
             store_commit_duration,
             store_commit_batch_size,
             http_requests,

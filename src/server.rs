@@ -253,7 +253,12 @@ async fn run(
         TcpListener::bind(config.listen).map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let server = HttpServer::new(move || {
-        App::new().wrap(from_fn(crate::metrics::observe_http)).configure(http::configure(state.clone()))
+        App::new()
+            .app_data(http::HeaderLimit(config.max_header_bytes))
+            .wrap(from_fn(http::limit_headers))
+            // Outermost, so that it counts the refusals of the limits inside it too.
+            .wrap(from_fn(crate::metrics::observe_http))
+            .configure(http::configure(state.clone()))
     })
     .workers(config.http_workers)
     // jobd handles the signals itself: the HTTP listener must stay open during the

@@ -117,6 +117,16 @@ pub fn routes() -> Vec<RouteSpec> {
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
         config.app_data(web::Data::new(state.metrics.clone())).app_data(state);
+        // A query string that does not fit its route is a problem+json 400 naming the
+        // query, like every other error, rather than actix's plain-text default.
+        config.app_data(web::QueryConfig::default().error_handler(|error, _request| {
+            Problem::from(submission::SubmissionError::Invalid(vec![submission::FieldError {
+                index: None,
+                field: "query".to_owned(),
+                message: error.to_string(),
+            }]))
+            .into()
+        }));
         let table = routes();
         let mut paths: Vec<&'static str> = Vec::new();
         for spec in &table {
@@ -144,6 +154,35 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             Err::<HttpResponse, _>(Problem::not_found(format!("no route for {}", request.path())))
         }));
     }
+}
+
+/// The most header bytes a request may carry; an App-level middleware reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderLimit(pub usize);
+
+/// Middleware: refuses a request whose head (request line and header lines) exceeds
+/// `max_header_bytes` with 431, before any route runs. actix-http bounds what it reads
+/// at 128 KiB; this is the operator's own, lower limit.
+pub async fn limit_headers(
+    request: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let limit = request.app_data::<HeaderLimit>().map_or(usize::MAX, |limit| limit.0);
+    let head_bytes = request.uri().to_string().len()
+        + request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
+    if head_bytes > limit {
+        if let Some(metrics) = request.app_data::<web::Data<Arc<Metrics>>>() {
+            metrics.http_refusals.with_label_values(&["header_too_large"]).inc();
+        }
+        let problem = Problem::new(
+            actix_web::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header-too-large",
+            "Request Header Fields Too Large",
+            format!("the request head is {head_bytes} bytes; max_header_bytes is {limit}"),
+        );
+        return Ok(request.error_response(problem));
+    }
+    next.call(request).await
 }
 
 /// Lets a request through when its bearer token has `scope` (or authentication is off),
