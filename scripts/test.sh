@@ -21,14 +21,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# The S3 tests start their own S3-protocol server, moto_server, from PyPI.
-if ! command -v moto_server >/dev/null 2>&1; then
-  echo "scripts/test.sh: installing moto[server] with pip"
+# Python tools from PyPI, installed with pip (and pip itself from Debian) when missing.
+pip_install() {
   if ! command -v pip3 >/dev/null 2>&1; then
     "${sudo[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends python3-pip
   fi
-  pip3 install --quiet 'moto[server]' || pip3 install --quiet --break-system-packages 'moto[server]'
+  pip3 install --quiet "$@" || pip3 install --quiet --break-system-packages "$@"
+}
+# The S3 tests start their own S3-protocol server, moto_server.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing moto[server] with pip"
+  pip_install 'moto[server]'
+fi
+# The API fuzz test runs schemathesis against a live jobd's /v1/openapi.json.
+if ! command -v schemathesis >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing schemathesis with pip"
+  pip_install schemathesis
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -36,6 +45,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# tests/fuzz.rs runs each fuzz property for this many seconds.
+export JOBD_FUZZ_SECONDS="${JOBD_FUZZ_SECONDS:-60}"
 cargo test "$@"
 
 # The Debian package: builds it (a release build) and checks its contents.

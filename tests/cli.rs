@@ -57,9 +57,19 @@ fn the_example_config_names_only_real_keys() {
         .collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("jobd.toml");
+    // The files the example points at, made real: a token file and a self-signed certificate.
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "ops submit,read,admin 0123456789abcdef0123456789abcdef\n").expect("write tokens");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
     let uncommented = uncommented
         .replace("s3://my-bucket/jobd", &format!("file://{}/objects", dir.path().display()))
-        .replace("/var/lib/jobd", &dir.path().display().to_string());
+        .replace("/var/lib/jobd", &dir.path().display().to_string())
+        .replace("/etc/jobd/credentials/tokens", &tokens.display().to_string())
+        .replace("/etc/jobd/tls/cert.pem", &cert.display().to_string())
+        .replace("/etc/jobd/tls/key.pem", &key.display().to_string());
     std::fs::write(&config, uncommented).expect("write");
     let checked = jobd(&["check-config", "--config", config.to_str().expect("path")], &[]);
     assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
@@ -90,6 +100,10 @@ fn help_documents_every_setting() {
         "JOBD_TEST_KINDS",
         "JOBD_CONFIG",
         "JOBD_LOG_FORMAT",
+        "JOBD_TOKENS_FILE",
+        "JOBD_TLS_CERT",
+        "JOBD_MAX_JOBS_PER_REQUEST",
+        "JOBD_MAX_CONNECTIONS",
     ] {
         assert!(text.contains(variable), "--help lacks {variable}:\n{text}");
     }

@@ -38,7 +38,7 @@ fn fuzz<S: Strategy>(name: &str, strategy: S, property: impl Fn(S::Value) -> Tes
     loop {
         let seed: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
         let mut runner = TestRunner::new_with_rng(config.clone(), TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
-        if let Err(failure) = runner.run(&strategy, &counted) {
+        if let Err(failure) = runner.run(&strategy, counted) {
             panic!("{name}: {failure} (seed {seed:?})");
         }
         if Instant::now() >= deadline {

@@ -19,10 +19,8 @@ pub struct Problem {
     title: &'static str,
     detail: String,
     errors: Vec<FieldError>,
-    retry_after_secs: Option<u64>,
-    allow: Option<String>,
-    /// The `WWW-Authenticate` challenge of a 401 or 403.
-    challenge: Option<String>,
+    /// Headers that belong to the status: `Retry-After`, `Allow`, `WWW-Authenticate`.
+    headers: Vec<(header::HeaderName, String)>,
 }
 
 /// The body of every error: RFC 9457 problem details, with the fields at fault.
@@ -43,16 +41,7 @@ pub(crate) struct ProblemBody<'a> {
 
 impl Problem {
     pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            slug,
-            title,
-            detail: detail.into(),
-            errors: Vec::new(),
-            retry_after_secs: None,
-            allow: None,
-            challenge: None,
-        }
+        Self { status, slug, title, detail: detail.into(), errors: Vec::new(), headers: Vec::new() }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -65,7 +54,7 @@ impl Problem {
 
     /// Adds a `Retry-After` header.
     pub fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after_secs = Some(secs);
+        self.headers.push((header::RETRY_AFTER, secs.to_string()));
         self
     }
 
@@ -81,7 +70,7 @@ impl Problem {
             "Method Not Allowed",
             format!("this route allows {allow}"),
         );
-        problem.allow = Some(allow);
+        problem.headers.push((header::ALLOW, allow));
         problem
     }
 
@@ -136,7 +125,7 @@ impl From<AuthFailure> for Problem {
             ),
         };
         let mut problem = Problem::new(status, slug, title, detail);
-        problem.challenge = Some(challenge);
+        problem.headers.push((header::WWW_AUTHENTICATE, challenge));
         problem
     }
 }
@@ -206,14 +195,8 @@ impl ResponseError for Problem {
         };
         let mut response = HttpResponse::build(self.status);
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")));
-        if let Some(secs) = self.retry_after_secs {
-            response.insert_header((header::RETRY_AFTER, secs));
-        }
-        if let Some(allow) = &self.allow {
-            response.insert_header((header::ALLOW, allow.as_str()));
-        }
-        if let Some(challenge) = &self.challenge {
-            response.insert_header((header::WWW_AUTHENTICATE, challenge.as_str()));
+        for (name, value) in &self.headers {
+            response.insert_header((name.clone(), value.as_str()));
         }
         match serde_json::to_vec(&body) {
             Ok(bytes) => response.body(bytes),
