@@ -55,6 +55,11 @@ panel("Wait from due to start by kind (p50, p95, p99)",
 panel("Worker restarts", [(f"sum(increase(jobd_worker_restarts_total[{RATE}]))", "restarts")])
 panel("Submissions rejected per second, by reason",
       [(f"sum by (reason) (rate(jobd_submissions_rejected_total[{RATE}]))", "{{reason}}")], "ops")
+panel("Requests refused for their token or head, by reason",
+      [(f"sum by (reason) (rate(jobd_auth_failures_total[{RATE}]))", "auth {{reason}}"),
+       (f"sum by (reason) (rate(jobd_http_refusals_total[{RATE}]))", "{{reason}}")], "ops",
+      description="401/403 by reason (missing, invalid, scope, key_prefix) and heads over max_header_bytes. "
+                  "A rise in invalid tokens is someone guessing.")
 panel("HTTP errors per second, by route and status",
       [(f'sum by (route, status) (rate(jobd_http_requests_total{{status=~"4xx|5xx"}}[{RATE}]))',
         "{{route}} {{status}}")], "ops")

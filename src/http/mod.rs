@@ -97,8 +97,8 @@ pub struct RouteSpec {
 pub fn routes() -> Vec<RouteSpec> {
     let spec = |path, method, access, route| RouteSpec { path, method, access, route };
     vec![
-        spec("/v1/jobs", Method::POST, Access::Needs(Scope::Submit), || web::post().to(post_jobs)),
         spec("/v1/jobs", Method::GET, Access::Needs(Scope::Read), || web::get().to(list_jobs)),
+        spec("/v1/jobs", Method::POST, Access::Needs(Scope::Submit), || web::post().to(post_jobs)),
         spec("/v1/jobs/{id}", Method::GET, Access::Needs(Scope::Read), || web::get().to(get_job)),
         spec("/v1/jobs/{id}", Method::DELETE, Access::Needs(Scope::Admin), || web::delete().to(cancel_job)),
         spec("/v1/jobs/{id}/retry", Method::POST, Access::Needs(Scope::Admin), || web::post().to(retry_job)),
