@@ -339,7 +339,7 @@ pub struct QueueHandle {
 }
 
 /// Calls in flight beyond this wait for room. The protocol keeps far fewer in flight:
-/// one commit from the Ingest actor, one fetch and one progress flush from the
+/// eight groups from the Ingest actor, one fetch and one progress flush from the
 /// Dispatcher, one purge, plus status reads.
 const COMMAND_CHANNEL_CAPACITY: usize = 1024;
 /// The most commands one transaction carries when group commit is on.

@@ -66,15 +66,24 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs(idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(ready_seq) WHERE state = 'queued';
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs(run_at, seq) WHERE state IN ('scheduled', 'failed');
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE state IN ('succeeded', 'dead', 'cancelled');
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs(run_at, seq) WHERE state = 'scheduled' OR state = 'failed';
+CREATE INDEX IF NOT EXISTS jobs_done ON jobs(finished_at) WHERE state = 'succeeded' OR state = 'dead' OR state = 'cancelled';
 CREATE TABLE IF NOT EXISTS probe (value BLOB);
+DROP INDEX IF EXISTS jobs_state;
+DROP INDEX IF EXISTS jobs_due;
+DROP INDEX IF EXISTS jobs_finished;
 ";
 
-// The hot queries name their index (`INDEXED BY`): with `jobs_state(state, seq)` also on
-// the table, the planner picked it for "queued, in ready order" and scanned and sorted every
-// queued job on each claim, which made claiming cost O(backlog).
+// Partial-index conditions are written with `=` and `OR`, never `IN (...)`: SQLite checks
+// them for every row it inserts or updates, and an `IN` list makes it build and free a
+// temporary table each time, which profiling showed as about a tenth of the queue thread's
+// time per insert. Version 2 files had `IN` forms under other names; opening drops them.
+
+// The hot queries name their index (`INDEXED BY`). Version 2 files also had
+// `jobs_state(state, seq)`: the planner picked it for "queued, in ready order" and scanned
+// and sorted every queued job on each claim, and every insert and state change paid to
+// keep it, while listings walk `seq` backwards anyway. Opening drops it; the file format
+// is otherwise the same, so the version stays.
 
 /// The columns a record is read from, for `get` and `list`.
 const RECORD_COLUMNS: &str = "seq, id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at, started_at,
@@ -284,7 +293,7 @@ impl SqliteBackend {
     fn promote_due(&mut self, max: usize, now: DateTime<Utc>) -> Result<(), StorageError> {
         let due: Vec<(i64, String)> = {
             let mut statement = self.connection.prepare_cached(
-                "SELECT seq, state FROM jobs INDEXED BY jobs_due WHERE state IN ('scheduled', 'failed') AND run_at <= ?1
+                "SELECT seq, state FROM jobs INDEXED BY jobs_waiting WHERE (state = 'scheduled' OR state = 'failed') AND run_at <= ?1
                  ORDER BY run_at, seq LIMIT ?2",
             )?;
             let rows = statement.query_map(params![millis(now), max as i64], |row| Ok((row.get(0)?, row.get(1)?)))?;
@@ -302,7 +311,7 @@ impl SqliteBackend {
 
     fn next_due(&self) -> Result<Option<DateTime<Utc>>, StorageError> {
         let mut statement = self.connection.prepare_cached(
-            "SELECT MIN(run_at) FROM jobs INDEXED BY jobs_due WHERE state IN ('scheduled', 'failed')",
+            "SELECT MIN(run_at) FROM jobs INDEXED BY jobs_waiting WHERE state = 'scheduled' OR state = 'failed'",
         )?;
         let next: Option<i64> = statement.query_row([], |row| row.get(0))?;
         Ok(next.map(from_millis))
@@ -519,12 +528,14 @@ fn record_from_row(row: &Row<'_>, with_payload: bool) -> rusqlite::Result<JobRec
 impl QueueBackend for SqliteBackend {
     fn begin(&mut self) -> Result<(), StorageError> {
         self.books_at_begin = self.books;
-        self.connection.execute_batch("BEGIN IMMEDIATE")?;
+        // Cached statements: parsing BEGIN and COMMIT anew showed up in profiles of the
+        // queue thread, which runs both for every transaction.
+        self.connection.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         Ok(())
     }
 
     fn commit(&mut self) -> Result<(), StorageError> {
-        self.connection.execute_batch("COMMIT")?;
+        self.connection.prepare_cached("COMMIT")?.execute([])?;
         Ok(())
     }
 
@@ -638,7 +649,8 @@ impl QueueBackend for SqliteBackend {
     fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {
         let mut statement = self.connection.prepare_cached(
             "DELETE FROM jobs WHERE seq IN (
-                 SELECT seq FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at < ?1 LIMIT ?2)
+                 SELECT seq FROM jobs INDEXED BY jobs_done
+                 WHERE (state = 'succeeded' OR state = 'dead' OR state = 'cancelled') AND finished_at < ?1 LIMIT ?2)
              RETURNING state",
         )?;
         let states = statement
@@ -776,6 +788,55 @@ mod tests {
 
     fn open(path: &Path, capacity: usize) -> SqliteBackend {
         SqliteBackend::open(path, capacity, Synchronous::Full, None).expect("open").0
+    }
+
+    #[test]
+    fn version_2_indexes_are_replaced_and_writes_build_no_temporary_tables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("queue.db");
+        let mut backend = open(&path, 10);
+        backend.begin().expect("begin");
+        let accepted = backend.enqueue(vec![job(JobKind::Noop, None)]).expect("enqueue");
+        assert!(accepted.is_ok());
+        backend.commit().expect("commit");
+        // What a version 2 file holds: the listing index and IN-list partial indexes.
+        backend
+            .connection
+            .execute_batch(
+                "CREATE INDEX jobs_state ON jobs(state, seq);
+                 CREATE INDEX jobs_due ON jobs(run_at, seq) WHERE state IN ('scheduled', 'failed');",
+            )
+            .expect("old indexes");
+        drop(backend);
+        let backend = open(&path, 10);
+        let indexes: Vec<String> = backend
+            .connection
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'jobs_%' ORDER BY name")
+            .expect("prepare")
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("names");
+        assert_eq!(indexes, ["jobs_done", "jobs_idempotency_key", "jobs_ready", "jobs_waiting"]);
+        assert_eq!(backend.depth().queued, 1, "the job survived");
+        // An IN list in a partial index's condition makes SQLite build a temporary table
+        // for every row written; none of the writes on the hot path may do that.
+        for write in [
+            "INSERT INTO jobs (id, kind, state, max_attempts, created_at) VALUES (x'01', 'noop', 'queued', 1, 0)",
+            "UPDATE jobs SET state = 'running', started_at = 1, attempts = attempts + 1 WHERE id = x'01'",
+            "UPDATE jobs SET state = 'succeeded', finished_at = 2 WHERE seq = 1",
+            "UPDATE jobs SET state = 'failed', run_at = 3 WHERE seq = 1",
+        ] {
+            let plan: Vec<String> = backend
+                .connection
+                .prepare(&format!("EXPLAIN {write}"))
+                .expect("explain")
+                .query_map([], |row| row.get::<_, String>(1))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("opcodes");
+            assert!(!plan.iter().any(|opcode| opcode == "OpenEphemeral"), "{write} builds a temporary table");
+        }
     }
 
     #[test]
