@@ -188,3 +188,30 @@ fn systemd_directories_set_the_defaults() {
     assert!(text.contains(&format!("data_dir = \"{}\"", state.display())), "{text}");
     assert!(text.contains("max_workers = 9"), "{text}");
 }
+
+#[test]
+fn the_tokens_credential_is_the_default_token_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir_all(&credentials).expect("mkdir");
+    std::fs::write(credentials.join("tokens"), "ops submit 0123456789abcdef0123456789abcdef\n").expect("write");
+    let check = |credentials_dir: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_jobd"))
+            .args(["check-config", "--listen", "0.0.0.0:8080"])
+            .env_remove("JOBD_TOKENS_FILE")
+            .env_remove("JOBD_CONFIG")
+            .env("JOBD_DATA_DIR", dir.path().join("state"))
+            .env("CREDENTIALS_DIRECTORY", credentials_dir)
+            .output()
+            .expect("run jobd")
+    };
+    // With the credential, a public listener is allowed, and the file is the one named.
+    let output = check(&credentials);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains(&format!("tokens_file = \"{}\"", credentials.join("tokens").display())), "{text}");
+    // Without it, the same listener is refused for lack of tokens.
+    let empty = dir.path().join("no-credentials");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    assert!(!check(&empty).status.success());
+}

@@ -68,12 +68,21 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs(idempotency_key) 
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(ready_seq) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs(run_at, seq) WHERE state = 'scheduled' OR state = 'failed';
 CREATE INDEX IF NOT EXISTS jobs_done ON jobs(finished_at) WHERE state = 'succeeded' OR state = 'dead' OR state = 'cancelled';
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs(seq) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS jobs_dead ON jobs(seq) WHERE state = 'dead';
 CREATE TABLE IF NOT EXISTS probe (value BLOB);
 DROP INDEX IF EXISTS jobs_state;
 DROP INDEX IF EXISTS jobs_due;
 DROP INDEX IF EXISTS jobs_finished;
 ";
 
+// Every index but the unique ones is partial, over the few rows in one state or a few:
+// per job, only the indexes of the states it passes through are written (a job that
+// starts and finishes within one progress flush goes from `queued` straight to its end).
+// Recovery and the counts at open read `jobs_ready`, `jobs_waiting`, `jobs_running` and
+// `jobs_dead`, so opening costs time in the unfinished and dead jobs, not in the finished
+// history that retention keeps; listings of dead jobs use `jobs_dead`.
+//
 // Partial-index conditions are written with `=` and `OR`, never `IN (...)`: SQLite checks
 // them for every row it inserts or updates, and an `IN` list makes it build and free a
 // temporary table each time, which profiling showed as about a tenth of the queue thread's
@@ -216,20 +225,29 @@ impl SqliteBackend {
             let _: i64 = connection.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |row| row.get(0))?;
         }
         connection.set_prepared_statement_cache_capacity(64);
-        let requeued = connection.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'", [])?;
+        let requeued = connection
+            .execute("UPDATE jobs INDEXED BY jobs_running SET state = 'queued' WHERE state = 'running'", [])?;
         let mut books = Bookkeeping::default();
-        {
-            let mut statement = connection.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-            let mut rows = statement.query([])?;
-            while let Some(row) = rows.next()? {
-                let state = state_of(&row.get::<_, String>(0)?);
-                if let Some(counter) = books.count(state) {
-                    *counter = row.get::<_, i64>(1)?.unsigned_abs() as usize;
-                }
-            }
-        }
-        books.next_ready_seq =
-            connection.query_row("SELECT COALESCE(MAX(ready_seq), 0) FROM jobs", [], |r| r.get(0))?;
+        let count = |sql: &str| -> Result<usize, rusqlite::Error> {
+            connection.query_row(sql, [], |row| row.get::<_, i64>(0)).map(i64::unsigned_abs).map(|n| n as usize)
+        };
+        books.queued = count("SELECT COUNT(*) FROM jobs INDEXED BY jobs_ready WHERE state = 'queued'")?;
+        books.dead = count("SELECT COUNT(*) FROM jobs INDEXED BY jobs_dead WHERE state = 'dead'")?;
+        books.scheduled = count(
+            "SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting WHERE (state = 'scheduled' OR state = 'failed')
+             AND state = 'scheduled'",
+        )?;
+        books.failed = count(
+            "SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting WHERE (state = 'scheduled' OR state = 'failed')
+             AND state = 'failed'",
+        )?;
+        // New jobs queue behind every queued one, including those just put back. Finished
+        // jobs may hold higher values, which is harmless: the claim cursor reads queued rows.
+        books.next_ready_seq = connection.query_row(
+            "SELECT COALESCE(MAX(ready_seq), 0) FROM jobs INDEXED BY jobs_ready WHERE state = 'queued'",
+            [],
+            |r| r.get(0),
+        )?;
         let recovery = Recovery { requeued, queued: books.queued, delayed: books.scheduled + books.failed };
         let backend = Self { connection, capacity, size_limit: max_bytes, page_size, books, books_at_begin: books };
         Ok((backend, recovery))
@@ -698,9 +716,17 @@ impl QueueBackend for SqliteBackend {
     }
 
     fn list(&mut self, state: Option<JobState>, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
-        );
+        // Dead jobs, the listing operators look for among many finished ones, have an
+        // index; other listings walk the table newest first.
+        let sql = match state {
+            Some(JobState::Dead) => format!(
+                "SELECT {RECORD_COLUMNS} FROM jobs INDEXED BY jobs_dead
+                 WHERE state = 'dead' AND state = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+            ),
+            _ => format!(
+                "SELECT {RECORD_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+            ),
+        };
         let mut statement = self.connection.prepare_cached(&sql)?;
         let mut rows = statement.query(params![state.map(JobState::name), before.unwrap_or(i64::MAX), limit as i64])?;
         let mut page = JobPage::default();
@@ -817,7 +843,10 @@ mod tests {
             .expect("query")
             .collect::<Result<_, _>>()
             .expect("names");
-        assert_eq!(indexes, ["jobs_done", "jobs_idempotency_key", "jobs_ready", "jobs_waiting"]);
+        assert_eq!(
+            indexes,
+            ["jobs_dead", "jobs_done", "jobs_idempotency_key", "jobs_ready", "jobs_running", "jobs_waiting"]
+        );
         assert_eq!(backend.depth().queued, 1, "the job survived");
         // An IN list in a partial index's condition makes SQLite build a temporary table
         // for every row written; none of the writes on the hot path may do that.
