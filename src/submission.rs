@@ -99,6 +99,7 @@ fn describe(errors: &[FieldError]) -> String {
 #[schema(as = Job)]
 pub(crate) struct RawJob {
     /// `upload` or `noop`; with test_kinds also `sleep`, `fail` and `panic`.
+    #[schema(value_type = KindName)]
     kind: String,
     /// For `upload`: the JSON to store, byte for byte. For test kinds: their options.
     #[serde(default)]
@@ -124,6 +125,19 @@ pub(crate) struct RawJob {
     run_at: Option<String>,
     #[serde(default)]
     delay_ms: Option<u64>,
+}
+
+/// The kinds of job, as the API description names them. `kind` itself is read as a
+/// string, so that an unknown kind gets its own message naming the known ones.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Kind, rename_all = "snake_case")]
+#[expect(dead_code, reason = "only its schema is used")]
+enum KindName {
+    Upload,
+    Noop,
+    Sleep,
+    Fail,
+    Panic,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

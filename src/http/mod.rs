@@ -168,7 +168,7 @@ pub async fn limit_headers(
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let limit = request.app_data::<HeaderLimit>().map_or(usize::MAX, |limit| limit.0);
-    let head_bytes = request.uri().to_string().len()
+    let head_bytes = request.uri().path_and_query().map_or(0, |target| target.as_str().len())
         + request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
     if head_bytes > limit {
         if let Some(metrics) = request.app_data::<web::Data<Arc<Metrics>>>() {
