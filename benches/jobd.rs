@@ -412,8 +412,11 @@ async fn run() -> Vec<Figure> {
     // (6) uploads into a file:// store, against a plain loop of object_store puts into the
     // same kind of store at the same concurrency (the default upload_concurrency). The
     // plain loop runs before and after jobd and counts as their mean: the file system's
-    // own background work (writeback of the previous figures' files) moves single runs a lot.
+    // own background work (writeback of the previous figures' files) moves single runs a
+    // lot, so each part also starts after a `sync`, with no dirty pages left behind.
+    settle_file_system();
     let plain_before = plain_puts(UPLOAD_JOBS, 16).await;
+    settle_file_system();
     let daemon = Daemon::start(&[]);
     let started = Instant::now();
     submit_batches(
@@ -428,6 +431,7 @@ async fn run() -> Vec<Figure> {
     let done = wait_succeeded(&client, &daemon, UPLOAD_JOBS).await;
     let uploads = UPLOAD_JOBS as f64 / (done - started).as_secs_f64();
     drop(daemon);
+    settle_file_system();
     let plain_after = plain_puts(UPLOAD_JOBS, 16).await;
     let plain = (plain_before + plain_after) / 2.0;
     println!(
@@ -483,6 +487,14 @@ async fn run() -> Vec<Figure> {
 }
 
 /// Puts `count` small objects into a fresh local store, `concurrency` at a time.
+/// Writes every dirty page back (sync(1)), so that the next figure does not pay for the
+/// previous one's files.
+fn settle_file_system() {
+    if let Err(error) = Command::new("sync").status() {
+        eprintln!("sync failed: {error}");
+    }
+}
+
 async fn plain_puts(count: u64, concurrency: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("store"));
