@@ -81,6 +81,13 @@ pub enum SubmissionError {
     Invalid(Vec<FieldError>),
 }
 
+impl SubmissionError {
+    /// One problem with a field of the request as a whole (a header, the query, the body).
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        SubmissionError::Invalid(vec![FieldError { index: None, field: field.to_owned(), message: message.into() }])
+    }
+}
+
 fn describe(errors: &[FieldError]) -> String {
     let Some(first) = errors.first() else {
         return "the request is invalid".to_owned();

@@ -120,12 +120,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
         // A query string that does not fit its route is a problem+json 400 naming the
         // query, like every other error, rather than actix's plain-text default.
         config.app_data(web::QueryConfig::default().error_handler(|error, _request| {
-            Problem::from(submission::SubmissionError::Invalid(vec![submission::FieldError {
-                index: None,
-                field: "query".to_owned(),
-                message: error.to_string(),
-            }]))
-            .into()
+            Problem::from(submission::SubmissionError::field("query", error.to_string())).into()
         }));
         let table = routes();
         let mut paths: Vec<&'static str> = Vec::new();
@@ -294,13 +289,7 @@ fn apply_idempotency_header(
     jobs: &mut [JobSpec],
     key: Result<String, header::ToStrError>,
 ) -> Result<(), submission::SubmissionError> {
-    let header_problem = |message: &str| {
-        submission::SubmissionError::Invalid(vec![submission::FieldError {
-            index: None,
-            field: "Idempotency-Key".to_owned(),
-            message: message.to_owned(),
-        }])
-    };
+    let header_problem = |message: &str| submission::SubmissionError::field("Idempotency-Key", message);
     let key = key.map_err(|_| header_problem("must be visible ASCII"))?;
     submission::check_idempotency_key(&key).map_err(|message| header_problem(&message))?;
     match jobs {
@@ -436,25 +425,18 @@ fn confine_keys(principal: &Principal, jobs: &[JobSpec], default_key_prefix: &st
     let mut errors = Vec::new();
     for (index, job) in jobs.iter().enumerate() {
         let JobKind::Upload(upload) = &job.kind else { continue };
-        let (key, field) = match &upload.key {
-            Some(key) => (key.path().as_ref(), "key"),
-            None => (default_key_prefix, "key"),
-        };
+        let key = upload.key.as_ref().map_or(default_key_prefix, |key| key.path().as_ref());
         if !principal.may_write(key) {
+            let prefixes = principal.allowed_key_prefixes.join(", ");
             let message = match &upload.key {
-                Some(_) => format!(
-                    "lies outside token {}'s allowed_key_prefixes ({})",
-                    principal.name,
-                    principal.allowed_key_prefixes.join(", ")
-                ),
+                Some(_) => format!("lies outside token {}'s allowed_key_prefixes ({prefixes})", principal.name),
                 None => format!(
                     "is required: the default key prefix {default_key_prefix:?} lies outside token {}'s \
-                     allowed_key_prefixes ({})",
-                    principal.name,
-                    principal.allowed_key_prefixes.join(", ")
+                     allowed_key_prefixes ({prefixes})",
+                    principal.name
                 ),
             };
-            errors.push(submission::FieldError { index: Some(index), field: field.to_owned(), message });
+            errors.push(submission::FieldError { index: Some(index), field: "key".to_owned(), message });
         }
     }
     if errors.is_empty() { Ok(()) } else { Err(Problem::key_not_allowed(errors)) }
@@ -655,13 +637,7 @@ struct ListQuery {
     security(("bearer" = []))
 )]
 async fn list_jobs(query: web::Query<ListQuery>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
-    let bad = |field: &str, message: String| {
-        Problem::from(submission::SubmissionError::Invalid(vec![submission::FieldError {
-            index: None,
-            field: field.to_owned(),
-            message,
-        }]))
-    };
+    let bad = |field: &str, message: String| Problem::from(submission::SubmissionError::field(field, message));
     let job_state = match query.state.as_deref() {
         None => None,
         Some(name) => Some(JobState::from_name(name).ok_or_else(|| {

@@ -133,10 +133,8 @@ impl From<AuthFailure> for Problem {
 impl Problem {
     /// A 403 for jobs that would write outside the caller's `allowed_key_prefixes`.
     pub fn key_not_allowed(errors: Vec<FieldError>) -> Self {
-        let detail = match errors.first() {
-            Some(first) => format!("jobs[{}].{}: {}", first.index.unwrap_or(0), first.field, first.message),
-            None => "a key lies outside this token's allowed_key_prefixes".to_owned(),
-        };
+        // The same "jobs[i].field: message" detail as every other field problem.
+        let detail = SubmissionError::Invalid(errors.clone()).to_string();
         let mut problem = Problem::new(StatusCode::FORBIDDEN, "key-not-allowed", "Key Not Allowed", detail);
         problem.errors = errors;
         problem

@@ -233,14 +233,18 @@ impl SqliteBackend {
         };
         books.queued = count("SELECT COUNT(*) FROM jobs INDEXED BY jobs_ready WHERE state = 'queued'")?;
         books.dead = count("SELECT COUNT(*) FROM jobs INDEXED BY jobs_dead WHERE state = 'dead'")?;
-        books.scheduled = count(
-            "SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting WHERE (state = 'scheduled' OR state = 'failed')
-             AND state = 'scheduled'",
-        )?;
-        books.failed = count(
-            "SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting WHERE (state = 'scheduled' OR state = 'failed')
-             AND state = 'failed'",
-        )?;
+        {
+            let mut statement = connection.prepare(
+                "SELECT state, COUNT(*) FROM jobs INDEXED BY jobs_waiting
+                 WHERE state = 'scheduled' OR state = 'failed' GROUP BY state",
+            )?;
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                if let Some(counter) = books.count(state_of(&row.get::<_, String>(0)?)) {
+                    *counter = row.get::<_, i64>(1)?.unsigned_abs() as usize;
+                }
+            }
+        }
         // New jobs queue behind every queued one, including those just put back. Finished
         // jobs may hold higher values, which is harmless: the claim cursor reads queued rows.
         books.next_ready_seq = connection.query_row(
