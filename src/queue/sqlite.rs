@@ -1,11 +1,12 @@
 //! The durable backend, the default: `<data_dir>/queue.db` in SQLite, WAL mode, one
 //! transaction per batch of commands. A job it accepted survives `kill -9`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use serde_json::{Value, json, value::RawValue};
 
@@ -94,6 +95,72 @@ DROP INDEX IF EXISTS jobs_finished;
 // keep it, while listings walk `seq` backwards anyway. Opening drops it; the file format
 // is otherwise the same, so the version stays.
 
+/// The columns [`SqliteBackend::insert_all`] writes, in order.
+const INSERT_COLUMN_NAMES: &str = "id, kind, state, ready_seq, run_at, max_attempts, timeout_ms, created_at,
+     idempotency_key, body, body_is_json, object_key, content_type, arg";
+const INSERT_COLUMNS: usize = 14;
+/// The row counts of the multi-row statements, largest first: any number of rows is
+/// written with at most one statement of each size below the largest. 64 rows of 14
+/// values stay far below SQLite's limit of 32,766 bound values.
+const STATEMENT_ROWS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+
+/// The rows the next multi-row statement writes, of `remaining`.
+fn statement_rows(remaining: usize) -> usize {
+    STATEMENT_ROWS.iter().copied().find(|&rows| rows <= remaining).unwrap_or(1)
+}
+
+/// `(?, ?, ...)` with `columns` placeholders, `rows` times.
+fn placeholder_rows(rows: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row; rows].join(", ")
+}
+
+/// One statement per size of [`STATEMENT_ROWS`], built once.
+fn sized_statements(sql: impl Fn(usize) -> String) -> Vec<String> {
+    STATEMENT_ROWS.iter().map(|&rows| sql(rows)).collect()
+}
+
+fn size_index(rows: usize) -> usize {
+    STATEMENT_ROWS.iter().position(|&size| size == rows).unwrap_or(STATEMENT_ROWS.len() - 1)
+}
+
+/// The SQL of an INSERT of `rows` rows.
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let statements = SQL.get_or_init(|| {
+        sized_statements(|rows| {
+            format!("INSERT INTO jobs ({INSERT_COLUMN_NAMES}) VALUES {}", placeholder_rows(rows, INSERT_COLUMNS))
+        })
+    });
+    &statements[size_index(rows)]
+}
+
+/// The SQL that records the same end of attempts for `ids` jobs in state `from` (queued
+/// or running): the shared values first, then the ids.
+///
+/// The unique index on `id` is named: the planner might otherwise walk a partial index of
+/// every queued job (a unit test checks the plan). The state a job leaves is written into
+/// the SQL rather than bound: SQLite plans partial indexes against bound values, so a
+/// bound state made it re-prepare the statement on every execution.
+fn finish_sql(from: JobState, ids: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<[Vec<String>; 2]> = std::sync::OnceLock::new();
+    let statements = SQL.get_or_init(|| {
+        [JobState::Queued, JobState::Running].map(|from| {
+            sized_statements(|ids| {
+                format!(
+                    "UPDATE jobs INDEXED BY sqlite_autoindex_jobs_1 SET state = ?, started_at = COALESCE(?, started_at),
+                         attempts = attempts + ?, finished_at = ?, last_error = COALESCE(?, last_error), result = ?,
+                         run_at = COALESCE(?, run_at)
+                     WHERE state = '{}' AND id IN ({})",
+                    from.name(),
+                    vec!["?"; ids].join(", ")
+                )
+            })
+        })
+    });
+    &statements[usize::from(from != JobState::Queued)][size_index(ids)]
+}
+
 /// The columns a record is read from, for `get` and `list`.
 const RECORD_COLUMNS: &str = "seq, id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at, started_at,
      finished_at, last_error, result, idempotency_key, body_is_json";
@@ -106,7 +173,7 @@ struct Bookkeeping {
     running: usize,
     failed: usize,
     dead: usize,
-    /// The next `ready_seq` to hand out.
+    /// The last `ready_seq` handed out; the next one is one more.
     next_ready_seq: i64,
     /// The highest `ready_seq` claimed by this process.
     claimed_up_to: i64,
@@ -153,6 +220,162 @@ pub struct SqliteBackend {
     books: Bookkeeping,
     /// The bookkeeping at `begin`, restored by `rollback`.
     books_at_begin: Bookkeeping,
+    /// Queued jobs this process inserted, which the next claims take from memory.
+    fresh: FreshJobs,
+    /// Declared after `connection`, so it is dropped (and its thread joined) after it.
+    _checkpointer: Checkpointer,
+}
+
+/// The most jobs, and body bytes, [`FreshJobs`] keeps. Past them, claims read the
+/// database as they would without it.
+const FRESH_MAX_JOBS: usize = 4_096;
+const FRESH_MAX_BYTES: usize = 8 << 20;
+
+/// Queued jobs this process inserted, in claim order, kept in memory so that claiming
+/// them reads nothing: a job committed a moment ago goes to the Dispatcher as it came in,
+/// without a query and a decode per job. The database stays the truth: the buffer only
+/// serves a claim when its first job is exactly the next one in `ready_seq` order, and
+/// whatever it cannot serve (a gap, an overflow, a cancel, a rollback) the claim reads
+/// from the table as before.
+#[derive(Default)]
+struct FreshJobs {
+    /// Committed jobs; the first has `ready_seq` `first`, each next one the next number.
+    committed: VecDeque<Job>,
+    first: i64,
+    /// Jobs inserted by the open transaction, following `committed` without a gap.
+    pending: Vec<Job>,
+    /// Body bytes of `committed` and of `pending`.
+    committed_bytes: usize,
+    pending_bytes: usize,
+}
+
+impl FreshJobs {
+    fn len(&self) -> usize {
+        self.committed.len() + self.pending.len()
+    }
+
+    /// Keeps a job just inserted with `ready_seq`. A job that does not follow the last one
+    /// kept (another path took the numbers between) starts the buffer anew; one that does
+    /// not fit is left to the database.
+    fn add(&mut self, ready_seq: i64, job: Job) {
+        if self.len() == 0 || ready_seq != self.first + self.len() as i64 {
+            self.clear();
+            self.first = ready_seq;
+        }
+        let bytes = job_body_len(&job.kind) as usize;
+        if self.len() >= FRESH_MAX_JOBS || self.committed_bytes + self.pending_bytes + bytes > FRESH_MAX_BYTES {
+            return;
+        }
+        self.pending.push(job);
+        self.pending_bytes += bytes;
+    }
+
+    fn commit(&mut self) {
+        self.committed.extend(self.pending.drain(..));
+        self.committed_bytes += std::mem::take(&mut self.pending_bytes);
+    }
+
+    fn rollback(&mut self) {
+        self.pending.clear();
+        self.pending_bytes = 0;
+    }
+
+    fn clear(&mut self) {
+        self.committed.clear();
+        self.committed_bytes = 0;
+        self.rollback();
+    }
+
+    fn pop_front(&mut self) -> Option<Job> {
+        let job = self.committed.pop_front()?;
+        self.committed_bytes = self.committed_bytes.saturating_sub(job_body_len(&job.kind) as usize);
+        self.first += 1;
+        Some(job)
+    }
+
+    /// Moves committed jobs that follow `claimed_up_to` into `into`, up to `max` in all,
+    /// advancing `claimed_up_to`.
+    fn claim(&mut self, claimed_up_to: &mut i64, max: usize, into: &mut Vec<Job>) {
+        // Jobs a claim already read from the table are of no more use.
+        while !self.committed.is_empty() && self.first <= *claimed_up_to {
+            self.pop_front();
+        }
+        if self.first != *claimed_up_to + 1 {
+            return;
+        }
+        while into.len() < max {
+            let Some(mut job) = self.pop_front() else { break };
+            *claimed_up_to = self.first - 1;
+            // What the table would say of a job never started: its first attempt.
+            job.attempt = 1;
+            into.push(job);
+        }
+    }
+}
+
+/// WAL pages after a commit at which the [`Checkpointer`] is woken: SQLite's own default
+/// for checkpointing.
+const WAL_BACKGROUND_CHECKPOINT_PAGES: i32 = 1_000;
+/// WAL pages at which the queue thread checkpoints by itself, in case the checkpointer
+/// cannot keep up: about 64 MiB with 4 KiB pages, the most the WAL grows.
+const WAL_FOREGROUND_CHECKPOINT_PAGES: i32 = 16_000;
+
+/// Copies committed pages from the WAL back into the database file on a thread of its own,
+/// with a connection of its own.
+///
+/// SQLite would otherwise do it inside a commit of the queue thread once the WAL holds a
+/// thousand pages: a write of up to a thousand pages and an fsync of the database file, in
+/// the middle of the commit path, which profiles showed as a few percent of the queue
+/// thread and as the slowest commits. Here the queue thread's commit hook only wakes this
+/// thread, which checkpoints in PASSIVE mode, never blocking the writer. The backend owns
+/// the thread: dropping it closes the channel, and the thread ends and is joined.
+struct Checkpointer {
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts the thread and hooks it to `connection`'s commits.
+    fn start(path: &Path, connection: &mut Connection) -> Result<Self, StorageError> {
+        let own = Connection::open(path)?;
+        own.pragma_update(None, "busy_timeout", 5_000)?;
+        // One wake-up waiting is enough: a checkpoint copies everything committed so far.
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("jobd-checkpoint".to_owned())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    if let Err(error) = own.wal_checkpoint_v2(rusqlite::DEFAULT_NAME, CheckpointMode::PASSIVE) {
+                        tracing::warn!(%error, "background WAL checkpoint failed; the WAL keeps the pages");
+                    }
+                }
+            })
+            .map_err(|error| StorageError(format!("cannot start the checkpoint thread: {error}")))?;
+        let hook_wake = wake.clone();
+        connection.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
+            if pages >= WAL_BACKGROUND_CHECKPOINT_PAGES {
+                let _ = hook_wake.try_send(());
+            }
+            if pages >= WAL_FOREGROUND_CHECKPOINT_PAGES
+                && let Err(error) = wal.checkpoint_v2(CheckpointMode::PASSIVE)
+            {
+                tracing::warn!(%error, pages, "WAL checkpoint on the queue thread failed");
+            }
+            Ok(())
+        }))?;
+        Ok(Self { wake: Some(wake), thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.wake.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the checkpoint thread panicked");
+        }
+    }
 }
 
 /// What opening found, for the start-up log.
@@ -225,6 +448,8 @@ impl SqliteBackend {
             let _: i64 = connection.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |row| row.get(0))?;
         }
         connection.set_prepared_statement_cache_capacity(64);
+        let mut connection = connection;
+        let checkpointer = Checkpointer::start(path, &mut connection)?;
         let requeued = connection
             .execute("UPDATE jobs INDEXED BY jobs_running SET state = 'queued' WHERE state = 'running'", [])?;
         let mut books = Bookkeeping::default();
@@ -253,42 +478,76 @@ impl SqliteBackend {
             |r| r.get(0),
         )?;
         let recovery = Recovery { requeued, queued: books.queued, delayed: books.scheduled + books.failed };
-        let backend = Self { connection, capacity, size_limit: max_bytes, page_size, books, books_at_begin: books };
+        let backend = Self {
+            connection,
+            capacity,
+            size_limit: max_bytes,
+            page_size,
+            books,
+            books_at_begin: books,
+            fresh: FreshJobs::default(),
+            _checkpointer: checkpointer,
+        };
         Ok((backend, recovery))
     }
 
-    fn insert(&mut self, job: &Job, now: DateTime<Utc>) -> Result<(), StorageError> {
+    /// Inserts new jobs, as few statements as possible: a statement of many rows pays the
+    /// per-statement work (stepping, resetting, reading and writing the AUTOINCREMENT
+    /// counter) once for all of them, which profiling showed to be a good part of an
+    /// insert's cost.
+    fn insert_all(&mut self, jobs: &[Job], now: DateTime<Utc>) -> Result<Vec<Option<i64>>, StorageError> {
+        let mut ready_seqs = Vec::with_capacity(jobs.len());
+        let mut rest = jobs;
+        while !rest.is_empty() {
+            let rows = statement_rows(rest.len());
+            let (chunk, after) = rest.split_at(rows);
+            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(rows * INSERT_COLUMNS);
+            for job in chunk {
+                ready_seqs.push(self.push_insert_values(job, now, &mut values));
+            }
+            self.connection.prepare_cached(insert_sql(rows))?.execute(rusqlite::params_from_iter(values))?;
+            rest = after;
+        }
+        Ok(ready_seqs)
+    }
+
+    /// Appends one job's row to `values` in [`INSERT_COLUMNS`] order and counts it.
+    /// Returns the job's `ready_seq` if it is queued now.
+    fn push_insert_values(
+        &mut self,
+        job: &Job,
+        now: DateTime<Utc>,
+        values: &mut Vec<rusqlite::types::Value>,
+    ) -> Option<i64> {
+        use rusqlite::types::Value as Sql;
         let columns = KindColumns::of(&job.kind);
         let delayed = job.run_at.filter(|at| *at > now);
         let (state, ready_seq) = match delayed {
             Some(_) => (JobState::Scheduled, None),
             None => (JobState::Queued, Some(self.books.take_ready_seq())),
         };
-        let mut statement = self.connection.prepare_cached(
-            "INSERT INTO jobs (id, kind, state, ready_seq, run_at, max_attempts, timeout_ms, created_at,
-                               idempotency_key, body, body_is_json, object_key, content_type, arg)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )?;
-        statement.execute(params![
-            job.id.to_bytes().as_slice(),
-            job.kind.name(),
-            state.name(),
-            ready_seq,
-            job.run_at.map(millis),
-            job.max_attempts,
-            job.timeout_ms.map(|ms| ms.min(i64::MAX as u64) as i64),
-            millis(job.created_at),
-            job.idempotency_key,
-            columns.body,
-            columns.body_is_json,
-            columns.object_key,
-            columns.content_type,
-            columns.arg,
-        ])?;
+        let text = |value: Option<&str>| value.map_or(Sql::Null, |text| Sql::Text(text.to_owned()));
+        let integer = |value: Option<i64>| value.map_or(Sql::Null, Sql::Integer);
+        values.extend([
+            Sql::Blob(job.id.to_bytes().to_vec()),
+            Sql::Text(job.kind.name().to_owned()),
+            Sql::Text(state.name().to_owned()),
+            integer(ready_seq),
+            integer(job.run_at.map(millis)),
+            Sql::Integer(i64::from(job.max_attempts)),
+            integer(job.timeout_ms.map(|ms| ms.min(i64::MAX as u64) as i64)),
+            Sql::Integer(millis(job.created_at)),
+            text(job.idempotency_key.as_deref()),
+            columns.body.map_or(Sql::Null, |body| Sql::Blob(body.to_vec())),
+            Sql::Integer(i64::from(columns.body_is_json)),
+            text(columns.object_key.as_deref()),
+            text(columns.content_type),
+            text(columns.arg.as_deref()),
+        ]);
         if let Some(counter) = self.books.count(state) {
             *counter += 1;
         }
-        Ok(())
+        ready_seq
     }
 
     fn find_by_idempotency_key(&self, key: &str) -> Result<Option<(JobId, JobState)>, StorageError> {
@@ -345,32 +604,42 @@ impl SqliteBackend {
         &mut self,
         ends: impl Iterator<Item = (&'a FinishedJob, Option<DateTime<Utc>>)>,
     ) -> Result<(), StorageError> {
-        let mut statement = self.connection.prepare_cached(
-            "UPDATE jobs SET state = ?2, started_at = COALESCE(?3, started_at), attempts = attempts + ?4,
-                 finished_at = ?5, last_error = COALESCE(?6, last_error), result = ?7,
-                 run_at = COALESCE(?8, run_at)
-             WHERE id = ?1 AND state = ?9",
-        )?;
-        let mut moves = Vec::new();
+        use rusqlite::types::Value as Sql;
+        // Ends that write the same values (a burst of short jobs that started and finished
+        // in the same milliseconds) are written by one statement naming all their ids. Each
+        // statement's count of changed rows is exact for the bookkeeping of its group.
+        let mut groups: HashMap<(JobState, Option<i64>, FinishColumns), Vec<Sql>> = HashMap::new();
         for (end, started_at) in ends {
             let columns = FinishColumns::of(end);
             let from = if started_at.is_some() { JobState::Queued } else { JobState::Running };
-            let changed = statement.execute(params![
-                end.id.to_bytes().as_slice(),
-                columns.state.name(),
-                started_at.map(millis),
-                i64::from(started_at.is_some()),
-                columns.finished_at,
-                columns.error,
-                columns.result,
-                columns.retry_at,
-                from.name(),
-            ])?;
-            moves.push((from, columns.state, changed));
+            groups
+                .entry((from, started_at.map(millis), columns))
+                .or_default()
+                .push(Sql::Blob(end.id.to_bytes().to_vec()));
         }
-        drop(statement);
-        for (from, to, changed) in moves {
-            self.books.moved(from, to, changed);
+        for ((from, started_at, columns), ids) in groups {
+            let text = |value: &Option<String>| value.clone().map_or(Sql::Null, Sql::Text);
+            let integer = |value: Option<i64>| value.map_or(Sql::Null, Sql::Integer);
+            let shared = [
+                Sql::Text(columns.state.name().to_owned()),
+                integer(started_at),
+                Sql::Integer(i64::from(started_at.is_some())),
+                integer(columns.finished_at),
+                text(&columns.error),
+                text(&columns.result),
+                integer(columns.retry_at),
+            ];
+            let mut changed = 0;
+            let mut rest = ids.as_slice();
+            while !rest.is_empty() {
+                let (chunk, after) = rest.split_at(statement_rows(rest.len()));
+                changed += self
+                    .connection
+                    .prepare_cached(finish_sql(from, chunk.len()))?
+                    .execute(rusqlite::params_from_iter(shared.iter().chain(chunk)))?;
+                rest = after;
+            }
+            self.books.moved(from, columns.state, changed);
         }
         Ok(())
     }
@@ -432,6 +701,7 @@ impl<'a> KindColumns<'a> {
 }
 
 /// The columns an attempt's end writes, shared by both ways of recording it.
+#[derive(PartialEq, Eq, Hash)]
 struct FinishColumns {
     state: JobState,
     /// Set only when the job will not run again.
@@ -558,11 +828,13 @@ impl QueueBackend for SqliteBackend {
 
     fn commit(&mut self) -> Result<(), StorageError> {
         self.connection.prepare_cached("COMMIT")?.execute([])?;
+        self.fresh.commit();
         Ok(())
     }
 
     fn rollback(&mut self) {
         self.books = self.books_at_begin;
+        self.fresh.rollback();
         if !self.connection.is_autocommit()
             && let Err(error) = self.connection.execute_batch("ROLLBACK")
         {
@@ -594,12 +866,19 @@ impl QueueBackend for SqliteBackend {
             }));
         }
         let now = Utc::now();
-        for ((job, new), answer) in submission.iter().zip(is_new).zip(admitted.iter_mut()) {
+        let mut new_jobs = Vec::with_capacity(submission.len());
+        for ((job, new), answer) in submission.into_iter().zip(is_new).zip(admitted.iter_mut()) {
             if new {
-                self.insert(job, now)?;
                 if job.run_at.is_some_and(|at| at > now) {
                     answer.state = JobState::Scheduled;
                 }
+                new_jobs.push(job);
+            }
+        }
+        let ready_seqs = self.insert_all(&new_jobs, now)?;
+        for (job, ready_seq) in new_jobs.into_iter().zip(ready_seqs) {
+            if let Some(ready_seq) = ready_seq {
+                self.fresh.add(ready_seq, job);
             }
         }
         Ok(Ok(admitted))
@@ -608,14 +887,16 @@ impl QueueBackend for SqliteBackend {
     fn take_ready(&mut self, max: usize, now: DateTime<Utc>) -> Result<ReadyBatch, StorageError> {
         self.promote_due(max, now)?;
         let mut jobs = Vec::with_capacity(max);
+        self.fresh.claim(&mut self.books.claimed_up_to, max, &mut jobs);
         let mut undecodable = Vec::new();
-        {
+        // The table holds more only if some `ready_seq` was handed out and not claimed.
+        if jobs.len() < max && self.books.claimed_up_to < self.books.next_ready_seq {
             let mut statement = self.connection.prepare_cached(
                 "SELECT seq, ready_seq, id, kind, attempts, max_attempts, timeout_ms, run_at, created_at,
                         idempotency_key, body, body_is_json, object_key, content_type, arg
                  FROM jobs INDEXED BY jobs_ready WHERE state = 'queued' AND ready_seq > ?1 ORDER BY ready_seq LIMIT ?2",
             )?;
-            let mut rows = statement.query(params![self.books.claimed_up_to, max as i64])?;
+            let mut rows = statement.query(params![self.books.claimed_up_to, (max - jobs.len()) as i64])?;
             while let Some(row) = rows.next()? {
                 self.books.claimed_up_to = row.get("ready_seq")?;
                 match decode_kind(row) {
@@ -712,6 +993,9 @@ impl QueueBackend for SqliteBackend {
             Some(state @ (JobState::Queued | JobState::Scheduled | JobState::Failed)) => state,
             Some(other) => return Ok(Err(ControlError::Conflict(other))),
         };
+        // The job may wait in the buffer of fresh jobs, which must not hand it out now.
+        // Cancels are rare: the buffer starts anew and claims read the table meanwhile.
+        self.fresh.clear();
         self.connection
             .prepare_cached("UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1")?
             .execute(params![id.to_bytes().as_slice(), millis(now)])?;
@@ -855,20 +1139,31 @@ mod tests {
         // An IN list in a partial index's condition makes SQLite build a temporary table
         // for every row written; none of the writes on the hot path may do that.
         for write in [
-            "INSERT INTO jobs (id, kind, state, max_attempts, created_at) VALUES (x'01', 'noop', 'queued', 1, 0)",
+            insert_sql(1),
+            insert_sql(64),
             "UPDATE jobs SET state = 'running', started_at = 1, attempts = attempts + 1 WHERE id = x'01'",
             "UPDATE jobs SET state = 'succeeded', finished_at = 2 WHERE seq = 1",
             "UPDATE jobs SET state = 'failed', run_at = 3 WHERE seq = 1",
         ] {
-            let plan: Vec<String> = backend
-                .connection
-                .prepare(&format!("EXPLAIN {write}"))
-                .expect("explain")
-                .query_map([], |row| row.get::<_, String>(1))
+            let mut explain = backend.connection.prepare(&format!("EXPLAIN {write}")).expect("explain");
+            let unbound = std::iter::repeat_n(rusqlite::types::Null, explain.parameter_count());
+            let plan: Vec<String> = explain
+                .query_map(rusqlite::params_from_iter(unbound), |row| row.get::<_, String>(1))
                 .expect("query")
                 .collect::<Result<_, _>>()
                 .expect("opcodes");
             assert!(!plan.iter().any(|opcode| opcode == "OpenEphemeral"), "{write} builds a temporary table");
+        }
+        // Recording ends finds the jobs by the unique index on id, never by a scan.
+        for sql in [finish_sql(JobState::Queued, 64), finish_sql(JobState::Running, 1)] {
+            let mut explain = backend.connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("explain");
+            let unbound = std::iter::repeat_n(rusqlite::types::Null, explain.parameter_count());
+            let plan: Vec<String> = explain
+                .query_map(rusqlite::params_from_iter(unbound), |row| row.get::<_, String>(3))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("plan");
+            assert_eq!(plan, ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"]);
         }
     }
 
@@ -1011,6 +1306,77 @@ mod delayed_tests {
         assert_eq!(states, [(JobState::Succeeded, 1, true), (JobState::Failed, 1, true), (JobState::Running, 1, true)]);
         let depth = backend.depth();
         assert_eq!((depth.queued, depth.running, depth.failed), (0, 1, 1));
+    }
+
+    /// Runs `work` in a transaction and commits it, as the queue thread does.
+    fn committed<T>(backend: &mut SqliteBackend, work: impl FnOnce(&mut SqliteBackend) -> T) -> T {
+        backend.begin().expect("begin");
+        let result = work(backend);
+        backend.commit().expect("commit");
+        result
+    }
+
+    fn claim_ids(backend: &mut SqliteBackend, max: usize, now: DateTime<Utc>) -> Vec<JobId> {
+        committed(backend, |backend| {
+            backend.take_ready(max, now).expect("take").jobs.iter().map(|job| job.id).collect()
+        })
+    }
+
+    #[test]
+    fn claims_serve_fresh_jobs_in_ready_order_and_never_a_cancelled_or_rolled_back_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut backend, _) =
+            SqliteBackend::open(&dir.path().join("queue.db"), 100_000, Synchronous::Full, None).expect("open");
+        let now = Utc::now();
+        let enqueue = |backend: &mut SqliteBackend, jobs: Vec<Job>| -> Vec<JobId> {
+            let ids = jobs.iter().map(|job| job.id).collect();
+            committed(backend, |backend| backend.enqueue(jobs).expect("enqueue").expect("fits"));
+            ids
+        };
+
+        // Fresh jobs come out in order, as a read of the table would give them, and with
+        // the fields the table would give.
+        let first = enqueue(&mut backend, vec![job_at(None), job_at(None)]);
+        let claimed = committed(&mut backend, |backend| backend.take_ready(1, now).expect("take").jobs);
+        assert_eq!((claimed[0].id, claimed[0].attempt, claimed[0].timeout_ms), (first[0], 1, Some(250)));
+
+        // A delayed job that falls due takes the next ready number between fresh jobs: the
+        // claim serves the buffer up to it and reads it from the table, in ready order.
+        let delayed = enqueue(&mut backend, vec![job_at(Some(now + chrono::Duration::seconds(10)))]);
+        let after = enqueue(&mut backend, vec![job_at(None)]);
+        let later = now + chrono::Duration::seconds(11);
+        assert_eq!(claim_ids(&mut backend, 10, later), vec![first[1], after[0], delayed[0]]);
+        let behind_the_due_one = enqueue(&mut backend, vec![job_at(None)]);
+        assert_eq!(claim_ids(&mut backend, 10, later), behind_the_due_one);
+
+        // A cancelled job is not handed out, and those around it are.
+        let around = enqueue(&mut backend, vec![job_at(None), job_at(None), job_at(None)]);
+        let cancelled = committed(&mut backend, |backend| backend.cancel(around[1], now).expect("cancel"));
+        assert_eq!(cancelled, Ok(()));
+        assert_eq!(claim_ids(&mut backend, 10, later), vec![around[0], around[2]]);
+
+        // A rolled-back submission is gone from memory as from the table.
+        backend.begin().expect("begin");
+        let lost = job_at(None);
+        let lost_id = lost.id;
+        assert!(backend.enqueue(vec![lost]).expect("enqueue").is_ok());
+        backend.rollback();
+        assert!(backend.get(lost_id, false).expect("get").is_none());
+        let next = enqueue(&mut backend, vec![job_at(None)]);
+        assert_eq!(claim_ids(&mut backend, 10, later), next);
+
+        // More than the buffer holds: every job still comes out once, in order.
+        let many = enqueue(&mut backend, (0..FRESH_MAX_JOBS + 100).map(|_| job_at(None)).collect());
+        let mut claimed = Vec::new();
+        while claimed.len() < many.len() {
+            let batch = claim_ids(&mut backend, 1000, later);
+            assert!(!batch.is_empty(), "claims stalled after {} jobs", claimed.len());
+            claimed.extend(batch);
+        }
+        assert_eq!(claimed, many);
+        assert!(claim_ids(&mut backend, 10, later).is_empty());
+        // Claimed jobs count as queued until they start; the cancelled one does not.
+        assert_eq!(backend.depth().queued, many.len() + 8);
     }
 
     fn job_at(run_at: Option<DateTime<Utc>>) -> Job {

@@ -1,0 +1,111 @@
+//! The queue backend alone, without HTTP or actors: what one job costs the queue thread
+//! to insert, claim and finish, in the transaction shapes the daemon produces. Prints
+//! microseconds per job and per transaction. Run with `cargo bench --bench queue`.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use jobd::job::{FinishedJob, Job, JobId, JobKind, JobResult, Outcome, StartedJob};
+use jobd::queue::QueueBackend;
+use jobd::queue::sqlite::{SqliteBackend, Synchronous};
+
+const JOBS: usize = 200_000;
+
+fn noop() -> Job {
+    Job {
+        id: JobId::generate(),
+        created_at: Utc::now(),
+        attempt: 0,
+        max_attempts: 5,
+        timeout_ms: None,
+        run_at: None,
+        idempotency_key: None,
+        kind: JobKind::Noop,
+    }
+}
+
+/// Time spent in one kind of transaction, over all rounds.
+#[derive(Default)]
+struct Spent {
+    elapsed: std::time::Duration,
+    transactions: usize,
+}
+
+impl Spent {
+    fn time<T>(&mut self, backend: &mut SqliteBackend, work: impl FnOnce(&mut SqliteBackend) -> T) -> T {
+        let started = Instant::now();
+        backend.begin().expect("begin");
+        let result = work(backend);
+        backend.commit().expect("commit");
+        self.elapsed += started.elapsed();
+        self.transactions += 1;
+        result
+    }
+
+    fn print(&self, name: &str, jobs: usize) {
+        println!(
+            "{name:<48} {:>8.2} us/job {:>9.1} us/transaction {:>9.0} jobs/s",
+            self.elapsed.as_secs_f64() * 1e6 / jobs as f64,
+            self.elapsed.as_secs_f64() * 1e6 / self.transactions as f64,
+            jobs as f64 / self.elapsed.as_secs_f64()
+        );
+    }
+}
+
+/// Rounds of: a transaction of new jobs, a claim of that many, and the record of their
+/// starts and successes, as the daemon interleaves them when it keeps up.
+fn run(synchronous: Synchronous, per_transaction: usize, per_submission: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut backend, _) =
+        SqliteBackend::open(&dir.path().join("queue.db"), 10 * JOBS, synchronous, None).expect("open");
+    println!("-- {synchronous:?}, {per_transaction} jobs per transaction, {per_submission} per submission");
+    let (mut enqueue, mut claim, mut progress) = (Spent::default(), Spent::default(), Spent::default());
+    for _ in 0..JOBS / per_transaction {
+        enqueue.time(&mut backend, |backend| {
+            for _ in 0..per_transaction / per_submission {
+                let submission = (0..per_submission).map(|_| noop()).collect();
+                backend.enqueue(submission).expect("enqueue").expect("accepted");
+            }
+        });
+        let claimed =
+            claim.time(&mut backend, |backend| backend.take_ready(per_transaction, Utc::now()).expect("take"));
+        assert_eq!(claimed.jobs.len(), per_transaction, "every job claimed");
+        progress.time(&mut backend, |backend| {
+            let now = Utc::now();
+            let started: Vec<StartedJob> =
+                claimed.jobs.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
+            let finished: Vec<FinishedJob> = claimed
+                .jobs
+                .iter()
+                .map(|job| FinishedJob {
+                    id: job.id,
+                    kind: "noop",
+                    outcome: Outcome::Succeeded(JobResult::default()),
+                    finished_at: now,
+                    retry_at: None,
+                })
+                .collect();
+            backend.record_progress(&started, &finished).expect("progress");
+        });
+    }
+    let jobs = JOBS / per_transaction * per_transaction;
+    enqueue.print("enqueue", jobs);
+    claim.print("take_ready", jobs);
+    progress.print("record_progress (start + succeed in one flush)", jobs);
+    assert_eq!(backend.depth().unfinished(), 0, "every job finished");
+}
+
+fn main() {
+    // `cargo bench --bench queue -- 16` runs only the shapes with 16 jobs per transaction.
+    let only: Option<usize> = std::env::args().skip(1).find_map(|arg| arg.parse().ok());
+    for (synchronous, per_transaction, per_submission) in [
+        (Synchronous::Full, 16, 1),
+        (Synchronous::Full, 64, 64),
+        (Synchronous::Full, 1000, 1000),
+        (Synchronous::Normal, 1000, 1000),
+    ] {
+        if only.is_none_or(|only| only == per_transaction) {
+            run(synchronous, per_transaction, per_submission);
+        }
+    }
+}
