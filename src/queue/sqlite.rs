@@ -1104,6 +1104,17 @@ mod tests {
         SqliteBackend::open(path, capacity, Synchronous::Full, None).expect("open").0
     }
 
+    /// Column `column` of every row of an EXPLAIN statement, with its parameters unbound.
+    fn explain(backend: &SqliteBackend, sql: &str, column: usize) -> Vec<String> {
+        let mut explain = backend.connection.prepare(sql).expect("explain");
+        let unbound = std::iter::repeat_n(rusqlite::types::Null, explain.parameter_count());
+        explain
+            .query_map(rusqlite::params_from_iter(unbound), |row| row.get::<_, String>(column))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
     #[test]
     fn version_2_indexes_are_replaced_and_writes_build_no_temporary_tables() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1145,24 +1156,12 @@ mod tests {
             "UPDATE jobs SET state = 'succeeded', finished_at = 2 WHERE seq = 1",
             "UPDATE jobs SET state = 'failed', run_at = 3 WHERE seq = 1",
         ] {
-            let mut explain = backend.connection.prepare(&format!("EXPLAIN {write}")).expect("explain");
-            let unbound = std::iter::repeat_n(rusqlite::types::Null, explain.parameter_count());
-            let plan: Vec<String> = explain
-                .query_map(rusqlite::params_from_iter(unbound), |row| row.get::<_, String>(1))
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("opcodes");
+            let plan = explain(&backend, &format!("EXPLAIN {write}"), 1);
             assert!(!plan.iter().any(|opcode| opcode == "OpenEphemeral"), "{write} builds a temporary table");
         }
         // Recording ends finds the jobs by the unique index on id, never by a scan.
         for sql in [finish_sql(JobState::Queued, 64), finish_sql(JobState::Running, 1)] {
-            let mut explain = backend.connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("explain");
-            let unbound = std::iter::repeat_n(rusqlite::types::Null, explain.parameter_count());
-            let plan: Vec<String> = explain
-                .query_map(rusqlite::params_from_iter(unbound), |row| row.get::<_, String>(3))
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("plan");
+            let plan = explain(&backend, &format!("EXPLAIN QUERY PLAN {sql}"), 3);
             assert_eq!(plan, ["SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"]);
         }
     }
