@@ -268,6 +268,10 @@ fn main() {
         )
         .collect();
     let report = json!({"date": date, "commit": commit, "machine": machine, "figures": json});
+    if !selected_figures().is_empty() {
+        println!("only some figures ran: BENCHMARKS.md and the JSON file are left as they were");
+        return;
+    }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::write(root.join("target/jobd-bench.json"), serde_json::to_string_pretty(&report).expect("json"))
         .expect("write JSON");
@@ -298,6 +302,17 @@ fn machine_description() -> String {
         .and_then(|kib| kib.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
     format!("{cores} cores ({model}), {memory_gib:.0} GiB RAM, Linux")
+}
+
+/// Whether a run of only some figures (`cargo bench --bench jobd -- 4 5`) includes one of
+/// `figures`. The ceiling and (2) always run: every ratio and (5)'s rate need them.
+fn wanted(figures: &[u32]) -> bool {
+    selected_figures().is_empty() || figures.iter().any(|figure| selected_figures().contains(figure))
+}
+
+fn selected_figures() -> &'static [u32] {
+    static SELECTED: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    SELECTED.get_or_init(|| std::env::args().skip(1).filter_map(|arg| arg.parse().ok()).collect())
 }
 
 async fn run() -> Vec<Figure> {
@@ -333,156 +348,168 @@ async fn run() -> Vec<Figure> {
     });
     drop(daemon);
 
-    // For comparison: the same submissions with group commit off, one fsync per request.
-    let daemon = Daemon::start(&[("JOBD_GROUP_COMMIT", "false")]);
-    let alone = drive(&client, post_json(&daemon.base, "/v1/jobs", job.clone()), 202, None).await;
-    println!("(2b) without group commit {:.0}/s, p99 {:.2} ms", alone.per_second, alone.p99_ms);
-    figures.push(Figure {
-        name: "For comparison: (2) with group_commit = false",
-        value: format!(
-            "{:.0}: group commit gives {:.1} x, p99 {:.2} ms",
-            alone.per_second,
-            single.per_second / alone.per_second,
-            alone.p99_ms
-        ),
-        target: "reference",
-        met: None,
-    });
-    drop(daemon);
-
-    // (3) batch ingest, with one worker and a memory store so that running the jobs does not
-    // compete much with taking them in, and room for every payload of the run.
-    for batch in [100u64, 1000] {
-        let daemon = Daemon::start(&[
-            ("JOBD_STORE_URL", "memory://"),
-            ("JOBD_MAX_WORKERS", "1"),
-            ("JOBD_MAX_QUEUE", "20000000"),
-        ]);
-        let payloads: Vec<Value> = (0..batch).map(|n| json!({"n": n, "pad": "x".repeat(100)})).collect();
-        let body = serde_json::to_vec(&json!({"payloads": payloads})).expect("json");
-        let result = drive(&client, post_json(&daemon.base, "/v1/payloads", body), 202, None).await;
-        let payloads_per_second = result.per_second * batch as f64;
-        println!("(3) batches of {batch}: {payloads_per_second:.0} payloads/s");
+    if wanted(&[2]) {
+        // For comparison: the same submissions with group commit off, one fsync per request.
+        let daemon = Daemon::start(&[("JOBD_GROUP_COMMIT", "false")]);
+        let alone = drive(&client, post_json(&daemon.base, "/v1/jobs", job.clone()), 202, None).await;
+        println!("(2b) without group commit {:.0}/s, p99 {:.2} ms", alone.per_second, alone.p99_ms);
         figures.push(Figure {
-            name: if batch == 100 {
-                "Batch ingest, 100 payloads per request: payloads/s"
-            } else {
-                "Batch ingest, 1,000 payloads per request: payloads/s"
-            },
-            value: format!("{payloads_per_second:.0} (p99 {:.1} ms per request)", result.p99_ms),
-            target: if batch == 100 { "" } else { ">= 500,000" },
-            met: (batch == 1000).then_some(payloads_per_second >= 500_000.0),
+            name: "For comparison: (2) with group_commit = false",
+            value: format!(
+                "{:.0}: group commit gives {:.1} x, p99 {:.2} ms",
+                alone.per_second,
+                single.per_second / alone.per_second,
+                alone.p99_ms
+            ),
+            target: "reference",
+            met: None,
+        });
+        drop(daemon);
+    }
+
+    if wanted(&[3]) {
+        // (3) batch ingest, with one worker and a memory store so that running the jobs does not
+        // compete much with taking them in, and room for every payload of the run.
+        for batch in [100u64, 1000] {
+            let daemon = Daemon::start(&[
+                ("JOBD_STORE_URL", "memory://"),
+                ("JOBD_MAX_WORKERS", "1"),
+                ("JOBD_MAX_QUEUE", "20000000"),
+            ]);
+            let payloads: Vec<Value> = (0..batch).map(|n| json!({"n": n, "pad": "x".repeat(100)})).collect();
+            let body = serde_json::to_vec(&json!({"payloads": payloads})).expect("json");
+            let result = drive(&client, post_json(&daemon.base, "/v1/payloads", body), 202, None).await;
+            let payloads_per_second = result.per_second * batch as f64;
+            println!("(3) batches of {batch}: {payloads_per_second:.0} payloads/s");
+            figures.push(Figure {
+                name: if batch == 100 {
+                    "Batch ingest, 100 payloads per request: payloads/s"
+                } else {
+                    "Batch ingest, 1,000 payloads per request: payloads/s"
+                },
+                value: format!("{payloads_per_second:.0} (p99 {:.1} ms per request)", result.p99_ms),
+                target: if batch == 100 { "" } else { ">= 500,000" },
+                met: (batch == 1000).then_some(payloads_per_second >= 500_000.0),
+            });
+        }
+    }
+
+    if wanted(&[4]) {
+        // (4) end to end: a million noop jobs, submitted in batches while the workers run.
+        let daemon = Daemon::start(&[]);
+        let started = Instant::now();
+        submit_batches(&client, &daemon, END_TO_END_JOBS, 1000, 4, |_| json!({"kind": "noop"})).await;
+        let submitted = started.elapsed();
+        let done = wait_succeeded(&client, &daemon, END_TO_END_JOBS).await;
+        let end_to_end = END_TO_END_JOBS as f64 / (done - started).as_secs_f64();
+        println!("(4) {END_TO_END_JOBS} noop jobs end to end: {end_to_end:.0}/s (all submitted after {submitted:.1?})");
+        figures.push(Figure {
+            name: "End to end: noop jobs/s, 1,000,000 jobs, first submission to last succeeded",
+            value: format!("{end_to_end:.0}"),
+            target: ">= 200,000",
+            met: Some(end_to_end >= 200_000.0),
+        });
+        drop(daemon);
+    }
+
+    if wanted(&[5]) {
+        // (5) dispatch latency, open loop at about half of (2)'s rate, read from the
+        // submit-to-start histogram of a fresh daemon.
+        let daemon = Daemon::start(&[]);
+        let half =
+            drive(&client, post_json(&daemon.base, "/v1/jobs", job.clone()), 202, Some(single.per_second / 2.0)).await;
+        let scrape = client.get(daemon.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        let series = "jobd_job_wait_seconds_bucket{kind=\"noop\"";
+        let wait_p50 = histogram_quantile(&scrape, series, 0.5) * 1000.0;
+        let wait_p99 = histogram_quantile(&scrape, series, 0.99) * 1000.0;
+        println!("(5) at {:.0}/s: submit -> start p50 {wait_p50:.3} ms, p99 {wait_p99:.3} ms", half.per_second);
+        figures.push(Figure {
+            name: "Dispatch latency, submit -> start, at half of (2)'s rate",
+            value: format!("p50 {wait_p50:.2} ms, p99 {wait_p99:.2} ms at {:.0} submissions/s", half.per_second),
+            target: "p99 < 2 ms",
+            met: Some(wait_p99 < 2.0),
+        });
+        drop(daemon);
+    }
+
+    if wanted(&[6]) {
+        // (6) uploads into a file:// store, against a plain loop of object_store puts into the
+        // same kind of store at the same concurrency (the default upload_concurrency). The
+        // plain loop runs before and after jobd and counts as their mean: the file system's
+        // own background work (writeback of the previous figures' files) moves single runs a
+        // lot, so each part also starts after a `sync`, with no dirty pages left behind.
+        settle_file_system();
+        let plain_before = plain_puts(UPLOAD_JOBS, 16).await;
+        settle_file_system();
+        let daemon = Daemon::start(&[]);
+        let started = Instant::now();
+        submit_batches(
+            &client,
+            &daemon,
+            UPLOAD_JOBS,
+            500,
+            4,
+            |n| json!({"kind": "upload", "payload": {"n": n, "pad": "x".repeat(160)}}),
+        )
+        .await;
+        let done = wait_succeeded(&client, &daemon, UPLOAD_JOBS).await;
+        let uploads = UPLOAD_JOBS as f64 / (done - started).as_secs_f64();
+        drop(daemon);
+        settle_file_system();
+        let plain_after = plain_puts(UPLOAD_JOBS, 16).await;
+        let plain = (plain_before + plain_after) / 2.0;
+        println!(
+            "(6) uploads {uploads:.0}/s; plain object_store puts {plain:.0}/s ({plain_before:.0} before, {plain_after:.0} after)"
+        );
+        figures.push(Figure {
+            name: "Uploads into file://: jobs/s, vs a plain loop of object_store puts (16 at once)",
+            value: format!("{uploads:.0} vs {plain:.0}: {:.2} x", uploads / plain),
+            target: ">= 0.8 x the plain loop",
+            met: Some(uploads / plain >= 0.8),
         });
     }
 
-    // (4) end to end: a million noop jobs, submitted in batches while the workers run.
-    let daemon = Daemon::start(&[]);
-    let started = Instant::now();
-    submit_batches(&client, &daemon, END_TO_END_JOBS, 1000, 4, |_| json!({"kind": "noop"})).await;
-    let submitted = started.elapsed();
-    let done = wait_succeeded(&client, &daemon, END_TO_END_JOBS).await;
-    let end_to_end = END_TO_END_JOBS as f64 / (done - started).as_secs_f64();
-    println!("(4) {END_TO_END_JOBS} noop jobs end to end: {end_to_end:.0}/s (all submitted after {submitted:.1?})");
-    figures.push(Figure {
-        name: "End to end: noop jobs/s, 1,000,000 jobs, first submission to last succeeded",
-        value: format!("{end_to_end:.0}"),
-        target: ">= 200,000",
-        met: Some(end_to_end >= 200_000.0),
-    });
-    drop(daemon);
-
-    // (5) dispatch latency, open loop at about half of (2)'s rate, read from the
-    // submit-to-start histogram of a fresh daemon.
-    let daemon = Daemon::start(&[]);
-    let half =
-        drive(&client, post_json(&daemon.base, "/v1/jobs", job.clone()), 202, Some(single.per_second / 2.0)).await;
-    let scrape = client.get(daemon.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    let series = "jobd_job_wait_seconds_bucket{kind=\"noop\"";
-    let wait_p50 = histogram_quantile(&scrape, series, 0.5) * 1000.0;
-    let wait_p99 = histogram_quantile(&scrape, series, 0.99) * 1000.0;
-    println!("(5) at {:.0}/s: submit -> start p50 {wait_p50:.3} ms, p99 {wait_p99:.3} ms", half.per_second);
-    figures.push(Figure {
-        name: "Dispatch latency, submit -> start, at half of (2)'s rate",
-        value: format!("p50 {wait_p50:.2} ms, p99 {wait_p99:.2} ms at {:.0} submissions/s", half.per_second),
-        target: "p99 < 2 ms",
-        met: Some(wait_p99 < 2.0),
-    });
-    drop(daemon);
-
-    // (6) uploads into a file:// store, against a plain loop of object_store puts into the
-    // same kind of store at the same concurrency (the default upload_concurrency). The
-    // plain loop runs before and after jobd and counts as their mean: the file system's
-    // own background work (writeback of the previous figures' files) moves single runs a
-    // lot, so each part also starts after a `sync`, with no dirty pages left behind.
-    settle_file_system();
-    let plain_before = plain_puts(UPLOAD_JOBS, 16).await;
-    settle_file_system();
-    let daemon = Daemon::start(&[]);
-    let started = Instant::now();
-    submit_batches(
-        &client,
-        &daemon,
-        UPLOAD_JOBS,
-        500,
-        4,
-        |n| json!({"kind": "upload", "payload": {"n": n, "pad": "x".repeat(160)}}),
-    )
-    .await;
-    let done = wait_succeeded(&client, &daemon, UPLOAD_JOBS).await;
-    let uploads = UPLOAD_JOBS as f64 / (done - started).as_secs_f64();
-    drop(daemon);
-    settle_file_system();
-    let plain_after = plain_puts(UPLOAD_JOBS, 16).await;
-    let plain = (plain_before + plain_after) / 2.0;
-    println!(
-        "(6) uploads {uploads:.0}/s; plain object_store puts {plain:.0}/s ({plain_before:.0} before, {plain_after:.0} after)"
-    );
-    figures.push(Figure {
-        name: "Uploads into file://: jobs/s, vs a plain loop of object_store puts (16 at once)",
-        value: format!("{uploads:.0} vs {plain:.0}: {:.2} x", uploads / plain),
-        target: ">= 0.8 x the plain loop",
-        met: Some(uploads / plain >= 0.8),
-    });
-
-    // (7) and (8): memory idle and with a million-job backlog; recovery after kill -9.
-    // Room for the backlog plus the job that holds the only worker.
-    let backlog_env = [("JOBD_MAX_WORKERS", "1"), ("JOBD_TEST_KINDS", "1"), ("JOBD_MAX_QUEUE", "2000000")];
-    let daemon = Daemon::start(&backlog_env);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle = daemon.rss_mib();
-    let blocker = client
-        .post(daemon.url("/v1/jobs"))
-        .json(&json!({"kind": "sleep", "payload": {"ms": 3_600_000}}))
-        .send()
-        .await
-        .expect("blocker");
-    assert_eq!(blocker.status(), 202);
-    submit_batches(&client, &daemon, END_TO_END_JOBS, 1000, 4, |_| json!({"kind": "noop"})).await;
-    let backlog = daemon.rss_mib();
-    let queued = stats(&client, &daemon).await["queue"]["queued"].as_u64().unwrap_or(0);
-    println!("(7) RSS idle {idle:.1} MiB, with {queued} queued {backlog:.1} MiB");
-    figures.push(Figure {
-        name: "Memory: resident set idle, and with a 1,000,000-job backlog",
-        value: format!("{idle:.1} MiB idle, {backlog:.1} MiB with {queued} queued"),
-        target: "idle < 30 MB, backlog < 150 MB",
-        met: Some(idle < 30.0 && backlog < 150.0),
-    });
-    let data_dir = daemon.kill_9();
-    let restarted = Daemon::start_in(data_dir, &backlog_env);
-    let ready = loop {
-        let answer = client.get(restarted.url("/readyz")).send().await.expect("readyz");
-        if answer.status() == 200 {
-            break restarted.started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    println!("(8) recovery: listening after {:.2?}, ready after {ready:.2?}", restarted.listening_after);
-    figures.push(Figure {
-        name: "Recovery: start to ready with 1,000,000 queued jobs after kill -9",
-        value: format!("{:.2} s", ready.as_secs_f64()),
-        target: "< 3 s",
-        met: Some(ready < Duration::from_secs(3)),
-    });
+    if wanted(&[7, 8]) {
+        // (7) and (8): memory idle and with a million-job backlog; recovery after kill -9.
+        // Room for the backlog plus the job that holds the only worker.
+        let backlog_env = [("JOBD_MAX_WORKERS", "1"), ("JOBD_TEST_KINDS", "1"), ("JOBD_MAX_QUEUE", "2000000")];
+        let daemon = Daemon::start(&backlog_env);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle = daemon.rss_mib();
+        let blocker = client
+            .post(daemon.url("/v1/jobs"))
+            .json(&json!({"kind": "sleep", "payload": {"ms": 3_600_000}}))
+            .send()
+            .await
+            .expect("blocker");
+        assert_eq!(blocker.status(), 202);
+        submit_batches(&client, &daemon, END_TO_END_JOBS, 1000, 4, |_| json!({"kind": "noop"})).await;
+        let backlog = daemon.rss_mib();
+        let queued = stats(&client, &daemon).await["queue"]["queued"].as_u64().unwrap_or(0);
+        println!("(7) RSS idle {idle:.1} MiB, with {queued} queued {backlog:.1} MiB");
+        figures.push(Figure {
+            name: "Memory: resident set idle, and with a 1,000,000-job backlog",
+            value: format!("{idle:.1} MiB idle, {backlog:.1} MiB with {queued} queued"),
+            target: "idle < 30 MB, backlog < 150 MB",
+            met: Some(idle < 30.0 && backlog < 150.0),
+        });
+        let data_dir = daemon.kill_9();
+        let restarted = Daemon::start_in(data_dir, &backlog_env);
+        let ready = loop {
+            let answer = client.get(restarted.url("/readyz")).send().await.expect("readyz");
+            if answer.status() == 200 {
+                break restarted.started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        println!("(8) recovery: listening after {:.2?}, ready after {ready:.2?}", restarted.listening_after);
+        figures.push(Figure {
+            name: "Recovery: start to ready with 1,000,000 queued jobs after kill -9",
+            value: format!("{:.2} s", ready.as_secs_f64()),
+            target: "< 3 s",
+            met: Some(ready < Duration::from_secs(3)),
+        });
+    }
     figures
 }
 

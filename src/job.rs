@@ -76,6 +76,14 @@ impl JobKind {
             JobKind::Panic { .. } => "panic",
         }
     }
+
+    /// The bytes of the body the job carries (only `upload` carries one).
+    pub fn body_len(&self) -> usize {
+        match self {
+            JobKind::Upload(upload) => upload.body.as_bytes().len(),
+            _ => 0,
+        }
+    }
 }
 
 /// An `upload` job: what to write and where.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, accepted_ids, finished};
+use common::{Daemon, accepted_ids, finished, settled};
 use serde_json::{Value, json};
 
 const KILL_TEST_JOBS: usize = 20_000;
@@ -324,9 +324,10 @@ async fn the_status_api_shows_every_state_and_404s_unknown_ids() {
             .await,
     )
     .await;
-    daemon.wait_for("the running sleep", |stats| stats["queue"]["running"] == 1 && finished(stats) == 3).await;
+    // The queue's own counts are of committed states; the fail and the panic are dead.
+    daemon.wait_for("the running sleep", |stats| stats["queue"]["running"] == 1 && stats["queue"]["dead"] == 2).await;
 
-    let upload = daemon.job(&ids[0]).await.expect("upload record");
+    let upload = daemon.wait_for_job(&ids[0], "the upload's record", settled).await;
     assert_eq!(upload["state"], "succeeded");
     assert_eq!(upload["attempts"], 1);
     assert_eq!(upload["result"]["key"], "status/hello.json");

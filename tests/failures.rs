@@ -162,7 +162,7 @@ async fn timeouts_abandon_attempts_and_a_blocking_job_does_not_stall_the_others(
     let blocking_record = daemon.job(&blocking_id).await.expect("record");
     assert_eq!(blocking_record["state"], "running", "the short jobs did not wait for the blocking one");
     for id in &short_ids {
-        assert_eq!(daemon.job(id).await.expect("record")["state"], "succeeded");
+        daemon.wait_for_job(id, "a short job's record", |record| record["state"] == "succeeded").await;
     }
 
     // The slow job timed out twice and is dead.
@@ -303,7 +303,7 @@ async fn dead_letters_are_listed_retried_and_queued_jobs_cancelled() {
         daemon.client.post(daemon.url(&format!("/v1/jobs/{}/retry", dead_ids[0]))).send().await.expect("POST");
     assert_eq!(response.status(), 202);
     daemon.wait_for("the retried job dead again", |stats| stats["counters"]["jobs"]["dead"] == 4).await;
-    let record = daemon.job(&dead_ids[0]).await.expect("record");
+    let record = daemon.wait_for_job(&dead_ids[0], "its record dead", |record| record["state"] == "dead").await;
     assert_eq!((record["state"].as_str(), record["attempts"].as_u64()), (Some("dead"), Some(1)), "attempts were reset");
     let ok = accepted_ids(daemon.post_json("/v1/jobs", &json!({"kind": "noop"})).await).await.remove(0);
     daemon.wait_for("the noop", |stats| stats["counters"]["jobs"]["succeeded"] == 1).await;

@@ -9,7 +9,7 @@ use std::io::Read as _;
 use std::time::{Duration, Instant};
 
 use common::s3::{FaultProxy, Moto};
-use common::{Daemon, accepted_ids, finished};
+use common::{Daemon, accepted_ids, finished, settled};
 use object_store::Attribute;
 use serde_json::{Value, json};
 
@@ -79,7 +79,7 @@ async fn a_large_payload_goes_up_in_parts_and_a_failed_multipart_upload_leaves_n
     let job = json!({"kind": "upload", "payload": {"blob": big}, "key": "big/ok.json", "metadata": {"team": "ingest"}});
     let big_id = accepted_ids(daemon.post_json("/v1/jobs", &job).await).await.remove(0);
     daemon.wait_for("the big upload", |stats| finished(stats) == 1).await;
-    let record = daemon.job(&big_id).await.expect("record");
+    let record = daemon.wait_for_job(&big_id, "its record", settled).await;
     assert_eq!(record["state"], "succeeded", "{record}");
     let object = moto.get(BUCKET, "big/ok.json").await;
     let etag = object.meta.e_tag.clone().unwrap_or_default();

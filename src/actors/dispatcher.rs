@@ -26,6 +26,8 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// this long gathers them, at the price of starting delayed jobs up to this much late
 /// (never early).
 const MIN_DUE_INTERVAL: Duration = Duration::from_millis(10);
+/// The fewest jobs the window of claimed jobs holds; see `Dispatcher::new`.
+const WINDOW_FLOOR: usize = 1024;
 /// How often the Dispatcher refreshes the `STATUS=` line systemd shows.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the Dispatcher checks that every worker is still alive.
@@ -117,8 +119,8 @@ pub struct Dispatcher {
     /// Numbers of idle workers, used last-in first-out so the most recently active
     /// worker (whose state is warm in the cache) runs the next job.
     idle: Vec<usize>,
-    /// Ready jobs claimed from the queue, in order. Bounded by `window`, so memory does
-    /// not grow with the backlog.
+    /// Ready jobs claimed from the queue, in order. Bounded by `window` and, through the
+    /// claims' byte limit, in bytes, so memory does not grow with the backlog.
     ready: VecDeque<Job>,
     /// The most jobs `ready` holds.
     window: usize,
@@ -171,9 +173,12 @@ impl Dispatcher {
             workers: (0..max_workers).map(|_| WorkerSlot { addr: None, running: None }).collect(),
             idle: Vec::with_capacity(max_workers),
             ready: VecDeque::new(),
-            // Twice the pool keeps every worker fed while the next page is fetched, with
-            // a floor so small pools still fetch in useful batches.
-            window: (2 * max_workers).max(64),
+            // Twice the pool keeps every worker fed while the next page is fetched, with a
+            // floor so that short jobs come in large batches: every fetch is a round trip
+            // to the queue thread, and with a window of 64 the fetches, not the queue,
+            // limited a million noop jobs to about 65k/s. Claims stop at
+            // `CLAIM_MAX_BODY_BYTES`, so a window of large jobs stays small in bytes.
+            window: (2 * max_workers).max(WINDOW_FLOOR),
             fetching: false,
             cancelled_during_fetch: Vec::new(),
             backlog_may_have_jobs: true,
@@ -290,7 +295,8 @@ impl Dispatcher {
                 let cancelled = std::mem::take(&mut dispatcher.cancelled_during_fetch);
                 match result {
                     Ok(batch) => {
-                        if batch.jobs.len() < wanted && dispatcher.commit_epoch == epoch {
+                        let drained = batch.jobs.len() < wanted && !batch.stopped_at_byte_limit;
+                        if drained && dispatcher.commit_epoch == epoch {
                             dispatcher.backlog_may_have_jobs = false;
                         }
                         dispatcher.ready.extend(batch.jobs.into_iter().filter(|job| !cancelled.contains(&job.id)));

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use super::{Admitted, ControlError, JobPage, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, admit};
+use super::{
+    Admitted, ControlError, JobPage, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, admit, claim_has_room,
+};
 use crate::job::{FinishedJob, Job, JobId, JobRecord, JobState, Outcome, StartedJob};
 
 /// One job: its definition (kept so that a retry can run it again) and its record.
@@ -123,15 +125,25 @@ impl QueueBackend for MemoryBackend {
             }
         }
         let mut jobs = Vec::new();
+        let (mut bytes, mut stopped_at_byte_limit) = (0, false);
         while jobs.len() < max {
-            let Some((_, id)) = self.ready.pop_first() else { break };
-            if let Some(entry) = self.entries.get(&id) {
-                let mut job = entry.job.clone();
-                job.attempt = entry.record.attempts + 1;
-                jobs.push(job);
+            let Some((&ready_seq, &id)) = self.ready.first_key_value() else { break };
+            let Some(entry) = self.entries.get(&id) else {
+                self.ready.remove(&ready_seq);
+                continue;
+            };
+            let size = entry.job.kind.body_len();
+            if !claim_has_room(jobs.len(), bytes, size) {
+                stopped_at_byte_limit = true;
+                break;
             }
+            self.ready.remove(&ready_seq);
+            bytes += size;
+            let mut job = entry.job.clone();
+            job.attempt = entry.record.attempts + 1;
+            jobs.push(job);
         }
-        Ok(ReadyBatch { jobs, next_due: self.due.keys().next().map(|(at, _)| *at) })
+        Ok(ReadyBatch { jobs, stopped_at_byte_limit, next_due: self.due.keys().next().map(|(at, _)| *at) })
     }
 
     fn record_started(&mut self, started: &[StartedJob]) -> Result<(), StorageError> {
@@ -269,6 +281,25 @@ mod tests {
 
     fn jobs(count: usize) -> Vec<Job> {
         (0..count).map(|_| Job::for_test(JobKind::Noop)).collect()
+    }
+
+    #[test]
+    fn a_claim_stops_at_its_byte_limit_but_always_takes_one_job() {
+        let mut backend = MemoryBackend::new(10);
+        let large = || {
+            Job::for_test(JobKind::Upload(crate::job::UploadSpec {
+                body: crate::job::UploadBody::Bytes(vec![1; super::super::CLAIM_MAX_BODY_BYTES * 5 / 8]),
+                key: None,
+                content_type: None,
+                content_encoding: None,
+                metadata: Vec::new(),
+            }))
+        };
+        assert!(backend.enqueue(vec![large(), large()]).expect("memory never fails").is_ok());
+        let first = backend.take_ready(10, Utc::now()).expect("take");
+        assert_eq!((first.jobs.len(), first.stopped_at_byte_limit), (1, true));
+        let second = backend.take_ready(10, Utc::now()).expect("take");
+        assert_eq!((second.jobs.len(), second.stopped_at_byte_limit), (1, false));
     }
 
     #[test]

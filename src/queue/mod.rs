@@ -64,10 +64,23 @@ impl QueueDepth {
     }
 }
 
+/// The most body bytes one claim hands the Dispatcher beyond its first job. With the
+/// Dispatcher's window of jobs, it bounds the memory that claimed jobs hold, however large
+/// their bodies, while a window of small jobs can be large.
+pub const CLAIM_MAX_BODY_BYTES: usize = 8 << 20;
+
+/// Whether a claim holding `jobs` jobs with `bytes` of bodies may take one more of `more`.
+pub(crate) fn claim_has_room(jobs: usize, bytes: usize, more: usize) -> bool {
+    jobs == 0 || bytes + more <= CLAIM_MAX_BODY_BYTES
+}
+
 /// Ready jobs for the Dispatcher, and when the next delayed job falls due.
 #[derive(Debug, Default)]
 pub struct ReadyBatch {
     pub jobs: Vec<Job>,
+    /// The claim stopped at [`CLAIM_MAX_BODY_BYTES`]: fewer jobs than asked for does not
+    /// mean that no more are ready.
+    pub stopped_at_byte_limit: bool,
     /// The earliest `run_at` of a scheduled or failed job, if there is one. The
     /// Dispatcher keeps one timer for it: this is the whole timer structure.
     pub next_due: Option<DateTime<Utc>>,
@@ -129,8 +142,10 @@ pub trait QueueBackend: Send + 'static {
     fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError>;
 
     /// Moves scheduled and failed jobs whose `run_at` has come to the queue, then claims
-    /// up to `max` queued jobs in order for the Dispatcher. A claimed job is not returned
-    /// again by this process; after a restart it is queued again.
+    /// up to `max` queued jobs in order for the Dispatcher, stopping before a job whose
+    /// body would take the batch past [`CLAIM_MAX_BODY_BYTES`] (the first job is always
+    /// taken). A claimed job is not returned again by this process; after a restart it is
+    /// queued again.
     fn take_ready(&mut self, max: usize, now: DateTime<Utc>) -> Result<ReadyBatch, StorageError>;
 
     /// Marks jobs as running.

@@ -10,7 +10,9 @@ use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use serde_json::{Value, json, value::RawValue};
 
-use super::{Admitted, ControlError, JobPage, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, admit};
+use super::{
+    Admitted, ControlError, JobPage, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, admit, claim_has_room,
+};
 use crate::job::{
     FinishedJob, Job, JobId, JobKind, JobRecord, JobResult, JobState, Outcome, StartedJob, UploadBody, UploadSpec,
 };
@@ -262,7 +264,7 @@ impl FreshJobs {
             self.clear();
             self.first = ready_seq;
         }
-        let bytes = job_body_len(&job.kind) as usize;
+        let bytes = job.kind.body_len();
         if self.len() >= FRESH_MAX_JOBS || self.committed_bytes + self.pending_bytes + bytes > FRESH_MAX_BYTES {
             return;
         }
@@ -288,28 +290,36 @@ impl FreshJobs {
 
     fn pop_front(&mut self) -> Option<Job> {
         let job = self.committed.pop_front()?;
-        self.committed_bytes = self.committed_bytes.saturating_sub(job_body_len(&job.kind) as usize);
+        self.committed_bytes = self.committed_bytes.saturating_sub(job.kind.body_len());
         self.first += 1;
         Some(job)
     }
 
-    /// Moves committed jobs that follow `claimed_up_to` into `into`, up to `max` in all,
-    /// advancing `claimed_up_to`.
-    fn claim(&mut self, claimed_up_to: &mut i64, max: usize, into: &mut Vec<Job>) {
+    /// Moves committed jobs that follow `claimed_up_to` into `into`, up to `max` in all and
+    /// as many body bytes as the claim has room for, advancing `claimed_up_to` and adding
+    /// to `bytes`. Returns whether it stopped at the byte limit.
+    fn claim(&mut self, claimed_up_to: &mut i64, max: usize, into: &mut Vec<Job>, bytes: &mut usize) -> bool {
         // Jobs a claim already read from the table are of no more use.
         while !self.committed.is_empty() && self.first <= *claimed_up_to {
             self.pop_front();
         }
         if self.first != *claimed_up_to + 1 {
-            return;
+            return false;
         }
         while into.len() < max {
+            let Some(front) = self.committed.front() else { break };
+            let size = front.kind.body_len();
+            if !claim_has_room(into.len(), *bytes, size) {
+                return true;
+            }
             let Some(mut job) = self.pop_front() else { break };
+            *bytes += size;
             *claimed_up_to = self.first - 1;
             // What the table would say of a job never started: its first attempt.
             job.attempt = 1;
             into.push(job);
         }
+        false
     }
 }
 
@@ -728,11 +738,6 @@ impl FinishColumns {
     }
 }
 
-/// The bytes a job's body takes in its row.
-fn job_body_len(kind: &JobKind) -> u64 {
-    KindColumns::of(kind).body.map_or(0, |body| body.len() as u64)
-}
-
 /// Rebuilds a job's kind from its columns.
 fn decode_kind(row: &Row<'_>) -> Result<JobKind, String> {
     let text = |error: rusqlite::Error| error.to_string();
@@ -851,7 +856,7 @@ impl QueueBackend for SqliteBackend {
                 .iter()
                 .zip(&is_new)
                 .filter(|(_, new)| **new)
-                .map(|(job, _)| 200 + job_body_len(&job.kind))
+                .map(|(job, _)| 200 + job.kind.body_len() as u64)
                 .sum();
             let used_bytes = self.used_bytes()?;
             if used_bytes + estimate > limit_bytes {
@@ -887,10 +892,11 @@ impl QueueBackend for SqliteBackend {
     fn take_ready(&mut self, max: usize, now: DateTime<Utc>) -> Result<ReadyBatch, StorageError> {
         self.promote_due(max, now)?;
         let mut jobs = Vec::with_capacity(max);
-        self.fresh.claim(&mut self.books.claimed_up_to, max, &mut jobs);
+        let mut bytes = 0;
+        let mut stopped_at_byte_limit = self.fresh.claim(&mut self.books.claimed_up_to, max, &mut jobs, &mut bytes);
         let mut undecodable = Vec::new();
         // The table holds more only if some `ready_seq` was handed out and not claimed.
-        if jobs.len() < max && self.books.claimed_up_to < self.books.next_ready_seq {
+        if !stopped_at_byte_limit && jobs.len() < max && self.books.claimed_up_to < self.books.next_ready_seq {
             let mut statement = self.connection.prepare_cached(
                 "SELECT seq, ready_seq, id, kind, attempts, max_attempts, timeout_ms, run_at, created_at,
                         idempotency_key, body, body_is_json, object_key, content_type, arg
@@ -898,26 +904,38 @@ impl QueueBackend for SqliteBackend {
             )?;
             let mut rows = statement.query(params![self.books.claimed_up_to, (max - jobs.len()) as i64])?;
             while let Some(row) = rows.next()? {
-                self.books.claimed_up_to = row.get("ready_seq")?;
+                let ready_seq: i64 = row.get("ready_seq")?;
                 match decode_kind(row) {
-                    Ok(kind) => jobs.push(Job {
-                        id: JobId::from_bytes(row.get("id")?),
-                        created_at: from_millis(row.get("created_at")?),
-                        attempt: row.get::<_, u32>("attempts")? + 1,
-                        max_attempts: row.get("max_attempts")?,
-                        timeout_ms: row.get::<_, Option<i64>>("timeout_ms")?.map(i64::unsigned_abs),
-                        run_at: row.get::<_, Option<i64>>("run_at")?.map(from_millis),
-                        idempotency_key: row.get("idempotency_key")?,
-                        kind,
-                    }),
-                    Err(error) => undecodable.push((row.get::<_, i64>("seq")?, error)),
+                    Ok(kind) => {
+                        let size = kind.body_len();
+                        if !claim_has_room(jobs.len(), bytes, size) {
+                            stopped_at_byte_limit = true;
+                            break;
+                        }
+                        bytes += size;
+                        self.books.claimed_up_to = ready_seq;
+                        jobs.push(Job {
+                            id: JobId::from_bytes(row.get("id")?),
+                            created_at: from_millis(row.get("created_at")?),
+                            attempt: row.get::<_, u32>("attempts")? + 1,
+                            max_attempts: row.get("max_attempts")?,
+                            timeout_ms: row.get::<_, Option<i64>>("timeout_ms")?.map(i64::unsigned_abs),
+                            run_at: row.get::<_, Option<i64>>("run_at")?.map(from_millis),
+                            idempotency_key: row.get("idempotency_key")?,
+                            kind,
+                        });
+                    }
+                    Err(error) => {
+                        self.books.claimed_up_to = ready_seq;
+                        undecodable.push((row.get::<_, i64>("seq")?, error));
+                    }
                 }
             }
         }
         for (seq, error) in undecodable {
             self.bury_undecodable(seq, &error)?;
         }
-        Ok(ReadyBatch { jobs, next_due: self.next_due()? })
+        Ok(ReadyBatch { jobs, stopped_at_byte_limit, next_due: self.next_due()? })
     }
 
     fn record_started(&mut self, started: &[StartedJob]) -> Result<(), StorageError> {
@@ -1376,6 +1394,48 @@ mod delayed_tests {
         assert!(claim_ids(&mut backend, 10, later).is_empty());
         // Claimed jobs count as queued until they start; the cancelled one does not.
         assert_eq!(backend.depth().queued, many.len() + 8);
+    }
+
+    #[test]
+    fn a_claim_stops_at_its_byte_limit_but_always_takes_one_job() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut backend, _) =
+            SqliteBackend::open(&dir.path().join("queue.db"), 100, Synchronous::Full, None).expect("open");
+        let large = || {
+            Job::for_test(JobKind::Upload(crate::job::UploadSpec {
+                body: crate::job::UploadBody::Bytes(vec![1; super::super::CLAIM_MAX_BODY_BYTES * 5 / 8]),
+                key: None,
+                content_type: None,
+                content_encoding: None,
+                metadata: Vec::new(),
+            }))
+        };
+        // Three from the table (enqueued outside a transaction, so never in the buffer of
+        // fresh jobs), then three from the buffer: each claim holds one large job, says it
+        // stopped at the limit while more wait, and the last says it did not.
+        let from_table: Vec<Job> = (0..3).map(|_| large()).collect();
+        let from_buffer: Vec<Job> = (0..3).map(|_| large()).collect();
+        let order: Vec<JobId> = from_table.iter().chain(&from_buffer).map(|job| job.id).collect();
+        assert!(backend.enqueue(from_table).expect("enqueue").is_ok());
+        let mut claimed = Vec::new();
+        for _ in 0..3 {
+            let batch = backend.take_ready(10, Utc::now()).expect("take");
+            assert_eq!(batch.jobs.len(), 1);
+            claimed.push((batch.jobs[0].id, batch.stopped_at_byte_limit));
+        }
+        committed(&mut backend, |backend| backend.enqueue(from_buffer).expect("enqueue").expect("fits"));
+        for _ in 0..3 {
+            let batch = committed(&mut backend, |backend| backend.take_ready(10, Utc::now()).expect("take"));
+            assert_eq!(batch.jobs.len(), 1);
+            claimed.push((batch.jobs[0].id, batch.stopped_at_byte_limit));
+        }
+        let expected: Vec<(JobId, bool)> = order.iter().enumerate().map(|(n, id)| (*id, n != 2 && n != 5)).collect();
+        assert_eq!(claimed, expected);
+        // Small jobs fill a claim up to `max`.
+        let small: Vec<Job> = (0..20).map(|_| job_at(None)).collect();
+        committed(&mut backend, |backend| backend.enqueue(small).expect("enqueue").expect("fits"));
+        let batch = committed(&mut backend, |backend| backend.take_ready(15, Utc::now()).expect("take"));
+        assert_eq!((batch.jobs.len(), batch.stopped_at_byte_limit), (15, false));
     }
 
     fn job_at(run_at: Option<DateTime<Utc>>) -> Job {

@@ -157,6 +157,21 @@ impl Daemon {
         }
     }
 
+    /// Polls a job's record until `done` holds for it; fails the test after [`WAIT_DEADLINE`].
+    /// The counters in `/v1/stats` move when an attempt ends, a moment before its outcome
+    /// is committed, so a test that reads a record after waiting on a counter waits here.
+    pub async fn wait_for_job(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT_DEADLINE;
+        loop {
+            let record = self.job(id).await.unwrap_or_default();
+            if done(&record) {
+                return record;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last record: {record}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `GET /v1/stats`.
     pub async fn stats(&self) -> Value {
         let response = self.client.get(self.url("/v1/stats")).send().await.expect("GET stats");
@@ -259,6 +274,12 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Finished-job counts from a stats answer.
+/// Whether a job's record shows the outcome of its latest attempt: neither waiting for its
+/// first start nor running.
+pub fn settled(record: &Value) -> bool {
+    !matches!(record["state"].as_str(), None | Some("queued" | "running" | "scheduled"))
+}
+
 pub fn finished(stats: &Value) -> u64 {
     let counters = &stats["counters"]["jobs"];
     ["succeeded", "failed", "panicked"].iter().map(|key| counters[key].as_u64().unwrap_or(0)).sum()
