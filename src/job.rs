@@ -24,6 +24,11 @@ impl JobId {
         *self.0.as_bytes()
     }
 
+    /// The id's 16 bytes, borrowed.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
     /// The id with these 16 bytes.
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         Self(Uuid::from_bytes(bytes))

@@ -72,6 +72,11 @@ impl ObjectKey {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_ref()
+    }
 }
 
 impl fmt::Display for ObjectKey {

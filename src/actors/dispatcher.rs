@@ -27,7 +27,7 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// (never early).
 const MIN_DUE_INTERVAL: Duration = Duration::from_millis(10);
 /// The fewest jobs the window of claimed jobs holds; see `Dispatcher::new`.
-const WINDOW_FLOOR: usize = 1024;
+const WINDOW_FLOOR: usize = 4096;
 /// How often the Dispatcher refreshes the `STATUS=` line systemd shows.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the Dispatcher checks that every worker is still alive.
