@@ -258,10 +258,17 @@ pub struct SqliteBackend {
     _checkpointer: Checkpointer,
 }
 
-/// The most jobs, and body bytes, [`FreshJobs`] keeps. Past them, claims read the
-/// database as they would without it.
-const FRESH_MAX_JOBS: usize = 4_096;
+/// The most jobs, and bytes (see [`footprint`]), [`FreshJobs`] keeps: up to about 8 MiB
+/// whatever the jobs. Past them, claims read the database as they would without it. The
+/// buffer is large so that a burst of ingest faster than the workers does not overflow it
+/// at once: each overflow sends claims back to reading rows until they catch up.
+const FRESH_MAX_JOBS: usize = 32_768;
 const FRESH_MAX_BYTES: usize = 8 << 20;
+
+/// The memory a job takes: the struct, its body and its idempotency key.
+fn footprint(job: &Job) -> usize {
+    std::mem::size_of::<Job>() + job.kind.body_len() + job.idempotency_key.as_ref().map_or(0, String::len)
+}
 
 /// Queued jobs this process inserted, in claim order, kept in memory so that claiming
 /// them reads nothing: a job committed a moment ago goes to the Dispatcher as it came in,
@@ -276,7 +283,7 @@ struct FreshJobs {
     first: i64,
     /// Jobs inserted by the open transaction, following `committed` without a gap.
     pending: Vec<Job>,
-    /// Body bytes of `committed` and of `pending`.
+    /// The [`footprint`] of `committed` and of `pending`.
     committed_bytes: usize,
     pending_bytes: usize,
 }
@@ -294,7 +301,7 @@ impl FreshJobs {
             self.clear();
             self.first = ready_seq;
         }
-        let bytes = job.kind.body_len();
+        let bytes = footprint(&job);
         if self.len() >= FRESH_MAX_JOBS || self.committed_bytes + self.pending_bytes + bytes > FRESH_MAX_BYTES {
             return;
         }
@@ -320,7 +327,7 @@ impl FreshJobs {
 
     fn pop_front(&mut self) -> Option<Job> {
         let job = self.committed.pop_front()?;
-        self.committed_bytes = self.committed_bytes.saturating_sub(job.kind.body_len());
+        self.committed_bytes = self.committed_bytes.saturating_sub(footprint(&job));
         self.first += 1;
         Some(job)
     }
