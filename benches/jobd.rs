@@ -223,7 +223,9 @@ fn histogram_quantile(scrape: &str, series: &str, quantile: f64) -> f64 {
     let mut buckets: Vec<(f64, f64)> = scrape
         .lines()
         .filter_map(|line| {
-            let rest = line.strip_prefix(series)?.strip_prefix(",le=\"")?;
+            // `series` ends inside the braces, after other labels or right at the opening one.
+            let rest = line.strip_prefix(series)?;
+            let rest = rest.strip_prefix(',').unwrap_or(rest).strip_prefix("le=\"")?;
             let (le, count) = rest.split_once("\"} ")?;
             Some((if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? }, count.trim().parse().ok()?))
         })
@@ -439,6 +441,9 @@ async fn run() -> Vec<Figure> {
         let wait_p50 = histogram_quantile(&scrape, series, 0.5) * 1000.0;
         let wait_p99 = histogram_quantile(&scrape, series, 0.99) * 1000.0;
         println!("(5) at {:.0}/s: submit -> start p50 {wait_p50:.3} ms, p99 {wait_p99:.3} ms", half.per_second);
+        // Where the time goes: the queue's commits (each with its fsync) in the same run.
+        let commit = |quantile| histogram_quantile(&scrape, "jobd_store_commit_duration_seconds_bucket{", quantile);
+        println!("    queue commits: p50 {:.3} ms, p99 {:.3} ms", commit(0.5) * 1000.0, commit(0.99) * 1000.0);
         figures.push(Figure {
             name: "Dispatch latency, submit -> start, at half of (2)'s rate",
             value: format!("p50 {wait_p50:.2} ms, p99 {wait_p99:.2} ms at {:.0} submissions/s", half.per_second),

@@ -408,6 +408,15 @@ fn run_backend(
         for read in reads {
             answer_read(backend.as_mut(), read, &mut writable);
         }
+        // A fetch runs in a transaction of its own, ahead of the others: its answer then
+        // waits for nothing but its own commit (which syncs nothing unless it moved delayed
+        // jobs to the queue), not for the fsync of the submissions it came in with. It sees
+        // only committed jobs, so it never hands out a job whose commit might still fail.
+        let (fetches, writes): (Vec<Command>, Vec<Command>) =
+            writes.into_iter().partition(|command| matches!(command, Command::TakeReady { .. }));
+        for fetch in fetches {
+            writable = run_writes(backend.as_mut(), vec![fetch]);
+        }
         if !writes.is_empty() {
             let requests: usize = writes
                 .iter()
