@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use chrono::Utc;
-use jobd::job::{FinishedJob, Job, JobId, JobKind, JobResult, Outcome, StartedJob};
+use jobd::job::{FinishedJob, Job, JobId, JobKind, StartedJob};
 use jobd::queue::QueueBackend;
 use jobd::queue::sqlite::{SqliteBackend, Synchronous};
 
@@ -74,17 +74,8 @@ fn run(synchronous: Synchronous, per_transaction: usize, per_submission: usize) 
             let now = Utc::now();
             let started: Vec<StartedJob> =
                 claimed.jobs.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
-            let finished: Vec<FinishedJob> = claimed
-                .jobs
-                .iter()
-                .map(|job| FinishedJob {
-                    id: job.id,
-                    kind: "noop",
-                    outcome: Outcome::Succeeded(JobResult::default()),
-                    finished_at: now,
-                    retry_at: None,
-                })
-                .collect();
+            let finished: Vec<FinishedJob> =
+                claimed.jobs.iter().map(|job| FinishedJob::succeeded(job.id, "noop", now)).collect();
             backend.record_progress(&started, &finished).expect("progress");
         });
     }

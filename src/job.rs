@@ -192,6 +192,17 @@ impl Job {
             kind,
         }
     }
+
+    /// A new `upload` job with a body of `bytes` bytes, for unit tests.
+    pub(crate) fn upload_for_test(bytes: usize) -> Job {
+        Job::for_test(JobKind::Upload(UploadSpec {
+            body: UploadBody::Bytes(vec![7; bytes]),
+            key: None,
+            content_type: None,
+            content_encoding: None,
+            metadata: Vec::new(),
+        }))
+    }
 }
 
 /// Where a job is in its life.
@@ -350,6 +361,11 @@ pub struct FinishedJob {
 }
 
 impl FinishedJob {
+    /// An attempt that succeeded with nothing to report (a `noop`'s), final.
+    pub fn succeeded(id: JobId, kind: &'static str, finished_at: DateTime<Utc>) -> Self {
+        FinishedJob { id, kind, outcome: Outcome::Succeeded(JobResult::default()), finished_at, retry_at: None }
+    }
+
     /// The state the job is in after this attempt.
     pub fn state(&self) -> JobState {
         match (&self.outcome, self.retry_at) {

@@ -286,15 +286,7 @@ mod tests {
     #[test]
     fn a_claim_stops_at_its_byte_limit_but_always_takes_one_job() {
         let mut backend = MemoryBackend::new(10);
-        let large = || {
-            Job::for_test(JobKind::Upload(crate::job::UploadSpec {
-                body: crate::job::UploadBody::Bytes(vec![1; super::super::CLAIM_MAX_BODY_BYTES * 5 / 8]),
-                key: None,
-                content_type: None,
-                content_encoding: None,
-                metadata: Vec::new(),
-            }))
-        };
+        let large = || Job::upload_for_test(super::super::CLAIM_MAX_BODY_BYTES * 5 / 8);
         assert!(backend.enqueue(vec![large(), large()]).expect("memory never fails").is_ok());
         let first = backend.take_ready(10, Utc::now()).expect("take");
         assert_eq!((first.jobs.len(), first.stopped_at_byte_limit), (1, true));

@@ -556,24 +556,13 @@ impl QueueHandle {
 mod tests {
     use super::sqlite::{SqliteBackend, Synchronous};
     use super::*;
-    use crate::job::{JobKind, UploadBody, UploadSpec};
-
-    fn upload(bytes: usize) -> Job {
-        Job::for_test(JobKind::Upload(UploadSpec {
-            body: UploadBody::Bytes(vec![7; bytes]),
-            key: None,
-            content_type: None,
-            content_encoding: None,
-            metadata: Vec::new(),
-        }))
-    }
 
     #[tokio::test]
     async fn a_failed_commit_fails_its_writes_keeps_earlier_jobs_and_reads_go_on() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut backend, _) =
             SqliteBackend::open(&dir.path().join("queue.db"), 1000, Synchronous::Full, None).expect("open");
-        let small = upload(10);
+        let small = Job::upload_for_test(10);
         let small_id = small.id;
         backend.begin().expect("begin");
         assert!(backend.enqueue(vec![small]).expect("enqueue").is_ok());
@@ -586,9 +575,9 @@ mod tests {
         assert!(queue.status().await.expect("status").writable);
 
         // A megabyte does not fit: the commit fails, and the whole group is gone.
-        let big = upload(1 << 20);
+        let big = Job::upload_for_test(1 << 20);
         let big_id = big.id;
-        let failed = queue.enqueue_group(vec![vec![upload(10)], vec![big]]).await;
+        let failed = queue.enqueue_group(vec![vec![Job::upload_for_test(10)], vec![big]]).await;
         assert!(failed.is_err(), "{failed:?}");
         let status = queue.status().await.expect("status is a read");
         assert!(!status.writable, "the probe write fails too");

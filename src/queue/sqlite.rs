@@ -1317,16 +1317,7 @@ mod tests {
         let now = Utc::now();
         let started: Vec<_> = claimed.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
         backend.record_started(&started).expect("start");
-        let finished: Vec<_> = claimed
-            .iter()
-            .map(|job| FinishedJob {
-                id: job.id,
-                kind: "noop",
-                outcome: Outcome::Succeeded(JobResult::default()),
-                finished_at: now,
-                retry_at: None,
-            })
-            .collect();
+        let finished: Vec<_> = claimed.iter().map(|job| FinishedJob::succeeded(job.id, "noop", now)).collect();
         backend.record_finished(&finished).expect("finish");
         assert!(backend.enqueue(vec![job(JobKind::Noop, None)]).expect("enqueue").is_ok());
         let record = backend.get(claimed[0].id, false).expect("get").expect("exists");
@@ -1453,16 +1444,8 @@ mod delayed_tests {
             let now = Utc::now() + chrono::Duration::milliseconds(round as i64);
             let (first, rest) = claimed.split_first().expect("claimed");
             backend.record_started(&[StartedJob { id: first.id, started_at: now }]).expect("start");
-            let ends: Vec<FinishedJob> = claimed
-                .iter()
-                .map(|job| FinishedJob {
-                    id: job.id,
-                    kind: "noop",
-                    outcome: Outcome::Succeeded(JobResult::default()),
-                    finished_at: now,
-                    retry_at: None,
-                })
-                .collect();
+            let ends: Vec<FinishedJob> =
+                claimed.iter().map(|job| FinishedJob::succeeded(job.id, "noop", now)).collect();
             let started: Vec<StartedJob> = rest.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
             backend.record_progress(&started, &ends).expect("progress");
         }
@@ -1489,15 +1472,7 @@ mod delayed_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut backend, _) =
             SqliteBackend::open(&dir.path().join("queue.db"), 100, Synchronous::Full, None).expect("open");
-        let large = || {
-            Job::for_test(JobKind::Upload(crate::job::UploadSpec {
-                body: crate::job::UploadBody::Bytes(vec![1; super::super::CLAIM_MAX_BODY_BYTES * 5 / 8]),
-                key: None,
-                content_type: None,
-                content_encoding: None,
-                metadata: Vec::new(),
-            }))
-        };
+        let large = || Job::upload_for_test(super::super::CLAIM_MAX_BODY_BYTES * 5 / 8);
         // Three from the table (enqueued outside a transaction, so never in the buffer of
         // fresh jobs), then three from the buffer: each claim holds one large job, says it
         // stopped at the limit while more wait, and the last says it did not.
