@@ -206,7 +206,7 @@ struct Bookkeeping {
     failed: usize,
     dead: usize,
     /// The last `ready_seq` handed out; the next one is one more.
-    next_ready_seq: i64,
+    last_ready_seq: i64,
     /// The highest `ready_seq` claimed by this process.
     claimed_up_to: i64,
 }
@@ -237,8 +237,8 @@ impl Bookkeeping {
     }
 
     fn take_ready_seq(&mut self) -> i64 {
-        self.next_ready_seq += 1;
-        self.next_ready_seq
+        self.last_ready_seq += 1;
+        self.last_ready_seq
     }
 }
 
@@ -519,7 +519,7 @@ impl SqliteBackend {
         }
         // New jobs queue behind every queued one, including those just put back. Finished
         // jobs may hold higher values, which is harmless: the claim cursor reads queued rows.
-        books.next_ready_seq = connection.query_row(
+        books.last_ready_seq = connection.query_row(
             "SELECT COALESCE(MAX(ready_seq), 0) FROM jobs INDEXED BY jobs_ready WHERE state = 'queued'",
             [],
             |r| r.get(0),
@@ -944,7 +944,7 @@ impl QueueBackend for SqliteBackend {
         let mut stopped_at_byte_limit = self.fresh.claim(&mut self.books.claimed_up_to, max, &mut jobs, &mut bytes);
         let mut undecodable = Vec::new();
         // The table holds more only if some `ready_seq` was handed out and not claimed.
-        if !stopped_at_byte_limit && jobs.len() < max && self.books.claimed_up_to < self.books.next_ready_seq {
+        if !stopped_at_byte_limit && jobs.len() < max && self.books.claimed_up_to < self.books.last_ready_seq {
             let mut statement = self.connection.prepare_cached(claim::SQL)?;
             let mut rows = statement.query(params![self.books.claimed_up_to])?;
             while jobs.len() + undecodable.len() < max
