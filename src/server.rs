@@ -212,26 +212,17 @@ async fn run(
         bodies: bodies.clone(),
     });
     let notifier = crate::systemd::Notifier::from_env().map(Arc::new);
-    let (dispatcher, wake) =
-        Dispatcher::new(queue.clone(), runner, stats.clone(), config.max_workers, config.retry_policy())
-            .with_systemd(notifier.clone(), crate::systemd::watchdog_interval())
-            .launch();
-    let ingest = Ingest::new(
-        queue.clone(),
-        wake.clone(),
-        stats.clone(),
-        metrics.clone(),
-        config.group_commit,
-        config.max_attempts,
-    )
-    .start();
+    let dispatcher = Dispatcher::new(queue.clone(), runner, stats.clone(), config.max_workers, config.retry_policy())
+        .with_systemd(notifier.clone(), crate::systemd::watchdog_interval())
+        .start();
+    let ingest =
+        Ingest::new(queue.clone(), stats.clone(), metrics.clone(), config.group_commit, config.max_attempts).start();
     let purge_task = actix::spawn(purge_periodically(queue.clone(), config.retention));
 
     let state_queue = queue.clone();
     let state = web::Data::new(AppState {
         ingest,
         dispatcher: dispatcher.clone(),
-        wake,
         queue: queue.clone(),
         stats: stats.clone(),
         metrics: metrics.clone(),

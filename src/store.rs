@@ -262,11 +262,11 @@ impl JobStore {
     /// Writes `body` at `key`, as a multipart upload when it is large.
     pub async fn put(&self, key: &Path, body: Vec<u8>, options: &UploadOptions) -> Result<JobResult, StoreError> {
         if let Some(root) = &self.local_root {
-            let root = root.clone();
-            let key_text = key.to_string();
-            tokio::task::spawn_blocking(move || refuse_symlinks(&root, &key_text))
-                .await
-                .map_err(|error| StoreError::SymlinkCheck(std::io::Error::other(error)))??;
+            // A few `lstat` calls on directories the kernel has cached, run in place: job
+            // bodies have a runtime of their own, one thread per worker, so this blocks
+            // nothing else. Handing it to the blocking pool cost two thread crossings per
+            // upload, more than the check itself.
+            refuse_symlinks(root, key.as_ref())?;
         }
         // The semaphore is never closed, so acquiring only waits.
         let _slot = self.upload_slots.acquire().await.ok();
@@ -384,12 +384,18 @@ fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
         .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "5s")
 }
 
-/// Refuses a key if any existing directory on its way, or the object itself, is a
-/// symbolic link. `LocalFileSystem` would follow such a link, and an operator's stray
-/// link to `/etc` must not turn a job into a write outside the root.
+/// Refuses a key if any existing directory on its way is a symbolic link.
+/// `LocalFileSystem` would follow such a link when it creates the object's directories,
+/// and an operator's stray link to `/etc` must not turn a job into a write outside the root.
+///
+/// The object itself is not looked up: `LocalFileSystem` writes a new file beside it and
+/// renames it into place, which replaces a link there instead of following it (a test
+/// checks this). Looking up a name that does not exist yet also takes the directory's
+/// lock, which every upload into the same directory contends for.
 fn refuse_symlinks(root: &FsPath, key: &str) -> Result<(), StoreError> {
     let mut current = root.to_path_buf();
-    for part in key.split('/') {
+    let directories = key.rsplit_once('/').map_or("", |(directories, _object)| directories);
+    for part in directories.split('/').filter(|part| !part.is_empty()) {
         current.push(part);
         match std::fs::symlink_metadata(&current) {
             Ok(metadata) if metadata.file_type().is_symlink() => return Err(StoreError::Symlink(current)),
@@ -422,6 +428,28 @@ mod tests {
         let error = store.put(&escape, b"{}".to_vec(), &json).await;
         assert!(matches!(error, Err(StoreError::Symlink(_))), "{error:?}");
         assert_eq!(std::fs::read_dir(outside.path()).expect("list").count(), 0);
+
+        // A link where the object goes is replaced by the object, not followed.
+        let target = outside.path().join("target.json");
+        std::fs::write(&target, b"outside").expect("write");
+        std::os::unix::fs::symlink(&target, root.path().join("a/linked.json")).expect("symlink");
+        let linked = Path::parse("a/linked.json").expect("key");
+        store.put(&linked, b"{}".to_vec(), &json).await.expect("put over a link");
+        assert_eq!(std::fs::read(&target).expect("read"), b"outside", "the link's target is untouched");
+        let written = root.path().join("a/linked.json");
+        assert!(!std::fs::symlink_metadata(&written).expect("lstat").file_type().is_symlink());
+        assert_eq!(std::fs::read(&written).expect("read"), b"{}");
+
+        // The same for a large object, which goes up in parts.
+        let big = vec![b'x'; 1 << 20];
+        let small_parts =
+            JobStore::from_url(&url, &StoreOptions { multipart_threshold: 1024, ..StoreOptions::default() })
+                .expect("store");
+        std::os::unix::fs::symlink(&target, root.path().join("a/big.json")).expect("symlink");
+        let big_key = Path::parse("a/big.json").expect("key");
+        small_parts.put(&big_key, big.clone(), &json).await.expect("multipart put over a link");
+        assert_eq!(std::fs::read(&target).expect("read"), b"outside", "the link's target is untouched");
+        assert_eq!(std::fs::read(root.path().join("a/big.json")).expect("read"), big);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -51,12 +51,6 @@ pub struct JobFinished {
     pub worker_restarts: bool,
 }
 
-/// New jobs were committed. At most one is in the mailbox at a time (see [`Wake`]), so
-/// it may be sent with `do_send`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct JobsCommitted;
-
 /// Cancel a job that has not started. Goes through the Dispatcher, which alone knows
 /// whether the job is in its window or already running.
 #[derive(Message)]
@@ -74,22 +68,6 @@ pub struct Drain;
 pub struct DrainReport {
     /// Jobs claimed from the queue into the window but never started.
     pub unstarted_in_window: usize,
-}
-
-/// Wakes the Dispatcher after jobs were committed, with at most one notice in its mailbox
-/// whatever the commit rate: the flag is set by the waker and cleared on receipt.
-#[derive(Clone)]
-pub struct Wake {
-    dispatcher: Addr<Dispatcher>,
-    pending: Arc<AtomicBool>,
-}
-
-impl Wake {
-    pub fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            self.dispatcher.do_send(JobsCommitted);
-        }
-    }
 }
 
 /// What the Dispatcher knows about a job a worker is running.
@@ -124,18 +102,13 @@ pub struct Dispatcher {
     ready: VecDeque<Job>,
     /// The most jobs `ready` holds.
     window: usize,
-    /// Whether a `take_ready` call is in flight; at most one is, so the window is never
-    /// overfilled.
+    /// Whether a fetch (`wait_ready`) is out; at most one is, so the window is never
+    /// overfilled. While the window has room one always is: when nothing is ready the
+    /// queue thread holds it and answers it right after the commit that readies jobs, so
+    /// nobody has to tell the Dispatcher that jobs came in.
     fetching: bool,
-    /// Jobs cancelled while a fetch was in flight; that fetch may still bring them.
+    /// Jobs cancelled while a fetch was out; that fetch may still bring them.
     cancelled_during_fetch: Vec<JobId>,
-    /// Whether the queue may hold jobs the window has not claimed yet.
-    backlog_may_have_jobs: bool,
-    /// Counts [`JobsCommitted`] notices, so a fetch that started before a commit does not
-    /// wrongly conclude that the backlog is empty.
-    commit_epoch: u64,
-    /// The flag behind [`Wake`].
-    wake_pending: Arc<AtomicBool>,
     /// The one timer for delayed work: when the earliest scheduled job or retry is due.
     /// However many jobs wait, this is the only timer they cost.
     due_timer: Option<(DateTime<Utc>, SpawnHandle)>,
@@ -181,9 +154,6 @@ impl Dispatcher {
             window: (2 * max_workers).max(WINDOW_FLOOR),
             fetching: false,
             cancelled_during_fetch: Vec::new(),
-            backlog_may_have_jobs: true,
-            commit_epoch: 0,
-            wake_pending: Arc::new(AtomicBool::new(false)),
             due_timer: None,
             due_timer_fired: None,
             busy: 0,
@@ -221,13 +191,6 @@ impl Dispatcher {
             };
             notifier.status(&line);
         }));
-    }
-
-    /// Starts the Dispatcher and returns its address with the [`Wake`] for committers.
-    pub fn launch(self) -> (Addr<Dispatcher>, Wake) {
-        let pending = self.wake_pending.clone();
-        let dispatcher = self.start();
-        (dispatcher.clone(), Wake { dispatcher, pending })
     }
 
     /// Publishes the pool's size: workers that have registered and not died. A worker
@@ -279,26 +242,22 @@ impl Dispatcher {
         if dispatched {
             self.record_progress(ctx);
         }
-        if !self.fetching && self.backlog_may_have_jobs && self.ready.len() <= self.window / 2 {
+        if !self.fetching && self.ready.len() <= self.window / 2 {
             self.fetch(ctx);
         }
     }
 
     fn fetch(&mut self, ctx: &mut Context<Self>) {
         let wanted = self.window - self.ready.len();
-        let epoch = self.commit_epoch;
+        let timer_due = self.due_timer.map(|(due, _)| due);
         self.fetching = true;
         let queue = self.queue.clone();
-        ctx.spawn(async move { queue.take_ready(wanted).await }.into_actor(self).map(
+        ctx.spawn(async move { queue.wait_ready(wanted, timer_due).await }.into_actor(self).map(
             move |result, dispatcher, ctx| {
                 dispatcher.fetching = false;
                 let cancelled = std::mem::take(&mut dispatcher.cancelled_during_fetch);
                 match result {
                     Ok(batch) => {
-                        let drained = batch.jobs.len() < wanted && !batch.stopped_at_byte_limit;
-                        if drained && dispatcher.commit_epoch == epoch {
-                            dispatcher.backlog_may_have_jobs = false;
-                        }
                         dispatcher.ready.extend(batch.jobs.into_iter().filter(|job| !cancelled.contains(&job.id)));
                         if let Some(due) = batch.next_due {
                             dispatcher.arm_due_timer(due, ctx);
@@ -334,8 +293,22 @@ impl Dispatcher {
             dispatcher.due_timer = None;
             dispatcher.due_timer_fired = Some(std::time::Instant::now());
             dispatcher.stats.delay_timers.store(0, Ordering::Relaxed);
-            dispatcher.backlog_may_have_jobs = true;
-            dispatcher.pump(ctx);
+            if dispatcher.fetching {
+                // The fetch that is out may be waiting in the queue thread for news that
+                // a due time is not: the nudge makes it look now. A fetch not yet run
+                // looks as of when it runs, after this, so it sees the due jobs anyway.
+                let queue = dispatcher.queue.clone();
+                ctx.spawn(
+                    async move {
+                        if let Err(error) = queue.nudge().await {
+                            tracing::error!(%error, "could not nudge the waiting fetch");
+                        }
+                    }
+                    .into_actor(dispatcher),
+                );
+            } else {
+                dispatcher.pump(ctx);
+            }
         });
         self.due_timer = Some((due, handle));
     }
@@ -503,17 +476,6 @@ impl Handler<JobFinished> for Dispatcher {
         let finished = self.decide(&running, message.outcome);
         self.outcomes.push(finished);
         self.record_progress(ctx);
-        self.pump(ctx);
-    }
-}
-
-impl Handler<JobsCommitted> for Dispatcher {
-    type Result = ();
-
-    fn handle(&mut self, _: JobsCommitted, ctx: &mut Self::Context) {
-        self.wake_pending.store(false, Ordering::Release);
-        self.commit_epoch += 1;
-        self.backlog_may_have_jobs = true;
         self.pump(ctx);
     }
 }

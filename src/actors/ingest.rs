@@ -8,7 +8,6 @@ use actix::prelude::*;
 use chrono::Utc;
 use tokio::sync::oneshot;
 
-use super::dispatcher::Wake;
 use crate::job::{Job, JobId, JobSpec};
 use crate::metrics::Metrics;
 use crate::queue::{Admitted, QueueHandle, Refusal, StorageError, SubmissionAnswer};
@@ -60,7 +59,6 @@ struct PendingSubmission {
 /// submissions, without a timer.
 pub struct Ingest {
     queue: QueueHandle,
-    wake: Wake,
     stats: Arc<Stats>,
     metrics: Arc<Metrics>,
     pending: Vec<PendingSubmission>,
@@ -76,13 +74,12 @@ pub struct Ingest {
 impl Ingest {
     pub fn new(
         queue: QueueHandle,
-        wake: Wake,
         stats: Arc<Stats>,
         metrics: Arc<Metrics>,
         group_commit: bool,
         default_max_attempts: u32,
     ) -> Self {
-        Self { queue, wake, stats, metrics, pending: Vec::new(), in_flight: 0, group_commit, default_max_attempts }
+        Self { queue, stats, metrics, pending: Vec::new(), in_flight: 0, group_commit, default_max_attempts }
     }
 
     fn commit_next_group(&mut self, ctx: &mut Context<Self>) {
@@ -148,7 +145,6 @@ impl Ingest {
         }
         if committed > 0 {
             self.stats.jobs_accepted.fetch_add(committed as u64, Ordering::Relaxed);
-            self.wake.wake();
         }
     }
 }

@@ -19,7 +19,7 @@ use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::actors::dispatcher::{CancelJob, Wake};
+use crate::actors::dispatcher::CancelJob;
 use crate::actors::ingest::{Submit, SubmitError};
 use crate::actors::{Dispatcher, Ingest};
 use crate::auth::{AuthFailure, Authenticator, Principal, Scope};
@@ -56,8 +56,6 @@ pub struct Lifecycle {
 pub struct AppState {
     pub ingest: Addr<Ingest>,
     pub dispatcher: Addr<Dispatcher>,
-    /// Wakes the Dispatcher after a dead job is queued again.
-    pub wake: Wake,
     pub queue: QueueHandle,
     pub stats: Arc<Stats>,
     pub lifecycle: Arc<Lifecycle>,
@@ -708,7 +706,6 @@ async fn retry_job(id: web::Path<String>, state: web::Data<AppState>) -> Result<
     let job_id = parse_job_id(&id)?;
     let result = state.queue.retry_dead(job_id).await.map_err(|error| Problem::unavailable(error.to_string()))?;
     result.map_err(|error| control_problem(job_id, error))?;
-    state.wake.wake();
     Ok(HttpResponse::Accepted().json(AcceptedJob { id: job_id, state: JobState::Queued }))
 }
 

@@ -248,24 +248,81 @@ pub struct ProgressNotRecorded {
 }
 
 enum Command {
-    Enqueue { group: Vec<Vec<Job>>, reply: Reply<Vec<SubmissionAnswer>> },
-    TakeReady { max: usize, now: DateTime<Utc>, reply: Reply<ReadyBatch> },
-    RecordProgress { started: Vec<StartedJob>, finished: Vec<FinishedJob>, reply: ProgressReply },
-    Purge { cutoff: DateTime<Utc>, limit: usize, reply: Reply<usize> },
-    Retry { id: JobId, reply: Reply<Result<(), ControlError>> },
-    Cancel { id: JobId, now: DateTime<Utc>, reply: Reply<Result<(), ControlError>> },
-    Get { id: JobId, with_payload: bool, reply: Reply<Option<JobRecord>> },
-    List { state: Option<JobState>, before: Option<i64>, limit: usize, reply: Reply<JobPage> },
-    Status { reply: Reply<QueueStatus> },
+    Enqueue {
+        group: Vec<Vec<Job>>,
+        reply: Reply<Vec<SubmissionAnswer>>,
+    },
+    TakeReady {
+        max: usize,
+        wait: Option<Waiting>,
+        reply: Reply<ReadyBatch>,
+    },
+    /// Answers the waiting fetch now, whatever it finds.
+    Nudge,
+    RecordProgress {
+        started: Vec<StartedJob>,
+        finished: Vec<FinishedJob>,
+        reply: ProgressReply,
+    },
+    Purge {
+        cutoff: DateTime<Utc>,
+        limit: usize,
+        reply: Reply<usize>,
+    },
+    Retry {
+        id: JobId,
+        reply: Reply<Result<(), ControlError>>,
+    },
+    Cancel {
+        id: JobId,
+        now: DateTime<Utc>,
+        reply: Reply<Result<(), ControlError>>,
+    },
+    Get {
+        id: JobId,
+        with_payload: bool,
+        reply: Reply<Option<JobRecord>>,
+    },
+    List {
+        state: Option<JobState>,
+        before: Option<i64>,
+        limit: usize,
+        reply: Reply<JobPage>,
+    },
+    Status {
+        reply: Reply<QueueStatus>,
+    },
 }
 
 type ProgressReply = oneshot::Sender<Result<(), ProgressNotRecorded>>;
+
+/// How a fetch that finds nothing new waits: see [`QueueHandle::wait_ready`].
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    /// When the caller's own timer fires; a delayed job due by then needs no answer.
+    timer_due: Option<DateTime<Utc>>,
+}
+
+/// A fetch that found nothing worth answering, held by the queue thread until a commit may
+/// have changed that or the caller nudges it.
+struct WaitingFetch {
+    max: usize,
+    waiting: Waiting,
+    reply: Reply<ReadyBatch>,
+}
+
+/// Whether a fetch's result tells its caller something: jobs, or a delayed job due before
+/// the caller's timer fires.
+fn worth_answering(batch: &ReadyBatch, waiting: Waiting) -> bool {
+    !batch.jobs.is_empty()
+        || batch.stopped_at_byte_limit
+        || batch.next_due.is_some_and(|due| waiting.timer_due.is_none_or(|timer| due < timer))
+}
 
 /// What a write command produced inside the open transaction; its answer is held back
 /// until the commit has returned.
 enum Output {
     Enqueue(Vec<SubmissionAnswer>),
-    TakeReady(ReadyBatch),
     RecordProgress,
     Purge(usize),
     Control(Result<(), ControlError>),
@@ -274,6 +331,12 @@ enum Output {
 impl Command {
     fn is_read(&self) -> bool {
         matches!(self, Command::Get { .. } | Command::Status { .. } | Command::List { .. })
+    }
+
+    /// Whether a committed transaction that carried this command may have made jobs ready
+    /// or moved the next due time, so that a waiting fetch must look again.
+    fn may_ready_jobs(&self) -> bool {
+        matches!(self, Command::Enqueue { .. } | Command::Retry { .. })
     }
 
     /// Does a write command's work. Jobs to enqueue are moved into the backend; progress
@@ -287,7 +350,6 @@ impl Command {
                 }
                 Ok(Output::Enqueue(answers))
             }
-            Command::TakeReady { max, now, .. } => Ok(Output::TakeReady(backend.take_ready(*max, *now)?)),
             Command::Retry { id, .. } => Ok(Output::Control(backend.retry_dead(*id)?)),
             Command::Cancel { id, now, .. } => Ok(Output::Control(backend.cancel(*id, *now)?)),
             Command::RecordProgress { started, finished, .. } => {
@@ -298,6 +360,7 @@ impl Command {
             Command::Get { .. } | Command::Status { .. } | Command::List { .. } => {
                 unreachable!("reads run outside transactions")
             }
+            Command::TakeReady { .. } | Command::Nudge => unreachable!("fetches run in transactions of their own"),
         }
     }
 
@@ -307,7 +370,6 @@ impl Command {
         // is done either way, exactly as if the answer had been lost on the wire.
         match (self, output) {
             (Command::Enqueue { reply, .. }, Output::Enqueue(answers)) => drop(reply.send(Ok(answers))),
-            (Command::TakeReady { reply, .. }, Output::TakeReady(batch)) => drop(reply.send(Ok(batch))),
             (Command::Retry { reply, .. } | Command::Cancel { reply, .. }, Output::Control(result)) => {
                 drop(reply.send(Ok(result)))
             }
@@ -330,6 +392,7 @@ impl Command {
             Command::Purge { reply, .. } => drop(reply.send(Err(error.clone()))),
             Command::Get { reply, .. } => drop(reply.send(Err(error.clone()))),
             Command::Status { reply } => drop(reply.send(Err(error.clone()))),
+            Command::Nudge => {}
         }
     }
 }
@@ -354,8 +417,8 @@ pub struct QueueHandle {
 }
 
 /// Calls in flight beyond this wait for room. The protocol keeps far fewer in flight:
-/// eight groups from the Ingest actor, one fetch and one progress flush from the
-/// Dispatcher, one purge, plus status reads.
+/// eight groups from the Ingest actor, one fetch, one nudge and one progress flush from
+/// the Dispatcher, one purge, plus status reads.
 const COMMAND_CHANNEL_CAPACITY: usize = 1024;
 /// The most commands one transaction carries when group commit is on.
 const MAX_COMMANDS_PER_COMMIT: usize = 256;
@@ -395,6 +458,7 @@ fn run_backend(
     metrics: &Metrics,
 ) {
     let mut writable = true;
+    let mut waiting: Option<WaitingFetch> = None;
     while let Some(first) = receiver.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < per_commit {
@@ -413,9 +477,31 @@ fn run_backend(
         // jobs to the queue), not for the fsync of the submissions it came in with. It sees
         // only committed jobs, so it never hands out a job whose commit might still fail.
         let (fetches, writes): (Vec<Command>, Vec<Command>) =
-            writes.into_iter().partition(|command| matches!(command, Command::TakeReady { .. }));
+            writes.into_iter().partition(|command| matches!(command, Command::TakeReady { .. } | Command::Nudge));
         for fetch in fetches {
-            writable = run_writes(backend.as_mut(), vec![fetch]);
+            match fetch {
+                Command::TakeReady { max, wait, reply } => {
+                    // The protocol keeps one fetch in flight; should another come, the
+                    // one waiting is answered first, so that no caller waits forever.
+                    if let Some(earlier) = waiting.take() {
+                        answer_fetch(backend.as_mut(), earlier.max, earlier.reply);
+                    }
+                    let fetched = fetch_ready(backend.as_mut(), max);
+                    writable = fetched.is_ok();
+                    match (fetched, wait) {
+                        (Ok(batch), Some(waiting_for)) if !worth_answering(&batch, waiting_for) => {
+                            waiting = Some(WaitingFetch { max, waiting: waiting_for, reply });
+                        }
+                        (answer, _) => drop(reply.send(answer)),
+                    }
+                }
+                Command::Nudge => {
+                    if let Some(nudged) = waiting.take() {
+                        writable = answer_fetch(backend.as_mut(), nudged.max, nudged.reply);
+                    }
+                }
+                _ => unreachable!("partitioned above"),
+            }
         }
         if !writes.is_empty() {
             let requests: usize = writes
@@ -425,12 +511,52 @@ fn run_backend(
                     _ => 1,
                 })
                 .sum();
+            let may_ready_jobs = writes.iter().any(Command::may_ready_jobs);
+            // The Dispatcher sets aside the ids it cancels while a fetch is out, in case
+            // that fetch brings them; an answer tells it that the fetch no longer can.
+            let cancels = writes.iter().any(|command| matches!(command, Command::Cancel { .. }));
             let started = std::time::Instant::now();
             writable = run_writes(backend.as_mut(), writes);
             metrics.store_commit_duration.observe(started.elapsed().as_secs_f64());
             metrics.store_commit_batch_size.observe(requests as f64);
+            // The waiting fetch looks again straight after the commit that readied jobs,
+            // before the next group is even gathered: the Dispatcher learns of new jobs
+            // without a round trip of its own, which would wait behind the next fsync.
+            if (cancels || (writable && may_ready_jobs))
+                && let Some(woken) = waiting.take()
+            {
+                match fetch_ready(backend.as_mut(), woken.max) {
+                    Ok(batch) if !cancels && !worth_answering(&batch, woken.waiting) => waiting = Some(woken),
+                    fetched => {
+                        writable = fetched.is_ok();
+                        drop(woken.reply.send(fetched));
+                    }
+                }
+            }
         }
     }
+}
+
+/// Claims ready jobs in a transaction of its own, as of now.
+fn fetch_ready(backend: &mut dyn QueueBackend, max: usize) -> Result<ReadyBatch, StorageError> {
+    let fetched = backend.begin().and_then(|()| {
+        let batch = backend.take_ready(max, Utc::now())?;
+        backend.commit()?;
+        Ok(batch)
+    });
+    if let Err(error) = &fetched {
+        backend.rollback();
+        tracing::error!(%error, "fetching ready jobs failed and was rolled back");
+    }
+    fetched
+}
+
+/// Fetches and answers, whatever the fetch finds. Returns whether it succeeded.
+fn answer_fetch(backend: &mut dyn QueueBackend, max: usize, reply: Reply<ReadyBatch>) -> bool {
+    let fetched = fetch_ready(backend, max);
+    let succeeded = fetched.is_ok();
+    drop(reply.send(fetched));
+    succeeded
 }
 
 fn answer_read(backend: &mut dyn QueueBackend, command: Command, writable: &mut bool) {
@@ -493,9 +619,24 @@ impl QueueHandle {
         self.call(|reply| Command::Enqueue { group, reply }).await
     }
 
-    /// See [`QueueBackend::take_ready`].
+    /// See [`QueueBackend::take_ready`]; answered at once.
     pub async fn take_ready(&self, max: usize) -> Result<ReadyBatch, StorageError> {
-        self.call(|reply| Command::TakeReady { max, now: Utc::now(), reply }).await
+        self.call(|reply| Command::TakeReady { max, wait: None, reply }).await
+    }
+
+    /// Like [`take_ready`](Self::take_ready), but when nothing is ready the queue thread
+    /// holds the call and answers it right after the next commit that readies jobs, or that
+    /// makes a delayed job due before `timer_due` (when the caller's own timer fires), or
+    /// at [`nudge`](Self::nudge). A cancel also answers it, so that the caller learns that
+    /// its fetch cannot bring the cancelled job. One such call is meant to be in flight.
+    pub async fn wait_ready(&self, max: usize, timer_due: Option<DateTime<Utc>>) -> Result<ReadyBatch, StorageError> {
+        self.call(|reply| Command::TakeReady { max, wait: Some(Waiting { timer_due }), reply }).await
+    }
+
+    /// Answers the call of [`wait_ready`](Self::wait_ready) that waits, if any, with what
+    /// is ready now: the caller's timer fired, and delayed jobs may be due.
+    pub async fn nudge(&self) -> Result<(), StorageError> {
+        self.commands.send(Command::Nudge).await.map_err(|_| queue_closed())
     }
 
     /// See [`QueueBackend::retry_dead`].
@@ -556,6 +697,135 @@ impl QueueHandle {
 mod tests {
     use super::sqlite::{SqliteBackend, Synchronous};
     use super::*;
+    use crate::job::JobKind;
+
+    fn memory_queue() -> (QueueThread, QueueHandle) {
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let thread = QueueThread::spawn(Box::new(memory::MemoryBackend::new(1000)), true, metrics).expect("thread");
+        let handle = thread.handle();
+        (thread, handle)
+    }
+
+    /// Sends a fetch that may wait, and returns where its answer will arrive.
+    async fn send_waiting_fetch(
+        queue: &QueueHandle,
+        timer_due: Option<DateTime<Utc>>,
+    ) -> oneshot::Receiver<Result<ReadyBatch, StorageError>> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::TakeReady { max: 100, wait: Some(Waiting { timer_due }), reply };
+        assert!(queue.commands.send(command).await.is_ok(), "queue thread is running");
+        answer
+    }
+
+    /// Returns once the queue thread has handled every command sent before: a write runs
+    /// after the fetches of its batch, and batches run in order.
+    async fn settle(queue: &QueueHandle) {
+        queue.purge_finished(Utc::now(), 0).await.expect("purge");
+    }
+
+    /// The fetch's answer, or `None` while the queue thread still holds it.
+    fn answer_now(answer: &mut oneshot::Receiver<Result<ReadyBatch, StorageError>>) -> Option<ReadyBatch> {
+        match answer.try_recv() {
+            Ok(batch) => Some(batch.expect("fetch succeeds")),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => panic!("the waiting fetch was dropped"),
+        }
+    }
+
+    fn scheduled_in(minutes: i64) -> Job {
+        let mut job = Job::for_test(JobKind::Noop);
+        job.run_at = Some(Utc::now() + chrono::Duration::minutes(minutes));
+        job
+    }
+
+    #[tokio::test]
+    async fn a_waiting_fetch_is_answered_by_the_commit_that_readies_jobs() {
+        let (thread, queue) = memory_queue();
+        let mut answer = send_waiting_fetch(&queue, None).await;
+        settle(&queue).await;
+        assert!(answer_now(&mut answer).is_none(), "nothing is ready, so the fetch waits");
+        // Progress and purges ready nothing: the fetch goes on waiting.
+        queue.record_progress(Vec::new(), Vec::new()).await.expect("progress");
+        settle(&queue).await;
+        assert!(answer_now(&mut answer).is_none());
+
+        let job = Job::for_test(JobKind::Noop);
+        let id = job.id;
+        queue.enqueue_group(vec![vec![job]]).await.expect("enqueue").into_iter().for_each(|answer| {
+            assert!(answer.is_ok());
+        });
+        settle(&queue).await;
+        let batch = answer_now(&mut answer).expect("answered after the commit");
+        assert_eq!(batch.jobs.iter().map(|job| job.id).collect::<Vec<_>>(), vec![id]);
+        drop(queue);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn a_waiting_fetch_is_answered_for_a_due_time_before_the_callers_timer_and_at_a_nudge() {
+        let (thread, queue) = memory_queue();
+        // No timer yet: a delayed job is news.
+        let mut answer = send_waiting_fetch(&queue, None).await;
+        let in_an_hour = scheduled_in(60);
+        let due = in_an_hour.run_at;
+        queue.enqueue_group(vec![vec![in_an_hour]]).await.expect("enqueue");
+        settle(&queue).await;
+        let batch = answer_now(&mut answer).expect("answered with the due time");
+        assert!(batch.jobs.is_empty());
+        assert_eq!(batch.next_due, due);
+
+        // A timer set for that time: a later job is no news, an earlier one is.
+        let mut answer = send_waiting_fetch(&queue, due).await;
+        queue.enqueue_group(vec![vec![scheduled_in(120)]]).await.expect("enqueue");
+        settle(&queue).await;
+        assert!(answer_now(&mut answer).is_none(), "due after the caller's timer");
+        let sooner = scheduled_in(30);
+        let sooner_due = sooner.run_at;
+        queue.enqueue_group(vec![vec![sooner]]).await.expect("enqueue");
+        settle(&queue).await;
+        assert_eq!(answer_now(&mut answer).expect("due before the timer").next_due, sooner_due);
+
+        // The caller's timer fired: a nudge answers with what is ready now.
+        let mut answer = send_waiting_fetch(&queue, sooner_due).await;
+        settle(&queue).await;
+        assert!(answer_now(&mut answer).is_none());
+        queue.nudge().await.expect("nudge");
+        settle(&queue).await;
+        let batch = answer_now(&mut answer).expect("answered at the nudge");
+        assert!(batch.jobs.is_empty(), "nothing is due yet");
+        assert_eq!(batch.next_due, sooner_due);
+        // A nudge with no fetch waiting does nothing.
+        queue.nudge().await.expect("nudge");
+        settle(&queue).await;
+        drop(queue);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn a_cancel_or_a_second_fetch_answers_the_waiting_fetch() {
+        let (thread, queue) = memory_queue();
+        let delayed = scheduled_in(60);
+        let (id, due) = (delayed.id, delayed.run_at);
+        queue.enqueue_group(vec![vec![delayed]]).await.expect("enqueue");
+
+        let mut answer = send_waiting_fetch(&queue, due).await;
+        settle(&queue).await;
+        assert!(answer_now(&mut answer).is_none());
+        assert_eq!(queue.cancel(id).await.expect("cancel"), Ok(()));
+        settle(&queue).await;
+        let batch = answer_now(&mut answer).expect("a cancel answers the waiting fetch");
+        assert!(batch.jobs.is_empty());
+        assert_eq!(batch.next_due, None, "the cancelled job is no longer due");
+
+        // The protocol keeps one fetch out; a second one does not leave the first hanging.
+        let mut first = send_waiting_fetch(&queue, None).await;
+        let mut second = send_waiting_fetch(&queue, None).await;
+        settle(&queue).await;
+        assert!(answer_now(&mut first).is_some(), "the earlier fetch is answered");
+        assert!(answer_now(&mut second).is_none(), "the later one waits");
+        drop(queue);
+        thread.join();
+    }
 
     #[tokio::test]
     async fn a_failed_commit_fails_its_writes_keeps_earlier_jobs_and_reads_go_on() {
