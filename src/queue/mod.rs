@@ -129,6 +129,13 @@ pub trait QueueBackend: Send + 'static {
         Ok(())
     }
 
+    /// Starts a unit of work for [`take_ready`](Self::take_ready), which mostly reads: a
+    /// backend may put off its locks until it touches storage, which a claim served from
+    /// memory may never do.
+    fn begin_fetch(&mut self) -> Result<(), StorageError> {
+        self.begin()
+    }
+
     /// Makes the unit of work durable.
     fn commit(&mut self) -> Result<(), StorageError> {
         Ok(())
@@ -539,7 +546,7 @@ fn run_backend(
 
 /// Claims ready jobs in a transaction of its own, as of now.
 fn fetch_ready(backend: &mut dyn QueueBackend, max: usize) -> Result<ReadyBatch, StorageError> {
-    let fetched = backend.begin().and_then(|()| {
+    let fetched = backend.begin_fetch().and_then(|()| {
         let batch = backend.take_ready(max, Utc::now())?;
         backend.commit()?;
         Ok(batch)
