@@ -491,10 +491,9 @@ fn run_backend(
                     // The protocol keeps one fetch in flight; should another come, the
                     // one waiting is answered first, so that no caller waits forever.
                     if let Some(earlier) = waiting.take() {
-                        answer_fetch(backend.as_mut(), earlier.max, earlier.reply);
+                        answer_fetch(backend.as_mut(), earlier.max, earlier.reply, &mut writable);
                     }
-                    let fetched = fetch_ready(backend.as_mut(), max);
-                    writable = fetched.is_ok();
+                    let fetched = fetch_ready(backend.as_mut(), max, &mut writable);
                     match (fetched, wait) {
                         (Ok(batch), Some(waiting_for)) if !worth_answering(&batch, waiting_for) => {
                             waiting = Some(WaitingFetch { max, waiting: waiting_for, reply });
@@ -504,7 +503,7 @@ fn run_backend(
                 }
                 Command::Nudge => {
                     if let Some(nudged) = waiting.take() {
-                        writable = answer_fetch(backend.as_mut(), nudged.max, nudged.reply);
+                        answer_fetch(backend.as_mut(), nudged.max, nudged.reply, &mut writable);
                     }
                 }
                 _ => unreachable!("partitioned above"),
@@ -532,20 +531,19 @@ fn run_backend(
             if (cancels || (writable && may_ready_jobs))
                 && let Some(woken) = waiting.take()
             {
-                match fetch_ready(backend.as_mut(), woken.max) {
+                match fetch_ready(backend.as_mut(), woken.max, &mut writable) {
                     Ok(batch) if !cancels && !worth_answering(&batch, woken.waiting) => waiting = Some(woken),
-                    fetched => {
-                        writable = fetched.is_ok();
-                        drop(woken.reply.send(fetched));
-                    }
+                    fetched => drop(woken.reply.send(fetched)),
                 }
             }
         }
     }
 }
 
-/// Claims ready jobs in a transaction of its own, as of now.
-fn fetch_ready(backend: &mut dyn QueueBackend, max: usize) -> Result<ReadyBatch, StorageError> {
+/// Claims ready jobs in a transaction of its own, as of now. A fetch usually writes
+/// nothing, so its success says nothing about whether writes succeed; its failure is a
+/// storage fault, and clears `writable` until a write or the status probe succeeds.
+fn fetch_ready(backend: &mut dyn QueueBackend, max: usize, writable: &mut bool) -> Result<ReadyBatch, StorageError> {
     let fetched = backend.begin_fetch().and_then(|()| {
         let batch = backend.take_ready(max, Utc::now())?;
         backend.commit()?;
@@ -553,17 +551,15 @@ fn fetch_ready(backend: &mut dyn QueueBackend, max: usize) -> Result<ReadyBatch,
     });
     if let Err(error) = &fetched {
         backend.rollback();
+        *writable = false;
         tracing::error!(%error, "fetching ready jobs failed and was rolled back");
     }
     fetched
 }
 
-/// Fetches and answers, whatever the fetch finds. Returns whether it succeeded.
-fn answer_fetch(backend: &mut dyn QueueBackend, max: usize, reply: Reply<ReadyBatch>) -> bool {
-    let fetched = fetch_ready(backend, max);
-    let succeeded = fetched.is_ok();
-    drop(reply.send(fetched));
-    succeeded
+/// Fetches and answers, whatever the fetch finds.
+fn answer_fetch(backend: &mut dyn QueueBackend, max: usize, reply: Reply<ReadyBatch>, writable: &mut bool) {
+    drop(reply.send(fetch_ready(backend, max, writable)));
 }
 
 fn answer_read(backend: &mut dyn QueueBackend, command: Command, writable: &mut bool) {
