@@ -259,11 +259,7 @@ enum Command {
         group: Vec<Vec<Job>>,
         reply: Reply<Vec<SubmissionAnswer>>,
     },
-    TakeReady {
-        max: usize,
-        wait: Option<Waiting>,
-        reply: Reply<ReadyBatch>,
-    },
+    TakeReady(Fetch),
     /// Answers the waiting fetch now, whatever it finds.
     Nudge,
     RecordProgress {
@@ -310,11 +306,11 @@ struct Waiting {
     timer_due: Option<DateTime<Utc>>,
 }
 
-/// A fetch that found nothing worth answering, held by the queue thread until a commit may
-/// have changed that or the caller nudges it.
-struct WaitingFetch {
+/// A call for ready jobs. One that may wait and finds nothing worth answering is held by
+/// the queue thread until a commit may have changed that or the caller nudges it.
+struct Fetch {
     max: usize,
-    waiting: Waiting,
+    wait: Option<Waiting>,
     reply: Reply<ReadyBatch>,
 }
 
@@ -367,7 +363,7 @@ impl Command {
             Command::Get { .. } | Command::Status { .. } | Command::List { .. } => {
                 unreachable!("reads run outside transactions")
             }
-            Command::TakeReady { .. } | Command::Nudge => unreachable!("fetches run in transactions of their own"),
+            Command::TakeReady(_) | Command::Nudge => unreachable!("fetches run in transactions of their own"),
         }
     }
 
@@ -390,7 +386,7 @@ impl Command {
     fn fail(self, error: &StorageError) {
         match self {
             Command::Enqueue { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Command::TakeReady { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::TakeReady(fetch) => drop(fetch.reply.send(Err(error.clone()))),
             Command::Retry { reply, .. } | Command::Cancel { reply, .. } => drop(reply.send(Err(error.clone()))),
             Command::List { reply, .. } => drop(reply.send(Err(error.clone()))),
             Command::RecordProgress { started, finished, reply } => {
@@ -465,7 +461,7 @@ fn run_backend(
     metrics: &Metrics,
 ) {
     let mut writable = true;
-    let mut waiting: Option<WaitingFetch> = None;
+    let mut waiting: Option<Fetch> = None;
     while let Some(first) = receiver.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < per_commit {
@@ -484,29 +480,15 @@ fn run_backend(
         // jobs to the queue), not for the fsync of the submissions it came in with. It sees
         // only committed jobs, so it never hands out a job whose commit might still fail.
         let (fetches, writes): (Vec<Command>, Vec<Command>) =
-            writes.into_iter().partition(|command| matches!(command, Command::TakeReady { .. } | Command::Nudge));
-        for fetch in fetches {
-            match fetch {
-                Command::TakeReady { max, wait, reply } => {
-                    // The protocol keeps one fetch in flight; should another come, the
-                    // one waiting is answered first, so that no caller waits forever.
-                    if let Some(earlier) = waiting.take() {
-                        answer_fetch(backend.as_mut(), earlier.max, earlier.reply, &mut writable);
-                    }
-                    let fetched = fetch_ready(backend.as_mut(), max, &mut writable);
-                    match (fetched, wait) {
-                        (Ok(batch), Some(waiting_for)) if !worth_answering(&batch, waiting_for) => {
-                            waiting = Some(WaitingFetch { max, waiting: waiting_for, reply });
-                        }
-                        (answer, _) => drop(reply.send(answer)),
-                    }
-                }
-                Command::Nudge => {
-                    if let Some(nudged) = waiting.take() {
-                        answer_fetch(backend.as_mut(), nudged.max, nudged.reply, &mut writable);
-                    }
-                }
-                _ => unreachable!("partitioned above"),
+            writes.into_iter().partition(|command| matches!(command, Command::TakeReady(_) | Command::Nudge));
+        for command in fetches {
+            // The protocol keeps one fetch in flight; should another come, the one waiting
+            // is answered first, so that no caller waits forever. A nudge answers it too.
+            if let Some(earlier) = waiting.take() {
+                run_fetch(backend.as_mut(), earlier, Answer::Always, &mut writable);
+            }
+            if let Command::TakeReady(fetch) = command {
+                waiting = run_fetch(backend.as_mut(), fetch, Answer::IfWorthIt, &mut writable);
             }
         }
         if !writes.is_empty() {
@@ -531,10 +513,8 @@ fn run_backend(
             if (cancels || (writable && may_ready_jobs))
                 && let Some(woken) = waiting.take()
             {
-                match fetch_ready(backend.as_mut(), woken.max, &mut writable) {
-                    Ok(batch) if !cancels && !worth_answering(&batch, woken.waiting) => waiting = Some(woken),
-                    fetched => drop(woken.reply.send(fetched)),
-                }
+                let answer = if cancels { Answer::Always } else { Answer::IfWorthIt };
+                waiting = run_fetch(backend.as_mut(), woken, answer, &mut writable);
             }
         }
     }
@@ -557,9 +537,26 @@ fn fetch_ready(backend: &mut dyn QueueBackend, max: usize, writable: &mut bool) 
     fetched
 }
 
-/// Fetches and answers, whatever the fetch finds.
-fn answer_fetch(backend: &mut dyn QueueBackend, max: usize, reply: Reply<ReadyBatch>, writable: &mut bool) {
-    drop(reply.send(fetch_ready(backend, max, writable)));
+/// When [`run_fetch`] answers a fetch that may wait.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Whatever it finds: a nudge, a cancel, or a second fetch.
+    Always,
+    /// Only when what it finds is [`worth_answering`].
+    IfWorthIt,
+}
+
+/// Runs a fetch and answers it, unless it may wait and found nothing worth answering:
+/// then it comes back, to be held.
+fn run_fetch(backend: &mut dyn QueueBackend, fetch: Fetch, answer: Answer, writable: &mut bool) -> Option<Fetch> {
+    let fetched = fetch_ready(backend, fetch.max, writable);
+    match (&fetched, fetch.wait) {
+        (Ok(batch), Some(wait)) if answer == Answer::IfWorthIt && !worth_answering(batch, wait) => Some(fetch),
+        _ => {
+            drop(fetch.reply.send(fetched));
+            None
+        }
+    }
 }
 
 fn answer_read(backend: &mut dyn QueueBackend, command: Command, writable: &mut bool) {
@@ -624,7 +621,7 @@ impl QueueHandle {
 
     /// See [`QueueBackend::take_ready`]; answered at once.
     pub async fn take_ready(&self, max: usize) -> Result<ReadyBatch, StorageError> {
-        self.call(|reply| Command::TakeReady { max, wait: None, reply }).await
+        self.call(|reply| Command::TakeReady(Fetch { max, wait: None, reply })).await
     }
 
     /// Like [`take_ready`](Self::take_ready), but when nothing is ready the queue thread
@@ -633,7 +630,7 @@ impl QueueHandle {
     /// at [`nudge`](Self::nudge). A cancel also answers it, so that the caller learns that
     /// its fetch cannot bring the cancelled job. One such call is meant to be in flight.
     pub async fn wait_ready(&self, max: usize, timer_due: Option<DateTime<Utc>>) -> Result<ReadyBatch, StorageError> {
-        self.call(|reply| Command::TakeReady { max, wait: Some(Waiting { timer_due }), reply }).await
+        self.call(|reply| Command::TakeReady(Fetch { max, wait: Some(Waiting { timer_due }), reply })).await
     }
 
     /// Answers the call of [`wait_ready`](Self::wait_ready) that waits, if any, with what
@@ -715,7 +712,7 @@ mod tests {
         timer_due: Option<DateTime<Utc>>,
     ) -> oneshot::Receiver<Result<ReadyBatch, StorageError>> {
         let (reply, answer) = oneshot::channel();
-        let command = Command::TakeReady { max: 100, wait: Some(Waiting { timer_due }), reply };
+        let command = Command::TakeReady(Fetch { max: 100, wait: Some(Waiting { timer_due }), reply });
         assert!(queue.commands.send(command).await.is_ok(), "queue thread is running");
         answer
     }

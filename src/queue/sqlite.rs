@@ -451,6 +451,14 @@ fn state_of(name: &str) -> JobState {
 }
 
 impl SqliteBackend {
+    fn begin_with(&mut self, begin: &str) -> Result<(), StorageError> {
+        self.books_at_begin = self.books;
+        // Cached statements: parsing BEGIN and COMMIT anew showed up in profiles of the
+        // queue thread, which runs both for every transaction.
+        self.connection.prepare_cached(begin)?.execute([])?;
+        Ok(())
+    }
+
     /// Opens (or creates) the queue at `path` and recovers what a previous process left:
     /// jobs left running go back to the queue, keeping the attempt they used, ahead of
     /// everything queued after them.
@@ -872,21 +880,15 @@ fn record_from_row(row: &Row<'_>, with_payload: bool) -> rusqlite::Result<JobRec
 
 impl QueueBackend for SqliteBackend {
     fn begin(&mut self) -> Result<(), StorageError> {
-        self.books_at_begin = self.books;
-        // Cached statements: parsing BEGIN and COMMIT anew showed up in profiles of the
-        // queue thread, which runs both for every transaction.
-        self.connection.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        Ok(())
+        self.begin_with("BEGIN IMMEDIATE")
     }
 
     fn begin_fetch(&mut self) -> Result<(), StorageError> {
-        self.books_at_begin = self.books;
         // DEFERRED takes no lock until the first read, and a write lock only at the first
         // write. A fetch served from the fresh jobs, with no delayed jobs to look at, then
         // costs no lock calls (about ten `fcntl`s on the WAL index otherwise) at all. Only
         // this connection writes, so taking the write lock later always succeeds.
-        self.connection.prepare_cached("BEGIN DEFERRED")?.execute([])?;
-        Ok(())
+        self.begin_with("BEGIN DEFERRED")
     }
 
     fn commit(&mut self) -> Result<(), StorageError> {
