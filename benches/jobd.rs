@@ -249,6 +249,29 @@ fn histogram_quantile(scrape: &str, series: &str, quantile: f64) -> f64 {
     f64::NAN
 }
 
+/// The value of a series without labels in a scrape.
+fn scalar(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// How the queue spent a run: commits, requests per commit, and fsyncs.
+async fn print_queue_work(client: &reqwest::Client, daemon: &Daemon) {
+    let scrape = client.get(daemon.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let commits = scalar(&scrape, "jobd_store_commit_batch_size_count");
+    let requests = scalar(&scrape, "jobd_store_commit_batch_size_sum");
+    let syncs = scalar(&scrape, "jobd_store_sync_duration_seconds_count");
+    let sync_p50 = histogram_quantile(&scrape, "jobd_store_sync_duration_seconds_bucket{", 0.5) * 1000.0;
+    let commit_p50 = histogram_quantile(&scrape, "jobd_store_commit_duration_seconds_bucket{", 0.5) * 1000.0;
+    println!(
+        "    queue: {commits:.0} commits of {:.1} requests on average, p50 {commit_p50:.3} ms; {syncs:.0} fsyncs, \
+         p50 {sync_p50:.3} ms",
+        requests / commits
+    );
+}
+
 struct Figure {
     name: &'static str,
     value: String,
@@ -347,6 +370,7 @@ async fn run() -> Vec<Figure> {
         "(1) ceiling {:.0}/s; (2) single-job {:.0}/s, p99 {:.2} ms",
         ceiling.per_second, single.per_second, single.p99_ms
     );
+    print_queue_work(&client, &daemon).await;
     figures.push(Figure {
         name: "Ceiling: GET /healthz requests/s",
         value: format!("{:.0} (p50 {:.2} ms, p99 {:.2} ms)", ceiling.per_second, ceiling.p50_ms, ceiling.p99_ms),
@@ -369,6 +393,7 @@ async fn run() -> Vec<Figure> {
         let daemon = Daemon::start(&[("JOBD_GROUP_COMMIT", "false")]);
         let alone = drive(&client, post_json(&daemon.base, "/v1/jobs", job.clone()), 202, None).await;
         println!("(2b) without group commit {:.0}/s, p99 {:.2} ms", alone.per_second, alone.p99_ms);
+        print_queue_work(&client, &daemon).await;
         figures.push(Figure {
             name: "For comparison: (2) with group_commit = false",
             value: format!(
@@ -446,6 +471,7 @@ async fn run() -> Vec<Figure> {
         // Where the time goes: the queue's commits (each with its fsync) in the same run.
         let commit = |quantile| histogram_quantile(&scrape, "jobd_store_commit_duration_seconds_bucket{", quantile);
         println!("    queue commits: p50 {:.3} ms, p99 {:.3} ms", commit(0.5) * 1000.0, commit(0.99) * 1000.0);
+        print_queue_work(&client, &daemon).await;
         figures.push(Figure {
             name: "Dispatch latency, submit -> start, at half of (2)'s rate",
             value: format!("p50 {wait_p50:.2} ms, p99 {wait_p99:.2} ms at {:.0} submissions/s", half.per_second),

@@ -65,6 +65,7 @@ pub struct Metrics {
     pub http_refusals: IntCounterVec,
     pub store_commit_duration: Histogram,
     pub store_commit_batch_size: Histogram,
+    pub store_sync_duration: Histogram,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     queue_depth: IntGaugeVec,
@@ -136,7 +137,14 @@ impl Metrics {
         let store_commit_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "jobd_store_commit_duration_seconds",
-                "Duration of one queue transaction, commit included.",
+                "Duration of one queue transaction, its commit included (its fsync is the sync's).",
+            )
+            .buckets(exponential_buckets(0.0001, 4.0, 10)?),
+        )?;
+        let store_sync_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "jobd_store_sync_duration_seconds",
+                "Duration of one fsync of the queue, which covers every transaction committed since the last.",
             )
             .buckets(exponential_buckets(0.0001, 4.0, 10)?),
         )?;
@@ -206,6 +214,7 @@ impl Metrics {
             Box::new(http_refusals.clone()),
             Box::new(store_commit_duration.clone()),
             Box::new(store_commit_batch_size.clone()),
+            Box::new(store_sync_duration.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
             Box::new(queue_depth.clone()),
@@ -233,6 +242,7 @@ impl Metrics {
             http_refusals,
             store_commit_duration,
             store_commit_batch_size,
+            store_sync_duration,
             http_requests,
             http_duration,
             queue_depth,

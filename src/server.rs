@@ -18,7 +18,7 @@ use crate::http::{self, AppState, Lifecycle};
 use crate::metrics::{Metrics, MetricsError};
 use crate::queue::memory::MemoryBackend;
 use crate::queue::sqlite::SqliteBackend;
-use crate::queue::{QueueBackend, QueueHandle, QueueThread, StorageError};
+use crate::queue::{QueueBackend, QueueHandle, QueueLost, QueueThread, StorageError};
 use crate::runner::JobRunner;
 use crate::stats::Stats;
 use crate::store::{JobStore, StoreError};
@@ -46,6 +46,8 @@ pub enum ServeError {
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot open the queue: {0}")]
     Queue(#[from] StorageError),
+    #[error("{0}; jobd stopped, and its next start recovers the queue from what is on disk")]
+    QueueLost(StorageError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("HTTP server failed: {0}")]
@@ -130,7 +132,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // The queue opens, and recovers, before anything listens: jobd is ready only after
     // recovery.
     let metrics = Arc::new(Metrics::new()?);
-    let queue = QueueThread::spawn(open_queue(&config)?, config.group_commit, metrics.clone())
+    let (queue, queue_lost) = QueueThread::spawn(open_queue(&config)?, config.group_commit, metrics.clone())
         .map_err(ServeError::QueueThread)?;
     // Job bodies run here, one thread per worker: a body that blocks its thread holds
     // only its own, so it cannot stall the actors or the other workers.
@@ -141,7 +143,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .build()
         .map_err(ServeError::QueueThread)?;
     let handle = queue.handle();
-    let result = actix::System::new().block_on(run(config, handle, bodies.handle().clone(), metrics));
+    let result = actix::System::new().block_on(run(config, handle, queue_lost, bodies.handle().clone(), metrics));
     // Bodies still running after the drain (past shutdown_timeout) are abandoned.
     bodies.shutdown_timeout(Duration::from_secs(1));
     // The actors and the HTTP server are gone with the System, and with them every
@@ -177,6 +179,7 @@ fn open_queue(config: &Config) -> Result<Box<dyn QueueBackend>, ServeError> {
 async fn run(
     config: Config,
     queue: QueueHandle,
+    mut queue_lost: QueueLost,
     bodies: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
 ) -> Result<(), ServeError> {
@@ -298,6 +301,10 @@ async fn run(
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
             _ = hangup.recv() => reload(&auth, certificate.as_deref(), &metrics),
+            lost = &mut queue_lost => {
+                let error = lost.unwrap_or_else(|_| StorageError::new("the queue thread stopped"));
+                return Err(stop_after_queue_lost(error, &lifecycle, notifier.as_deref(), server_handle, metrics_server).await);
+            }
         }
     };
     lifecycle.shutting_down.store(true, Ordering::Release);
@@ -348,6 +355,29 @@ async fn run(
     actix::System::current().stop();
     tracing::info!("jobd stopped");
     Ok(())
+}
+
+/// Stops at once when the queue is lost (see [`QueueLost`]): no drain, since no outcome
+/// could be recorded, and nothing more is answered. Jobs left running go back to the
+/// queue at the next start, which systemd makes (jobd exits with a failure).
+async fn stop_after_queue_lost(
+    error: StorageError,
+    lifecycle: &Lifecycle,
+    notifier: Option<&crate::systemd::Notifier>,
+    server: actix_web::dev::ServerHandle,
+    metrics_server: Option<(actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
+) -> ServeError {
+    lifecycle.shutting_down.store(true, Ordering::Release);
+    if let Some(notifier) = notifier {
+        notifier.stopping();
+    }
+    tracing::error!(%error, "the queue is lost: stopping without a drain");
+    server.stop(false).await;
+    if let Some((handle, _task)) = metrics_server {
+        handle.stop(false).await;
+    }
+    actix::System::current().stop();
+    ServeError::QueueLost(error)
 }
 
 /// Starts the listener that serves only `/metrics`, on one worker thread.

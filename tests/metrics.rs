@@ -150,6 +150,7 @@ async fn a_scrape_under_load_passes_promtool_check_metrics() {
         "jobd_jobs_submitted_total{kind=\"sleep\"}",
         "jobd_job_wait_seconds_count{kind=\"noop\"}",
         "jobd_store_commit_duration_seconds_count",
+        "jobd_store_sync_duration_seconds_count",
         "jobd_http_requests_total{method=\"POST\",route=\"/v1/jobs\",status=\"2xx\"}",
         "process_open_fds",
     ] {

@@ -29,6 +29,9 @@ pub struct MemoryBackend {
     idempotency: HashMap<String, JobId>,
     next_seq: i64,
     capacity: usize,
+    /// What each sync does, in tests of how the queue thread orders syncs and answers.
+    #[cfg(test)]
+    sync_for_test: Option<Box<dyn FnMut() -> Result<(), StorageError> + Send>>,
 }
 
 impl MemoryBackend {
@@ -42,7 +45,19 @@ impl MemoryBackend {
             idempotency: HashMap::new(),
             next_seq: 0,
             capacity,
+            #[cfg(test)]
+            sync_for_test: None,
         }
+    }
+
+    /// A backend whose every sync runs `sync`, which may block or fail.
+    #[cfg(test)]
+    pub(crate) fn with_sync_for_test(
+        mut self,
+        sync: impl FnMut() -> Result<(), StorageError> + Send + 'static,
+    ) -> Self {
+        self.sync_for_test = Some(Box::new(sync));
+        self
     }
 
     fn take_seq(&mut self) -> i64 {
@@ -266,6 +281,11 @@ impl QueueBackend for MemoryBackend {
 
     fn is_durable(&self) -> bool {
         false
+    }
+
+    #[cfg(test)]
+    fn syncer(&mut self) -> Option<Box<dyn super::Syncer>> {
+        self.sync_for_test.take().map(|sync| Box::new(sync) as Box<dyn super::Syncer>)
     }
 
     fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {

@@ -5,7 +5,7 @@
 pub mod memory;
 pub mod sqlite;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 
 use chrono::{DateTime, Utc};
@@ -14,11 +14,35 @@ use tokio::sync::{mpsc, oneshot};
 use crate::job::{FinishedJob, Job, JobId, JobRecord, JobState, StartedJob};
 use crate::metrics::Metrics;
 
-/// A storage failure: the unit of work it belonged to did nothing. Callers answer 503
-/// and keep running.
+/// A storage failure. Usually the unit of work it belonged to did nothing, and callers
+/// answer 503 and keep running. After a failed sync nobody knows whether it did
+/// ([`is_outcome_unknown`](Self::is_outcome_unknown)), and the queue is lost.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("queue storage failed: {0}")]
-pub struct StorageError(pub String);
+#[error("queue storage failed: {message}")]
+pub struct StorageError {
+    message: String,
+    outcome_unknown: bool,
+}
+
+impl StorageError {
+    /// A failure that undid its unit of work.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), outcome_unknown: false }
+    }
+
+    /// A failure after which what the unit of work wrote may or may not be on disk.
+    pub fn outcome_unknown(message: impl Into<String>) -> Self {
+        Self { message: message.into(), outcome_unknown: true }
+    }
+
+    pub fn is_outcome_unknown(&self) -> bool {
+        self.outcome_unknown
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
 
 /// Why one submission of a group was refused while the others may have been accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,13 +140,29 @@ pub struct QueueStatus {
     pub writable: bool,
 }
 
+/// Makes every unit of work committed before the call durable. It runs on the queue's
+/// sync thread, beside the thread that owns the backend and goes on committing; a failure
+/// means the backend no longer knows what its storage holds, and the queue refuses all
+/// further work (see [`QueueLost`]).
+pub trait Syncer: Send + 'static {
+    fn sync(&mut self) -> Result<(), StorageError>;
+}
+
+impl<F: FnMut() -> Result<(), StorageError> + Send + 'static> Syncer for F {
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self()
+    }
+}
+
 /// A place where accepted jobs wait for a worker.
 ///
 /// A backend is owned by exactly one thread (see [`QueueThread`]), so its methods take
 /// `&mut self` and may block: a durable backend does its I/O here. The thread wraps a
 /// batch of calls in [`begin`](Self::begin) and [`commit`](Self::commit); nothing a
 /// batch did may be visible after a failed commit, and [`rollback`](Self::rollback) must
-/// restore any bookkeeping the backend keeps in memory.
+/// restore any bookkeeping the backend keeps in memory. A commit makes the batch final
+/// for this process; its [`Syncer`] then makes it durable, and only then are the batch's
+/// callers answered.
 pub trait QueueBackend: Send + 'static {
     /// Starts a unit of work.
     fn begin(&mut self) -> Result<(), StorageError> {
@@ -136,9 +176,19 @@ pub trait QueueBackend: Send + 'static {
         self.begin()
     }
 
-    /// Makes the unit of work durable.
+    /// Ends the unit of work: what it did is final and visible to the next one, but need
+    /// not be durable until the [`syncer`](Self::syncer) has run.
     fn commit(&mut self) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    /// Hands over what makes committed units of work durable, to run on a thread of its
+    /// own while the backend's thread goes on committing (see [`Syncer`]); from then on a
+    /// commit need not be durable by itself. `None` when a commit needs nothing more: a
+    /// backend that keeps nothing, one told not to sync, or one that keeps syncing in each
+    /// commit. A backend never asked (group commit off) makes each commit durable itself.
+    fn syncer(&mut self) -> Option<Box<dyn Syncer>> {
+        None
     }
 
     /// Undoes the unit of work after a failure.
@@ -382,7 +432,8 @@ impl Command {
         }
     }
 
-    /// Answers a write command whose transaction failed: nothing it did remains.
+    /// Answers a command with a storage error: its transaction failed and nothing it did
+    /// remains, or the queue is lost and nobody knows.
     fn fail(self, error: &StorageError) {
         match self {
             Command::Enqueue { reply, .. } => drop(reply.send(Err(error.clone()))),
@@ -402,15 +453,23 @@ impl Command {
 
 /// The error every [`QueueHandle`] call returns once the queue thread has stopped.
 fn queue_closed() -> StorageError {
-    StorageError("the queue thread has stopped".to_owned())
+    StorageError::new("the queue thread has stopped")
 }
 
-/// Owns the thread that runs the backend. Dropping every [`QueueHandle`] and then
-/// calling [`QueueThread::join`] ends it.
+/// Owns the thread that runs the backend (which owns the sync thread, if any). Dropping
+/// every [`QueueHandle`] and then calling [`QueueThread::join`] ends both.
 pub struct QueueThread {
     handle: QueueHandle,
     thread: thread::JoinHandle<()>,
 }
+
+/// Answers once, when the queue can no longer be trusted: a sync failed, so the backend
+/// does not know what its storage holds (after a failed fsync the kernel may have dropped
+/// the pages it could not write, and a later fsync would succeed without them), or the
+/// thread itself died. From then on every call fails; the daemon must stop and let the
+/// next start recover from what is on disk. Closing without an answer means the thread
+/// ended, which only a panic does while handles remain.
+pub type QueueLost = oneshot::Receiver<StorageError>;
 
 /// A cheap, cloneable way to talk to the queue thread. Every call is async and
 /// answered by the thread; the number of calls in flight is bounded by the channel.
@@ -428,15 +487,38 @@ const MAX_COMMANDS_PER_COMMIT: usize = 256;
 
 impl QueueThread {
     /// Starts the queue thread with `backend`. With `group_commit`, all commands waiting
-    /// when the thread wakes share one transaction and so one fsync; without it, each
-    /// command commits alone (for comparison and for debugging).
-    pub fn spawn(backend: Box<dyn QueueBackend>, group_commit: bool, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    /// when the thread wakes share one transaction, and the backend's [`Syncer`] runs on a
+    /// sync thread, one fsync for every transaction committed since the last; without it,
+    /// each command commits alone, with its own fsync (for comparison and for debugging).
+    /// Also returns the [`QueueLost`] signal, which its owner must watch.
+    pub fn spawn(
+        mut backend: Box<dyn QueueBackend>,
+        group_commit: bool,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<(Self, QueueLost)> {
         let (commands, receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+        let (lost_sender, lost) = oneshot::channel();
         let per_commit = if group_commit { MAX_COMMANDS_PER_COMMIT } else { 1 };
-        let thread = thread::Builder::new()
-            .name("jobd-queue".to_owned())
-            .spawn(move || run_backend(backend, receiver, per_commit, &metrics))?;
-        Ok(Self { handle: QueueHandle { commands }, thread })
+        let poison = Arc::new(OnceLock::new());
+        // Without group commit, each request pays its own fsync inside its commit, as the
+        // comparison means: the backend is not asked for a syncer.
+        let syncer = if group_commit { backend.syncer() } else { None };
+        let syncing = match syncer {
+            None => Syncing::NotNeeded,
+            Some(syncer) => {
+                let (to_sync, committed) = std::sync::mpsc::sync_channel(COMMAND_CHANNEL_CAPACITY);
+                let (poison, wake, metrics) = (poison.clone(), commands.downgrade(), metrics.clone());
+                let thread = thread::Builder::new()
+                    .name("jobd-sync".to_owned())
+                    .spawn(move || run_sync_thread(syncer, &committed, &poison, &wake, &metrics))?;
+                Syncing::Thread { to_sync, thread }
+            }
+        };
+        let thread = thread::Builder::new().name("jobd-queue".to_owned()).spawn(move || {
+            let lost = LostSignal { poison, sender: Some(lost_sender) };
+            run_backend(backend, receiver, per_commit, &metrics, syncing, lost);
+        })?;
+        Ok((Self { handle: QueueHandle { commands }, thread }, lost))
     }
 
     /// A handle for actors and handlers.
@@ -454,11 +536,40 @@ impl QueueThread {
     }
 }
 
+/// Where committed transactions go to be made durable before their callers are answered.
+enum Syncing {
+    /// Commits need no sync after them: answer at once.
+    NotNeeded,
+    /// The sync thread, which the queue thread owns: dropping `to_sync` ends it, and the
+    /// queue thread joins it before it ends itself.
+    Thread { to_sync: std::sync::mpsc::SyncSender<Committed>, thread: thread::JoinHandle<()> },
+}
+
+/// The failure that lost the queue, set once by whichever thread syncs, and the
+/// [`QueueLost`] sender, which the queue thread alone uses.
+struct LostSignal {
+    poison: Arc<OnceLock<StorageError>>,
+    sender: Option<oneshot::Sender<StorageError>>,
+}
+
+impl LostSignal {
+    /// The error, once a sync failed; tells the owner of [`QueueLost`] the first time.
+    fn check(&mut self) -> Option<StorageError> {
+        let error = self.poison.get()?;
+        if let Some(sender) = self.sender.take() {
+            drop(sender.send(error.clone()));
+        }
+        Some(error.clone())
+    }
+}
+
 fn run_backend(
     mut backend: Box<dyn QueueBackend>,
     mut receiver: mpsc::Receiver<Command>,
     per_commit: usize,
     metrics: &Metrics,
+    mut syncing: Syncing,
+    mut lost: LostSignal,
 ) {
     let mut writable = true;
     let mut waiting: Option<Fetch> = None;
@@ -470,15 +581,20 @@ fn run_backend(
                 Err(_) => break,
             }
         }
+        if let Some(error) = lost.check() {
+            for command in batch.into_iter().chain(waiting.take().map(Command::TakeReady)) {
+                command.fail(&error);
+            }
+            continue;
+        }
         let (reads, writes): (Vec<Command>, Vec<Command>) = batch.into_iter().partition(Command::is_read);
         // Reads run outside the transaction, so they are served even while writes fail.
         for read in reads {
             answer_read(backend.as_mut(), read, &mut writable);
         }
-        // A fetch runs in a transaction of its own, ahead of the others: its answer then
-        // waits for nothing but its own commit (which syncs nothing unless it moved delayed
-        // jobs to the queue), not for the fsync of the submissions it came in with. It sees
-        // only committed jobs, so it never hands out a job whose commit might still fail.
+        // A fetch runs in a transaction of its own, ahead of the others, which syncs
+        // nothing: its answer waits for no fsync. It sees only committed jobs, so it never
+        // hands out a job whose commit might still fail.
         let (fetches, writes): (Vec<Command>, Vec<Command>) =
             writes.into_iter().partition(|command| matches!(command, Command::TakeReady(_) | Command::Nudge));
         for command in fetches {
@@ -491,31 +607,114 @@ fn run_backend(
                 waiting = run_fetch(backend.as_mut(), fetch, Answer::IfWorthIt, &mut writable);
             }
         }
-        if !writes.is_empty() {
-            let requests: usize = writes
-                .iter()
-                .map(|command| match command {
-                    Command::Enqueue { group, .. } => group.len(),
-                    _ => 1,
-                })
-                .sum();
-            let may_ready_jobs = writes.iter().any(Command::may_ready_jobs);
-            // The Dispatcher sets aside the ids it cancels while a fetch is out, in case
-            // that fetch brings them; an answer tells it that the fetch no longer can.
-            let cancels = writes.iter().any(|command| matches!(command, Command::Cancel { .. }));
-            let started = std::time::Instant::now();
-            writable = run_writes(backend.as_mut(), writes);
-            metrics.store_commit_duration.observe(started.elapsed().as_secs_f64());
-            metrics.store_commit_batch_size.observe(requests as f64);
+        if writes.is_empty() {
+            continue;
+        }
+        let requests: usize = writes
+            .iter()
+            .map(|command| match command {
+                Command::Enqueue { group, .. } => group.len(),
+                _ => 1,
+            })
+            .sum();
+        let may_ready_jobs = writes.iter().any(Command::may_ready_jobs);
+        // The Dispatcher sets aside the ids it cancels while a fetch is out, in case that
+        // fetch brings them; an answer tells it that the fetch no longer can.
+        let cancels = writes.iter().any(|command| matches!(command, Command::Cancel { .. }));
+        let started = std::time::Instant::now();
+        let mut fetching = std::time::Duration::ZERO;
+        let committed = run_writes(backend.as_mut(), writes, |backend, committed| {
             // The waiting fetch looks again straight after the commit that readied jobs,
             // before the next group is even gathered: the Dispatcher learns of new jobs
-            // without a round trip of its own, which would wait behind the next fsync.
-            if (cancels || (writable && may_ready_jobs))
+            // without a round trip of its own, and a job starts while its submission's
+            // fsync runs. Should that fsync fail, the daemon stops, and the job, which may
+            // already have run, is at worst run again after a retry of a submission that
+            // was never acknowledged: at least once, as always.
+            if (cancels || (committed && may_ready_jobs))
                 && let Some(woken) = waiting.take()
             {
                 let answer = if cancels { Answer::Always } else { Answer::IfWorthIt };
-                waiting = run_fetch(backend.as_mut(), woken, answer, &mut writable);
+                let fetch_started = std::time::Instant::now();
+                waiting = run_fetch(backend, woken, answer, &mut writable);
+                fetching = fetch_started.elapsed();
             }
+        });
+        // The fetch in between is the Dispatcher's, not the transaction's.
+        metrics.store_commit_duration.observe(started.elapsed().saturating_sub(fetching).as_secs_f64());
+        metrics.store_commit_batch_size.observe(requests as f64);
+        writable = committed.is_some();
+        let Some(committed) = committed else { continue };
+        match &mut syncing {
+            Syncing::NotNeeded => committed.answer(),
+            Syncing::Thread { to_sync, .. } => {
+                if let Err(std::sync::mpsc::SendError(committed)) = to_sync.send(committed) {
+                    // Only a panic ends the sync thread early; nothing it did not sync is
+                    // acknowledged.
+                    let error = StorageError::outcome_unknown("the queue's sync thread stopped");
+                    committed.fail(lost.poison.get_or_init(|| error));
+                }
+            }
+        }
+    }
+    if let Syncing::Thread { to_sync, thread } = syncing {
+        drop(to_sync);
+        if thread.join().is_err() {
+            tracing::error!("the queue's sync thread panicked");
+        }
+    }
+}
+
+/// Syncs everything committed so far, once for all the transactions waiting, and answers
+/// their callers, or fails them all.
+fn run_sync_thread(
+    mut syncer: Box<dyn Syncer>,
+    committed: &std::sync::mpsc::Receiver<Committed>,
+    poison: &OnceLock<StorageError>,
+    wake: &mpsc::WeakSender<Command>,
+    metrics: &Metrics,
+) {
+    while let Ok(first) = committed.recv() {
+        let mut batches = vec![first];
+        batches.extend(committed.try_iter());
+        let already_lost = poison.get().is_some();
+        sync_and_answer(syncer.as_mut(), poison, batches, metrics);
+        // The queue thread may be asleep with a fetch held; wake it, so that it fails that
+        // fetch and reports the loss now rather than at its next command.
+        if !already_lost
+            && poison.get().is_some()
+            && let Some(commands) = wake.upgrade()
+        {
+            drop(commands.try_send(Command::Nudge));
+        }
+    }
+}
+
+/// One sync for `batches`: answers them if it succeeds; otherwise, and once the queue is
+/// lost, fails them.
+fn sync_and_answer(
+    syncer: &mut dyn Syncer,
+    poison: &OnceLock<StorageError>,
+    batches: Vec<Committed>,
+    metrics: &Metrics,
+) {
+    if let Some(error) = poison.get() {
+        batches.into_iter().for_each(|batch| batch.fail(error));
+        return;
+    }
+    let started = std::time::Instant::now();
+    let synced = syncer.sync();
+    metrics.store_sync_duration.observe(started.elapsed().as_secs_f64());
+    match synced {
+        Ok(()) => batches.into_iter().for_each(Committed::answer),
+        Err(error) => {
+            let error = StorageError::outcome_unknown(format!(
+                "{}; what was committed since the last sync may or may not be on disk, so the queue refuses all \
+                 work until jobd restarts and recovers from what is on disk",
+                error.message()
+            ));
+            tracing::error!(%error, transactions = batches.len(), "syncing the queue failed");
+            let error = poison.get_or_init(|| error);
+            batches.into_iter().for_each(|batch| batch.fail(error));
         }
     }
 }
@@ -579,9 +778,32 @@ fn answer_read(backend: &mut dyn QueueBackend, command: Command, writable: &mut 
     }
 }
 
-/// Runs write commands in one transaction and answers them after the commit. Returns
-/// whether the commit succeeded.
-fn run_writes(backend: &mut dyn QueueBackend, mut writes: Vec<Command>) -> bool {
+/// The write commands of a committed transaction, with what each did: answered once a
+/// sync covers the transaction.
+struct Committed(Vec<(Command, Output)>);
+
+impl Committed {
+    fn answer(self) {
+        for (command, output) in self.0 {
+            command.answer(output);
+        }
+    }
+
+    fn fail(self, error: &StorageError) {
+        for (command, _) in self.0 {
+            command.fail(error);
+        }
+    }
+}
+
+/// Runs write commands in one transaction. After the commit (or the rollback),
+/// `after_commit` runs with whether it committed. A rolled-back transaction's commands are
+/// answered with the error here; a committed one's come back, to be answered after a sync.
+fn run_writes(
+    backend: &mut dyn QueueBackend,
+    mut writes: Vec<Command>,
+    after_commit: impl FnOnce(&mut dyn QueueBackend, bool),
+) -> Option<Committed> {
     let mut outputs = Vec::with_capacity(writes.len());
     let result = backend.begin().and_then(|()| {
         for command in &mut writes {
@@ -589,22 +811,17 @@ fn run_writes(backend: &mut dyn QueueBackend, mut writes: Vec<Command>) -> bool 
         }
         backend.commit()
     });
-    match result {
-        Ok(()) => {
-            for (command, output) in writes.into_iter().zip(outputs) {
-                command.answer(output);
-            }
-            true
+    if let Err(error) = result {
+        backend.rollback();
+        tracing::error!(%error, commands = writes.len(), "queue transaction failed and was rolled back");
+        for command in writes {
+            command.fail(&error);
         }
-        Err(error) => {
-            backend.rollback();
-            tracing::error!(%error, commands = writes.len(), "queue transaction failed and was rolled back");
-            for command in writes {
-                command.fail(&error);
-            }
-            false
-        }
+        after_commit(backend, false);
+        return None;
     }
+    after_commit(backend, true);
+    Some(Committed(writes.into_iter().zip(outputs).collect()))
 }
 
 impl QueueHandle {
@@ -701,7 +918,8 @@ mod tests {
 
     fn memory_queue() -> (QueueThread, QueueHandle) {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let thread = QueueThread::spawn(Box::new(memory::MemoryBackend::new(1000)), true, metrics).expect("thread");
+        let (thread, _lost) =
+            QueueThread::spawn(Box::new(memory::MemoryBackend::new(1000)), true, metrics).expect("thread");
         let handle = thread.handle();
         (thread, handle)
     }
@@ -827,6 +1045,80 @@ mod tests {
         thread.join();
     }
 
+    /// A memory queue whose every sync waits for the next result sent on the returned
+    /// channel, and returns it.
+    fn queue_with_controlled_syncs()
+    -> (QueueThread, QueueHandle, QueueLost, std::sync::mpsc::Sender<Result<(), StorageError>>) {
+        let (results, sync_results) = std::sync::mpsc::channel::<Result<(), StorageError>>();
+        let backend = memory::MemoryBackend::new(1000).with_sync_for_test(move || {
+            sync_results.recv().unwrap_or_else(|_| Err(StorageError::new("the test ended")))
+        });
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let (thread, lost) = QueueThread::spawn(Box::new(backend), true, metrics).expect("thread");
+        let handle = thread.handle();
+        (thread, handle, lost, results)
+    }
+
+    /// Guards against a hang, should the queue thread never answer; not a timing test.
+    async fn within_a_minute<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(60), future).await.expect("answered")
+    }
+
+    #[tokio::test]
+    async fn new_jobs_go_to_the_waiting_fetch_before_the_sync_and_their_submitter_is_answered_after_it() {
+        let (thread, queue, _lost, sync_results) = queue_with_controlled_syncs();
+        let answer = send_waiting_fetch(&queue, None).await;
+        let job = Job::for_test(JobKind::Noop);
+        let id = job.id;
+        let submitter = queue.clone();
+        let mut submission = tokio::spawn(async move { submitter.enqueue_group(vec![vec![job]]).await });
+
+        // No sync has been allowed to finish, yet the job is already handed out.
+        let batch = within_a_minute(answer).await.expect("answered").expect("fetch succeeds");
+        assert_eq!(batch.jobs.iter().map(|job| job.id).collect::<Vec<_>>(), vec![id]);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut submission).await.is_err(),
+            "the submitter is not answered before the sync"
+        );
+        sync_results.send(Ok(())).expect("the queue thread syncs");
+        let answers = within_a_minute(submission).await.expect("task").expect("enqueue");
+        assert_eq!(answers.len(), 1);
+        assert!(answers[0].is_ok());
+        drop(queue);
+        drop(sync_results);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_its_writes_and_the_queue_refuses_everything_after_it() {
+        let (thread, queue, lost, sync_results) = queue_with_controlled_syncs();
+        sync_results.send(Ok(())).expect("sync");
+        let accepted = queue.enqueue_group(vec![vec![Job::for_test(JobKind::Noop)]]).await.expect("enqueue");
+        assert!(accepted[0].is_ok());
+        let first = send_waiting_fetch(&queue, None).await;
+        let first_batch = within_a_minute(first).await.expect("answered").expect("fetch");
+        assert_eq!(first_batch.jobs.len(), 1, "the ready job is handed out at once");
+        // Nothing else is ready: this fetch is held when the storage fails.
+        let waiting = send_waiting_fetch(&queue, None).await;
+
+        sync_results.send(Err(StorageError::new("EIO"))).expect("sync");
+        let error = queue.purge_finished(Utc::now(), 10).await.expect_err("a failed sync fails its transaction");
+        assert!(error.is_outcome_unknown(), "{error}");
+        assert!(error.message().contains("EIO") && error.message().contains("may or may not be on disk"), "{error}");
+        let lost_error = within_a_minute(lost).await.expect("the queue reports itself lost");
+        assert_eq!(lost_error.message(), error.message());
+        assert!(within_a_minute(waiting).await.expect("answered").is_err(), "the held fetch is failed");
+
+        // Everything after is refused without touching the storage (no sync result is
+        // left to send, so a sync would wait for the test to end): writes, reads, fetches.
+        assert!(within_a_minute(queue.enqueue_group(vec![vec![Job::for_test(JobKind::Noop)]])).await.is_err());
+        assert!(within_a_minute(queue.status()).await.is_err());
+        assert!(within_a_minute(queue.take_ready(10)).await.is_err());
+        drop(queue);
+        drop(sync_results);
+        thread.join();
+    }
+
     #[tokio::test]
     async fn a_failed_commit_fails_its_writes_keeps_earlier_jobs_and_reads_go_on() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -840,7 +1132,7 @@ mod tests {
         // The file may not grow any more: like a full disk.
         backend.set_max_page_count_for_test(backend.page_count_for_test());
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let thread = QueueThread::spawn(Box::new(backend), true, metrics).expect("thread");
+        let (thread, _lost) = QueueThread::spawn(Box::new(backend), true, metrics).expect("thread");
         let queue = thread.handle();
         assert!(queue.status().await.expect("status").writable);
 

@@ -2,7 +2,9 @@
 //! transaction per batch of commands. A job it accepted survives `kill -9`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -12,7 +14,8 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use serde_json::{Value, json, value::RawValue};
 
 use super::{
-    Admitted, ControlError, JobPage, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, admit, claim_has_room,
+    Admitted, ControlError, JobPage, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, Syncer, admit,
+    claim_has_room,
 };
 use crate::job::{
     FinishedJob, Job, JobId, JobKind, JobRecord, JobResult, JobState, Outcome, StartedJob, UploadBody, UploadSpec,
@@ -23,7 +26,8 @@ use crate::keys::ObjectKey;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
-    /// fsync at every commit: a 202 survives power loss. The default.
+    /// fsync at every commit that has callers to answer, before they are answered: a 202
+    /// survives power loss. The default.
     Full,
     /// fsync at checkpoints only: a 202 survives a crash of jobd, but the last commits
     /// before a power loss or kernel crash may be lost. Faster on slow disks.
@@ -32,7 +36,7 @@ pub enum Synchronous {
 
 impl From<rusqlite::Error> for StorageError {
     fn from(error: rusqlite::Error) -> Self {
-        StorageError(error.to_string())
+        StorageError::new(error.to_string())
     }
 }
 
@@ -254,8 +258,80 @@ pub struct SqliteBackend {
     books_at_begin: Bookkeeping,
     /// Queued jobs this process inserted, which the next claims take from memory.
     fresh: FreshJobs,
+    /// With [`Synchronous::Full`], the WAL file that the [`Syncer`] fsyncs, until
+    /// [`QueueBackend::syncer`] hands it over; until then SQLite syncs in each commit.
+    wal: Option<WalFile>,
     /// Declared after `connection`, so it is dropped (and its thread joined) after it.
-    _checkpointer: Checkpointer,
+    checkpointer: Checkpointer,
+}
+
+/// The WAL file, fsynced by jobd rather than by SQLite.
+///
+/// Once the queue thread takes the [`WalSyncer`] (with group commit), SQLite runs with
+/// `synchronous = NORMAL`, so that a commit only writes its frames to the WAL, and the
+/// queue's sync thread fsyncs the file. The split lets
+/// the queue thread hand committed jobs to the Dispatcher, and commit the next group,
+/// while the fsync runs; the submitters are answered after it. A 202 still means "on
+/// disk", but neither a job's start nor the next commit waits for the disk. SQLite still
+/// syncs the WAL before each checkpoint, and the database file after it, so a checkpoint
+/// never copies pages that are not durable, and the WAL restarts only after one.
+///
+/// An fsync on another descriptor of the same file covers every write to it that
+/// returned before the fsync began, which is what a sync promises.
+struct WalFile {
+    path: PathBuf,
+    /// Opened at the first sync; reopened should the path ever name another file, so
+    /// that a sync can never go to a file SQLite no longer writes.
+    open: Option<(std::fs::File, u64)>,
+}
+
+/// The SQLite backend's [`Syncer`]: fsyncs the WAL, unless a checkpoint already found
+/// the storage failing.
+struct WalSyncer {
+    wal: WalFile,
+    storage_lost: Arc<AtomicBool>,
+}
+
+impl Syncer for WalSyncer {
+    fn sync(&mut self) -> Result<(), StorageError> {
+        if self.storage_lost.load(Ordering::Acquire) {
+            return Err(StorageError::new("a WAL checkpoint failed with an I/O error"));
+        }
+        self.wal.sync()
+    }
+}
+
+impl WalFile {
+    fn new(database: &Path) -> Self {
+        let mut path = database.as_os_str().to_owned();
+        path.push("-wal");
+        Self { path: PathBuf::from(path), open: None }
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let failed =
+            |what: &str, error: std::io::Error| StorageError::new(format!("{what} {}: {error}", self.path.display()));
+        let inode = std::fs::metadata(&self.path).map_err(|error| failed("cannot find the WAL", error))?.ino();
+        let file = match self.open.take() {
+            Some((file, opened_inode)) if opened_inode == inode => file,
+            _ => {
+                let file = std::fs::File::open(&self.path).map_err(|error| failed("cannot open the WAL", error))?;
+                // A WAL file this process created is durable only once its directory entry is.
+                let directory = match self.path.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => parent,
+                    _ => Path::new("."),
+                };
+                std::fs::File::open(directory)
+                    .and_then(|directory| directory.sync_all())
+                    .map_err(|error| failed("cannot sync the directory of the WAL", error))?;
+                file
+            }
+        };
+        file.sync_data().map_err(|error| failed("cannot fsync the WAL", error))?;
+        self.open = Some((file, inode));
+        Ok(())
+    }
 }
 
 /// The most jobs, and bytes (see [`footprint`]), [`FreshJobs`] keeps: up to about 8 MiB
@@ -376,9 +452,20 @@ const WAL_FOREGROUND_CHECKPOINT_PAGES: i32 = 16_000;
 /// thread and as the slowest commits. Here the queue thread's commit hook only wakes this
 /// thread, which checkpoints in PASSIVE mode, never blocking the writer. The backend owns
 /// the thread: dropping it closes the channel, and the thread ends and is joined.
+///
+/// A checkpoint fsyncs the WAL before it copies anything. If that fsync fails with an I/O
+/// error, the kernel may have dropped WAL pages that a later fsync would then not write,
+/// so the checkpointer marks the storage as lost, and the next sync (see [`WalSyncer`])
+/// fails for it.
 struct Checkpointer {
     wake: Option<std::sync::mpsc::SyncSender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    storage_lost: Arc<AtomicBool>,
+}
+
+/// Whether a checkpoint's error is the storage failing (as opposed to, say, being busy).
+fn is_io_failure(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure)
 }
 
 impl Checkpointer {
@@ -388,17 +475,23 @@ impl Checkpointer {
         own.pragma_update(None, "busy_timeout", 5_000)?;
         // One wake-up waiting is enough: a checkpoint copies everything committed so far.
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let storage_lost = Arc::new(AtomicBool::new(false));
+        let thread_lost = storage_lost.clone();
         let thread = std::thread::Builder::new()
             .name("jobd-checkpoint".to_owned())
             .spawn(move || {
                 while woken.recv().is_ok() {
                     if let Err(error) = own.wal_checkpoint_v2(rusqlite::DEFAULT_NAME, CheckpointMode::PASSIVE) {
                         tracing::warn!(%error, "background WAL checkpoint failed; the WAL keeps the pages");
+                        if is_io_failure(&error) {
+                            thread_lost.store(true, Ordering::Release);
+                        }
                     }
                 }
             })
-            .map_err(|error| StorageError(format!("cannot start the checkpoint thread: {error}")))?;
+            .map_err(|error| StorageError::new(format!("cannot start the checkpoint thread: {error}")))?;
         let hook_wake = wake.clone();
+        let hook_lost = storage_lost.clone();
         connection.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
             if pages >= WAL_BACKGROUND_CHECKPOINT_PAGES {
                 let _ = hook_wake.try_send(());
@@ -407,10 +500,13 @@ impl Checkpointer {
                 && let Err(error) = wal.checkpoint_v2(CheckpointMode::PASSIVE)
             {
                 tracing::warn!(%error, pages, "WAL checkpoint on the queue thread failed");
+                if is_io_failure(&error) {
+                    hook_lost.store(true, Ordering::Release);
+                }
             }
             Ok(())
         }))?;
-        Ok(Self { wake: Some(wake), thread: Some(thread) })
+        Ok(Self { wake: Some(wake), thread: Some(thread), storage_lost })
     }
 }
 
@@ -471,8 +567,10 @@ impl SqliteBackend {
         let connection = Connection::open(path)?;
         let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StorageError(format!("cannot switch {} to WAL mode (got {mode})", path.display())));
+            return Err(StorageError::new(format!("cannot switch {} to WAL mode (got {mode})", path.display())));
         }
+        // With `Full`, SQLite fsyncs in each commit until the queue thread takes the
+        // syncer (see `WalFile`); recovery's writes below are durable either way.
         let sync = match synchronous {
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
@@ -486,7 +584,7 @@ impl SqliteBackend {
             |row| row.get(0),
         )?;
         if has_jobs && version != SCHEMA_VERSION {
-            return Err(StorageError(format!(
+            return Err(StorageError::new(format!(
                 "{} has schema version {version}; this jobd reads version {SCHEMA_VERSION}",
                 path.display()
             )));
@@ -541,7 +639,8 @@ impl SqliteBackend {
             books,
             books_at_begin: books,
             fresh: FreshJobs::default(),
-            _checkpointer: checkpointer,
+            wal: (synchronous == Synchronous::Full).then(|| WalFile::new(path)),
+            checkpointer,
         };
         Ok((backend, recovery))
     }
@@ -897,6 +996,17 @@ impl QueueBackend for SqliteBackend {
         Ok(())
     }
 
+    fn syncer(&mut self) -> Option<Box<dyn Syncer>> {
+        let wal = self.wal.take()?;
+        // Everything committed so far was synced in its commit; from here on a commit only
+        // writes, and the syncer fsyncs.
+        if let Err(error) = self.connection.pragma_update(None, "synchronous", "NORMAL") {
+            tracing::warn!(%error, "cannot move the fsync out of the commit; SQLite keeps syncing in each commit");
+            return None;
+        }
+        Some(Box::new(WalSyncer { wal, storage_lost: self.checkpointer.storage_lost.clone() }))
+    }
+
     fn rollback(&mut self) {
         self.books = self.books_at_begin;
         self.fresh.rollback();
@@ -1182,6 +1292,36 @@ mod tests {
 
     fn open(path: &Path, capacity: usize) -> SqliteBackend {
         SqliteBackend::open(path, capacity, Synchronous::Full, None).expect("open").0
+    }
+
+    #[test]
+    fn with_full_sync_commits_only_write_and_sync_fsyncs_the_wal_sqlite_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("queue.db");
+        let mut backend = open(&path, 10);
+        let level = |backend: &SqliteBackend| -> i64 {
+            backend.connection.query_row("PRAGMA synchronous", [], |row| row.get(0)).expect("pragma")
+        };
+        assert_eq!(level(&backend), 2, "FULL: SQLite syncs in each commit until the syncer is taken");
+        let mut syncer = backend.syncer().expect("a syncer, with synchronous = full");
+        assert_eq!(level(&backend), 1, "NORMAL: the syncer's fsync makes commits durable");
+        backend.begin().expect("begin");
+        assert!(backend.enqueue(vec![Job::for_test(JobKind::Noop)]).expect("enqueue").is_ok());
+        backend.commit().expect("commit");
+        syncer.sync().expect("sync");
+        assert!(backend.syncer().is_none(), "handed over once");
+        // A sync must never succeed without the file SQLite writes: with the WAL gone from
+        // its path, it fails instead of syncing a file nobody will read.
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::rename(&wal, dir.path().join("elsewhere")).expect("move the WAL away");
+        let error = syncer.sync().expect_err("no WAL at its path");
+        assert!(error.message().contains("queue.db-wal"), "{error}");
+        std::fs::rename(dir.path().join("elsewhere"), &wal).expect("put it back");
+        syncer.sync().expect("sync");
+        let mut unsynced =
+            SqliteBackend::open(&dir.path().join("other.db"), 10, Synchronous::Normal, None).expect("open").0;
+        assert!(unsynced.syncer().is_none(), "with synchronous = normal nothing syncs at commit");
     }
 
     /// Column `column` of every row of an EXPLAIN statement, with its parameters unbound.
