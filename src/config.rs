@@ -119,6 +119,10 @@ pub struct Settings {
     #[arg(long, env = "JOBD_TEST_KINDS", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub test_kinds: Option<bool>,
 
+    /// Fail every fsync of the queue after this many, as a dying disk would: tests what jobd does then. Never in production [default: off].
+    #[arg(long, env = "JOBD_TEST_FAIL_SYNC_AFTER", global = true)]
+    pub test_fail_sync_after: Option<u64>,
+
     /// HTTP worker threads [default: the number of CPUs].
     #[arg(long, env = "JOBD_HTTP_WORKERS", global = true)]
     pub http_workers: Option<usize>,
@@ -253,6 +257,7 @@ impl Settings {
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
             shutdown_timeout_secs: self.shutdown_timeout_secs.or(lower.shutdown_timeout_secs),
             test_kinds: self.test_kinds.or(lower.test_kinds),
+            test_fail_sync_after: self.test_fail_sync_after.or(lower.test_fail_sync_after),
             http_workers: self.http_workers.or(lower.http_workers),
             queue: self.queue.or(lower.queue),
             sqlite_synchronous: self.sqlite_synchronous.or(lower.sqlite_synchronous),
@@ -318,6 +323,8 @@ pub struct Config {
     #[serde(serialize_with = "serialize_secs", rename = "shutdown_timeout_secs")]
     pub shutdown_timeout: Duration,
     pub test_kinds: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_fail_sync_after: Option<u64>,
     pub http_workers: usize,
     pub queue: QueueKind,
     pub sqlite_synchronous: Synchronous,
@@ -407,6 +414,7 @@ impl Config {
                 settings.shutdown_timeout_secs.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             ),
             test_kinds: settings.test_kinds.unwrap_or(false),
+            test_fail_sync_after: settings.test_fail_sync_after,
             http_workers: settings
                 .http_workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),

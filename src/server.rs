@@ -163,8 +163,12 @@ fn open_queue(config: &Config) -> Result<Box<dyn QueueBackend>, ServeError> {
             std::fs::create_dir_all(&config.data_dir)
                 .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
             let path = config.queue_path();
-            let (backend, recovery) =
+            let (mut backend, recovery) =
                 SqliteBackend::open(&path, config.max_queue, config.sqlite_synchronous, config.queue_db_max_bytes)?;
+            if let Some(count) = config.test_fail_sync_after {
+                tracing::warn!(count, "test_fail_sync_after: the queue's fsyncs fail after this many");
+                backend.fail_syncs_after(count);
+            }
             tracing::info!(
                 path = %path.display(),
                 requeued_running = recovery.requeued,
@@ -246,10 +250,13 @@ async fn run(
     let listener =
         TcpListener::bind(config.listen).map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let stopping = http::Stopping(lifecycle.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(http::HeaderLimit(config.max_header_bytes))
+            .app_data(stopping.clone())
             .wrap(from_fn(http::limit_headers))
+            .wrap(from_fn(http::close_when_stopping))
             // Outermost, so that it counts the refusals of the limits inside it too.
             .wrap(from_fn(crate::metrics::observe_http))
             .configure(http::configure(state.clone()))
@@ -303,7 +310,8 @@ async fn run(
             _ = hangup.recv() => reload(&auth, certificate.as_deref(), &metrics),
             lost = &mut queue_lost => {
                 let error = lost.unwrap_or_else(|_| StorageError::new("the queue thread stopped"));
-                return Err(stop_after_queue_lost(error, &lifecycle, notifier.as_deref(), server_handle, metrics_server).await);
+                let http = (server_handle, server_task);
+                return Err(stop_after_queue_lost(error, &lifecycle, notifier.as_deref(), http, metrics_server).await);
             }
         }
     };
@@ -357,14 +365,15 @@ async fn run(
     Ok(())
 }
 
-/// Stops at once when the queue is lost (see [`QueueLost`]): no drain, since no outcome
-/// could be recorded, and nothing more is answered. Jobs left running go back to the
-/// queue at the next start, which systemd makes (jobd exits with a failure).
+/// Stops when the queue is lost (see [`QueueLost`]): no drain, since no outcome could be
+/// recorded. The listener answers the requests in flight (every queue call fails at once
+/// now, and each answer closes its connection) and closes. Jobs left running go back to
+/// the queue at the next start, which systemd makes (jobd exits with a failure).
 async fn stop_after_queue_lost(
     error: StorageError,
     lifecycle: &Lifecycle,
     notifier: Option<&crate::systemd::Notifier>,
-    server: actix_web::dev::ServerHandle,
+    (server, server_task): (actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>),
     metrics_server: Option<(actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
 ) -> ServeError {
     lifecycle.shutting_down.store(true, Ordering::Release);
@@ -372,11 +381,14 @@ async fn stop_after_queue_lost(
         notifier.stopping();
     }
     tracing::error!(%error, "the queue is lost: stopping without a drain");
-    server.stop(false).await;
-    if let Some((handle, _task)) = metrics_server {
-        handle.stop(false).await;
+    // Graceful for the listener only: requests in flight get their 503 (every queue call
+    // now fails at once), new connections are refused.
+    server.stop(true).await;
+    let _ = server_task.await;
+    if let Some((handle, task)) = metrics_server {
+        handle.stop(true).await;
+        let _ = task.await;
     }
-    actix::System::current().stop();
     ServeError::QueueLost(error)
 }
 

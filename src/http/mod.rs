@@ -178,6 +178,26 @@ pub async fn limit_headers(
     next.call(request).await
 }
 
+/// The daemon's lifecycle, for [`close_when_stopping`].
+#[derive(Clone)]
+pub struct Stopping(pub Arc<Lifecycle>);
+
+/// Middleware: once jobd is stopping, every answer closes its connection, so that a
+/// client on keep-alive reconnects (and finds the listener gone) instead of holding the
+/// connection, and the listener's graceful stop, which waits for open connections, ends
+/// as soon as the requests in flight are answered.
+pub async fn close_when_stopping(
+    request: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let stopping = request.app_data::<Stopping>().cloned();
+    let mut response = next.call(request).await?;
+    if stopping.is_some_and(|stopping| stopping.0.shutting_down.load(Ordering::Acquire)) {
+        response.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+    }
+    Ok(response)
+}
+
 /// Lets a request through when its bearer token has `scope` (or authentication is off),
 /// and records who it is for the handler; otherwise answers 401 or 403 and counts why.
 async fn authorize(

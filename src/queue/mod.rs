@@ -581,9 +581,11 @@ fn run_backend(
                 Err(_) => break,
             }
         }
-        if let Some(error) = lost.check() {
+        if let Some(lost_because) = lost.check() {
+            // These were never tried: nothing they asked for was done.
+            let refused = StorageError::new(format!("the queue is lost ({})", lost_because.message()));
             for command in batch.into_iter().chain(waiting.take().map(Command::TakeReady)) {
-                command.fail(&error);
+                command.fail(&refused);
             }
             continue;
         }

@@ -261,6 +261,8 @@ pub struct SqliteBackend {
     /// With [`Synchronous::Full`], the WAL file that the [`Syncer`] fsyncs, until
     /// [`QueueBackend::syncer`] hands it over; until then SQLite syncs in each commit.
     wal: Option<WalFile>,
+    /// `test_fail_sync_after`: the syncer's fsyncs fail after this many.
+    fail_syncs_after: Option<u64>,
     /// Declared after `connection`, so it is dropped (and its thread joined) after it.
     checkpointer: Checkpointer,
 }
@@ -290,12 +292,19 @@ struct WalFile {
 struct WalSyncer {
     wal: WalFile,
     storage_lost: Arc<AtomicBool>,
+    /// Syncs left before every sync fails (`test_fail_sync_after`), if set.
+    syncs_before_failing: Option<u64>,
 }
 
 impl Syncer for WalSyncer {
     fn sync(&mut self) -> Result<(), StorageError> {
         if self.storage_lost.load(Ordering::Acquire) {
             return Err(StorageError::new("a WAL checkpoint failed with an I/O error"));
+        }
+        match &mut self.syncs_before_failing {
+            Some(0) => return Err(StorageError::new("fsync of the WAL failed (injected by test_fail_sync_after)")),
+            Some(left) => *left -= 1,
+            None => {}
         }
         self.wal.sync()
     }
@@ -640,9 +649,16 @@ impl SqliteBackend {
             books_at_begin: books,
             fresh: FreshJobs::default(),
             wal: (synchronous == Synchronous::Full).then(|| WalFile::new(path)),
+            fail_syncs_after: None,
             checkpointer,
         };
         Ok((backend, recovery))
+    }
+
+    /// Makes every fsync of the syncer fail after `count` of them, as a dying disk would
+    /// (`test_fail_sync_after`), so that tests can watch what jobd does then.
+    pub fn fail_syncs_after(&mut self, count: u64) {
+        self.fail_syncs_after = Some(count);
     }
 
     /// Inserts new jobs, as few statements as possible: a statement of many rows pays the
@@ -1004,7 +1020,11 @@ impl QueueBackend for SqliteBackend {
             tracing::warn!(%error, "cannot move the fsync out of the commit; SQLite keeps syncing in each commit");
             return None;
         }
-        Some(Box::new(WalSyncer { wal, storage_lost: self.checkpointer.storage_lost.clone() }))
+        Some(Box::new(WalSyncer {
+            wal,
+            storage_lost: self.checkpointer.storage_lost.clone(),
+            syncs_before_failing: self.fail_syncs_after,
+        }))
     }
 
     fn rollback(&mut self) {

@@ -117,6 +117,14 @@ impl Daemon {
         self.data_dir.take().expect("data dir present")
     }
 
+    /// Hands back the data directory of a daemon that exited by itself (see
+    /// [`Daemon::wait_exit`]), for a restart.
+    pub fn into_data_dir(mut self) -> tempfile::TempDir {
+        assert!(self.child.try_wait().expect("try_wait").is_some(), "jobd is still running");
+        self.finish_logs();
+        self.data_dir.take().expect("data dir present")
+    }
+
     fn finish_logs(&mut self) {
         if let Some(reader) = self.log_reader.take() {
             let _ = reader.join();
