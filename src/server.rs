@@ -147,8 +147,15 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // Bodies still running after the drain (past shutdown_timeout) are abandoned.
     bodies.shutdown_timeout(Duration::from_secs(1));
     // The actors and the HTTP server are gone with the System, and with them every
-    // queue handle, so the queue thread ends here.
-    queue.join();
+    // queue handle, so the queue thread ends here. A lost queue's thread refuses all work
+    // and holds nothing worth waiting for: jobd exits without joining it, so that a
+    // handle some part of the stopped server still holds cannot keep a failed daemon
+    // from exiting and being restarted.
+    if matches!(result, Err(ServeError::QueueLost(_))) {
+        drop(queue);
+    } else {
+        queue.join();
+    }
     result
 }
 
