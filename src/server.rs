@@ -257,11 +257,9 @@ async fn run(
     let listener =
         TcpListener::bind(config.listen).map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
-    let stopping = http::Stopping(lifecycle.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(http::HeaderLimit(config.max_header_bytes))
-            .app_data(stopping.clone())
             .wrap(from_fn(http::limit_headers))
             .wrap(from_fn(http::close_when_stopping))
             // Outermost, so that it counts the refusals of the limits inside it too.

@@ -178,10 +178,6 @@ pub async fn limit_headers(
     next.call(request).await
 }
 
-/// The daemon's lifecycle, for [`close_when_stopping`].
-#[derive(Clone)]
-pub struct Stopping(pub Arc<Lifecycle>);
-
 /// Middleware: once jobd is stopping, every answer closes its connection, so that a
 /// client on keep-alive reconnects (and finds the listener gone) instead of holding the
 /// connection, and the listener's graceful stop, which waits for open connections, ends
@@ -190,9 +186,9 @@ pub async fn close_when_stopping(
     request: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let stopping = request.app_data::<Stopping>().cloned();
+    let state = request.app_data::<web::Data<AppState>>().cloned();
     let mut response = next.call(request).await?;
-    if stopping.is_some_and(|stopping| stopping.0.shutting_down.load(Ordering::Acquire)) {
+    if state.is_some_and(|state| state.lifecycle.shutting_down.load(Ordering::Acquire)) {
         response.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
     }
     Ok(response)

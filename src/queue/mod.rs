@@ -667,7 +667,7 @@ fn run_backend(
 }
 
 /// Syncs everything committed so far, once for all the transactions waiting, and answers
-/// their callers, or fails them all.
+/// their callers, or fails them all: when the sync fails, and once the queue is lost.
 fn run_sync_thread(
     mut syncer: Box<dyn Syncer>,
     committed: &std::sync::mpsc::Receiver<Committed>,
@@ -678,45 +678,29 @@ fn run_sync_thread(
     while let Ok(first) = committed.recv() {
         let mut batches = vec![first];
         batches.extend(committed.try_iter());
-        let already_lost = poison.get().is_some();
-        sync_and_answer(syncer.as_mut(), poison, batches, metrics);
+        if let Some(error) = poison.get() {
+            batches.into_iter().for_each(|batch| batch.fail(error));
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let synced = syncer.sync();
+        metrics.store_sync_duration.observe(started.elapsed().as_secs_f64());
+        let Err(error) = synced else {
+            batches.into_iter().for_each(Committed::answer);
+            continue;
+        };
+        let error = StorageError::outcome_unknown(format!(
+            "{}; what was committed since the last sync may or may not be on disk, so the queue refuses all work \
+             until jobd restarts and recovers from what is on disk",
+            error.message()
+        ));
+        tracing::error!(%error, transactions = batches.len(), "syncing the queue failed");
+        let error = poison.get_or_init(|| error);
+        batches.into_iter().for_each(|batch| batch.fail(error));
         // The queue thread may be asleep with a fetch held; wake it, so that it fails that
         // fetch and reports the loss now rather than at its next command.
-        if !already_lost
-            && poison.get().is_some()
-            && let Some(commands) = wake.upgrade()
-        {
+        if let Some(commands) = wake.upgrade() {
             drop(commands.try_send(Command::Nudge));
-        }
-    }
-}
-
-/// One sync for `batches`: answers them if it succeeds; otherwise, and once the queue is
-/// lost, fails them.
-fn sync_and_answer(
-    syncer: &mut dyn Syncer,
-    poison: &OnceLock<StorageError>,
-    batches: Vec<Committed>,
-    metrics: &Metrics,
-) {
-    if let Some(error) = poison.get() {
-        batches.into_iter().for_each(|batch| batch.fail(error));
-        return;
-    }
-    let started = std::time::Instant::now();
-    let synced = syncer.sync();
-    metrics.store_sync_duration.observe(started.elapsed().as_secs_f64());
-    match synced {
-        Ok(()) => batches.into_iter().for_each(Committed::answer),
-        Err(error) => {
-            let error = StorageError::outcome_unknown(format!(
-                "{}; what was committed since the last sync may or may not be on disk, so the queue refuses all \
-                 work until jobd restarts and recovers from what is on disk",
-                error.message()
-            ));
-            tracing::error!(%error, transactions = batches.len(), "syncing the queue failed");
-            let error = poison.get_or_init(|| error);
-            batches.into_iter().for_each(|batch| batch.fail(error));
         }
     }
 }

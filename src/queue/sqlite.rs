@@ -472,9 +472,12 @@ struct Checkpointer {
     storage_lost: Arc<AtomicBool>,
 }
 
-/// Whether a checkpoint's error is the storage failing (as opposed to, say, being busy).
-fn is_io_failure(error: &rusqlite::Error) -> bool {
-    error.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure)
+/// Marks the storage as lost when a checkpoint's error is the storage failing (as opposed
+/// to, say, being busy).
+fn mark_lost_on_io_failure(error: &rusqlite::Error, storage_lost: &AtomicBool) {
+    if error.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure) {
+        storage_lost.store(true, Ordering::Release);
+    }
 }
 
 impl Checkpointer {
@@ -492,9 +495,7 @@ impl Checkpointer {
                 while woken.recv().is_ok() {
                     if let Err(error) = own.wal_checkpoint_v2(rusqlite::DEFAULT_NAME, CheckpointMode::PASSIVE) {
                         tracing::warn!(%error, "background WAL checkpoint failed; the WAL keeps the pages");
-                        if is_io_failure(&error) {
-                            thread_lost.store(true, Ordering::Release);
-                        }
+                        mark_lost_on_io_failure(&error, &thread_lost);
                     }
                 }
             })
@@ -509,9 +510,7 @@ impl Checkpointer {
                 && let Err(error) = wal.checkpoint_v2(CheckpointMode::PASSIVE)
             {
                 tracing::warn!(%error, pages, "WAL checkpoint on the queue thread failed");
-                if is_io_failure(&error) {
-                    hook_lost.store(true, Ordering::Release);
-                }
+                mark_lost_on_io_failure(&error, &hook_lost);
             }
             Ok(())
         }))?;
