@@ -300,6 +300,11 @@ impl Metrics {
     }
 }
 
+/// The pattern of the resource that answers a request, as resource app data, for
+/// [`observe_http`].
+#[derive(Debug, Clone, Copy)]
+pub struct RoutePattern(pub &'static str);
+
 /// Middleware: counts and times every request by its route pattern (`/v1/jobs/{id}`, never
 /// the concrete path), method and status class.
 pub async fn observe_http(
@@ -321,10 +326,14 @@ pub async fn observe_http(
     let response = next.call(request).await;
     if let Some(metrics) = metrics {
         let (route, status) = match &response {
-            Ok(response) => (response.request().match_pattern(), response.status().as_u16()),
+            // The resource that answered left its pattern in the request's app data;
+            // `match_pattern()` would run the router's regexes again for every request.
+            Ok(response) => {
+                (response.request().app_data::<RoutePattern>().map(|route| route.0), response.status().as_u16())
+            }
             Err(error) => (None, error.as_response_error().status_code().as_u16()),
         };
-        metrics.observe_http(route.as_deref().unwrap_or("unmatched"), method, status, started);
+        metrics.observe_http(route.unwrap_or("unmatched"), method, status, started);
     }
     response
 }

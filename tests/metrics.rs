@@ -159,6 +159,23 @@ async fn a_scrape_under_load_passes_promtool_check_metrics() {
 }
 
 #[tokio::test]
+async fn http_requests_are_counted_by_route_pattern_never_by_path() {
+    let daemon = Daemon::start(&[]);
+    let get = |path: &str| daemon.client.get(daemon.url(path)).send();
+    for id in ["0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c"] {
+        assert_eq!(get(&format!("/v1/jobs/{id}")).await.expect("GET").status(), 404);
+    }
+    assert_eq!(daemon.client.put(daemon.url("/healthz")).send().await.expect("PUT").status(), 405);
+    assert_eq!(get("/no/such/route").await.expect("GET").status(), 404);
+    let scrape = get("/metrics").await.expect("GET").text().await.expect("text");
+    let count = |series: &str| sample(&scrape, series);
+    assert_eq!(count("jobd_http_requests_total{method=\"GET\",route=\"/v1/jobs/{id}\",status=\"4xx\"}"), Some(2.0));
+    assert_eq!(count("jobd_http_requests_total{method=\"PUT\",route=\"/healthz\",status=\"4xx\"}"), Some(1.0));
+    assert_eq!(count("jobd_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"4xx\"}"), Some(1.0));
+    assert!(!scrape.contains("0190a1b2"), "a concrete path became a label:\n{scrape}");
+}
+
+#[tokio::test]
 async fn gauges_tell_the_truth() {
     let daemon = Daemon::start(&[("JOBD_MAX_WORKERS", "3")]);
     let long: Vec<Value> = (0..3).map(|_| json!({"kind": "sleep", "payload": {"ms": 600000}})).collect();

@@ -130,7 +130,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
         for path in paths {
             let specs: Vec<&RouteSpec> = table.iter().filter(|spec| spec.path == path).collect();
             let allow = specs.iter().map(|spec| spec.method.as_str()).collect::<Vec<_>>().join(", ");
-            let mut resource = web::resource(path);
+            let mut resource = web::resource(path).app_data(crate::metrics::RoutePattern(path));
             for spec in specs {
                 let route = (spec.route)();
                 resource = resource.route(match spec.access {
