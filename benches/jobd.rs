@@ -606,9 +606,14 @@ async fn run() -> Vec<Figure> {
             hold_the_only_worker(&client, &daemon).await;
             let payloads: Vec<Value> = (0..batch).map(|n| json!({"n": n, "pad": "x".repeat(100)})).collect();
             let body = serde_json::to_vec(&json!({"payloads": payloads})).expect("json");
-            let result = drive(&client, post_json(&daemon.base, "/v1/payloads", body), 202, None).await;
+            let request = post_json(&daemon.base, "/v1/payloads", body);
+            let samples = sample(&client, request, 202, None, WARM_UP, MEASURE, Some(daemon.child.id())).await;
+            let cpu = samples.cpu_per_request();
+            let result = samples.throughput();
             let payloads_per_second = result.per_second * batch as f64;
             println!("(3) batches of {batch}: {payloads_per_second:.0} payloads/s");
+            println!("    CPU per request: client {:.0} us, jobd {}", micros(cpu.client), cpu.describe_jobd());
+            print_queue_work(&client, &daemon).await;
             figures.push(Figure {
                 number: if batch == 100 { "3a" } else { "3" },
                 name: if batch == 100 {
