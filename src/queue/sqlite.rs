@@ -448,13 +448,6 @@ impl FreshJobs {
     }
 }
 
-/// The queue connection's page cache, in KiB (SQLite's default is 2 MiB). A group of batch
-/// submissions (up to 16,384 jobs) dirties several MiB of pages in one transaction; with the
-/// default cache, SQLite spilled dirty pages into the WAL in the middle of the transaction
-/// and read evicted index pages back, about a tenth of the queue thread under batch ingest.
-/// The cache grows only as pages are used.
-const PAGE_CACHE_KIB: i64 = 32 * 1024;
-
 /// WAL pages after a commit at which the [`Checkpointer`] is woken: SQLite's own default
 /// for checkpointing.
 const WAL_BACKGROUND_CHECKPOINT_PAGES: i32 = 1_000;
@@ -595,7 +588,6 @@ impl SqliteBackend {
         };
         connection.pragma_update(None, "synchronous", sync)?;
         connection.pragma_update(None, "busy_timeout", 5_000)?;
-        connection.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
         let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         let has_jobs: bool = connection.query_row(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs')",
