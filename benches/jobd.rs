@@ -103,7 +103,7 @@ type RequestFactory = Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + 
 /// `CONNECTIONS` clients on keep-alive connections. Closed loop (each sends the next request
 /// when the last is answered) unless `rate` paces them open loop at that total rate.
 async fn drive(client: &reqwest::Client, request: RequestFactory, expected: u16, rate: Option<f64>) -> Throughput {
-    Samples::default().add(sample(client, request, expected, rate, WARM_UP, MEASURE, None).await).throughput()
+    sample(client, request, expected, rate, WARM_UP, MEASURE, None).await.throughput()
 }
 
 /// Latencies of the answers that arrived while measuring, and how long that was.
@@ -186,10 +186,7 @@ async fn sample(
     tokio::time::sleep(measure).await;
     measuring.store(false, Ordering::Relaxed);
     let measured = started.elapsed();
-    let cpu = match (cpu_before, cpu_of) {
-        (Some(before), Some(pid)) => CpuTimes::read(pid).since(&before),
-        _ => CpuTimes::default(),
-    };
+    let cpu = cpu_of.zip(cpu_before).map_or_else(CpuTimes::default, |(pid, before)| CpuTimes::read(pid).since(&before));
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for task in tasks {
@@ -260,13 +257,18 @@ impl CpuTimes {
         self.jobd.values().sum()
     }
 
-    /// "41 µs (HTTP 20, actors 8, ...)", in microseconds per request.
-    fn describe_jobd(&self) -> String {
+    /// "client 30 us, jobd 41 us (HTTP 20, actors 8, ...)", in microseconds per request.
+    fn describe(&self) -> String {
         let groups: Vec<String> = Self::GROUPS
             .iter()
             .filter_map(|group| self.jobd.get(group).map(|time| format!("{group} {:.0}", micros(*time))))
             .collect();
-        format!("{:.0} us ({})", micros(self.jobd_total()), groups.join(", "))
+        format!(
+            "client {:.0} us, jobd {:.0} us ({})",
+            micros(self.client),
+            micros(self.jobd_total()),
+            groups.join(", ")
+        )
     }
 }
 
@@ -553,13 +555,7 @@ async fn run() -> Vec<Figure> {
     });
     // Why the ratio is what it is: the two sides share the cores, so each rate is about
     // the cores' time over the CPU time that one request costs the client and jobd.
-    let cpu = format!(
-        "(1): client {:.0} us, jobd {}; (2): client {:.0} us, jobd {}",
-        micros(ceiling_cpu.client),
-        ceiling_cpu.describe_jobd(),
-        micros(single_cpu.client),
-        single_cpu.describe_jobd()
-    );
+    let cpu = format!("(1): {}; (2): {}", ceiling_cpu.describe(), single_cpu.describe());
     println!("    CPU per request: {cpu}");
     figures.push(Figure {
         number: "2c",
@@ -612,7 +608,7 @@ async fn run() -> Vec<Figure> {
             let result = samples.throughput();
             let payloads_per_second = result.per_second * batch as f64;
             println!("(3) batches of {batch}: {payloads_per_second:.0} payloads/s");
-            println!("    CPU per request: client {:.0} us, jobd {}", micros(cpu.client), cpu.describe_jobd());
+            println!("    CPU per request: {}", cpu.describe());
             print_queue_work(&client, &daemon).await;
             figures.push(Figure {
                 number: if batch == 100 { "3a" } else { "3" },

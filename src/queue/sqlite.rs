@@ -147,6 +147,11 @@ fn size_index(rows: usize) -> usize {
 }
 
 /// The SQL of an INSERT of `rows` rows.
+///
+/// The hot writes (this and [`finish_sql`]) run `OR ROLLBACK`: a failing row ends the whole
+/// transaction, which the queue thread rolls back on any error anyway, so SQLite keeps no
+/// statement journal (a copy of every page a statement touches, in case that statement
+/// alone must be undone). The journal was a tenth of the queue thread under batch ingest.
 fn insert_sql(rows: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let statements = SQL.get_or_init(|| {
@@ -1611,10 +1616,8 @@ mod delayed_tests {
         assert_eq!(backend.depth().queued, many.len() + 8);
     }
 
-    /// Writes run `OR ROLLBACK`, so that SQLite keeps no statement journal (a copy of every
-    /// page a statement touches, in case the statement alone must be undone): the queue
-    /// thread undoes the whole transaction on any error anyway. A failing statement must
-    /// then leave nothing of the group behind, in the table or in memory.
+    /// Inserts run `OR ROLLBACK` (see `insert_sql`): a failing statement must then leave
+    /// nothing of the group behind, in the table or in memory.
     #[test]
     fn a_write_that_fails_midway_undoes_the_whole_transaction_and_the_queue_goes_on() {
         let dir = tempfile::tempdir().expect("tempdir");
