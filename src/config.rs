@@ -18,13 +18,17 @@ pub const DEFAULT_MAX_WORKERS: usize = 16;
 /// window in memory, so the bound is about disk: a million jobs of about 1 KiB is about
 /// 1 GiB, hours of backlog at typical rates, and still a hard stop before the disk fills.
 pub const DEFAULT_MAX_QUEUE: usize = 1_000_000;
-/// Default `max_attempts`: enough to ride out a short outage with backoff, few enough
-/// that a broken job is parked within minutes.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-/// Default `retry_base_ms`: the first retry waits up to a second.
+/// Default `max_attempts`: with the default backoff, 25 attempts span 1.3 to 2.6 days, so
+/// a job rides out a store outage of a day, as Sidekiq's, River's and Faktory's 25 do
+/// (theirs span longer). A job that cannot succeed is parked by its own error's verdict
+/// (permanent errors go `dead` at once), not by running out of attempts.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 25;
+/// Default `retry_base_ms`: the first retry waits half a second to a second, so a blip
+/// costs seconds.
 pub const DEFAULT_RETRY_BASE_MS: u64 = 1_000;
-/// Default `retry_cap_ms`: no retry waits more than an hour.
-pub const DEFAULT_RETRY_CAP_MS: u64 = 3_600_000;
+/// Default `retry_cap_ms`: no retry waits more than six hours, so a job whose store came
+/// back is at most six hours late.
+pub const DEFAULT_RETRY_CAP_MS: u64 = 6 * 3_600_000;
 /// Default `job_timeout_ms`: five minutes, generous for an upload of `max_body_bytes`.
 pub const DEFAULT_JOB_TIMEOUT_MS: u64 = 300_000;
 /// Default `retention_secs`: finished jobs stay readable (and idempotency keys stay
@@ -32,6 +36,12 @@ pub const DEFAULT_JOB_TIMEOUT_MS: u64 = 300_000;
 pub const DEFAULT_RETENTION_SECS: u64 = 86_400;
 /// Default `max_body_bytes`: 8 MiB, a payload collection of thousands of small payloads.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Default `window_max_bytes`: the Dispatcher's claimed, not-yet-started jobs take at
+/// most 64 MiB (plus one job), eight claims of 8 MiB, however large their bodies: enough
+/// to keep 16 workers fed with large uploads, small next to the memory a host running
+/// jobd has, and a hard stop before a backlog of large bodies can run the process out of
+/// memory (1,000 jobs of 1 MiB behind a busy pool took 1 GiB with a bound in jobs alone).
+pub const DEFAULT_WINDOW_MAX_BYTES: usize = 64 << 20;
 /// Default `shutdown_timeout_secs`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 
@@ -127,13 +137,17 @@ pub struct Settings {
     #[arg(long, env = "JOBD_HTTP_WORKERS", global = true)]
     pub http_workers: Option<usize>,
 
-    /// Queue backend: sqlite (durable, <data_dir>/queue.db) or memory (lost on exit) [default: sqlite].
+    /// Queue backend: sqlite (durable, <data_dir>/queue.db) [default: sqlite].
     #[arg(long, env = "JOBD_QUEUE", global = true, value_enum)]
     pub queue: Option<QueueKind>,
 
     /// SQLite sync mode: full (a 202 survives power loss) or normal (survives a crash of jobd only) [default: full].
     #[arg(long, env = "JOBD_SQLITE_SYNCHRONOUS", global = true, value_enum)]
     pub sqlite_synchronous: Option<Synchronous>,
+
+    /// The most bytes of claimed, not-yet-started jobs the Dispatcher holds in memory [default: 67108864].
+    #[arg(long, env = "JOBD_WINDOW_MAX_BYTES", global = true)]
+    pub window_max_bytes: Option<usize>,
 
     /// Largest size of queue.db in bytes; beyond it submissions get 503. 0 means no limit [default: 0].
     #[arg(long, env = "JOBD_QUEUE_DB_MAX_BYTES", global = true)]
@@ -147,15 +161,15 @@ pub struct Settings {
     #[arg(long, env = "JOBD_GROUP_COMMIT", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub group_commit: Option<bool>,
 
-    /// Attempts a job gets before it is dead, unless it gives its own [default: 5].
+    /// Attempts a job gets before it is dead, unless it gives its own [default: 25].
     #[arg(long, env = "JOBD_MAX_ATTEMPTS", global = true)]
     pub max_attempts: Option<u32>,
 
-    /// Retry backoff: the first retry waits up to this many ms, doubling per attempt [default: 1000].
+    /// Retry backoff: the first retry waits between half and all of this many ms, doubling per attempt [default: 1000].
     #[arg(long, env = "JOBD_RETRY_BASE_MS", global = true)]
     pub retry_base_ms: Option<u64>,
 
-    /// Retry backoff: no retry waits longer than this many ms [default: 3600000].
+    /// Retry backoff: no retry waits longer than this many ms [default: 21600000].
     #[arg(long, env = "JOBD_RETRY_CAP_MS", global = true)]
     pub retry_cap_ms: Option<u64>,
 
@@ -240,8 +254,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueKind {
+    /// The embedded durable queue.
     Sqlite,
-    Memory,
 }
 
 impl Settings {
@@ -260,6 +274,7 @@ impl Settings {
             test_fail_sync_after: self.test_fail_sync_after.or(lower.test_fail_sync_after),
             http_workers: self.http_workers.or(lower.http_workers),
             queue: self.queue.or(lower.queue),
+            window_max_bytes: self.window_max_bytes.or(lower.window_max_bytes),
             sqlite_synchronous: self.sqlite_synchronous.or(lower.sqlite_synchronous),
             queue_db_max_bytes: self.queue_db_max_bytes.or(lower.queue_db_max_bytes),
             retention_secs: self.retention_secs.or(lower.retention_secs),
@@ -327,6 +342,7 @@ pub struct Config {
     pub test_fail_sync_after: Option<u64>,
     pub http_workers: usize,
     pub queue: QueueKind,
+    pub window_max_bytes: usize,
     pub sqlite_synchronous: Synchronous,
     /// `None` means no limit.
     pub queue_db_max_bytes: Option<u64>,
@@ -419,6 +435,7 @@ impl Config {
                 .http_workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
             queue: settings.queue.unwrap_or(QueueKind::Sqlite),
+            window_max_bytes: settings.window_max_bytes.unwrap_or(DEFAULT_WINDOW_MAX_BYTES),
             sqlite_synchronous: settings.sqlite_synchronous.unwrap_or(Synchronous::Full),
             queue_db_max_bytes: settings.queue_db_max_bytes.filter(|&bytes| bytes > 0),
             retention: Duration::from_secs(settings.retention_secs.unwrap_or(DEFAULT_RETENTION_SECS)),
@@ -526,7 +543,8 @@ impl Config {
                 value: format!("{:?}", self.queue_db_max_bytes),
             });
         }
-        let ranges: [(&'static str, usize, usize, usize, &'static str); 10] = [
+        let ranges: [(&'static str, usize, usize, usize, &'static str); 11] = [
+            ("window_max_bytes", self.window_max_bytes, 1 << 20, 1 << 40, "between 1 MiB and 1 TiB"),
             ("max_workers", self.max_workers, 1, 10_000, "between 1 and 10000"),
             ("max_queue", self.max_queue, 1, 100_000_000, "between 1 and 100000000"),
             ("max_body_bytes", self.max_body_bytes, 1024, 1 << 30, "between 1024 and 1073741824"),

@@ -82,6 +82,18 @@ impl JobKind {
         }
     }
 
+    /// Whether the job writes to the object store, and so waits while the store is down.
+    pub fn uses_store(&self) -> bool {
+        matches!(self, JobKind::Upload(_))
+    }
+
+    /// Whether a worker runs the job on its own thread, without a body task: only `noop`,
+    /// which cannot block, panic or take the process down, so it need not wait for its
+    /// start to be recorded.
+    pub fn runs_inline(&self) -> bool {
+        matches!(self, JobKind::Noop)
+    }
+
     /// The bytes of the body the job carries (only `upload` carries one).
     pub fn body_len(&self) -> usize {
         match self {
@@ -175,6 +187,15 @@ pub struct Job {
     pub run_at: Option<DateTime<Utc>>,
     pub idempotency_key: Option<String>,
     pub kind: JobKind,
+}
+
+impl Job {
+    /// The memory the job takes: the struct, its body and its idempotency key. Memory
+    /// bounds on held jobs (the Dispatcher's window, the queue's buffer of fresh jobs)
+    /// count this.
+    pub fn footprint(&self) -> usize {
+        std::mem::size_of::<Job>() + self.kind.body_len() + self.idempotency_key.as_ref().map_or(0, String::len)
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +321,10 @@ pub enum Outcome {
     Panicked { message: String },
     /// The worker running the job died; the Dispatcher replaced it. Retryable.
     WorkerLost,
+    /// The object store could not be reached (connection refused or reset, DNS, timeout,
+    /// 5xx, `SlowDown`). Retryable; the Dispatcher holds the store's jobs until a probe
+    /// finds it up, so an outage costs a job about one attempt, not all of them.
+    StoreUnreachable { error: String },
 }
 
 impl Outcome {
@@ -308,7 +333,10 @@ impl Outcome {
         match self {
             Outcome::Succeeded(_) => false,
             Outcome::Failed { retryable, .. } => *retryable,
-            Outcome::TimedOut { .. } | Outcome::Panicked { .. } | Outcome::WorkerLost => true,
+            Outcome::TimedOut { .. }
+            | Outcome::Panicked { .. }
+            | Outcome::WorkerLost
+            | Outcome::StoreUnreachable { .. } => true,
         }
     }
 
@@ -316,7 +344,7 @@ impl Outcome {
     pub fn error(&self) -> Option<String> {
         match self {
             Outcome::Succeeded(_) => None,
-            Outcome::Failed { error, .. } => Some(error.clone()),
+            Outcome::Failed { error, .. } | Outcome::StoreUnreachable { error } => Some(error.clone()),
             Outcome::TimedOut { after_ms } => Some(format!("timed out after {after_ms} ms")),
             Outcome::Panicked { message } => Some(format!("panicked: {message}")),
             Outcome::WorkerLost => Some("the worker running the job died".to_owned()),
@@ -331,6 +359,7 @@ impl Outcome {
             Outcome::TimedOut { .. } => "timed_out",
             Outcome::Panicked { .. } => "panicked",
             Outcome::WorkerLost => "worker_lost",
+            Outcome::StoreUnreachable { .. } => "store_unreachable",
         }
     }
 }

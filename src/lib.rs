@@ -23,6 +23,7 @@ pub mod runner;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod store_health;
 pub mod submission;
 pub mod systemd;
 pub mod telemetry;

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub store_commit_duration: Histogram,
     pub store_commit_batch_size: Histogram,
     pub store_sync_duration: Histogram,
+    /// 1 while the object store answers its probe, 0 while uploads are held for it.
+    pub store_up: IntGauge,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     queue_depth: IntGaugeVec,
@@ -176,6 +178,10 @@ impl Metrics {
         let uploads_in_flight = IntGauge::new("jobd_uploads_in_flight", "Uploads to the object store in flight.")?;
         let upload_concurrency =
             IntGauge::new("jobd_upload_concurrency", "The most uploads in flight at once (upload_concurrency).")?;
+        let store_up = IntGauge::new(
+            "jobd_store_up",
+            "1 if the object store answered its latest probe; 0 while it is unreachable and uploads are held.",
+        )?;
         let build_info =
             IntGaugeVec::new(Opts::new("jobd_build_info", "Always 1; labelled with the version."), &["version"])?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -223,6 +229,7 @@ impl Metrics {
             Box::new(workers.clone()),
             Box::new(uploads_in_flight.clone()),
             Box::new(upload_concurrency.clone()),
+            Box::new(store_up.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -243,6 +250,7 @@ impl Metrics {
             store_commit_duration,
             store_commit_batch_size,
             store_sync_duration,
+            store_up,
             http_requests,
             http_duration,
             queue_depth,

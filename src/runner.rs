@@ -34,6 +34,12 @@ impl JobError {
             JobError::Requested { retryable, .. } => *retryable,
         }
     }
+
+    /// Whether the error says the store itself is unreachable rather than that this job
+    /// cannot be written: then the store's other jobs would fail the same way.
+    pub fn is_store_unreachable(&self) -> bool {
+        matches!(self, JobError::Upload(error) if error.is_unreachable())
+    }
 }
 
 /// How long one attempt may run: a job's own `timeout_ms`, else its kind's default,

@@ -11,22 +11,21 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::actors::{Dispatcher, Ingest, dispatcher::Drain};
+use crate::actors::dispatcher::{Drain, PoolSettings};
+use crate::actors::{Dispatcher, Ingest};
 use crate::auth::{Authenticator, TokenFileError};
 use crate::config::{Config, QueueKind};
 use crate::http::{self, AppState, Lifecycle};
 use crate::metrics::{Metrics, MetricsError};
-use crate::queue::memory::MemoryBackend;
 use crate::queue::sqlite::SqliteBackend;
 use crate::queue::{QueueBackend, QueueHandle, QueueLost, QueueThread, StorageError};
 use crate::runner::JobRunner;
 use crate::stats::Stats;
 use crate::store::{JobStore, StoreError};
+use crate::store_health::StoreHealth;
 use crate::submission::ParseOptions;
 use crate::tls::{CertificateReloader, TlsError};
 
-/// How often the store is probed for `/readyz`.
-const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(15);
 /// Finished jobs deleted per purge transaction: small, so a purge never holds the queue
 /// thread long enough to delay submissions noticeably.
 const PURGE_BATCH: usize = 1_000;
@@ -162,10 +161,6 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
 /// Opens the configured backend, recovering what a previous process left.
 fn open_queue(config: &Config) -> Result<Box<dyn QueueBackend>, ServeError> {
     match config.queue {
-        QueueKind::Memory => {
-            tracing::warn!("queue = memory: accepted jobs are lost when jobd stops");
-            Ok(Box::new(MemoryBackend::new(config.max_queue)))
-        }
         QueueKind::Sqlite => {
             std::fs::create_dir_all(&config.data_dir)
                 .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
@@ -179,6 +174,7 @@ fn open_queue(config: &Config) -> Result<Box<dyn QueueBackend>, ServeError> {
             tracing::info!(
                 path = %path.display(),
                 requeued_running = recovery.requeued,
+                dead_after_dying_mid_attempt = recovery.buried,
                 queued = recovery.queued,
                 "queue opened and recovered"
             );
@@ -213,10 +209,7 @@ async fn run(
     let store = Arc::new(JobStore::from_url(&config.store_url, &config.store_options())?);
     let lifecycle = Arc::new(Lifecycle::default());
     let stats = Arc::new(Stats::default());
-    if let Err(error) = record_probe(&store, &lifecycle).await {
-        tracing::warn!(%error, store = store.url(), "object store not reachable; not ready until it is");
-    }
-    let probe_task = actix::spawn(probe_store_periodically(store.clone(), lifecycle.clone()));
+    let store_health = StoreHealth::probe_at_start(&store, metrics.clone()).await;
 
     let runner = Arc::new(JobRunner {
         store: store.clone(),
@@ -226,9 +219,15 @@ async fn run(
         bodies: bodies.clone(),
     });
     let notifier = crate::systemd::Notifier::from_env().map(Arc::new);
-    let dispatcher = Dispatcher::new(queue.clone(), runner, stats.clone(), config.max_workers, config.retry_policy())
+    let pool = PoolSettings {
+        max_workers: config.max_workers,
+        retry_policy: config.retry_policy(),
+        window_max_bytes: config.window_max_bytes,
+    };
+    let dispatcher = Dispatcher::new(queue.clone(), runner, stats.clone(), pool, store_health.clone())
         .with_systemd(notifier.clone(), crate::systemd::watchdog_interval())
         .start();
+    let probe_task = actix::spawn(store_health.clone().run(store.clone(), dispatcher.clone()));
     let ingest =
         Ingest::new(queue.clone(), stats.clone(), metrics.clone(), config.group_commit, config.max_attempts).start();
     let purge_task = actix::spawn(purge_periodically(queue.clone(), config.retention));
@@ -241,6 +240,7 @@ async fn run(
         stats: stats.clone(),
         metrics: metrics.clone(),
         store: store.clone(),
+        store_health: store_health.clone(),
         lifecycle: lifecycle.clone(),
         parse_options: ParseOptions {
             test_kinds: config.test_kinds,
@@ -348,14 +348,10 @@ async fn run(
     }
     probe_task.abort();
     purge_task.abort();
-    match queue_status_for_log(&state_queue).await {
-        Some((queued, true)) if queued > 0 => {
-            tracing::info!(queued, "queued jobs stay in the queue for the next start")
-        }
-        Some((queued, false)) if queued > 0 => {
-            tracing::warn!(queued, "queue = memory: queued jobs that never started are lost")
-        }
-        _ => {}
+    if let Some(queued) = queue_status_for_log(&state_queue).await
+        && queued > 0
+    {
+        tracing::info!(queued, "queued jobs stay in the queue for the next start");
     }
     server_handle.stop(true).await;
     if let Some((handle, task)) = metrics_server {
@@ -427,8 +423,8 @@ fn serve_metrics(
     Ok((handle, actix::spawn(server)))
 }
 
-async fn queue_status_for_log(queue: &QueueHandle) -> Option<(usize, bool)> {
-    queue.status().await.ok().map(|status| (status.depth.queued, status.durable))
+async fn queue_status_for_log(queue: &QueueHandle) -> Option<usize> {
+    queue.status().await.ok().map(|status| status.depth.queued)
 }
 
 /// Deletes finished jobs older than `retention`, in small batches, forever. The period
@@ -457,25 +453,4 @@ async fn purge_periodically(queue: QueueHandle, retention: Duration) {
             }
         }
     }
-}
-
-async fn probe_store_periodically(store: Arc<JobStore>, lifecycle: Arc<Lifecycle>) {
-    let mut interval = tokio::time::interval(STORE_PROBE_INTERVAL);
-    interval.tick().await;
-    loop {
-        interval.tick().await;
-        if let Err(error) = record_probe(&store, &lifecycle).await {
-            tracing::warn!(%error, store = store.url(), "object store probe failed");
-        }
-    }
-}
-
-/// Probes the store and records the answer for `/readyz`.
-async fn record_probe(store: &JobStore, lifecycle: &Lifecycle) -> Result<(), StoreError> {
-    let result = store.probe().await;
-    lifecycle.store_reachable.store(result.is_ok(), Ordering::Release);
-    if let Ok(mut last_error) = lifecycle.store_error.lock() {
-        *last_error = result.as_ref().err().map(ToString::to_string);
-    }
-    result
 }

@@ -42,6 +42,10 @@ const PERMANENT_S3_CODES: [&str; 12] = [
     "EntityTooLarge",
 ];
 
+/// S3 error codes that say the service, not the request, is in trouble: throttling and
+/// server-side failures, which hit every job alike while they last.
+const UNAVAILABLE_S3_CODES: [&str; 4] = ["SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"];
+
 /// Why the store could not be built or used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -95,6 +99,35 @@ impl StoreError {
             StoreError::SymlinkCheck(_) => true,
             StoreError::InvalidUrl { .. } | StoreError::CreateRoot { .. } | StoreError::Symlink(_) => false,
         }
+    }
+}
+
+impl StoreError {
+    /// Whether the error says the store cannot be reached or cannot serve anyone now: a
+    /// connection refused or reset, a DNS failure, a timeout, a 5xx answer or `SlowDown`.
+    /// A permission, a missing bucket or a bad key is the job's own problem, not this.
+    pub fn is_unreachable(&self) -> bool {
+        let StoreError::ObjectStore { code, source } = self else { return false };
+        if let Some(code) = code {
+            return UNAVAILABLE_S3_CODES.contains(&code.as_str());
+        }
+        // object_store reports a transport failure as an `HttpError` somewhere in the
+        // error's source chain, and a 5xx answer as a status in its text.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(error) = cause {
+            if let Some(http) = error.downcast_ref::<object_store::client::HttpError>() {
+                use object_store::client::HttpErrorKind;
+                return matches!(
+                    http.kind(),
+                    HttpErrorKind::Connect
+                        | HttpErrorKind::Request
+                        | HttpErrorKind::Timeout
+                        | HttpErrorKind::Interrupted
+                );
+            }
+            cause = error.source();
+        }
+        source.to_string().contains("non-2xx status code: 5")
     }
 }
 

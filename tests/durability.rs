@@ -200,6 +200,68 @@ async fn a_200k_backlog_does_not_grow_memory() {
     );
 }
 
+/// At default settings, with every worker held busy, a backlog of large uploads waits on
+/// disk, not in memory: the Dispatcher's window is bounded in bytes (64 MiB by default),
+/// not only in jobs. Before the bound, 1,000 queued jobs of 1 MiB took the resident set
+/// from 12 MiB to 1,044 MiB.
+#[tokio::test]
+async fn a_backlog_of_large_uploads_stays_bounded_in_memory_at_default_settings() {
+    let daemon = Daemon::start(&[("JOBD_LOG", "warn,jobd::server=info")]);
+    // Sixteen long jobs hold the default pool of sixteen workers.
+    let sleepers: Vec<Value> = (0..16).map(|_| json!({"kind": "sleep", "payload": {"ms": 600000}})).collect();
+    accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": sleepers})).await).await;
+    daemon.wait_for("a busy pool", |stats| stats["counters"]["workers"]["busy"] == 16).await;
+    let idle_kib = daemon.rss_kib();
+    let blob = "x".repeat(1 << 20);
+    let mut peak_kib = idle_kib;
+    // 400 jobs of 1 MiB: six times the window's byte bound, and three times the memory
+    // bound this test checks, had the window held them all as it used to.
+    for _ in 0..100 {
+        // Four jobs of 1 MiB per request, inside the default 8 MiB body limit.
+        let jobs: Vec<Value> = (0..4).map(|_| json!({"kind": "upload", "payload": {"blob": blob}})).collect();
+        accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": jobs})).await).await;
+        peak_kib = peak_kib.max(daemon.rss_kib());
+    }
+    let stats = daemon.stats().await;
+    assert_eq!(stats["queue"]["queued"], 400, "{stats}");
+    // The window fills as the commits land; sample it for a while after the last one.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak_kib = peak_kib.max(daemon.rss_kib());
+    }
+    println!(
+        "resident memory: {idle_kib} KiB with the pool busy, at most {peak_kib} KiB with 400 jobs of 1 MiB queued"
+    );
+    assert!(peak_kib < 150 * 1024, "claimed bodies are not bounded in bytes: {peak_kib} KiB resident");
+}
+
+/// An attempt counts once it has started, even if the process dies during it: a job whose
+/// attempts all end with the process (an OOM, an abort in a C library) goes dead instead of
+/// crash-looping the daemon. Default settings, but for the job's own `max_attempts`.
+#[tokio::test]
+async fn a_job_that_dies_with_the_process_in_every_attempt_ends_dead_after_its_attempts() {
+    let daemon = Daemon::start(&[]);
+    let job = json!({"kind": "sleep", "payload": {"ms": 600000}, "max_attempts": 2});
+    let id = accepted_ids(daemon.post_json("/v1/jobs", &job).await).await.remove(0);
+    let mut daemon = daemon;
+    for attempt in 1..=2u64 {
+        // The record says `running` only once the start is committed, which is what the
+        // Dispatcher waits for before the body runs.
+        let record = daemon.wait_for_job(&id, "the attempt to start", |record| record["state"] == "running").await;
+        assert_eq!(record["attempts"], attempt, "{record}");
+        let data_dir = daemon.kill_9();
+        daemon = Daemon::start_in(data_dir, &[]);
+    }
+    let record = daemon.wait_for_job(&id, "its final state", |record| record["state"] != "running").await;
+    assert_eq!(record["state"], "dead", "{record}");
+    assert_eq!(record["attempts"], 2, "{record}");
+    let error = record["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("the process died during attempt 2 of 2"), "{record}");
+    let recovered =
+        daemon.wait_for_logs("the recovery line", 1, |line| line["message"] == "queue opened and recovered").await;
+    assert_eq!(recovered[0]["dead_after_dying_mid_attempt"], 1, "{}", recovered[0]);
+}
+
 #[tokio::test]
 async fn fifty_concurrent_submissions_with_one_key_make_one_job() {
     let daemon = Daemon::start(&[]);

@@ -125,10 +125,11 @@ async fn a_failing_job_is_attempted_exactly_max_attempts_times_with_growing_wait
         let retry_at = time(&retry["retry_at"]);
         let next_attempt_at = time(&attempts[n + 1]["timestamp"]);
         assert_eq!(attempts[n + 1]["span"]["attempt"], attempt + 1);
-        // Full jitter: each wait is at most base × 2^(attempt−1), and the next attempt
-        // never starts before its time.
+        // Jitter with a floor: each wait is between half of and all of
+        // base × 2^(attempt−1), and the next attempt never starts before its time.
         let ceiling = chrono::Duration::milliseconds(100 << (attempt - 1));
         assert!(retry_at - failed_at <= ceiling + chrono::Duration::milliseconds(20), "wait {attempt} too long");
+        assert!(retry_at - failed_at >= ceiling / 2 - chrono::Duration::milliseconds(20), "wait {attempt} too short");
         assert!(next_attempt_at >= retry_at, "attempt {} started early", attempt + 1);
     }
 }
@@ -149,7 +150,7 @@ async fn permanent_errors_go_straight_to_dead() {
     daemon.wait_for("the dead job", |stats| stats["queue"]["dead"] == 1).await;
     let record = daemon.job(&id).await.expect("record");
     assert_eq!((record["state"].as_str(), record["attempts"].as_u64()), (Some("dead"), Some(1)));
-    assert_eq!(record["max_attempts"], 5, "the default applies, and was not used up");
+    assert_eq!(record["max_attempts"], 25, "the default applies, and was not used up");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Uploads over the real S3 protocol (`moto_server`): exact bytes and Content-Type,
 //! multipart for large bodies with no parts left behind on failure, gzip, permanent
-//! errors, an outage that loses nothing, and `kill -9` during uploads.
+//! errors, outages that lose nothing (one at default settings), and `kill -9` during
+//! uploads.
 
 mod common;
 
@@ -224,6 +225,108 @@ async fn an_s3_outage_of_twenty_seconds_loses_nothing() {
     println!("failed upload attempts retried during the outage: {failed_attempts}");
     assert!(failed_attempts > 0.0, "retries are visible in the metrics");
     assert_eq!(stats["queue"]["dead"], 0);
+}
+
+/// Every record in `state`, through the listing's cursors.
+async fn list_all(daemon: &Daemon, state: &str) -> Vec<Value> {
+    let mut records = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = daemon.url(&format!("/v1/jobs?state={state}&limit=1000"));
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page: Value = daemon.client.get(url).send().await.expect("GET").json().await.expect("JSON");
+        records.extend(page["jobs"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return records,
+        }
+    }
+}
+
+async fn scrape_value(daemon: &Daemon, series: &str) -> Option<f64> {
+    let scrape = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
+    scrape.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// At default settings (no tuned attempts or backoff), S3 goes away for a minute under a
+/// steady load of uploads. Every accepted job ends `succeeded`, none `dead`, and every
+/// object is there exactly once; the outage shows in `/readyz` and `jobd_store_up`, other
+/// kinds keep running meanwhile, and uploads wait instead of burning their attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_of_a_minute_at_default_settings_loses_nothing_and_burns_no_attempts() {
+    const OUTAGE: Duration = Duration::from_secs(60);
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    let mut proxy = FaultProxy::start(&moto.endpoint);
+    let daemon = start(&env_for(&proxy.endpoint(), &[("JOBD_LOG", "warn,jobd::server=info,jobd::store_health=info")]));
+    let mut ids = Vec::new();
+    let submit_batch = async |ids: &mut Vec<String>, batch: usize| {
+        let jobs: Vec<Value> =
+            (0..10).map(|n| json!({"kind": "upload", "payload": {"batch": batch, "n": n}})).collect();
+        ids.extend(accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": jobs})).await).await);
+    };
+    let mut batch = 0;
+    for _ in 0..10 {
+        submit_batch(&mut ids, batch).await;
+        batch += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    proxy.stop();
+    let outage_started = Instant::now();
+    let mut seen_down = false;
+    while outage_started.elapsed() < OUTAGE {
+        submit_batch(&mut ids, batch).await;
+        batch += 1;
+        if !seen_down && outage_started.elapsed() > Duration::from_secs(20) {
+            let ready = daemon.client.get(daemon.url("/readyz")).send().await.expect("readyz");
+            assert_eq!(ready.status(), 503);
+            let body: Value = ready.json().await.expect("JSON");
+            assert_eq!(body["store"]["reachable"], false, "{body}");
+            assert_eq!(body["store"]["reason"], "unreachable", "{body}");
+            assert_eq!(scrape_value(&daemon, "jobd_store_up").await, Some(0.0));
+            // Other kinds do not wait for the store.
+            let noop = accepted_ids(daemon.post_json("/v1/jobs", &json!({"kind": "noop"})).await).await.remove(0);
+            let record = daemon.wait_for_job(&noop, "the noop during the outage", settled).await;
+            assert_eq!(record["state"], "succeeded", "{record}");
+            seen_down = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(seen_down);
+    proxy.resume();
+    for _ in 0..10 {
+        submit_batch(&mut ids, batch).await;
+        batch += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let total = ids.len() as u64;
+    let stats = daemon
+        .wait_for("every upload", |stats| {
+            stats["queue"]["queued"] == 0 && stats["queue"]["failed"] == 0 && stats["queue"]["running"] == 0
+        })
+        .await;
+    println!("{total} uploads across a {OUTAGE:?} outage: {}", stats["queue"]);
+    assert_eq!(stats["queue"]["dead"], 0, "{stats}");
+
+    let succeeded = list_all(&daemon, "succeeded").await;
+    let uploads: Vec<&Value> = succeeded.iter().filter(|record| record["kind"] == "upload").collect();
+    assert_eq!(uploads.len() as u64, total);
+    let most_attempts = uploads.iter().filter_map(|record| record["attempts"].as_u64()).max().unwrap_or(0);
+    let retried = uploads.iter().filter(|record| record["attempts"].as_u64() > Some(1)).count();
+    println!("{retried} uploads needed more than one attempt; the most any needed: {most_attempts}");
+    // Held while the store is down, a job spends about one attempt on an outage (the one
+    // that found it down), where it spent one every backoff before.
+    assert!(most_attempts <= 3, "uploads burned attempts while the store was down: {most_attempts}");
+    assert_eq!(scrape_value(&daemon, "jobd_store_up").await, Some(1.0));
+
+    let keys = moto.keys(BUCKET).await;
+    let unique: HashSet<&String> = keys.iter().collect();
+    assert_eq!((keys.len() as u64, unique.len() as u64), (total, total), "every object exactly once");
+    for id in &ids {
+        assert!(keys.iter().any(|key| key.ends_with(&format!("{id}.json"))), "object of {id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

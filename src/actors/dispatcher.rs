@@ -2,7 +2,6 @@
 //! job to a worker whenever it has both (the seed's `WorkerPool chan chan Job`, as an
 //! actor), decides retries, keeps the one timer for delayed jobs, and replaces dead workers.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,12 +10,14 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
+use super::window::Window;
 use super::worker::{RunJob, Worker};
 use crate::job::{FinishedJob, Job, JobId, JobState, Outcome, StartedJob};
 use crate::queue::{ControlError, QueueHandle, StorageError};
 use crate::retry::RetryPolicy;
 use crate::runner::JobRunner;
 use crate::stats::Stats;
+use crate::store_health::StoreHealth;
 use crate::systemd::Notifier;
 
 /// How long to wait before calling the queue again after a call failed.
@@ -32,6 +33,15 @@ const WINDOW_FLOOR: usize = 16_384;
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the Dispatcher checks that every worker is still alive.
 const WORKER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the Dispatcher is built with, apart from its collaborators.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_workers: usize,
+    pub retry_policy: RetryPolicy,
+    /// The most bytes the window's claimed, not-yet-started jobs may take.
+    pub window_max_bytes: usize,
+}
 
 /// A worker is idle: at its first start, and again after a restart.
 #[derive(Message)]
@@ -56,6 +66,14 @@ pub struct JobFinished {
 #[derive(Message)]
 #[rtype(result = "Result<Result<(), ControlError>, StorageError>")]
 pub struct CancelJob(pub JobId);
+
+/// What the store's latest probe found, from the probe loop: every change, and every
+/// probe the Dispatcher asked for.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StoreAvailability {
+    pub reachable: bool,
+}
 
 /// Stop starting jobs; answers once every running job has finished and its outcome
 /// has been recorded.
@@ -97,18 +115,23 @@ pub struct Dispatcher {
     /// Numbers of idle workers, used last-in first-out so the most recently active
     /// worker (whose state is warm in the cache) runs the next job.
     idle: Vec<usize>,
-    /// Ready jobs claimed from the queue, in order. Bounded by `window` and, through the
-    /// claims' byte limit, in bytes, so memory does not grow with the backlog.
-    ready: VecDeque<Job>,
-    /// The most jobs `ready` holds.
-    window: usize,
+    /// Jobs claimed from the queue and not started, bounded in jobs and in bytes, so
+    /// memory does not grow with the backlog or with the size of its bodies.
+    window: Window,
     /// Whether a fetch (`wait_ready`) is out; at most one is, so the window is never
     /// overfilled. While the window has room one always is: when nothing is ready the
     /// queue thread holds it and answers it right after the commit that readies jobs, so
     /// nobody has to tell the Dispatcher that jobs came in.
     fetching: bool,
-    /// Jobs cancelled while a fetch was out; that fetch may still bring them.
-    cancelled_during_fetch: Vec<JobId>,
+    /// Whether jobs that use the object store may start. Cleared as soon as an attempt
+    /// finds the store unreachable (the probe loop is asked to look), set again when a
+    /// probe reaches it; meanwhile the window holds those jobs and others run.
+    store_reachable: bool,
+    store_health: Arc<StoreHealth>,
+    /// Jobs handed a worker whose start is being recorded: each starts once the flush
+    /// carrying its start has committed, so that an attempt counts even if the process
+    /// dies during it, and a job that kills the process cannot run forever.
+    awaiting_start: Vec<(Addr<Worker>, Job)>,
     /// The one timer for delayed work: when the earliest scheduled job or retry is due.
     /// However many jobs wait, this is the only timer they cost.
     due_timer: Option<(DateTime<Utc>, SpawnHandle)>,
@@ -134,26 +157,29 @@ impl Dispatcher {
         queue: QueueHandle,
         runner: Arc<JobRunner>,
         stats: Arc<Stats>,
-        max_workers: usize,
-        retry_policy: RetryPolicy,
+        pool: PoolSettings,
+        store_health: Arc<StoreHealth>,
     ) -> Self {
+        let max_workers = pool.max_workers;
         Self {
             queue,
             runner,
             stats,
-            retry_policy,
+            retry_policy: pool.retry_policy,
             rng: fastrand::Rng::new(),
             workers: (0..max_workers).map(|_| WorkerSlot { addr: None, running: None }).collect(),
             idle: Vec::with_capacity(max_workers),
-            ready: VecDeque::new(),
             // Twice the pool keeps every worker fed while the next page is fetched, with a
             // floor so that short jobs come in large batches: every fetch is a round trip
             // to the queue thread, and a million noop jobs ran end to end at about 65k/s
-            // with a window of 64, 125k/s with 1,024 and 250k/s with 16,384. Claims stop
-            // at `CLAIM_MAX_BODY_BYTES`, so a window of large jobs stays small in bytes.
-            window: (2 * max_workers).max(WINDOW_FLOOR),
+            // with a window of 64, 125k/s with 1,024 and 250k/s with 16,384. The byte
+            // bound keeps a window of large jobs small: 1,000 jobs of 1 MiB behind a busy
+            // pool took 1 GiB with the job bound alone.
+            window: Window::new((2 * max_workers).max(WINDOW_FLOOR), pool.window_max_bytes),
             fetching: false,
-            cancelled_during_fetch: Vec::new(),
+            store_reachable: store_health.is_reachable(),
+            store_health,
+            awaiting_start: Vec::new(),
             due_timer: None,
             due_timer_fired: None,
             busy: 0,
@@ -217,12 +243,16 @@ impl Dispatcher {
             return;
         }
         let mut dispatched = false;
-        while !self.idle.is_empty() && !self.ready.is_empty() {
-            let (Some(number), Some(job)) = (self.idle.pop(), self.ready.pop_front()) else {
-                break;
-            };
+        while let Some(&number) = self.idle.last() {
+            let Some(job) = self.window.next_runnable(self.store_reachable) else { break };
+            self.idle.pop();
             let slot = &mut self.workers[number];
-            let Some(worker) = slot.addr.clone() else { continue };
+            let Some(worker) = slot.addr.clone() else {
+                // Unreachable: a worker is idle only once it registered. The job is not
+                // lost either way: it was never started, so the next start runs it.
+                tracing::error!(worker = number, job_id = %job.id, "an idle worker has no address");
+                continue;
+            };
             slot.running = Some(RunningJob {
                 id: job.id,
                 kind: job.kind.name(),
@@ -235,36 +265,42 @@ impl Dispatcher {
             let wait = (now - due).as_seconds_f64().max(0.0);
             self.runner.metrics.job_wait.with_label_values(&[job.kind.name()]).observe(wait);
             self.started.push(StartedJob { id: job.id, started_at: now });
-            worker.do_send(RunJob(job));
+            // The pool bounds both: one RunJob per idle worker.
+            if job.kind.runs_inline() {
+                worker.do_send(RunJob(job));
+            } else {
+                self.awaiting_start.push((worker, job));
+            }
             dispatched = true;
         }
         self.stats.workers_busy.store(self.busy, Ordering::Relaxed);
         if dispatched {
             self.record_progress(ctx);
         }
-        if !self.fetching && self.ready.len() <= self.window / 2 {
-            self.fetch(ctx);
+        if !self.fetching
+            && let Some(wanted) = self.window.wanted()
+        {
+            self.fetch(wanted, ctx);
         }
     }
 
-    fn fetch(&mut self, ctx: &mut Context<Self>) {
-        let wanted = self.window - self.ready.len();
+    fn fetch(&mut self, wanted: usize, ctx: &mut Context<Self>) {
         let timer_due = self.due_timer.map(|(due, _)| due);
         self.fetching = true;
         let queue = self.queue.clone();
         ctx.spawn(async move { queue.wait_ready(wanted, timer_due).await }.into_actor(self).map(
             move |result, dispatcher, ctx| {
                 dispatcher.fetching = false;
-                let cancelled = std::mem::take(&mut dispatcher.cancelled_during_fetch);
                 match result {
                     Ok(batch) => {
-                        dispatcher.ready.extend(batch.jobs.into_iter().filter(|job| !cancelled.contains(&job.id)));
+                        dispatcher.window.add_fetched(batch.jobs);
                         if let Some(due) = batch.next_due {
                             dispatcher.arm_due_timer(due, ctx);
                         }
                         dispatcher.pump(ctx);
                     }
                     Err(error) => {
+                        dispatcher.window.add_fetched(Vec::new());
                         tracing::error!(%error, "fetching ready jobs failed; retrying");
                         ctx.run_later(RETRY_DELAY, |dispatcher, ctx| dispatcher.pump(ctx));
                     }
@@ -387,6 +423,7 @@ impl Dispatcher {
         self.recording = true;
         let started = std::mem::take(&mut self.started);
         let finished = std::mem::take(&mut self.outcomes);
+        let starting = std::mem::take(&mut self.awaiting_start);
         let earliest_retry = finished.iter().filter_map(|end| end.retry_at).min();
         let queue = self.queue.clone();
         ctx.spawn(async move { queue.record_progress(started, finished).await }.into_actor(self).map(
@@ -399,12 +436,19 @@ impl Dispatcher {
                     tracing::error!(error = %failed.error, "recording job progress failed; retrying");
                     dispatcher.started.splice(0..0, failed.started);
                     dispatcher.outcomes.splice(0..0, failed.finished);
+                    dispatcher.awaiting_start.splice(0..0, starting);
                     dispatcher.recording = true;
                     ctx.run_later(RETRY_DELAY, |dispatcher, ctx| {
                         dispatcher.recording = false;
                         dispatcher.record_progress(ctx);
                     });
                     return;
+                }
+                // Their starts are recorded: the attempts count from here, whatever
+                // happens to the process. A drain still starts them, since they are
+                // `running` on disk and the drain waits for them anyway.
+                for (worker, job) in starting {
+                    worker.do_send(RunJob(job));
                 }
                 // The timer for retries is armed only now that they are committed: a fetch
                 // before the commit would not see them, and then no timer would be left.
@@ -417,7 +461,11 @@ impl Dispatcher {
     }
 
     fn finish_drain_if_done(&mut self) {
-        let done = self.busy == 0 && !self.recording && self.outcomes.is_empty() && self.started.is_empty();
+        let done = self.busy == 0
+            && !self.recording
+            && self.outcomes.is_empty()
+            && self.started.is_empty()
+            && self.awaiting_start.is_empty();
         if done && let Some(waiters) = self.drain_waiters.as_mut() {
             for waiter in waiters.drain(..) {
                 let _ = waiter.send(());
@@ -473,9 +521,28 @@ impl Handler<JobFinished> for Dispatcher {
         if !message.worker_restarts {
             self.idle.push(message.number);
         }
+        if matches!(message.outcome, Outcome::StoreUnreachable { .. }) && self.store_reachable {
+            // Hold the store's jobs at once rather than let each burn an attempt until the
+            // next scheduled probe; the probe asked for now decides whether they resume.
+            tracing::warn!(job_id = %running.id, "an upload found the store unreachable: holding uploads until a probe answers");
+            self.store_reachable = false;
+            self.store_health.request_probe();
+        }
         let finished = self.decide(&running, message.outcome);
         self.outcomes.push(finished);
         self.record_progress(ctx);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<StoreAvailability> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, StoreAvailability { reachable }: StoreAvailability, ctx: &mut Self::Context) {
+        self.store_reachable = reachable;
+        if reachable {
+            self.window.release_held();
+        }
         self.pump(ctx);
     }
 }
@@ -488,17 +555,14 @@ impl Handler<CancelJob> for Dispatcher {
         if running {
             return Box::pin(actix::fut::ready(Ok(Err(ControlError::Conflict(JobState::Running)))));
         }
-        // Out of the window before the queue is asked, so it cannot start meanwhile.
-        let position = self.ready.iter().position(|job| job.id == id);
-        let taken = position.and_then(|position| self.ready.remove(position));
-        if self.fetching {
-            self.cancelled_during_fetch.push(id);
-        }
+        // Out of the window before the queue is asked, and kept out of it until the queue
+        // answers, so it cannot start meanwhile, whichever fetch brings it.
+        self.window.cancel_started(id, self.fetching);
         let queue = self.queue.clone();
         Box::pin(async move { queue.cancel(id).await }.into_actor(self).map(move |result, dispatcher, ctx| {
-            if let (Err(_), Some(job)) = (&result, taken) {
-                // The cancel did not happen; the job goes back to the front of the window.
-                dispatcher.ready.push_front(job);
+            let cancelled = matches!(result, Ok(Ok(())));
+            dispatcher.window.cancel_answered(id, cancelled, dispatcher.fetching);
+            if !cancelled {
                 dispatcher.pump(ctx);
             }
             result
@@ -513,7 +577,7 @@ impl Handler<Drain> for Dispatcher {
         let (done, finished) = oneshot::channel();
         self.drain_waiters.get_or_insert_with(Vec::new).push(done);
         tracing::info!(running = self.busy, "draining: no new jobs start");
-        let report = DrainReport { unstarted_in_window: self.ready.len() };
+        let report = DrainReport { unstarted_in_window: self.window.len() };
         self.finish_drain_if_done();
         Box::pin(async move {
             // A dropped sender means the Dispatcher stopped, which also ends the drain.

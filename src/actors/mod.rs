@@ -3,6 +3,7 @@
 
 pub mod dispatcher;
 pub mod ingest;
+pub mod window;
 pub mod worker;
 
 pub use dispatcher::Dispatcher;

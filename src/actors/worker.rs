@@ -43,7 +43,7 @@ impl Worker {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let counter = match &outcome {
             Outcome::Succeeded(_) => &self.stats.jobs_succeeded,
-            Outcome::Failed { .. } | Outcome::WorkerLost => &self.stats.jobs_failed,
+            Outcome::Failed { .. } | Outcome::WorkerLost | Outcome::StoreUnreachable { .. } => &self.stats.jobs_failed,
             Outcome::TimedOut { .. } => &self.stats.jobs_timed_out,
             Outcome::Panicked { .. } => &self.stats.jobs_panicked,
         };
@@ -120,6 +120,9 @@ impl Handler<RunJob> for Worker {
             let _entered = span.enter();
             let outcome = match result {
                 Ok(Ok(Ok(result))) => Outcome::Succeeded(result),
+                Ok(Ok(Err(error))) if error.is_store_unreachable() => {
+                    Outcome::StoreUnreachable { error: error.to_string() }
+                }
                 Ok(Ok(Err(error))) => Outcome::Failed { error: error.to_string(), retryable: error.is_retryable() },
                 Ok(Err(join_error)) if join_error.is_panic() => {
                     Outcome::Panicked { message: panic_message(join_error.into_panic().as_ref()) }

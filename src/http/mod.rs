@@ -46,10 +46,6 @@ pub struct Lifecycle {
     pub started: AtomicBool,
     /// Set at the first shutdown signal; submissions get 503 from then on.
     pub shutting_down: AtomicBool,
-    /// The result of the latest store probe.
-    pub store_reachable: AtomicBool,
-    /// Why the latest store probe failed, for `/readyz`.
-    pub store_error: std::sync::Mutex<Option<String>>,
 }
 
 /// What every handler shares.
@@ -63,6 +59,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
     pub store: Arc<JobStore>,
+    /// Whether the store answered its latest probe, and why not.
+    pub store_health: Arc<crate::store_health::StoreHealth>,
     /// The job bodies' runtime, whose task count `/v1/stats` reports.
     pub body_runtime: tokio::runtime::Handle,
     /// The tokens in force; off when no token file is configured.
@@ -507,7 +505,10 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Ready means: started, not shutting down, the queue thread answers, the store answered
-/// its latest probe. The body lists each check so an operator sees which one failed.
+/// its latest probe. The body lists each check so an operator sees which one failed. The
+/// route is open to anyone, so a failing store shows only a short reason there; the
+/// store's URL and its error text (which can name hosts and buckets) are shown to callers
+/// whose token may read jobs, and are always in the logs.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -517,11 +518,11 @@ async fn healthz() -> HttpResponse {
         (status = 503, description = "Not ready; `checks` shows which check failed", body = Object)
     )
 )]
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let lifecycle = &state.lifecycle;
     let started = lifecycle.started.load(Ordering::Acquire);
     let shutting_down = lifecycle.shutting_down.load(Ordering::Acquire);
-    let store_reachable = lifecycle.store_reachable.load(Ordering::Acquire);
+    let store_reachable = state.store_health.is_up();
     let queue = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.status()).await;
     let queue_open = matches!(queue, Ok(Ok(_)));
     let queue_writable = matches!(queue, Ok(Ok(status)) if status.writable);
@@ -536,11 +537,16 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "store_reachable": store_reachable,
         },
         "store": {
-            "url": state.store.url(),
             "reachable": store_reachable,
-            "error": lifecycle.store_error.lock().ok().and_then(|error| error.clone()),
+            "reason": (!store_reachable).then_some("unreachable"),
         },
     });
+    let mut body = body;
+    let authorization = request.headers().get(header::AUTHORIZATION).map(header::HeaderValue::as_bytes);
+    if state.auth.check(authorization, Scope::Read).is_ok() {
+        body["store"]["url"] = json!(state.store.url());
+        body["store"]["error"] = json!(state.store_health.last_error());
+    }
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
 

@@ -2,6 +2,9 @@
 //! [`QueueThread`] that runs a backend on a thread of its own, so that no actor ever
 //! blocks on storage, and that commits the work of many callers at once.
 
+// The in-memory backend is a test helper: it keeps nothing across a restart, so no
+// operator should run it, and the queue thread's tests need a backend without a disk.
+#[cfg(test)]
 pub mod memory;
 pub mod sqlite;
 
@@ -645,7 +648,13 @@ fn run_backend(
         metrics.store_commit_duration.observe(started.elapsed().saturating_sub(fetching).as_secs_f64());
         metrics.store_commit_batch_size.observe(requests as f64);
         writable = committed.is_some();
-        let Some(committed) = committed else { continue };
+        let Some(mut committed) = committed else { continue };
+        // Progress is answered at the commit, not after the fsync: the Dispatcher starts a
+        // job only once its start is recorded (so that an attempt counts even if the
+        // process dies during it), and a commit is all that takes against a process death.
+        // Should the fsync then fail, jobd stops and recovery runs the job again: at least
+        // once, as always.
+        committed.answer_progress();
         match &mut syncing {
             Syncing::NotNeeded => committed.answer(),
             Syncing::Thread { to_sync, .. } => {
@@ -769,6 +778,16 @@ fn answer_read(backend: &mut dyn QueueBackend, command: Command, writable: &mut 
 struct Committed(Vec<(Command, Output)>);
 
 impl Committed {
+    /// Answers the progress flushes among the commands now, leaving the rest.
+    fn answer_progress(&mut self) {
+        let (progress, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.0).into_iter().partition(|(_, output)| matches!(output, Output::RecordProgress));
+        self.0 = rest;
+        for (command, output) in progress {
+            command.answer(output);
+        }
+    }
+
     fn answer(self) {
         for (command, output) in self.0 {
             command.answer(output);

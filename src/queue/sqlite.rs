@@ -351,17 +351,12 @@ impl WalFile {
     }
 }
 
-/// The most jobs, and bytes (see [`footprint`]), [`FreshJobs`] keeps: up to about 8 MiB
+/// The most jobs, and bytes (see [`Job::footprint`]), [`FreshJobs`] keeps: up to about 8 MiB
 /// whatever the jobs. Past them, claims read the database as they would without it. The
 /// buffer is large so that a burst of ingest faster than the workers does not overflow it
 /// at once: each overflow sends claims back to reading rows until they catch up.
 const FRESH_MAX_JOBS: usize = 32_768;
 const FRESH_MAX_BYTES: usize = 8 << 20;
-
-/// The memory a job takes: the struct, its body and its idempotency key.
-fn footprint(job: &Job) -> usize {
-    std::mem::size_of::<Job>() + job.kind.body_len() + job.idempotency_key.as_ref().map_or(0, String::len)
-}
 
 /// Queued jobs this process inserted, in claim order, kept in memory so that claiming
 /// them reads nothing: a job committed a moment ago goes to the Dispatcher as it came in,
@@ -376,7 +371,7 @@ struct FreshJobs {
     first: i64,
     /// Jobs inserted by the open transaction, following `committed` without a gap.
     pending: Vec<Job>,
-    /// The [`footprint`] of `committed` and of `pending`.
+    /// The [`Job::footprint`] of `committed` and of `pending`.
     committed_bytes: usize,
     pending_bytes: usize,
 }
@@ -394,7 +389,7 @@ impl FreshJobs {
             self.clear();
             self.first = ready_seq;
         }
-        let bytes = footprint(&job);
+        let bytes = job.footprint();
         if self.len() >= FRESH_MAX_JOBS || self.committed_bytes + self.pending_bytes + bytes > FRESH_MAX_BYTES {
             return;
         }
@@ -420,7 +415,7 @@ impl FreshJobs {
 
     fn pop_front(&mut self) -> Option<Job> {
         let job = self.committed.pop_front()?;
-        self.committed_bytes = self.committed_bytes.saturating_sub(footprint(&job));
+        self.committed_bytes = self.committed_bytes.saturating_sub(job.footprint());
         self.first += 1;
         Some(job)
     }
@@ -542,6 +537,10 @@ impl Drop for Checkpointer {
 pub struct Recovery {
     /// Jobs a previous process left running, now queued again.
     pub requeued: usize,
+    /// Jobs a previous process left running in their last attempt, now dead: the attempt
+    /// counted when it started, and a job whose body takes the process down must not
+    /// crash-loop the daemon.
+    pub buried: usize,
     /// Jobs waiting to run now, in submission order.
     pub queued: usize,
     /// Jobs waiting for a later time (scheduled, or failed and waiting for a retry).
@@ -619,6 +618,17 @@ impl SqliteBackend {
         connection.set_prepared_statement_cache_capacity(64);
         let mut connection = connection;
         let checkpointer = Checkpointer::start(path, &mut connection)?;
+        // A running job's attempt counted when its start was recorded, before its body ran
+        // (the Dispatcher waits for that); one whose attempts are used up dies here rather
+        // than run again, so a job that takes the process down (an OOM, an abort in a C
+        // library) ends dead after its attempts instead of crash-looping the daemon.
+        let buried = connection.execute(
+            "UPDATE jobs INDEXED BY jobs_running SET state = 'dead', finished_at = ?1,
+                 last_error = 'the process died during attempt ' || attempts || ' of ' || max_attempts
+                     || ' (killed, crashed or out of memory); no attempts are left'
+             WHERE state = 'running' AND attempts >= max_attempts",
+            params![millis(Utc::now())],
+        )?;
         let requeued = connection
             .execute("UPDATE jobs INDEXED BY jobs_running SET state = 'queued' WHERE state = 'running'", [])?;
         let mut books = Bookkeeping::default();
@@ -646,7 +656,7 @@ impl SqliteBackend {
             [],
             |r| r.get(0),
         )?;
-        let recovery = Recovery { requeued, queued: books.queued, delayed: books.scheduled + books.failed };
+        let recovery = Recovery { requeued, buried, queued: books.queued, delayed: books.scheduled + books.failed };
         let backend = Self {
             connection,
             capacity,
@@ -916,6 +926,30 @@ mod claim {
     pub const ARG: usize = 14;
 }
 
+/// Rebuilds a job from a claimed row. Any column that does not decode (a bad id, a
+/// negative count, an unknown kind) is an error naming it, so that one bad row is
+/// dead-lettered instead of failing every fetch and stopping the whole queue.
+fn decode_claimed(row: &Row<'_>) -> Result<Job, String> {
+    let column = |name: &str, error: rusqlite::Error| format!("column {name}: {error}");
+    let id: [u8; 16] = row.get(claim::ID).map_err(|error| column("id", error))?;
+    let attempts: u32 = row.get(claim::ATTEMPTS).map_err(|error| column("attempts", error))?;
+    let max_attempts: u32 = row.get(claim::MAX_ATTEMPTS).map_err(|error| column("max_attempts", error))?;
+    let timeout_ms: Option<i64> = row.get(claim::TIMEOUT_MS).map_err(|error| column("timeout_ms", error))?;
+    let timeout_ms = timeout_ms
+        .map(|ms| u64::try_from(ms).map_err(|_| format!("column timeout_ms: {ms} is negative")))
+        .transpose()?;
+    Ok(Job {
+        id: JobId::from_bytes(id),
+        created_at: from_millis(row.get(claim::CREATED_AT).map_err(|error| column("created_at", error))?),
+        attempt: attempts.saturating_add(1),
+        max_attempts,
+        timeout_ms,
+        run_at: row.get::<_, Option<i64>>(claim::RUN_AT).map_err(|error| column("run_at", error))?.map(from_millis),
+        idempotency_key: row.get(claim::IDEMPOTENCY_KEY).map_err(|error| column("idempotency_key", error))?,
+        kind: decode_kind(row)?,
+    })
+}
+
 /// Rebuilds a job's kind from the columns of a claimed row.
 fn decode_kind(row: &Row<'_>) -> Result<JobKind, String> {
     let text = |error: rusqlite::Error| error.to_string();
@@ -1105,25 +1139,16 @@ impl QueueBackend for SqliteBackend {
                 && let Some(row) = rows.next()?
             {
                 let ready_seq: i64 = row.get(claim::READY_SEQ)?;
-                match decode_kind(row) {
-                    Ok(kind) => {
-                        let size = kind.body_len();
+                match decode_claimed(row) {
+                    Ok(job) => {
+                        let size = job.kind.body_len();
                         if !claim_has_room(jobs.len(), bytes, size) {
                             stopped_at_byte_limit = true;
                             break;
                         }
                         bytes += size;
                         self.books.claimed_up_to = ready_seq;
-                        jobs.push(Job {
-                            id: JobId::from_bytes(row.get(claim::ID)?),
-                            created_at: from_millis(row.get(claim::CREATED_AT)?),
-                            attempt: row.get::<_, u32>(claim::ATTEMPTS)? + 1,
-                            max_attempts: row.get(claim::MAX_ATTEMPTS)?,
-                            timeout_ms: row.get::<_, Option<i64>>(claim::TIMEOUT_MS)?.map(i64::unsigned_abs),
-                            run_at: row.get::<_, Option<i64>>(claim::RUN_AT)?.map(from_millis),
-                            idempotency_key: row.get(claim::IDEMPOTENCY_KEY)?,
-                            kind,
-                        });
+                        jobs.push(job);
                     }
                     Err(error) => {
                         self.books.claimed_up_to = ready_seq;

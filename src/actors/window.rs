@@ -1,0 +1,229 @@
+//! The Dispatcher's window of claimed jobs: their order, the bounds on their number and
+//! bytes, the store's jobs held while it is down, and the jobs whose cancel is in flight.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::job::{Job, JobId};
+use crate::queue::CLAIM_MAX_BODY_BYTES;
+
+/// Claimed jobs that have not started, in claim order.
+///
+/// **Architecture Invariant:** the window is bounded in jobs and in bytes. A fetch is sent
+/// only while the runnable jobs number at most half of `max_jobs` and one more claim
+/// ([`CLAIM_MAX_BODY_BYTES`] of bodies) still fits under `max_bytes`, or when the window
+/// is empty; a claim's first job is always taken, so the bytes held stay below
+/// `max_bytes` plus one job.
+#[derive(Debug)]
+pub struct Window {
+    /// Jobs that may start, in order.
+    ready: VecDeque<Job>,
+    /// Jobs of the store's kinds found while the store is down, in order; they go back to
+    /// the front of `ready` when it answers again. At most `max_jobs` of them.
+    held: VecDeque<Job>,
+    /// The [`Job::footprint`] of every job in `ready`, `held` and `cancelling`.
+    bytes: usize,
+    max_jobs: usize,
+    max_bytes: usize,
+    /// Jobs whose cancel the queue has not answered yet, with the job if it was taken out
+    /// of the window or a fetch brought it meanwhile. Such a job starts only if its cancel
+    /// fails: after a `200` from DELETE the job must never start.
+    cancelling: HashMap<JobId, Option<Job>>,
+    /// Jobs cancelled while the fetch now out was in flight: that fetch may still bring
+    /// them (it may have claimed them before the cancel committed), so its answer drops
+    /// them. Cleared at each fetch's answer: a fetch sent after the cancel's answer was
+    /// received runs after the cancel committed and cannot bring the job.
+    cancelled_during_fetch: Vec<JobId>,
+}
+
+impl Window {
+    pub fn new(max_jobs: usize, max_bytes: usize) -> Self {
+        Self {
+            ready: VecDeque::new(),
+            held: VecDeque::new(),
+            bytes: 0,
+            max_jobs,
+            max_bytes,
+            cancelling: HashMap::new(),
+            cancelled_during_fetch: Vec::new(),
+        }
+    }
+
+    /// Jobs claimed and not started, held ones included.
+    pub fn len(&self) -> usize {
+        self.ready.len() + self.held.len()
+    }
+
+    /// The bytes the window's jobs take.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// How many jobs a fetch may ask for now, if one may be sent.
+    pub fn wanted(&self) -> Option<usize> {
+        if self.len() == 0 {
+            return Some(self.max_jobs);
+        }
+        let room_in_jobs = self.ready.len() <= self.max_jobs / 2 && self.held.len() < self.max_jobs;
+        let room_in_bytes = self.bytes.saturating_add(CLAIM_MAX_BODY_BYTES) <= self.max_bytes;
+        (room_in_jobs && room_in_bytes).then(|| self.max_jobs - self.ready.len())
+    }
+
+    /// Adds what a fetch brought, in order, minus the jobs cancelled meanwhile.
+    pub fn add_fetched(&mut self, jobs: Vec<Job>) {
+        let cancelled = std::mem::take(&mut self.cancelled_during_fetch);
+        for job in jobs {
+            if cancelled.contains(&job.id) {
+                continue;
+            }
+            self.bytes += job.footprint();
+            match self.cancelling.get_mut(&job.id) {
+                Some(slot) => *slot = Some(job),
+                None => self.ready.push_back(job),
+            }
+        }
+    }
+
+    /// The next job that may start. While the store is down (`store_up` false), jobs of
+    /// the store's kinds are set aside in order instead, and the jobs behind them run.
+    pub fn next_runnable(&mut self, store_up: bool) -> Option<Job> {
+        loop {
+            let job = self.ready.pop_front()?;
+            if !store_up && job.kind.uses_store() {
+                self.held.push_back(job);
+                continue;
+            }
+            self.bytes = self.bytes.saturating_sub(job.footprint());
+            return Some(job);
+        }
+    }
+
+    /// The store answers again: its held jobs go back to the front, in their order.
+    pub fn release_held(&mut self) {
+        while let Some(job) = self.held.pop_back() {
+            self.ready.push_front(job);
+        }
+    }
+
+    /// Jobs held for the store.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// A cancel of `id` goes to the queue: the job leaves the window (if it is in it) and
+    /// no fetch adds it until the queue answers; see [`cancel_answered`](Self::cancel_answered).
+    pub fn cancel_started(&mut self, id: JobId, fetching: bool) {
+        let taken = take_by_id(&mut self.ready, id).or_else(|| take_by_id(&mut self.held, id));
+        self.cancelling.insert(id, taken);
+        if fetching {
+            self.cancelled_during_fetch.push(id);
+        }
+    }
+
+    /// The queue answered the cancel of `id`. If it was carried out, the job is dropped,
+    /// and the fetch out now (which may have claimed it before the cancel committed)
+    /// drops it too. If not, the job goes back to the front of the window.
+    pub fn cancel_answered(&mut self, id: JobId, cancelled: bool, fetching: bool) {
+        let job = self.cancelling.remove(&id).flatten();
+        if cancelled {
+            if let Some(job) = job {
+                self.bytes = self.bytes.saturating_sub(job.footprint());
+            }
+            if fetching && !self.cancelled_during_fetch.contains(&id) {
+                self.cancelled_during_fetch.push(id);
+            }
+        } else {
+            self.cancelled_during_fetch.retain(|other| *other != id);
+            if let Some(job) = job {
+                self.ready.push_front(job);
+            }
+        }
+    }
+}
+
+fn take_by_id(jobs: &mut VecDeque<Job>, id: JobId) -> Option<Job> {
+    let position = jobs.iter().position(|job| job.id == id)?;
+    jobs.remove(position)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobKind;
+
+    fn ids(jobs: &[Job]) -> Vec<JobId> {
+        jobs.iter().map(|job| job.id).collect()
+    }
+
+    #[test]
+    fn fetches_stop_at_the_byte_bound_and_resume_when_jobs_start() {
+        let mut window = Window::new(16_384, 64 << 20);
+        assert_eq!(window.wanted(), Some(16_384), "an empty window always fetches");
+        // Claims of 8 MiB each, as the queue makes them, until the window wants no more:
+        // seven fit under 64 MiB with the jobs' own overhead, an eighth would not.
+        let mut claims = 0;
+        while window.wanted().is_some() {
+            window.add_fetched((0..8).map(|_| Job::upload_for_test(1 << 20)).collect());
+            claims += 1;
+            assert!(claims <= 8, "the window kept fetching past its byte bound");
+        }
+        assert_eq!(claims, 7);
+        assert!(window.bytes() <= 64 << 20 && window.bytes() > 56 << 20, "{}", window.bytes());
+        assert_eq!(window.wanted(), None, "past the byte bound nothing more is claimed");
+        for _ in 0..8 {
+            assert!(window.next_runnable(true).is_some());
+        }
+        assert!(window.wanted().is_some(), "started jobs free their bytes");
+    }
+
+    #[test]
+    fn while_the_store_is_down_its_jobs_wait_in_order_and_others_run() {
+        let mut window = Window::new(100, 64 << 20);
+        let jobs = vec![
+            Job::upload_for_test(10),
+            Job::for_test(JobKind::Noop),
+            Job::upload_for_test(10),
+            Job::for_test(JobKind::Noop),
+        ];
+        let order = ids(&jobs);
+        window.add_fetched(jobs);
+        let first = window.next_runnable(false).map(|job| job.id);
+        let second = window.next_runnable(false).map(|job| job.id);
+        assert_eq!((first, second), (Some(order[1]), Some(order[3])));
+        assert_eq!(window.next_runnable(false).map(|job| job.id), None);
+        assert_eq!(window.held(), 2);
+        window.release_held();
+        let rest: Vec<JobId> = std::iter::from_fn(|| window.next_runnable(true)).map(|job| job.id).collect();
+        assert_eq!(rest, [order[0], order[2]], "held jobs come back in their order");
+        assert_eq!(window.bytes(), 0);
+    }
+
+    #[test]
+    fn a_job_whose_cancel_succeeded_never_comes_back_whichever_fetch_brings_it() {
+        let job = Job::for_test(JobKind::Noop);
+        let id = job.id;
+        // The cancel goes out while no fetch is out; a fetch sent after it lands in the
+        // same queue batch and claims the job before the cancel commits.
+        let mut window = Window::new(100, 64 << 20);
+        window.cancel_started(id, false);
+        window.add_fetched(vec![job.clone()]);
+        assert!(window.next_runnable(true).is_none(), "held back while the cancel is in flight");
+        window.cancel_answered(id, true, false);
+        assert!(window.next_runnable(true).is_none());
+        assert_eq!(window.bytes(), 0);
+
+        // The cancel is answered while a fetch is out that claimed the job earlier.
+        let mut window = Window::new(100, 64 << 20);
+        window.cancel_started(id, false);
+        window.cancel_answered(id, true, true);
+        window.add_fetched(vec![job.clone()]);
+        assert!(window.next_runnable(true).is_none());
+
+        // A cancel that failed puts the job back.
+        let mut window = Window::new(100, 64 << 20);
+        window.add_fetched(vec![job]);
+        window.cancel_started(id, true);
+        assert!(window.next_runnable(true).is_none());
+        window.cancel_answered(id, false, true);
+        assert_eq!(window.next_runnable(true).map(|job| job.id), Some(id));
+    }
+}
