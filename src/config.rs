@@ -133,6 +133,10 @@ pub struct Settings {
     #[arg(long, env = "JOBD_TEST_FAIL_SYNC_AFTER", global = true)]
     pub test_fail_sync_after: Option<u64>,
 
+    /// Hold the queue thread this many ms when a cancel arrives, so that a fetch sent meanwhile shares its batch: tests that a cancelled job never starts. Never in production [default: off].
+    #[arg(long, env = "JOBD_TEST_CANCEL_HOLD_MS", global = true)]
+    pub test_cancel_hold_ms: Option<u64>,
+
     /// HTTP worker threads [default: the number of CPUs].
     #[arg(long, env = "JOBD_HTTP_WORKERS", global = true)]
     pub http_workers: Option<usize>,
@@ -272,6 +276,7 @@ impl Settings {
             shutdown_timeout_secs: self.shutdown_timeout_secs.or(lower.shutdown_timeout_secs),
             test_kinds: self.test_kinds.or(lower.test_kinds),
             test_fail_sync_after: self.test_fail_sync_after.or(lower.test_fail_sync_after),
+            test_cancel_hold_ms: self.test_cancel_hold_ms.or(lower.test_cancel_hold_ms),
             http_workers: self.http_workers.or(lower.http_workers),
             queue: self.queue.or(lower.queue),
             window_max_bytes: self.window_max_bytes.or(lower.window_max_bytes),
@@ -340,6 +345,8 @@ pub struct Config {
     pub test_kinds: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_fail_sync_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_cancel_hold_ms: Option<u64>,
     pub http_workers: usize,
     pub queue: QueueKind,
     pub window_max_bytes: usize,
@@ -431,6 +438,7 @@ impl Config {
             ),
             test_kinds: settings.test_kinds.unwrap_or(false),
             test_fail_sync_after: settings.test_fail_sync_after,
+            test_cancel_hold_ms: settings.test_cancel_hold_ms,
             http_workers: settings
                 .http_workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),

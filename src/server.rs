@@ -171,6 +171,10 @@ fn open_queue(config: &Config) -> Result<Box<dyn QueueBackend>, ServeError> {
                 tracing::warn!(count, "test_fail_sync_after: the queue's fsyncs fail after this many");
                 backend.fail_syncs_after(count);
             }
+            if let Some(ms) = config.test_cancel_hold_ms {
+                tracing::warn!(ms, "test_cancel_hold_ms: the queue thread waits this long whenever a cancel arrives");
+                backend.hold_cancels_for(std::time::Duration::from_millis(ms));
+            }
             tracing::info!(
                 path = %path.display(),
                 requeued_running = recovery.requeued,

@@ -354,3 +354,41 @@ async fn dead_letters_are_listed_retried_and_queued_jobs_cancelled() {
     }
     assert_eq!(list_all(&daemon, "cancelled").await.len(), 2);
 }
+
+/// After a `200` from DELETE the job never starts, even when the Dispatcher's fetch lands
+/// in the same queue batch as the cancel and claims the job before the cancel commits.
+/// `test_cancel_hold_ms` makes the queue thread wait whenever a cancel arrives, so that the
+/// fetch the Dispatcher sends meanwhile always shares the cancel's batch: the race is
+/// made certain rather than left to chance. Otherwise default settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_never_starts_when_a_fetch_shares_the_cancels_batch() {
+    let daemon = Daemon::start(&[("JOBD_TEST_CANCEL_HOLD_MS", "8000"), ("JOBD_LOG", "warn,jobd::server=info")]);
+    // The sixteen default workers sleep, so the window fills past half and stops fetching.
+    let sleepers: Vec<Value> = (0..16).map(|_| json!({"kind": "sleep", "payload": {"ms": 5000}})).collect();
+    accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": sleepers})).await).await;
+    daemon.wait_for("a busy pool", |stats| stats["counters"]["workers"]["busy"] == 16).await;
+    let mut ids = Vec::new();
+    for _ in 0..17 {
+        let noops: Vec<Value> = (0..1000).map(|_| json!({"kind": "noop"})).collect();
+        ids.extend(accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": noops})).await).await);
+    }
+    // A job past the window (at most 16,384 claimed, and no fetch out once it holds more
+    // than half): its cancel reaches the queue while no fetch is out. The queue thread
+    // holds it; the sleepers end, the window drains below half, and the fetch the
+    // Dispatcher sends then claims this job in the same batch, ahead of the cancel.
+    let victim = ids[16_500].clone();
+    let status = daemon.client.delete(daemon.url(&format!("/v1/jobs/{victim}"))).send().await.expect("DELETE").status();
+    assert_eq!(status, 200);
+    let total = ids.len() as u64;
+    daemon.wait_for("every other noop", |stats| stats["queue"]["queued"] == 0 && stats["queue"]["running"] == 0).await;
+    let record = daemon.job(&victim).await.expect("record");
+    assert_eq!(record["state"], "cancelled", "{record}");
+    assert!(record["started_at"].is_null(), "{record}");
+    let scrape = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
+    let noops_run: f64 = scrape
+        .lines()
+        .find_map(|line| line.strip_prefix("jobd_jobs_finished_total{kind=\"noop\",outcome=\"succeeded\"} "))
+        .and_then(|value| value.parse().ok())
+        .expect("the noop series");
+    assert_eq!(noops_run as u64, total - 1, "the cancelled job ran");
+}

@@ -357,8 +357,10 @@ impl Dispatcher {
             now + chrono::Duration::from_std(delay).unwrap_or_default()
         });
         let finished = FinishedJob { id: running.id, kind: running.kind, outcome, finished_at: now, retry_at };
+        // A lost worker and an unreachable store are failed attempts to the metrics, as
+        // the dashboards and alerts count them; their logs and errors say which.
         let attempt_outcome = match &finished.outcome {
-            Outcome::WorkerLost => "failed",
+            Outcome::WorkerLost | Outcome::StoreUnreachable { .. } => "failed",
             other => other.name(),
         };
         let finished_total = &self.runner.metrics.jobs_finished;

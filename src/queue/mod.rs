@@ -253,6 +253,14 @@ pub trait QueueBackend: Send + 'static {
         false
     }
 
+    /// How long the queue thread waits when a batch carries a cancel, before it runs the
+    /// batch, gathering what arrives meanwhile: a test hook (`test_cancel_hold_ms`) that
+    /// puts the Dispatcher's next fetch in the same batch as a cancel. Never set in
+    /// production.
+    fn cancel_hold(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Tries a trivial write, to learn whether a storage fault has passed.
     fn check_writable(&mut self) -> Result<(), StorageError> {
         Ok(())
@@ -482,7 +490,7 @@ pub struct QueueHandle {
 }
 
 /// Calls in flight beyond this wait for room. The protocol keeps far fewer in flight:
-/// eight groups from the Ingest actor, one fetch, one nudge and one progress flush from
+/// 64 groups from the Ingest actor, one fetch, one nudge and one progress flush from
 /// the Dispatcher, one purge, plus status reads.
 const COMMAND_CHANNEL_CAPACITY: usize = 1024;
 /// The most commands one transaction carries when group commit is on.
@@ -582,6 +590,16 @@ fn run_backend(
             match receiver.try_recv() {
                 Ok(command) => batch.push(command),
                 Err(_) => break,
+            }
+        }
+        if let Some(hold) = backend.cancel_hold()
+            && batch.iter().any(|command| matches!(command, Command::Cancel { .. }))
+        {
+            thread::sleep(hold);
+            while batch.len() < per_commit
+                && let Ok(command) = receiver.try_recv()
+            {
+                batch.push(command);
             }
         }
         if let Some(lost_because) = lost.check() {

@@ -271,6 +271,8 @@ pub struct SqliteBackend {
     wal: Option<WalFile>,
     /// `test_fail_sync_after`: the syncer's fsyncs fail after this many.
     fail_syncs_after: Option<u64>,
+    /// See [`QueueBackend::cancel_hold`]; only for tests.
+    cancel_hold: Option<std::time::Duration>,
     /// Declared after `connection`, so it is dropped (and its thread joined) after it.
     checkpointer: Checkpointer,
 }
@@ -667,6 +669,7 @@ impl SqliteBackend {
             fresh: FreshJobs::default(),
             wal: (synchronous == Synchronous::Full).then(|| WalFile::new(path)),
             fail_syncs_after: None,
+            cancel_hold: None,
             checkpointer,
         };
         Ok((backend, recovery))
@@ -676,6 +679,12 @@ impl SqliteBackend {
     /// (`test_fail_sync_after`), so that tests can watch what jobd does then.
     pub fn fail_syncs_after(&mut self, count: u64) {
         self.fail_syncs_after = Some(count);
+    }
+
+    /// Makes the queue thread wait this long when a cancel arrives (`test_cancel_hold_ms`),
+    /// so that tests can put a fetch in the same batch as a cancel.
+    pub fn hold_cancels_for(&mut self, hold: std::time::Duration) {
+        self.cancel_hold = Some(hold);
     }
 
     /// Inserts new jobs, as few statements as possible: a statement of many rows pays the
@@ -1290,6 +1299,10 @@ impl QueueBackend for SqliteBackend {
         }
     }
 
+    fn cancel_hold(&self) -> Option<std::time::Duration> {
+        self.cancel_hold
+    }
+
     fn is_durable(&self) -> bool {
         true
     }
@@ -1582,6 +1595,62 @@ mod delayed_tests {
         committed(backend, |backend| {
             backend.take_ready(max, now).expect("take").jobs.iter().map(|job| job.id).collect()
         })
+    }
+
+    #[test]
+    fn rows_that_do_not_decode_are_dead_lettered_and_the_rest_are_claimed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("queue.db");
+        let jobs: Vec<Job> = (0..4).map(|_| Job::for_test(JobKind::Noop)).collect();
+        let ids: Vec<JobId> = jobs.iter().map(|job| job.id).collect();
+        {
+            let mut backend = SqliteBackend::open(&path, 100, Synchronous::Full, None).expect("open").0;
+            committed(&mut backend, |backend| backend.enqueue(jobs).expect("enqueue").expect("fits"));
+            // A bad id and a negative count, as a damaged file or a hand edit would leave.
+            let corrupt = |sql: &str, id: JobId| {
+                backend.connection.execute(sql, params![id.to_bytes().as_slice()]).expect("corrupt a row")
+            };
+            corrupt("UPDATE jobs SET id = x'0102' WHERE id = ?1", ids[1]);
+            corrupt("UPDATE jobs SET attempts = -1 WHERE id = ?1", ids[2]);
+        }
+        // Reopened, so that the claim reads the table rather than the buffer of fresh jobs.
+        let mut backend = SqliteBackend::open(&path, 100, Synchronous::Full, None).expect("open").0;
+        assert_eq!(claim_ids(&mut backend, 10, Utc::now()), vec![ids[0], ids[3]]);
+        assert_eq!(backend.depth().dead, 2);
+        let errors: Vec<String> = backend
+            .connection
+            .prepare("SELECT last_error FROM jobs WHERE state = 'dead' ORDER BY seq")
+            .and_then(|mut statement| statement.query_map([], |row| row.get(0))?.collect())
+            .expect("dead rows");
+        assert!(errors[0].contains("column id"), "{errors:?}");
+        assert!(errors[1].contains("column attempts"), "{errors:?}");
+        assert_eq!(claim_ids(&mut backend, 10, Utc::now()), Vec::<JobId>::new(), "and the queue goes on");
+    }
+
+    #[test]
+    fn recovery_buries_jobs_that_died_in_their_last_attempt_and_requeues_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("queue.db");
+        let last = Job { max_attempts: 1, ..Job::for_test(JobKind::Noop) };
+        let not_last = Job { max_attempts: 2, ..Job::for_test(JobKind::Noop) };
+        let (last_id, not_last_id) = (last.id, not_last.id);
+        {
+            let mut backend = SqliteBackend::open(&path, 100, Synchronous::Full, None).expect("open").0;
+            committed(&mut backend, |backend| backend.enqueue(vec![last, not_last]).expect("enqueue").expect("fits"));
+            assert_eq!(claim_ids(&mut backend, 10, Utc::now()).len(), 2);
+            let started: Vec<StartedJob> =
+                [last_id, not_last_id].map(|id| StartedJob { id, started_at: Utc::now() }).to_vec();
+            committed(&mut backend, |backend| backend.record_started(&started).expect("started"));
+        }
+        let (mut backend, recovery) = SqliteBackend::open(&path, 100, Synchronous::Full, None).expect("reopen");
+        assert_eq!((recovery.buried, recovery.requeued), (1, 1));
+        let record = backend.get(last_id, false).expect("get").expect("record");
+        assert_eq!((record.state, record.attempts), (JobState::Dead, 1));
+        let error = record.last_error.unwrap_or_default();
+        assert!(error.contains("the process died during attempt 1 of 1"), "{error}");
+        let record = backend.get(not_last_id, false).expect("get").expect("record");
+        assert_eq!((record.state, record.attempts), (JobState::Queued, 1));
+        assert_eq!((backend.depth().dead, backend.depth().queued), (1, 1));
     }
 
     #[test]
