@@ -53,6 +53,11 @@ impl Window {
         self.ready.len() + self.held.len()
     }
 
+    /// Whether no claimed job waits, held ones included.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The bytes the window's jobs take.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -60,7 +65,7 @@ impl Window {
 
     /// How many jobs a fetch may ask for now, if one may be sent.
     pub fn wanted(&self) -> Option<usize> {
-        if self.len() == 0 {
+        if self.is_empty() {
             return Some(self.max_jobs);
         }
         let room_in_jobs = self.ready.len() <= self.max_jobs / 2 && self.held.len() < self.max_jobs;
