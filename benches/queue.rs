@@ -20,6 +20,7 @@ fn noop() -> Job {
         timeout_ms: None,
         run_at: None,
         idempotency_key: None,
+        submitted_by: None,
         kind: JobKind::Noop,
     }
 }

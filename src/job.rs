@@ -186,6 +186,10 @@ pub struct Job {
     /// When the job is due, if not at once.
     pub run_at: Option<DateTime<Utc>>,
     pub idempotency_key: Option<String>,
+    /// The name of the token that submitted the job; `None` without authentication.
+    /// Idempotency keys are scoped by it, and a token confined by `allowed_key_prefixes`
+    /// reads only the jobs it submitted.
+    pub submitted_by: Option<String>,
     pub kind: JobKind,
 }
 
@@ -194,7 +198,10 @@ impl Job {
     /// bounds on held jobs (the Dispatcher's window, the queue's buffer of fresh jobs)
     /// count this.
     pub fn footprint(&self) -> usize {
-        std::mem::size_of::<Job>() + self.kind.body_len() + self.idempotency_key.as_ref().map_or(0, String::len)
+        std::mem::size_of::<Job>()
+            + self.kind.body_len()
+            + self.idempotency_key.as_ref().map_or(0, String::len)
+            + self.submitted_by.as_ref().map_or(0, String::len)
     }
 }
 
@@ -210,6 +217,7 @@ impl Job {
             timeout_ms: None,
             run_at: None,
             idempotency_key: None,
+            submitted_by: None,
             kind,
         }
     }
@@ -301,6 +309,9 @@ pub struct JobRecord {
     pub result: Option<JobResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The name of the token that submitted the job; absent without authentication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
     /// The payload, only when asked for: it can be large.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<serde_json::Value>)]

@@ -35,6 +35,8 @@ const MAX_GROUPS_IN_FLIGHT: usize = 64;
 #[rtype(result = "Result<Vec<Admitted>, SubmitError>")]
 pub struct Submit {
     pub jobs: Vec<JobSpec>,
+    /// The name of the submitting token; `None` without authentication.
+    pub submitted_by: Option<String>,
 }
 
 /// Why a submission was not accepted. Nothing of it was enqueued.
@@ -181,6 +183,7 @@ impl Handler<Submit> for Ingest {
                 timeout_ms: spec.timeout_ms,
                 run_at: spec.run_at,
                 idempotency_key: spec.idempotency_key,
+                submitted_by: submit.submitted_by.clone(),
                 kind: spec.kind,
             })
             .collect();

@@ -25,7 +25,7 @@ use crate::actors::{Dispatcher, Ingest};
 use crate::auth::{AuthFailure, Authenticator, Principal, Scope};
 use crate::job::{JobId, JobKind, JobSpec, JobState};
 use crate::metrics::Metrics;
-use crate::queue::{ControlError, QueueHandle, Refusal};
+use crate::queue::{ControlError, ListFilter, QueueHandle, Refusal};
 use crate::stats::Stats;
 use crate::store::JobStore;
 use crate::submission::{self, ParseOptions};
@@ -402,7 +402,8 @@ async fn submit(
             tracing::warn!(reason = "key_prefix", token_name = principal.name, "submission refused");
         })?;
     }
-    let answer = state.ingest.send(Submit { jobs }).await;
+    let submitted_by = request.extensions().get::<Arc<Principal>>().map(|principal| principal.name.clone());
+    let answer = state.ingest.send(Submit { jobs, submitted_by }).await;
     match answer {
         Ok(Ok(admitted)) => {
             // 202 when this request created a job; 200 when every job was already known
@@ -614,6 +615,7 @@ struct GetJobQuery {
     security(("bearer" = []))
 )]
 async fn get_job(
+    request: HttpRequest,
     id: web::Path<String>,
     query: web::Query<GetJobQuery>,
     state: web::Data<AppState>,
@@ -622,10 +624,40 @@ async fn get_job(
     let record = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.get(job_id, query.payload))
         .await
         .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
-        .map_err(|error| Problem::unavailable(error.to_string()))?;
+        .map_err(|error| Problem::unavailable(error.to_string()))?
+        .filter(|record| may_see(&request, record));
     match record {
         Some(record) => Ok(HttpResponse::Ok().json(record)),
         None => Err(Problem::not_found(format!("no job {job_id}; unknown, or purged after its retention"))),
+    }
+}
+
+/// The name of the caller if its token is confined by `allowed_key_prefixes`: a tenant,
+/// who reads, lists and controls only the jobs it submitted. Other callers see every job.
+fn confined_tenant(request: &HttpRequest) -> Option<String> {
+    let extensions = request.extensions();
+    let principal = extensions.get::<Arc<Principal>>()?;
+    (!principal.allowed_key_prefixes.is_empty()).then(|| principal.name.clone())
+}
+
+/// Whether the caller may see `record`. Another tenant's job is answered like an unknown
+/// one (404), so that a tenant cannot even learn that it exists.
+fn may_see(request: &HttpRequest, record: &crate::job::JobRecord) -> bool {
+    confined_tenant(request).is_none_or(|tenant| record.submitted_by.as_deref() == Some(tenant.as_str()))
+}
+
+/// Refuses a control request on a job the caller may not see, as if it did not exist.
+async fn check_control_access(request: &HttpRequest, state: &AppState, job_id: JobId) -> Result<(), Problem> {
+    if confined_tenant(request).is_none() {
+        return Ok(());
+    }
+    let record = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.get(job_id, false))
+        .await
+        .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
+        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    match record {
+        Some(record) if may_see(request, &record) => Ok(()),
+        _ => Err(control_problem(job_id, ControlError::NotFound)),
     }
 }
 
@@ -660,7 +692,11 @@ struct ListQuery {
     ),
     security(("bearer" = []))
 )]
-async fn list_jobs(query: web::Query<ListQuery>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn list_jobs(
+    request: HttpRequest,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let bad = |field: &str, message: String| Problem::from(submission::SubmissionError::field(field, message));
     let job_state = match query.state.as_deref() {
         None => None,
@@ -679,7 +715,8 @@ async fn list_jobs(query: web::Query<ListQuery>, state: web::Data<AppState>) -> 
             Some(cursor.parse::<i64>().map_err(|_| bad("cursor", "is not a cursor from this API".to_owned()))?)
         }
     };
-    let page = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.list(job_state, before, limit))
+    let filter = ListFilter { state: job_state, submitted_by: confined_tenant(&request) };
+    let page = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.list(filter, before, limit))
         .await
         .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
         .map_err(|error| Problem::unavailable(error.to_string()))?;
@@ -728,8 +765,13 @@ fn control_problem(id: JobId, error: ControlError) -> Problem {
     ),
     security(("bearer" = []))
 )]
-async fn retry_job(id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn retry_job(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let job_id = parse_job_id(&id)?;
+    check_control_access(&request, &state, job_id).await?;
     let result = state.queue.retry_dead(job_id).await.map_err(|error| Problem::unavailable(error.to_string()))?;
     result.map_err(|error| control_problem(job_id, error))?;
     Ok(HttpResponse::Accepted().json(AcceptedJob { id: job_id, state: JobState::Queued }))
@@ -752,8 +794,13 @@ async fn retry_job(id: web::Path<String>, state: web::Data<AppState>) -> Result<
     ),
     security(("bearer" = []))
 )]
-async fn cancel_job(id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+async fn cancel_job(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let job_id = parse_job_id(&id)?;
+    check_control_access(&request, &state, job_id).await?;
     let result = state
         .dispatcher
         .send(CancelJob(job_id))

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Admitted, ControlError, JobPage, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, admit, claim_has_room,
+    Admitted, ControlError, JobPage, ListFilter, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, admit,
+    claim_has_room,
 };
 use crate::job::{FinishedJob, Job, JobId, JobRecord, JobState, Outcome, StartedJob};
 
@@ -26,7 +27,8 @@ pub struct MemoryBackend {
     due: BTreeMap<(DateTime<Utc>, i64), JobId>,
     /// Every job by submission order, for listings.
     by_seq: BTreeMap<i64, JobId>,
-    idempotency: HashMap<String, JobId>,
+    /// Jobs by (submitting token, idempotency key), as the SQLite index scopes them.
+    idempotency: HashMap<(String, String), JobId>,
     next_seq: i64,
     capacity: usize,
     /// What each sync does, in tests of how the queue thread orders syncs and answers.
@@ -76,8 +78,10 @@ impl MemoryBackend {
 
 impl QueueBackend for MemoryBackend {
     fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError> {
+        let submitted_by = submission.first().and_then(|job| job.submitted_by.clone()).unwrap_or_default();
         let (mut admitted, is_new) = admit(&submission, |key| {
-            Ok(self.idempotency.get(key).and_then(|id| self.entries.get(id)).map(|e| (e.record.id, e.record.state)))
+            let scoped = (submitted_by.clone(), key.to_owned());
+            Ok(self.idempotency.get(&scoped).and_then(|id| self.entries.get(id)).map(|e| (e.record.id, e.record.state)))
         })?;
         let new_jobs = is_new.iter().filter(|&&new| new).count();
         let unfinished = self.unfinished();
@@ -102,7 +106,7 @@ impl QueueBackend for MemoryBackend {
             };
             answer.state = state;
             if let Some(key) = &job.idempotency_key {
-                self.idempotency.insert(key.clone(), job.id);
+                self.idempotency.insert((submitted_by.clone(), key.clone()), job.id);
             }
             let record = JobRecord {
                 id: job.id,
@@ -118,6 +122,7 @@ impl QueueBackend for MemoryBackend {
                 last_error: None,
                 result: None,
                 idempotency_key: job.idempotency_key.clone(),
+                submitted_by: job.submitted_by.clone(),
                 payload: None,
             };
             self.by_seq.insert(seq, job.id);
@@ -209,7 +214,7 @@ impl QueueBackend for MemoryBackend {
             if let Some(entry) = self.entries.remove(id) {
                 self.by_seq.remove(&entry.seq);
                 if let Some(key) = entry.record.idempotency_key {
-                    self.idempotency.remove(&key);
+                    self.idempotency.remove(&(entry.record.submitted_by.unwrap_or_default(), key));
                 }
             }
         }
@@ -248,11 +253,13 @@ impl QueueBackend for MemoryBackend {
         Ok(Ok(()))
     }
 
-    fn list(&mut self, state: Option<JobState>, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
+    fn list(&mut self, filter: &ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
         let mut page = JobPage::default();
         for (&seq, id) in self.by_seq.range(..before.unwrap_or(i64::MAX)).rev() {
             let Some(entry) = self.entries.get(id) else { continue };
-            if state.is_some_and(|state| state != entry.record.state) {
+            if filter.state.is_some_and(|state| state != entry.record.state)
+                || filter.submitted_by.as_ref().is_some_and(|name| entry.record.submitted_by.as_ref() != Some(name))
+            {
                 continue;
             }
             page.records.push(entry.record.clone());

@@ -124,6 +124,16 @@ pub enum ControlError {
     Refused(#[from] Refusal),
 }
 
+/// Which jobs a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs this token submitted: the listing of a token confined by
+    /// `allowed_key_prefixes`.
+    pub submitted_by: Option<String>,
+}
+
 /// A page of a listing, newest first.
 #[derive(Debug, Default)]
 pub struct JobPage {
@@ -230,8 +240,8 @@ pub trait QueueBackend: Send + 'static {
     /// Cancels a job that has not started: queued, scheduled, or failed and waiting.
     fn cancel(&mut self, id: JobId, now: DateTime<Utc>) -> Result<Result<(), ControlError>, StorageError>;
 
-    /// A page of records, newest first, optionally of one state, before a cursor.
-    fn list(&mut self, state: Option<JobState>, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError>;
+    /// A page of records that pass `filter`, newest first, before a cursor.
+    fn list(&mut self, filter: &ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError>;
 
     /// One job's record.
     fn get(&mut self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError>;
@@ -348,7 +358,7 @@ enum Command {
         reply: Reply<Option<JobRecord>>,
     },
     List {
-        state: Option<JobState>,
+        filter: ListFilter,
         before: Option<i64>,
         limit: usize,
         reply: Reply<JobPage>,
@@ -774,7 +784,7 @@ fn run_fetch(backend: &mut dyn QueueBackend, fetch: Fetch, answer: Answer, writa
 fn answer_read(backend: &mut dyn QueueBackend, command: Command, writable: &mut bool) {
     match command {
         Command::Get { id, with_payload, reply } => drop(reply.send(backend.get(id, with_payload))),
-        Command::List { state, before, limit, reply } => drop(reply.send(backend.list(state, before, limit))),
+        Command::List { filter, before, limit, reply } => drop(reply.send(backend.list(&filter, before, limit))),
         Command::Status { reply } => {
             if !*writable {
                 *writable = backend.check_writable().is_ok();
@@ -890,13 +900,8 @@ impl QueueHandle {
     }
 
     /// See [`QueueBackend::list`].
-    pub async fn list(
-        &self,
-        state: Option<JobState>,
-        before: Option<i64>,
-        limit: usize,
-    ) -> Result<JobPage, StorageError> {
-        self.call(|reply| Command::List { state, before, limit, reply }).await
+    pub async fn list(&self, filter: ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
+        self.call(|reply| Command::List { filter, before, limit, reply }).await
     }
 
     /// Records started and finished jobs in one transaction. On failure the progress

@@ -14,8 +14,8 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use serde_json::{Value, json, value::RawValue};
 
 use super::{
-    Admitted, ControlError, JobPage, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, Syncer, admit,
-    claim_has_room,
+    Admitted, ControlError, JobPage, ListFilter, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, Syncer,
+    admit, claim_has_room,
 };
 use crate::job::{
     FinishedJob, Job, JobId, JobKind, JobRecord, JobResult, JobState, Outcome, StartedJob, UploadBody, UploadSpec,
@@ -42,7 +42,7 @@ impl From<rusqlite::Error> for StorageError {
 
 /// The schema's version, in `PRAGMA user_version`; a file of another version is refused
 /// rather than misread.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// The schema.
 ///
@@ -66,13 +66,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_error TEXT,
     result TEXT,
     idempotency_key TEXT,
+    submitted_by TEXT NOT NULL DEFAULT '',
     body BLOB,
     body_is_json INTEGER NOT NULL DEFAULT 0,
     object_key TEXT,
     content_type TEXT,
     arg TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs(idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(submitted_by, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(ready_seq) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs(run_at, seq) WHERE state = 'scheduled' OR state = 'failed';
 CREATE INDEX IF NOT EXISTS jobs_done ON jobs(finished_at) WHERE state = 'succeeded' OR state = 'dead' OR state = 'cancelled';
@@ -82,7 +83,14 @@ CREATE TABLE IF NOT EXISTS probe (value BLOB);
 DROP INDEX IF EXISTS jobs_state;
 DROP INDEX IF EXISTS jobs_due;
 DROP INDEX IF EXISTS jobs_finished;
+DROP INDEX IF EXISTS jobs_idempotency_key;
 ";
+
+/// Brings a version 2 file to version 3: jobs record which token submitted them (`''`
+/// for none, so that the unique index over it and the key treats "no token" as one
+/// submitter), and idempotency keys are unique per submitter rather than globally. Run
+/// before [`SCHEMA`], which then replaces the index.
+const MIGRATE_2_TO_3: &str = "ALTER TABLE jobs ADD COLUMN submitted_by TEXT NOT NULL DEFAULT '';";
 
 // Every index but the unique ones is partial, over the few rows in one state or a few:
 // per job, only the indexes of the states it passes through are written (a job that
@@ -119,10 +127,10 @@ fn integer(value: Option<i64>) -> ToSqlOutput<'static> {
 
 /// The columns [`SqliteBackend::insert_all`] writes, in order.
 const INSERT_COLUMN_NAMES: &str = "id, kind, state, ready_seq, run_at, max_attempts, timeout_ms, created_at,
-     idempotency_key, body, body_is_json, object_key, content_type, arg";
-const INSERT_COLUMNS: usize = 14;
+     idempotency_key, submitted_by, body, body_is_json, object_key, content_type, arg";
+const INSERT_COLUMNS: usize = 15;
 /// The row counts of the multi-row statements, largest first: any number of rows is
-/// written with at most one statement of each size below the largest. 64 rows of 14
+/// written with at most one statement of each size below the largest. 64 rows of 15
 /// values stay far below SQLite's limit of 32,766 bound values.
 const STATEMENT_ROWS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
@@ -207,7 +215,7 @@ const RECORD_STARTED: &str =
 
 /// The columns a record is read from, for `get` and `list`.
 const RECORD_COLUMNS: &str = "seq, id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at, started_at,
-     finished_at, last_error, result, idempotency_key, body_is_json";
+     finished_at, last_error, result, idempotency_key, submitted_by, body_is_json";
 
 /// Counts kept in memory so capacity checks and depth cost no query; restored on rollback.
 #[derive(Debug, Clone, Copy, Default)]
@@ -600,7 +608,10 @@ impl SqliteBackend {
             [],
             |row| row.get(0),
         )?;
-        if has_jobs && version != SCHEMA_VERSION {
+        if has_jobs && version == 2 {
+            connection.execute_batch(MIGRATE_2_TO_3)?;
+            tracing::info!(path = %path.display(), "queue.db upgraded from schema version 2 to 3");
+        } else if has_jobs && version != SCHEMA_VERSION {
             return Err(StorageError::new(format!(
                 "{} has schema version {version}; this jobd reads version {SCHEMA_VERSION}",
                 path.display()
@@ -733,6 +744,7 @@ impl SqliteBackend {
             integer(job.timeout_ms.map(|ms| ms.min(i64::MAX as u64) as i64)),
             integer(Some(millis(job.created_at))),
             job.idempotency_key.as_deref().map_or(NULL, text),
+            text(job.submitted_by.as_deref().unwrap_or_default()),
             columns.body.map_or(NULL, blob),
             integer(Some(i64::from(columns.body_is_json))),
             columns.object_key.map_or(NULL, text),
@@ -745,10 +757,19 @@ impl SqliteBackend {
         ready_seq
     }
 
-    fn find_by_idempotency_key(&self, key: &str) -> Result<Option<(JobId, JobState)>, StorageError> {
-        let mut statement = self.connection.prepare_cached("SELECT id, state FROM jobs WHERE idempotency_key = ?1")?;
-        let found =
-            statement.query_row([key], |row| Ok((row.get::<_, [u8; 16]>(0)?, row.get::<_, String>(1)?))).optional()?;
+    fn find_by_idempotency_key(
+        &self,
+        submitted_by: Option<&str>,
+        key: &str,
+    ) -> Result<Option<(JobId, JobState)>, StorageError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT id, state FROM jobs WHERE submitted_by = ?1 AND idempotency_key = ?2")?;
+        let found = statement
+            .query_row(params![submitted_by.unwrap_or_default(), key], |row| {
+                Ok((row.get::<_, [u8; 16]>(0)?, row.get::<_, String>(1)?))
+            })
+            .optional()?;
         Ok(found.map(|(id, state)| (JobId::from_bytes(id), state_of(&state))))
     }
 
@@ -916,7 +937,7 @@ impl FinishColumns {
 /// for every value, which showed in profiles of the queue thread.
 mod claim {
     pub const SQL: &str = "SELECT seq, ready_seq, id, kind, attempts, max_attempts, timeout_ms, run_at, created_at,
-             idempotency_key, body, body_is_json, object_key, content_type, arg
+             idempotency_key, body, body_is_json, object_key, content_type, arg, submitted_by
          FROM jobs INDEXED BY jobs_ready WHERE state = 'queued' AND ready_seq > ?1 ORDER BY ready_seq";
     pub const SEQ: usize = 0;
     pub const READY_SEQ: usize = 1;
@@ -933,6 +954,7 @@ mod claim {
     pub const OBJECT_KEY: usize = 12;
     pub const CONTENT_TYPE: usize = 13;
     pub const ARG: usize = 14;
+    pub const SUBMITTED_BY: usize = 15;
 }
 
 /// Rebuilds a job from a claimed row. Any column that does not decode (a bad id, a
@@ -955,6 +977,10 @@ fn decode_claimed(row: &Row<'_>) -> Result<Job, String> {
         timeout_ms,
         run_at: row.get::<_, Option<i64>>(claim::RUN_AT).map_err(|error| column("run_at", error))?.map(from_millis),
         idempotency_key: row.get(claim::IDEMPOTENCY_KEY).map_err(|error| column("idempotency_key", error))?,
+        submitted_by: row
+            .get::<_, String>(claim::SUBMITTED_BY)
+            .map(|name| Some(name).filter(|name| !name.is_empty()))
+            .map_err(|error| column("submitted_by", error))?,
         kind: decode_kind(row)?,
     })
 }
@@ -1039,6 +1065,7 @@ fn record_from_row(row: &Row<'_>, with_payload: bool) -> rusqlite::Result<JobRec
         last_error: row.get("last_error")?,
         result: result.and_then(|text| serde_json::from_str::<JobResult>(&text).ok()),
         idempotency_key: row.get("idempotency_key")?,
+        submitted_by: row.get::<_, String>("submitted_by").map(|name| Some(name).filter(|name| !name.is_empty()))?,
         payload,
     })
 }
@@ -1088,7 +1115,9 @@ impl QueueBackend for SqliteBackend {
     }
 
     fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError> {
-        let (mut admitted, is_new) = admit(&submission, |key| self.find_by_idempotency_key(key))?;
+        let submitted_by = submission.first().and_then(|job| job.submitted_by.clone());
+        let (mut admitted, is_new) =
+            admit(&submission, |key| self.find_by_idempotency_key(submitted_by.as_deref(), key))?;
         let new_jobs = is_new.iter().filter(|&&new| new).count();
         if let Some(limit_bytes) = self.size_limit {
             // A row costs its body plus about two hundred bytes of columns and index entries.
@@ -1254,20 +1283,27 @@ impl QueueBackend for SqliteBackend {
         Ok(Ok(()))
     }
 
-    fn list(&mut self, state: Option<JobState>, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
+    fn list(&mut self, filter: &ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
         // Dead jobs, the listing operators look for among many finished ones, have an
         // index; other listings walk the table newest first.
-        let sql = match state {
+        let sql = match filter.state {
             Some(JobState::Dead) => format!(
                 "SELECT {RECORD_COLUMNS} FROM jobs INDEXED BY jobs_dead
-                 WHERE state = 'dead' AND state = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+                 WHERE state = 'dead' AND state = ?1 AND seq < ?2 AND (?4 IS NULL OR submitted_by = ?4)
+                 ORDER BY seq DESC LIMIT ?3"
             ),
             _ => format!(
-                "SELECT {RECORD_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+                "SELECT {RECORD_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND seq < ?2
+                 AND (?4 IS NULL OR submitted_by = ?4) ORDER BY seq DESC LIMIT ?3"
             ),
         };
         let mut statement = self.connection.prepare_cached(&sql)?;
-        let mut rows = statement.query(params![state.map(JobState::name), before.unwrap_or(i64::MAX), limit as i64])?;
+        let mut rows = statement.query(params![
+            filter.state.map(JobState::name),
+            before.unwrap_or(i64::MAX),
+            limit as i64,
+            filter.submitted_by.as_deref()
+        ])?;
         let mut page = JobPage::default();
         let mut last_seq = None;
         while let Some(row) = rows.next()? {
@@ -1429,7 +1465,7 @@ mod tests {
             .expect("names");
         assert_eq!(
             indexes,
-            ["jobs_dead", "jobs_done", "jobs_idempotency_key", "jobs_ready", "jobs_running", "jobs_waiting"]
+            ["jobs_dead", "jobs_done", "jobs_idempotency", "jobs_ready", "jobs_running", "jobs_waiting"]
         );
         assert_eq!(backend.depth().queued, 1, "the job survived");
         // An IN list in a partial index's condition makes SQLite build a temporary table
@@ -1595,6 +1631,53 @@ mod delayed_tests {
         committed(backend, |backend| {
             backend.take_ready(max, now).expect("take").jobs.iter().map(|job| job.id).collect()
         })
+    }
+
+    /// A queue.db written by the previous release (schema version 2: no `submitted_by`,
+    /// idempotency keys unique over the whole table) opens, keeps its jobs, and from then
+    /// on scopes keys by submitter.
+    #[test]
+    fn a_version_2_file_is_upgraded_in_place_with_its_jobs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("queue.db");
+        let version_2_schema = SCHEMA
+            .replace("    submitted_by TEXT NOT NULL DEFAULT '',\n", "")
+            .replace(
+                "jobs_idempotency ON jobs(submitted_by, idempotency_key)",
+                "jobs_idempotency_key ON jobs(idempotency_key)",
+            )
+            .replace("DROP INDEX IF EXISTS jobs_idempotency_key;", "");
+        assert!(!version_2_schema.contains("submitted_by"));
+        let queued = JobId::generate();
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection.execute_batch(&version_2_schema).expect("version 2 schema");
+            connection.pragma_update(None, "user_version", 2).expect("version");
+            connection
+                .execute(
+                    "INSERT INTO jobs (id, kind, state, ready_seq, max_attempts, created_at, idempotency_key, arg)
+                     VALUES (?1, 'noop', 'queued', 1, 3, 0, 'order-1', NULL)",
+                    params![queued.to_bytes().as_slice()],
+                )
+                .expect("a queued job");
+        }
+        let mut backend = SqliteBackend::open(&path, 100, Synchronous::Full, None).expect("upgrade").0;
+        let version: i64 = backend.connection.query_row("PRAGMA user_version", [], |row| row.get(0)).expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let record = backend.get(queued, false).expect("get").expect("the old job");
+        assert_eq!((record.state, record.submitted_by), (JobState::Queued, None));
+        // The old key still answers a submission without a token, and not one with a token.
+        let again = Job { idempotency_key: Some("order-1".to_owned()), ..Job::for_test(JobKind::Noop) };
+        let answer = committed(&mut backend, |backend| backend.enqueue(vec![again]).expect("enqueue").expect("fits"));
+        assert_eq!((answer[0].id, answer[0].created), (queued, false));
+        let tenant = Job {
+            idempotency_key: Some("order-1".to_owned()),
+            submitted_by: Some("tenant-b".to_owned()),
+            ..Job::for_test(JobKind::Noop)
+        };
+        let answer = committed(&mut backend, |backend| backend.enqueue(vec![tenant]).expect("enqueue").expect("fits"));
+        assert!(answer[0].created, "another submitter's key is another job");
+        assert_eq!(claim_ids(&mut backend, 10, Utc::now()).first(), Some(&queued));
     }
 
     #[test]
@@ -1933,11 +2016,12 @@ mod delayed_tests {
         backend.record_finished(&[dead]).expect("finish");
         assert_eq!(backend.retry_dead(ids[2]).expect("retry"), Err(ControlError::Conflict(JobState::Queued)));
 
-        let page = backend.list(Some(JobState::Dead), None, 10).expect("list");
+        let page =
+            backend.list(&ListFilter { state: Some(JobState::Dead), submitted_by: None }, None, 10).expect("list");
         assert_eq!(page.records.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[1]]);
-        let all = backend.list(None, None, 2).expect("list");
+        let all = backend.list(&ListFilter::default(), None, 2).expect("list");
         assert_eq!(all.records.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[2], ids[1]], "newest first");
-        let rest = backend.list(None, all.next_before, 2).expect("list");
+        let rest = backend.list(&ListFilter::default(), all.next_before, 2).expect("list");
         assert_eq!((rest.records.len(), rest.next_before), (1, None));
 
         assert_eq!(backend.retry_dead(ids[1]).expect("retry"), Ok(()));
