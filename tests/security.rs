@@ -491,6 +491,74 @@ async fn hostile_bodies_and_heads_are_refused_with_their_reasons() {
     assert_eq!(daemon.post_json("/v1/jobs", &json!({"kind": "noop"})).await.status(), 202);
 }
 
+/// A body of `max_body_bytes` (8 MiB by default) that is one array of `element`s under
+/// `field`, e.g. `{"jobs":[{},{},...]}`: hundreds of thousands of entries.
+fn array_body(field: &str, element: &str, size: usize) -> Vec<u8> {
+    let mut body = format!("{{\"{field}\":[{element}").into_bytes();
+    while body.len() + element.len() + 3 <= size {
+        body.push(b',');
+        body.extend_from_slice(element.as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+/// Checks that an answer is the 413 of a body with more than max_jobs_per_request entries,
+/// naming `field`.
+async fn assert_too_many_jobs(response: reqwest::Response, field: &str) {
+    assert_eq!(response.status(), 413, "{field}");
+    let problem: Value = response.json().await.expect("problem");
+    assert_eq!(problem["type"], "/problems/too-many-jobs", "{problem}");
+    assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|detail| detail.contains("max_jobs_per_request")), "{problem}");
+}
+
+#[tokio::test]
+async fn a_body_of_700k_empty_jobs_is_refused_by_its_count_naming_the_field() {
+    let daemon = Daemon::start(&[]);
+    // `{}` is no valid job, but the count is what is wrong with this body, and it is
+    // refused for that before any of its entries is looked at.
+    let body = array_body("jobs", "{}", 8 * 1024 * 1024);
+    assert_too_many_jobs(daemon.post_raw("/v1/jobs", "application/json", body).await, "jobs").await;
+    let body = array_body("payloads", "{}", 8 * 1024 * 1024);
+    assert_too_many_jobs(daemon.post_raw("/v1/payloads", "application/json", body).await, "payloads").await;
+    assert_eq!(daemon.stats().await["queue"]["queued"], 0);
+    assert_eq!(daemon.post_json("/v1/jobs", &json!({"kind": "noop"})).await.status(), 202);
+}
+
+#[tokio::test]
+async fn eight_concurrent_bodies_of_far_too_many_jobs_cost_about_their_own_size_in_memory() {
+    let daemon = Daemon::start(&[]);
+    let idle_kib = daemon.peak_rss_kib();
+    let mut answers = Vec::new();
+    for round in 0..8 {
+        let (path, field, element) = if round % 2 == 0 {
+            ("/v1/jobs", "jobs", r#"{"kind":"noop"}"#)
+        } else {
+            ("/v1/payloads", "payloads", "{}")
+        };
+        let request = daemon.client.post(daemon.url(path)).header("content-type", "application/json").body(array_body(
+            field,
+            element,
+            8 * 1024 * 1024,
+        ));
+        answers.push(tokio::spawn(async move { (field, request.send().await.expect("POST")) }));
+    }
+    let mut responses = Vec::new();
+    for answer in answers {
+        responses.push(answer.await.expect("request task"));
+    }
+    let peak_kib = daemon.peak_rss_kib();
+    eprintln!("peak resident memory: {idle_kib} KiB idle, {peak_kib} KiB after 8 concurrent 8 MiB bodies");
+    for (field, response) in responses {
+        assert_too_many_jobs(response, field).await;
+    }
+    // The bodies themselves are 64 MiB; parsing each into jobs before counting them took
+    // the peak past 380 MiB.
+    assert!(peak_kib < 150 * 1024, "peak resident memory {peak_kib} KiB (idle {idle_kib} KiB)");
+    assert_eq!(daemon.stats().await["queue"]["queued"], 0);
+}
+
 #[tokio::test]
 async fn every_described_operation_is_served_and_every_served_route_is_described() {
     let (daemon, _tokens) = start_with_tokens(&[]);
