@@ -19,7 +19,8 @@ const MAX_SLEEP_MILLIS: u64 = 3_600_000;
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 /// The longest timeout a job may ask for: a day.
 pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
-/// The furthest ahead a job may be scheduled: a year.
+/// The furthest ahead a job may be scheduled, by `delay_ms` or by `run_at`: a year. A
+/// time further out is almost always a unit or a typo, and would sit in the queue for ever.
 pub const MAX_DELAY_MS: u64 = 365 * 86_400_000;
 /// The longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -501,11 +502,19 @@ fn take_job_options(raw: &mut RawJob) -> Result<JobSpec, FieldProblem> {
     }
     let run_at = match (raw.run_at.take(), raw.delay_ms) {
         (Some(_), Some(_)) => return Err(field_problem("delay_ms", "give either run_at or delay_ms, not both")),
-        (Some(text), None) => Some(
-            chrono::DateTime::parse_from_rfc3339(&text)
+        (Some(text), None) => {
+            let at = chrono::DateTime::parse_from_rfc3339(&text)
                 .map_err(|error| field_problem("run_at", format!("is not an RFC 3339 time: {error}")))?
-                .with_timezone(&chrono::Utc),
-        ),
+                .with_timezone(&chrono::Utc);
+            // The same bound as delay_ms, measured from the moment the job arrives.
+            if at > chrono::Utc::now() + chrono::Duration::milliseconds(MAX_DELAY_MS as i64) {
+                return Err(field_problem(
+                    "run_at",
+                    format!("must be at most a year ({MAX_DELAY_MS} ms, as delay_ms) from now"),
+                ));
+            }
+            Some(at)
+        }
         (None, Some(delay)) if delay > MAX_DELAY_MS => {
             return Err(field_problem("delay_ms", format!("must be at most {MAX_DELAY_MS}")));
         }
@@ -732,14 +741,20 @@ mod tests {
             (r#"{"kind":"noop","run_at":"tomorrow"}"#, "run_at"),
             (r#"{"kind":"noop","run_at":"2030-01-01T00:00:00Z","delay_ms":5}"#, "delay_ms"),
             (r#"{"kind":"noop","delay_ms":-5}"#, "delay_ms"),
+            (r#"{"kind":"noop","delay_ms":31536000001}"#, "delay_ms"),
+            (r#"{"kind":"noop","run_at":"9999-12-31T23:59:59Z"}"#, "run_at"),
         ] {
             let error = first_error(parse_jobs(body.as_bytes(), OPTIONS));
             assert_eq!((error.index, error.field.as_str()), (Some(0), field), "{body}");
         }
-        let spec = parse_jobs(br#"{"kind":"noop","run_at":"2030-01-01T00:00:00+02:00","max_attempts":3}"#, OPTIONS)
-            .expect("valid")
-            .remove(0);
-        assert_eq!(spec.run_at.map(|at| at.to_rfc3339()).as_deref(), Some("2029-12-31T22:00:00+00:00"));
+        // A time within the year ahead, in another zone, is kept as that instant in UTC.
+        let offset = chrono::FixedOffset::east_opt(2 * 3600).expect("valid offset");
+        let soon = (chrono::Utc::now() + chrono::Duration::days(300)).with_timezone(&offset);
+        let body = format!(r#"{{"kind":"noop","run_at":"{}","max_attempts":3}}"#, soon.to_rfc3339());
+        let spec = parse_jobs(body.as_bytes(), OPTIONS).expect("valid").remove(0);
+        assert_eq!(spec.run_at, Some(soon.with_timezone(&chrono::Utc)));
+        let past = parse_jobs(br#"{"kind":"noop","run_at":"2020-01-01T00:00:00Z"}"#, OPTIONS).expect("valid");
+        assert!(past[0].run_at.is_some());
         assert_eq!(spec.max_attempts, Some(3));
         let error = first_error(parse_payloads(br#"{"payloads":{}}"#, OPTIONS));
         assert_eq!((error.index, error.field.as_str()), (None, "payloads"));
