@@ -103,8 +103,6 @@ pub enum TokenFileError {
     Shape { line: usize },
     #[error("token file line {line}, column {column} ({column_name}): {problem}")]
     Column { line: usize, column: usize, column_name: &'static str, problem: String },
-    #[error("the token file holds no tokens")]
-    Empty,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -122,7 +120,8 @@ impl TokenSet {
     }
 
     /// Parses `<name> <scopes> <token> [allowed_key_prefixes=<prefix>,...]` lines; blank
-    /// lines and `#` comments are skipped.
+    /// lines and `#` comments are skipped. A file without token lines is valid and admits
+    /// no one: emptying the file is how an operator revokes every token at once.
     pub fn parse(text: &str) -> Result<TokenSet, TokenFileError> {
         let mut entries: Vec<Entry> = Vec::new();
         for (index, line) in text.lines().enumerate() {
@@ -183,9 +182,6 @@ impl TokenSet {
                 token_digest,
                 line: line_number,
             });
-        }
-        if entries.is_empty() {
-            return Err(TokenFileError::Empty);
         }
         Ok(TokenSet { entries })
     }
@@ -261,6 +257,21 @@ impl Authenticator {
 
     pub fn enabled(&self) -> bool {
         self.path.is_some()
+    }
+
+    /// The token file, when authentication is on.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// How many tokens are in force; `None` when authentication is off. Zero means every
+    /// authenticated request is refused.
+    pub fn token_count(&self) -> Option<usize> {
+        match self.tokens.read() {
+            Ok(slot) => slot.as_ref().map(|tokens| tokens.len()),
+            // A poisoned lock refuses every token (see `check`), as an empty file does.
+            Err(_) => self.path.as_ref().map(|_| 0),
+        }
     }
 
     /// Reads the token file again. On error the tokens in force stay, so a typo in an
@@ -354,12 +365,25 @@ mod tests {
             ("a submit short\n".to_owned(), "shorter than"),
             (format!("a submit {TOKEN_A} allowed_key_prefixes=../x\n"), "allowed key prefix"),
             (format!("a submit {TOKEN_A}\na read {TOKEN_B}\n"), "used twice"),
-            ("# only comments\n".to_owned(), "no tokens"),
         ] {
             let message = TokenSet::parse(&text).expect_err("invalid").to_string();
             assert!(message.contains(expected), "{message:?} lacks {expected:?}");
             assert!(!message.contains(TOKEN_A) && !message.contains(TOKEN_B), "{message:?} shows a token");
         }
+    }
+
+    #[test]
+    fn a_file_without_tokens_admits_no_one() {
+        for text in ["", "# every token revoked\n\n   \n"] {
+            let set = TokenSet::parse(text).expect("an empty token file is valid");
+            assert!(set.is_empty());
+            let auth = Authenticator { path: Some(PathBuf::from("unused")), tokens: RwLock::new(Some(Arc::new(set))) };
+            assert_eq!(auth.token_count(), Some(0));
+            let header = format!("Bearer {TOKEN_A}");
+            assert_eq!(auth.check(Some(header.as_bytes()), Scope::Submit), Err(AuthFailure::Invalid));
+            assert_eq!(auth.check(None, Scope::Read), Err(AuthFailure::Missing));
+        }
+        assert_eq!(Authenticator::disabled().token_count(), None);
     }
 
     #[test]

@@ -64,9 +64,12 @@ pub enum ServeError {
 /// URL is parsed and the store built (a `file://` root is created). With `probe`, the
 /// store is also asked once whether it answers.
 pub fn check(config: &Config, probe: bool) -> Result<(), ServeError> {
-    authenticator(config)?;
+    let auth = authenticator(config)?;
     if let Some(path) = &config.tokens_file {
         eprintln!("jobd: token file {} is valid", path.display());
+        if auth.token_count() == Some(0) {
+            eprintln!("jobd: warning: {NO_TOKENS}");
+        }
     }
     if let Some(reloader) = certificate(config)? {
         reloader.server_config()?;
@@ -79,6 +82,18 @@ pub fn check(config: &Config, probe: bool) -> Result<(), ServeError> {
         eprintln!("jobd: store {} answers", store.url());
     }
     Ok(())
+}
+
+/// What jobd says whenever the token file in force holds no tokens.
+const NO_TOKENS: &str =
+    "the token file holds no tokens: every request that needs a token gets 401, so nothing can be submitted";
+
+/// Warns when authentication is on and no token is in force: a valid state (an emptied
+/// file revokes every token) but one an operator must not miss.
+fn warn_if_no_tokens(auth: &Authenticator) {
+    if auth.token_count() == Some(0) {
+        tracing::warn!(tokens_file = ?auth.path(), tokens = 0, "{NO_TOKENS}");
+    }
 }
 
 /// The token checker `config` describes; fails on a token file that cannot be used.
@@ -105,6 +120,7 @@ fn reload(auth: &Authenticator, certificate: Option<&CertificateReloader>, metri
             Ok(tokens) => {
                 metrics.reloads.with_label_values(&["tokens", "ok"]).inc();
                 tracing::info!(tokens, "SIGHUP: token file reloaded");
+                warn_if_no_tokens(auth);
             }
             Err(error) => {
                 metrics.reloads.with_label_values(&["tokens", "error"]).inc();
@@ -202,6 +218,7 @@ async fn run(
     let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
 
     let auth = Arc::new(authenticator(&config)?);
+    warn_if_no_tokens(&auth);
     let certificate = certificate(&config)?;
     if !auth.enabled() {
         if config.listen.ip().is_loopback() {

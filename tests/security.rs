@@ -228,6 +228,46 @@ async fn confined_tokens_write_only_under_their_prefixes_and_sighup_reloads_toke
     assert_eq!(series(&metrics, r#"jobd_reloads_total{outcome="ok",what="tokens"}"#), 1.0);
 }
 
+/// Whether a log record is the warning that the token file holds no tokens.
+fn is_no_tokens_warning(record: &Value) -> bool {
+    record["level"] == "WARN" && record["message"].as_str().is_some_and(|message| message.contains("no tokens"))
+}
+
+#[tokio::test]
+async fn a_token_file_emptied_of_tokens_leaves_no_token_valid_after_sighup() {
+    let (daemon, tokens_dir) = start_with_tokens(&[]);
+    assert_eq!(send(&daemon, "GET", "/v1/stats", Some(READ_TOKEN), None).await.status(), 200);
+    // Every token removed, comments left: from now on no token is valid.
+    let path = tokens_dir.path().join("tokens");
+    std::fs::write(&path, "# every token revoked\n\n").expect("write");
+    daemon.signal("HUP");
+    daemon.wait_for_logs("the warning of an empty token file", 1, is_no_tokens_warning).await;
+    let noop = json!({"kind": "noop"});
+    for token in [SUBMIT_TOKEN, READ_TOKEN, ADMIN_TOKEN, ALL_TOKEN] {
+        assert_eq!(send(&daemon, "POST", "/v1/jobs", Some(token), Some(&noop)).await.status(), 401, "{token}");
+        assert_eq!(send(&daemon, "GET", "/v1/stats", Some(token), None).await.status(), 401, "{token}");
+    }
+    assert_eq!(send(&daemon, "POST", "/v1/jobs", None, Some(&noop)).await.status(), 401);
+    let metrics = metrics_text(&daemon).await;
+    assert_eq!(series(&metrics, r#"jobd_reloads_total{outcome="ok",what="tokens"}"#), 1.0);
+    // Tokens written back work again on the next SIGHUP.
+    token_file(tokens_dir.path());
+    daemon.signal("HUP");
+    daemon.wait_for_logs("reload", 1, |record| record["message"] == "SIGHUP: token file reloaded").await;
+    assert_eq!(send(&daemon, "GET", "/v1/stats", Some(READ_TOKEN), None).await.status(), 200);
+
+    // Starting with an empty token file is allowed too, with the same warning and the
+    // same effect: authentication is on and nothing can be submitted.
+    let empty_dir = tempfile::tempdir().expect("tempdir");
+    let empty = empty_dir.path().join("tokens");
+    std::fs::write(&empty, "").expect("write");
+    let daemon = Daemon::start(&[("JOBD_TOKENS_FILE", empty.to_str().expect("utf-8 path"))]);
+    daemon.wait_for_logs("the warning of an empty token file at start", 1, is_no_tokens_warning).await;
+    assert_eq!(send(&daemon, "POST", "/v1/jobs", Some(SUBMIT_TOKEN), Some(&noop)).await.status(), 401);
+    assert_eq!(send(&daemon, "POST", "/v1/jobs", None, Some(&noop)).await.status(), 401);
+    assert_eq!(daemon.client.get(daemon.url("/healthz")).send().await.expect("GET").status(), 200);
+}
+
 #[test]
 fn a_public_listener_without_tokens_is_refused_unless_explicitly_allowed() {
     let run = |args: &[&str]| {
