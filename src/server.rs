@@ -274,10 +274,13 @@ async fn run(
     let listener =
         TcpListener::bind(config.listen).map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let host_check = http::HostCheck { unauthenticated_listen_ip: (!auth.enabled()).then(|| config.listen.ip()) };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(http::HeaderLimit(config.max_header_bytes))
+            .app_data(host_check)
             .wrap(from_fn(http::limit_headers))
+            .wrap(from_fn(http::check_host))
             .wrap(from_fn(http::close_when_stopping))
             // Outermost, so that it counts the refusals of the limits inside it too.
             .wrap(from_fn(crate::metrics::observe_http))

@@ -268,6 +268,80 @@ async fn a_token_file_emptied_of_tokens_leaves_no_token_valid_after_sighup() {
     assert_eq!(daemon.client.get(daemon.url("/healthz")).send().await.expect("GET").status(), 200);
 }
 
+/// Sends `GET path` with the given `Host` header.
+async fn get_with_host(daemon: &Daemon, path: &str, host: &str) -> reqwest::Response {
+    daemon.client.get(daemon.url(path)).header("host", host).send().await.expect("GET")
+}
+
+#[tokio::test]
+async fn with_authentication_off_only_loopback_host_names_are_answered() {
+    let daemon = Daemon::start(&[]);
+    let port = daemon.base.rsplit(':').next().expect("port").to_owned();
+    // DNS rebinding: a page of attacker.example, its name now resolving to 127.0.0.1,
+    // reaches jobd from the browser with its own name in Host.
+    for host in [format!("attacker.example:{port}"), "attacker.example".to_owned(), "localhost.evil.example".to_owned()]
+    {
+        for path in ["/v1/stats", "/metrics", "/healthz"] {
+            let response = get_with_host(&daemon, path, &host).await;
+            assert_eq!(response.status(), 421, "{path} with Host {host}");
+            assert_eq!(
+                response.headers().get("content-type").and_then(|value| value.to_str().ok()),
+                Some("application/problem+json")
+            );
+            let problem: Value = response.json().await.expect("problem");
+            assert_eq!(problem["type"], "/problems/host-not-allowed", "{problem}");
+            assert_eq!(problem["errors"][0]["field"], "Host", "{problem}");
+        }
+    }
+    let submitted = daemon
+        .client
+        .post(daemon.url("/v1/jobs"))
+        .header("host", "attacker.example")
+        .json(&json!({"kind": "noop"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(submitted.status(), 421);
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "localhost".to_owned(),
+        format!("jobd.localhost:{port}"),
+        format!("127.1.2.3:{port}"),
+        format!("[::1]:{port}"),
+        "[::1]".to_owned(),
+    ] {
+        assert_eq!(get_with_host(&daemon, "/v1/stats", &host).await.status(), 200, "Host {host}");
+    }
+    assert_eq!(daemon.stats().await["queue"]["queued"], 0, "the refused submission queued nothing");
+    let metrics = metrics_text(&daemon).await;
+    assert_eq!(series(&metrics, r#"jobd_http_refusals_total{reason="host_not_allowed"}"#), 10.0);
+
+    // With tokens, the token is what protects the API, and any Host is answered.
+    let (daemon, _tokens) = start_with_tokens(&[]);
+    let response = daemon
+        .client
+        .get(daemon.url("/v1/stats"))
+        .header("host", "attacker.example")
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn allow_unauthenticated_on_all_addresses_answers_ip_hosts_and_refuses_names() {
+    let daemon = Daemon::start(&[("JOBD_LISTEN", "0.0.0.0:0"), ("JOBD_ALLOW_UNAUTHENTICATED", "true")]);
+    let port = daemon.base.rsplit(':').next().expect("port").to_owned();
+    // Listening on every address, any address of this host is the listen address.
+    for host in [format!("192.0.2.7:{port}"), "192.0.2.7".to_owned(), format!("0.0.0.0:{port}"), "localhost".to_owned()]
+    {
+        assert_eq!(get_with_host(&daemon, "/v1/stats", &host).await.status(), 200, "Host {host}");
+    }
+    assert_eq!(get_with_host(&daemon, "/v1/stats", "attacker.example").await.status(), 421);
+}
+
 #[test]
 fn a_public_listener_without_tokens_is_refused_unless_explicitly_allowed() {
     let run = |args: &[&str]| {
@@ -407,7 +481,7 @@ async fn slowloris_connections_do_not_keep_a_normal_client_from_submitting() {
         let (addr, stop, closed) = (addr.clone(), stop.clone(), closed_by_server.clone());
         attackers.push(std::thread::spawn(move || {
             let Ok(mut stream) = TcpStream::connect(&addr) else { return };
-            let head = b"POST /v1/jobs HTTP/1.1\r\nHost: jobd\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            let head = b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
             let _ = stream.set_read_timeout(Some(Duration::from_millis(10)));
             for byte in head {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -512,7 +586,7 @@ async fn hostile_bodies_and_heads_are_refused_with_their_reasons() {
     let addr = daemon.base.trim_start_matches("http://").to_owned();
     let mut stream = TcpStream::connect(&addr).expect("connect");
     stream
-        .write_all(b"POST /v1/jobs HTTP/1.1\r\nHost: jobd\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"kind\"")
+        .write_all(b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"kind\"")
         .expect("write");
     stream.set_read_timeout(Some(common::WAIT_DEADLINE)).expect("timeout");
     let mut answer = vec![0; 4096];
