@@ -270,6 +270,7 @@ async fn run(
         auth: auth.clone(),
         default_key_prefix: config.key_prefix.clone(),
         client_body_timeout: Duration::from_millis(config.client_body_timeout_ms),
+        metrics_on_api_listener: config.metrics_listen.is_none(),
     });
     let listener =
         TcpListener::bind(config.listen).map_err(|source| ServeError::Listen { addr: config.listen, source })?;

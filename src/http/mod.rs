@@ -72,6 +72,10 @@ pub struct AppState {
     pub default_key_prefix: String,
     /// How long a request body may take to arrive after its headers.
     pub client_body_timeout: Duration,
+    /// Whether `/metrics` is served here; off when `metrics_listen` gives metrics their
+    /// own listener, so that an operator who moved them off the API port (e.g. to keep
+    /// them off a public address) does not still expose them there.
+    pub metrics_on_api_listener: bool,
 }
 
 /// Who may call a route.
@@ -115,13 +119,23 @@ pub fn routes() -> Vec<RouteSpec> {
 /// a 405 problem listing the ones it has.
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
+        let metrics_on_api_listener = state.metrics_on_api_listener;
         config.app_data(web::Data::new(state.metrics.clone())).app_data(state);
         // A query string that does not fit its route is a problem+json 400 naming the
         // query, like every other error, rather than actix's plain-text default.
         config.app_data(web::QueryConfig::default().error_handler(|error, _request| {
             Problem::from(submission::SubmissionError::field("query", error.to_string())).into()
         }));
-        let table = routes();
+        let mut table = routes();
+        if !metrics_on_api_listener {
+            table.retain(|spec| spec.path != "/metrics");
+            let not_here = || async {
+                Err::<HttpResponse, _>(Problem::not_found(
+                    "/metrics is served on the metrics_listen address only, not on the API listener",
+                ))
+            };
+            config.service(web::resource("/metrics").app_data(crate::metrics::RoutePattern("/metrics")).to(not_here));
+        }
         let mut paths: Vec<&'static str> = Vec::new();
         for spec in &table {
             if !paths.contains(&spec.path) {
@@ -860,7 +874,10 @@ async fn cancel_job(id: web::Path<String>, state: web::Data<AppState>) -> Result
     get,
     path = "/metrics",
     tag = "meta",
-    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 404, description = "On the API listener when metrics_listen is set: metrics are served there only", body = ProblemBody, content_type = "application/problem+json")
+    )
 )]
 pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
     render_metrics(&state.metrics, &state.queue, &state.stats, &state.store).await
