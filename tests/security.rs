@@ -673,6 +673,64 @@ async fn eight_concurrent_bodies_of_far_too_many_jobs_cost_about_their_own_size_
     assert_eq!(daemon.stats().await["queue"]["queued"], 0);
 }
 
+/// Sends a POST of `body_bytes` bytes the way simple clients do: the whole body first,
+/// then the answer is read. With `declared`, the body has a Content-Length; without, it
+/// is chunked. Returns the status line, or what went wrong.
+fn send_whole_body_then_read(addr: &str, body_bytes: usize, declared: bool) -> Result<String, std::io::Error> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(common::WAIT_DEADLINE))?;
+    let framing =
+        if declared { format!("Content-Length: {body_bytes}") } else { "Transfer-Encoding: chunked".to_owned() };
+    let head =
+        format!("POST /v1/payloads HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{framing}\r\n\r\n");
+    stream.write_all(head.as_bytes())?;
+    let piece = vec![b' '; 64 * 1024];
+    let mut sent = 0;
+    while sent < body_bytes {
+        let length = piece.len().min(body_bytes - sent);
+        if declared {
+            stream.write_all(&piece[..length])?;
+        } else {
+            stream.write_all(format!("{length:x}\r\n").as_bytes())?;
+            stream.write_all(&piece[..length])?;
+            stream.write_all(b"\r\n")?;
+        }
+        sent += length;
+    }
+    if !declared {
+        stream.write_all(b"0\r\n\r\n")?;
+    }
+    let mut answer = Vec::new();
+    let mut buffer = [0; 4096];
+    while !answer.windows(2).any(|window| window == b"\r\n") {
+        let length = stream.read(&mut buffer)?;
+        if length == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..length]);
+    }
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    Ok(answer.lines().next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_whole_oversize_body_before_reading_gets_the_413() {
+    let daemon = Daemon::start(&[("JOBD_MAX_BODY_BYTES", "65536")]);
+    let addr = daemon.base.trim_start_matches("http://").to_owned();
+    // 6 MiB over the limit: more than the socket buffers take in, so a server that closes
+    // at once resets the connection while the client still writes (with 1 MiB the client
+    // sometimes finishes writing first, and the test would pass by luck).
+    let body_bytes = 65536 + 6 * 1024 * 1024;
+    for declared in [true, false, true, false] {
+        let status = send_whole_body_then_read(&addr, body_bytes, declared)
+            .unwrap_or_else(|error| panic!("Content-Length {declared}: {:?}: {error}", error.kind()));
+        assert!(status.starts_with("HTTP/1.1 413"), "Content-Length {declared}: {status}");
+    }
+    let stats = daemon.stats().await;
+    assert_eq!(stats["counters"]["rejected"]["too_large"], 4, "{stats}");
+    assert_eq!(stats["queue"]["queued"], 0, "{stats}");
+}
+
 #[tokio::test]
 async fn every_described_operation_is_served_and_every_served_route_is_described() {
     let (daemon, _tokens) = start_with_tokens(&[]);

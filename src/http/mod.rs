@@ -581,6 +581,15 @@ fn require_json(request: &HttpRequest) -> Result<(), Problem> {
     }
 }
 
+/// The most of a refused body that is read and thrown away before the answer, and for
+/// how long (a lingering close, as nginx does). A client that sends its whole body before
+/// it reads (Python's http.client, among many) would otherwise be reset mid-write: closing
+/// a socket with unread data makes the kernel answer with RST, and the client sees EPIPE
+/// or a reset instead of the 413. Bounded, so that a refused client cannot keep a
+/// connection busy for long; the bytes are dropped as they come, so memory stays flat.
+const LINGER_MAX_BYTES: usize = 8 * 1024 * 1024;
+const LINGER_MAX_TIME: Duration = Duration::from_secs(2);
+
 /// Reads the body, refusing it with 413 as soon as it is known to exceed `limit`, by
 /// its Content-Length or by the bytes read so far.
 async fn read_body(request: &HttpRequest, mut body: web::Payload, limit: usize) -> Result<Bytes, Problem> {
@@ -589,7 +598,8 @@ async fn read_body(request: &HttpRequest, mut body: web::Payload, limit: usize) 
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limit) {
+    if let Some(length) = declared.filter(|length| *length > limit) {
+        discard_rest(&mut body, Some(length)).await;
         return Err(Problem::too_large(limit));
     }
     let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0));
@@ -603,11 +613,35 @@ async fn read_body(request: &HttpRequest, mut body: web::Payload, limit: usize) 
             )
         })?;
         if bytes.len() + chunk.len() > limit {
+            let received = bytes.len() + chunk.len();
+            drop(bytes);
+            discard_rest(&mut body, declared.map(|length| length.saturating_sub(received))).await;
             return Err(Problem::too_large(limit));
         }
         bytes.extend_from_slice(&chunk);
     }
     Ok(bytes.freeze())
+}
+
+/// Reads and drops what is left of a refused body, up to [`LINGER_MAX_BYTES`] and
+/// [`LINGER_MAX_TIME`], so that the client has sent it all when the 413 is written; see
+/// [`LINGER_MAX_BYTES`]. A body declared longer than that is not read at all: the client
+/// would be reset before it finished anyway, and reading would only cost bandwidth.
+async fn discard_rest(body: &mut web::Payload, declared_rest: Option<usize>) {
+    if declared_rest.is_some_and(|rest| rest > LINGER_MAX_BYTES) {
+        return;
+    }
+    let mut discarded = 0usize;
+    let drain = async {
+        while let Some(Ok(chunk)) = body.next().await {
+            discarded += chunk.len();
+            if discarded > LINGER_MAX_BYTES {
+                break;
+            }
+        }
+    };
+    let finished = tokio::time::timeout(LINGER_MAX_TIME, drain).await.is_ok();
+    tracing::debug!(discarded, finished, "read and dropped the rest of a refused body");
 }
 
 /// Liveness: the process answers.
