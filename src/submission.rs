@@ -280,7 +280,7 @@ pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, Su
     check_depth(body, options.max_json_depth)?;
     let text = std::str::from_utf8(body).map_err(|error| SubmissionError::Syntax(error.to_string()))?;
     let top: JobsBodyTop = serde_json::from_str(text).map_err(top_level_error)?;
-    // Each job's unparsed text, with the index it is reported under.
+    // Each job's unparsed text, in request order: its position is the index its errors name.
     let job_texts: Vec<&RawValue> = if let Some(jobs) = top.jobs {
         if let Some(other) = &top.first_other_key {
             return Err(invalid(None, other, "unknown field; a body with \"jobs\" has no other fields"));
