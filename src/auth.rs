@@ -76,6 +76,8 @@ impl Principal {
 struct Entry {
     principal: Arc<Principal>,
     token_digest: [u8; 32],
+    /// Where it was read, for the error of a later line that repeats it.
+    line: usize,
 }
 
 /// Every token of one token file.
@@ -90,16 +92,17 @@ impl fmt::Debug for TokenSet {
     }
 }
 
-/// Why a token file cannot be used. Messages name the line and the token's name, never
-/// the token.
+/// Why a token file cannot be used. Messages name the line and the column, never what a
+/// column holds: a line with its columns swapped holds its token in another column, and
+/// errors reach logs and terminals.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
     #[error("cannot read the token file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("token file line {line}: {message}")]
-    Line { line: usize, message: String },
-    #[error("the token file holds no tokens")]
-    Empty,
+    #[error("token file line {line}: expected `<name> <scopes> <token> [allowed_key_prefixes=...]`")]
+    Shape { line: usize },
+    #[error("token file line {line}, column {column} ({column_name}): {problem}")]
+    Column { line: usize, column: usize, column_name: &'static str, problem: String },
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -117,59 +120,68 @@ impl TokenSet {
     }
 
     /// Parses `<name> <scopes> <token> [allowed_key_prefixes=<prefix>,...]` lines; blank
-    /// lines and `#` comments are skipped.
+    /// lines and `#` comments are skipped. A file without token lines is valid and admits
+    /// no one: emptying the file is how an operator revokes every token at once.
     pub fn parse(text: &str) -> Result<TokenSet, TokenFileError> {
         let mut entries: Vec<Entry> = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line_number = index + 1;
-            let fail = |message: String| TokenFileError::Line { line: line_number, message };
             let content = line.trim();
             if content.is_empty() || content.starts_with('#') {
                 continue;
             }
             let fields: Vec<&str> = content.split_whitespace().collect();
             let [name, scopes, token, options @ ..] = fields.as_slice() else {
-                return Err(fail("expected `<name> <scopes> <token> [allowed_key_prefixes=...]`".to_owned()));
+                return Err(TokenFileError::Shape { line: line_number });
+            };
+            let fail = |column: usize, problem: String| TokenFileError::Column {
+                line: line_number,
+                column,
+                column_name: match column {
+                    1 => "name",
+                    2 => "scopes",
+                    3 => "token",
+                    _ => "option",
+                },
+                problem,
             };
             if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-                return Err(fail(format!("name {name:?} may hold only letters, digits, '-', '_' and '.'")));
+                return Err(fail(1, "a name may hold only letters, digits, '-', '_' and '.'".to_owned()));
             }
             let mut scope_bits = 0;
             for scope_name in scopes.split(',') {
-                let scope = Scope::from_name(scope_name).ok_or_else(|| {
-                    fail(format!("token {name}: unknown scope {scope_name:?}; known: submit, read, admin"))
-                })?;
+                let scope = Scope::from_name(scope_name)
+                    .ok_or_else(|| fail(2, "unknown scope; the known ones are submit, read and admin".to_owned()))?;
                 scope_bits |= scope.bit();
             }
             if token.chars().count() < MIN_TOKEN_CHARS {
-                return Err(fail(format!("token {name} is shorter than {MIN_TOKEN_CHARS} characters")));
+                return Err(fail(3, format!("the token is shorter than {MIN_TOKEN_CHARS} characters")));
             }
             let mut allowed_key_prefixes = Vec::new();
-            for option in options {
+            for (position, option) in options.iter().enumerate() {
+                let column = 4 + position;
                 let Some(list) = option.strip_prefix("allowed_key_prefixes=") else {
-                    return Err(fail(format!("token {name}: unknown option; only allowed_key_prefixes=... exists")));
+                    return Err(fail(column, "unknown option; only allowed_key_prefixes=... exists".to_owned()));
                 };
-                for prefix in list.split(',') {
+                for (number, prefix) in list.split(',').enumerate() {
                     let trimmed = prefix.trim_end_matches('/');
                     crate::keys::ObjectKey::parse(trimmed)
-                        .map_err(|error| fail(format!("token {name}: allowed key prefix {prefix:?} {error}")))?;
+                        .map_err(|error| fail(column, format!("allowed key prefix {} {error}", number + 1)))?;
                     allowed_key_prefixes.push(trimmed.to_owned());
                 }
             }
             let token_digest = sha256(token.as_bytes());
-            if entries.iter().any(|entry| entry.principal.name == *name) {
-                return Err(fail(format!("the name {name} is used twice")));
+            if let Some(earlier) = entries.iter().find(|entry| entry.principal.name == *name) {
+                return Err(fail(1, format!("the name is used twice: line {} has it too", earlier.line)));
             }
-            if entries.iter().any(|entry| bool::from(entry.token_digest.ct_eq(&token_digest))) {
-                return Err(fail(format!("token {name} repeats an earlier line's token")));
+            if let Some(earlier) = entries.iter().find(|entry| bool::from(entry.token_digest.ct_eq(&token_digest))) {
+                return Err(fail(3, format!("the token repeats line {}'s token", earlier.line)));
             }
             entries.push(Entry {
                 principal: Arc::new(Principal { name: (*name).to_owned(), scopes: scope_bits, allowed_key_prefixes }),
                 token_digest,
+                line: line_number,
             });
-        }
-        if entries.is_empty() {
-            return Err(TokenFileError::Empty);
         }
         Ok(TokenSet { entries })
     }
@@ -245,6 +257,21 @@ impl Authenticator {
 
     pub fn enabled(&self) -> bool {
         self.path.is_some()
+    }
+
+    /// The token file, when authentication is on.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// How many tokens are in force; `None` when authentication is off. Zero means every
+    /// authenticated request is refused.
+    pub fn token_count(&self) -> Option<usize> {
+        match self.tokens.read() {
+            Ok(slot) => slot.as_ref().map(|tokens| tokens.len()),
+            // A poisoned lock refuses every token (see `check`), as an empty file does.
+            Err(_) => self.path.as_ref().map(|_| 0),
+        }
     }
 
     /// Reads the token file again. On error the tokens in force stay, so a typo in an
@@ -338,11 +365,48 @@ mod tests {
             ("a submit short\n".to_owned(), "shorter than"),
             (format!("a submit {TOKEN_A} allowed_key_prefixes=../x\n"), "allowed key prefix"),
             (format!("a submit {TOKEN_A}\na read {TOKEN_B}\n"), "used twice"),
-            ("# only comments\n".to_owned(), "no tokens"),
         ] {
             let message = TokenSet::parse(&text).expect_err("invalid").to_string();
             assert!(message.contains(expected), "{message:?} lacks {expected:?}");
             assert!(!message.contains(TOKEN_A) && !message.contains(TOKEN_B), "{message:?} shows a token");
+        }
+    }
+
+    #[test]
+    fn a_file_without_tokens_admits_no_one() {
+        for text in ["", "# every token revoked\n\n   \n"] {
+            let set = TokenSet::parse(text).expect("an empty token file is valid");
+            assert!(set.is_empty());
+            let auth = Authenticator { path: Some(PathBuf::from("unused")), tokens: RwLock::new(Some(Arc::new(set))) };
+            assert_eq!(auth.token_count(), Some(0));
+            let header = format!("Bearer {TOKEN_A}");
+            assert_eq!(auth.check(Some(header.as_bytes()), Scope::Submit), Err(AuthFailure::Invalid));
+            assert_eq!(auth.check(None, Scope::Read), Err(AuthFailure::Missing));
+        }
+        assert_eq!(Authenticator::disabled().token_count(), None);
+    }
+
+    #[test]
+    fn a_line_with_its_columns_swapped_names_the_line_and_column_never_the_token() {
+        // A token such as base64 makes, which is not a valid name either.
+        const SLASHED: &str = "Zm9v+YmFy/0123456789abcdef0123456789==";
+        for (text, expected) in [
+            // name and token swapped: the token is in the name column.
+            (format!("# tokens\n{TOKEN_A} submit ingest\n"), "line 2, column 3 (token)"),
+            (format!("{SLASHED} submit ingest\n"), "line 1, column 1 (name)"),
+            // scopes and token swapped.
+            (format!("ingest {TOKEN_A} submit\n"), "line 1, column 2 (scopes)"),
+            (format!("ingest {SLASHED} submit\n"), "line 1, column 2 (scopes)"),
+            (format!("ingest submit {TOKEN_A}\n{TOKEN_B} admin ingest\n"), "line 2, column 3 (token)"),
+            (format!("ingest submit {TOKEN_A}\nops admin short {TOKEN_B}\n"), "line 2, column 3 (token)"),
+            (format!("ingest submit {TOKEN_A}\ningest admin {TOKEN_B}\n"), "line 2, column 1 (name)"),
+            (format!("ingest submit {TOKEN_A}\nops admin {TOKEN_A}\n"), "line 2, column 3 (token)"),
+        ] {
+            let message = TokenSet::parse(&text).expect_err("invalid").to_string();
+            assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+            for secret in [TOKEN_A, TOKEN_B, SLASHED] {
+                assert!(!message.contains(secret), "{message:?} shows a token");
+            }
         }
     }
 }

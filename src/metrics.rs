@@ -35,7 +35,7 @@ pub const REJECTION_REASONS: [&str; 8] = [
     "unavailable",
 ];
 /// Why a request was refused before its route ran.
-pub const HTTP_REFUSAL_REASONS: [&str; 1] = ["header_too_large"];
+pub const HTTP_REFUSAL_REASONS: [&str; 2] = ["header_too_large", "host_not_allowed"];
 /// What SIGHUP reloads.
 pub const RELOADABLE: [&str; 2] = ["tokens", "tls"];
 /// The states `jobd_queue_depth` reports.

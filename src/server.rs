@@ -63,9 +63,12 @@ pub enum ServeError {
 /// URL is parsed and the store built (a `file://` root is created). With `probe`, the
 /// store is also asked once whether it answers.
 pub fn check(config: &Config, probe: bool) -> Result<(), ServeError> {
-    authenticator(config)?;
+    let auth = authenticator(config)?;
     if let Some(path) = &config.tokens_file {
         eprintln!("jobd: token file {} is valid", path.display());
+        if auth.token_count() == Some(0) {
+            eprintln!("jobd: warning: {NO_TOKENS}");
+        }
     }
     if let Some(reloader) = certificate(config)? {
         reloader.server_config()?;
@@ -78,6 +81,18 @@ pub fn check(config: &Config, probe: bool) -> Result<(), ServeError> {
         eprintln!("jobd: store {} answers", store.url());
     }
     Ok(())
+}
+
+/// What jobd says whenever the token file in force holds no tokens.
+const NO_TOKENS: &str =
+    "the token file holds no tokens: every request that needs a token gets 401, so nothing can be submitted";
+
+/// Warns when authentication is on and no token is in force: a valid state (an emptied
+/// file revokes every token) but one an operator must not miss.
+fn warn_if_no_tokens(auth: &Authenticator) {
+    if auth.token_count() == Some(0) {
+        tracing::warn!(tokens_file = ?auth.path(), tokens = 0, "{NO_TOKENS}");
+    }
 }
 
 /// The token checker `config` describes; fails on a token file that cannot be used.
@@ -104,6 +119,7 @@ fn reload(auth: &Authenticator, certificate: Option<&CertificateReloader>, metri
             Ok(tokens) => {
                 metrics.reloads.with_label_values(&["tokens", "ok"]).inc();
                 tracing::info!(tokens, "SIGHUP: token file reloaded");
+                warn_if_no_tokens(auth);
             }
             Err(error) => {
                 metrics.reloads.with_label_values(&["tokens", "error"]).inc();
@@ -202,6 +218,7 @@ async fn run(
     let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
 
     let auth = Arc::new(authenticator(&config)?);
+    warn_if_no_tokens(&auth);
     let certificate = certificate(&config)?;
     if !auth.enabled() {
         if config.listen.ip().is_loopback() {
@@ -257,14 +274,18 @@ async fn run(
         auth: auth.clone(),
         default_key_prefix: config.key_prefix.clone(),
         client_body_timeout: Duration::from_millis(config.client_body_timeout_ms),
+        metrics_on_api_listener: config.metrics_listen.is_none(),
     });
     let listener =
         TcpListener::bind(config.listen).map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let host_check = http::HostCheck { unauthenticated_listen_ip: (!auth.enabled()).then(|| config.listen.ip()) };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(http::HeaderLimit(config.max_header_bytes))
+            .app_data(host_check)
             .wrap(from_fn(http::limit_headers))
+            .wrap(from_fn(http::check_host))
             .wrap(from_fn(http::close_when_stopping))
             // Outermost, so that it counts the refusals of the limits inside it too.
             .wrap(from_fn(crate::metrics::observe_http))

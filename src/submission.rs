@@ -1,10 +1,13 @@
 //! Request bodies to validated jobs: parses `POST /v1/jobs` and `POST /v1/payloads` bodies,
 //! naming the job index and field of every problem.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
 
 use base64::Engine as _;
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::job::{JobKind, JobSpec, UploadBody, UploadSpec};
@@ -16,7 +19,8 @@ const MAX_SLEEP_MILLIS: u64 = 3_600_000;
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 /// The longest timeout a job may ask for: a day.
 pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
-/// The furthest ahead a job may be scheduled: a year.
+/// The furthest ahead a job may be scheduled, by `delay_ms` or by `run_at`: a year. A
+/// time further out is almost always a unit or a typo, and would sit in the queue for ever.
 pub const MAX_DELAY_MS: u64 = 365 * 86_400_000;
 /// The longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -75,8 +79,10 @@ pub enum SubmissionError {
     Syntax(String),
     #[error("the body nests arrays and objects deeper than max_json_depth ({limit}), at byte {offset}")]
     TooDeep { limit: usize, offset: usize },
-    #[error("{field} holds {count} entries; at most {limit} (max_jobs_per_request) are accepted per request")]
-    TooManyJobs { field: &'static str, count: usize, limit: usize },
+    /// The count is not given: parsing stops at the first entry past the limit, so that
+    /// a hostile body costs no more than the limit's worth of entries.
+    #[error("{field} holds more than {limit} entries; at most {limit} (max_jobs_per_request) are accepted per request")]
+    TooManyJobs { field: &'static str, limit: usize },
     #[error("{}", describe(.0))]
     Invalid(Vec<FieldError>),
 }
@@ -147,45 +153,161 @@ enum KindName {
     Panic,
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// The body of `POST /v1/payloads`, as the API description shows it. The parser reads it
+/// with [`PayloadsBody`] instead, which counts the payloads as it goes.
+#[derive(Debug, utoipa::ToSchema)]
+#[expect(dead_code, reason = "only its schema is used")]
 pub(crate) struct PayloadCollection {
     /// Each payload becomes one `upload` job under a default key.
     #[schema(value_type = Vec<serde_json::Value>)]
     payloads: Vec<Box<RawValue>>,
 }
 
+/// Reads a JSON array as its entries' unparsed text, borrowed from the body, and fails at
+/// the first entry past `limit`. Entries are parsed into jobs only once the count is known
+/// to be within the limit, so a body of a million tiny entries costs a few pointers per
+/// entry up to the limit, instead of a parsed job per entry before the count is checked.
+struct BoundedArray<'flag> {
+    limit: usize,
+    /// Set when the limit was passed, so that the caller can tell this error from a type
+    /// error, both of which serde reports as a data error.
+    exceeded: &'flag Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for BoundedArray<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedArray<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut entries: A) -> Result<Self::Value, A::Error> {
+        let mut found = Vec::new();
+        while let Some(entry) = entries.next_element::<&'de RawValue>()? {
+            if found.len() == self.limit {
+                self.exceeded.set(true);
+                return Err(de::Error::custom(format_args!("holds more than {} entries", self.limit)));
+            }
+            found.push(entry);
+        }
+        Ok(found)
+    }
+}
+
+/// The top level of a `POST /v1/jobs` body, read without keeping its keys: the `jobs`
+/// value if there is one, and the first other key, which is an error next to `jobs`.
+/// Keeping every key (as a map would) would let a body of a million short keys cost many
+/// times its size.
+struct JobsBodyTop<'de> {
+    jobs: Option<&'de RawValue>,
+    first_other_key: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for JobsBodyTop<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TopVisitor;
+        impl<'de> Visitor<'de> for TopVisitor {
+            type Value = JobsBodyTop<'de>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut top = JobsBodyTop { jobs: None, first_other_key: None };
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let value = map.next_value::<&'de RawValue>()?;
+                    if key == "jobs" {
+                        top.jobs = Some(value);
+                    } else if top.first_other_key.is_none() {
+                        top.first_other_key = Some(key.into_owned());
+                    }
+                }
+                Ok(top)
+            }
+        }
+        deserializer.deserialize_map(TopVisitor)
+    }
+}
+
+/// A `POST /v1/payloads` body: `{"payloads": [...]}` and nothing else, its entries counted
+/// by [`BoundedArray`] as they are read.
+struct PayloadsBody<'flag> {
+    array: BoundedArray<'flag>,
+}
+
+impl<'de> DeserializeSeed<'de> for PayloadsBody<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_struct("PayloadCollection", &["payloads"], self)
+    }
+}
+
+impl<'de> Visitor<'de> for PayloadsBody<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("an object with \"payloads\"")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut array = Some(self.array);
+        let mut payloads = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key != "payloads" {
+                return Err(de::Error::unknown_field(&key, &["payloads"]));
+            }
+            let Some(array) = array.take() else {
+                return Err(de::Error::duplicate_field("payloads"));
+            };
+            payloads = Some(map.next_value_seed(array)?);
+        }
+        payloads.ok_or_else(|| de::Error::missing_field("payloads"))
+    }
+}
+
 /// Parses a `POST /v1/jobs` body: `{"jobs": [...]}` or a single job object.
 pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, SubmissionError> {
     check_depth(body, options.max_json_depth)?;
-    let top: HashMap<String, &RawValue> = serde_json::from_slice(body).map_err(top_level_error)?;
-    let raw_jobs: Vec<RawJob> = if let Some(jobs) = top.get("jobs") {
-        if let Some(other) = top.keys().find(|key| key.as_str() != "jobs") {
+    let text = std::str::from_utf8(body).map_err(|error| SubmissionError::Syntax(error.to_string()))?;
+    let top: JobsBodyTop = serde_json::from_str(text).map_err(top_level_error)?;
+    // Each job's unparsed text, in request order: its position is the index its errors name.
+    let job_texts: Vec<&RawValue> = if let Some(jobs) = top.jobs {
+        if let Some(other) = &top.first_other_key {
             return Err(invalid(None, other, "unknown field; a body with \"jobs\" has no other fields"));
         }
-        deserialize_at(jobs.get(), "jobs")?
+        let limit = options.max_jobs_per_request;
+        let exceeded = Cell::new(false);
+        deserialize_seed_at(jobs.get(), "jobs", BoundedArray { limit, exceeded: &exceeded })
+            .map_err(|error| too_many_or(error, &exceeded, "jobs", limit))?
     } else {
         // A single job without the wrapper is job 0 for error reporting.
-        let text = std::str::from_utf8(body).map_err(|error| SubmissionError::Syntax(error.to_string()))?;
-        vec![deserialize_at(text, "").map_err(|error| match error {
+        vec![serde_json::from_str::<&RawValue>(text).map_err(|error| SubmissionError::Syntax(error.to_string()))?]
+    };
+    if job_texts.is_empty() {
+        return Err(invalid(None, "jobs", "must contain at least one job"));
+    }
+    let mut raw_jobs = Vec::with_capacity(job_texts.len());
+    for (index, job_text) in job_texts.into_iter().enumerate() {
+        let raw: RawJob = deserialize_at(job_text.get(), "").map_err(|error| match error {
             SubmissionError::Invalid(mut errors) => {
                 for error in &mut errors {
-                    error.index = Some(0);
+                    error.index = Some(index);
                 }
                 SubmissionError::Invalid(errors)
             }
-            syntax => syntax,
-        })?]
-    };
-    if raw_jobs.is_empty() {
-        return Err(invalid(None, "jobs", "must contain at least one job"));
-    }
-    if raw_jobs.len() > options.max_jobs_per_request {
-        return Err(SubmissionError::TooManyJobs {
-            field: "jobs",
-            count: raw_jobs.len(),
-            limit: options.max_jobs_per_request,
-        });
+            other => other,
+        })?;
+        raw_jobs.push(raw);
     }
     let mut kinds = Vec::with_capacity(raw_jobs.len());
     let mut errors = Vec::new();
@@ -205,24 +327,19 @@ pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, Su
 /// `upload` job per payload.
 pub fn parse_payloads(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, SubmissionError> {
     check_depth(body, options.max_json_depth)?;
-    let collection: PayloadCollection =
-        deserialize_at(std::str::from_utf8(body).map_err(|error| SubmissionError::Syntax(error.to_string()))?, "")?;
-    if collection.payloads.is_empty() {
+    let text = std::str::from_utf8(body).map_err(|error| SubmissionError::Syntax(error.to_string()))?;
+    let limit = options.max_jobs_per_request;
+    let exceeded = Cell::new(false);
+    let payloads = deserialize_seed_at(text, "", PayloadsBody { array: BoundedArray { limit, exceeded: &exceeded } })
+        .map_err(|error| too_many_or(error, &exceeded, "payloads", limit))?;
+    if payloads.is_empty() {
         return Err(invalid(None, "payloads", "must contain at least one payload"));
     }
-    if collection.payloads.len() > options.max_jobs_per_request {
-        return Err(SubmissionError::TooManyJobs {
-            field: "payloads",
-            count: collection.payloads.len(),
-            limit: options.max_jobs_per_request,
-        });
-    }
-    Ok(collection
-        .payloads
+    Ok(payloads
         .into_iter()
         .map(|payload| {
             JobSpec::new(JobKind::Upload(UploadSpec {
-                body: UploadBody::Json(payload),
+                body: UploadBody::Json(payload.to_owned()),
                 key: None,
                 content_type: None,
                 content_encoding: None,
@@ -293,15 +410,32 @@ fn invalid(index: Option<usize>, field: &str, message: &str) -> SubmissionError 
 /// Deserializes `text`, turning a type error into a [`FieldError`] that names the job
 /// index and field, e.g. `jobs[3].kind`.
 fn deserialize_at<'de, T: Deserialize<'de>>(text: &'de str, root: &str) -> Result<T, SubmissionError> {
+    deserialize_seed_at(text, root, PhantomData::<T>)
+}
+
+/// The error of a [`BoundedArray`] read: [`SubmissionError::TooManyJobs`] naming `field`
+/// if the array passed its limit, else `error` as it is.
+fn too_many_or(error: SubmissionError, exceeded: &Cell<bool>, field: &'static str, limit: usize) -> SubmissionError {
+    if exceeded.get() { SubmissionError::TooManyJobs { field, limit } } else { error }
+}
+
+/// Deserializes `text` with `seed`, turning a type error into a [`FieldError`] as
+/// [`deserialize_at`] does.
+fn deserialize_seed_at<'de, S: DeserializeSeed<'de>>(
+    text: &'de str,
+    root: &str,
+    seed: S,
+) -> Result<S::Value, SubmissionError> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let inner = error.inner();
-        if !matches!(inner.classify(), serde_json::error::Category::Data) {
-            return SubmissionError::Syntax(inner.to_string());
-        }
-        let (index, field) = split_path(root, error.path());
-        SubmissionError::Invalid(vec![FieldError { index, field, message: strip_position(inner) }])
-    })?;
+    let mut track = serde_path_to_error::Track::new();
+    let value =
+        seed.deserialize(serde_path_to_error::Deserializer::new(&mut deserializer, &mut track)).map_err(|inner| {
+            if !matches!(inner.classify(), serde_json::error::Category::Data) {
+                return SubmissionError::Syntax(inner.to_string());
+            }
+            let (index, field) = split_path(root, &track.path());
+            SubmissionError::Invalid(vec![FieldError { index, field, message: strip_position(&inner) }])
+        })?;
     deserializer.end().map_err(|error| SubmissionError::Syntax(error.to_string()))?;
     Ok(value)
 }
@@ -368,11 +502,19 @@ fn take_job_options(raw: &mut RawJob) -> Result<JobSpec, FieldProblem> {
     }
     let run_at = match (raw.run_at.take(), raw.delay_ms) {
         (Some(_), Some(_)) => return Err(field_problem("delay_ms", "give either run_at or delay_ms, not both")),
-        (Some(text), None) => Some(
-            chrono::DateTime::parse_from_rfc3339(&text)
+        (Some(text), None) => {
+            let at = chrono::DateTime::parse_from_rfc3339(&text)
                 .map_err(|error| field_problem("run_at", format!("is not an RFC 3339 time: {error}")))?
-                .with_timezone(&chrono::Utc),
-        ),
+                .with_timezone(&chrono::Utc);
+            // The same bound as delay_ms, measured from the moment the job arrives.
+            if at > chrono::Utc::now() + chrono::Duration::milliseconds(MAX_DELAY_MS as i64) {
+                return Err(field_problem(
+                    "run_at",
+                    format!("must be at most a year ({MAX_DELAY_MS} ms, as delay_ms) from now"),
+                ));
+            }
+            Some(at)
+        }
         (None, Some(delay)) if delay > MAX_DELAY_MS => {
             return Err(field_problem("delay_ms", format!("must be at most {MAX_DELAY_MS}")));
         }
@@ -599,14 +741,20 @@ mod tests {
             (r#"{"kind":"noop","run_at":"tomorrow"}"#, "run_at"),
             (r#"{"kind":"noop","run_at":"2030-01-01T00:00:00Z","delay_ms":5}"#, "delay_ms"),
             (r#"{"kind":"noop","delay_ms":-5}"#, "delay_ms"),
+            (r#"{"kind":"noop","delay_ms":31536000001}"#, "delay_ms"),
+            (r#"{"kind":"noop","run_at":"9999-12-31T23:59:59Z"}"#, "run_at"),
         ] {
             let error = first_error(parse_jobs(body.as_bytes(), OPTIONS));
             assert_eq!((error.index, error.field.as_str()), (Some(0), field), "{body}");
         }
-        let spec = parse_jobs(br#"{"kind":"noop","run_at":"2030-01-01T00:00:00+02:00","max_attempts":3}"#, OPTIONS)
-            .expect("valid")
-            .remove(0);
-        assert_eq!(spec.run_at.map(|at| at.to_rfc3339()).as_deref(), Some("2029-12-31T22:00:00+00:00"));
+        // A time within the year ahead, in another zone, is kept as that instant in UTC.
+        let offset = chrono::FixedOffset::east_opt(2 * 3600).expect("valid offset");
+        let soon = (chrono::Utc::now() + chrono::Duration::days(300)).with_timezone(&offset);
+        let body = format!(r#"{{"kind":"noop","run_at":"{}","max_attempts":3}}"#, soon.to_rfc3339());
+        let spec = parse_jobs(body.as_bytes(), OPTIONS).expect("valid").remove(0);
+        assert_eq!(spec.run_at, Some(soon.with_timezone(&chrono::Utc)));
+        let past = parse_jobs(br#"{"kind":"noop","run_at":"2020-01-01T00:00:00Z"}"#, OPTIONS).expect("valid");
+        assert!(past[0].run_at.is_some());
         assert_eq!(spec.max_attempts, Some(3));
         let error = first_error(parse_payloads(br#"{"payloads":{}}"#, OPTIONS));
         assert_eq!((error.index, error.field.as_str()), (None, "payloads"));
@@ -637,10 +785,19 @@ mod tests {
         let body = br#"{"jobs":[{"kind":"noop"},{"kind":"noop"},{"kind":"noop"}]}"#;
         assert_eq!(
             parse_jobs(body, options).expect_err("too many"),
-            SubmissionError::TooManyJobs { field: "jobs", count: 3, limit: 2 }
+            SubmissionError::TooManyJobs { field: "jobs", limit: 2 }
         );
         let payloads = parse_payloads(br#"{"payloads":[1,2,3]}"#, options).expect_err("too many");
         assert!(matches!(payloads, SubmissionError::TooManyJobs { field: "payloads", .. }));
+        // The count is checked before any entry is parsed: these entries are no jobs.
+        assert_eq!(
+            parse_jobs(br#"{"jobs":[{},{},{}]}"#, options).expect_err("too many"),
+            SubmissionError::TooManyJobs { field: "jobs", limit: 2 }
+        );
+        // Within the limit, entry errors still name their index.
+        let error = first_error(parse_jobs(br#"{"jobs":[{"kind":"noop"},{}]}"#, options));
+        assert_eq!((error.index, error.field.as_str()), (Some(1), ""), "{error:?}");
+        assert!(error.message.contains("kind"), "{error:?}");
     }
 
     #[test]

@@ -59,6 +59,14 @@ async fn bad_requests_get_clear_problems_and_enqueue_nothing() {
         (r#"{"jobs": [{"kind": "noop", "key": "a"}]}"#, "/problems/invalid-job", Some(0), "key"),
         (r#"{"jobs": [{"kind": "sleep", "payload": {"ms": "soon"}}]}"#, "/problems/invalid-job", Some(0), "payload"),
         (r#"{"kind": "nope"}"#, "/problems/invalid-job", Some(0), "kind"),
+        // More than a year ahead, like a delay_ms over its one-year limit.
+        (
+            r#"{"jobs": [{"kind": "noop", "run_at": "2999-01-01T00:00:00Z"}]}"#,
+            "/problems/invalid-job",
+            Some(0),
+            "run_at",
+        ),
+        (r#"{"kind": "noop", "delay_ms": 31536000001}"#, "/problems/invalid-job", Some(0), "delay_ms"),
         (r#"[1, 2, 3]"#, "/problems/invalid-job", None, ""),
         (r#"{"jobs": [{"kind": "noop"}], "extra": true}"#, "/problems/invalid-job", None, "extra"),
     ];

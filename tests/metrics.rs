@@ -194,6 +194,25 @@ async fn gauges_tell_the_truth() {
 }
 
 #[tokio::test]
+async fn with_metrics_listen_only_the_metrics_listener_serves_metrics() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let daemon = Daemon::start(&[("JOBD_METRICS_LISTEN", metrics_listen.as_str())]);
+    let on_api = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET");
+    assert_eq!(on_api.status(), 404, "the API listener no longer serves /metrics");
+    let problem: Value = on_api.json().await.expect("problem JSON");
+    assert_eq!(problem["type"], "/problems/not-found", "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|detail| detail.contains("metrics_listen")), "{problem}");
+    let scrape = daemon.client.get(format!("http://{metrics_listen}/metrics")).send().await.expect("GET");
+    assert_eq!(scrape.status(), 200);
+    let text = scrape.text().await.expect("text");
+    assert!(sample(&text, "jobd_queue_capacity").is_some(), "{text}");
+    // The rest of the API is where it was.
+    assert_eq!(daemon.client.get(daemon.url("/healthz")).send().await.expect("GET").status(), 200);
+    assert_eq!(daemon.stats().await["queue"]["queued"], 0);
+}
+
+#[tokio::test]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
     let metrics_listen = format!("127.0.0.1:{metrics_port}");

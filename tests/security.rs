@@ -228,6 +228,120 @@ async fn confined_tokens_write_only_under_their_prefixes_and_sighup_reloads_toke
     assert_eq!(series(&metrics, r#"jobd_reloads_total{outcome="ok",what="tokens"}"#), 1.0);
 }
 
+/// Whether a log record is the warning that the token file holds no tokens.
+fn is_no_tokens_warning(record: &Value) -> bool {
+    record["level"] == "WARN" && record["message"].as_str().is_some_and(|message| message.contains("no tokens"))
+}
+
+#[tokio::test]
+async fn a_token_file_emptied_of_tokens_leaves_no_token_valid_after_sighup() {
+    let (daemon, tokens_dir) = start_with_tokens(&[]);
+    assert_eq!(send(&daemon, "GET", "/v1/stats", Some(READ_TOKEN), None).await.status(), 200);
+    // Every token removed, comments left: from now on no token is valid.
+    let path = tokens_dir.path().join("tokens");
+    std::fs::write(&path, "# every token revoked\n\n").expect("write");
+    daemon.signal("HUP");
+    daemon.wait_for_logs("the warning of an empty token file", 1, is_no_tokens_warning).await;
+    let noop = json!({"kind": "noop"});
+    for token in [SUBMIT_TOKEN, READ_TOKEN, ADMIN_TOKEN, ALL_TOKEN] {
+        assert_eq!(send(&daemon, "POST", "/v1/jobs", Some(token), Some(&noop)).await.status(), 401, "{token}");
+        assert_eq!(send(&daemon, "GET", "/v1/stats", Some(token), None).await.status(), 401, "{token}");
+    }
+    assert_eq!(send(&daemon, "POST", "/v1/jobs", None, Some(&noop)).await.status(), 401);
+    let metrics = metrics_text(&daemon).await;
+    assert_eq!(series(&metrics, r#"jobd_reloads_total{outcome="ok",what="tokens"}"#), 1.0);
+    // Tokens written back work again on the next SIGHUP.
+    token_file(tokens_dir.path());
+    daemon.signal("HUP");
+    daemon.wait_for_logs("reload", 1, |record| record["message"] == "SIGHUP: token file reloaded").await;
+    assert_eq!(send(&daemon, "GET", "/v1/stats", Some(READ_TOKEN), None).await.status(), 200);
+
+    // Starting with an empty token file is allowed too, with the same warning and the
+    // same effect: authentication is on and nothing can be submitted.
+    let empty_dir = tempfile::tempdir().expect("tempdir");
+    let empty = empty_dir.path().join("tokens");
+    std::fs::write(&empty, "").expect("write");
+    let daemon = Daemon::start(&[("JOBD_TOKENS_FILE", empty.to_str().expect("utf-8 path"))]);
+    daemon.wait_for_logs("the warning of an empty token file at start", 1, is_no_tokens_warning).await;
+    assert_eq!(send(&daemon, "POST", "/v1/jobs", Some(SUBMIT_TOKEN), Some(&noop)).await.status(), 401);
+    assert_eq!(send(&daemon, "POST", "/v1/jobs", None, Some(&noop)).await.status(), 401);
+    assert_eq!(daemon.client.get(daemon.url("/healthz")).send().await.expect("GET").status(), 200);
+}
+
+/// Sends `GET path` with the given `Host` header.
+async fn get_with_host(daemon: &Daemon, path: &str, host: &str) -> reqwest::Response {
+    daemon.client.get(daemon.url(path)).header("host", host).send().await.expect("GET")
+}
+
+#[tokio::test]
+async fn with_authentication_off_only_loopback_host_names_are_answered() {
+    let daemon = Daemon::start(&[]);
+    let port = daemon.base.rsplit(':').next().expect("port").to_owned();
+    // DNS rebinding: a page of attacker.example, its name now resolving to 127.0.0.1,
+    // reaches jobd from the browser with its own name in Host.
+    for host in [format!("attacker.example:{port}"), "attacker.example".to_owned(), "localhost.evil.example".to_owned()]
+    {
+        for path in ["/v1/stats", "/metrics", "/healthz"] {
+            let response = get_with_host(&daemon, path, &host).await;
+            assert_eq!(response.status(), 421, "{path} with Host {host}");
+            assert_eq!(
+                response.headers().get("content-type").and_then(|value| value.to_str().ok()),
+                Some("application/problem+json")
+            );
+            let problem: Value = response.json().await.expect("problem");
+            assert_eq!(problem["type"], "/problems/host-not-allowed", "{problem}");
+            assert_eq!(problem["errors"][0]["field"], "Host", "{problem}");
+        }
+    }
+    let submitted = daemon
+        .client
+        .post(daemon.url("/v1/jobs"))
+        .header("host", "attacker.example")
+        .json(&json!({"kind": "noop"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(submitted.status(), 421);
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "localhost".to_owned(),
+        format!("jobd.localhost:{port}"),
+        format!("127.1.2.3:{port}"),
+        format!("[::1]:{port}"),
+        "[::1]".to_owned(),
+    ] {
+        assert_eq!(get_with_host(&daemon, "/v1/stats", &host).await.status(), 200, "Host {host}");
+    }
+    assert_eq!(daemon.stats().await["queue"]["queued"], 0, "the refused submission queued nothing");
+    let metrics = metrics_text(&daemon).await;
+    assert_eq!(series(&metrics, r#"jobd_http_refusals_total{reason="host_not_allowed"}"#), 10.0);
+
+    // With tokens, the token is what protects the API, and any Host is answered.
+    let (daemon, _tokens) = start_with_tokens(&[]);
+    let response = daemon
+        .client
+        .get(daemon.url("/v1/stats"))
+        .header("host", "attacker.example")
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn allow_unauthenticated_on_all_addresses_answers_ip_hosts_and_refuses_names() {
+    let daemon = Daemon::start(&[("JOBD_LISTEN", "0.0.0.0:0"), ("JOBD_ALLOW_UNAUTHENTICATED", "true")]);
+    let port = daemon.base.rsplit(':').next().expect("port").to_owned();
+    // Listening on every address, any address of this host is the listen address.
+    for host in [format!("192.0.2.7:{port}"), "192.0.2.7".to_owned(), format!("0.0.0.0:{port}"), "localhost".to_owned()]
+    {
+        assert_eq!(get_with_host(&daemon, "/v1/stats", &host).await.status(), 200, "Host {host}");
+    }
+    assert_eq!(get_with_host(&daemon, "/v1/stats", "attacker.example").await.status(), 421);
+}
+
 #[test]
 fn a_public_listener_without_tokens_is_refused_unless_explicitly_allowed() {
     let run = |args: &[&str]| {
@@ -367,7 +481,7 @@ async fn slowloris_connections_do_not_keep_a_normal_client_from_submitting() {
         let (addr, stop, closed) = (addr.clone(), stop.clone(), closed_by_server.clone());
         attackers.push(std::thread::spawn(move || {
             let Ok(mut stream) = TcpStream::connect(&addr) else { return };
-            let head = b"POST /v1/jobs HTTP/1.1\r\nHost: jobd\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            let head = b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
             let _ = stream.set_read_timeout(Some(Duration::from_millis(10)));
             for byte in head {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -472,7 +586,7 @@ async fn hostile_bodies_and_heads_are_refused_with_their_reasons() {
     let addr = daemon.base.trim_start_matches("http://").to_owned();
     let mut stream = TcpStream::connect(&addr).expect("connect");
     stream
-        .write_all(b"POST /v1/jobs HTTP/1.1\r\nHost: jobd\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"kind\"")
+        .write_all(b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"kind\"")
         .expect("write");
     stream.set_read_timeout(Some(common::WAIT_DEADLINE)).expect("timeout");
     let mut answer = vec![0; 4096];
@@ -489,6 +603,132 @@ async fn hostile_bodies_and_heads_are_refused_with_their_reasons() {
     // Nothing of it was enqueued, and the daemon still works.
     assert_eq!(daemon.stats().await["queue"]["queued"], 0);
     assert_eq!(daemon.post_json("/v1/jobs", &json!({"kind": "noop"})).await.status(), 202);
+}
+
+/// A body of `max_body_bytes` (8 MiB by default) that is one array of `element`s under
+/// `field`, e.g. `{"jobs":[{},{},...]}`: hundreds of thousands of entries.
+fn array_body(field: &str, element: &str, size: usize) -> Vec<u8> {
+    let mut body = format!("{{\"{field}\":[{element}").into_bytes();
+    while body.len() + element.len() + 3 <= size {
+        body.push(b',');
+        body.extend_from_slice(element.as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+/// Checks that an answer is the 413 of a body with more than max_jobs_per_request entries,
+/// naming `field`.
+async fn assert_too_many_jobs(response: reqwest::Response, field: &str) {
+    assert_eq!(response.status(), 413, "{field}");
+    let problem: Value = response.json().await.expect("problem");
+    assert_eq!(problem["type"], "/problems/too-many-jobs", "{problem}");
+    assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|detail| detail.contains("max_jobs_per_request")), "{problem}");
+}
+
+#[tokio::test]
+async fn a_body_of_700k_empty_jobs_is_refused_by_its_count_naming_the_field() {
+    let daemon = Daemon::start(&[]);
+    // `{}` is no valid job, but the count is what is wrong with this body, and it is
+    // refused for that before any of its entries is looked at.
+    let body = array_body("jobs", "{}", 8 * 1024 * 1024);
+    assert_too_many_jobs(daemon.post_raw("/v1/jobs", "application/json", body).await, "jobs").await;
+    let body = array_body("payloads", "{}", 8 * 1024 * 1024);
+    assert_too_many_jobs(daemon.post_raw("/v1/payloads", "application/json", body).await, "payloads").await;
+    assert_eq!(daemon.stats().await["queue"]["queued"], 0);
+    assert_eq!(daemon.post_json("/v1/jobs", &json!({"kind": "noop"})).await.status(), 202);
+}
+
+#[tokio::test]
+async fn eight_concurrent_bodies_of_far_too_many_jobs_cost_about_their_own_size_in_memory() {
+    let daemon = Daemon::start(&[]);
+    let idle_kib = daemon.peak_rss_kib();
+    let mut answers = Vec::new();
+    for round in 0..8 {
+        let (path, field, element) = if round % 2 == 0 {
+            ("/v1/jobs", "jobs", r#"{"kind":"noop"}"#)
+        } else {
+            ("/v1/payloads", "payloads", "{}")
+        };
+        let request = daemon.client.post(daemon.url(path)).header("content-type", "application/json").body(array_body(
+            field,
+            element,
+            8 * 1024 * 1024,
+        ));
+        answers.push(tokio::spawn(async move { (field, request.send().await.expect("POST")) }));
+    }
+    let mut responses = Vec::new();
+    for answer in answers {
+        responses.push(answer.await.expect("request task"));
+    }
+    let peak_kib = daemon.peak_rss_kib();
+    eprintln!("peak resident memory: {idle_kib} KiB idle, {peak_kib} KiB after 8 concurrent 8 MiB bodies");
+    for (field, response) in responses {
+        assert_too_many_jobs(response, field).await;
+    }
+    // The bodies themselves are 64 MiB; parsing each into jobs before counting them took
+    // the peak past 380 MiB.
+    assert!(peak_kib < 150 * 1024, "peak resident memory {peak_kib} KiB (idle {idle_kib} KiB)");
+    assert_eq!(daemon.stats().await["queue"]["queued"], 0);
+}
+
+/// Sends a POST of `body_bytes` bytes the way simple clients do: the whole body first,
+/// then the answer is read. With `declared`, the body has a Content-Length; without, it
+/// is chunked. Returns the status line, or what went wrong.
+fn send_whole_body_then_read(addr: &str, body_bytes: usize, declared: bool) -> Result<String, std::io::Error> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(common::WAIT_DEADLINE))?;
+    let framing =
+        if declared { format!("Content-Length: {body_bytes}") } else { "Transfer-Encoding: chunked".to_owned() };
+    let head =
+        format!("POST /v1/payloads HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{framing}\r\n\r\n");
+    stream.write_all(head.as_bytes())?;
+    let piece = vec![b' '; 64 * 1024];
+    let mut sent = 0;
+    while sent < body_bytes {
+        let length = piece.len().min(body_bytes - sent);
+        if declared {
+            stream.write_all(&piece[..length])?;
+        } else {
+            stream.write_all(format!("{length:x}\r\n").as_bytes())?;
+            stream.write_all(&piece[..length])?;
+            stream.write_all(b"\r\n")?;
+        }
+        sent += length;
+    }
+    if !declared {
+        stream.write_all(b"0\r\n\r\n")?;
+    }
+    let mut answer = Vec::new();
+    let mut buffer = [0; 4096];
+    while !answer.windows(2).any(|window| window == b"\r\n") {
+        let length = stream.read(&mut buffer)?;
+        if length == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..length]);
+    }
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    Ok(answer.lines().next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_whole_oversize_body_before_reading_gets_the_413() {
+    let daemon = Daemon::start(&[("JOBD_MAX_BODY_BYTES", "65536")]);
+    let addr = daemon.base.trim_start_matches("http://").to_owned();
+    // 6 MiB over the limit: more than the socket buffers take in, so a server that closes
+    // at once resets the connection while the client still writes (with 1 MiB the client
+    // sometimes finishes writing first, and the test would pass by luck).
+    let body_bytes = 65536 + 6 * 1024 * 1024;
+    for declared in [true, false, true, false] {
+        let status = send_whole_body_then_read(&addr, body_bytes, declared)
+            .unwrap_or_else(|error| panic!("Content-Length {declared}: {:?}: {error}", error.kind()));
+        assert!(status.starts_with("HTTP/1.1 413"), "Content-Length {declared}: {status}");
+    }
+    let stats = daemon.stats().await;
+    assert_eq!(stats["counters"]["rejected"]["too_large"], 4, "{stats}");
+    assert_eq!(stats["queue"]["queued"], 0, "{stats}");
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 pub mod openapi;
 pub mod problem;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -69,6 +70,10 @@ pub struct AppState {
     pub default_key_prefix: String,
     /// How long a request body may take to arrive after its headers.
     pub client_body_timeout: Duration,
+    /// Whether `/metrics` is served here; off when `metrics_listen` gives metrics their
+    /// own listener, so that an operator who moved them off the API port (e.g. to keep
+    /// them off a public address) does not still expose them there.
+    pub metrics_on_api_listener: bool,
 }
 
 /// Who may call a route.
@@ -112,13 +117,23 @@ pub fn routes() -> Vec<RouteSpec> {
 /// a 405 problem listing the ones it has.
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
+        let metrics_on_api_listener = state.metrics_on_api_listener;
         config.app_data(web::Data::new(state.metrics.clone())).app_data(state);
         // A query string that does not fit its route is a problem+json 400 naming the
         // query, like every other error, rather than actix's plain-text default.
         config.app_data(web::QueryConfig::default().error_handler(|error, _request| {
             Problem::from(submission::SubmissionError::field("query", error.to_string())).into()
         }));
-        let table = routes();
+        let mut table = routes();
+        if !metrics_on_api_listener {
+            table.retain(|spec| spec.path != "/metrics");
+            let not_here = || async {
+                Err::<HttpResponse, _>(Problem::not_found(
+                    "/metrics is served on the metrics_listen address only, not on the API listener",
+                ))
+            };
+            config.service(web::resource("/metrics").app_data(crate::metrics::RoutePattern("/metrics")).to(not_here));
+        }
         let mut paths: Vec<&'static str> = Vec::new();
         for spec in &table {
             if !paths.contains(&spec.path) {
@@ -174,6 +189,101 @@ pub async fn limit_headers(
         return Ok(request.error_response(problem));
     }
     next.call(request).await
+}
+
+/// Which `Host` a request may name; an App-level middleware reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct HostCheck {
+    /// The listen address's IP when authentication is off; `None` when tokens are on.
+    pub unauthenticated_listen_ip: Option<IpAddr>,
+}
+
+/// Middleware: with authentication off, answers 421 to a request whose `Host` is not
+/// this machine's loopback or listen address. Without a token, reaching the port is the
+/// only check; a browser on this host that loads a page of a name the page's owner then
+/// points at 127.0.0.1 (DNS rebinding) would otherwise let that page submit and read jobs,
+/// and such a request always carries that name in `Host`. With tokens on, every `Host` is
+/// answered: the token is the check, and a browser does not send it to another origin.
+pub async fn check_host(
+    request: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let Some(listen_ip) = request.app_data::<HostCheck>().and_then(|check| check.unauthenticated_listen_ip) else {
+        return next.call(request).await;
+    };
+    // HTTP/2 carries the authority in the request target rather than in a Host header.
+    let host = match request.headers().get(header::HOST) {
+        Some(value) => Some(value.to_str().ok()),
+        None => request.uri().authority().map(|authority| Some(authority.as_str())),
+    };
+    // A request without any Host comes from no browser, so it cannot be a rebinding.
+    let allowed = match host {
+        None => true,
+        Some(None) => false,
+        Some(Some(host)) => host_is_allowed(host, listen_ip),
+    };
+    if allowed {
+        return next.call(request).await;
+    }
+    if let Some(metrics) = request.app_data::<web::Data<Arc<Metrics>>>() {
+        metrics.http_refusals.with_label_values(&["host_not_allowed"]).inc();
+    }
+    let shown = host.flatten().unwrap_or("(not visible ASCII)").to_owned();
+    tracing::warn!(
+        reason = "host_not_allowed",
+        host = shown,
+        method = %request.method(),
+        path = request.path(),
+        peer = ?request.peer_addr(),
+        "request refused"
+    );
+    let listen = if listen_ip.is_unspecified() { "an IP address".to_owned() } else { listen_ip.to_string() };
+    let problem = Problem::host_not_allowed(format!(
+        "authentication is off, so jobd answers only requests addressed to localhost, *.localhost, a loopback \
+         address or {listen}; Host was {shown:?}"
+    ));
+    Ok(request.error_response(problem))
+}
+
+/// Whether a `Host` value (a name or an IP literal, with or without a port) names this
+/// machine's loopback or `listen_ip`. When jobd listens on every address (`0.0.0.0` or
+/// `::`), every IP literal names it: a rebinding always carries a DNS name, never an IP.
+pub fn host_is_allowed(host: &str, listen_ip: IpAddr) -> bool {
+    let Some(name) = host_without_port(host) else { return false };
+    let ip = if let Some(inner) = name.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+        match inner.parse::<std::net::Ipv6Addr>() {
+            Ok(ip) => Some(IpAddr::V6(ip)),
+            Err(_) => return false,
+        }
+    } else {
+        name.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+    };
+    match ip {
+        Some(ip) => ip.is_loopback() || ip == listen_ip || listen_ip.is_unspecified(),
+        None => {
+            // *.localhost resolves to loopback by definition (RFC 6761) and in browsers.
+            let lower = name.to_ascii_lowercase();
+            lower == "localhost" || (lower.ends_with(".localhost") && lower.len() > ".localhost".len())
+        }
+    }
+}
+
+/// `host` without its `:port`, or `None` when the port is not a number or an IPv6
+/// address lacks its brackets.
+fn host_without_port(host: &str) -> Option<&str> {
+    let (name, port) = if host.starts_with('[') {
+        let end = host.find(']')?;
+        let (name, rest) = host.split_at(end + 1);
+        (name, if rest.is_empty() { None } else { Some(rest.strip_prefix(':')?) })
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    let port_valid =
+        port.is_none_or(|port| !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()));
+    (port_valid && !name.is_empty()).then_some(name)
 }
 
 /// Middleware: once jobd is stopping, every answer closes its connection, so that a
@@ -470,6 +580,15 @@ fn require_json(request: &HttpRequest) -> Result<(), Problem> {
     }
 }
 
+/// The most of a refused body that is read and thrown away before the answer, and for
+/// how long (a lingering close, as nginx does). A client that sends its whole body before
+/// it reads (Python's http.client, among many) would otherwise be reset mid-write: closing
+/// a socket with unread data makes the kernel answer with RST, and the client sees EPIPE
+/// or a reset instead of the 413. Bounded, so that a refused client cannot keep a
+/// connection busy for long; the bytes are dropped as they come, so memory stays flat.
+const LINGER_MAX_BYTES: usize = 8 * 1024 * 1024;
+const LINGER_MAX_TIME: Duration = Duration::from_secs(2);
+
 /// Reads the body, refusing it with 413 as soon as it is known to exceed `limit`, by
 /// its Content-Length or by the bytes read so far.
 async fn read_body(request: &HttpRequest, mut body: web::Payload, limit: usize) -> Result<Bytes, Problem> {
@@ -478,7 +597,8 @@ async fn read_body(request: &HttpRequest, mut body: web::Payload, limit: usize) 
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limit) {
+    if let Some(length) = declared.filter(|length| *length > limit) {
+        discard_rest(&mut body, Some(length)).await;
         return Err(Problem::too_large(limit));
     }
     let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0));
@@ -492,11 +612,35 @@ async fn read_body(request: &HttpRequest, mut body: web::Payload, limit: usize) 
             )
         })?;
         if bytes.len() + chunk.len() > limit {
+            let received = bytes.len() + chunk.len();
+            drop(bytes);
+            discard_rest(&mut body, declared.map(|length| length.saturating_sub(received))).await;
             return Err(Problem::too_large(limit));
         }
         bytes.extend_from_slice(&chunk);
     }
     Ok(bytes.freeze())
+}
+
+/// Reads and drops what is left of a refused body, up to [`LINGER_MAX_BYTES`] and
+/// [`LINGER_MAX_TIME`], so that the client has sent it all when the 413 is written; see
+/// [`LINGER_MAX_BYTES`]. A body declared longer than that is not read at all: the client
+/// would be reset before it finished anyway, and reading would only cost bandwidth.
+async fn discard_rest(body: &mut web::Payload, declared_rest: Option<usize>) {
+    if declared_rest.is_some_and(|rest| rest > LINGER_MAX_BYTES) {
+        return;
+    }
+    let mut discarded = 0usize;
+    let drain = async {
+        while let Some(Ok(chunk)) = body.next().await {
+            discarded += chunk.len();
+            if discarded > LINGER_MAX_BYTES {
+                break;
+            }
+        }
+    };
+    let finished = tokio::time::timeout(LINGER_MAX_TIME, drain).await.is_ok();
+    tracing::debug!(discarded, finished, "read and dropped the rest of a refused body");
 }
 
 /// Liveness: the process answers.
@@ -817,7 +961,10 @@ async fn cancel_job(
     get,
     path = "/metrics",
     tag = "meta",
-    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 404, description = "On the API listener when metrics_listen is set: metrics are served there only", body = ProblemBody, content_type = "application/problem+json")
+    )
 )]
 pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
     render_metrics(&state.metrics, &state.queue, &state.stats, &state.store).await
@@ -838,4 +985,50 @@ pub async fn render_metrics(metrics: &Metrics, queue: &QueueHandle, stats: &Stat
         uploads: store.uploads(),
     });
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_names_and_the_listen_address_are_allowed_hosts() {
+        let loopback: IpAddr = "127.0.0.1".parse().expect("IP");
+        for host in [
+            "localhost",
+            "LocalHost:8080",
+            "jobd.localhost",
+            "a.b.localhost:1",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.9.9.9:80",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(host_is_allowed(host, loopback), "{host}");
+        }
+        for host in [
+            "attacker.example",
+            "attacker.example:8080",
+            "localhost.attacker.example",
+            ".localhost",
+            "notlocalhost",
+            "10.0.0.5:8080",
+            "[::2]:8080",
+            "::1",
+            "localhost:",
+            "localhost:80:80",
+            "localhost:http",
+            "[::1]8080",
+            "",
+        ] {
+            assert!(!host_is_allowed(host, loopback), "{host}");
+        }
+        let public: IpAddr = "192.0.2.7".parse().expect("IP");
+        assert!(host_is_allowed("192.0.2.7:8080", public) && host_is_allowed("localhost", public));
+        assert!(!host_is_allowed("192.0.2.8:8080", public) && !host_is_allowed("jobd.example", public));
+        let every: IpAddr = "0.0.0.0".parse().expect("IP");
+        assert!(host_is_allowed("192.0.2.8:8080", every) && host_is_allowed("[2001:db8::1]:80", every));
+        assert!(!host_is_allowed("jobd.example:8080", every));
+    }
 }

@@ -87,6 +87,15 @@ impl Problem {
         )
     }
 
+    /// A 421 for a request addressed to a name other than this host's while authentication
+    /// is off; see [`super::check_host`].
+    pub fn host_not_allowed(detail: String) -> Self {
+        let mut problem =
+            Self::new(StatusCode::MISDIRECTED_REQUEST, "host-not-allowed", "Misdirected Request", detail.clone());
+        problem.errors = vec![FieldError { index: None, field: "Host".to_owned(), message: detail }];
+        problem
+    }
+
     pub fn unsupported_media_type(found: Option<&str>) -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
