@@ -30,6 +30,10 @@ const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(15);
 /// Finished jobs deleted per purge transaction: small, so a purge never holds the queue
 /// thread long enough to delay submissions noticeably.
 const PURGE_BATCH: usize = 1_000;
+/// How long shutdown waits for the aborts of abandoned multipart uploads, after the drain.
+/// An abort is one request; with `shutdown_timeout_secs` (30 s) and the runtime's own second
+/// this stays inside the unit's `TimeoutStopSec=` (45 s).
+const UPLOAD_ABORT_WAIT: Duration = Duration::from_secs(5);
 /// The most threads the job-body runtime gets, however large `max_workers` is.
 const MAX_BODY_THREADS: usize = 256;
 
@@ -345,6 +349,15 @@ async fn run(
         }
         Ok(Err(error)) => tracing::error!(%error, "the Dispatcher stopped before the drain finished"),
         Err(_) => tracing::warn!("shutdown_timeout elapsed with jobs still running; they are abandoned"),
+    }
+    // Abandoned uploads are aborted now, while the bodies runtime can still send the
+    // aborts; S3 would otherwise keep (and bill) their parts.
+    let still_open = store.abandon_uploads(UPLOAD_ABORT_WAIT).await;
+    if still_open > 0 {
+        tracing::warn!(
+            still_open,
+            "multipart uploads not aborted in time; their parts stay until a bucket lifecycle rule removes them"
+        );
     }
     probe_task.abort();
     purge_task.abort();

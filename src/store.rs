@@ -14,10 +14,10 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMultipartOptions,
-    PutOptions, PutPayload, RetryConfig,
+    Attribute, Attributes, BackoffConfig, ClientConfigKey, MultipartUpload, ObjectStore, ObjectStoreExt,
+    PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use url::Url;
 
 use crate::job::{JobId, JobResult};
@@ -55,6 +55,8 @@ pub enum StoreError {
     Symlink(PathBuf),
     #[error("checking the key's directories for symbolic links failed: {0}")]
     SymlinkCheck(std::io::Error),
+    #[error("jobd is shutting down: the multipart upload was aborted and the job will run again")]
+    ShuttingDown,
 }
 
 fn describe(code: Option<&str>, source: &object_store::Error) -> String {
@@ -92,7 +94,7 @@ impl StoreError {
                     | object_store::Error::NotSupported { .. }
                     | object_store::Error::UnknownConfigurationKey { .. }
             ),
-            StoreError::SymlinkCheck(_) => true,
+            StoreError::SymlinkCheck(_) | StoreError::ShuttingDown => true,
             StoreError::InvalidUrl { .. } | StoreError::CreateRoot { .. } | StoreError::Symlink(_) => false,
         }
     }
@@ -168,6 +170,12 @@ pub struct JobStore {
     upload_slots: Semaphore,
     upload_concurrency: usize,
     uploads_in_flight: AtomicUsize,
+    /// Set once at shutdown: multipart uploads still running abort themselves, while the
+    /// bodies runtime is still there to send the abort.
+    closing: watch::Sender<bool>,
+    /// Multipart uploads begun and neither completed nor aborted yet, including aborts
+    /// still on their way; shutdown waits for this to reach zero.
+    open_multipart_uploads: Arc<watch::Sender<usize>>,
 }
 
 impl JobStore {
@@ -219,6 +227,8 @@ impl JobStore {
             upload_slots: Semaphore::new(upload_concurrency),
             upload_concurrency,
             uploads_in_flight: AtomicUsize::new(0),
+            closing: watch::Sender::new(false),
+            open_multipart_uploads: Arc::new(watch::Sender::new(0)),
         })
     }
 
@@ -297,16 +307,34 @@ impl JobStore {
         attributes
     }
 
-    /// Uploads in parts; on any failure the upload is aborted, so no orphaned parts stay
-    /// behind to be billed.
+    /// Uploads in parts. An upload that does not complete is aborted, so no orphaned parts
+    /// stay behind to be billed: on a failure here, when the job's task is dropped (its
+    /// timeout aborts it), and at shutdown (see [`JobStore::abandon_uploads`]).
     async fn put_multipart(
         &self,
         key: &Path,
         body: Vec<u8>,
         attributes: Attributes,
     ) -> Result<object_store::PutResult, StoreError> {
+        let mut closing = self.closing.subscribe();
+        tokio::select! {
+            written = self.put_parts(key, body, attributes) => written,
+            // Dropping `put_parts` drops its `UnfinishedUpload`, which sends the abort.
+            _ = closing.wait_for(|closed| *closed) => Err(StoreError::ShuttingDown),
+        }
+    }
+
+    async fn put_parts(
+        &self,
+        key: &Path,
+        body: Vec<u8>,
+        attributes: Attributes,
+    ) -> Result<object_store::PutResult, StoreError> {
         let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
-        let mut upload = self.store.put_multipart_opts(key, options).await?;
+        // An upload whose creation is still in flight when the task is dropped has no id
+        // yet, so nothing can abort it; a bucket lifecycle rule removes such rare leftovers.
+        let upload = self.store.put_multipart_opts(key, options).await?;
+        let mut upload = UnfinishedUpload::new(upload, key.clone(), self.open_multipart_uploads.clone());
         let body = bytes::Bytes::from(body);
         let parts: Vec<_> = (0..body.len())
             .step_by(PART_SIZE)
@@ -315,7 +343,7 @@ impl JobStore {
         let mut uploaded = Ok(());
         for part in parts {
             // Parts go up one at a time: the upload slot bounds concurrency already.
-            if let Err(error) = upload.put_part(PutPayload::from(part)).await {
+            if let Err(error) = upload.put_part(part).await {
                 uploaded = Err(error);
                 break;
             }
@@ -327,12 +355,28 @@ impl JobStore {
         match completed {
             Ok(result) => Ok(result),
             Err(error) => {
-                if let Err(abort_error) = upload.abort().await {
-                    tracing::warn!(error = %abort_error, key = %key, "aborting a failed multipart upload failed");
-                }
+                upload.abort().await;
                 Err(error.into())
             }
         }
+    }
+
+    /// At shutdown, after the drain: makes every multipart upload still running abort
+    /// itself, and waits up to `within` for those aborts to reach the store. Returns how
+    /// many uploads were still open when the wait ended.
+    ///
+    /// Without this, the bodies runtime would drop the abandoned uploads as it shuts down,
+    /// when it can no longer run the abort that their guards send.
+    pub async fn abandon_uploads(&self, within: Duration) -> usize {
+        self.closing.send_replace(true);
+        let mut open = self.open_multipart_uploads.subscribe();
+        let open_at_start = *open.borrow_and_update();
+        if open_at_start > 0 {
+            tracing::info!(open_uploads = open_at_start, "aborting the multipart uploads of abandoned jobs");
+        }
+        // The sender lives in `self`, so the wait ends only by the count or the timeout.
+        let _ = tokio::time::timeout(within, open.wait_for(|open| *open == 0)).await;
+        *open.borrow()
     }
 
     /// Reads an object back; for tests and tools.
@@ -347,6 +391,93 @@ struct InFlight<'a>(&'a AtomicUsize);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A multipart upload that is aborted unless it completed or was aborted already, on
+/// every path that abandons it: a failed part, a failed completion, and the future that
+/// holds it being dropped, which is what a job timeout (the worker aborts the job's task)
+/// and shutdown do. S3 keeps the parts of an upload that was never aborted, and bills them.
+struct UnfinishedUpload {
+    /// `None` once the upload completed or was aborted.
+    upload: Option<Box<dyn MultipartUpload>>,
+    key: Path,
+    /// Counts this upload as open until it completes or its abort has finished.
+    open: OpenUpload,
+}
+
+impl UnfinishedUpload {
+    fn new(upload: Box<dyn MultipartUpload>, key: Path, open: Arc<watch::Sender<usize>>) -> Self {
+        Self { upload: Some(upload), key, open: OpenUpload::new(open) }
+    }
+
+    fn upload(&mut self) -> Result<&mut Box<dyn MultipartUpload>, object_store::Error> {
+        self.upload.as_mut().ok_or_else(|| object_store::Error::Generic {
+            store: "jobd",
+            source: "the multipart upload has already ended".into(),
+        })
+    }
+
+    async fn put_part(&mut self, part: bytes::Bytes) -> Result<(), object_store::Error> {
+        self.upload()?.put_part(PutPayload::from(part)).await
+    }
+
+    async fn complete(&mut self) -> Result<object_store::PutResult, object_store::Error> {
+        // If this future is dropped while the completion is in flight, the guard still
+        // aborts: aborting a completed upload changes nothing, so that is safe either way.
+        let result = self.upload()?.complete().await?;
+        self.upload = None;
+        Ok(result)
+    }
+
+    async fn abort(&mut self) {
+        if let Some(mut upload) = self.upload.take() {
+            abort_upload(upload.as_mut(), &self.key).await;
+        }
+    }
+}
+
+impl Drop for UnfinishedUpload {
+    fn drop(&mut self) {
+        let Some(mut upload) = self.upload.take() else { return };
+        let key = self.key.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                // The upload stays counted as open until its abort has finished.
+                let open = OpenUpload::new(self.open.0.clone());
+                runtime.spawn(async move {
+                    tracing::info!(key = %key, "aborting the multipart upload of an abandoned job");
+                    abort_upload(upload.as_mut(), &key).await;
+                    drop(open);
+                });
+            }
+            Err(_) => tracing::warn!(
+                key = %key,
+                "a multipart upload was abandoned outside a runtime, so it cannot be aborted; its parts stay until a bucket lifecycle rule removes them"
+            ),
+        }
+    }
+}
+
+async fn abort_upload(upload: &mut dyn MultipartUpload, key: &Path) {
+    if let Err(error) = upload.abort().await {
+        tracing::warn!(%error, key = %key, "aborting a multipart upload failed; its parts stay in the bucket");
+    }
+}
+
+/// Counts one multipart upload in [`JobStore::open_multipart_uploads`] until dropped.
+struct OpenUpload(Arc<watch::Sender<usize>>);
+
+impl OpenUpload {
+    fn new(open: Arc<watch::Sender<usize>>) -> Self {
+        open.send_modify(|count| *count += 1);
+        Self(open)
+    }
+}
+
+impl Drop for OpenUpload {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count -= 1);
     }
 }
 
