@@ -188,11 +188,14 @@ impl JobStore {
             "file" => {
                 let root =
                     parsed.to_file_path().map_err(|()| invalid("a file:// URL needs an absolute path".to_owned()))?;
-                std::fs::create_dir_all(&root)
-                    .map_err(|source| StoreError::CreateRoot { path: root.clone(), source })?;
+                create_durable_dir(&root).map_err(|source| StoreError::CreateRoot { path: root.clone(), source })?;
                 let root =
                     root.canonicalize().map_err(|source| StoreError::CreateRoot { path: root.clone(), source })?;
-                let store = LocalFileSystem::new_with_prefix(&root)?;
+                // A job's `succeeded` is durable in queue.db, so its object must be too:
+                // with `fsync`, `put` syncs the file before renaming it into place, then
+                // its directory and every directory it created, before it returns, so a
+                // power loss cannot leave a succeeded job with its object missing or empty.
+                let store = LocalFileSystem::new_with_prefix(&root)?.with_fsync(true);
                 (Arc::new(store), StoreKind::Local, Some(root))
             }
             "s3" => {
@@ -515,6 +518,31 @@ fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
         .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "5s")
 }
 
+/// Creates `dir` and any missing parents, then syncs each directory whose entries changed
+/// (every new one and the first that existed already), so that the store root survives a
+/// power loss as the objects synced into it do. An existing `dir` costs no sync.
+fn create_durable_dir(dir: &FsPath) -> std::io::Result<()> {
+    let mut first_existing = dir;
+    while !first_existing.exists() {
+        match first_existing.parent() {
+            Some(parent) => first_existing = parent,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    if first_existing == dir {
+        return Ok(());
+    }
+    let mut changed = dir;
+    loop {
+        std::fs::File::open(changed)?.sync_all()?;
+        match changed.parent() {
+            Some(parent) if changed != first_existing => changed = parent,
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// Refuses a key if any existing directory on its way is a symbolic link.
 /// `LocalFileSystem` would follow such a link when it creates the object's directories,
 /// and an operator's stray link to `/etc` must not turn a job into a write outside the root.
@@ -581,6 +609,33 @@ mod tests {
         small_parts.put(&big_key, big.clone(), &json).await.expect("multipart put over a link");
         assert_eq!(std::fs::read(&target).expect("read"), b"outside", "the link's target is untouched");
         assert_eq!(std::fs::read(root.path().join("a/big.json")).expect("read"), big);
+    }
+
+    #[tokio::test]
+    async fn file_objects_and_their_directories_are_synced_before_put_returns() {
+        // A power loss cannot be staged in a test. What decides durability is whether the
+        // store jobd writes through syncs: object_store's `LocalFileSystem` with `fsync`
+        // on syncs the staged file before its rename and every directory a write created
+        // or changed before `put` returns; its Debug output is where that setting shows.
+        let parent = tempfile::tempdir().expect("tempdir");
+        let root = parent.path().join("new/objects");
+        let url = Url::from_directory_path(&root).expect("url").to_string();
+        let store = JobStore::from_url(&url, &StoreOptions::default()).expect("store");
+        let described = format!("{:?}", store.store);
+        assert!(described.contains("fsync: true"), "the local store does not sync: {described}");
+
+        // The root was created, with its missing parent, and writes still land in it.
+        let key = Path::parse("payloads/2026/01/01/x.json").expect("key");
+        let json = UploadOptions { content_type: "application/json".into(), ..UploadOptions::default() };
+        store.put(&key, b"{}".to_vec(), &json).await.expect("put");
+        assert_eq!(std::fs::read(root.join("payloads/2026/01/01/x.json")).expect("read"), b"{}");
+        let big = vec![b'x'; 1 << 20];
+        let small_parts =
+            JobStore::from_url(&url, &StoreOptions { multipart_threshold: 1024, ..StoreOptions::default() })
+                .expect("store over the existing root");
+        let big_key = Path::parse("big/x.bin").expect("key");
+        small_parts.put(&big_key, big.clone(), &json).await.expect("multipart put");
+        assert_eq!(std::fs::read(root.join("big/x.bin")).expect("read"), big);
     }
 
     #[test]
