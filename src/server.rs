@@ -180,6 +180,10 @@ fn open_queue(config: &Config) -> Result<Box<dyn QueueBackend>, ServeError> {
                 tracing::warn!(count, "test_fail_sync_after: the queue's fsyncs fail after this many");
                 backend.fail_syncs_after(count);
             }
+            if let Some(millis) = config.test_sync_delay_ms {
+                tracing::warn!(millis, "test_sync_delay_ms: every fsync of the queue waits this long first");
+                crate::queue::delay_syncs_for_tests(millis);
+            }
             tracing::info!(
                 path = %path.display(),
                 requeued_running = recovery.requeued,
@@ -233,8 +237,9 @@ async fn run(
     let dispatcher = Dispatcher::new(queue.clone(), runner, stats.clone(), config.max_workers, config.retry_policy())
         .with_systemd(notifier.clone(), crate::systemd::watchdog_interval())
         .start();
-    let ingest =
-        Ingest::new(queue.clone(), stats.clone(), metrics.clone(), config.group_commit, config.max_attempts).start();
+    let ingest = Ingest::new(queue.clone(), stats.clone(), metrics.clone(), config.group_commit, config.max_attempts)
+        .with_max_pending_bytes(config.ingest_max_pending_bytes)
+        .start();
     let purge_task = actix::spawn(purge_periodically(queue.clone(), config.retention));
 
     let state_queue = queue.clone();

@@ -5,6 +5,7 @@
 pub mod memory;
 pub mod sqlite;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 
@@ -666,6 +667,15 @@ fn run_backend(
     }
 }
 
+/// Milliseconds every sync of the queue waits first (`test_sync_delay_ms`); 0 never waits.
+static TEST_SYNC_DELAY_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every sync of the queue wait `millis` first, as a stalled disk would, so that
+/// tests can hold commits back (`test_sync_delay_ms`). Never in production.
+pub fn delay_syncs_for_tests(millis: u64) {
+    TEST_SYNC_DELAY_MS.store(millis, Ordering::Relaxed);
+}
+
 /// Syncs everything committed so far, once for all the transactions waiting, and answers
 /// their callers, or fails them all: when the sync fails, and once the queue is lost.
 fn run_sync_thread(
@@ -683,6 +693,10 @@ fn run_sync_thread(
             continue;
         }
         let started = std::time::Instant::now();
+        let test_delay_ms = TEST_SYNC_DELAY_MS.load(Ordering::Relaxed);
+        if test_delay_ms > 0 {
+            thread::sleep(std::time::Duration::from_millis(test_delay_ms));
+        }
         let synced = syncer.sync();
         metrics.store_sync_duration.observe(started.elapsed().as_secs_f64());
         let Err(error) = synced else {
