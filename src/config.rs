@@ -44,6 +44,13 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_WINDOW_MAX_BYTES: usize = 64 << 20;
 /// Default `shutdown_timeout_secs`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+/// Default `ingest_max_pending_bytes`: 64 MiB, eight requests of the default
+/// `max_body_bytes`. Submissions wait for a commit slot only while earlier commits wait
+/// for their fsync: with a healthy disk that is milliseconds, and even the benchmark's
+/// ~24,000 small submissions a second then hold well under a MiB. More than 64 MiB waits
+/// only when the disk stalls, and holding more then would only grow the memory kept for
+/// requests whose clients have likely timed out already.
+pub const DEFAULT_INGEST_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 
 /// jobd: a job-processing daemon. Accepts jobs over HTTP, runs them on a bounded pool of
 /// workers, and uploads payloads to an object store.
@@ -136,6 +143,14 @@ pub struct Settings {
     /// Hold the queue thread this many ms when a cancel arrives, so that a fetch sent meanwhile shares its batch: tests that a cancelled job never starts. Never in production [default: off].
     #[arg(long, env = "JOBD_TEST_CANCEL_HOLD_MS", global = true)]
     pub test_cancel_hold_ms: Option<u64>,
+
+    /// Make every fsync of the queue wait this many ms first, as a stalled disk would: tests what jobd does then. Never in production [default: off].
+    #[arg(long, env = "JOBD_TEST_SYNC_DELAY_MS", global = true)]
+    pub test_sync_delay_ms: Option<u64>,
+
+    /// Most bytes of submissions waiting for their commit while the disk is slow; beyond it submissions get 503 [default: 67108864].
+    #[arg(long, env = "JOBD_INGEST_MAX_PENDING_BYTES", global = true)]
+    pub ingest_max_pending_bytes: Option<usize>,
 
     /// HTTP worker threads [default: the number of CPUs].
     #[arg(long, env = "JOBD_HTTP_WORKERS", global = true)]
@@ -277,6 +292,8 @@ impl Settings {
             test_kinds: self.test_kinds.or(lower.test_kinds),
             test_fail_sync_after: self.test_fail_sync_after.or(lower.test_fail_sync_after),
             test_cancel_hold_ms: self.test_cancel_hold_ms.or(lower.test_cancel_hold_ms),
+            test_sync_delay_ms: self.test_sync_delay_ms.or(lower.test_sync_delay_ms),
+            ingest_max_pending_bytes: self.ingest_max_pending_bytes.or(lower.ingest_max_pending_bytes),
             http_workers: self.http_workers.or(lower.http_workers),
             queue: self.queue.or(lower.queue),
             window_max_bytes: self.window_max_bytes.or(lower.window_max_bytes),
@@ -347,6 +364,9 @@ pub struct Config {
     pub test_fail_sync_after: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_cancel_hold_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_sync_delay_ms: Option<u64>,
+    pub ingest_max_pending_bytes: usize,
     pub http_workers: usize,
     pub queue: QueueKind,
     pub window_max_bytes: usize,
@@ -439,6 +459,8 @@ impl Config {
             test_kinds: settings.test_kinds.unwrap_or(false),
             test_fail_sync_after: settings.test_fail_sync_after,
             test_cancel_hold_ms: settings.test_cancel_hold_ms,
+            test_sync_delay_ms: settings.test_sync_delay_ms.filter(|&millis| millis > 0),
+            ingest_max_pending_bytes: settings.ingest_max_pending_bytes.unwrap_or(DEFAULT_INGEST_MAX_PENDING_BYTES),
             http_workers: settings
                 .http_workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
@@ -551,11 +573,19 @@ impl Config {
                 value: format!("{:?}", self.queue_db_max_bytes),
             });
         }
-        let ranges: [(&'static str, usize, usize, usize, &'static str); 11] = [
+        let ranges: [(&'static str, usize, usize, usize, &'static str); 12] = [
             ("window_max_bytes", self.window_max_bytes, 1 << 20, 1 << 40, "between 1 MiB and 1 TiB"),
             ("max_workers", self.max_workers, 1, 10_000, "between 1 and 10000"),
             ("max_queue", self.max_queue, 1, 100_000_000, "between 1 and 100000000"),
             ("max_body_bytes", self.max_body_bytes, 1024, 1 << 30, "between 1024 and 1073741824"),
+            // The lowest bound still holds a few submissions while one commit waits.
+            (
+                "ingest_max_pending_bytes",
+                self.ingest_max_pending_bytes,
+                65_536,
+                1 << 40,
+                "between 65536 and 1099511627776",
+            ),
             ("http_workers", self.http_workers, 1, 256, "between 1 and 256"),
             ("multipart_threshold", self.multipart_threshold, 5 << 20, 5 << 30, "between 5 MiB and 5 GiB"),
             ("upload_concurrency", self.upload_concurrency, 1, 1024, "between 1 and 1024"),

@@ -24,7 +24,7 @@ pub const KINDS: [&str; 5] = ["upload", "noop", "sleep", "fail", "panic"];
 /// Attempt outcomes, plus `dead` for jobs that failed for good.
 pub const OUTCOMES: [&str; 5] = ["succeeded", "failed", "dead", "panicked", "timed_out"];
 /// Why a submission was refused.
-pub const REJECTION_REASONS: [&str; 8] = [
+pub const REJECTION_REASONS: [&str; 9] = [
     "queue_full",
     "invalid",
     "too_large",
@@ -33,6 +33,7 @@ pub const REJECTION_REASONS: [&str; 8] = [
     "body_timeout",
     "key_not_allowed",
     "unavailable",
+    "commit_backlog",
 ];
 /// Why a request was refused before its route ran.
 pub const HTTP_REFUSAL_REASONS: [&str; 2] = ["header_too_large", "host_not_allowed"];

@@ -29,6 +29,10 @@ use crate::tls::{CertificateReloader, TlsError};
 /// Finished jobs deleted per purge transaction: small, so a purge never holds the queue
 /// thread long enough to delay submissions noticeably.
 const PURGE_BATCH: usize = 1_000;
+/// How long shutdown waits for the aborts of abandoned multipart uploads, after the drain.
+/// An abort is one request; with `shutdown_timeout_secs` (30 s) and the runtime's own second
+/// this stays inside the unit's `TimeoutStopSec=` (45 s).
+const UPLOAD_ABORT_WAIT: Duration = Duration::from_secs(5);
 /// The most threads the job-body runtime gets, however large `max_workers` is.
 const MAX_BODY_THREADS: usize = 256;
 
@@ -191,6 +195,10 @@ fn open_queue(config: &Config) -> Result<Box<dyn QueueBackend>, ServeError> {
                 tracing::warn!(ms, "test_cancel_hold_ms: the queue thread waits this long whenever a cancel arrives");
                 backend.hold_cancels_for(std::time::Duration::from_millis(ms));
             }
+            if let Some(millis) = config.test_sync_delay_ms {
+                tracing::warn!(millis, "test_sync_delay_ms: every fsync of the queue waits this long first");
+                backend.delay_syncs_by(std::time::Duration::from_millis(millis));
+            }
             tracing::info!(
                 path = %path.display(),
                 requeued_running = recovery.requeued,
@@ -249,8 +257,9 @@ async fn run(
         .with_systemd(notifier.clone(), crate::systemd::watchdog_interval())
         .start();
     let probe_task = actix::spawn(store_health.clone().run(store.clone(), dispatcher.clone()));
-    let ingest =
-        Ingest::new(queue.clone(), stats.clone(), metrics.clone(), config.group_commit, config.max_attempts).start();
+    let ingest = Ingest::new(queue.clone(), stats.clone(), metrics.clone(), config.group_commit, config.max_attempts)
+        .with_max_pending_bytes(config.ingest_max_pending_bytes)
+        .start();
     let purge_task = actix::spawn(purge_periodically(queue.clone(), config.retention));
 
     let state_queue = queue.clone();
@@ -370,6 +379,15 @@ async fn run(
         }
         Ok(Err(error)) => tracing::error!(%error, "the Dispatcher stopped before the drain finished"),
         Err(_) => tracing::warn!("shutdown_timeout elapsed with jobs still running; they are abandoned"),
+    }
+    // Abandoned uploads are aborted now, while the bodies runtime can still send the
+    // aborts; S3 would otherwise keep (and bill) their parts.
+    let still_open = store.abandon_uploads(UPLOAD_ABORT_WAIT).await;
+    if still_open > 0 {
+        tracing::warn!(
+            still_open,
+            "multipart uploads not aborted in time; their parts stay until a bucket lifecycle rule removes them"
+        );
     }
     probe_task.abort();
     purge_task.abort();

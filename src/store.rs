@@ -14,10 +14,10 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMultipartOptions,
-    PutOptions, PutPayload, RetryConfig,
+    Attribute, Attributes, BackoffConfig, ClientConfigKey, MultipartUpload, ObjectStore, ObjectStoreExt,
+    PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use url::Url;
 
 use crate::job::{JobId, JobResult};
@@ -59,6 +59,8 @@ pub enum StoreError {
     Symlink(PathBuf),
     #[error("checking the key's directories for symbolic links failed: {0}")]
     SymlinkCheck(std::io::Error),
+    #[error("jobd is shutting down: the multipart upload was aborted and the job will run again")]
+    ShuttingDown,
 }
 
 fn describe(code: Option<&str>, source: &object_store::Error) -> String {
@@ -96,7 +98,7 @@ impl StoreError {
                     | object_store::Error::NotSupported { .. }
                     | object_store::Error::UnknownConfigurationKey { .. }
             ),
-            StoreError::SymlinkCheck(_) => true,
+            StoreError::SymlinkCheck(_) | StoreError::ShuttingDown => true,
             StoreError::InvalidUrl { .. } | StoreError::CreateRoot { .. } | StoreError::Symlink(_) => false,
         }
     }
@@ -201,6 +203,12 @@ pub struct JobStore {
     upload_slots: Semaphore,
     upload_concurrency: usize,
     uploads_in_flight: AtomicUsize,
+    /// Set once at shutdown: multipart uploads still running abort themselves, while the
+    /// bodies runtime is still there to send the abort.
+    closing: watch::Sender<bool>,
+    /// Multipart uploads begun and neither completed nor aborted yet, including aborts
+    /// still on their way; shutdown waits for this to reach zero.
+    open_multipart_uploads: Arc<watch::Sender<usize>>,
 }
 
 impl JobStore {
@@ -213,11 +221,14 @@ impl JobStore {
             "file" => {
                 let root =
                     parsed.to_file_path().map_err(|()| invalid("a file:// URL needs an absolute path".to_owned()))?;
-                std::fs::create_dir_all(&root)
-                    .map_err(|source| StoreError::CreateRoot { path: root.clone(), source })?;
+                create_durable_dir(&root).map_err(|source| StoreError::CreateRoot { path: root.clone(), source })?;
                 let root =
                     root.canonicalize().map_err(|source| StoreError::CreateRoot { path: root.clone(), source })?;
-                let store = LocalFileSystem::new_with_prefix(&root)?;
+                // A job's `succeeded` is durable in queue.db, so its object must be too:
+                // with `fsync`, `put` syncs the file before renaming it into place, then
+                // its directory and every directory it created, before it returns, so a
+                // power loss cannot leave a succeeded job with its object missing or empty.
+                let store = LocalFileSystem::new_with_prefix(&root)?.with_fsync(true);
                 (Arc::new(store), StoreKind::Local, Some(root))
             }
             "s3" => {
@@ -252,6 +263,8 @@ impl JobStore {
             upload_slots: Semaphore::new(upload_concurrency),
             upload_concurrency,
             uploads_in_flight: AtomicUsize::new(0),
+            closing: watch::Sender::new(false),
+            open_multipart_uploads: Arc::new(watch::Sender::new(0)),
         })
     }
 
@@ -330,16 +343,34 @@ impl JobStore {
         attributes
     }
 
-    /// Uploads in parts; on any failure the upload is aborted, so no orphaned parts stay
-    /// behind to be billed.
+    /// Uploads in parts. An upload that does not complete is aborted, so no orphaned parts
+    /// stay behind to be billed: on a failure here, when the job's task is dropped (its
+    /// timeout aborts it), and at shutdown (see [`JobStore::abandon_uploads`]).
     async fn put_multipart(
         &self,
         key: &Path,
         body: Vec<u8>,
         attributes: Attributes,
     ) -> Result<object_store::PutResult, StoreError> {
+        let mut closing = self.closing.subscribe();
+        tokio::select! {
+            written = self.put_parts(key, body, attributes) => written,
+            // Dropping `put_parts` drops its `UnfinishedUpload`, which sends the abort.
+            _ = closing.wait_for(|closed| *closed) => Err(StoreError::ShuttingDown),
+        }
+    }
+
+    async fn put_parts(
+        &self,
+        key: &Path,
+        body: Vec<u8>,
+        attributes: Attributes,
+    ) -> Result<object_store::PutResult, StoreError> {
         let options = PutMultipartOptions { attributes, ..PutMultipartOptions::default() };
-        let mut upload = self.store.put_multipart_opts(key, options).await?;
+        // An upload whose creation is still in flight when the task is dropped has no id
+        // yet, so nothing can abort it; a bucket lifecycle rule removes such rare leftovers.
+        let upload = self.store.put_multipart_opts(key, options).await?;
+        let mut upload = UnfinishedUpload::new(upload, key.clone(), self.open_multipart_uploads.clone());
         let body = bytes::Bytes::from(body);
         let parts: Vec<_> = (0..body.len())
             .step_by(PART_SIZE)
@@ -348,7 +379,7 @@ impl JobStore {
         let mut uploaded = Ok(());
         for part in parts {
             // Parts go up one at a time: the upload slot bounds concurrency already.
-            if let Err(error) = upload.put_part(PutPayload::from(part)).await {
+            if let Err(error) = upload.put_part(part).await {
                 uploaded = Err(error);
                 break;
             }
@@ -360,12 +391,28 @@ impl JobStore {
         match completed {
             Ok(result) => Ok(result),
             Err(error) => {
-                if let Err(abort_error) = upload.abort().await {
-                    tracing::warn!(error = %abort_error, key = %key, "aborting a failed multipart upload failed");
-                }
+                upload.abort().await;
                 Err(error.into())
             }
         }
+    }
+
+    /// At shutdown, after the drain: makes every multipart upload still running abort
+    /// itself, and waits up to `within` for those aborts to reach the store. Returns how
+    /// many uploads were still open when the wait ended.
+    ///
+    /// Without this, the bodies runtime would drop the abandoned uploads as it shuts down,
+    /// when it can no longer run the abort that their guards send.
+    pub async fn abandon_uploads(&self, within: Duration) -> usize {
+        self.closing.send_replace(true);
+        let mut open = self.open_multipart_uploads.subscribe();
+        let open_at_start = *open.borrow_and_update();
+        if open_at_start > 0 {
+            tracing::info!(open_uploads = open_at_start, "aborting the multipart uploads of abandoned jobs");
+        }
+        // The sender lives in `self`, so the wait ends only by the count or the timeout.
+        let _ = tokio::time::timeout(within, open.wait_for(|open| *open == 0)).await;
+        *open.borrow()
     }
 
     /// Reads an object back; for tests and tools.
@@ -380,6 +427,93 @@ struct InFlight<'a>(&'a AtomicUsize);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A multipart upload that is aborted unless it completed or was aborted already, on
+/// every path that abandons it: a failed part, a failed completion, and the future that
+/// holds it being dropped, which is what a job timeout (the worker aborts the job's task)
+/// and shutdown do. S3 keeps the parts of an upload that was never aborted, and bills them.
+struct UnfinishedUpload {
+    /// `None` once the upload completed or was aborted.
+    upload: Option<Box<dyn MultipartUpload>>,
+    key: Path,
+    /// Counts this upload as open until it completes or its abort has finished.
+    open: OpenUpload,
+}
+
+impl UnfinishedUpload {
+    fn new(upload: Box<dyn MultipartUpload>, key: Path, open: Arc<watch::Sender<usize>>) -> Self {
+        Self { upload: Some(upload), key, open: OpenUpload::new(open) }
+    }
+
+    fn upload(&mut self) -> Result<&mut Box<dyn MultipartUpload>, object_store::Error> {
+        self.upload.as_mut().ok_or_else(|| object_store::Error::Generic {
+            store: "jobd",
+            source: "the multipart upload has already ended".into(),
+        })
+    }
+
+    async fn put_part(&mut self, part: bytes::Bytes) -> Result<(), object_store::Error> {
+        self.upload()?.put_part(PutPayload::from(part)).await
+    }
+
+    async fn complete(&mut self) -> Result<object_store::PutResult, object_store::Error> {
+        // If this future is dropped while the completion is in flight, the guard still
+        // aborts: aborting a completed upload changes nothing, so that is safe either way.
+        let result = self.upload()?.complete().await?;
+        self.upload = None;
+        Ok(result)
+    }
+
+    async fn abort(&mut self) {
+        if let Some(mut upload) = self.upload.take() {
+            abort_upload(upload.as_mut(), &self.key).await;
+        }
+    }
+}
+
+impl Drop for UnfinishedUpload {
+    fn drop(&mut self) {
+        let Some(mut upload) = self.upload.take() else { return };
+        let key = self.key.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                // The upload stays counted as open until its abort has finished.
+                let open = OpenUpload::new(self.open.0.clone());
+                runtime.spawn(async move {
+                    tracing::info!(key = %key, "aborting the multipart upload of an abandoned job");
+                    abort_upload(upload.as_mut(), &key).await;
+                    drop(open);
+                });
+            }
+            Err(_) => tracing::warn!(
+                key = %key,
+                "a multipart upload was abandoned outside a runtime, so it cannot be aborted; its parts stay until a bucket lifecycle rule removes them"
+            ),
+        }
+    }
+}
+
+async fn abort_upload(upload: &mut dyn MultipartUpload, key: &Path) {
+    if let Err(error) = upload.abort().await {
+        tracing::warn!(%error, key = %key, "aborting a multipart upload failed; its parts stay in the bucket");
+    }
+}
+
+/// Counts one multipart upload in [`JobStore::open_multipart_uploads`] until dropped.
+struct OpenUpload(Arc<watch::Sender<usize>>);
+
+impl OpenUpload {
+    fn new(open: Arc<watch::Sender<usize>>) -> Self {
+        open.send_modify(|count| *count += 1);
+        Self(open)
+    }
+}
+
+impl Drop for OpenUpload {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count -= 1);
     }
 }
 
@@ -415,6 +549,31 @@ fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
         .with_retry(retry)
         .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "120s")
         .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "5s")
+}
+
+/// Creates `dir` and any missing parents, then syncs each directory whose entries changed
+/// (every new one and the first that existed already), so that the store root survives a
+/// power loss as the objects synced into it do. An existing `dir` costs no sync.
+fn create_durable_dir(dir: &FsPath) -> std::io::Result<()> {
+    let mut first_existing = dir;
+    while !first_existing.exists() {
+        match first_existing.parent() {
+            Some(parent) => first_existing = parent,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    if first_existing == dir {
+        return Ok(());
+    }
+    let mut changed = dir;
+    loop {
+        std::fs::File::open(changed)?.sync_all()?;
+        match changed.parent() {
+            Some(parent) if changed != first_existing => changed = parent,
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// Refuses a key if any existing directory on its way is a symbolic link.
@@ -483,6 +642,33 @@ mod tests {
         small_parts.put(&big_key, big.clone(), &json).await.expect("multipart put over a link");
         assert_eq!(std::fs::read(&target).expect("read"), b"outside", "the link's target is untouched");
         assert_eq!(std::fs::read(root.path().join("a/big.json")).expect("read"), big);
+    }
+
+    #[tokio::test]
+    async fn file_objects_and_their_directories_are_synced_before_put_returns() {
+        // A power loss cannot be staged in a test. What decides durability is whether the
+        // store jobd writes through syncs: object_store's `LocalFileSystem` with `fsync`
+        // on syncs the staged file before its rename and every directory a write created
+        // or changed before `put` returns; its Debug output is where that setting shows.
+        let parent = tempfile::tempdir().expect("tempdir");
+        let root = parent.path().join("new/objects");
+        let url = Url::from_directory_path(&root).expect("url").to_string();
+        let store = JobStore::from_url(&url, &StoreOptions::default()).expect("store");
+        let described = format!("{:?}", store.store);
+        assert!(described.contains("fsync: true"), "the local store does not sync: {described}");
+
+        // The root was created, with its missing parent, and writes still land in it.
+        let key = Path::parse("payloads/2026/01/01/x.json").expect("key");
+        let json = UploadOptions { content_type: "application/json".into(), ..UploadOptions::default() };
+        store.put(&key, b"{}".to_vec(), &json).await.expect("put");
+        assert_eq!(std::fs::read(root.join("payloads/2026/01/01/x.json")).expect("read"), b"{}");
+        let big = vec![b'x'; 1 << 20];
+        let small_parts =
+            JobStore::from_url(&url, &StoreOptions { multipart_threshold: 1024, ..StoreOptions::default() })
+                .expect("store over the existing root");
+        let big_key = Path::parse("big/x.bin").expect("key");
+        small_parts.put(&big_key, big.clone(), &json).await.expect("multipart put");
+        assert_eq!(std::fs::read(root.join("big/x.bin")).expect("read"), big);
     }
 
     #[test]

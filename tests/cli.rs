@@ -104,6 +104,8 @@ fn help_documents_every_setting() {
         "JOBD_TLS_CERT",
         "JOBD_MAX_JOBS_PER_REQUEST",
         "JOBD_MAX_CONNECTIONS",
+        "JOBD_INGEST_MAX_PENDING_BYTES",
+        "JOBD_TEST_SYNC_DELAY_MS",
     ] {
         assert!(text.contains(variable), "--help lacks {variable}:\n{text}");
     }

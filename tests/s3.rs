@@ -104,6 +104,79 @@ async fn a_large_payload_goes_up_in_parts_and_a_failed_multipart_upload_leaves_n
     assert!(!moto.keys(BUCKET).await.contains(&"big/failed.json".to_owned()));
 }
 
+/// A daemon behind a proxy that holds every part for a minute, with the lowest
+/// `multipart_threshold` S3 allows, so that a 6 MiB body goes up as one (last) part.
+async fn slow_parts_daemon(moto: &Moto, extra: &[(&'static str, &str)]) -> (FaultProxy, Daemon) {
+    moto.create_bucket(BUCKET).await;
+    let proxy = FaultProxy::start(&moto.endpoint);
+    proxy.faults.delay_parts_ms.store(60_000, std::sync::atomic::Ordering::Relaxed);
+    let mut env = vec![("JOBD_MAX_BODY_BYTES", "16777216"), ("JOBD_MULTIPART_THRESHOLD", "5242880")];
+    env.extend_from_slice(extra);
+    let daemon = start(&env_for(&proxy.endpoint(), &env));
+    (proxy, daemon)
+}
+
+fn six_mib_upload(key: &str, extra: Value) -> Value {
+    let mut job = json!({"kind": "upload", "payload": {"blob": "x".repeat(6 * 1024 * 1024)}, "key": key});
+    if let (Some(job), Some(extra)) = (job.as_object_mut(), extra.as_object()) {
+        job.extend(extra.clone());
+    }
+    job
+}
+
+/// Polls moto until no multipart upload is in progress; fails the test after the harness's
+/// deadline, with the uploads left behind.
+async fn wait_until_no_open_uploads(moto: &Moto) {
+    let deadline = Instant::now() + common::WAIT_DEADLINE;
+    loop {
+        let open = moto.open_multipart_uploads(BUCKET).await;
+        if open.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "multipart uploads left behind: {open:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_multipart_upload_cut_off_by_the_job_timeout_is_aborted() {
+    let moto = Moto::start().await;
+    let (_proxy, daemon) = slow_parts_daemon(&moto, &[]).await;
+
+    let job = six_mib_upload("slow/timeout.json", json!({"timeout_ms": 1000, "max_attempts": 1}));
+    let id = accepted_ids(daemon.post_json("/v1/jobs", &job).await).await.remove(0);
+    let record = daemon.wait_for_job(&id, "the timed-out upload", settled).await;
+    assert_eq!(record["state"], "dead", "{record}");
+    assert!(record["last_error"].as_str().is_some_and(|e| e.contains("timed out")), "{record}");
+    wait_until_no_open_uploads(&moto).await;
+    // The upload had begun (its part is held by the proxy) when the timeout cut it off,
+    // so there was an upload to abort, and jobd aborted it.
+    daemon
+        .wait_for_logs("the abort of the abandoned upload", 1, |line| {
+            line["message"] == "aborting the multipart upload of an abandoned job"
+        })
+        .await;
+    assert!(!moto.keys(BUCKET).await.contains(&"slow/timeout.json".to_owned()));
+}
+
+#[tokio::test]
+async fn a_multipart_upload_abandoned_at_shutdown_is_aborted() {
+    let moto = Moto::start().await;
+    let (_proxy, mut daemon) = slow_parts_daemon(&moto, &[("JOBD_SHUTDOWN_TIMEOUT_SECS", "1")]).await;
+
+    accepted_ids(daemon.post_json("/v1/jobs", &six_mib_upload("slow/shutdown.json", json!({}))).await).await;
+    let deadline = Instant::now() + common::WAIT_DEADLINE;
+    while moto.open_multipart_uploads(BUCKET).await.is_empty() {
+        assert!(Instant::now() < deadline, "the upload never began");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit().success());
+    // jobd has exited: whatever it did not abort by now stays in the bucket.
+    let open = moto.open_multipart_uploads(BUCKET).await;
+    assert!(open.is_empty(), "multipart uploads left behind: {open:?}");
+}
+
 #[tokio::test]
 async fn gzip_uploads_decompress_to_the_payload() {
     let moto = Moto::start().await;

@@ -46,6 +46,11 @@ pub enum SubmitError {
     Refused(#[from] Refusal),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(
+        "the disk is slow: {held_bytes} bytes of submissions already wait for it to commit the ones before \
+         them, and this one would pass ingest_max_pending_bytes ({limit})"
+    )]
+    CommitsBehind { held_bytes: usize, limit: usize },
 }
 
 /// Where a submission's answer goes.
@@ -53,7 +58,14 @@ type Reply = oneshot::Sender<Result<Vec<Admitted>, SubmitError>>;
 
 struct PendingSubmission {
     jobs: Vec<Job>,
+    /// What the submission holds in memory, counted in [`Ingest::pending_bytes`].
+    bytes: usize,
     reply: Reply,
+}
+
+/// The memory a submission holds while it waits: its jobs, and the bodies they carry.
+fn held_bytes(jobs: &[Job]) -> usize {
+    jobs.iter().map(|job| std::mem::size_of::<Job>() + job.kind.body_len()).sum()
 }
 
 /// Gathers submissions into groups and sends them to the queue thread, at most
@@ -68,6 +80,11 @@ pub struct Ingest {
     stats: Arc<Stats>,
     metrics: Arc<Metrics>,
     pending: Vec<PendingSubmission>,
+    /// The bytes `pending` holds.
+    pending_bytes: usize,
+    /// The most bytes `pending` may hold; a submission that would pass it is refused,
+    /// unless nothing waits (see [`Ingest::with_max_pending_bytes`]).
+    max_pending_bytes: usize,
     /// Groups sent to the queue thread and not yet answered.
     in_flight: usize,
     /// Whether submissions that arrive during a commit join the next one; off, each
@@ -85,7 +102,29 @@ impl Ingest {
         group_commit: bool,
         default_max_attempts: u32,
     ) -> Self {
-        Self { queue, stats, metrics, pending: Vec::new(), in_flight: 0, group_commit, default_max_attempts }
+        Self {
+            queue,
+            stats,
+            metrics,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            max_pending_bytes: crate::config::DEFAULT_INGEST_MAX_PENDING_BYTES,
+            in_flight: 0,
+            group_commit,
+            default_max_attempts,
+        }
+    }
+
+    /// Bounds the bytes of submissions waiting in `pending` for a commit slot.
+    ///
+    /// Submissions wait there only while [`MAX_GROUPS_IN_FLIGHT`] groups wait for the disk,
+    /// that is, while the disk is slow; their clients may time out meanwhile, but their
+    /// bodies stay until their commit. Past the bound a submission is refused at once.
+    /// One that finds nothing waiting is always taken, whatever its size, so that
+    /// `max_body_bytes` alone limits a single request.
+    pub fn with_max_pending_bytes(mut self, max_pending_bytes: usize) -> Self {
+        self.max_pending_bytes = max_pending_bytes;
+        self
     }
 
     fn commit_next_group(&mut self, ctx: &mut Context<Self>) {
@@ -106,6 +145,7 @@ impl Ingest {
         let mut replies = Vec::with_capacity(group.len());
         let mut batches = Vec::with_capacity(group.len());
         for submission in group {
+            self.pending_bytes -= submission.bytes;
             let kinds: Vec<&'static str> = submission.jobs.iter().map(|job| job.kind.name()).collect();
             replies.push((submission.reply, kinds));
             batches.push(submission.jobs);
@@ -172,7 +212,7 @@ impl Handler<Submit> for Ingest {
 
     fn handle(&mut self, submit: Submit, ctx: &mut Self::Context) -> Self::Result {
         let created_at = Utc::now();
-        let jobs = submit
+        let jobs: Vec<Job> = submit
             .jobs
             .into_iter()
             .map(|spec| Job {
@@ -187,8 +227,20 @@ impl Handler<Submit> for Ingest {
                 kind: spec.kind,
             })
             .collect();
+        let bytes = held_bytes(&jobs);
+        if !self.pending.is_empty() && self.pending_bytes.saturating_add(bytes) > self.max_pending_bytes {
+            let refusal = SubmitError::CommitsBehind { held_bytes: self.pending_bytes, limit: self.max_pending_bytes };
+            tracing::debug!(
+                held_bytes = self.pending_bytes,
+                submission_bytes = bytes,
+                limit = self.max_pending_bytes,
+                "submission refused: the disk is behind"
+            );
+            return Box::pin(std::future::ready(Err(refusal)));
+        }
         let (reply, answer) = oneshot::channel();
-        self.pending.push(PendingSubmission { jobs, reply });
+        self.pending_bytes += bytes;
+        self.pending.push(PendingSubmission { jobs, bytes, reply });
         self.commit_next_group(ctx);
         Box::pin(async move {
             answer.await.unwrap_or_else(|_| Err(SubmitError::Storage(StorageError::new("the Ingest actor stopped"))))

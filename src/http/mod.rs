@@ -39,6 +39,10 @@ const QUEUE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The `Retry-After` of a 429, in seconds. Jobs finish continuously, so room usually
 /// appears within a second; clients that back off further are welcome to.
 const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 1;
+/// `Retry-After` when submissions wait for a slow disk past `ingest_max_pending_bytes`. A
+/// disk stall lasts seconds, longer than a queue takes to drain a little, so clients that
+/// honour it come back once rather than many times into the same stall.
+const COMMIT_BACKLOG_RETRY_AFTER_SECS: u64 = 5;
 
 /// Process-wide flags that readiness and the handlers read.
 #[derive(Debug, Default)]
@@ -470,6 +474,7 @@ async fn counted(
             "body-timeout" => (&state.stats.rejected_invalid, "body_timeout"),
             "key-not-allowed" => (&state.stats.rejected_invalid, "key_not_allowed"),
             "unavailable" => (&state.stats.rejected_unavailable, "unavailable"),
+            "commit-backlog" => (&state.stats.rejected_unavailable, "commit_backlog"),
             _ => (&state.stats.rejected_invalid, "invalid"),
         };
         Stats::bump(counter);
@@ -541,6 +546,14 @@ async fn submit(
         Ok(Err(SubmitError::Storage(error))) => {
             Err(Problem::unavailable(format!("{error}; nothing of this request was enqueued")))
         }
+        // 503, not 429: the queue has room, it is the disk that is behind.
+        Ok(Err(behind @ SubmitError::CommitsBehind { .. })) => Err(Problem::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "commit-backlog",
+            "Service Unavailable",
+            format!("{behind}; nothing of this request was enqueued, retry it later"),
+        )
+        .retry_after(COMMIT_BACKLOG_RETRY_AFTER_SECS)),
         Err(error) => Err(Problem::unavailable(format!("the Ingest actor is unavailable ({error})"))),
     }
 }

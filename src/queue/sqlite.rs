@@ -281,6 +281,8 @@ pub struct SqliteBackend {
     fail_syncs_after: Option<u64>,
     /// See [`QueueBackend::cancel_hold`]; only for tests.
     cancel_hold: Option<std::time::Duration>,
+    /// See [`SqliteBackend::delay_syncs_by`]; only for tests.
+    sync_delay: Option<std::time::Duration>,
     /// Declared after `connection`, so it is dropped (and its thread joined) after it.
     checkpointer: Checkpointer,
 }
@@ -312,10 +314,15 @@ struct WalSyncer {
     storage_lost: Arc<AtomicBool>,
     /// Syncs left before every sync fails (`test_fail_sync_after`), if set.
     syncs_before_failing: Option<u64>,
+    /// How long each sync waits first (`test_sync_delay_ms`), as a stalled disk would.
+    delay: Option<std::time::Duration>,
 }
 
 impl Syncer for WalSyncer {
     fn sync(&mut self) -> Result<(), StorageError> {
+        if let Some(delay) = self.delay {
+            std::thread::sleep(delay);
+        }
         if self.storage_lost.load(Ordering::Acquire) {
             return Err(StorageError::new("a WAL checkpoint failed with an I/O error"));
         }
@@ -681,6 +688,7 @@ impl SqliteBackend {
             wal: (synchronous == Synchronous::Full).then(|| WalFile::new(path)),
             fail_syncs_after: None,
             cancel_hold: None,
+            sync_delay: None,
             checkpointer,
         };
         Ok((backend, recovery))
@@ -690,6 +698,12 @@ impl SqliteBackend {
     /// (`test_fail_sync_after`), so that tests can watch what jobd does then.
     pub fn fail_syncs_after(&mut self, count: u64) {
         self.fail_syncs_after = Some(count);
+    }
+
+    /// Makes every fsync of the syncer wait this long first, as a stalled disk would
+    /// (`test_sync_delay_ms`), so that tests can hold commits' answers back.
+    pub fn delay_syncs_by(&mut self, delay: std::time::Duration) {
+        self.sync_delay = Some(delay);
     }
 
     /// Makes the queue thread wait this long when a cancel arrives (`test_cancel_hold_ms`),
@@ -1101,6 +1115,7 @@ impl QueueBackend for SqliteBackend {
             wal,
             storage_lost: self.checkpointer.storage_lost.clone(),
             syncs_before_failing: self.fail_syncs_after,
+            delay: self.sync_delay,
         }))
     }
 

@@ -4,7 +4,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
@@ -82,6 +82,23 @@ impl Moto {
         objects.into_iter().map(|object| object.location.to_string()).collect()
     }
 
+    /// The keys of the multipart uploads in progress in `bucket` (neither completed nor
+    /// aborted), from ListMultipartUploads: one `<Upload>` entry each.
+    pub async fn open_multipart_uploads(&self, bucket: &str) -> Vec<String> {
+        let answer = self.multipart_uploads(bucket).await;
+        assert!(answer.contains("ListMultipartUploadsResult"), "not a ListMultipartUploads answer: {answer}");
+        answer
+            .split("<Upload>")
+            .skip(1)
+            .map(|entry| {
+                entry
+                    .split_once("<Key>")
+                    .and_then(|(_, rest)| rest.split_once("</Key>"))
+                    .map_or_else(|| entry.to_owned(), |(key, _)| key.to_owned())
+            })
+            .collect()
+    }
+
     /// The raw answer to ListMultipartUploads.
     pub async fn multipart_uploads(&self, bucket: &str) -> String {
         reqwest::Client::new()
@@ -124,6 +141,9 @@ impl Drop for Moto {
 pub struct Faults {
     /// Answer every `UploadPart` for part 2 with a 500, so multipart uploads fail mid-way.
     pub fail_second_part: AtomicBool,
+    /// Hold every `UploadPart` this many milliseconds before forwarding it, like a slow
+    /// link, so that a job's timeout or a shutdown can catch an upload mid-way.
+    pub delay_parts_ms: AtomicU64,
 }
 
 /// An HTTP proxy in front of moto, on a port of its own, which can be stopped (connections
@@ -203,6 +223,10 @@ async fn forward(
         return actix_web::HttpResponse::InternalServerError()
             .content_type("application/xml")
             .body("<Error><Code>InternalError</Code><Message>injected</Message></Error>");
+    }
+    let part_delay = faults.delay_parts_ms.load(Ordering::Relaxed);
+    if part_delay > 0 && request.method() == "PUT" && query.contains("partNumber=") {
+        tokio::time::sleep(Duration::from_millis(part_delay)).await;
     }
     let url = if query.is_empty() {
         format!("{upstream}{}", request.path())
