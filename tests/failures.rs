@@ -10,24 +10,6 @@ use chrono::{DateTime, Utc};
 use common::{Daemon, accepted_ids};
 use serde_json::{Value, json};
 
-/// Every record of a listing, following its cursors.
-async fn list_all(daemon: &Daemon, state: &str) -> Vec<Value> {
-    let mut records = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = daemon.url(&format!("/v1/jobs?state={state}&limit=1000"));
-        if let Some(cursor) = &cursor {
-            url.push_str(&format!("&cursor={cursor}"));
-        }
-        let page: Value = daemon.client.get(url).send().await.expect("GET").json().await.expect("JSON");
-        records.extend(page["jobs"].as_array().expect("jobs").iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return records,
-        }
-    }
-}
-
 fn time(value: &Value) -> DateTime<Utc> {
     value.as_str().and_then(|text| DateTime::parse_from_rfc3339(text).ok()).expect("an RFC 3339 time").to_utc()
 }
@@ -80,14 +62,14 @@ async fn a_fifth_of_five_thousand_jobs_panic_and_the_daemon_and_pool_survive() {
     assert_eq!(workers["restarts"], 3000, "one restart per panic");
     assert_eq!(stats["queue"]["dead"], 1000);
 
-    let dead = list_all(&daemon, "dead").await;
+    let dead = daemon.list_all("dead").await;
     assert_eq!(dead.len(), 1000);
     for record in &dead {
         assert_eq!(record["kind"], "panic");
         assert_eq!(record["attempts"], 3, "{record}");
         assert!(record["last_error"].as_str().is_some_and(|e| e.starts_with("panicked: bug ")), "{record}");
     }
-    assert_eq!(list_all(&daemon, "succeeded").await.len(), 4000);
+    assert_eq!(daemon.list_all("succeeded").await.len(), 4000);
 }
 
 #[tokio::test]
@@ -237,7 +219,7 @@ async fn a_hundred_thousand_delayed_jobs_run_in_due_order_none_early_on_one_time
     assert!(max_tasks.unwrap_or(0) <= min_tasks.unwrap_or(0) + 20, "tasks grew: {tasks:?}");
     assert!(max_tasks.unwrap_or(u64::MAX) <= 16, "no task per job, at most one per worker: {tasks:?}");
 
-    let mut records = list_all(&daemon, "succeeded").await;
+    let mut records = daemon.list_all("succeeded").await;
     assert_eq!(records.len() as u64, JOBS);
     for record in &records {
         assert!(time(&record["started_at"]) >= time(&record["run_at"]), "started early: {record}");
@@ -330,7 +312,7 @@ async fn dead_letters_are_listed_retried_and_queued_jobs_cancelled() {
         .remove(0);
     daemon.wait_for("the sleep running", |stats| stats["queue"]["running"] == 1).await;
     let queued = accepted_ids(daemon.post_json("/v1/jobs", &json!({"kind": "noop"})).await).await.remove(0);
-    let listed = list_all(&daemon, "scheduled").await;
+    let listed = daemon.list_all("scheduled").await;
     assert_eq!(listed.iter().filter_map(|job| job["id"].as_str()).collect::<Vec<_>>(), [scheduled.as_str()]);
     let cancel = |id: String| {
         let request = daemon.client.delete(daemon.url(&format!("/v1/jobs/{id}")));
@@ -352,7 +334,7 @@ async fn dead_letters_are_listed_retried_and_queued_jobs_cancelled() {
         assert_eq!(record["state"], "cancelled", "{record}");
         assert!(record["started_at"].is_null(), "never ran: {record}");
     }
-    assert_eq!(list_all(&daemon, "cancelled").await.len(), 2);
+    assert_eq!(daemon.list_all("cancelled").await.len(), 2);
 }
 
 /// After a `200` from DELETE the job never starts, even when the Dispatcher's fetch lands
@@ -384,11 +366,7 @@ async fn a_cancelled_job_never_starts_when_a_fetch_shares_the_cancels_batch() {
     let record = daemon.job(&victim).await.expect("record");
     assert_eq!(record["state"], "cancelled", "{record}");
     assert!(record["started_at"].is_null(), "{record}");
-    let scrape = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
-    let noops_run: f64 = scrape
-        .lines()
-        .find_map(|line| line.strip_prefix("jobd_jobs_finished_total{kind=\"noop\",outcome=\"succeeded\"} "))
-        .and_then(|value| value.parse().ok())
-        .expect("the noop series");
+    let noops_run =
+        daemon.metric("jobd_jobs_finished_total{kind=\"noop\",outcome=\"succeeded\"}").await.expect("the noop series");
     assert_eq!(noops_run as u64, total - 1, "the cancelled job ran");
 }

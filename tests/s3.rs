@@ -289,11 +289,9 @@ async fn an_s3_outage_of_twenty_seconds_loses_nothing() {
     for id in &ids {
         assert!(keys.iter().any(|key| key.ends_with(&format!("{id}.json"))), "object of {id}");
     }
-    let scrape = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
-    let failed_attempts: f64 = scrape
-        .lines()
-        .find_map(|line| line.strip_prefix("jobd_jobs_finished_total{kind=\"upload\",outcome=\"failed\"} "))
-        .and_then(|value| value.parse().ok())
+    let failed_attempts = daemon
+        .metric("jobd_jobs_finished_total{kind=\"upload\",outcome=\"failed\"}")
+        .await
         .expect("the failed-attempt series");
     println!("failed upload attempts retried during the outage: {failed_attempts}");
     assert!(failed_attempts > 0.0, "retries are visible in the metrics");
@@ -301,29 +299,6 @@ async fn an_s3_outage_of_twenty_seconds_loses_nothing() {
     // that was running when it went, not one per backoff (1,242 before the hold).
     assert!(failed_attempts <= 100.0, "uploads burned attempts during the outage: {failed_attempts}");
     assert_eq!(stats["queue"]["dead"], 0);
-}
-
-/// Every record in `state`, through the listing's cursors.
-async fn list_all(daemon: &Daemon, state: &str) -> Vec<Value> {
-    let mut records = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = daemon.url(&format!("/v1/jobs?state={state}&limit=1000"));
-        if let Some(cursor) = &cursor {
-            url.push_str(&format!("&cursor={cursor}"));
-        }
-        let page: Value = daemon.client.get(url).send().await.expect("GET").json().await.expect("JSON");
-        records.extend(page["jobs"].as_array().cloned().unwrap_or_default());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return records,
-        }
-    }
-}
-
-async fn scrape_value(daemon: &Daemon, series: &str) -> Option<f64> {
-    let scrape = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
-    scrape.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// At default settings (no tuned attempts or backoff), S3 goes away for a minute under a
@@ -361,7 +336,7 @@ async fn an_s3_outage_of_a_minute_at_default_settings_loses_nothing_and_burns_no
             let body: Value = ready.json().await.expect("JSON");
             assert_eq!(body["store"]["reachable"], false, "{body}");
             assert_eq!(body["store"]["reason"], "unreachable", "{body}");
-            assert_eq!(scrape_value(&daemon, "jobd_store_up").await, Some(0.0));
+            assert_eq!(daemon.metric("jobd_store_up").await, Some(0.0));
             // Other kinds do not wait for the store.
             let noop = accepted_ids(daemon.post_json("/v1/jobs", &json!({"kind": "noop"})).await).await.remove(0);
             let record = daemon.wait_for_job(&noop, "the noop during the outage", settled).await;
@@ -386,7 +361,7 @@ async fn an_s3_outage_of_a_minute_at_default_settings_loses_nothing_and_burns_no
     println!("{total} uploads across a {OUTAGE:?} outage: {}", stats["queue"]);
     assert_eq!(stats["queue"]["dead"], 0, "{stats}");
 
-    let succeeded = list_all(&daemon, "succeeded").await;
+    let succeeded = daemon.list_all("succeeded").await;
     let uploads: Vec<&Value> = succeeded.iter().filter(|record| record["kind"] == "upload").collect();
     assert_eq!(uploads.len() as u64, total);
     let most_attempts = uploads.iter().filter_map(|record| record["attempts"].as_u64()).max().unwrap_or(0);
@@ -395,7 +370,7 @@ async fn an_s3_outage_of_a_minute_at_default_settings_loses_nothing_and_burns_no
     // Held while the store is down, a job spends about one attempt on an outage (the one
     // that found it down), where it spent one every backoff before.
     assert!(most_attempts <= 3, "uploads burned attempts while the store was down: {most_attempts}");
-    assert_eq!(scrape_value(&daemon, "jobd_store_up").await, Some(1.0));
+    assert_eq!(daemon.metric("jobd_store_up").await, Some(1.0));
 
     let keys = moto.keys(BUCKET).await;
     let unique: HashSet<&String> = keys.iter().collect();

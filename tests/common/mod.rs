@@ -190,6 +190,31 @@ impl Daemon {
         }
     }
 
+    /// Every record of a listing of `state`, following its cursors.
+    pub async fn list_all(&self, state: &str) -> Vec<Value> {
+        let mut records = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = self.url(&format!("/v1/jobs?state={state}&limit=1000"));
+            if let Some(cursor) = &cursor {
+                url.push_str(&format!("&cursor={cursor}"));
+            }
+            let page: Value = self.client.get(url).send().await.expect("GET").json().await.expect("JSON");
+            records.extend(page["jobs"].as_array().expect("jobs").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return records,
+            }
+        }
+    }
+
+    /// The value of one series in a scrape of `/metrics`, named with its labels as
+    /// Prometheus prints them (`jobd_store_up`, `jobd_jobs_finished_total{kind="noop",...}`).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let scrape = self.client.get(self.url("/metrics")).send().await.expect("GET").text().await.expect("text");
+        scrape.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// `GET /v1/stats`.
     pub async fn stats(&self) -> Value {
         let response = self.client.get(self.url("/v1/stats")).send().await.expect("GET stats");
