@@ -1,15 +1,12 @@
 //! The durable backend, the default: `<data_dir>/queue.db` in SQLite, WAL mode, one
 //! transaction per batch of commands. A job it accepted survives `kill -9`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use serde_json::{Value, json, value::RawValue};
 
@@ -21,6 +18,14 @@ use crate::job::{
     FinishedJob, Job, JobId, JobKind, JobRecord, JobResult, JobState, Outcome, StartedJob, UploadBody, UploadSpec,
 };
 use crate::keys::ObjectKey;
+
+mod fresh;
+mod wal;
+
+#[cfg(test)]
+use fresh::FRESH_MAX_JOBS;
+use fresh::FreshJobs;
+use wal::{Checkpointer, WalFile, WalSyncer};
 
 /// How SQLite syncs commits to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
@@ -285,268 +290,6 @@ pub struct SqliteBackend {
     sync_delay: Option<std::time::Duration>,
     /// Declared after `connection`, so it is dropped (and its thread joined) after it.
     checkpointer: Checkpointer,
-}
-
-/// The WAL file, fsynced by jobd rather than by SQLite.
-///
-/// Once the queue thread takes the [`WalSyncer`] (with group commit), SQLite runs with
-/// `synchronous = NORMAL`, so that a commit only writes its frames to the WAL, and the
-/// queue's sync thread fsyncs the file. The split lets
-/// the queue thread hand committed jobs to the Dispatcher, and commit the next group,
-/// while the fsync runs; the submitters are answered after it. A 202 still means "on
-/// disk", but neither a job's start nor the next commit waits for the disk. SQLite still
-/// syncs the WAL before each checkpoint, and the database file after it, so a checkpoint
-/// never copies pages that are not durable, and the WAL restarts only after one.
-///
-/// An fsync on another descriptor of the same file covers every write to it that
-/// returned before the fsync began, which is what a sync promises.
-struct WalFile {
-    path: PathBuf,
-    /// Opened at the first sync; reopened should the path ever name another file, so
-    /// that a sync can never go to a file SQLite no longer writes.
-    open: Option<(std::fs::File, u64)>,
-}
-
-/// The SQLite backend's [`Syncer`]: fsyncs the WAL, unless a checkpoint already found
-/// the storage failing.
-struct WalSyncer {
-    wal: WalFile,
-    storage_lost: Arc<AtomicBool>,
-    /// Syncs left before every sync fails (`test_fail_sync_after`), if set.
-    syncs_before_failing: Option<u64>,
-    /// How long each sync waits first (`test_sync_delay_ms`), as a stalled disk would.
-    delay: Option<std::time::Duration>,
-}
-
-impl Syncer for WalSyncer {
-    fn sync(&mut self) -> Result<(), StorageError> {
-        if let Some(delay) = self.delay {
-            std::thread::sleep(delay);
-        }
-        if self.storage_lost.load(Ordering::Acquire) {
-            return Err(StorageError::new("a WAL checkpoint failed with an I/O error"));
-        }
-        match &mut self.syncs_before_failing {
-            Some(0) => return Err(StorageError::new("fsync of the WAL failed (injected by test_fail_sync_after)")),
-            Some(left) => *left -= 1,
-            None => {}
-        }
-        self.wal.sync()
-    }
-}
-
-impl WalFile {
-    fn new(database: &Path) -> Self {
-        let mut path = database.as_os_str().to_owned();
-        path.push("-wal");
-        Self { path: PathBuf::from(path), open: None }
-    }
-
-    fn sync(&mut self) -> Result<(), StorageError> {
-        use std::os::unix::fs::MetadataExt as _;
-        let failed =
-            |what: &str, error: std::io::Error| StorageError::new(format!("{what} {}: {error}", self.path.display()));
-        let inode = std::fs::metadata(&self.path).map_err(|error| failed("cannot find the WAL", error))?.ino();
-        let file = match self.open.take() {
-            Some((file, opened_inode)) if opened_inode == inode => file,
-            _ => {
-                let file = std::fs::File::open(&self.path).map_err(|error| failed("cannot open the WAL", error))?;
-                // A WAL file this process created is durable only once its directory entry is.
-                let directory = match self.path.parent() {
-                    Some(parent) if !parent.as_os_str().is_empty() => parent,
-                    _ => Path::new("."),
-                };
-                std::fs::File::open(directory)
-                    .and_then(|directory| directory.sync_all())
-                    .map_err(|error| failed("cannot sync the directory of the WAL", error))?;
-                file
-            }
-        };
-        file.sync_data().map_err(|error| failed("cannot fsync the WAL", error))?;
-        self.open = Some((file, inode));
-        Ok(())
-    }
-}
-
-/// The most jobs, and bytes (see [`Job::footprint`]), [`FreshJobs`] keeps: up to about 8 MiB
-/// whatever the jobs. Past them, claims read the database as they would without it. The
-/// buffer is large so that a burst of ingest faster than the workers does not overflow it
-/// at once: each overflow sends claims back to reading rows until they catch up.
-const FRESH_MAX_JOBS: usize = 32_768;
-const FRESH_MAX_BYTES: usize = 8 << 20;
-
-/// Queued jobs this process inserted, in claim order, kept in memory so that claiming
-/// them reads nothing: a job committed a moment ago goes to the Dispatcher as it came in,
-/// without a query and a decode per job. The database stays the truth: the buffer only
-/// serves a claim when its first job is exactly the next one in `ready_seq` order, and
-/// whatever it cannot serve (a gap, an overflow, a cancel, a rollback) the claim reads
-/// from the table as before.
-#[derive(Default)]
-struct FreshJobs {
-    /// Committed jobs; the first has `ready_seq` `first`, each next one the next number.
-    committed: VecDeque<Job>,
-    first: i64,
-    /// Jobs inserted by the open transaction, following `committed` without a gap.
-    pending: Vec<Job>,
-    /// The [`Job::footprint`] of `committed` and of `pending`.
-    committed_bytes: usize,
-    pending_bytes: usize,
-}
-
-impl FreshJobs {
-    fn len(&self) -> usize {
-        self.committed.len() + self.pending.len()
-    }
-
-    /// Keeps a job just inserted with `ready_seq`. A job that does not follow the last one
-    /// kept (another path took the numbers between) starts the buffer anew; one that does
-    /// not fit is left to the database.
-    fn add(&mut self, ready_seq: i64, job: Job) {
-        if self.len() == 0 || ready_seq != self.first + self.len() as i64 {
-            self.clear();
-            self.first = ready_seq;
-        }
-        let bytes = job.footprint();
-        if self.len() >= FRESH_MAX_JOBS || self.committed_bytes + self.pending_bytes + bytes > FRESH_MAX_BYTES {
-            return;
-        }
-        self.pending.push(job);
-        self.pending_bytes += bytes;
-    }
-
-    fn commit(&mut self) {
-        self.committed.extend(self.pending.drain(..));
-        self.committed_bytes += std::mem::take(&mut self.pending_bytes);
-    }
-
-    fn rollback(&mut self) {
-        self.pending.clear();
-        self.pending_bytes = 0;
-    }
-
-    fn clear(&mut self) {
-        self.committed.clear();
-        self.committed_bytes = 0;
-        self.rollback();
-    }
-
-    fn pop_front(&mut self) -> Option<Job> {
-        let job = self.committed.pop_front()?;
-        self.committed_bytes = self.committed_bytes.saturating_sub(job.footprint());
-        self.first += 1;
-        Some(job)
-    }
-
-    /// Moves committed jobs that follow `claimed_up_to` into `into`, up to `max` in all and
-    /// as many body bytes as the claim has room for, advancing `claimed_up_to` and adding
-    /// to `bytes`. Returns whether it stopped at the byte limit.
-    fn claim(&mut self, claimed_up_to: &mut i64, max: usize, into: &mut Vec<Job>, bytes: &mut usize) -> bool {
-        // Jobs a claim already read from the table are of no more use.
-        while !self.committed.is_empty() && self.first <= *claimed_up_to {
-            self.pop_front();
-        }
-        if self.first != *claimed_up_to + 1 {
-            return false;
-        }
-        while into.len() < max {
-            let Some(front) = self.committed.front() else { break };
-            let size = front.kind.body_len();
-            if !claim_has_room(into.len(), *bytes, size) {
-                return true;
-            }
-            let Some(mut job) = self.pop_front() else { break };
-            *bytes += size;
-            *claimed_up_to = self.first - 1;
-            // What the table would say of a job never started: its first attempt.
-            job.attempt = 1;
-            into.push(job);
-        }
-        false
-    }
-}
-
-/// WAL pages after a commit at which the [`Checkpointer`] is woken: SQLite's own default
-/// for checkpointing.
-const WAL_BACKGROUND_CHECKPOINT_PAGES: i32 = 1_000;
-/// WAL pages at which the queue thread checkpoints by itself, in case the checkpointer
-/// cannot keep up: about 64 MiB with 4 KiB pages, the most the WAL grows.
-const WAL_FOREGROUND_CHECKPOINT_PAGES: i32 = 16_000;
-
-/// Copies committed pages from the WAL back into the database file on a thread of its own,
-/// with a connection of its own.
-///
-/// SQLite would otherwise do it inside a commit of the queue thread once the WAL holds a
-/// thousand pages: a write of up to a thousand pages and an fsync of the database file, in
-/// the middle of the commit path, which profiles showed as a few percent of the queue
-/// thread and as the slowest commits. Here the queue thread's commit hook only wakes this
-/// thread, which checkpoints in PASSIVE mode, never blocking the writer. The backend owns
-/// the thread: dropping it closes the channel, and the thread ends and is joined.
-///
-/// A checkpoint fsyncs the WAL before it copies anything. If that fsync fails with an I/O
-/// error, the kernel may have dropped WAL pages that a later fsync would then not write,
-/// so the checkpointer marks the storage as lost, and the next sync (see [`WalSyncer`])
-/// fails for it.
-struct Checkpointer {
-    wake: Option<std::sync::mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    storage_lost: Arc<AtomicBool>,
-}
-
-/// Marks the storage as lost when a checkpoint's error is the storage failing (as opposed
-/// to, say, being busy).
-fn mark_lost_on_io_failure(error: &rusqlite::Error, storage_lost: &AtomicBool) {
-    if error.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure) {
-        storage_lost.store(true, Ordering::Release);
-    }
-}
-
-impl Checkpointer {
-    /// Starts the thread and hooks it to `connection`'s commits.
-    fn start(path: &Path, connection: &mut Connection) -> Result<Self, StorageError> {
-        let own = Connection::open(path)?;
-        own.pragma_update(None, "busy_timeout", 5_000)?;
-        // One wake-up waiting is enough: a checkpoint copies everything committed so far.
-        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-        let storage_lost = Arc::new(AtomicBool::new(false));
-        let thread_lost = storage_lost.clone();
-        let thread = std::thread::Builder::new()
-            .name("jobd-checkpoint".to_owned())
-            .spawn(move || {
-                while woken.recv().is_ok() {
-                    if let Err(error) = own.wal_checkpoint_v2(rusqlite::DEFAULT_NAME, CheckpointMode::PASSIVE) {
-                        tracing::warn!(%error, "background WAL checkpoint failed; the WAL keeps the pages");
-                        mark_lost_on_io_failure(&error, &thread_lost);
-                    }
-                }
-            })
-            .map_err(|error| StorageError::new(format!("cannot start the checkpoint thread: {error}")))?;
-        let hook_wake = wake.clone();
-        let hook_lost = storage_lost.clone();
-        connection.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
-            if pages >= WAL_BACKGROUND_CHECKPOINT_PAGES {
-                let _ = hook_wake.try_send(());
-            }
-            if pages >= WAL_FOREGROUND_CHECKPOINT_PAGES
-                && let Err(error) = wal.checkpoint_v2(CheckpointMode::PASSIVE)
-            {
-                tracing::warn!(%error, pages, "WAL checkpoint on the queue thread failed");
-                mark_lost_on_io_failure(&error, &hook_lost);
-            }
-            Ok(())
-        }))?;
-        Ok(Self { wake: Some(wake), thread: Some(thread), storage_lost })
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        drop(self.wake.take());
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the checkpoint thread panicked");
-        }
-    }
 }
 
 /// What opening found, for the start-up log.
