@@ -127,7 +127,8 @@ pub(crate) struct RawJob {
     #[serde(default)]
     content_encoding: Option<String>,
     #[serde(default)]
-    metadata: Option<std::collections::BTreeMap<String, String>>,
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
+    metadata: Option<Metadata>,
     #[serde(default)]
     idempotency_key: Option<String>,
     #[serde(default)]
@@ -656,12 +657,44 @@ fn validate_upload(raw: RawJob, options: ParseOptions) -> Result<UploadSpec, Fie
     {
         return Err(field_problem("content_encoding", "must be \"gzip\" (the only encoding jobd applies)"));
     }
-    let metadata: Vec<(String, String)> = raw.metadata.unwrap_or_default().into_iter().collect();
+    let metadata: Vec<(String, String)> = raw.metadata.unwrap_or_default().0.into_iter().collect();
     if !metadata.is_empty() && !options.metadata_supported {
         return Err(field_problem("metadata", "needs a store that records metadata (s3:// or memory://), not file://"));
     }
     check_metadata(&metadata)?;
     Ok(UploadSpec { body, key, content_type: raw.content_type, content_encoding: raw.content_encoding, metadata })
+}
+
+/// An upload's `metadata` as it is read: a map that stops at the first entry past
+/// [`MAX_METADATA_ENTRIES`], so that a body of many tiny entries is refused at about its
+/// own size instead of first becoming a map of a million strings.
+#[derive(Debug, Default)]
+pub(crate) struct Metadata(std::collections::BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BoundedMap;
+        impl<'de> Visitor<'de> for BoundedMap {
+            type Value = Metadata;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(formatter, "an object of at most {MAX_METADATA_ENTRIES} string entries")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
+                let mut entries = std::collections::BTreeMap::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if entries.len() == MAX_METADATA_ENTRIES {
+                        return Err(de::Error::custom(format!("has more than {MAX_METADATA_ENTRIES} entries")));
+                    }
+                    let value = map.next_value::<String>()?;
+                    entries.insert(name, value);
+                }
+                Ok(Metadata(entries))
+            }
+        }
+        deserializer.deserialize_map(BoundedMap)
+    }
 }
 
 /// User metadata rules: few short entries of header-safe names and printable values, as

@@ -253,7 +253,8 @@ async fn a_token_file_emptied_of_tokens_leaves_no_token_valid_after_sighup() {
     // Tokens written back work again on the next SIGHUP.
     token_file(tokens_dir.path());
     daemon.signal("HUP");
-    daemon.wait_for_logs("reload", 1, |record| record["message"] == "SIGHUP: token file reloaded").await;
+    // The second reload: the emptied file's reload logged the same line first.
+    daemon.wait_for_logs("the second reload", 2, |record| record["message"] == "SIGHUP: token file reloaded").await;
     assert_eq!(send(&daemon, "GET", "/v1/stats", Some(READ_TOKEN), None).await.status(), 200);
 
     // Starting with an empty token file is allowed too, with the same warning and the
@@ -669,6 +670,40 @@ async fn eight_concurrent_bodies_of_far_too_many_jobs_cost_about_their_own_size_
     }
     // The bodies themselves are 64 MiB; parsing each into jobs before counting them took
     // the peak past 380 MiB.
+    assert!(peak_kib < 150 * 1024, "peak resident memory {peak_kib} KiB (idle {idle_kib} KiB)");
+    assert_eq!(daemon.stats().await["queue"]["queued"], 0);
+}
+
+/// An upload whose `metadata` holds hundreds of thousands of tiny entries is refused at
+/// the first entry past the limit, so eight such 8 MiB bodies at once cost about their own
+/// size. Read whole into a map first, they cost many times that before the entry count was
+/// checked.
+#[tokio::test]
+async fn eight_concurrent_bodies_of_far_too_much_metadata_cost_about_their_own_size_in_memory() {
+    let daemon = Daemon::start(&[]);
+    let idle_kib = daemon.peak_rss_kib();
+    let mut body = br#"{"kind":"upload","payload":1,"metadata":{"m0":"""#.to_vec();
+    let mut entry = 1;
+    while body.len() < 8 * 1024 * 1024 - 32 {
+        body.extend_from_slice(format!(r#","m{entry}":"""#).as_bytes());
+        entry += 1;
+    }
+    body.extend_from_slice(b"}}");
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        let request =
+            daemon.client.post(daemon.url("/v1/jobs")).header("content-type", "application/json").body(body.clone());
+        answers.push(tokio::spawn(async move { request.send().await.expect("POST") }));
+    }
+    drop(body);
+    for answer in answers {
+        let response = answer.await.expect("request task");
+        assert_eq!(response.status(), 400);
+        let problem: Value = response.json().await.expect("problem");
+        assert!(problem.to_string().contains("metadata"), "the problem names the field: {problem}");
+    }
+    let peak_kib = daemon.peak_rss_kib();
+    eprintln!("peak resident memory: {idle_kib} KiB idle, {peak_kib} KiB after 8 bodies of {entry} metadata entries");
     assert!(peak_kib < 150 * 1024, "peak resident memory {peak_kib} KiB (idle {idle_kib} KiB)");
     assert_eq!(daemon.stats().await["queue"]["queued"], 0);
 }
