@@ -371,8 +371,13 @@ async fn a_full_disk_answers_503_keeps_serving_reads_and_recovers() {
 // Multi-threaded: the test thread blocks in `wait_exit` while the clients go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_fsync_refuses_the_work_in_flight_stops_jobd_and_loses_no_accepted_job() {
-    // After 40 good fsyncs every fsync fails, as on a disk that dies under load.
-    let mut daemon = Daemon::start(&[("JOBD_TEST_FAIL_SYNC_AFTER", "40")]);
+    // After 40 good fsyncs every fsync fails, as on a disk that dies under load. Each
+    // fsync takes 50 ms, as on a busy disk, so that submissions are always in flight when
+    // the failing one runs: with instant fsyncs, all eight clients, answered together by
+    // one group's fsync, could be between requests just when an fsync that covered only
+    // the Dispatcher's progress failed and jobd stopped, and then nothing was in flight
+    // to be answered (seen once under a loaded CI run).
+    let mut daemon = Daemon::start(&[("JOBD_TEST_FAIL_SYNC_AFTER", "40"), ("JOBD_TEST_SYNC_DELAY_MS", "50")]);
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let unknown_outcomes = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
