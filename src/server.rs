@@ -26,6 +26,8 @@ use crate::store_health::StoreHealth;
 use crate::submission::ParseOptions;
 use crate::tls::{CertificateReloader, TlsError};
 
+/// How long a lost queue's stop waits for the requests in flight to be answered.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(2);
 /// Finished jobs deleted per purge transaction: small, so a purge never holds the queue
 /// thread long enough to delay submissions noticeably.
 const PURGE_BATCH: usize = 1_000;
@@ -425,8 +427,15 @@ async fn stop_after_queue_lost(
         notifier.stopping();
     }
     tracing::error!(%error, "the queue is lost: stopping without a drain");
-    // Graceful for the listener only: requests in flight get their 503 (every queue call
-    // now fails at once), new connections are refused.
+    // The requests in flight get their 503 first: every queue call now fails at once, so
+    // they are answered within moments. The listener's own graceful stop did not always
+    // wait for them (a run under load saw eight submitters' connections closed before
+    // their 503s were written), so this waits for them itself, for a bounded time.
+    let waiting_since = std::time::Instant::now();
+    while lifecycle.requests_in_flight.load(Ordering::Acquire) > 0 && waiting_since.elapsed() < IN_FLIGHT_GRACE {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Graceful for the listener: new connections are refused.
     server.stop(true).await;
     let _ = server_task.await;
     if let Some((handle, task)) = metrics_server {

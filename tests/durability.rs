@@ -426,6 +426,11 @@ async fn a_failing_fsync_refuses_the_work_in_flight_stops_jobd_and_loses_no_acce
     assert!(!status.success(), "jobd exits with a failure, so that systemd restarts it: {status}");
     // Usually some submissions were in the transactions the failed fsync covered; it may
     // have covered only the Dispatcher's progress, so the count is not asserted alone.
+    if unknown_outcomes + refused == 0 {
+        for line in daemon.logs.lock().expect("logs").iter().rev().take(40) {
+            eprintln!("LOG {line}");
+        }
+    }
     assert!(unknown_outcomes + refused > 0, "the submissions in flight were answered 503");
     let lost_records = daemon.log_records();
     assert!(

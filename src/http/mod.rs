@@ -6,7 +6,7 @@ pub mod problem;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix::Addr;
@@ -51,6 +51,26 @@ pub struct Lifecycle {
     pub started: AtomicBool,
     /// Set at the first shutdown signal; submissions get 503 from then on.
     pub shutting_down: AtomicBool,
+    /// Requests that entered the API and have not been answered (or dropped). A lost
+    /// queue's stop waits for these to be answered before it closes the listener.
+    pub requests_in_flight: AtomicUsize,
+}
+
+/// Counts one request in [`Lifecycle::requests_in_flight`] until dropped, which also
+/// covers a request whose client went away mid-way.
+struct InFlightRequest(Arc<Lifecycle>);
+
+impl InFlightRequest {
+    fn new(lifecycle: Arc<Lifecycle>) -> Self {
+        lifecycle.requests_in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(lifecycle)
+    }
+}
+
+impl Drop for InFlightRequest {
+    fn drop(&mut self) {
+        self.0.requests_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What every handler shares.
@@ -293,12 +313,14 @@ fn host_without_port(host: &str) -> Option<&str> {
 /// Middleware: once jobd is stopping, every answer closes its connection, so that a
 /// client on keep-alive reconnects (and finds the listener gone) instead of holding the
 /// connection, and the listener's graceful stop, which waits for open connections, ends
-/// as soon as the requests in flight are answered.
+/// as soon as the requests in flight are answered. It also counts the requests in flight
+/// ([`Lifecycle::requests_in_flight`]).
 pub async fn close_when_stopping(
     request: ServiceRequest,
     next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let state = request.app_data::<web::Data<AppState>>().cloned();
+    let _in_flight = state.as_ref().map(|state| InFlightRequest::new(state.lifecycle.clone()));
     let mut response = next.call(request).await?;
     if state.is_some_and(|state| state.lifecycle.shutting_down.load(Ordering::Acquire)) {
         response.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
