@@ -707,7 +707,7 @@ async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     let queue_open = matches!(queue, Ok(Ok(_)));
     let queue_writable = matches!(queue, Ok(Ok(status)) if status.writable);
     let ready = started && !shutting_down && store_reachable && queue_open && queue_writable;
-    let body = json!({
+    let mut body = json!({
         "ready": ready,
         "checks": {
             "started": started,
@@ -721,7 +721,6 @@ async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
             "reason": (!store_reachable).then_some("unreachable"),
         },
     });
-    let mut body = body;
     let authorization = request.headers().get(header::AUTHORIZATION).map(header::HeaderValue::as_bytes);
     if state.auth.check(authorization, Scope::Read).is_ok() {
         body["store"]["url"] = json!(state.store.url());
@@ -800,11 +799,8 @@ async fn get_job(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     let job_id = parse_job_id(&id)?;
-    let record = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.get(job_id, query.payload))
-        .await
-        .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
-        .map_err(|error| Problem::unavailable(error.to_string()))?
-        .filter(|record| may_see(&request, record));
+    let tenant = confined_tenant(&request);
+    let record = visible_record(&state, job_id, query.payload, tenant.as_deref()).await?;
     match record {
         Some(record) => Ok(HttpResponse::Ok().json(record)),
         None => Err(Problem::not_found(format!("no job {job_id}; unknown, or purged after its retention"))),
@@ -819,24 +815,28 @@ fn confined_tenant(request: &HttpRequest) -> Option<String> {
     (!principal.allowed_key_prefixes.is_empty()).then(|| principal.name.clone())
 }
 
-/// Whether the caller may see `record`. Another tenant's job is answered like an unknown
-/// one (404), so that a tenant cannot even learn that it exists.
-fn may_see(request: &HttpRequest, record: &crate::job::JobRecord) -> bool {
-    confined_tenant(request).is_none_or(|tenant| record.submitted_by.as_deref() == Some(tenant.as_str()))
+/// A job's record, unless `tenant` (see [`confined_tenant`]) did not submit it: another
+/// tenant's job is answered like an unknown one (404), so that a tenant cannot even learn
+/// that it exists.
+async fn visible_record(
+    state: &AppState,
+    job_id: JobId,
+    with_payload: bool,
+    tenant: Option<&str>,
+) -> Result<Option<crate::job::JobRecord>, Problem> {
+    let record = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.get(job_id, with_payload))
+        .await
+        .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
+        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    Ok(record.filter(|record| tenant.is_none_or(|tenant| record.submitted_by.as_deref() == Some(tenant))))
 }
 
 /// Refuses a control request on a job the caller may not see, as if it did not exist.
 async fn check_control_access(request: &HttpRequest, state: &AppState, job_id: JobId) -> Result<(), Problem> {
-    if confined_tenant(request).is_none() {
-        return Ok(());
-    }
-    let record = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.get(job_id, false))
-        .await
-        .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
-        .map_err(|error| Problem::unavailable(error.to_string()))?;
-    match record {
-        Some(record) if may_see(request, &record) => Ok(()),
-        _ => Err(control_problem(job_id, ControlError::NotFound)),
+    let Some(tenant) = confined_tenant(request) else { return Ok(()) };
+    match visible_record(state, job_id, false, Some(&tenant)).await? {
+        Some(_) => Ok(()),
+        None => Err(control_problem(job_id, ControlError::NotFound)),
     }
 }
 
