@@ -5,9 +5,9 @@
 use std::time::Instant;
 
 use chrono::Utc;
-use jobd::job::{FinishedJob, Job, JobId, JobKind, StartedJob};
+use jobd::job::{FinishedJob, Job, JobId, StartedJob};
 use jobd::queue::sqlite::{SqliteBackend, Synchronous};
-use jobd::queue::{QueueBackend, StorageError};
+use jobd::queue::{JobReader as _, JobWriter as _, Lease, NodeId, StorageError, Transactions as _};
 
 const JOBS: usize = 200_000;
 
@@ -21,7 +21,9 @@ fn noop() -> Job {
         run_at: None,
         idempotency_key: None,
         submitted_by: None,
-        kind: JobKind::Noop,
+        kind: std::borrow::Cow::Borrowed("noop"),
+        args: None,
+        body: None,
     }
 }
 
@@ -75,6 +77,7 @@ fn run(synchronous: Synchronous, per_transaction: usize, per_submission: usize) 
         SqliteBackend::open(&dir.path().join("queue.db"), 10 * JOBS, synchronous, None).expect("open");
     println!("-- {synchronous:?}, {per_transaction} jobs per transaction, {per_submission} per submission");
     let (mut enqueue, mut claim, mut progress) = (Spent::default(), Spent::default(), Spent::default());
+    let lease = Lease { owner: NodeId::generate(), expires_at: None };
     for _ in 0..JOBS / per_transaction {
         enqueue.time(&mut backend, |backend| {
             for _ in 0..per_transaction / per_submission {
@@ -83,7 +86,7 @@ fn run(synchronous: Synchronous, per_transaction: usize, per_submission: usize) 
             }
         });
         let claimed =
-            claim.time_fetch(&mut backend, |backend| backend.take_ready(per_transaction, Utc::now()).expect("take"));
+            claim.time_fetch(&mut backend, |backend| backend.claim(per_transaction, Utc::now(), &lease).expect("take"));
         assert_eq!(claimed.jobs.len(), per_transaction, "every job claimed");
         progress.time(&mut backend, |backend| {
             let now = Utc::now();
@@ -96,9 +99,9 @@ fn run(synchronous: Synchronous, per_transaction: usize, per_submission: usize) 
     }
     let jobs = JOBS / per_transaction * per_transaction;
     enqueue.print("enqueue", jobs);
-    claim.print("take_ready", jobs);
+    claim.print("claim", jobs);
     progress.print("record_progress (start + succeed in one flush)", jobs);
-    assert_eq!(backend.depth().unfinished(), 0, "every job finished");
+    assert_eq!(backend.depth().expect("depth").unfinished(), 0, "every job finished");
 }
 
 fn main() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-pub use crate::queue::sqlite::Synchronous;
+use crate::queue::{QueueKind, QueueSettings, Synchronous};
 
 /// Default `max_workers`. Workers are cheap actors and upload jobs wait on I/O, so the
 /// pool is larger than the core count; 16 concurrent uploads keep a store busy without
@@ -269,14 +269,6 @@ pub struct Settings {
     pub job_timeouts_ms: Option<std::collections::BTreeMap<String, u64>>,
 }
 
-/// Which queue backend holds the jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueKind {
-    /// The embedded durable queue.
-    Sqlite,
-}
-
 impl Settings {
     /// `self` where set, else `lower`.
     fn or(self, lower: Settings) -> Settings {
@@ -505,6 +497,20 @@ impl Config {
         self.data_dir.join("queue.db")
     }
 
+    /// What opening the queue needs.
+    pub fn queue_settings(&self) -> QueueSettings {
+        QueueSettings {
+            kind: self.queue,
+            data_dir: self.data_dir.clone(),
+            capacity: self.max_queue,
+            sqlite_synchronous: self.sqlite_synchronous,
+            max_bytes: self.queue_db_max_bytes,
+            test_fail_sync_after: self.test_fail_sync_after,
+            test_cancel_hold: self.test_cancel_hold_ms.map(Duration::from_millis),
+            test_sync_delay: self.test_sync_delay_ms.map(Duration::from_millis),
+        }
+    }
+
     /// How to build the object store.
     pub fn store_options(&self) -> crate::store::StoreOptions {
         crate::store::StoreOptions {
@@ -557,8 +563,7 @@ impl Config {
             }
         }
         for (kind, ms) in &self.job_timeouts_ms {
-            if !["upload", "noop", "sleep", "fail", "panic"].contains(&kind.as_str()) || !(1..=86_400_000).contains(ms)
-            {
+            if !crate::kinds::all_names().any(|name| name == kind) || !(1..=86_400_000).contains(ms) {
                 return Err(ConfigError::OutOfRange {
                     setting: "job_timeouts_ms",
                     requirement: "a table of known kinds to milliseconds between 1 and 86400000",

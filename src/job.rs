@@ -1,13 +1,12 @@
 //! The job model: ids, validated job specifications, and the outcome of one run.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
-
-use crate::keys::ObjectKey;
 
 /// A job's identity: a UUIDv7, so that ids are unique and sort by creation time.
 ///
@@ -52,110 +51,40 @@ impl fmt::Display for JobId {
     }
 }
 
-/// What a job does. Test kinds exist only when `test_kinds` is enabled.
+/// The bytes a job carries beside its arguments: an upload's payload, a webhook's event.
+/// The queue stores them apart from the arguments, so that a large body is never parsed.
 #[derive(Debug, Clone)]
-pub enum JobKind {
-    /// Writes a body to the object store.
-    Upload(UploadSpec),
-    /// Succeeds at once; used by benchmarks to measure the queue itself.
-    Noop,
-    /// Test kind: sleeps, then succeeds. With `blocking`, it blocks its thread instead of
-    /// yielding, like a careless job body would. With `in_worker`, it blocks the Worker
-    /// actor's own thread, which wedges the Dispatcher's loop (to test the watchdog).
-    Sleep { millis: u64, blocking: bool, in_worker: bool },
-    /// Test kind: returns an error, retryable or not.
-    Fail { message: String, retryable: bool },
-    /// Test kind: panics inside the job body, or with `in_worker` inside the Worker
-    /// actor itself, outside the body's containment (to exercise worker replacement).
-    Panic { message: String, in_worker: bool },
+pub struct Body {
+    pub bytes: Vec<u8>,
+    /// Whether the bytes are the exact JSON text a client sent, which listings show as
+    /// JSON; otherwise they are shown as base64.
+    pub is_json: bool,
 }
 
-impl JobKind {
-    /// The kind's name as it appears in requests, logs and metrics labels.
-    pub fn name(&self) -> &'static str {
-        match self {
-            JobKind::Upload(_) => "upload",
-            JobKind::Noop => "noop",
-            JobKind::Sleep { .. } => "sleep",
-            JobKind::Fail { .. } => "fail",
-            JobKind::Panic { .. } => "panic",
-        }
-    }
-
-    /// Whether the job writes to the object store, and so waits while the store is down.
-    pub fn uses_store(&self) -> bool {
-        matches!(self, JobKind::Upload(_))
-    }
-
-    /// Whether a worker runs the job on its own thread, without a body task: only `noop`,
-    /// which cannot block, panic or take the process down, so it need not wait for its
-    /// start to be recorded.
-    pub fn runs_inline(&self) -> bool {
-        matches!(self, JobKind::Noop)
-    }
-
-    /// The bytes of the body the job carries (only `upload` carries one).
-    pub fn body_len(&self) -> usize {
-        match self {
-            JobKind::Upload(upload) => upload.body.as_bytes().len(),
-            _ => 0,
-        }
-    }
-}
-
-/// An `upload` job: what to write and where.
-#[derive(Debug, Clone)]
-pub struct UploadSpec {
-    pub body: UploadBody,
-    /// The object key; `None` means the default `<key_prefix>/<yyyy>/<mm>/<dd>/<id>.<ext>`.
-    pub key: Option<ObjectKey>,
-    /// The Content-Type to record where the store supports it.
-    pub content_type: Option<String>,
-    /// `Some("gzip")` compresses the body before upload and records `Content-Encoding`.
-    pub content_encoding: Option<String>,
-    /// User metadata to record with the object (S3 `x-amz-meta-*`).
-    pub metadata: Vec<(String, String)>,
-}
-
-/// The bytes an upload writes.
-#[derive(Debug, Clone)]
-pub enum UploadBody {
+impl Body {
     /// A JSON payload, kept as the exact bytes the client sent.
-    Json(Box<RawValue>),
-    /// Raw bytes, decoded from `body_base64`.
-    Bytes(Vec<u8>),
-}
-
-impl UploadBody {
-    /// The bytes to write.
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            UploadBody::Json(raw) => raw.get().as_bytes(),
-            UploadBody::Bytes(bytes) => bytes,
-        }
+    pub fn json(raw: Box<RawValue>) -> Self {
+        Body { bytes: String::from(Box::<str>::from(raw)).into_bytes(), is_json: true }
     }
 
-    /// The Content-Type used when the job names none.
-    pub fn default_content_type(&self) -> &'static str {
-        match self {
-            UploadBody::Json(_) => "application/json",
-            UploadBody::Bytes(_) => "application/octet-stream",
-        }
-    }
-
-    /// The file extension of the default key.
-    pub fn default_extension(&self) -> &'static str {
-        match self {
-            UploadBody::Json(_) => "json",
-            UploadBody::Bytes(_) => "bin",
-        }
+    /// Raw bytes.
+    pub fn bytes(bytes: Vec<u8>) -> Self {
+        Body { bytes, is_json: false }
     }
 }
+
+/// A kind's name: borrowed from the registry for jobs made in this process, owned for jobs
+/// read back from storage, which may name a kind this build does not have.
+pub type KindName = Cow<'static, str>;
 
 /// A validated job as submitted, before it has an id.
 #[derive(Debug)]
 pub struct JobSpec {
-    pub kind: JobKind,
+    /// The kind's name, from the registry (`crate::kinds`).
+    pub kind: &'static str,
+    /// The kind's arguments as JSON; `None` when it takes none.
+    pub args: Option<Box<RawValue>>,
+    pub body: Option<Body>,
     /// A client's key for deduplication: a second job with the same key, within the
     /// retention window, is not created; the first one is answered instead.
     pub idempotency_key: Option<String>,
@@ -168,13 +97,20 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
-    /// A spec with every option at its default.
-    pub fn new(kind: JobKind) -> Self {
-        Self { kind, idempotency_key: None, max_attempts: None, timeout_ms: None, run_at: None }
+    /// A spec of `kind` with its arguments and body, and every option at its default.
+    pub fn new(kind: &'static str, args: Option<Box<RawValue>>, body: Option<Body>) -> Self {
+        Self { kind, args, body, idempotency_key: None, max_attempts: None, timeout_ms: None, run_at: None }
+    }
+
+    /// The bytes of the body the job carries.
+    pub fn body_len(&self) -> usize {
+        self.body.as_ref().map_or(0, |body| body.bytes.len())
     }
 }
 
-/// An accepted job: a validated kind plus the identity and time the Ingest actor gave it.
+/// An accepted job: the envelope the queue stores and returns without interpreting it. The
+/// kind's arguments and body mean something only to the kind (`crate::kinds`); the rest is
+/// what every job has.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: JobId,
@@ -190,16 +126,25 @@ pub struct Job {
     /// Idempotency keys are scoped by it, and a token confined by `allowed_key_prefixes`
     /// reads only the jobs it submitted.
     pub submitted_by: Option<String>,
-    pub kind: JobKind,
+    pub kind: KindName,
+    /// The kind's arguments as JSON; `None` when it takes none.
+    pub args: Option<Box<RawValue>>,
+    pub body: Option<Body>,
 }
 
 impl Job {
+    /// The bytes of the body the job carries.
+    pub fn body_len(&self) -> usize {
+        self.body.as_ref().map_or(0, |body| body.bytes.len())
+    }
+
     /// The memory the job takes: the struct, its body and its idempotency key. Memory
     /// bounds on held jobs (the Dispatcher's window, the queue's buffer of fresh jobs)
     /// count this.
     pub fn footprint(&self) -> usize {
         std::mem::size_of::<Job>()
-            + self.kind.body_len()
+            + self.body_len()
+            + self.args.as_ref().map_or(0, |args| args.get().len())
             + self.idempotency_key.as_ref().map_or(0, String::len)
             + self.submitted_by.as_ref().map_or(0, String::len)
     }
@@ -207,8 +152,9 @@ impl Job {
 
 #[cfg(test)]
 impl Job {
-    /// A new job of `kind` with every option at a plain default, for unit tests.
-    pub(crate) fn for_test(kind: JobKind) -> Job {
+    /// A new job of `kind`, without arguments or body, with every option at a plain
+    /// default, for unit tests.
+    pub(crate) fn for_test(kind: &'static str) -> Job {
         Job {
             id: JobId::generate(),
             created_at: Utc::now(),
@@ -218,19 +164,15 @@ impl Job {
             run_at: None,
             idempotency_key: None,
             submitted_by: None,
-            kind,
+            kind: Cow::Borrowed(kind),
+            args: None,
+            body: None,
         }
     }
 
     /// A new `upload` job with a body of `bytes` bytes, for unit tests.
     pub(crate) fn upload_for_test(bytes: usize) -> Job {
-        Job::for_test(JobKind::Upload(UploadSpec {
-            body: UploadBody::Bytes(vec![7; bytes]),
-            key: None,
-            content_type: None,
-            content_encoding: None,
-            metadata: Vec::new(),
-        }))
+        Job { body: Some(Body::bytes(vec![7; bytes])), ..Job::for_test("upload") }
     }
 }
 
@@ -375,18 +317,18 @@ impl Outcome {
     }
 }
 
-/// What a successful job produced.
+/// What a successful job produced, as a JSON object whose fields are the kind's business:
+/// an upload's `key`, `size` and `etag`. Empty for kinds that produce nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct JobResult {
-    /// The object key an upload wrote, relative to the store root.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// The number of bytes written.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    /// The ETag the store returned, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct JobResult(pub serde_json::Map<String, serde_json::Value>);
+
+impl JobResult {
+    /// A result with these fields; `None` values are left out.
+    pub fn with(fields: impl IntoIterator<Item = (&'static str, Option<serde_json::Value>)>) -> Self {
+        JobResult(fields.into_iter().filter_map(|(name, value)| value.map(|value| (name.to_owned(), value))).collect())
+    }
 }
 
 /// A finished attempt, as the Dispatcher reports it to the queue backend.

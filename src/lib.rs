@@ -16,6 +16,7 @@ pub mod config;
 pub mod http;
 pub mod job;
 pub mod keys;
+pub mod kinds;
 pub mod metrics;
 pub mod queue;
 pub mod retry;

@@ -19,8 +19,6 @@ use prometheus::{
 use crate::job::JobState;
 use crate::queue::QueueStatus;
 
-/// Every job kind, so that each kind's series exist from the start.
-pub const KINDS: [&str; 5] = ["upload", "noop", "sleep", "fail", "panic"];
 /// Attempt outcomes, plus `dead` for jobs that failed for good.
 pub const OUTCOMES: [&str; 5] = ["succeeded", "failed", "dead", "panicked", "timed_out"];
 /// Why a submission was refused.
@@ -95,6 +93,15 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// The queue thread's series, handed to it so that the queue needs no registry.
+    pub fn commit_metrics(&self) -> crate::queue::CommitMetrics {
+        crate::queue::CommitMetrics {
+            commit_duration: self.store_commit_duration.clone(),
+            commit_batch_size: self.store_commit_batch_size.clone(),
+            sync_duration: self.store_sync_duration.clone(),
+        }
+    }
+
     /// Creates and registers every series, with each known label value at zero so that
     /// dashboards and alerts see a series before the first event.
     pub fn new() -> Result<Metrics, MetricsError> {
@@ -187,7 +194,7 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("jobd_build_info", "Always 1; labelled with the version."), &["version"])?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
-        for kind in KINDS {
+        for kind in crate::kinds::all_names() {
             jobs_submitted.with_label_values(&[kind]);
             job_duration.with_label_values(&[kind]);
             job_wait.with_label_values(&[kind]);

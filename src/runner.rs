@@ -1,49 +1,16 @@
-//! Job bodies: what each kind does when a worker runs it, and how long it may take.
+//! Running a job's body: finds the job's kind in the registry and runs it with what job
+//! bodies share, within the attempt's time limit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::job::{Job, JobKind, JobResult, UploadBody};
+use crate::job::{Job, JobResult};
+use crate::kinds::{JobError, Kind, Kinds, RunContext};
 use crate::stats::Stats;
-use crate::store::{JobStore, StoreError, UploadOptions};
 
-/// Compresses a body for `content_encoding: "gzip"`. It runs on the bodies runtime, whose
-/// threads are the job bodies' own, so the CPU it takes delays no actor.
-fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
-    use std::io::Write as _;
-    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::default());
-    encoder.write_all(body)?;
-    encoder.finish()
-}
-
-/// Why a job body failed. The error decides whether another attempt may help.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("upload failed: {0}")]
-    Upload(#[from] StoreError),
-    #[error("{message}")]
-    Requested { message: String, retryable: bool },
-}
-
-impl JobError {
-    /// Whether another attempt may succeed; a permanent error makes the job dead at once.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            JobError::Upload(error) => error.is_retryable(),
-            JobError::Requested { retryable, .. } => *retryable,
-        }
-    }
-
-    /// Whether the error says the store itself is unreachable rather than that this job
-    /// cannot be written: then the store's other jobs would fail the same way.
-    pub fn is_store_unreachable(&self) -> bool {
-        matches!(self, JobError::Upload(error) if error.is_unreachable())
-    }
-}
-
-/// How long one attempt may run: a job's own `timeout_ms`, else its kind's default,
-/// else the global default.
+/// How long one attempt may run: a job's own `timeout_ms`, else `job_timeouts_ms` for its
+/// kind, else the kind's own default, else the global default.
 #[derive(Debug, Clone)]
 pub struct Timeouts {
     pub default: Duration,
@@ -51,10 +18,11 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
-    pub fn for_job(&self, job: &Job) -> Duration {
+    pub fn for_job(&self, job: &Job, kind: Option<&dyn Kind>) -> Duration {
         job.timeout_ms
             .map(Duration::from_millis)
-            .or_else(|| self.by_kind.get(job.kind.name()).copied())
+            .or_else(|| self.by_kind.get(job.kind.as_ref()).copied())
+            .or_else(|| kind.and_then(Kind::default_timeout))
             .unwrap_or(self.default)
     }
 }
@@ -62,7 +30,8 @@ impl Timeouts {
 /// Everything a job body may use. Shared by all workers.
 #[derive(Debug)]
 pub struct JobRunner {
-    pub store: Arc<JobStore>,
+    pub kinds: Arc<Kinds>,
+    pub context: RunContext,
     pub stats: Arc<Stats>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub timeouts: Timeouts,
@@ -76,43 +45,14 @@ impl JobRunner {
     /// the bodies runtime, whose join handle reports them to the worker.
     pub async fn run(self: Arc<Self>, job: Job) -> Result<JobResult, JobError> {
         let _running = self.stats.body_running();
-        match job.kind {
-            JobKind::Upload(upload) => {
-                let key = match &upload.key {
-                    Some(key) => key.path().clone(),
-                    None => self.store.default_key(job.id, job.created_at, upload.body.default_extension()),
-                };
-                let content_type =
-                    upload.content_type.as_deref().unwrap_or_else(|| upload.body.default_content_type()).to_owned();
-                let mut body = match upload.body {
-                    UploadBody::Json(raw) => String::from(Box::<str>::from(raw)).into_bytes(),
-                    UploadBody::Bytes(bytes) => bytes,
-                };
-                if upload.content_encoding.as_deref() == Some("gzip") {
-                    body = gzip(&body).map_err(|error| JobError::Requested {
-                        message: format!("gzip failed: {error}"),
-                        retryable: false,
-                    })?;
-                }
-                let options = UploadOptions {
-                    content_type,
-                    content_encoding: upload.content_encoding,
-                    metadata: upload.metadata,
-                };
-                Ok(self.store.put(&key, body, &options).await?)
-            }
-            JobKind::Noop => Ok(JobResult::default()),
-            JobKind::Sleep { millis, blocking: false, .. } => {
-                tokio::time::sleep(Duration::from_millis(millis)).await;
-                Ok(JobResult::default())
-            }
-            JobKind::Sleep { millis, blocking: true, .. } => {
-                // Deliberately blocks the thread, as careless job code would.
-                std::thread::sleep(Duration::from_millis(millis));
-                Ok(JobResult::default())
-            }
-            JobKind::Fail { message, retryable } => Err(JobError::Requested { message, retryable }),
-            JobKind::Panic { message, .. } => panic!("{message}"),
-        }
+        let Some(kind) = self.kinds.get(&job.kind) else {
+            // A row written by a build with a kind this one lacks (or a test kind, with
+            // test_kinds now off): no attempt can succeed.
+            return Err(JobError::Failed {
+                message: format!("unknown kind {:?}; known kinds: {}", job.kind, self.kinds.names_text()),
+                retryable: false,
+            });
+        };
+        kind.run(job, &self.context).await
     }
 }

@@ -14,11 +14,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::actors::dispatcher::{Drain, PoolSettings};
 use crate::actors::{Dispatcher, Ingest};
 use crate::auth::{Authenticator, TokenFileError};
-use crate::config::{Config, QueueKind};
+use crate::config::Config;
 use crate::http::{self, AppState, Lifecycle};
+use crate::kinds::{KindSettings, Kinds, RunContext};
 use crate::metrics::{Metrics, MetricsError};
-use crate::queue::sqlite::SqliteBackend;
-use crate::queue::{QueueBackend, QueueHandle, QueueLost, QueueThread, StorageError};
+use crate::queue::{OpenError, QueueHandle, QueueLost, QueueThread, StorageError};
 use crate::runner::JobRunner;
 use crate::stats::Stats;
 use crate::store::{JobStore, StoreError};
@@ -51,6 +51,8 @@ pub enum ServeError {
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot open the queue: {0}")]
     Queue(#[from] StorageError),
+    #[error(transparent)]
+    QueueOpen(#[from] OpenError),
     #[error("{0}; jobd stopped, and its next start recovers the queue from what is on disk")]
     QueueLost(StorageError),
     #[error("cannot install signal handlers: {0}")]
@@ -153,8 +155,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // The queue opens, and recovers, before anything listens: jobd is ready only after
     // recovery.
     let metrics = Arc::new(Metrics::new()?);
-    let (queue, queue_lost) = QueueThread::spawn(open_queue(&config)?, config.group_commit, metrics.clone())
-        .map_err(ServeError::QueueThread)?;
+    let backend = crate::queue::open(&config.queue_settings())?;
+    let (queue, queue_lost) =
+        QueueThread::spawn(backend, config.group_commit, metrics.commit_metrics()).map_err(ServeError::QueueThread)?;
+    tracing::info!(node = %queue.node(), "this process holds the jobs it claims as this node");
     // Job bodies run here, one thread per worker: a body that blocks its thread holds
     // only its own, so it cannot stall the actors or the other workers.
     let bodies = tokio::runtime::Builder::new_multi_thread()
@@ -178,39 +182,6 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         queue.join();
     }
     result
-}
-
-/// Opens the configured backend, recovering what a previous process left.
-fn open_queue(config: &Config) -> Result<Box<dyn QueueBackend>, ServeError> {
-    match config.queue {
-        QueueKind::Sqlite => {
-            std::fs::create_dir_all(&config.data_dir)
-                .map_err(|source| ServeError::DataDir { path: config.data_dir.clone(), source })?;
-            let path = config.queue_path();
-            let (mut backend, recovery) =
-                SqliteBackend::open(&path, config.max_queue, config.sqlite_synchronous, config.queue_db_max_bytes)?;
-            if let Some(count) = config.test_fail_sync_after {
-                tracing::warn!(count, "test_fail_sync_after: the queue's fsyncs fail after this many");
-                backend.fail_syncs_after(count);
-            }
-            if let Some(ms) = config.test_cancel_hold_ms {
-                tracing::warn!(ms, "test_cancel_hold_ms: the queue thread waits this long whenever a cancel arrives");
-                backend.hold_cancels_for(std::time::Duration::from_millis(ms));
-            }
-            if let Some(millis) = config.test_sync_delay_ms {
-                tracing::warn!(millis, "test_sync_delay_ms: every fsync of the queue waits this long first");
-                backend.delay_syncs_by(std::time::Duration::from_millis(millis));
-            }
-            tracing::info!(
-                path = %path.display(),
-                requeued_running = recovery.requeued,
-                dead_after_dying_mid_attempt = recovery.buried,
-                queued = recovery.queued,
-                "queue opened and recovered"
-            );
-            Ok(Box::new(backend))
-        }
-    }
 }
 
 async fn run(
@@ -242,8 +213,14 @@ async fn run(
     let stats = Arc::new(Stats::default());
     let store_health = StoreHealth::probe_at_start(&store, metrics.clone()).await;
 
+    let kinds = Arc::new(Kinds::new(&KindSettings {
+        test_kinds: config.test_kinds,
+        metadata_supported: store.kind().supports_attributes(),
+        default_key_prefix: config.key_prefix.clone(),
+    }));
     let runner = Arc::new(JobRunner {
-        store: store.clone(),
+        kinds: kinds.clone(),
+        context: RunContext { store: store.clone() },
         stats: stats.clone(),
         metrics: metrics.clone(),
         timeouts: config.timeouts(),
@@ -274,16 +251,14 @@ async fn run(
         store: store.clone(),
         store_health: store_health.clone(),
         lifecycle: lifecycle.clone(),
+        kinds,
         parse_options: ParseOptions {
-            test_kinds: config.test_kinds,
-            metadata_supported: store.kind().supports_attributes(),
             max_json_depth: config.max_json_depth,
             max_jobs_per_request: config.max_jobs_per_request,
         },
         max_body_bytes: config.max_body_bytes,
         body_runtime: bodies,
         auth: auth.clone(),
-        default_key_prefix: config.key_prefix.clone(),
         client_body_timeout: Duration::from_millis(config.client_body_timeout_ms),
         metrics_on_api_listener: config.metrics_listen.is_none(),
     });

@@ -326,7 +326,11 @@ impl JobStore {
             let options = PutOptions { attributes, ..PutOptions::default() };
             self.store.put_opts(key, PutPayload::from(body), options).await?
         };
-        Ok(JobResult { key: Some(key.to_string()), size: Some(size), etag: written.e_tag })
+        Ok(JobResult::with([
+            ("key", Some(key.to_string().into())),
+            ("size", Some(size.into())),
+            ("etag", written.e_tag.map(Into::into)),
+        ]))
     }
 
     fn attributes(&self, options: &UploadOptions) -> Attributes {

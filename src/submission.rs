@@ -5,16 +5,13 @@ use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::job::{JobKind, JobSpec, UploadBody, UploadSpec};
-use crate::keys::ObjectKey;
+use crate::job::JobSpec;
+use crate::kinds::{FieldProblem, Kinds, RequestFields, field_problem, strip_position};
 
-/// The longest `sleep` a test job may ask for; keeps a typo from parking a worker for days.
-const MAX_SLEEP_MILLIS: u64 = 3_600_000;
 /// The most attempts a job may ask for.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 /// The longest timeout a job may ask for: a day.
@@ -24,20 +21,9 @@ pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
 pub const MAX_DELAY_MS: u64 = 365 * 86_400_000;
 /// The longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
-/// The most user metadata entries an upload may carry.
-const MAX_METADATA_ENTRIES: usize = 32;
-/// The most bytes of user metadata, keys and values together: S3's limit is 2 KiB.
-const MAX_METADATA_BYTES: usize = 2048;
-/// The longest Content-Type accepted; S3 headers are limited and no real type is longer.
-const MAX_CONTENT_TYPE_BYTES: usize = 256;
-
 /// What the parser needs to know about the daemon.
 #[derive(Debug, Clone, Copy)]
 pub struct ParseOptions {
-    /// Whether the `sleep`, `fail` and `panic` kinds exist.
-    pub test_kinds: bool,
-    /// Whether the store records object metadata (a `file://` store cannot).
-    pub metadata_supported: bool,
     /// The deepest nesting of arrays and objects a body may have, counted from the top.
     pub max_json_depth: usize,
     /// The most jobs (or payloads) one request may carry.
@@ -45,13 +31,9 @@ pub struct ParseOptions {
 }
 
 impl ParseOptions {
-    /// The defaults, with the test kinds off.
-    pub const DEFAULT: ParseOptions = ParseOptions {
-        test_kinds: false,
-        metadata_supported: true,
-        max_json_depth: DEFAULT_MAX_JSON_DEPTH,
-        max_jobs_per_request: DEFAULT_MAX_JOBS_PER_REQUEST,
-    };
+    /// The defaults.
+    pub const DEFAULT: ParseOptions =
+        ParseOptions { max_json_depth: DEFAULT_MAX_JSON_DEPTH, max_jobs_per_request: DEFAULT_MAX_JOBS_PER_REQUEST };
 }
 
 /// Default `max_json_depth`: a job wrapper takes three levels, which leaves payloads 61,
@@ -105,53 +87,95 @@ fn describe(errors: &[FieldError]) -> String {
     format!("{location}: {}", first.message)
 }
 
-/// A job as it arrives, before validation. Unknown fields are refused, so that a
-/// misspelt option is an error rather than silently ignored.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// The options every job has, as the API description shows them; the document adds each
+/// kind's own fields (`crate::kinds`) and the list of kinds. The parser reads jobs with
+/// [`JobEntry`] instead, which hands the kind's fields to the kind unparsed.
+#[derive(Debug, utoipa::ToSchema)]
 #[schema(as = Job)]
-pub(crate) struct RawJob {
-    /// `upload` or `noop`; with test_kinds also `sleep`, `fail` and `panic`.
-    #[schema(value_type = KindName)]
+#[expect(dead_code, reason = "only its schema is used")]
+pub(crate) struct JobOptions {
+    /// The job's kind; the test kinds exist only with test_kinds.
     kind: String,
-    /// For `upload`: the JSON to store, byte for byte. For test kinds: their options.
-    #[serde(default)]
-    #[schema(value_type = Option<serde_json::Value>)]
-    payload: Option<Box<RawValue>>,
-    #[serde(default)]
-    body_base64: Option<String>,
-    #[serde(default)]
-    key: Option<String>,
-    #[serde(default)]
-    content_type: Option<String>,
-    #[serde(default)]
-    content_encoding: Option<String>,
-    #[serde(default)]
-    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
-    metadata: Option<Metadata>,
-    #[serde(default)]
+    /// A client's key for deduplication, unique per token within the retention window.
     idempotency_key: Option<String>,
-    #[serde(default)]
+    /// Attempts before the job is dead, 1 to 100.
     max_attempts: Option<u32>,
-    #[serde(default)]
+    /// How long one attempt may take, in ms.
     timeout_ms: Option<u64>,
-    #[serde(default)]
+    /// When the job is due, as an RFC 3339 time at most a year ahead.
     run_at: Option<String>,
-    #[serde(default)]
+    /// How long from now the job is due, in ms, instead of `run_at`.
     delay_ms: Option<u64>,
 }
 
-/// The kinds of job, as the API description names them. `kind` itself is read as a
-/// string, so that an unknown kind gets its own message naming the known ones.
-#[derive(utoipa::ToSchema)]
-#[schema(as = Kind, rename_all = "snake_case")]
-#[expect(dead_code, reason = "only its schema is used")]
-enum KindName {
-    Upload,
-    Noop,
-    Sleep,
-    Fail,
-    Panic,
+/// One job of a request as it is read: the options every job has, typed, and the kind's
+/// own fields unparsed, borrowed from the body.
+struct JobEntry<'de> {
+    kind: String,
+    idempotency_key: Option<String>,
+    max_attempts: Option<u32>,
+    timeout_ms: Option<u64>,
+    run_at: Option<String>,
+    delay_ms: Option<u64>,
+    fields: RequestFields<'de>,
+}
+
+impl<'de> Deserialize<'de> for JobEntry<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = JobEntry<'de>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a job: an object with \"kind\"")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                /// Reads an option once; a second occurrence is an error, as serde's derive makes it.
+                fn once<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+                    map: &mut A,
+                    slot: &mut Option<T>,
+                    name: &'static str,
+                ) -> Result<(), A::Error> {
+                    if slot.is_some() {
+                        return Err(de::Error::duplicate_field(name));
+                    }
+                    *slot = map.next_value::<Option<T>>()?;
+                    Ok(())
+                }
+                let mut kind = None;
+                let mut entry = JobEntry {
+                    kind: String::new(),
+                    idempotency_key: None,
+                    max_attempts: None,
+                    timeout_ms: None,
+                    run_at: None,
+                    delay_ms: None,
+                    fields: RequestFields::default(),
+                };
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "kind" => once(&mut map, &mut kind, "kind")?,
+                        "idempotency_key" => once(&mut map, &mut entry.idempotency_key, "idempotency_key")?,
+                        "max_attempts" => once(&mut map, &mut entry.max_attempts, "max_attempts")?,
+                        "timeout_ms" => once(&mut map, &mut entry.timeout_ms, "timeout_ms")?,
+                        "run_at" => once(&mut map, &mut entry.run_at, "run_at")?,
+                        "delay_ms" => once(&mut map, &mut entry.delay_ms, "delay_ms")?,
+                        _ => {
+                            let value = map.next_value::<&'de RawValue>()?;
+                            entry
+                                .fields
+                                .push(key, value)
+                                .map_err(|(field, _)| de::Error::custom(format_args!("duplicate field `{field}`")))?;
+                        }
+                    }
+                }
+                entry.kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
+                Ok(entry)
+            }
+        }
+        deserializer.deserialize_map(EntryVisitor)
+    }
 }
 
 /// The body of `POST /v1/payloads`, as the API description shows it. The parser reads it
@@ -277,7 +301,7 @@ impl<'de> Visitor<'de> for PayloadsBody<'_> {
 }
 
 /// Parses a `POST /v1/jobs` body: `{"jobs": [...]}` or a single job object.
-pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, SubmissionError> {
+pub fn parse_jobs(body: &[u8], kinds: &Kinds, options: ParseOptions) -> Result<Vec<JobSpec>, SubmissionError> {
     check_depth(body, options.max_json_depth)?;
     let text = std::str::from_utf8(body).map_err(|error| SubmissionError::Syntax(error.to_string()))?;
     let top: JobsBodyTop = serde_json::from_str(text).map_err(top_level_error)?;
@@ -297,9 +321,9 @@ pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, Su
     if job_texts.is_empty() {
         return Err(invalid(None, "jobs", "must contain at least one job"));
     }
-    let mut raw_jobs = Vec::with_capacity(job_texts.len());
+    let mut entries = Vec::with_capacity(job_texts.len());
     for (index, job_text) in job_texts.into_iter().enumerate() {
-        let raw: RawJob = deserialize_at(job_text.get(), "").map_err(|error| match error {
+        let entry: JobEntry = deserialize_at(job_text.get(), "").map_err(|error| match error {
             SubmissionError::Invalid(mut errors) => {
                 for error in &mut errors {
                     error.index = Some(index);
@@ -308,20 +332,17 @@ pub fn parse_jobs(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, Su
             }
             other => other,
         })?;
-        raw_jobs.push(raw);
+        entries.push(entry);
     }
-    let mut kinds = Vec::with_capacity(raw_jobs.len());
+    let mut specs = Vec::with_capacity(entries.len());
     let mut errors = Vec::new();
-    for (index, mut raw) in raw_jobs.into_iter().enumerate() {
-        let options_result = take_job_options(&mut raw);
-        let result = options_result
-            .and_then(|options_only| validate_job(raw, options).map(|kind| JobSpec { kind, ..options_only }));
-        match result {
-            Ok(spec) => kinds.push(spec),
+    for (index, entry) in entries.into_iter().enumerate() {
+        match validate_job(entry, kinds) {
+            Ok(spec) => specs.push(spec),
             Err((field, message)) => errors.push(FieldError { index: Some(index), field, message }),
         }
     }
-    if errors.is_empty() { Ok(kinds) } else { Err(SubmissionError::Invalid(errors)) }
+    if errors.is_empty() { Ok(specs) } else { Err(SubmissionError::Invalid(errors)) }
 }
 
 /// Parses a `POST /v1/payloads` body: the seed's `{"payloads": [...]}` collection, one
@@ -336,18 +357,7 @@ pub fn parse_payloads(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>
     if payloads.is_empty() {
         return Err(invalid(None, "payloads", "must contain at least one payload"));
     }
-    Ok(payloads
-        .into_iter()
-        .map(|payload| {
-            JobSpec::new(JobKind::Upload(UploadSpec {
-                body: UploadBody::Json(payload.to_owned()),
-                key: None,
-                content_type: None,
-                content_encoding: None,
-                metadata: Vec::new(),
-            }))
-        })
-        .collect())
+    Ok(payloads.into_iter().map(crate::kinds::upload::payload_job).collect())
 }
 
 /// Refuses a body whose arrays and objects nest deeper than `limit`, in one pass over
@@ -472,36 +482,23 @@ fn split_path(root: &str, path: &serde_path_to_error::Path) -> (Option<usize>, S
     (index, field)
 }
 
-/// serde_json appends " at line L column C" to data errors; inside a nested value those
-/// positions are relative to the fragment and would mislead, so they are dropped.
-fn strip_position(error: &serde_json::Error) -> String {
-    let text = error.to_string();
-    match text.rfind(" at line ") {
-        Some(position) => text[..position].to_owned(),
-        None => text,
-    }
-}
-
-type FieldProblem = (String, String);
-
-/// Takes and checks the options every kind accepts, returning them in a spec whose kind
-/// is a placeholder.
-fn take_job_options(raw: &mut RawJob) -> Result<JobSpec, FieldProblem> {
-    let idempotency_key = raw.idempotency_key.take();
+/// Checks the options every job has and has its kind validate the rest.
+fn validate_job(entry: JobEntry<'_>, kinds: &Kinds) -> Result<JobSpec, FieldProblem> {
+    let JobEntry { kind: kind_name, idempotency_key, max_attempts, timeout_ms, run_at, delay_ms, mut fields } = entry;
     if let Some(key) = &idempotency_key {
         check_idempotency_key(key).map_err(|message| field_problem("idempotency_key", message))?;
     }
-    if let Some(attempts) = raw.max_attempts
+    if let Some(attempts) = max_attempts
         && !(1..=MAX_ATTEMPTS_LIMIT).contains(&attempts)
     {
         return Err(field_problem("max_attempts", format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}")));
     }
-    if let Some(timeout) = raw.timeout_ms
+    if let Some(timeout) = timeout_ms
         && !(1..=MAX_TIMEOUT_MS).contains(&timeout)
     {
         return Err(field_problem("timeout_ms", format!("must be between 1 and {MAX_TIMEOUT_MS}")));
     }
-    let run_at = match (raw.run_at.take(), raw.delay_ms) {
+    let run_at = match (run_at, delay_ms) {
         (Some(_), Some(_)) => return Err(field_problem("delay_ms", "give either run_at or delay_ms, not both")),
         (Some(text), None) => {
             let at = chrono::DateTime::parse_from_rfc3339(&text)
@@ -522,210 +519,40 @@ fn take_job_options(raw: &mut RawJob) -> Result<JobSpec, FieldProblem> {
         (None, Some(delay)) => Some(chrono::Utc::now() + chrono::Duration::milliseconds(delay as i64)),
         (None, None) => None,
     };
+    let Some(kind) = kinds.get(&kind_name) else {
+        return Err(field_problem("kind", format!("unknown kind {kind_name:?}; known kinds: {}", kinds.names_text())));
+    };
+    let validated = kind.validate(&mut fields)?;
+    if let Some(field) = fields.remaining().next() {
+        let message = match kinds.accepting(field) {
+            Some(other) => format!("is only valid for kind {other:?}"),
+            None => format!("unknown field `{field}`"),
+        };
+        return Err(field_problem(field, message));
+    }
     Ok(JobSpec {
         idempotency_key,
-        max_attempts: raw.max_attempts,
-        timeout_ms: raw.timeout_ms,
+        max_attempts,
+        timeout_ms,
         run_at,
-        ..JobSpec::new(JobKind::Noop)
+        ..JobSpec::new(kind.name(), validated.args, validated.body)
     })
-}
-
-fn field_problem(field: &str, message: impl Into<String>) -> FieldProblem {
-    (field.to_owned(), message.into())
-}
-
-fn validate_job(raw: RawJob, options: ParseOptions) -> Result<JobKind, FieldProblem> {
-    let is_test_kind = matches!(raw.kind.as_str(), "sleep" | "fail" | "panic");
-    if is_test_kind && !options.test_kinds {
-        return Err(field_problem("kind", format!("unknown kind {:?}; known kinds: upload, noop", raw.kind)));
-    }
-    if raw.kind != "upload" {
-        for (field, present) in [
-            ("body_base64", raw.body_base64.is_some()),
-            ("key", raw.key.is_some()),
-            ("content_type", raw.content_type.is_some()),
-            ("content_encoding", raw.content_encoding.is_some()),
-            ("metadata", raw.metadata.is_some()),
-        ] {
-            if present {
-                return Err(field_problem(field, "is only valid for kind \"upload\""));
-            }
-        }
-    }
-    match raw.kind.as_str() {
-        "upload" => validate_upload(raw, options).map(JobKind::Upload),
-        "noop" => Ok(JobKind::Noop),
-        "sleep" => {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct SleepPayload {
-                ms: u64,
-                #[serde(default)]
-                blocking: bool,
-                #[serde(default)]
-                in_worker: bool,
-            }
-            let payload: SleepPayload = test_payload(raw.payload.as_deref(), true)?
-                .ok_or_else(|| field_problem("payload", "must be {\"ms\": N}"))?;
-            if payload.ms > MAX_SLEEP_MILLIS {
-                return Err(field_problem("payload.ms", format!("must be at most {MAX_SLEEP_MILLIS}")));
-            }
-            Ok(JobKind::Sleep { millis: payload.ms, blocking: payload.blocking, in_worker: payload.in_worker })
-        }
-        "fail" | "panic" => {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct MessagePayload {
-                #[serde(default)]
-                message: Option<String>,
-                /// `fail` only: whether the error is worth retrying.
-                #[serde(default = "default_true")]
-                retryable: bool,
-                /// `panic` only: panic in the Worker actor rather than in the job body.
-                #[serde(default)]
-                in_worker: bool,
-            }
-            let payload = test_payload::<MessagePayload>(raw.payload.as_deref(), false)?;
-            let message = payload
-                .as_ref()
-                .and_then(|payload| payload.message.clone())
-                .unwrap_or_else(|| format!("{} requested by the job", raw.kind));
-            Ok(if raw.kind == "fail" {
-                JobKind::Fail { message, retryable: payload.as_ref().is_none_or(|payload| payload.retryable) }
-            } else {
-                JobKind::Panic { message, in_worker: payload.as_ref().is_some_and(|payload| payload.in_worker) }
-            })
-        }
-        other => {
-            let known = if options.test_kinds { "upload, noop, sleep, fail, panic" } else { "upload, noop" };
-            Err(field_problem("kind", format!("unknown kind {other:?}; known kinds: {known}")))
-        }
-    }
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn test_payload<T: for<'de> Deserialize<'de>>(
-    payload: Option<&RawValue>,
-    required: bool,
-) -> Result<Option<T>, FieldProblem> {
-    match payload {
-        None if required => Err(field_problem("payload", "is required for this kind")),
-        None => Ok(None),
-        Some(raw) => {
-            serde_json::from_str(raw.get()).map(Some).map_err(|error| field_problem("payload", strip_position(&error)))
-        }
-    }
-}
-
-fn validate_upload(raw: RawJob, options: ParseOptions) -> Result<UploadSpec, FieldProblem> {
-    let body = match (raw.payload, raw.body_base64) {
-        (Some(_), Some(_)) => {
-            return Err(field_problem("body_base64", "give either payload or body_base64, not both"));
-        }
-        (None, None) => return Err(field_problem("payload", "an upload needs payload or body_base64")),
-        (Some(payload), None) => UploadBody::Json(payload),
-        (None, Some(encoded)) => UploadBody::Bytes(
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded.as_bytes())
-                .map_err(|error| field_problem("body_base64", format!("is not valid base64: {error}")))?,
-        ),
-    };
-    let key = raw
-        .key
-        .as_deref()
-        .map(ObjectKey::parse)
-        .transpose()
-        .map_err(|error| field_problem("key", error.to_string()))?;
-    if let Some(content_type) = &raw.content_type {
-        let valid = !content_type.is_empty()
-            && content_type.len() <= MAX_CONTENT_TYPE_BYTES
-            && content_type.bytes().all(|byte| (0x20..0x7f).contains(&byte))
-            && content_type.contains('/');
-        if !valid {
-            return Err(field_problem(
-                "content_type",
-                "must be a printable ASCII media type such as \"text/plain\", at most 256 bytes",
-            ));
-        }
-    }
-    if let Some(encoding) = &raw.content_encoding
-        && encoding != "gzip"
-    {
-        return Err(field_problem("content_encoding", "must be \"gzip\" (the only encoding jobd applies)"));
-    }
-    let metadata: Vec<(String, String)> = raw.metadata.unwrap_or_default().0.into_iter().collect();
-    if !metadata.is_empty() && !options.metadata_supported {
-        return Err(field_problem("metadata", "needs a store that records metadata (s3:// or memory://), not file://"));
-    }
-    check_metadata(&metadata)?;
-    Ok(UploadSpec { body, key, content_type: raw.content_type, content_encoding: raw.content_encoding, metadata })
-}
-
-/// An upload's `metadata` as it is read: a map that stops at the first entry past
-/// [`MAX_METADATA_ENTRIES`], so that a body of many tiny entries is refused at about its
-/// own size instead of first becoming a map of a million strings.
-#[derive(Debug, Default)]
-pub(crate) struct Metadata(std::collections::BTreeMap<String, String>);
-
-impl<'de> Deserialize<'de> for Metadata {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct BoundedMap;
-        impl<'de> Visitor<'de> for BoundedMap {
-            type Value = Metadata;
-
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(formatter, "an object of at most {MAX_METADATA_ENTRIES} string entries")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
-                let mut entries = std::collections::BTreeMap::new();
-                while let Some(name) = map.next_key::<String>()? {
-                    if entries.len() == MAX_METADATA_ENTRIES {
-                        return Err(de::Error::custom(format!("has more than {MAX_METADATA_ENTRIES} entries")));
-                    }
-                    let value = map.next_value::<String>()?;
-                    entries.insert(name, value);
-                }
-                Ok(Metadata(entries))
-            }
-        }
-        deserializer.deserialize_map(BoundedMap)
-    }
-}
-
-/// User metadata rules: few short entries of header-safe names and printable values, as
-/// S3 accepts them.
-fn check_metadata(metadata: &[(String, String)]) -> Result<(), FieldProblem> {
-    if metadata.len() > MAX_METADATA_ENTRIES {
-        return Err(field_problem("metadata", format!("has more than {MAX_METADATA_ENTRIES} entries")));
-    }
-    let total: usize = metadata.iter().map(|(name, value)| name.len() + value.len()).sum();
-    if total > MAX_METADATA_BYTES {
-        return Err(field_problem("metadata", format!("is larger than {MAX_METADATA_BYTES} bytes")));
-    }
-    for (name, value) in metadata {
-        let valid_name = !name.is_empty()
-            && name.len() <= 128
-            && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
-        if !valid_name {
-            return Err(field_problem(&format!("metadata.{name}"), "names are 1-128 letters, digits, '-' or '_'"));
-        }
-        if !value.bytes().all(|byte| (0x20..0x7f).contains(&byte)) {
-            return Err(field_problem(&format!("metadata.{name}"), "values are printable ASCII"));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const OPTIONS: ParseOptions = ParseOptions { test_kinds: true, ..ParseOptions::DEFAULT };
+    const OPTIONS: ParseOptions = ParseOptions::DEFAULT;
+
+    /// Every kind, the test kinds too.
+    fn all_kinds() -> Kinds {
+        Kinds::new(&crate::kinds::KindSettings { test_kinds: true, ..Default::default() })
+    }
+
+    fn parse(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, SubmissionError> {
+        parse_jobs(body, &all_kinds(), options)
+    }
 
     fn first_error(result: Result<Vec<JobSpec>, SubmissionError>) -> FieldError {
         match result {
@@ -736,37 +563,37 @@ mod tests {
 
     #[test]
     fn wrapped_and_single_forms_parse() {
-        let jobs = parse_jobs(br#"{"jobs":[{"kind":"noop"},{"kind":"upload","payload":{"a":1}}]}"#, OPTIONS);
+        let jobs = parse(br#"{"jobs":[{"kind":"noop"},{"kind":"upload","payload":{"a":1}}]}"#, OPTIONS);
         assert_eq!(jobs.map(|j| j.len()), Ok(2));
-        let single = parse_jobs(br#"{"kind":"sleep","payload":{"ms":5}}"#, OPTIONS);
-        assert!(matches!(
-            single.as_deref(),
-            Ok([JobSpec { kind: JobKind::Sleep { millis: 5, blocking: false, in_worker: false }, .. }])
-        ));
+        let single = parse(br#"{"kind":"sleep","payload":{"ms":5}}"#, OPTIONS);
+        let single = single.expect("valid");
+        assert_eq!((single.len(), single[0].kind), (1, "sleep"));
+        let args: serde_json::Value = serde_json::from_str(single[0].args.as_ref().expect("args").get()).expect("JSON");
+        assert_eq!(args, serde_json::json!({"ms": 5, "blocking": false, "in_worker": false}));
     }
 
     #[test]
     fn payload_bytes_are_kept_exactly() {
         let jobs = parse_payloads(br#"{"payloads":[ {"b":2,  "a":1.50} ]}"#, OPTIONS).expect("valid");
-        let JobKind::Upload(upload) = &jobs[0].kind else { panic!("not an upload") };
-        assert_eq!(upload.body.as_bytes(), br#"{"b":2,  "a":1.50}"#);
+        assert_eq!(jobs[0].kind, "upload");
+        assert_eq!(jobs[0].body.as_ref().expect("a body").bytes, br#"{"b":2,  "a":1.50}"#);
     }
 
     #[test]
     fn errors_name_index_and_field() {
-        let error = first_error(parse_jobs(br#"{"jobs":[{"kind":"noop"},{"kind":7}]}"#, OPTIONS));
+        let error = first_error(parse(br#"{"jobs":[{"kind":"noop"},{"kind":7}]}"#, OPTIONS));
         assert_eq!((error.index, error.field.as_str()), (Some(1), "kind"));
-        let error = first_error(parse_jobs(br#"{"jobs":[{"kind":"noop"},{"kind":"nope"}]}"#, OPTIONS));
+        let error = first_error(parse(br#"{"jobs":[{"kind":"noop"},{"kind":"nope"}]}"#, OPTIONS));
         assert_eq!((error.index, error.field.as_str()), (Some(1), "kind"));
-        let error = first_error(parse_jobs(br#"{"jobs":[{"kind":"upload","payload":1,"key":"../x"}]}"#, OPTIONS));
+        let error = first_error(parse(br#"{"jobs":[{"kind":"upload","payload":1,"key":"../x"}]}"#, OPTIONS));
         assert_eq!((error.index, error.field.as_str()), (Some(0), "key"));
-        let error = first_error(parse_jobs(br#"{"jobs":[]}"#, OPTIONS));
+        let error = first_error(parse(br#"{"jobs":[]}"#, OPTIONS));
         assert_eq!((error.index, error.field.as_str()), (None, "jobs"));
-        let error = first_error(parse_jobs(br#"{"jobs":"x"}"#, OPTIONS));
+        let error = first_error(parse(br#"{"jobs":"x"}"#, OPTIONS));
         assert_eq!((error.index, error.field.as_str()), (None, "jobs"));
-        let error = first_error(parse_jobs(br#"{"kind":"noop","colour":"red"}"#, OPTIONS));
+        let error = first_error(parse(br#"{"kind":"noop","colour":"red"}"#, OPTIONS));
         assert!(error.message.contains("colour"), "{error:?}");
-        let error = first_error(parse_jobs(br#"{"jobs":[{"kind":"noop","idempotency_key":""}]}"#, OPTIONS));
+        let error = first_error(parse(br#"{"jobs":[{"kind":"noop","idempotency_key":""}]}"#, OPTIONS));
         assert_eq!((error.index, error.field.as_str()), (Some(0), "idempotency_key"));
         for (body, field) in [
             (r#"{"kind":"noop","max_attempts":0}"#, "max_attempts"),
@@ -777,16 +604,16 @@ mod tests {
             (r#"{"kind":"noop","delay_ms":31536000001}"#, "delay_ms"),
             (r#"{"kind":"noop","run_at":"9999-12-31T23:59:59Z"}"#, "run_at"),
         ] {
-            let error = first_error(parse_jobs(body.as_bytes(), OPTIONS));
+            let error = first_error(parse(body.as_bytes(), OPTIONS));
             assert_eq!((error.index, error.field.as_str()), (Some(0), field), "{body}");
         }
         // A time within the year ahead, in another zone, is kept as that instant in UTC.
         let offset = chrono::FixedOffset::east_opt(2 * 3600).expect("valid offset");
         let soon = (chrono::Utc::now() + chrono::Duration::days(300)).with_timezone(&offset);
         let body = format!(r#"{{"kind":"noop","run_at":"{}","max_attempts":3}}"#, soon.to_rfc3339());
-        let spec = parse_jobs(body.as_bytes(), OPTIONS).expect("valid").remove(0);
+        let spec = parse(body.as_bytes(), OPTIONS).expect("valid").remove(0);
         assert_eq!(spec.run_at, Some(soon.with_timezone(&chrono::Utc)));
-        let past = parse_jobs(br#"{"kind":"noop","run_at":"2020-01-01T00:00:00Z"}"#, OPTIONS).expect("valid");
+        let past = parse(br#"{"kind":"noop","run_at":"2020-01-01T00:00:00Z"}"#, OPTIONS).expect("valid");
         assert!(past[0].run_at.is_some());
         assert_eq!(spec.max_attempts, Some(3));
         let error = first_error(parse_payloads(br#"{"payloads":{}}"#, OPTIONS));
@@ -795,21 +622,21 @@ mod tests {
 
     #[test]
     fn test_kinds_are_unknown_unless_enabled() {
-        let closed = ParseOptions { test_kinds: false, ..OPTIONS };
-        let error = first_error(parse_jobs(br#"{"kind":"sleep","payload":{"ms":1}}"#, closed));
+        let closed = Kinds::new(&crate::kinds::KindSettings::default());
+        let error = first_error(parse_jobs(br#"{"kind":"sleep","payload":{"ms":1}}"#, &closed, OPTIONS));
         assert_eq!(error.field, "kind");
     }
 
     #[test]
     fn deep_nesting_is_refused_before_parsing() {
         let deep = format!("{{\"kind\":\"upload\",\"payload\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
-        let error = parse_jobs(deep.as_bytes(), OPTIONS).expect_err("too deep");
+        let error = parse(deep.as_bytes(), OPTIONS).expect_err("too deep");
         assert_eq!(error, SubmissionError::TooDeep { limit: 64, offset: 90 });
         let shallow = format!("{{\"kind\":\"upload\",\"payload\":{}1{}}}", "[".repeat(63), "]".repeat(63));
-        assert!(parse_jobs(shallow.as_bytes(), OPTIONS).is_ok());
+        assert!(parse(shallow.as_bytes(), OPTIONS).is_ok());
         // Brackets inside strings, also after an escaped quote, are text.
         let text = format!("{{\"kind\":\"upload\",\"payload\":\"\\\"{}\"}}", "[".repeat(1_000));
-        assert!(parse_jobs(text.as_bytes(), OPTIONS).is_ok());
+        assert!(parse(text.as_bytes(), OPTIONS).is_ok());
     }
 
     #[test]
@@ -817,25 +644,25 @@ mod tests {
         let options = ParseOptions { max_jobs_per_request: 2, ..OPTIONS };
         let body = br#"{"jobs":[{"kind":"noop"},{"kind":"noop"},{"kind":"noop"}]}"#;
         assert_eq!(
-            parse_jobs(body, options).expect_err("too many"),
+            parse(body, options).expect_err("too many"),
             SubmissionError::TooManyJobs { field: "jobs", limit: 2 }
         );
         let payloads = parse_payloads(br#"{"payloads":[1,2,3]}"#, options).expect_err("too many");
         assert!(matches!(payloads, SubmissionError::TooManyJobs { field: "payloads", .. }));
         // The count is checked before any entry is parsed: these entries are no jobs.
         assert_eq!(
-            parse_jobs(br#"{"jobs":[{},{},{}]}"#, options).expect_err("too many"),
+            parse(br#"{"jobs":[{},{},{}]}"#, options).expect_err("too many"),
             SubmissionError::TooManyJobs { field: "jobs", limit: 2 }
         );
         // Within the limit, entry errors still name their index.
-        let error = first_error(parse_jobs(br#"{"jobs":[{"kind":"noop"},{}]}"#, options));
+        let error = first_error(parse(br#"{"jobs":[{"kind":"noop"},{}]}"#, options));
         assert_eq!((error.index, error.field.as_str()), (Some(1), ""), "{error:?}");
         assert!(error.message.contains("kind"), "{error:?}");
     }
 
     #[test]
     fn syntax_errors_are_reported_as_such() {
-        assert!(matches!(parse_jobs(b"{\"jobs\": [", OPTIONS), Err(SubmissionError::Syntax(_))));
-        assert!(matches!(parse_jobs(b"[1,2]", OPTIONS), Err(SubmissionError::Invalid(_))));
+        assert!(matches!(parse(b"{\"jobs\": [", OPTIONS), Err(SubmissionError::Syntax(_))));
+        assert!(matches!(parse(b"[1,2]", OPTIONS), Err(SubmissionError::Invalid(_))));
     }
 }

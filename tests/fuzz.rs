@@ -8,8 +8,8 @@ use std::path::Component;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use jobd::job::JobKind;
 use jobd::keys::{MAX_KEY_BYTES, ObjectKey};
+use jobd::kinds::{KindSettings, Kinds};
 use jobd::submission::{self, ParseOptions, SubmissionError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseResult, TestRng, TestRunner};
@@ -18,7 +18,12 @@ use serde_json::Value;
 /// Cases per round; rounds repeat until the time is up, each with new random inputs.
 const CASES_PER_ROUND: u32 = 256;
 
-const OPTIONS: ParseOptions = ParseOptions { test_kinds: true, ..ParseOptions::DEFAULT };
+const OPTIONS: ParseOptions = ParseOptions::DEFAULT;
+
+/// Every kind, the test kinds too, as a daemon with `test_kinds` runs them.
+fn kinds() -> Kinds {
+    Kinds::new(&KindSettings { test_kinds: true, ..KindSettings::default() })
+}
 
 fn fuzz_time() -> Duration {
     let seconds = std::env::var("JOBD_FUZZ_SECONDS").ok().and_then(|value| value.parse().ok()).unwrap_or(5);
@@ -149,10 +154,8 @@ fn assert_parsed_keys_are_confined(parsed: &Result<Vec<jobd::job::JobSpec>, Subm
     if let Ok(jobs) = parsed {
         prop_assert!(!jobs.is_empty());
         for job in jobs {
-            if let JobKind::Upload(upload) = &job.kind {
-                if let Some(key) = &upload.key {
-                    assert_key_is_confined(&key.to_string())?;
-                }
+            if let Some(key) = jobd::kinds::upload::requested_key(job) {
+                assert_key_is_confined(&key)?;
             }
         }
     }
@@ -162,7 +165,7 @@ fn assert_parsed_keys_are_confined(parsed: &Result<Vec<jobd::job::JobSpec>, Subm
 #[test]
 fn arbitrary_bytes_never_crash_the_parsers() {
     fuzz("arbitrary bytes", prop::collection::vec(any::<u8>(), 0..2048), |bytes| {
-        assert_parsed_keys_are_confined(&submission::parse_jobs(&bytes, OPTIONS))?;
+        assert_parsed_keys_are_confined(&submission::parse_jobs(&bytes, &kinds(), OPTIONS))?;
         let _ = submission::parse_payloads(&bytes, OPTIONS);
         let _ = submission::check_depth(&bytes, 64);
         Ok(())
@@ -179,7 +182,7 @@ fn job_shaped_json_is_parsed_or_refused_by_field_never_crashes() {
     ];
     fuzz("job-shaped JSON", body, |value| {
         let bytes = serde_json::to_vec(&value).expect("serialize");
-        let parsed = submission::parse_jobs(&bytes, OPTIONS);
+        let parsed = submission::parse_jobs(&bytes, &kinds(), OPTIONS);
         assert_parsed_keys_are_confined(&parsed)?;
         if let (Ok(jobs), Some(list)) = (&parsed, value.get("jobs").and_then(Value::as_array)) {
             prop_assert_eq!(jobs.len(), list.len(), "one job per entry");

@@ -244,7 +244,7 @@ impl Dispatcher {
         }
         let mut dispatched = false;
         while let Some(&number) = self.idle.last() {
-            let Some(job) = self.window.next_runnable(self.store_reachable) else { break };
+            let Some(job) = self.window.next_runnable(self.store_reachable, &self.runner.kinds) else { break };
             self.idle.pop();
             let slot = &mut self.workers[number];
             let Some(worker) = slot.addr.clone() else {
@@ -253,20 +253,19 @@ impl Dispatcher {
                 tracing::error!(worker = number, job_id = %job.id, "an idle worker has no address");
                 continue;
             };
-            slot.running = Some(RunningJob {
-                id: job.id,
-                kind: job.kind.name(),
-                attempt: job.attempt,
-                max_attempts: job.max_attempts,
-            });
+            let kind = self.runner.kinds.get(&job.kind);
+            // A kind this build lacks is labelled "unknown"; its run fails for good.
+            let kind_name = kind.map_or("unknown", |kind| kind.name());
+            slot.running =
+                Some(RunningJob { id: job.id, kind: kind_name, attempt: job.attempt, max_attempts: job.max_attempts });
             self.busy += 1;
             let now = Utc::now();
             let due = job.run_at.map_or(job.created_at, |run_at| run_at.max(job.created_at));
             let wait = (now - due).as_seconds_f64().max(0.0);
-            self.runner.metrics.job_wait.with_label_values(&[job.kind.name()]).observe(wait);
+            self.runner.metrics.job_wait.with_label_values(&[kind_name]).observe(wait);
             self.started.push(StartedJob { id: job.id, started_at: now });
             // The pool bounds both: one RunJob per idle worker.
-            if job.kind.runs_inline() {
+            if kind.is_some_and(|kind| kind.runs_inline()) {
                 worker.do_send(RunJob(job));
             } else {
                 self.awaiting_start.push((worker, job));

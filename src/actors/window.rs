@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::job::{Job, JobId};
+use crate::kinds::Kinds;
 use crate::queue::CLAIM_MAX_BODY_BYTES;
 
 /// Claimed jobs that have not started, in claim order.
@@ -90,10 +91,10 @@ impl Window {
 
     /// The next job that may start. While the store is down (`store_up` false), jobs of
     /// the store's kinds are set aside in order instead, and the jobs behind them run.
-    pub fn next_runnable(&mut self, store_up: bool) -> Option<Job> {
+    pub fn next_runnable(&mut self, store_up: bool, kinds: &Kinds) -> Option<Job> {
         loop {
             let job = self.ready.pop_front()?;
-            if !store_up && job.kind.uses_store() {
+            if !store_up && kinds.get(&job.kind).is_some_and(|kind| kind.needs_store()) {
                 self.held.push_back(job);
                 continue;
             }
@@ -153,7 +154,7 @@ fn take_by_id(jobs: &mut VecDeque<Job>, id: JobId) -> Option<Job> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::JobKind;
+    use crate::kinds::{KindSettings, Kinds};
 
     fn ids(jobs: &[Job]) -> Vec<JobId> {
         jobs.iter().map(|job| job.id).collect()
@@ -175,7 +176,7 @@ mod tests {
         assert!(window.bytes() <= 64 << 20 && window.bytes() > 56 << 20, "{}", window.bytes());
         assert_eq!(window.wanted(), None, "past the byte bound nothing more is claimed");
         for _ in 0..8 {
-            assert!(window.next_runnable(true).is_some());
+            assert!(window.next_runnable(true, &Kinds::new(&KindSettings::default())).is_some());
         }
         assert!(window.wanted().is_some(), "started jobs free their bytes");
     }
@@ -183,37 +184,38 @@ mod tests {
     #[test]
     fn while_the_store_is_down_its_jobs_wait_in_order_and_others_run() {
         let mut window = Window::new(100, 64 << 20);
-        let jobs = vec![
-            Job::upload_for_test(10),
-            Job::for_test(JobKind::Noop),
-            Job::upload_for_test(10),
-            Job::for_test(JobKind::Noop),
-        ];
+        let jobs =
+            vec![Job::upload_for_test(10), Job::for_test("noop"), Job::upload_for_test(10), Job::for_test("noop")];
         let order = ids(&jobs);
         window.add_fetched(jobs);
-        let first = window.next_runnable(false).map(|job| job.id);
-        let second = window.next_runnable(false).map(|job| job.id);
+        let first = window.next_runnable(false, &Kinds::new(&KindSettings::default())).map(|job| job.id);
+        let second = window.next_runnable(false, &Kinds::new(&KindSettings::default())).map(|job| job.id);
         assert_eq!((first, second), (Some(order[1]), Some(order[3])));
-        assert_eq!(window.next_runnable(false).map(|job| job.id), None);
+        assert_eq!(window.next_runnable(false, &Kinds::new(&KindSettings::default())).map(|job| job.id), None);
         assert_eq!(window.held(), 2);
         window.release_held();
-        let rest: Vec<JobId> = std::iter::from_fn(|| window.next_runnable(true)).map(|job| job.id).collect();
+        let rest: Vec<JobId> = std::iter::from_fn(|| window.next_runnable(true, &Kinds::new(&KindSettings::default())))
+            .map(|job| job.id)
+            .collect();
         assert_eq!(rest, [order[0], order[2]], "held jobs come back in their order");
         assert_eq!(window.bytes(), 0);
     }
 
     #[test]
     fn a_job_whose_cancel_succeeded_never_comes_back_whichever_fetch_brings_it() {
-        let job = Job::for_test(JobKind::Noop);
+        let job = Job::for_test("noop");
         let id = job.id;
         // The cancel goes out while no fetch is out; a fetch sent after it lands in the
         // same queue batch and claims the job before the cancel commits.
         let mut window = Window::new(100, 64 << 20);
         window.cancel_started(id, false);
         window.add_fetched(vec![job.clone()]);
-        assert!(window.next_runnable(true).is_none(), "held back while the cancel is in flight");
+        assert!(
+            window.next_runnable(true, &Kinds::new(&KindSettings::default())).is_none(),
+            "held back while the cancel is in flight"
+        );
         window.cancel_answered(id, true, false);
-        assert!(window.next_runnable(true).is_none());
+        assert!(window.next_runnable(true, &Kinds::new(&KindSettings::default())).is_none());
         assert_eq!(window.bytes(), 0);
 
         // The cancel is answered while a fetch is out that claimed the job earlier.
@@ -221,14 +223,14 @@ mod tests {
         window.cancel_started(id, false);
         window.cancel_answered(id, true, true);
         window.add_fetched(vec![job.clone()]);
-        assert!(window.next_runnable(true).is_none());
+        assert!(window.next_runnable(true, &Kinds::new(&KindSettings::default())).is_none());
 
         // A cancel that failed puts the job back.
         let mut window = Window::new(100, 64 << 20);
         window.add_fetched(vec![job]);
         window.cancel_started(id, true);
-        assert!(window.next_runnable(true).is_none());
+        assert!(window.next_runnable(true, &Kinds::new(&KindSettings::default())).is_none());
         window.cancel_answered(id, false, true);
-        assert_eq!(window.next_runnable(true).map(|job| job.id), Some(id));
+        assert_eq!(window.next_runnable(true, &Kinds::new(&KindSettings::default())).map(|job| job.id), Some(id));
     }
 }

@@ -8,7 +8,7 @@ use actix::prelude::*;
 use tracing::Instrument as _;
 
 use super::dispatcher::{Dispatcher, JobFinished, WorkerIdle};
-use crate::job::{Job, JobKind, JobResult, Outcome};
+use crate::job::{Job, Outcome};
 use crate::runner::JobRunner;
 use crate::stats::Stats;
 
@@ -51,7 +51,7 @@ impl Worker {
         self.runner.metrics.job_duration.with_label_values(&[self.kind]).observe(started.elapsed().as_secs_f64());
         match &outcome {
             Outcome::Succeeded(result) => {
-                tracing::debug!(elapsed_ms, outcome = outcome.name(), key = result.key.as_deref(), "job finished");
+                tracing::debug!(elapsed_ms, outcome = outcome.name(), result = ?result.0, "job finished");
             }
             Outcome::Panicked { .. } => {
                 tracing::error!(elapsed_ms, outcome = outcome.name(), error = outcome.error(), "job finished");
@@ -91,27 +91,22 @@ impl Handler<RunJob> for Worker {
     type Result = ();
 
     fn handle(&mut self, RunJob(job): RunJob, ctx: &mut Self::Context) {
-        let span = tracing::info_span!("job", job_id = %job.id, kind = job.kind.name(), attempt = job.attempt, worker = self.number);
+        let kind = self.runner.kinds.get(&job.kind);
+        // The label of a kind this build lacks is "unknown", so that labels stay a bounded set.
+        self.kind = kind.map_or("unknown", |kind| kind.name());
+        let span =
+            tracing::info_span!("job", job_id = %job.id, kind = self.kind, attempt = job.attempt, worker = self.number);
         let entered = span.enter();
         let started = Instant::now();
         Stats::bump(&self.stats.jobs_started);
-        self.kind = job.kind.name();
-        match &job.kind {
-            // A test kind that panics in the actor itself, outside the body's containment,
-            // as a bug in jobd would. The Dispatcher's health check must replace the worker.
-            JobKind::Panic { message, in_worker: true } => panic!("{message}"),
-            // A test kind that blocks this actor's thread, which the Dispatcher shares: its
-            // loop stops, and so do the watchdog pings.
-            JobKind::Sleep { millis, in_worker: true, .. } => {
-                std::thread::sleep(Duration::from_millis(*millis));
-                return self.finish(ctx, Outcome::Succeeded(JobResult::default()), started);
-            }
-            // A noop cannot block or panic; running it here saves two thread crossings.
-            JobKind::Noop => return self.finish(ctx, Outcome::Succeeded(JobResult::default()), started),
-            _ => {}
+        // A kind that runs inline finishes here; the test kinds that block or panic the
+        // worker's own thread do it here too, outside the body's containment, as a bug in
+        // jobd would, so that the Dispatcher's health check has something to catch.
+        if let Some(outcome) = kind.and_then(|kind| kind.run_on_worker_thread(&job)) {
+            return self.finish(ctx, outcome, started);
         }
         drop(entered);
-        let timeout = self.runner.timeouts.for_job(&job);
+        let timeout = self.runner.timeouts.for_job(&job, kind);
         // The body runs on the bodies runtime: a body that blocks its thread cannot stall
         // this arbiter, and a panic ends only its task, reported by the join handle.
         let body = self.runner.bodies.spawn(self.runner.clone().run(job).instrument(span.clone()));

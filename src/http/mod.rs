@@ -24,7 +24,8 @@ use crate::actors::dispatcher::CancelJob;
 use crate::actors::ingest::{Submit, SubmitError};
 use crate::actors::{Dispatcher, Ingest};
 use crate::auth::{AuthFailure, Authenticator, Principal, Scope};
-use crate::job::{JobId, JobKind, JobSpec, JobState};
+use crate::job::{JobId, JobSpec, JobState};
+use crate::kinds::Kinds;
 use crate::metrics::Metrics;
 use crate::queue::{ControlError, ListFilter, QueueHandle, Refusal};
 use crate::stats::Stats;
@@ -32,7 +33,7 @@ use crate::store::JobStore;
 use crate::submission::{self, ParseOptions};
 pub use problem::Problem;
 use problem::ProblemBody;
-use submission::{PayloadCollection, RawJob};
+use submission::{JobOptions, PayloadCollection};
 
 /// How long `/readyz` and `/v1/stats` wait for the queue thread before calling it wedged.
 const QUEUE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -81,6 +82,8 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     pub lifecycle: Arc<Lifecycle>,
     pub parse_options: ParseOptions,
+    /// The kinds this daemon runs: what submissions may name.
+    pub kinds: Arc<Kinds>,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
     pub store: Arc<JobStore>,
@@ -90,8 +93,6 @@ pub struct AppState {
     pub body_runtime: tokio::runtime::Handle,
     /// The tokens in force; off when no token file is configured.
     pub auth: Arc<Authenticator>,
-    /// The first segments of default upload keys, which confined tokens must be allowed.
-    pub default_key_prefix: String,
     /// How long a request body may take to arrive after its headers.
     pub client_body_timeout: Duration,
     /// Whether `/metrics` is served here; off when `metrics_listen` gives metrics their
@@ -399,7 +400,7 @@ struct Health {
     post,
     path = "/v1/jobs",
     tag = "jobs",
-    request_body(content = RawJob, description = "A job, or an object with `jobs`: an array of jobs"),
+    request_body(content = JobOptions, description = "A job, or an object with `jobs`: an array of jobs"),
     params(("Idempotency-Key" = Option<String>, Header, description = "For a single-job request: a key that makes retries of it return the original job")),
     responses(
         (status = 202, description = "Accepted; every job is durably queued", body = Accepted),
@@ -421,9 +422,10 @@ async fn post_jobs(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     let options = state.parse_options;
+    let kinds = state.kinds.clone();
     let header_key = request.headers().get("idempotency-key").map(|value| value.to_str().map(str::to_owned));
     let parse = move |bytes: &[u8]| {
-        let mut jobs = submission::parse_jobs(bytes, options)?;
+        let mut jobs = submission::parse_jobs(bytes, &kinds, options)?;
         if let Some(key) = header_key {
             apply_idempotency_header(&mut jobs, key)?;
         }
@@ -534,7 +536,7 @@ async fn submit(
     let jobs = parse(&bytes)?;
     let principal = request.extensions().get::<Arc<Principal>>().cloned();
     if let Some(principal) = principal {
-        confine_keys(&principal, &jobs, &state.default_key_prefix).inspect_err(|_| {
+        authorize_jobs(&principal, &jobs, &state.kinds).inspect_err(|_| {
             state.metrics.auth_failures.with_label_values(&["key_prefix"]).inc();
             tracing::warn!(reason = "key_prefix", token_name = principal.name, "submission refused");
         })?;
@@ -580,27 +582,17 @@ async fn submit(
     }
 }
 
-/// Refuses the request if any upload would write outside the caller's
-/// `allowed_key_prefixes`; a job without a key writes under the default key prefix,
-/// which must then be allowed too. Nothing of a refused request is enqueued.
-fn confine_keys(principal: &Principal, jobs: &[JobSpec], default_key_prefix: &str) -> Result<(), Problem> {
-    let mut errors = Vec::new();
-    for (index, job) in jobs.iter().enumerate() {
-        let JobKind::Upload(upload) = &job.kind else { continue };
-        let key = upload.key.as_ref().map_or(default_key_prefix, |key| key.path().as_ref());
-        if !principal.may_write(key) {
-            let prefixes = principal.allowed_key_prefixes.join(", ");
-            let message = match &upload.key {
-                Some(_) => format!("lies outside token {}'s allowed_key_prefixes ({prefixes})", principal.name),
-                None => format!(
-                    "is required: the default key prefix {default_key_prefix:?} lies outside token {}'s \
-                     allowed_key_prefixes ({prefixes})",
-                    principal.name
-                ),
-            };
-            errors.push(submission::FieldError { index: Some(index), field: "key".to_owned(), message });
-        }
-    }
+/// Asks each job's kind whether the caller may submit it: an upload's key must lie under
+/// the token's `allowed_key_prefixes`. Nothing of a refused request is enqueued.
+fn authorize_jobs(principal: &Principal, jobs: &[JobSpec], kinds: &Kinds) -> Result<(), Problem> {
+    let errors: Vec<submission::FieldError> = jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(index, job)| {
+            let refusal = kinds.get(job.kind)?.authorize(job, principal).err()?;
+            Some(submission::FieldError { index: Some(index), field: refusal.0, message: refusal.1 })
+        })
+        .collect();
     if errors.is_empty() { Ok(()) } else { Err(Problem::key_not_allowed(errors)) }
 }
 

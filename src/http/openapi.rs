@@ -30,7 +30,7 @@ use utoipa::{Modify, OpenApi};
         super::get_metrics,
     ),
     components(schemas(
-        crate::submission::RawJob,
+        crate::submission::JobOptions,
         crate::submission::PayloadCollection,
         crate::submission::FieldError,
         super::problem::ProblemBody,
@@ -43,7 +43,7 @@ use utoipa::{Modify, OpenApi};
         crate::job::JobState,
         crate::job::JobId,
     )),
-    modifiers(&BearerScheme)
+    modifiers(&BearerScheme, &KindFields)
 )]
 pub struct ApiDoc;
 
@@ -62,6 +62,33 @@ impl Modify for BearerScheme {
                     .build(),
             ),
         );
+    }
+}
+
+/// Completes the `Job` schema from the kinds' registry: the list of kinds, and each kind's
+/// own request fields, so that a new kind appears in the document without an edit here.
+struct KindFields;
+
+impl Modify for KindFields {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, SchemaType, Type};
+        let Some(components) = openapi.components.as_mut() else { return };
+        let Some(RefOr::T(Schema::Object(job))) = components.schemas.get_mut("Job") else { return };
+        let names: Vec<&str> = crate::kinds::all_names().collect();
+        let kind = ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .enum_values(Some(names))
+            .description(Some("The job's kind; `sleep`, `fail` and `panic` exist only with test_kinds."))
+            .build();
+        job.properties.insert("kind".to_owned(), RefOr::T(Schema::Object(kind)));
+        for registration in crate::kinds::REGISTRY {
+            if let RefOr::T(Schema::Object(Object { properties, .. })) = (registration.request_schema)() {
+                for (name, schema) in properties {
+                    job.properties.entry(name).or_insert(schema);
+                }
+            }
+        }
     }
 }
 

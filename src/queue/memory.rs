@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Admitted, ControlError, JobPage, ListFilter, QueueBackend, QueueDepth, ReadyBatch, Refusal, StorageError, admit,
-    claim_has_room,
+    Admitted, ControlError, JobPage, JobReader, JobWriter, Lease, ListFilter, QueueBackend, QueueDepth, ReadyBatch,
+    Refusal, StorageError, Transactions, admit, claim_has_room,
 };
 use crate::job::{FinishedJob, Job, JobId, JobRecord, JobState, Outcome, StartedJob};
 
@@ -71,12 +71,48 @@ impl MemoryBackend {
         self.entries.values().filter(|entry| entry.record.state == state).count()
     }
 
+    /// Marks queued jobs as running, counting their attempt.
+    pub(crate) fn record_started(&mut self, started: &[StartedJob]) {
+        for start in started {
+            if let Some(entry) = self.entries.get_mut(&start.id)
+                && entry.record.state == JobState::Queued
+            {
+                entry.record.state = JobState::Running;
+                entry.record.attempts += 1;
+                entry.record.started_at = Some(start.started_at);
+            }
+        }
+    }
+
+    /// Records how attempts of running jobs ended.
+    pub(crate) fn record_finished(&mut self, finished: &[FinishedJob]) {
+        for end in finished {
+            let Some(entry) = self.entries.get_mut(&end.id) else { continue };
+            if entry.record.state != JobState::Running {
+                continue;
+            }
+            let state = end.state();
+            entry.record.state = state;
+            entry.record.run_at = end.retry_at.or(entry.record.run_at);
+            entry.record.finished_at = state.is_finished().then_some(end.finished_at);
+            if let Some(error) = end.outcome.error() {
+                entry.record.last_error = Some(error);
+            }
+            if let Outcome::Succeeded(result) = &end.outcome {
+                entry.record.result = Some(result.clone());
+            }
+            if let Some(at) = end.retry_at {
+                self.due.insert((at, entry.seq), end.id);
+            }
+        }
+    }
+
     fn unfinished(&self) -> usize {
         self.entries.values().filter(|entry| !entry.record.state.is_finished()).count()
     }
 }
 
-impl QueueBackend for MemoryBackend {
+impl JobWriter for MemoryBackend {
     fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError> {
         let submitted_by = submission.first().and_then(|job| job.submitted_by.clone()).unwrap_or_default();
         let (mut admitted, is_new) = admit(&submission, |key| {
@@ -110,7 +146,7 @@ impl QueueBackend for MemoryBackend {
             }
             let record = JobRecord {
                 id: job.id,
-                kind: job.kind.name().to_owned(),
+                kind: job.kind.to_string(),
                 state,
                 attempts: 0,
                 max_attempts: job.max_attempts,
@@ -131,7 +167,7 @@ impl QueueBackend for MemoryBackend {
         Ok(Ok(admitted))
     }
 
-    fn take_ready(&mut self, max: usize, now: DateTime<Utc>) -> Result<ReadyBatch, StorageError> {
+    fn claim(&mut self, max: usize, now: DateTime<Utc>, _lease: &Lease) -> Result<ReadyBatch, StorageError> {
         while self.ready.len() < max {
             let Some((&(at, seq), &id)) = self.due.first_key_value() else { break };
             if at > now {
@@ -152,7 +188,7 @@ impl QueueBackend for MemoryBackend {
                 self.ready.remove(&ready_seq);
                 continue;
             };
-            let size = entry.job.kind.body_len();
+            let size = entry.job.body_len();
             if !claim_has_room(jobs.len(), bytes, size) {
                 stopped_at_byte_limit = true;
                 break;
@@ -166,39 +202,9 @@ impl QueueBackend for MemoryBackend {
         Ok(ReadyBatch { jobs, stopped_at_byte_limit, next_due: self.due.keys().next().map(|(at, _)| *at) })
     }
 
-    fn record_started(&mut self, started: &[StartedJob]) -> Result<(), StorageError> {
-        for start in started {
-            if let Some(entry) = self.entries.get_mut(&start.id)
-                && entry.record.state == JobState::Queued
-            {
-                entry.record.state = JobState::Running;
-                entry.record.attempts += 1;
-                entry.record.started_at = Some(start.started_at);
-            }
-        }
-        Ok(())
-    }
-
-    fn record_finished(&mut self, finished: &[FinishedJob]) -> Result<(), StorageError> {
-        for end in finished {
-            let Some(entry) = self.entries.get_mut(&end.id) else { continue };
-            if entry.record.state != JobState::Running {
-                continue;
-            }
-            let state = end.state();
-            entry.record.state = state;
-            entry.record.run_at = end.retry_at.or(entry.record.run_at);
-            entry.record.finished_at = state.is_finished().then_some(end.finished_at);
-            if let Some(error) = end.outcome.error() {
-                entry.record.last_error = Some(error);
-            }
-            if let Outcome::Succeeded(result) = &end.outcome {
-                entry.record.result = Some(result.clone());
-            }
-            if let Some(at) = end.retry_at {
-                self.due.insert((at, entry.seq), end.id);
-            }
-        }
+    fn record_progress(&mut self, started: &[StartedJob], finished: &[FinishedJob]) -> Result<(), StorageError> {
+        self.record_started(started);
+        self.record_finished(finished);
         Ok(())
     }
 
@@ -252,7 +258,9 @@ impl QueueBackend for MemoryBackend {
         self.due.retain(|_, due| *due != id);
         Ok(Ok(()))
     }
+}
 
+impl JobReader for MemoryBackend {
     fn list(&mut self, filter: &ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
         let mut page = JobPage::default();
         for (&seq, id) in self.by_seq.range(..before.unwrap_or(i64::MAX)).rev() {
@@ -275,24 +283,15 @@ impl QueueBackend for MemoryBackend {
         Ok(self.entries.get(&id).map(|entry| entry.record.clone()))
     }
 
-    fn depth(&self) -> QueueDepth {
-        QueueDepth {
+    fn depth(&mut self) -> Result<QueueDepth, StorageError> {
+        Ok(QueueDepth {
             queued: self.count(JobState::Queued),
             scheduled: self.count(JobState::Scheduled),
             running: self.count(JobState::Running),
             failed: self.count(JobState::Failed),
             dead: self.count(JobState::Dead),
             capacity: self.capacity,
-        }
-    }
-
-    fn is_durable(&self) -> bool {
-        false
-    }
-
-    #[cfg(test)]
-    fn syncer(&mut self) -> Option<Box<dyn super::Syncer>> {
-        self.sync_for_test.take().map(|sync| Box::new(sync) as Box<dyn super::Syncer>)
+        })
     }
 
     fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {
@@ -301,13 +300,25 @@ impl QueueBackend for MemoryBackend {
     }
 }
 
+impl Transactions for MemoryBackend {
+    fn syncer(&mut self) -> Option<Box<dyn super::Syncer>> {
+        self.sync_for_test.take().map(|sync| Box::new(sync) as Box<dyn super::Syncer>)
+    }
+}
+
+impl QueueBackend for MemoryBackend {
+    fn is_durable(&self) -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{JobKind, JobResult};
+    use crate::job::JobResult;
 
     fn jobs(count: usize) -> Vec<Job> {
-        (0..count).map(|_| Job::for_test(JobKind::Noop)).collect()
+        (0..count).map(|_| Job::for_test("noop")).collect()
     }
 
     #[test]
@@ -315,9 +326,9 @@ mod tests {
         let mut backend = MemoryBackend::new(10);
         let large = || Job::upload_for_test(super::super::CLAIM_MAX_BODY_BYTES * 5 / 8);
         assert!(backend.enqueue(vec![large(), large()]).expect("memory never fails").is_ok());
-        let first = backend.take_ready(10, Utc::now()).expect("take");
+        let first = backend.claim(10, Utc::now(), &Lease::for_test()).expect("take");
         assert_eq!((first.jobs.len(), first.stopped_at_byte_limit), (1, true));
-        let second = backend.take_ready(10, Utc::now()).expect("take");
+        let second = backend.claim(10, Utc::now(), &Lease::for_test()).expect("take");
         assert_eq!((second.jobs.len(), second.stopped_at_byte_limit), (1, false));
     }
 
@@ -329,7 +340,7 @@ mod tests {
         assert!(answers[0].is_ok());
         assert!(matches!(answers[1], Err(Refusal::QueueFull { unfinished: 3, .. })));
         assert!(answers[2].is_ok());
-        assert_eq!(backend.depth().queued, 5);
+        assert_eq!(backend.depth().expect("depth").queued, 5);
     }
 
     #[test]
@@ -337,9 +348,9 @@ mod tests {
         let mut backend = MemoryBackend::new(2);
         let now = Utc::now();
         backend.enqueue(jobs(2)).expect("enqueue").expect("fits");
-        let claimed = backend.take_ready(10, now).expect("take").jobs;
+        let claimed = backend.claim(10, now, &Lease::for_test()).expect("take").jobs;
         let started: Vec<_> = claimed.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
-        backend.record_started(&started).expect("start");
+        backend.record_started(&started);
         let retry_at = now + chrono::Duration::seconds(10);
         let finished = [
             FinishedJob {
@@ -357,12 +368,12 @@ mod tests {
                 retry_at: Some(retry_at),
             },
         ];
-        backend.record_finished(&finished).expect("record");
+        backend.record_finished(&finished);
         assert!(backend.enqueue(jobs(1)).expect("enqueue").is_ok(), "the success freed a slot");
         assert!(backend.enqueue(jobs(1)).expect("enqueue").is_err(), "the retry still holds one");
-        let batch = backend.take_ready(10, now).expect("take");
+        let batch = backend.claim(10, now, &Lease::for_test()).expect("take");
         assert_eq!((batch.jobs.len(), batch.next_due), (1, Some(retry_at)));
-        let later = backend.take_ready(10, retry_at).expect("take");
+        let later = backend.claim(10, retry_at, &Lease::for_test()).expect("take");
         assert_eq!(later.jobs.iter().map(|job| (job.id, job.attempt)).collect::<Vec<_>>(), vec![(claimed[1].id, 2)]);
     }
 }

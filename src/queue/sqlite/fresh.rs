@@ -94,7 +94,7 @@ impl FreshJobs {
         }
         while into.len() < max {
             let Some(front) = self.committed.front() else { break };
-            let size = front.kind.body_len();
+            let size = front.body_len();
             if !claim_has_room(into.len(), *bytes, size) {
                 return true;
             }

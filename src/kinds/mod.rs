@@ -1,0 +1,200 @@
+//! Job kinds: the [`Kind`] trait each kind implements, and the registry ([`Kinds`]) that
+//! maps a job's kind name to its implementation. What a kind's arguments and body mean is
+//! known here and nowhere else: the queue stores them as an opaque envelope
+//! ([`crate::job::Job`]), and the HTTP layer, the Dispatcher and the workers reach a kind
+//! only through this trait.
+//!
+//! **Architecture Invariant:** a new kind is a module under `src/kinds/` plus one line in
+//! [`REGISTRY`]; no other file names it or its fields (`tests/tidy.rs` checks the fields).
+
+mod fields;
+pub mod noop;
+pub mod testing;
+pub mod upload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde_json::value::RawValue;
+
+pub(crate) use fields::strip_position;
+pub use fields::{FieldProblem, RequestFields, field_problem};
+
+use crate::auth::Principal;
+use crate::job::{Body, Job, JobResult, JobSpec, Outcome};
+use crate::store::{JobStore, StoreError};
+
+/// What kinds may know about the daemon's settings when they validate a request.
+#[derive(Debug, Clone)]
+pub struct KindSettings {
+    /// Whether the test kinds (`sleep`, `fail`, `panic`) are registered.
+    pub test_kinds: bool,
+    /// Whether the store records object metadata (a `file://` store cannot).
+    pub metadata_supported: bool,
+    /// The first segments of default upload keys, which a confined token must be allowed.
+    pub default_key_prefix: String,
+}
+
+impl Default for KindSettings {
+    /// The daemon's defaults: no test kinds, a store that records metadata, `payloads/`.
+    fn default() -> Self {
+        KindSettings { test_kinds: false, metadata_supported: true, default_key_prefix: "payloads".to_owned() }
+    }
+}
+
+/// What a running job may use, shared by all workers.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub store: Arc<JobStore>,
+}
+
+/// A request's job, validated by its kind: the arguments the queue stores as JSON, and the
+/// body it stores as bytes.
+#[derive(Debug, Default)]
+pub struct Validated {
+    pub args: Option<Box<RawValue>>,
+    pub body: Option<Body>,
+}
+
+/// Why a job body failed. The error decides whether another attempt may help.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("upload failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("{message}")]
+    Failed { message: String, retryable: bool },
+}
+
+impl JobError {
+    /// Whether another attempt may succeed; a permanent error makes the job dead at once.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            JobError::Store(error) => error.is_retryable(),
+            JobError::Failed { retryable, .. } => *retryable,
+        }
+    }
+
+    /// Whether the error says the store itself is unreachable rather than that this job
+    /// cannot be written: then the store's other jobs would fail the same way.
+    pub fn is_store_unreachable(&self) -> bool {
+        matches!(self, JobError::Store(error) if error.is_unreachable())
+    }
+}
+
+/// One kind of job: how a request's job is validated and authorised, and how it runs.
+pub trait Kind: Send + Sync + std::fmt::Debug + 'static {
+    /// The name requests, records, logs and metrics labels use.
+    fn name(&self) -> &'static str;
+
+    /// Validates a request's job into its arguments and body. `fields` holds the job's
+    /// fields other than the options every job has (`kind`, `idempotency_key`,
+    /// `max_attempts`, `timeout_ms`, `run_at`, `delay_ms`); the kind takes the ones it
+    /// knows, and any it leaves are refused as unknown.
+    fn validate(&self, fields: &mut RequestFields<'_>) -> Result<Validated, FieldProblem>;
+
+    /// Whether `caller` may submit this job. Only kinds with confinable arguments (an
+    /// upload's key) refuse anything.
+    fn authorize(&self, _job: &JobSpec, _caller: &Principal) -> Result<(), FieldProblem> {
+        Ok(())
+    }
+
+    /// Runs one attempt. Panics are not caught here: the body runs as a task of its own,
+    /// whose join handle reports them to the worker.
+    fn run(&self, job: Job, context: &RunContext) -> BoxFuture<'static, Result<JobResult, JobError>>;
+
+    /// How long one attempt may take when neither the job nor `job_timeouts_ms` says.
+    fn default_timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether the job writes to the object store, and so waits while the store is down.
+    fn needs_store(&self) -> bool {
+        false
+    }
+
+    /// Whether a worker runs the job on its own thread, without a body task: only for a
+    /// kind that cannot block, panic or take the process down, which therefore need not
+    /// wait for its start to be recorded either.
+    fn runs_inline(&self) -> bool {
+        false
+    }
+
+    /// The outcome of a job that [`runs_inline`](Self::runs_inline), or of a test job that
+    /// acts on the worker's own thread (blocking or panicking it, as a bug in jobd would);
+    /// `None` runs the body as a task.
+    fn run_on_worker_thread(&self, _job: &Job) -> Option<Outcome> {
+        None
+    }
+}
+
+/// How the registry builds a kind.
+pub struct Registration {
+    pub name: &'static str,
+    /// Registered only with `test_kinds`.
+    pub test_only: bool,
+    pub build: fn(&KindSettings) -> Arc<dyn Kind>,
+    /// The kind's own request fields, for the API description.
+    pub request_schema: fn() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+}
+
+/// Every kind jobd has. Adding a kind is its module and one line here.
+pub const REGISTRY: &[Registration] =
+    &[upload::REGISTRATION, noop::REGISTRATION, testing::SLEEP, testing::FAIL, testing::PANIC];
+
+/// Every kind's name, registered or not: what `job_timeouts_ms` may name.
+pub fn all_names() -> impl Iterator<Item = &'static str> {
+    REGISTRY.iter().map(|registration| registration.name)
+}
+
+/// The kinds this daemon runs, by name.
+#[derive(Debug, Clone)]
+pub struct Kinds {
+    kinds: Vec<Arc<dyn Kind>>,
+    /// Each registered kind's own request fields, to tell a field of another kind from
+    /// one no kind has.
+    fields: Vec<(&'static str, Vec<String>)>,
+}
+
+impl Kinds {
+    /// The kinds `settings` enable: every kind, and the test kinds only with `test_kinds`.
+    pub fn new(settings: &KindSettings) -> Self {
+        let registered: Vec<&Registration> =
+            REGISTRY.iter().filter(|registration| settings.test_kinds || !registration.test_only).collect();
+        let kinds = registered.iter().map(|registration| (registration.build)(settings)).collect();
+        let fields = registered.iter().map(|registration| (registration.name, request_fields(registration))).collect();
+        Kinds { kinds, fields }
+    }
+
+    /// The first registered kind whose requests have `field`, for the message that
+    /// refuses it on another kind.
+    pub fn accepting(&self, field: &str) -> Option<&'static str> {
+        self.fields.iter().find(|(_, fields)| fields.iter().any(|name| name == field)).map(|(name, _)| *name)
+    }
+
+    /// The kind named `name`, if it is registered. A linear search: there are a handful,
+    /// and comparing a few short strings beats hashing one.
+    pub fn get(&self, name: &str) -> Option<&dyn Kind> {
+        self.kinds.iter().find(|kind| kind.name() == name).map(|kind| kind.as_ref())
+    }
+
+    /// The registered kinds' names, in registry order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.kinds.iter().map(|kind| kind.name()).collect()
+    }
+
+    /// The names, comma-separated, for error messages.
+    pub fn names_text(&self) -> String {
+        self.names().join(", ")
+    }
+}
+
+/// The names of a kind's own request fields, from its schema.
+pub fn request_fields(registration: &Registration) -> Vec<String> {
+    match (registration.request_schema)() {
+        utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(object)) => {
+            object.properties.keys().cloned().collect()
+        }
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,42 @@
+//! The `noop` kind: succeeds at once. Benchmarks use it to measure the queue itself.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::{FieldProblem, JobError, Kind, KindSettings, Registration, RequestFields, RunContext, Validated};
+use crate::job::{Job, JobResult, Outcome};
+
+pub const REGISTRATION: Registration = Registration {
+    name: "noop",
+    test_only: false,
+    build: |_: &KindSettings| -> Arc<dyn Kind> { Arc::new(Noop) },
+    request_schema: || utoipa::openapi::ObjectBuilder::new().into(),
+};
+
+#[derive(Debug)]
+struct Noop;
+
+impl Kind for Noop {
+    fn name(&self) -> &'static str {
+        "noop"
+    }
+
+    fn validate(&self, _fields: &mut RequestFields<'_>) -> Result<Validated, FieldProblem> {
+        Ok(Validated::default())
+    }
+
+    fn run(&self, _job: Job, _context: &RunContext) -> BoxFuture<'static, Result<JobResult, JobError>> {
+        Box::pin(std::future::ready(Ok(JobResult::default())))
+    }
+
+    fn runs_inline(&self) -> bool {
+        true
+    }
+
+    /// A noop cannot block or panic: running it on the worker's thread saves two thread
+    /// crossings.
+    fn run_on_worker_thread(&self, _job: &Job) -> Option<Outcome> {
+        Some(Outcome::Succeeded(JobResult::default()))
+    }
+}

@@ -1,0 +1,221 @@
+//! The `upload` kind: writes a job's body to the object store, at a key the client gives
+//! or under the default prefix, with a content type, optional gzip and user metadata.
+
+mod metadata;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use self::metadata::{Metadata, check_metadata};
+use super::field_problem;
+use super::{FieldProblem, JobError, Kind, KindSettings, Registration, RequestFields, RunContext, Validated};
+use crate::auth::Principal;
+use crate::job::{Body, Job, JobResult, JobSpec};
+use crate::keys::ObjectKey;
+use crate::store::UploadOptions;
+
+/// The kind's name.
+pub const NAME: &str = "upload";
+
+/// The longest Content-Type accepted; S3 headers are limited and no real type is longer.
+const MAX_CONTENT_TYPE_BYTES: usize = 256;
+
+pub const REGISTRATION: Registration = Registration {
+    name: NAME,
+    test_only: false,
+    build: |settings: &KindSettings| -> Arc<dyn Kind> {
+        Arc::new(Upload {
+            metadata_supported: settings.metadata_supported,
+            default_key_prefix: settings.default_key_prefix.clone(),
+        })
+    },
+    request_schema: || <UploadFields as utoipa::PartialSchema>::schema(),
+};
+
+/// An upload's request fields, as the API description shows them.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "only its schema is used")]
+struct UploadFields {
+    /// For `upload`: the JSON to store, byte for byte. For test kinds: their options.
+    #[schema(value_type = Option<serde_json::Value>)]
+    payload: Option<Box<RawValue>>,
+    /// For `upload`: raw bytes to store, base64-encoded, instead of `payload`.
+    body_base64: Option<String>,
+    /// For `upload`: the object key; by default `<key_prefix>/<yyyy>/<mm>/<dd>/<id>.<ext>`.
+    key: Option<String>,
+    /// For `upload`: the Content-Type to record.
+    content_type: Option<String>,
+    /// For `upload`: `gzip` compresses the body before it is written.
+    content_encoding: Option<String>,
+    /// For `upload`: user metadata to record with the object (not on `file://` stores).
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
+    metadata: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// An upload's arguments, as the queue stores them; the body is stored apart.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct UploadArgs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+impl UploadArgs {
+    fn is_empty(&self) -> bool {
+        self.key.is_none() && self.content_type.is_none() && self.content_encoding.is_none() && self.metadata.is_empty()
+    }
+}
+
+/// One `POST /v1/payloads` payload: an upload of exactly these bytes under a default key.
+pub fn payload_job(payload: &RawValue) -> JobSpec {
+    JobSpec::new(NAME, None, Some(Body::json(payload.to_owned())))
+}
+
+/// The key a job gave, if any; `None` also when the stored arguments do not decode, which
+/// then fails the job when it runs.
+pub fn requested_key(job: &JobSpec) -> Option<String> {
+    job.args.as_ref().and_then(|args| serde_json::from_str::<UploadArgs>(args.get()).ok()).and_then(|args| args.key)
+}
+
+#[derive(Debug)]
+struct Upload {
+    metadata_supported: bool,
+    default_key_prefix: String,
+}
+
+impl Kind for Upload {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn validate(&self, fields: &mut RequestFields<'_>) -> Result<Validated, FieldProblem> {
+        let payload = fields.take_raw("payload").filter(|raw| raw.get() != "null");
+        let encoded: Option<String> = fields.take("body_base64")?;
+        let body = match (payload, encoded) {
+            (Some(_), Some(_)) => {
+                return Err(field_problem("body_base64", "give either payload or body_base64, not both"));
+            }
+            (None, None) => return Err(field_problem("payload", "an upload needs payload or body_base64")),
+            (Some(payload), None) => Body::json(payload.to_owned()),
+            (None, Some(encoded)) => Body::bytes(
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded.as_bytes())
+                    .map_err(|error| field_problem("body_base64", format!("is not valid base64: {error}")))?,
+            ),
+        };
+        let key: Option<String> = fields.take("key")?;
+        if let Some(key) = &key {
+            ObjectKey::parse(key).map_err(|error| field_problem("key", error.to_string()))?;
+        }
+        let content_type: Option<String> = fields.take("content_type")?;
+        if let Some(content_type) = &content_type {
+            let valid = !content_type.is_empty()
+                && content_type.len() <= MAX_CONTENT_TYPE_BYTES
+                && content_type.bytes().all(|byte| (0x20..0x7f).contains(&byte))
+                && content_type.contains('/');
+            if !valid {
+                return Err(field_problem(
+                    "content_type",
+                    "must be a printable ASCII media type such as \"text/plain\", at most 256 bytes",
+                ));
+            }
+        }
+        let content_encoding: Option<String> = fields.take("content_encoding")?;
+        if let Some(encoding) = &content_encoding
+            && encoding != "gzip"
+        {
+            return Err(field_problem("content_encoding", "must be \"gzip\" (the only encoding jobd applies)"));
+        }
+        let metadata = fields.take::<Metadata>("metadata")?.unwrap_or_default().0;
+        if !metadata.is_empty() && !self.metadata_supported {
+            return Err(field_problem(
+                "metadata",
+                "needs a store that records metadata (s3:// or memory://), not file://",
+            ));
+        }
+        check_metadata(&metadata)?;
+        let args = UploadArgs { key, content_type, content_encoding, metadata };
+        let args = if args.is_empty() {
+            None
+        } else {
+            Some(serde_json::value::to_raw_value(&args).map_err(|error| field_problem("", error.to_string()))?)
+        };
+        Ok(Validated { args, body: Some(body) })
+    }
+
+    /// Refuses a key outside the caller's `allowed_key_prefixes`; a job without a key
+    /// writes under the default key prefix, which must then be allowed too.
+    fn authorize(&self, job: &JobSpec, caller: &Principal) -> Result<(), FieldProblem> {
+        let key = requested_key(job);
+        let target = key.as_deref().unwrap_or(&self.default_key_prefix);
+        if caller.may_write(target) {
+            return Ok(());
+        }
+        let prefixes = caller.allowed_key_prefixes.join(", ");
+        let message = match key {
+            Some(_) => format!("lies outside token {}'s allowed_key_prefixes ({prefixes})", caller.name),
+            None => format!(
+                "is required: the default key prefix {:?} lies outside token {}'s allowed_key_prefixes ({prefixes})",
+                self.default_key_prefix, caller.name
+            ),
+        };
+        Err(field_problem("key", message))
+    }
+
+    fn run(&self, job: Job, context: &RunContext) -> BoxFuture<'static, Result<JobResult, JobError>> {
+        let store = context.store.clone();
+        Box::pin(async move {
+            let permanent = |message: String| JobError::Failed { message, retryable: false };
+            let args: UploadArgs = match &job.args {
+                Some(args) => serde_json::from_str(args.get())
+                    .map_err(|error| permanent(format!("the job's stored arguments do not decode: {error}")))?,
+                None => UploadArgs::default(),
+            };
+            let Some(body) = job.body else {
+                return Err(permanent("the upload has no body".to_owned()));
+            };
+            let key = match &args.key {
+                Some(key) => ObjectKey::parse(key)
+                    .map_err(|error| permanent(format!("the stored key {key:?} {error}")))?
+                    .path()
+                    .clone(),
+                None => store.default_key(job.id, job.created_at, if body.is_json { "json" } else { "bin" }),
+            };
+            let default_type = if body.is_json { "application/json" } else { "application/octet-stream" };
+            let content_type = args.content_type.unwrap_or_else(|| default_type.to_owned());
+            let mut bytes = body.bytes;
+            if args.content_encoding.as_deref() == Some("gzip") {
+                bytes = gzip(&bytes).map_err(|error| permanent(format!("gzip failed: {error}")))?;
+            }
+            let options = UploadOptions {
+                content_type,
+                content_encoding: args.content_encoding,
+                metadata: args.metadata.into_iter().collect(),
+            };
+            tracing::debug!(key = %key, bytes = bytes.len(), "uploading");
+            Ok(store.put(&key, bytes, &options).await?)
+        })
+    }
+
+    fn needs_store(&self) -> bool {
+        true
+    }
+}
+
+/// Compresses a body for `content_encoding: "gzip"`. It runs on the bodies runtime, whose
+/// threads are the job bodies' own, so the CPU it takes delays no actor.
+fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::default());
+    encoder.write_all(body)?;
+    encoder.finish()
+}

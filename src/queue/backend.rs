@@ -1,0 +1,146 @@
+//! The backend seam: small capability traits a queue backend implements, in the spirit of
+//! apalis's `Backend`. [`Transactions`] is the protocol the queue thread drives,
+//! [`JobWriter`] and [`JobReader`] are the domain operations, and [`QueueBackend`] ties
+//! them together with what the thread needs besides (durability, optional wakeups from
+//! other processes).
+//!
+//! **Architecture Invariant:** a backend stores and returns [`Job`] envelopes and never
+//! interprets a kind's name, arguments or body.
+
+use chrono::{DateTime, Utc};
+
+use super::{Admitted, ControlError, JobPage, Lease, ListFilter, QueueDepth, ReadyBatch, Refusal, StorageError, Waker};
+use crate::job::{FinishedJob, Job, JobId, JobRecord, StartedJob};
+
+/// Makes every unit of work committed before the call durable. It runs on the queue's
+/// sync thread, beside the thread that owns the backend and goes on committing; a failure
+/// means the backend no longer knows what its storage holds, and the queue refuses all
+/// further work (see [`super::QueueLost`]).
+pub trait Syncer: Send + 'static {
+    fn sync(&mut self) -> Result<(), StorageError>;
+}
+
+impl<F: FnMut() -> Result<(), StorageError> + Send + 'static> Syncer for F {
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self()
+    }
+}
+
+/// The transaction protocol the queue thread drives.
+///
+/// A backend is owned by exactly one thread (see [`super::QueueThread`]), so its methods
+/// take `&mut self` and may block: a durable backend does its I/O here. The thread wraps a
+/// batch of calls in [`begin`](Self::begin) and [`commit`](Self::commit); nothing a batch
+/// did may be visible after a failed commit, and [`rollback`](Self::rollback) must restore
+/// any bookkeeping the backend keeps in memory. A commit makes the batch final for this
+/// process; its [`Syncer`] then makes it durable, and only then are the batch's callers
+/// answered.
+pub trait Transactions {
+    /// Starts a unit of work.
+    fn begin(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Starts a unit of work for [`JobWriter::claim`], which mostly reads: a backend may
+    /// put off its locks until it touches storage, which a claim served from memory may
+    /// never do.
+    fn begin_fetch(&mut self) -> Result<(), StorageError> {
+        self.begin()
+    }
+
+    /// Ends the unit of work: what it did is final and visible to the next one, but need
+    /// not be durable until the [`syncer`](Self::syncer) has run.
+    fn commit(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Hands over what makes committed units of work durable, to run on a thread of its
+    /// own while the backend's thread goes on committing (see [`Syncer`]); from then on a
+    /// commit need not be durable by itself. `None` when a commit needs nothing more: a
+    /// backend that keeps nothing, one told not to sync, or one that keeps syncing in each
+    /// commit. A backend never asked (group commit off) makes each commit durable itself.
+    fn syncer(&mut self) -> Option<Box<dyn Syncer>> {
+        None
+    }
+
+    /// Undoes the unit of work after a failure.
+    fn rollback(&mut self) {}
+
+    /// Tries a trivial write, to learn whether a storage fault has passed.
+    fn check_writable(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+/// Writing jobs: every method runs inside a unit of work of [`Transactions`].
+pub trait JobWriter {
+    /// Enqueues one submission, all or nothing: either every job is accepted (or
+    /// answered by an earlier job with the same idempotency key) or none is.
+    fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError>;
+
+    /// Moves scheduled and failed jobs whose `run_at` has come to the queue, then claims
+    /// up to `max` queued jobs in order for `lease`'s holder, stopping before a job whose
+    /// body would take the batch past [`super::CLAIM_MAX_BODY_BYTES`] (the first job is
+    /// always taken). A claimed job is not returned again while its lease holds.
+    fn claim(&mut self, max: usize, now: DateTime<Utc>, lease: &Lease) -> Result<ReadyBatch, StorageError>;
+
+    /// Records starts and finishes together: a start marks a job running and counts its
+    /// attempt; a finish's final states free capacity, and its retries wait for
+    /// `retry_at`. A backend may take fewer writes than one per job, for jobs that started
+    /// and finished within one flush. Each start and finish names the attempt it belongs
+    /// to, so that a backend shared between processes can refuse a stale one.
+    fn record_progress(&mut self, started: &[StartedJob], finished: &[FinishedJob]) -> Result<(), StorageError>;
+
+    /// Queues a dead job again with its attempts reset.
+    fn retry_dead(&mut self, id: JobId) -> Result<Result<(), ControlError>, StorageError>;
+
+    /// Cancels a job that has not started: queued, scheduled, or failed and waiting.
+    fn cancel(&mut self, id: JobId, now: DateTime<Utc>) -> Result<Result<(), ControlError>, StorageError>;
+
+    /// Deletes up to `limit` finished jobs that finished before `cutoff`; returns how many.
+    fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError>;
+}
+
+/// Reading jobs and the queue's state; all fallible, since a shared backend reads them
+/// from its storage rather than from counts in memory.
+pub trait JobReader {
+    /// One job's record.
+    fn get(&mut self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError>;
+
+    /// A page of records that pass `filter`, newest first, before a cursor.
+    fn list(&mut self, filter: &ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError>;
+
+    /// How many jobs are in each state.
+    fn depth(&mut self) -> Result<QueueDepth, StorageError>;
+
+    /// When the oldest queued job (the next to be claimed) became due.
+    fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {
+        Ok(None)
+    }
+
+    /// Whether the backend's storage reached its size limit, so that submissions are
+    /// refused until finished jobs are purged.
+    fn is_full(&mut self) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+}
+
+/// A place where accepted jobs wait for a worker: the capabilities above, plus what the
+/// queue thread asks of a backend as a whole.
+pub trait QueueBackend: Transactions + JobWriter + JobReader + Send + 'static {
+    /// Whether jobs the backend accepted are still there after the process dies.
+    fn is_durable(&self) -> bool;
+
+    /// Hands the backend a [`Waker`] for news from outside this process (another node's
+    /// commit, a notification): waking answers a fetch the queue thread holds. A backend
+    /// that only this process writes ignores it, which is the default.
+    fn set_waker(&mut self, _waker: Waker) {}
+
+    /// How long the queue thread waits when a batch carries a cancel, before it runs the
+    /// batch, gathering what arrives meanwhile: a test hook (`test_cancel_hold_ms`) that
+    /// puts the Dispatcher's next fetch in the same batch as a cancel. Never set in
+    /// production.
+    fn cancel_hold(&self) -> Option<std::time::Duration> {
+        None
+    }
+}

@@ -1,0 +1,82 @@
+//! Which backend holds the jobs, and opening it: the one place that names every backend.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::sqlite::{SqliteBackend, Synchronous};
+use super::{QueueBackend, StorageError};
+
+/// Which queue backend holds the jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// The embedded durable queue.
+    Sqlite,
+}
+
+/// What opening a backend needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub kind: QueueKind,
+    /// Where an embedded backend keeps its file.
+    pub data_dir: PathBuf,
+    /// The most unfinished jobs (`max_queue`).
+    pub capacity: usize,
+    pub sqlite_synchronous: Synchronous,
+    /// `queue_db_max_bytes`, if set.
+    pub max_bytes: Option<u64>,
+    /// Test hooks; never set in production.
+    pub test_fail_sync_after: Option<u64>,
+    pub test_cancel_hold: Option<Duration>,
+    pub test_sync_delay: Option<Duration>,
+}
+
+/// Why the queue could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the queue: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// Opens the configured backend and recovers what a previous process left in it.
+pub fn open(settings: &QueueSettings) -> Result<Box<dyn QueueBackend>, OpenError> {
+    match settings.kind {
+        QueueKind::Sqlite => {
+            std::fs::create_dir_all(&settings.data_dir)
+                .map_err(|source| OpenError::DataDir { path: settings.data_dir.clone(), source })?;
+            let path = settings.data_dir.join("queue.db");
+            let (mut backend, recovery) =
+                SqliteBackend::open(&path, settings.capacity, settings.sqlite_synchronous, settings.max_bytes)?;
+            if let Some(count) = settings.test_fail_sync_after {
+                tracing::warn!(count, "test_fail_sync_after: the queue's fsyncs fail after this many");
+                backend.fail_syncs_after(count);
+            }
+            if let Some(hold) = settings.test_cancel_hold {
+                tracing::warn!(
+                    ms = hold.as_millis(),
+                    "test_cancel_hold_ms: the queue thread waits this long whenever a cancel arrives"
+                );
+                backend.hold_cancels_for(hold);
+            }
+            if let Some(delay) = settings.test_sync_delay {
+                tracing::warn!(
+                    millis = delay.as_millis(),
+                    "test_sync_delay_ms: every fsync of the queue waits this long first"
+                );
+                backend.delay_syncs_by(delay);
+            }
+            tracing::info!(
+                path = %path.display(),
+                requeued_running = recovery.requeued,
+                dead_after_dying_mid_attempt = recovery.buried,
+                queued = recovery.queued,
+                "queue opened and recovered"
+            );
+            Ok(Box::new(backend))
+        }
+    }
+}

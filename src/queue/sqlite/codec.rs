@@ -1,0 +1,136 @@
+//! Rows to envelopes and back: how a job, an attempt's end and a record map to columns.
+//! Nothing here knows a kind: arguments and body are stored as the job carries them.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use rusqlite::Row;
+use serde_json::value::RawValue;
+
+use super::sql::claim;
+use crate::job::{Body, FinishedJob, Job, JobId, JobRecord, JobResult, JobState, Outcome};
+
+pub(super) fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+pub(super) fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+pub(super) fn state_of(name: &str) -> JobState {
+    // Only this module writes the column, with `JobState::name`; an unknown value would
+    // mean a newer jobd wrote the file, which the schema version refuses first.
+    JobState::from_name(name).unwrap_or(JobState::Dead)
+}
+
+/// The columns an attempt's end writes, shared by both ways of recording it.
+#[derive(PartialEq, Eq, Hash)]
+pub(super) struct FinishColumns {
+    pub(super) state: JobState,
+    /// Set only when the job will not run again.
+    pub(super) finished_at: Option<i64>,
+    pub(super) error: Option<String>,
+    pub(super) result: Option<String>,
+    pub(super) retry_at: Option<i64>,
+}
+
+impl FinishColumns {
+    pub(super) fn of(end: &FinishedJob) -> Self {
+        let state = end.state();
+        let result = match &end.outcome {
+            Outcome::Succeeded(result) => serde_json::to_string(result).ok(),
+            _ => None,
+        };
+        FinishColumns {
+            state,
+            finished_at: state.is_finished().then(|| millis(end.finished_at)),
+            error: end.outcome.error(),
+            result,
+            retry_at: end.retry_at.map(millis),
+        }
+    }
+}
+
+/// Rebuilds a job's envelope from a claimed row. Any column that does not decode (a bad
+/// id, a negative count, arguments that are not JSON) is an error naming it, so that one
+/// bad row is dead-lettered instead of failing every fetch and stopping the whole queue.
+/// A kind this build does not know is no decoding error: the envelope is whole, and its
+/// run fails for good (see `crate::runner`).
+pub(super) fn decode_claimed(row: &Row<'_>) -> Result<Job, String> {
+    let column = |name: &str, error: rusqlite::Error| format!("column {name}: {error}");
+    let id: [u8; 16] = row.get(claim::ID).map_err(|error| column("id", error))?;
+    let attempts: u32 = row.get(claim::ATTEMPTS).map_err(|error| column("attempts", error))?;
+    let max_attempts: u32 = row.get(claim::MAX_ATTEMPTS).map_err(|error| column("max_attempts", error))?;
+    let timeout_ms: Option<i64> = row.get(claim::TIMEOUT_MS).map_err(|error| column("timeout_ms", error))?;
+    let timeout_ms = timeout_ms
+        .map(|ms| u64::try_from(ms).map_err(|_| format!("column timeout_ms: {ms} is negative")))
+        .transpose()?;
+    let args = row
+        .get::<_, Option<String>>(claim::ARGS)
+        .map_err(|error| column("args", error))?
+        .map(|text| RawValue::from_string(text).map_err(|error| format!("column args: {error}")))
+        .transpose()?;
+    let body = row
+        .get::<_, Option<Vec<u8>>>(claim::BODY)
+        .map_err(|error| column("body", error))?
+        .map(|bytes| -> Result<Body, String> {
+            let is_json: bool = row.get(claim::BODY_IS_JSON).map_err(|error| column("body_is_json", error))?;
+            Ok(Body { bytes, is_json })
+        })
+        .transpose()?;
+    Ok(Job {
+        id: JobId::from_bytes(id),
+        created_at: from_millis(row.get(claim::CREATED_AT).map_err(|error| column("created_at", error))?),
+        attempt: attempts.saturating_add(1),
+        max_attempts,
+        timeout_ms,
+        run_at: row.get::<_, Option<i64>>(claim::RUN_AT).map_err(|error| column("run_at", error))?.map(from_millis),
+        idempotency_key: row.get(claim::IDEMPOTENCY_KEY).map_err(|error| column("idempotency_key", error))?,
+        submitted_by: row
+            .get::<_, String>(claim::SUBMITTED_BY)
+            .map(|name| Some(name).filter(|name| !name.is_empty()))
+            .map_err(|error| column("submitted_by", error))?,
+        kind: Cow::Owned(row.get(claim::KIND).map_err(|error| column("kind", error))?),
+        args,
+        body,
+    })
+}
+
+/// Reads a record from a row selected with [`RECORD_COLUMNS`] (plus `body` when wanted).
+pub(super) fn record_from_row(row: &Row<'_>, with_payload: bool) -> rusqlite::Result<JobRecord> {
+    let state: String = row.get("state")?;
+    let result: Option<String> = row.get("result")?;
+    let payload = if with_payload {
+        let body: Option<Vec<u8>> = row.get("body")?;
+        let is_json: bool = row.get("body_is_json")?;
+        body.and_then(|bytes| {
+            let text = if is_json {
+                String::from_utf8(bytes).ok()?
+            } else {
+                serde_json::to_string(&base64::engine::general_purpose::STANDARD.encode(bytes)).ok()?
+            };
+            RawValue::from_string(text).ok()
+        })
+    } else {
+        None
+    };
+    Ok(JobRecord {
+        id: JobId::from_bytes(row.get("id")?),
+        kind: row.get("kind")?,
+        state: state_of(&state),
+        attempts: row.get("attempts")?,
+        max_attempts: row.get("max_attempts")?,
+        timeout_ms: row.get::<_, Option<i64>>("timeout_ms")?.map(i64::unsigned_abs),
+        created_at: from_millis(row.get("created_at")?),
+        run_at: row.get::<_, Option<i64>>("run_at")?.map(from_millis),
+        started_at: row.get::<_, Option<i64>>("started_at")?.map(from_millis),
+        finished_at: row.get::<_, Option<i64>>("finished_at")?.map(from_millis),
+        last_error: row.get("last_error")?,
+        result: result.and_then(|text| serde_json::from_str::<JobResult>(&text).ok()),
+        idempotency_key: row.get("idempotency_key")?,
+        submitted_by: row.get::<_, String>("submitted_by").map(|name| Some(name).filter(|name| !name.is_empty()))?,
+        payload,
+    })
+}

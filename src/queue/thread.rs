@@ -1,0 +1,714 @@
+//! The queue thread: runs a backend on a thread of its own, so that no actor ever blocks
+//! on storage, and commits the work of many callers at once (group commit), with the
+//! fsync on a sync thread beside it. [`QueueHandle`] is how the rest of jobd calls it.
+//!
+//! **Architecture Invariant:** the group commit, the sync thread and the held fetch live
+//! here and are the same for every backend; a backend only implements the traits of
+//! [`super::backend`].
+
+use std::sync::{Arc, OnceLock};
+use std::thread;
+
+use chrono::{DateTime, Utc};
+use prometheus::Histogram;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Admitted, ControlError, JobPage, Lease, ListFilter, NodeId, QueueBackend, QueueStatus, ReadyBatch, Refusal,
+    StorageError, Syncer,
+};
+use crate::job::{FinishedJob, Job, JobId, JobRecord, StartedJob};
+
+/// The queue thread's own metrics: how long commits and syncs take, and how many requests
+/// a commit carries. Handed in by whoever owns the registry.
+#[derive(Clone, Debug)]
+pub struct CommitMetrics {
+    pub commit_duration: Histogram,
+    pub commit_batch_size: Histogram,
+    pub sync_duration: Histogram,
+}
+
+/// Wakes the fetch the queue thread holds, so that it looks again: for backends that hear
+/// of new jobs from outside this process (see [`QueueBackend::set_waker`]).
+#[derive(Clone, Debug)]
+pub struct Waker {
+    commands: mpsc::WeakSender<Command>,
+}
+
+impl Waker {
+    /// Asks the queue thread to look again for ready jobs. Never blocks: when the channel
+    /// is full, the thread is busy and will look anyway.
+    pub fn wake(&self) {
+        if let Some(commands) = self.commands.upgrade() {
+            drop(commands.try_send(Command::Wake));
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+/// The answer to one submission of a group.
+pub type SubmissionAnswer = Result<Vec<Admitted>, Refusal>;
+
+/// Progress that could not be recorded, handed back so the caller can try again.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct ProgressNotRecorded {
+    pub error: StorageError,
+    pub started: Vec<StartedJob>,
+    pub finished: Vec<FinishedJob>,
+}
+
+enum Command {
+    /// Another process may have readied jobs: the waiting fetch looks again.
+    Wake,
+    Enqueue {
+        group: Vec<Vec<Job>>,
+        reply: Reply<Vec<SubmissionAnswer>>,
+    },
+    TakeReady(Fetch),
+    /// Answers the waiting fetch now, whatever it finds.
+    Nudge,
+    RecordProgress {
+        started: Vec<StartedJob>,
+        finished: Vec<FinishedJob>,
+        reply: ProgressReply,
+    },
+    Purge {
+        cutoff: DateTime<Utc>,
+        limit: usize,
+        reply: Reply<usize>,
+    },
+    Retry {
+        id: JobId,
+        reply: Reply<Result<(), ControlError>>,
+    },
+    Cancel {
+        id: JobId,
+        now: DateTime<Utc>,
+        reply: Reply<Result<(), ControlError>>,
+    },
+    Get {
+        id: JobId,
+        with_payload: bool,
+        reply: Reply<Option<JobRecord>>,
+    },
+    List {
+        filter: ListFilter,
+        before: Option<i64>,
+        limit: usize,
+        reply: Reply<JobPage>,
+    },
+    Status {
+        reply: Reply<QueueStatus>,
+    },
+}
+
+type ProgressReply = oneshot::Sender<Result<(), ProgressNotRecorded>>;
+
+/// How a fetch that finds nothing new waits: see [`QueueHandle::wait_ready`].
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    /// When the caller's own timer fires; a delayed job due by then needs no answer.
+    timer_due: Option<DateTime<Utc>>,
+}
+
+/// A call for ready jobs. One that may wait and finds nothing worth answering is held by
+/// the queue thread until a commit may have changed that or the caller nudges it.
+struct Fetch {
+    max: usize,
+    wait: Option<Waiting>,
+    reply: Reply<ReadyBatch>,
+}
+
+/// Whether a fetch's result tells its caller something: jobs, or a delayed job due before
+/// the caller's timer fires.
+fn worth_answering(batch: &ReadyBatch, waiting: Waiting) -> bool {
+    !batch.jobs.is_empty()
+        || batch.stopped_at_byte_limit
+        || batch.next_due.is_some_and(|due| waiting.timer_due.is_none_or(|timer| due < timer))
+}
+
+/// What a write command produced inside the open transaction; its answer is held back
+/// until the commit has returned.
+enum Output {
+    Enqueue(Vec<SubmissionAnswer>),
+    RecordProgress,
+    Purge(usize),
+    Control(Result<(), ControlError>),
+}
+
+impl Command {
+    fn is_read(&self) -> bool {
+        matches!(self, Command::Get { .. } | Command::Status { .. } | Command::List { .. })
+    }
+
+    /// Whether a committed transaction that carried this command may have made jobs ready
+    /// or moved the next due time, so that a waiting fetch must look again.
+    fn may_ready_jobs(&self) -> bool {
+        matches!(self, Command::Enqueue { .. } | Command::Retry { .. })
+    }
+
+    /// Does a write command's work. Jobs to enqueue are moved into the backend; progress
+    /// is only borrowed, so that it can be handed back if the commit fails.
+    fn execute(&mut self, backend: &mut dyn QueueBackend) -> Result<Output, StorageError> {
+        match self {
+            Command::Enqueue { group, .. } => {
+                let mut answers = Vec::with_capacity(group.len());
+                for submission in std::mem::take(group) {
+                    answers.push(backend.enqueue(submission)?);
+                }
+                Ok(Output::Enqueue(answers))
+            }
+            Command::Retry { id, .. } => Ok(Output::Control(backend.retry_dead(*id)?)),
+            Command::Cancel { id, now, .. } => Ok(Output::Control(backend.cancel(*id, *now)?)),
+            Command::RecordProgress { started, finished, .. } => {
+                backend.record_progress(started, finished)?;
+                Ok(Output::RecordProgress)
+            }
+            Command::Purge { cutoff, limit, .. } => Ok(Output::Purge(backend.purge_finished(*cutoff, *limit)?)),
+            Command::Get { .. } | Command::Status { .. } | Command::List { .. } => {
+                unreachable!("reads run outside transactions")
+            }
+            Command::TakeReady(_) | Command::Nudge | Command::Wake => {
+                unreachable!("fetches run in transactions of their own")
+            }
+        }
+    }
+
+    /// Answers a write command after its transaction committed.
+    fn answer(self, output: Output) {
+        // A reply whose receiver went away is dropped: the caller gave up, and the work
+        // is done either way, exactly as if the answer had been lost on the wire.
+        match (self, output) {
+            (Command::Enqueue { reply, .. }, Output::Enqueue(answers)) => drop(reply.send(Ok(answers))),
+            (Command::Retry { reply, .. } | Command::Cancel { reply, .. }, Output::Control(result)) => {
+                drop(reply.send(Ok(result)))
+            }
+            (Command::RecordProgress { reply, .. }, Output::RecordProgress) => drop(reply.send(Ok(()))),
+            (Command::Purge { reply, .. }, Output::Purge(count)) => drop(reply.send(Ok(count))),
+            _ => unreachable!("each command produces its own kind of output"),
+        }
+    }
+
+    /// Answers a command with a storage error: its transaction failed and nothing it did
+    /// remains, or the queue is lost and nobody knows.
+    fn fail(self, error: &StorageError) {
+        match self {
+            Command::Enqueue { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::TakeReady(fetch) => drop(fetch.reply.send(Err(error.clone()))),
+            Command::Retry { reply, .. } | Command::Cancel { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::List { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::RecordProgress { started, finished, reply } => {
+                drop(reply.send(Err(ProgressNotRecorded { error: error.clone(), started, finished })))
+            }
+            Command::Purge { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Get { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Command::Status { reply } => drop(reply.send(Err(error.clone()))),
+            Command::Nudge | Command::Wake => {}
+        }
+    }
+}
+
+/// The error every [`QueueHandle`] call returns once the queue thread has stopped.
+fn queue_closed() -> StorageError {
+    StorageError::new("the queue thread has stopped")
+}
+
+/// Owns the thread that runs the backend (which owns the sync thread, if any). Dropping
+/// every [`QueueHandle`] and then calling [`QueueThread::join`] ends both.
+pub struct QueueThread {
+    handle: QueueHandle,
+    thread: thread::JoinHandle<()>,
+    node: NodeId,
+}
+
+/// Answers once, when the queue can no longer be trusted: a sync failed, so the backend
+/// does not know what its storage holds (after a failed fsync the kernel may have dropped
+/// the pages it could not write, and a later fsync would succeed without them), or the
+/// thread itself died. From then on every call fails; the daemon must stop and let the
+/// next start recover from what is on disk. Closing without an answer means the thread
+/// ended, which only a panic does while handles remain.
+pub type QueueLost = oneshot::Receiver<StorageError>;
+
+/// A cheap, cloneable way to talk to the queue thread. Every call is async and
+/// answered by the thread; the number of calls in flight is bounded by the channel.
+#[derive(Clone)]
+pub struct QueueHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+/// Calls in flight beyond this wait for room. The protocol keeps far fewer in flight:
+/// 64 groups from the Ingest actor, one fetch, one nudge and one progress flush from
+/// the Dispatcher, one purge, plus status reads.
+const COMMAND_CHANNEL_CAPACITY: usize = 1024;
+/// The most commands one transaction carries when group commit is on.
+const MAX_COMMANDS_PER_COMMIT: usize = 256;
+
+impl QueueThread {
+    /// Starts the queue thread with `backend`. With `group_commit`, all commands waiting
+    /// when the thread wakes share one transaction, and the backend's [`Syncer`] runs on a
+    /// sync thread, one fsync for every transaction committed since the last; without it,
+    /// each command commits alone, with its own fsync (for comparison and for debugging).
+    /// Also returns the [`QueueLost`] signal, which its owner must watch.
+    pub fn spawn(
+        mut backend: Box<dyn QueueBackend>,
+        group_commit: bool,
+        metrics: CommitMetrics,
+    ) -> std::io::Result<(Self, QueueLost)> {
+        let (commands, receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+        backend.set_waker(Waker { commands: commands.downgrade() });
+        let node = NodeId::generate();
+        let lease = Lease { owner: node, expires_at: None };
+        let (lost_sender, lost) = oneshot::channel();
+        let per_commit = if group_commit { MAX_COMMANDS_PER_COMMIT } else { 1 };
+        let poison = Arc::new(OnceLock::new());
+        // Without group commit, each request pays its own fsync inside its commit, as the
+        // comparison means: the backend is not asked for a syncer.
+        let syncer = if group_commit { backend.syncer() } else { None };
+        let syncing = match syncer {
+            None => Syncing::NotNeeded,
+            Some(syncer) => {
+                let (to_sync, committed) = std::sync::mpsc::sync_channel(COMMAND_CHANNEL_CAPACITY);
+                let (poison, wake, metrics) = (poison.clone(), commands.downgrade(), metrics.clone());
+                let thread = thread::Builder::new()
+                    .name("jobd-sync".to_owned())
+                    .spawn(move || run_sync_thread(syncer, &committed, &poison, &wake, &metrics))?;
+                Syncing::Thread { to_sync, thread }
+            }
+        };
+        let thread = thread::Builder::new().name("jobd-queue".to_owned()).spawn(move || {
+            let lost = LostSignal { poison, sender: Some(lost_sender) };
+            run_backend(backend, lease, receiver, per_commit, &metrics, syncing, lost);
+        })?;
+        Ok((Self { handle: QueueHandle { commands }, thread, node }, lost))
+    }
+
+    /// This process's id as the holder of the jobs it claims.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// A handle for actors and handlers.
+    pub fn handle(&self) -> QueueHandle {
+        self.handle.clone()
+    }
+
+    /// Waits for the thread to finish. It finishes once every handle, including the
+    /// one this value holds, is gone, so call this after the actors have stopped.
+    pub fn join(self) {
+        drop(self.handle);
+        if self.thread.join().is_err() {
+            tracing::error!("the queue thread panicked");
+        }
+    }
+}
+
+/// Where committed transactions go to be made durable before their callers are answered.
+enum Syncing {
+    /// Commits need no sync after them: answer at once.
+    NotNeeded,
+    /// The sync thread, which the queue thread owns: dropping `to_sync` ends it, and the
+    /// queue thread joins it before it ends itself.
+    Thread { to_sync: std::sync::mpsc::SyncSender<Committed>, thread: thread::JoinHandle<()> },
+}
+
+/// The failure that lost the queue, set once by whichever thread syncs, and the
+/// [`QueueLost`] sender, which the queue thread alone uses.
+struct LostSignal {
+    poison: Arc<OnceLock<StorageError>>,
+    sender: Option<oneshot::Sender<StorageError>>,
+}
+
+impl LostSignal {
+    /// The error, once a sync failed; tells the owner of [`QueueLost`] the first time.
+    fn check(&mut self) -> Option<StorageError> {
+        let error = self.poison.get()?;
+        if let Some(sender) = self.sender.take() {
+            drop(sender.send(error.clone()));
+        }
+        Some(error.clone())
+    }
+}
+
+fn run_backend(
+    mut backend: Box<dyn QueueBackend>,
+    lease: Lease,
+    mut receiver: mpsc::Receiver<Command>,
+    per_commit: usize,
+    metrics: &CommitMetrics,
+    mut syncing: Syncing,
+    mut lost: LostSignal,
+) {
+    let mut writable = true;
+    let mut waiting: Option<Fetch> = None;
+    while let Some(first) = receiver.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < per_commit {
+            match receiver.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        if let Some(hold) = backend.cancel_hold()
+            && batch.iter().any(|command| matches!(command, Command::Cancel { .. }))
+        {
+            thread::sleep(hold);
+            while batch.len() < per_commit
+                && let Ok(command) = receiver.try_recv()
+            {
+                batch.push(command);
+            }
+        }
+        if let Some(lost_because) = lost.check() {
+            // These were never tried: nothing they asked for was done.
+            let refused = StorageError::new(format!("the queue is lost ({})", lost_because.message()));
+            for command in batch.into_iter().chain(waiting.take().map(Command::TakeReady)) {
+                command.fail(&refused);
+            }
+            continue;
+        }
+        let (reads, writes): (Vec<Command>, Vec<Command>) = batch.into_iter().partition(Command::is_read);
+        // Reads run outside the transaction, so they are served even while writes fail.
+        for read in reads {
+            answer_read(backend.as_mut(), read, &mut writable);
+        }
+        // A fetch runs in a transaction of its own, ahead of the others, which syncs
+        // nothing: its answer waits for no fsync. It sees only committed jobs, so it never
+        // hands out a job whose commit might still fail.
+        let (fetches, writes): (Vec<Command>, Vec<Command>) = writes
+            .into_iter()
+            .partition(|command| matches!(command, Command::TakeReady(_) | Command::Nudge | Command::Wake));
+        for command in fetches {
+            if let Command::Wake = command {
+                // News from outside: the waiting fetch looks again, and stays held if it
+                // finds nothing.
+                if let Some(woken) = waiting.take() {
+                    waiting = run_fetch(backend.as_mut(), &lease, woken, Answer::IfWorthIt, &mut writable);
+                }
+                continue;
+            }
+            // The protocol keeps one fetch in flight; should another come, the one waiting
+            // is answered first, so that no caller waits forever. A nudge answers it too.
+            if let Some(earlier) = waiting.take() {
+                run_fetch(backend.as_mut(), &lease, earlier, Answer::Always, &mut writable);
+            }
+            if let Command::TakeReady(fetch) = command {
+                waiting = run_fetch(backend.as_mut(), &lease, fetch, Answer::IfWorthIt, &mut writable);
+            }
+        }
+        if writes.is_empty() {
+            continue;
+        }
+        let requests: usize = writes
+            .iter()
+            .map(|command| match command {
+                Command::Enqueue { group, .. } => group.len(),
+                _ => 1,
+            })
+            .sum();
+        let may_ready_jobs = writes.iter().any(Command::may_ready_jobs);
+        // The Dispatcher sets aside the ids it cancels while a fetch is out, in case that
+        // fetch brings them; an answer tells it that the fetch no longer can.
+        let cancels = writes.iter().any(|command| matches!(command, Command::Cancel { .. }));
+        let started = std::time::Instant::now();
+        let mut fetching = std::time::Duration::ZERO;
+        let committed = run_writes(backend.as_mut(), writes, |backend, committed| {
+            // The waiting fetch looks again straight after the commit that readied jobs,
+            // before the next group is even gathered: the Dispatcher learns of new jobs
+            // without a round trip of its own, and a job starts while its submission's
+            // fsync runs. Should that fsync fail, the daemon stops, and the job, which may
+            // already have run, is at worst run again after a retry of a submission that
+            // was never acknowledged: at least once, as always.
+            if (cancels || (committed && may_ready_jobs))
+                && let Some(woken) = waiting.take()
+            {
+                let answer = if cancels { Answer::Always } else { Answer::IfWorthIt };
+                let fetch_started = std::time::Instant::now();
+                waiting = run_fetch(backend, &lease, woken, answer, &mut writable);
+                fetching = fetch_started.elapsed();
+            }
+        });
+        // The fetch in between is the Dispatcher's, not the transaction's.
+        metrics.commit_duration.observe(started.elapsed().saturating_sub(fetching).as_secs_f64());
+        metrics.commit_batch_size.observe(requests as f64);
+        writable = committed.is_some();
+        let Some(mut committed) = committed else { continue };
+        // Progress is answered at the commit, not after the fsync: the Dispatcher starts a
+        // job only once its start is recorded (so that an attempt counts even if the
+        // process dies during it), and a commit is all that takes against a process death.
+        // Should the fsync then fail, jobd stops and recovery runs the job again: at least
+        // once, as always.
+        committed.answer_progress();
+        match &mut syncing {
+            Syncing::NotNeeded => committed.answer(),
+            Syncing::Thread { to_sync, .. } => {
+                if let Err(std::sync::mpsc::SendError(committed)) = to_sync.send(committed) {
+                    // Only a panic ends the sync thread early; nothing it did not sync is
+                    // acknowledged.
+                    let error = StorageError::outcome_unknown("the queue's sync thread stopped");
+                    committed.fail(lost.poison.get_or_init(|| error));
+                }
+            }
+        }
+    }
+    if let Syncing::Thread { to_sync, thread } = syncing {
+        drop(to_sync);
+        if thread.join().is_err() {
+            tracing::error!("the queue's sync thread panicked");
+        }
+    }
+}
+
+/// Syncs everything committed so far, once for all the transactions waiting, and answers
+/// their callers, or fails them all: when the sync fails, and once the queue is lost.
+fn run_sync_thread(
+    mut syncer: Box<dyn Syncer>,
+    committed: &std::sync::mpsc::Receiver<Committed>,
+    poison: &OnceLock<StorageError>,
+    wake: &mpsc::WeakSender<Command>,
+    metrics: &CommitMetrics,
+) {
+    while let Ok(first) = committed.recv() {
+        let mut batches = vec![first];
+        batches.extend(committed.try_iter());
+        if let Some(error) = poison.get() {
+            batches.into_iter().for_each(|batch| batch.fail(error));
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let synced = syncer.sync();
+        metrics.sync_duration.observe(started.elapsed().as_secs_f64());
+        let Err(error) = synced else {
+            batches.into_iter().for_each(Committed::answer);
+            continue;
+        };
+        let error = StorageError::outcome_unknown(format!(
+            "{}; what was committed since the last sync may or may not be on disk, so the queue refuses all work \
+             until jobd restarts and recovers from what is on disk",
+            error.message()
+        ));
+        tracing::error!(%error, transactions = batches.len(), "syncing the queue failed");
+        let error = poison.get_or_init(|| error);
+        batches.into_iter().for_each(|batch| batch.fail(error));
+        // The queue thread may be asleep with a fetch held; wake it, so that it fails that
+        // fetch and reports the loss now rather than at its next command.
+        if let Some(commands) = wake.upgrade() {
+            drop(commands.try_send(Command::Nudge));
+        }
+    }
+}
+
+/// Claims ready jobs in a transaction of its own, as of now. A fetch usually writes
+/// nothing, so its success says nothing about whether writes succeed; its failure is a
+/// storage fault, and clears `writable` until a write or the status probe succeeds.
+fn fetch_ready(
+    backend: &mut dyn QueueBackend,
+    lease: &Lease,
+    max: usize,
+    writable: &mut bool,
+) -> Result<ReadyBatch, StorageError> {
+    let fetched = backend.begin_fetch().and_then(|()| {
+        let batch = backend.claim(max, Utc::now(), lease)?;
+        backend.commit()?;
+        Ok(batch)
+    });
+    if let Err(error) = &fetched {
+        backend.rollback();
+        *writable = false;
+        tracing::error!(%error, "fetching ready jobs failed and was rolled back");
+    }
+    fetched
+}
+
+/// When [`run_fetch`] answers a fetch that may wait.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Whatever it finds: a nudge, a cancel, or a second fetch.
+    Always,
+    /// Only when what it finds is [`worth_answering`].
+    IfWorthIt,
+}
+
+/// Runs a fetch and answers it, unless it may wait and found nothing worth answering:
+/// then it comes back, to be held.
+fn run_fetch(
+    backend: &mut dyn QueueBackend,
+    lease: &Lease,
+    fetch: Fetch,
+    answer: Answer,
+    writable: &mut bool,
+) -> Option<Fetch> {
+    let fetched = fetch_ready(backend, lease, fetch.max, writable);
+    match (&fetched, fetch.wait) {
+        (Ok(batch), Some(wait)) if answer == Answer::IfWorthIt && !worth_answering(batch, wait) => Some(fetch),
+        _ => {
+            drop(fetch.reply.send(fetched));
+            None
+        }
+    }
+}
+
+fn answer_read(backend: &mut dyn QueueBackend, command: Command, writable: &mut bool) {
+    match command {
+        Command::Get { id, with_payload, reply } => drop(reply.send(backend.get(id, with_payload))),
+        Command::List { filter, before, limit, reply } => drop(reply.send(backend.list(&filter, before, limit))),
+        Command::Status { reply } => {
+            if !*writable {
+                *writable = backend.check_writable().is_ok();
+            }
+            let status = backend.depth().map(|depth| QueueStatus {
+                depth,
+                oldest_queued_at: backend.oldest_queued().unwrap_or(None),
+                durable: backend.is_durable(),
+                // A size check that fails counts as full: submissions wait until it works.
+                writable: *writable && !backend.is_full().unwrap_or(true),
+            });
+            drop(reply.send(status));
+        }
+        _ => unreachable!("only reads are passed here"),
+    }
+}
+
+/// The write commands of a committed transaction, with what each did: answered once a
+/// sync covers the transaction.
+struct Committed(Vec<(Command, Output)>);
+
+impl Committed {
+    /// Answers the progress flushes among the commands now, leaving the rest.
+    fn answer_progress(&mut self) {
+        // Most transactions of a busy queue carry no flush; they keep their vector as it is.
+        if !self.0.iter().any(|(_, output)| matches!(output, Output::RecordProgress)) {
+            return;
+        }
+        let (progress, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.0).into_iter().partition(|(_, output)| matches!(output, Output::RecordProgress));
+        self.0 = rest;
+        for (command, output) in progress {
+            command.answer(output);
+        }
+    }
+
+    fn answer(self) {
+        for (command, output) in self.0 {
+            command.answer(output);
+        }
+    }
+
+    fn fail(self, error: &StorageError) {
+        for (command, _) in self.0 {
+            command.fail(error);
+        }
+    }
+}
+
+/// Runs write commands in one transaction. After the commit (or the rollback),
+/// `after_commit` runs with whether it committed. A rolled-back transaction's commands are
+/// answered with the error here; a committed one's come back, to be answered after a sync.
+fn run_writes(
+    backend: &mut dyn QueueBackend,
+    mut writes: Vec<Command>,
+    after_commit: impl FnOnce(&mut dyn QueueBackend, bool),
+) -> Option<Committed> {
+    let mut outputs = Vec::with_capacity(writes.len());
+    let result = backend.begin().and_then(|()| {
+        for command in &mut writes {
+            outputs.push(command.execute(backend)?);
+        }
+        backend.commit()
+    });
+    if let Err(error) = result {
+        backend.rollback();
+        tracing::error!(%error, commands = writes.len(), "queue transaction failed and was rolled back");
+        for command in writes {
+            command.fail(&error);
+        }
+        after_commit(backend, false);
+        return None;
+    }
+    after_commit(backend, true);
+    Some(Committed(writes.into_iter().zip(outputs).collect()))
+}
+
+impl QueueHandle {
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(command(reply)).await.map_err(|_| queue_closed())?;
+        answer.await.map_err(|_| queue_closed())?
+    }
+
+    /// Enqueues a group of submissions in one transaction; see [`super::JobWriter::enqueue`].
+    pub async fn enqueue_group(&self, group: Vec<Vec<Job>>) -> Result<Vec<SubmissionAnswer>, StorageError> {
+        self.call(|reply| Command::Enqueue { group, reply }).await
+    }
+
+    /// Claims up to `max` ready jobs (see [`super::JobWriter::claim`]); answered at once.
+    pub async fn take_ready(&self, max: usize) -> Result<ReadyBatch, StorageError> {
+        self.call(|reply| Command::TakeReady(Fetch { max, wait: None, reply })).await
+    }
+
+    /// Like [`take_ready`](Self::take_ready), but when nothing is ready the queue thread
+    /// holds the call and answers it right after the next commit that readies jobs, or that
+    /// makes a delayed job due before `timer_due` (when the caller's own timer fires), or
+    /// at [`nudge`](Self::nudge). A cancel also answers it, so that the caller learns that
+    /// its fetch cannot bring the cancelled job. One such call is meant to be in flight.
+    pub async fn wait_ready(&self, max: usize, timer_due: Option<DateTime<Utc>>) -> Result<ReadyBatch, StorageError> {
+        self.call(|reply| Command::TakeReady(Fetch { max, wait: Some(Waiting { timer_due }), reply })).await
+    }
+
+    /// Answers the call of [`wait_ready`](Self::wait_ready) that waits, if any, with what
+    /// is ready now: the caller's timer fired, and delayed jobs may be due.
+    pub async fn nudge(&self) -> Result<(), StorageError> {
+        self.commands.send(Command::Nudge).await.map_err(|_| queue_closed())
+    }
+
+    /// See [`super::JobWriter::retry_dead`].
+    pub async fn retry_dead(&self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {
+        self.call(|reply| Command::Retry { id, reply }).await
+    }
+
+    /// See [`super::JobWriter::cancel`].
+    pub async fn cancel(&self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {
+        self.call(|reply| Command::Cancel { id, now: Utc::now(), reply }).await
+    }
+
+    /// See [`super::JobReader::list`].
+    pub async fn list(&self, filter: ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
+        self.call(|reply| Command::List { filter, before, limit, reply }).await
+    }
+
+    /// Records started and finished jobs in one transaction. On failure the progress
+    /// comes back, to be tried again.
+    pub async fn record_progress(
+        &self,
+        started: Vec<StartedJob>,
+        finished: Vec<FinishedJob>,
+    ) -> Result<(), ProgressNotRecorded> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::RecordProgress { started, finished, reply };
+        if let Err(mpsc::error::SendError(command)) = self.commands.send(command).await {
+            let Command::RecordProgress { started, finished, .. } = command else { unreachable!("sent just above") };
+            return Err(ProgressNotRecorded { error: queue_closed(), started, finished });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ProgressNotRecorded { error: queue_closed(), started: Vec::new(), finished: Vec::new() })
+        })
+    }
+
+    /// See [`super::JobWriter::purge_finished`].
+    pub async fn purge_finished(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {
+        self.call(|reply| Command::Purge { cutoff, limit, reply }).await
+    }
+
+    /// See [`super::JobReader::get`].
+    pub async fn get(&self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError> {
+        self.call(|reply| Command::Get { id, with_payload, reply }).await
+    }
+
+    /// Depth, durability and whether writes currently succeed.
+    pub async fn status(&self) -> Result<QueueStatus, StorageError> {
+        self.call(|reply| Command::Status { reply }).await
+    }
+}
+
+#[cfg(test)]
+mod tests;
