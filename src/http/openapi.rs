@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-/// The OpenAPI document of every route in [`super::routes`].
+/// The OpenAPI document of every route in [`super::routes()`].
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -17,27 +17,27 @@ use utoipa::{Modify, OpenApi};
                        Errors are RFC 9457 problem details naming the field at fault."
     ),
     paths(
-        super::post_jobs,
-        super::list_jobs,
-        super::get_job,
-        super::cancel_job,
-        super::retry_job,
-        super::post_payloads,
-        super::get_stats,
+        super::submit::post_jobs,
+        super::jobs::list_jobs,
+        super::jobs::get_job,
+        super::jobs::cancel_job,
+        super::jobs::retry_job,
+        super::submit::post_payloads,
+        super::ops::get_stats,
         get_openapi,
-        super::healthz,
-        super::readyz,
-        super::get_metrics,
+        super::ops::healthz,
+        super::ops::readyz,
+        super::ops::get_metrics,
     ),
     components(schemas(
         crate::submission::JobOptions,
         crate::submission::PayloadCollection,
         crate::submission::FieldError,
         super::problem::ProblemBody,
-        super::Accepted,
+        super::submit::Accepted,
         super::AcceptedJob,
-        super::JobList,
-        super::Health,
+        super::jobs::JobList,
+        super::ops::Health,
         crate::job::JobRecord,
         crate::job::JobResult,
         crate::job::JobState,

@@ -1,0 +1,246 @@
+//! The routes that read and control jobs: `GET /v1/jobs`, `GET /v1/jobs/{id}`,
+//! `POST /v1/jobs/{id}/retry` and `DELETE /v1/jobs/{id}`, and the tenant confinement that
+//! hides other tenants' jobs from them.
+
+use std::sync::Arc;
+
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
+use serde::Serialize;
+
+use super::problem::ProblemBody;
+use super::{AcceptedJob, AppState, Problem, QUEUE_CHECK_TIMEOUT, QUEUE_FULL_RETRY_AFTER_SECS};
+use crate::actors::dispatcher::CancelJob;
+use crate::auth::Principal;
+use crate::job::{JobId, JobState};
+use crate::queue::{ControlError, ListFilter};
+use crate::submission;
+
+/// One page of job records.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct JobList {
+    jobs: Vec<crate::job::JobRecord>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct GetJobQuery {
+    /// Include the payload; off by default because payloads can be large.
+    #[serde(default)]
+    payload: bool,
+}
+
+/// One job's record.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job id"), GetJobQuery),
+    responses(
+        (status = 200, description = "The job", body = crate::job::JobRecord),
+        (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn get_job(
+    request: HttpRequest,
+    id: web::Path<String>,
+    query: web::Query<GetJobQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    let job_id = parse_job_id(&id)?;
+    let tenant = confined_tenant(&request);
+    let record = visible_record(&state, job_id, query.payload, tenant.as_deref()).await?;
+    match record {
+        Some(record) => Ok(HttpResponse::Ok().json(record)),
+        None => Err(Problem::not_found(format!("no job {job_id}; unknown, or purged after its retention"))),
+    }
+}
+
+/// The name of the caller if its token is confined by `allowed_key_prefixes`: a tenant,
+/// who reads, lists and controls only the jobs it submitted. Other callers see every job.
+fn confined_tenant(request: &HttpRequest) -> Option<String> {
+    let extensions = request.extensions();
+    let principal = extensions.get::<Arc<Principal>>()?;
+    (!principal.allowed_key_prefixes.is_empty()).then(|| principal.name.clone())
+}
+
+/// A job's record, unless `tenant` (see [`confined_tenant`]) did not submit it: another
+/// tenant's job is answered like an unknown one (404), so that a tenant cannot even learn
+/// that it exists.
+async fn visible_record(
+    state: &AppState,
+    job_id: JobId,
+    with_payload: bool,
+    tenant: Option<&str>,
+) -> Result<Option<crate::job::JobRecord>, Problem> {
+    let record = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.get(job_id, with_payload))
+        .await
+        .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
+        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    Ok(record.filter(|record| tenant.is_none_or(|tenant| record.submitted_by.as_deref() == Some(tenant))))
+}
+
+/// Refuses a control request on a job the caller may not see, as if it did not exist.
+async fn check_control_access(request: &HttpRequest, state: &AppState, job_id: JobId) -> Result<(), Problem> {
+    let Some(tenant) = confined_tenant(request) else { return Ok(()) };
+    match visible_record(state, job_id, false, Some(&tenant)).await? {
+        Some(_) => Ok(()),
+        None => Err(control_problem(job_id, ControlError::NotFound)),
+    }
+}
+
+/// The most records one listing page holds.
+const MAX_PAGE: usize = 1_000;
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Only jobs in this state.
+    #[param(value_type = Option<JobState>)]
+    state: Option<String>,
+    /// Records per page, 1 to 1000 [default: 100].
+    limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// `GET /v1/jobs?state=dead&limit=100&cursor=...`: records newest first, paged.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of records, newest first", body = JobList),
+        (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn list_jobs(
+    request: HttpRequest,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    let bad = |field: &str, message: String| Problem::from(submission::SubmissionError::field(field, message));
+    let job_state = match query.state.as_deref() {
+        None => None,
+        Some(name) => Some(JobState::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = JobState::ALL.iter().map(|state| state.name()).collect();
+            bad("state", format!("unknown state {name:?}; one of {}", known.join(", ")))
+        })?),
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(bad("limit", format!("must be between 1 and {MAX_PAGE}")));
+    }
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => {
+            Some(cursor.parse::<i64>().map_err(|_| bad("cursor", "is not a cursor from this API".to_owned()))?)
+        }
+    };
+    let filter = ListFilter { state: job_state, submitted_by: confined_tenant(&request) };
+    let page = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.list(filter, before, limit))
+        .await
+        .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
+        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    Ok(HttpResponse::Ok()
+        .json(JobList { jobs: page.records, next_cursor: page.next_before.map(|seq| seq.to_string()) }))
+}
+
+fn parse_job_id(id: &str) -> Result<JobId, Problem> {
+    JobId::parse(id).ok_or_else(|| Problem::not_found(format!("{id:?} is not a job id")))
+}
+
+/// Turns a refused control request into its problem.
+fn control_problem(id: JobId, error: ControlError) -> Problem {
+    match error {
+        ControlError::NotFound => Problem::not_found(format!("no job {id}")),
+        ControlError::Conflict(job_state) => Problem::new(
+            actix_web::http::StatusCode::CONFLICT,
+            "conflict",
+            "Conflict",
+            format!("job {id} is {}", job_state.name()),
+        ),
+        ControlError::Refused(refusal) => Problem::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "queue-full",
+            "Queue Full",
+            refusal.to_string(),
+        )
+        .retry_after(QUEUE_FULL_RETRY_AFTER_SECS),
+    }
+}
+
+/// `POST /v1/jobs/{id}/retry`: a dead job runs again, its attempts reset.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/retry",
+    tag = "control",
+    params(("id" = String, Path, description = "The job id")),
+    responses(
+        (status = 202, description = "Queued again", body = AcceptedJob),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The job is in a state that does not allow this", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "The queue is full; nothing was enqueued; see Retry-After", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn retry_job(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    let job_id = parse_job_id(&id)?;
+    check_control_access(&request, &state, job_id).await?;
+    let result = state.queue.retry_dead(job_id).await.map_err(|error| Problem::unavailable(error.to_string()))?;
+    result.map_err(|error| control_problem(job_id, error))?;
+    Ok(HttpResponse::Accepted().json(AcceptedJob { id: job_id, state: JobState::Queued }))
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a job that has not started.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    tag = "control",
+    params(("id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "Cancelled", body = AcceptedJob),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The job is in a state that does not allow this", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "The queue is full; nothing was enqueued; see Retry-After", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn cancel_job(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    let job_id = parse_job_id(&id)?;
+    check_control_access(&request, &state, job_id).await?;
+    let result = state
+        .dispatcher
+        .send(CancelJob(job_id))
+        .await
+        .map_err(|error| Problem::unavailable(format!("the Dispatcher is unavailable ({error})")))?
+        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    result.map_err(|error| control_problem(job_id, error))?;
+    Ok(HttpResponse::Ok().json(AcceptedJob { id: job_id, state: JobState::Cancelled }))
+}

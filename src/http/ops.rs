@@ -1,0 +1,146 @@
+//! The operators' routes: liveness (`/healthz`), readiness (`/readyz`), the figures of
+//! `/v1/stats`, and the Prometheus metrics of `/metrics`, which the optional metrics
+//! listener renders too.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+use serde_json::json;
+
+use super::problem::ProblemBody;
+use super::{AppState, Problem, QUEUE_CHECK_TIMEOUT};
+use crate::auth::Scope;
+use crate::metrics::Metrics;
+use crate::queue::QueueHandle;
+use crate::stats::Stats;
+use crate::store::JobStore;
+
+/// The liveness answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Health {
+    status: String,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "Alive", body = Health)))]
+pub(super) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "alive".to_owned() })
+}
+
+/// Ready means: started, not shutting down, the queue thread answers, the store answered
+/// its latest probe. The body lists each check so an operator sees which one failed. The
+/// route is open to anyone, so a failing store shows only a short reason there; the
+/// store's URL and its error text (which can name hosts and buckets) are shown to callers
+/// whose token may read jobs, and are always in the logs.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Ready; `checks` shows each check", body = Object),
+        (status = 503, description = "Not ready; `checks` shows which check failed", body = Object)
+    )
+)]
+pub(super) async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let lifecycle = &state.lifecycle;
+    let started = lifecycle.started.load(Ordering::Acquire);
+    let shutting_down = lifecycle.shutting_down.load(Ordering::Acquire);
+    let store_reachable = state.store_health.is_up();
+    let queue = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.status()).await;
+    let queue_open = matches!(queue, Ok(Ok(_)));
+    let queue_writable = matches!(queue, Ok(Ok(status)) if status.writable);
+    let ready = started && !shutting_down && store_reachable && queue_open && queue_writable;
+    let mut body = json!({
+        "ready": ready,
+        "checks": {
+            "started": started,
+            "shutting_down": shutting_down,
+            "queue_open": queue_open,
+            "queue_writable": queue_writable,
+            "store_reachable": store_reachable,
+        },
+        "store": {
+            "reachable": store_reachable,
+            "reason": (!store_reachable).then_some("unreachable"),
+        },
+    });
+    let authorization = request.headers().get(header::AUTHORIZATION).map(header::HeaderValue::as_bytes);
+    if state.auth.check(authorization, Scope::Read).is_ok() {
+        body["store"]["url"] = json!(state.store.url());
+        body["store"]["error"] = json!(state.store_health.last_error());
+    }
+    if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}
+
+/// Queue depths, counters and runtime figures.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Current figures", body = Object),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let status = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.status())
+        .await
+        .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
+        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "queue": {
+            "queued": status.depth.queued,
+            "scheduled": status.depth.scheduled,
+            "running": status.depth.running,
+            "failed": status.depth.failed,
+            "dead": status.depth.dead,
+            "capacity": status.depth.capacity,
+            "durable": status.durable,
+            "writable": status.writable,
+        },
+        "counters": state.stats.snapshot(),
+        // Flat however many jobs wait: delayed jobs cost no task and no timer of their own.
+        "runtime": {
+            "delay_timers": state.stats.delay_timers.load(Ordering::Relaxed),
+            "body_tasks": state.body_runtime.metrics().num_alive_tasks(),
+            "body_threads": state.body_runtime.metrics().num_workers(),
+        },
+    })))
+}
+
+/// `GET /metrics`: every series in the Prometheus text format, with the queue gauges
+/// read at scrape time.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 404, description = "On the API listener when metrics_listen is set: metrics are served there only", body = ProblemBody, content_type = "application/problem+json")
+    )
+)]
+pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
+    render_metrics(&state.metrics, &state.queue, &state.stats, &state.store).await
+}
+
+/// Renders the metrics; shared by the API listener and the optional metrics listener.
+pub async fn render_metrics(metrics: &Metrics, queue: &QueueHandle, stats: &Stats, store: &JobStore) -> HttpResponse {
+    let status = match tokio::time::timeout(QUEUE_CHECK_TIMEOUT, queue.status()).await {
+        Ok(Ok(status)) => Some(status),
+        // The queue gauges keep their last values; the scrape itself still succeeds, so
+        // the counters and the process metrics stay visible while the queue is wedged.
+        _ => None,
+    };
+    let text = metrics.render(&crate::metrics::Scrape {
+        queue: status.as_ref(),
+        workers_total: stats.workers_total.load(Ordering::Relaxed),
+        workers_busy: stats.workers_busy.load(Ordering::Relaxed),
+        uploads: store.uploads(),
+    });
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text)
+}
