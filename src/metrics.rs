@@ -54,6 +54,11 @@ pub struct Metrics {
     pub job_duration: HistogramVec,
     pub job_wait: HistogramVec,
     pub worker_restarts: IntCounter,
+    /// Attempts a worker started, by kind.
+    pub jobs_started: IntCounterVec,
+    /// Workers that died outside a job's containment and were replaced by the Dispatcher;
+    /// `worker_restarts` counts them too.
+    pub worker_replacements: IntCounter,
     pub submissions_rejected: IntCounterVec,
     /// Requests refused for their token, by reason (`missing`, `invalid`, `scope`,
     /// `key_prefix`).
@@ -128,6 +133,12 @@ impl Metrics {
         )?;
         let worker_restarts =
             IntCounter::new("jobd_worker_restarts_total", "Workers restarted after a panicked job, or replaced.")?;
+        let jobs_started =
+            IntCounterVec::new(Opts::new("jobd_jobs_started_total", "Attempts a worker started, by kind."), &["kind"])?;
+        let worker_replacements = IntCounter::new(
+            "jobd_worker_replacements_total",
+            "Workers that died outside a job's containment and were replaced; also counted in jobd_worker_restarts_total.",
+        )?;
         let submissions_rejected = IntCounterVec::new(
             Opts::new("jobd_submissions_rejected_total", "Submissions refused, by reason."),
             &["reason"],
@@ -196,6 +207,7 @@ impl Metrics {
 
         for kind in crate::kinds::all_names() {
             jobs_submitted.with_label_values(&[kind]);
+            jobs_started.with_label_values(&[kind]);
             job_duration.with_label_values(&[kind]);
             job_wait.with_label_values(&[kind]);
             for outcome in OUTCOMES {
@@ -222,6 +234,8 @@ impl Metrics {
             Box::new(job_duration.clone()),
             Box::new(job_wait.clone()),
             Box::new(worker_restarts.clone()),
+            Box::new(jobs_started.clone()),
+            Box::new(worker_replacements.clone()),
             Box::new(submissions_rejected.clone()),
             Box::new(auth_failures.clone()),
             Box::new(reloads.clone()),
@@ -251,6 +265,8 @@ impl Metrics {
             job_duration,
             job_wait,
             worker_restarts,
+            jobs_started,
+            worker_replacements,
             submissions_rejected,
             auth_failures,
             reloads,

@@ -1,36 +1,20 @@
-//! Live counters shared by the actors and the HTTP layer, read by `GET /v1/stats`
-//! (and, later, exported to Prometheus).
+//! What `GET /v1/stats` shows: the live gauges the actors keep, and the event counters of
+//! the Prometheus registry, summed over their labels.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use prometheus::IntCounterVec;
+use prometheus::core::Collector as _;
 use serde::Serialize;
 
-/// Counters and gauges. Every field is a relaxed atomic: each is exact on its own, and
-/// a snapshot of several may be a few jobs apart, which is fine for observation.
+use crate::metrics::Metrics;
+
+/// Live gauges the actors keep and the HTTP layer reads. Every field is a relaxed atomic:
+/// each is exact on its own, and a snapshot of several may be a few jobs apart, which is
+/// fine for observation. Counters of events are not here: they live in the Prometheus
+/// registry ([`Metrics`]), which `/v1/stats` reads too, so that each event is counted once.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Jobs accepted with a 202.
-    pub jobs_accepted: AtomicU64,
-    /// Jobs a worker started.
-    pub jobs_started: AtomicU64,
-    pub jobs_succeeded: AtomicU64,
-    /// Jobs whose body returned an error (panics excluded).
-    pub jobs_failed: AtomicU64,
-    pub jobs_panicked: AtomicU64,
-    /// Attempts abandoned at their timeout.
-    pub jobs_timed_out: AtomicU64,
-    /// Failed attempts that will be retried.
-    pub jobs_retried: AtomicU64,
-    /// Jobs that failed for good.
-    pub jobs_dead: AtomicU64,
-    /// Times the Supervisor restarted a worker.
-    pub worker_restarts: AtomicU64,
-    /// Workers that died some other way and were replaced by the Dispatcher.
-    pub worker_replacements: AtomicU64,
-    pub rejected_queue_full: AtomicU64,
-    pub rejected_invalid: AtomicU64,
-    pub rejected_too_large: AtomicU64,
-    pub rejected_unavailable: AtomicU64,
     /// Workers in the pool, as the Dispatcher counts them.
     pub workers_total: AtomicUsize,
     /// Timers armed for delayed jobs: 0 or 1, however many jobs are scheduled.
@@ -85,20 +69,28 @@ pub struct RejectionCounts {
     pub unavailable: u64,
 }
 
-fn read(counter: &AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
-}
-
 fn read_gauge(gauge: &AtomicUsize) -> usize {
     gauge.load(Ordering::Relaxed)
 }
 
-impl Stats {
-    /// Adds one to a counter.
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+/// The sum of a counter's series, over every label value, or over the series whose label
+/// `label` has one of `values`.
+fn total(counter: &IntCounterVec, filter: Option<(&str, &[&str])>) -> u64 {
+    let mut sum = 0.0;
+    for family in counter.collect() {
+        for metric in family.get_metric() {
+            let included = filter.is_none_or(|(label, values)| {
+                metric.get_label().iter().any(|pair| pair.name() == label && values.contains(&pair.value()))
+            });
+            if included {
+                sum += metric.get_counter().get_value();
+            }
+        }
     }
+    sum as u64
+}
 
+impl Stats {
     /// Marks a job body as running until the returned guard drops, which also happens
     /// when the body panics or its future is dropped.
     pub fn body_running(&self) -> BodyGuard<'_> {
@@ -107,37 +99,42 @@ impl Stats {
         BodyGuard { stats: self }
     }
 
-    /// Reads every counter.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let accepted = read(&self.jobs_accepted);
-        let started = read(&self.jobs_started);
-        let total = read_gauge(&self.workers_total);
+    /// Reads every counter from `metrics` and every gauge from here.
+    pub fn snapshot(&self, metrics: &Metrics) -> StatsSnapshot {
+        let finished = |outcomes: &[&str]| total(&metrics.jobs_finished, Some(("outcome", outcomes)));
+        let rejected = |reasons: &[&str]| total(&metrics.submissions_rejected, Some(("reason", reasons)));
+        let dead = finished(&["dead"]);
+        let failed_attempts = finished(&["failed", "timed_out", "panicked"]);
+        let total_workers = read_gauge(&self.workers_total);
         let busy = read_gauge(&self.workers_busy);
+        let replacements = metrics.worker_replacements.get();
         StatsSnapshot {
             jobs: JobCounts {
-                accepted,
-                started,
-                succeeded: read(&self.jobs_succeeded),
-                failed: read(&self.jobs_failed),
-                timed_out: read(&self.jobs_timed_out),
-                panicked: read(&self.jobs_panicked),
-                retried: read(&self.jobs_retried),
-                dead: read(&self.jobs_dead),
+                accepted: total(&metrics.jobs_submitted, None),
+                started: total(&metrics.jobs_started, None),
+                succeeded: finished(&["succeeded"]),
+                failed: finished(&["failed"]),
+                timed_out: finished(&["timed_out"]),
+                panicked: finished(&["panicked"]),
+                // Every failed attempt either waits for a retry or made its job dead.
+                retried: failed_attempts.saturating_sub(dead),
+                dead,
             },
             workers: WorkerCounts {
-                total,
+                total: total_workers,
                 busy,
-                idle: total.saturating_sub(busy),
-                restarts: read(&self.worker_restarts),
-                replacements: read(&self.worker_replacements),
+                idle: total_workers.saturating_sub(busy),
+                // `jobd_worker_restarts_total` counts both ways a worker comes back.
+                restarts: metrics.worker_restarts.get().saturating_sub(replacements),
+                replacements,
                 bodies_running: read_gauge(&self.bodies_running),
                 bodies_running_peak: read_gauge(&self.bodies_running_peak),
             },
             rejected: RejectionCounts {
-                queue_full: read(&self.rejected_queue_full),
-                invalid: read(&self.rejected_invalid),
-                too_large: read(&self.rejected_too_large),
-                unavailable: read(&self.rejected_unavailable),
+                queue_full: rejected(&["queue_full"]),
+                invalid: rejected(&["invalid", "too_deep", "body_timeout", "key_not_allowed"]),
+                too_large: rejected(&["too_large", "too_many_jobs"]),
+                unavailable: rejected(&["unavailable", "commit_backlog"]),
             },
         }
     }

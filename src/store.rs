@@ -20,7 +20,7 @@ use object_store::{
 use tokio::sync::{Semaphore, watch};
 use url::Url;
 
-use crate::job::{JobId, JobResult};
+use crate::job::JobId;
 
 /// The size of each part of a multipart upload. S3 wants at least 5 MiB per part but the
 /// last; 8 MiB parts keep the number of requests low without holding much per request.
@@ -186,6 +186,15 @@ pub struct UploadOptions {
     pub metadata: Vec<(String, String)>,
 }
 
+/// What a write left in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The bytes written, after any compression.
+    pub size: u64,
+    /// The ETag the store returned, if any.
+    pub etag: Option<String>,
+}
+
 /// The configured store plus what the upload path needs to know about it.
 #[derive(Debug)]
 pub struct JobStore {
@@ -306,7 +315,7 @@ impl JobStore {
     }
 
     /// Writes `body` at `key`, as a multipart upload when it is large.
-    pub async fn put(&self, key: &Path, body: Vec<u8>, options: &UploadOptions) -> Result<JobResult, StoreError> {
+    pub async fn put(&self, key: &Path, body: Vec<u8>, options: &UploadOptions) -> Result<Written, StoreError> {
         if let Some(root) = &self.local_root {
             // A few `lstat` calls on directories the kernel has cached, run in place: job
             // bodies have a runtime of their own, one thread per worker, so this blocks
@@ -326,11 +335,7 @@ impl JobStore {
             let options = PutOptions { attributes, ..PutOptions::default() };
             self.store.put_opts(key, PutPayload::from(body), options).await?
         };
-        Ok(JobResult::with([
-            ("key", Some(key.to_string().into())),
-            ("size", Some(size.into())),
-            ("etag", written.e_tag.map(Into::into)),
-        ]))
+        Ok(Written { size, etag: written.e_tag })
     }
 
     fn attributes(&self, options: &UploadOptions) -> Attributes {

@@ -19,6 +19,9 @@ pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// The furthest ahead a job may be scheduled, by `delay_ms` or by `run_at`: a year. A
 /// time further out is almost always a unit or a typo, and would sit in the queue for ever.
 pub const MAX_DELAY_MS: u64 = 365 * 86_400_000;
+/// The most fields a job may have besides the options every job has; every kind has far
+/// fewer.
+const MAX_KIND_FIELDS: usize = 32;
 /// The longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 /// What the parser needs to know about the daemon.
@@ -120,60 +123,70 @@ struct JobEntry<'de> {
     fields: RequestFields<'de>,
 }
 
-impl<'de> Deserialize<'de> for JobEntry<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EntryVisitor;
-        impl<'de> Visitor<'de> for EntryVisitor {
-            type Value = JobEntry<'de>;
+/// Reads one job of a request into a [`JobEntry`].
+struct EntryVisitor;
 
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a job: an object with \"kind\"")
+impl<'de> Visitor<'de> for EntryVisitor {
+    type Value = JobEntry<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a job: an object with \"kind\"")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        /// Reads an option once; a second occurrence is an error, as serde's derive makes it.
+        fn once<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+            map: &mut A,
+            slot: &mut Option<T>,
+            name: &'static str,
+        ) -> Result<(), A::Error> {
+            if slot.is_some() {
+                return Err(de::Error::duplicate_field(name));
             }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                /// Reads an option once; a second occurrence is an error, as serde's derive makes it.
-                fn once<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
-                    map: &mut A,
-                    slot: &mut Option<T>,
-                    name: &'static str,
-                ) -> Result<(), A::Error> {
-                    if slot.is_some() {
-                        return Err(de::Error::duplicate_field(name));
+            *slot = map.next_value::<Option<T>>()?;
+            Ok(())
+        }
+        let mut kind = None;
+        let mut entry = JobEntry {
+            kind: String::new(),
+            idempotency_key: None,
+            max_attempts: None,
+            timeout_ms: None,
+            run_at: None,
+            delay_ms: None,
+            fields: RequestFields::default(),
+        };
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "kind" => once(&mut map, &mut kind, "kind")?,
+                "idempotency_key" => once(&mut map, &mut entry.idempotency_key, "idempotency_key")?,
+                "max_attempts" => once(&mut map, &mut entry.max_attempts, "max_attempts")?,
+                "timeout_ms" => once(&mut map, &mut entry.timeout_ms, "timeout_ms")?,
+                "run_at" => once(&mut map, &mut entry.run_at, "run_at")?,
+                "delay_ms" => once(&mut map, &mut entry.delay_ms, "delay_ms")?,
+                _ => {
+                    // Bounded, so that a job of a million fields costs a parse error, not a
+                    // list of a million borrowed values (and checks for a duplicate in it).
+                    if entry.fields.len() == MAX_KIND_FIELDS {
+                        return Err(de::Error::custom(format_args!(
+                            "a job has at most {MAX_KIND_FIELDS} fields besides the common options"
+                        )));
                     }
-                    *slot = map.next_value::<Option<T>>()?;
-                    Ok(())
+                    let value = map.next_value::<&'de RawValue>()?;
+                    entry
+                        .fields
+                        .push(key, value)
+                        .map_err(|(field, _)| de::Error::custom(format_args!("duplicate field `{field}`")))?;
                 }
-                let mut kind = None;
-                let mut entry = JobEntry {
-                    kind: String::new(),
-                    idempotency_key: None,
-                    max_attempts: None,
-                    timeout_ms: None,
-                    run_at: None,
-                    delay_ms: None,
-                    fields: RequestFields::default(),
-                };
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match key.as_ref() {
-                        "kind" => once(&mut map, &mut kind, "kind")?,
-                        "idempotency_key" => once(&mut map, &mut entry.idempotency_key, "idempotency_key")?,
-                        "max_attempts" => once(&mut map, &mut entry.max_attempts, "max_attempts")?,
-                        "timeout_ms" => once(&mut map, &mut entry.timeout_ms, "timeout_ms")?,
-                        "run_at" => once(&mut map, &mut entry.run_at, "run_at")?,
-                        "delay_ms" => once(&mut map, &mut entry.delay_ms, "delay_ms")?,
-                        _ => {
-                            let value = map.next_value::<&'de RawValue>()?;
-                            entry
-                                .fields
-                                .push(key, value)
-                                .map_err(|(field, _)| de::Error::custom(format_args!("duplicate field `{field}`")))?;
-                        }
-                    }
-                }
-                entry.kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
-                Ok(entry)
             }
         }
+        entry.kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
+        Ok(entry)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobEntry<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_map(EntryVisitor)
     }
 }
@@ -570,6 +583,29 @@ mod tests {
         assert_eq!((single.len(), single[0].kind), (1, "sleep"));
         let args: serde_json::Value = serde_json::from_str(single[0].args.as_ref().expect("args").get()).expect("JSON");
         assert_eq!(args, serde_json::json!({"ms": 5, "blocking": false, "in_worker": false}));
+    }
+
+    #[test]
+    fn a_noop_accepts_a_payload_and_drops_it_but_not_an_upload_field() {
+        let jobs = parse(br#"{"kind":"noop","payload":{"pad":"xxxx"}}"#, OPTIONS).expect("valid");
+        assert_eq!((jobs[0].kind, jobs[0].args.is_none(), jobs[0].body.is_none()), ("noop", true, true));
+        let error = first_error(parse(br#"{"kind":"noop","content_type":"text/plain"}"#, OPTIONS));
+        assert_eq!(
+            (error.field.as_str(), error.message.as_str()),
+            ("content_type", "is only valid for kind \"upload\"")
+        );
+    }
+
+    #[test]
+    fn a_job_holds_at_most_32_fields_besides_the_common_options() {
+        let fields: Vec<String> = (0..=MAX_KIND_FIELDS).map(|n| format!("\"f{n}\":0")).collect();
+        let body = format!("{{\"kind\":\"noop\",{}}}", fields.join(","));
+        let error = first_error(parse(body.as_bytes(), OPTIONS));
+        assert_eq!(error.index, Some(0));
+        assert!(error.message.contains("at most 32 fields"), "{error:?}");
+        // Within the bound, the first field no kind has is named.
+        let error = first_error(parse(br#"{"kind":"noop","f0":0,"f1":0}"#, OPTIONS));
+        assert_eq!((error.field.as_str(), error.message.as_str()), ("f0", "unknown field `f0`"));
     }
 
     #[test]

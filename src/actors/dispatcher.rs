@@ -1,6 +1,22 @@
 //! The Dispatcher actor: holds the worker pool and a bounded window of ready jobs, hands a
 //! job to a worker whenever it has both (the seed's `WorkerPool chan chan Job`, as an
 //! actor), decides retries, keeps the one timer for delayed jobs, and replaces dead workers.
+//!
+//! It learns of jobs from the queue thread itself: while its window has room it keeps one
+//! fetch (`wait_ready`) out, which the queue thread holds when nothing is ready and answers
+//! straight after the next commit that readies jobs. The window (`Window`) holds at most
+//! `max(2 × max_workers, 16,384)` claimed jobs and `window_max_bytes` of them; it is refilled
+//! when it falls to half. A job other than one that runs inline reaches its worker only once
+//! the progress flush carrying its start has committed, so its attempt counts even if the
+//! process dies during it. While the store cannot be reached, the window sets the store's
+//! jobs aside in order and hands out the others. The Dispatcher decides what an attempt
+//! means: retryable with attempts left is `failed` with a `retry_at` from `RetryPolicy`,
+//! anything else is final. Starts and outcomes are recorded in batches, one flush in flight
+//! at a time; a failed flush is kept and tried again. Delayed jobs wait in the backend with
+//! their `run_at`; the Dispatcher keeps one timer for the earliest and nudges the queue
+//! thread when it fires. Every second it checks that each worker is still connected, and
+//! replaces one that died outside supervision. Cancels go through it, because it alone knows
+//! whether a job is in its window or running.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,7 +27,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use super::window::Window;
-use super::worker::{RunJob, Worker};
+use super::worker::{JobFinished, RunJob, Worker, WorkerIdle, WorkerReports};
 use crate::job::{FinishedJob, Job, JobId, JobState, Outcome, StartedJob};
 use crate::queue::{ControlError, QueueHandle, StorageError};
 use crate::retry::RetryPolicy;
@@ -41,24 +57,6 @@ pub struct PoolSettings {
     pub retry_policy: RetryPolicy,
     /// The most bytes the window's claimed, not-yet-started jobs may take.
     pub window_max_bytes: usize,
-}
-
-/// A worker is idle: at its first start, and again after a restart.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WorkerIdle {
-    pub number: usize,
-    pub worker: Addr<Worker>,
-}
-
-/// A worker finished an attempt. Unless `worker_restarts` is set, it is idle again.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct JobFinished {
-    pub number: usize,
-    pub outcome: Outcome,
-    /// The job panicked and the worker is restarting; it will send [`WorkerIdle`] itself.
-    pub worker_restarts: bool,
 }
 
 /// Cancel a job that has not started. Goes through the Dispatcher, which alone knows
@@ -233,8 +231,7 @@ impl Dispatcher {
     fn start_worker(&self, number: usize, ctx: &mut Context<Self>) {
         let dispatcher = ctx.address();
         let runner = self.runner.clone();
-        let stats = self.stats.clone();
-        Supervisor::start(move |_| Worker::new(number, dispatcher, runner, stats));
+        Supervisor::start(move |_| Worker::new(number, WorkerReports::to(&dispatcher), runner));
     }
 
     /// Starts jobs while there is an idle worker and a ready job, then tops up the window.
@@ -366,7 +363,6 @@ impl Dispatcher {
         finished_total.with_label_values(&[running.kind, attempt_outcome]).inc();
         match (finished.state(), retry_at) {
             (JobState::Failed, Some(at)) => {
-                Stats::bump(&self.stats.jobs_retried);
                 tracing::info!(
                     job_id = %running.id,
                     attempt = running.attempt,
@@ -375,7 +371,6 @@ impl Dispatcher {
                 );
             }
             (JobState::Dead, _) => {
-                Stats::bump(&self.stats.jobs_dead);
                 finished_total.with_label_values(&[running.kind, "dead"]).inc();
                 tracing::warn!(
                     job_id = %running.id,
@@ -398,7 +393,7 @@ impl Dispatcher {
                 continue;
             }
             tracing::error!(worker = number, "worker died; starting a replacement");
-            Stats::bump(&self.stats.worker_replacements);
+            self.runner.metrics.worker_replacements.inc();
             self.runner.metrics.worker_restarts.inc();
             self.idle.retain(|idle| *idle != number);
             let slot = &mut self.workers[number];

@@ -2,7 +2,6 @@
 //! the queue in groups, answering each submission only after its group is committed.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -11,7 +10,6 @@ use tokio::sync::oneshot;
 use crate::job::{Job, JobId, JobSpec};
 use crate::metrics::Metrics;
 use crate::queue::{Admitted, QueueHandle, Refusal, StorageError, SubmissionAnswer};
-use crate::stats::Stats;
 
 /// A group holds at most this many jobs, so one commit stays short; a single
 /// submission larger than this still forms a group of its own.
@@ -86,7 +84,6 @@ fn registered_kind(job: &Job) -> &'static str {
 /// submissions, without a timer.
 pub struct Ingest {
     queue: QueueHandle,
-    stats: Arc<Stats>,
     metrics: Arc<Metrics>,
     pending: Vec<PendingSubmission>,
     /// The bytes `pending` holds.
@@ -104,16 +101,9 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(
-        queue: QueueHandle,
-        stats: Arc<Stats>,
-        metrics: Arc<Metrics>,
-        group_commit: bool,
-        default_max_attempts: u32,
-    ) -> Self {
+    pub fn new(queue: QueueHandle, metrics: Arc<Metrics>, group_commit: bool, default_max_attempts: u32) -> Self {
         Self {
             queue,
-            stats,
             metrics,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -175,14 +165,12 @@ impl Ingest {
         result: Result<Vec<SubmissionAnswer>, StorageError>,
         replies: Vec<(Reply, Vec<&'static str>)>,
     ) {
-        let mut committed = 0;
         match result {
             Ok(answers) => {
                 for ((reply, kinds), answer) in replies.into_iter().zip(answers) {
                     if let Ok(admitted) = &answer {
                         for (job, kind) in admitted.iter().zip(kinds) {
                             if job.created {
-                                committed += 1;
                                 self.metrics.jobs_submitted.with_label_values(&[kind]).inc();
                             }
                         }
@@ -201,9 +189,6 @@ impl Ingest {
                     let _ = reply.send(Err(SubmitError::Storage(error.clone())));
                 }
             }
-        }
-        if committed > 0 {
-            self.stats.jobs_accepted.fetch_add(committed as u64, Ordering::Relaxed);
         }
     }
 }

@@ -8,4 +8,3 @@ pub mod worker;
 
 pub use dispatcher::Dispatcher;
 pub use ingest::Ingest;
-pub use worker::Worker;

@@ -60,6 +60,7 @@ impl Window {
     }
 
     /// The bytes the window's jobs take.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -111,6 +112,7 @@ impl Window {
     }
 
     /// Jobs held for the store.
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held.len()
     }

@@ -7,10 +7,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tracing::Instrument as _;
 
-use super::dispatcher::{Dispatcher, JobFinished, WorkerIdle};
 use crate::job::{Job, Outcome};
 use crate::runner::JobRunner;
-use crate::stats::Stats;
 
 /// A job for a worker the Dispatcher knows to be idle.
 ///
@@ -21,33 +19,61 @@ use crate::stats::Stats;
 #[rtype(result = "()")]
 pub struct RunJob(pub Job);
 
+/// A worker is idle: at its first start, and again after a restart.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerIdle {
+    pub number: usize,
+    pub worker: Addr<Worker>,
+}
+
+/// A worker finished an attempt. Unless `worker_restarts` is set, it is idle again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JobFinished {
+    pub number: usize,
+    pub outcome: Outcome,
+    /// The job panicked and the worker is restarting; it will send [`WorkerIdle`] itself.
+    pub worker_restarts: bool,
+}
+
+/// Where a worker reports: the Dispatcher, as recipients of the two messages, so that the
+/// worker needs nothing else of it.
+#[derive(Clone)]
+pub struct WorkerReports {
+    finished: Recipient<JobFinished>,
+    idle: Recipient<WorkerIdle>,
+}
+
+impl WorkerReports {
+    /// Reports to `actor`, the Dispatcher.
+    pub fn to<A>(actor: &Addr<A>) -> Self
+    where
+        A: Actor<Context = Context<A>> + Handler<JobFinished> + Handler<WorkerIdle>,
+    {
+        WorkerReports { finished: actor.clone().recipient(), idle: actor.clone().recipient() }
+    }
+}
+
 /// Runs jobs one at a time. Started under a [`Supervisor`], so stopping it restarts it
 /// with the same address.
 pub struct Worker {
     /// The worker's slot in the Dispatcher, also used in logs.
     number: usize,
-    dispatcher: Addr<Dispatcher>,
+    dispatcher: WorkerReports,
     runner: Arc<JobRunner>,
-    stats: Arc<Stats>,
     /// The kind of the job running now, for the duration histogram's label.
     kind: &'static str,
 }
 
 impl Worker {
-    pub fn new(number: usize, dispatcher: Addr<Dispatcher>, runner: Arc<JobRunner>, stats: Arc<Stats>) -> Self {
-        Self { number, dispatcher, runner, stats, kind: "noop" }
+    pub fn new(number: usize, dispatcher: WorkerReports, runner: Arc<JobRunner>) -> Self {
+        Self { number, dispatcher, runner, kind: "unknown" }
     }
 
     /// Counts, logs and reports one attempt's outcome; stops the worker after a panic.
     fn finish(&mut self, ctx: &mut Context<Self>, outcome: Outcome, started: Instant) {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let counter = match &outcome {
-            Outcome::Succeeded(_) => &self.stats.jobs_succeeded,
-            Outcome::Failed { .. } | Outcome::WorkerLost | Outcome::StoreUnreachable { .. } => &self.stats.jobs_failed,
-            Outcome::TimedOut { .. } => &self.stats.jobs_timed_out,
-            Outcome::Panicked { .. } => &self.stats.jobs_panicked,
-        };
-        Stats::bump(counter);
         self.runner.metrics.job_duration.with_label_values(&[self.kind]).observe(started.elapsed().as_secs_f64());
         match &outcome {
             Outcome::Succeeded(result) => {
@@ -59,7 +85,7 @@ impl Worker {
             _ => tracing::warn!(elapsed_ms, outcome = outcome.name(), error = outcome.error(), "job finished"),
         }
         let panicked = matches!(outcome, Outcome::Panicked { .. });
-        self.dispatcher.do_send(JobFinished { number: self.number, outcome, worker_restarts: panicked });
+        self.dispatcher.finished.do_send(JobFinished { number: self.number, outcome, worker_restarts: panicked });
         if panicked {
             // A panic may have left state behind that the worker cannot vouch for, so the
             // worker starts afresh: the Supervisor restarts it and `started` registers it
@@ -75,13 +101,12 @@ impl Actor for Worker {
     /// Runs at the first start and after every restart: either way the worker is idle
     /// now and says so.
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.dispatcher.do_send(WorkerIdle { number: self.number, worker: ctx.address() });
+        self.dispatcher.idle.do_send(WorkerIdle { number: self.number, worker: ctx.address() });
     }
 }
 
 impl Supervised for Worker {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        Stats::bump(&self.stats.worker_restarts);
         self.runner.metrics.worker_restarts.inc();
         tracing::info!(worker = self.number, "worker restarting after a panicked job");
     }
@@ -98,7 +123,7 @@ impl Handler<RunJob> for Worker {
             tracing::info_span!("job", job_id = %job.id, kind = self.kind, attempt = job.attempt, worker = self.number);
         let entered = span.enter();
         let started = Instant::now();
-        Stats::bump(&self.stats.jobs_started);
+        self.runner.metrics.jobs_started.with_label_values(&[self.kind]).inc();
         // A kind that runs inline finishes here; the test kinds that block or panic the
         // worker's own thread do it here too, outside the body's containment, as a bug in
         // jobd would, so that the Dispatcher's health check has something to catch.

@@ -30,10 +30,10 @@ use crate::submission::ParseOptions;
 
 // What the rest of the crate (the server's wiring, the OpenAPI test) uses, re-exported so
 // that callers name `crate::http::...` whichever file of this module holds it.
-pub use middleware::{HeaderLimit, HostCheck, check_host, close_when_stopping, host_is_allowed, limit_headers};
-pub use ops::{get_metrics, render_metrics};
+pub use middleware::{HeaderLimit, HostCheck, check_host, close_when_stopping, limit_headers};
+pub use ops::render_metrics;
 pub use problem::Problem;
-pub use routes::{Access, RouteSpec, configure, routes};
+pub use routes::configure;
 
 /// How long `/readyz` and `/v1/stats` wait for the queue thread before calling it wedged.
 const QUEUE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);

@@ -118,7 +118,7 @@ pub async fn get_openapi() -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{Access, routes};
+    use crate::http::routes::{Access, routes};
 
     /// Every route in the table is described with its method and its security, and
     /// nothing else is: the router and the description come from one list.

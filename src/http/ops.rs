@@ -103,7 +103,7 @@ pub(super) async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse
             "durable": status.durable,
             "writable": status.writable,
         },
-        "counters": state.stats.snapshot(),
+        "counters": state.stats.snapshot(&state.metrics),
         // Flat however many jobs wait: delayed jobs cost no task and no timer of their own.
         "runtime": {
             "delay_timers": state.stats.delay_timers.load(Ordering::Relaxed),

@@ -44,10 +44,6 @@ impl Problem {
         Self { status, slug, title, detail: detail.into(), errors: Vec::new(), headers: Vec::new() }
     }
 
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
     pub fn slug(&self) -> &'static str {
         self.slug
     }

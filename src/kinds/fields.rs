@@ -32,6 +32,11 @@ impl<'a> RequestFields<'a> {
         Ok(())
     }
 
+    /// How many fields are held.
+    pub(crate) fn len(&self) -> usize {
+        self.fields.len()
+    }
+
     /// Takes the field `name` unparsed, if present.
     pub fn take_raw(&mut self, name: &str) -> Option<&'a RawValue> {
         let position = self.fields.iter().position(|(field, _)| field == name)?;

@@ -2,6 +2,25 @@
 //! on storage, and commits the work of many callers at once (group commit), with the
 //! fsync on a sync thread beside it. [`QueueHandle`] is how the rest of jobd calls it.
 //!
+//! When the thread wakes, it takes every command waiting (up to 256). Reads run outside any
+//! transaction, so they are served even while writes fail. A fetch runs first, in a
+//! transaction of its own that syncs nothing, so handing out committed jobs never waits for
+//! the fsync of the submissions that arrived with it; a fetch that finds nothing worth
+//! answering is held and looks again after each commit that may have readied jobs, at a
+//! nudge, at a cancel, and at a wake from outside the process ([`Waker`]). The writes
+//! (groups of submissions, a progress flush, a purge, retries and cancels) share one
+//! transaction. A commit only writes; progress is answered at once (a commit is all a
+//! start needs against a process death), and the rest go to the sync thread, which runs
+//! the backend's [`Syncer`] once for every transaction committed since its last sync and
+//! only then answers their callers. So the thread never waits for the disk. With group
+//! commit off, each command commits alone and the backend syncs inside each commit.
+//!
+//! A failed transaction is rolled back, with the backend's bookkeeping, and its writes are
+//! answered with the error. A failed sync means nobody knows what is on disk (the kernel
+//! may have dropped the pages it could not write): the writes are failed, every later
+//! command is refused, and [`QueueLost`] tells the server, which stops jobd so that the next
+//! start recovers from what the disk holds.
+//!
 //! **Architecture Invariant:** the group commit, the sync thread and the held fetch live
 //! here and are the same for every backend; a backend only implements the traits of
 //! [`super::backend`].
@@ -209,11 +228,6 @@ impl Command {
     }
 }
 
-/// The error every [`QueueHandle`] call returns once the queue thread has stopped.
-fn queue_closed() -> StorageError {
-    StorageError::new("the queue thread has stopped")
-}
-
 /// Owns the thread that runs the backend (which owns the sync thread, if any). Dropping
 /// every [`QueueHandle`] and then calling [`QueueThread::join`] ends both.
 pub struct QueueThread {
@@ -229,13 +243,6 @@ pub struct QueueThread {
 /// next start recover from what is on disk. Closing without an answer means the thread
 /// ended, which only a panic does while handles remain.
 pub type QueueLost = oneshot::Receiver<StorageError>;
-
-/// A cheap, cloneable way to talk to the queue thread. Every call is async and
-/// answered by the thread; the number of calls in flight is bounded by the channel.
-#[derive(Clone)]
-pub struct QueueHandle {
-    commands: mpsc::Sender<Command>,
-}
 
 /// Calls in flight beyond this wait for room. The protocol keeps far fewer in flight:
 /// 64 groups from the Ingest actor, one fetch, one nudge and one progress flush from
@@ -629,86 +636,9 @@ fn run_writes(
     Some(Committed(writes.into_iter().zip(outputs).collect()))
 }
 
-impl QueueHandle {
-    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands.send(command(reply)).await.map_err(|_| queue_closed())?;
-        answer.await.map_err(|_| queue_closed())?
-    }
+mod handle;
 
-    /// Enqueues a group of submissions in one transaction; see [`super::JobWriter::enqueue`].
-    pub async fn enqueue_group(&self, group: Vec<Vec<Job>>) -> Result<Vec<SubmissionAnswer>, StorageError> {
-        self.call(|reply| Command::Enqueue { group, reply }).await
-    }
-
-    /// Claims up to `max` ready jobs (see [`super::JobWriter::claim`]); answered at once.
-    pub async fn take_ready(&self, max: usize) -> Result<ReadyBatch, StorageError> {
-        self.call(|reply| Command::TakeReady(Fetch { max, wait: None, reply })).await
-    }
-
-    /// Like [`take_ready`](Self::take_ready), but when nothing is ready the queue thread
-    /// holds the call and answers it right after the next commit that readies jobs, or that
-    /// makes a delayed job due before `timer_due` (when the caller's own timer fires), or
-    /// at [`nudge`](Self::nudge). A cancel also answers it, so that the caller learns that
-    /// its fetch cannot bring the cancelled job. One such call is meant to be in flight.
-    pub async fn wait_ready(&self, max: usize, timer_due: Option<DateTime<Utc>>) -> Result<ReadyBatch, StorageError> {
-        self.call(|reply| Command::TakeReady(Fetch { max, wait: Some(Waiting { timer_due }), reply })).await
-    }
-
-    /// Answers the call of [`wait_ready`](Self::wait_ready) that waits, if any, with what
-    /// is ready now: the caller's timer fired, and delayed jobs may be due.
-    pub async fn nudge(&self) -> Result<(), StorageError> {
-        self.commands.send(Command::Nudge).await.map_err(|_| queue_closed())
-    }
-
-    /// See [`super::JobWriter::retry_dead`].
-    pub async fn retry_dead(&self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {
-        self.call(|reply| Command::Retry { id, reply }).await
-    }
-
-    /// See [`super::JobWriter::cancel`].
-    pub async fn cancel(&self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {
-        self.call(|reply| Command::Cancel { id, now: Utc::now(), reply }).await
-    }
-
-    /// See [`super::JobReader::list`].
-    pub async fn list(&self, filter: ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
-        self.call(|reply| Command::List { filter, before, limit, reply }).await
-    }
-
-    /// Records started and finished jobs in one transaction. On failure the progress
-    /// comes back, to be tried again.
-    pub async fn record_progress(
-        &self,
-        started: Vec<StartedJob>,
-        finished: Vec<FinishedJob>,
-    ) -> Result<(), ProgressNotRecorded> {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::RecordProgress { started, finished, reply };
-        if let Err(mpsc::error::SendError(command)) = self.commands.send(command).await {
-            let Command::RecordProgress { started, finished, .. } = command else { unreachable!("sent just above") };
-            return Err(ProgressNotRecorded { error: queue_closed(), started, finished });
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(ProgressNotRecorded { error: queue_closed(), started: Vec::new(), finished: Vec::new() })
-        })
-    }
-
-    /// See [`super::JobWriter::purge_finished`].
-    pub async fn purge_finished(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {
-        self.call(|reply| Command::Purge { cutoff, limit, reply }).await
-    }
-
-    /// See [`super::JobReader::get`].
-    pub async fn get(&self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError> {
-        self.call(|reply| Command::Get { id, with_payload, reply }).await
-    }
-
-    /// Depth, durability and whether writes currently succeed.
-    pub async fn status(&self) -> Result<QueueStatus, StorageError> {
-        self.call(|reply| Command::Status { reply }).await
-    }
-}
+pub use handle::QueueHandle;
 
 #[cfg(test)]
 mod tests;

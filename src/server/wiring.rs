@@ -111,7 +111,7 @@ pub(super) async fn wire(
         .with_systemd(notifier.clone(), crate::systemd::watchdog_interval())
         .start();
     let probe_task = actix::spawn(store_health.clone().run(store.clone(), dispatcher.clone()));
-    let ingest = Ingest::new(queue.clone(), stats.clone(), metrics.clone(), config.group_commit, config.max_attempts)
+    let ingest = Ingest::new(queue.clone(), metrics.clone(), config.group_commit, config.max_attempts)
         .with_max_pending_bytes(config.ingest_max_pending_bytes)
         .start();
     let purge_task = actix::spawn(purge_periodically(queue.clone(), config.retention));

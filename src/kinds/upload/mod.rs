@@ -202,7 +202,12 @@ impl Kind for Upload {
                 metadata: args.metadata.into_iter().collect(),
             };
             tracing::debug!(key = %key, bytes = bytes.len(), "uploading");
-            Ok(store.put(&key, bytes, &options).await?)
+            let written = store.put(&key, bytes, &options).await?;
+            Ok(JobResult::with([
+                ("key", Some(key.to_string().into())),
+                ("size", Some(written.size.into())),
+                ("etag", written.etag.map(Into::into)),
+            ]))
         })
     }
 

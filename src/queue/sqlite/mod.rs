@@ -1,5 +1,14 @@
 //! The durable backend, the default: `<data_dir>/queue.db` in SQLite, WAL mode, one
 //! transaction per batch of commands. A job it accepted survives `kill -9`.
+//!
+//! It claims jobs with a cursor over `ready_seq` instead of writing a claim: a claimed job
+//! is still `queued` on disk until its start is recorded, so a crash loses no claim, and on
+//! open every job left `running` is queued again (or made `dead` if that was its last
+//! attempt). Counts by state are kept in memory (`books.rs`), loaded at open and restored on
+//! rollback. Commits cost per statement and per fsync, not per row, so new jobs go in with
+//! multi-row INSERTs, attempts that ended alike are recorded by one UPDATE naming all their
+//! ids (`sql.rs`), and jobs just inserted stay in memory for the next claim (`fresh.rs`).
+//! WAL checkpoints and the fsync run on threads of their own (`wal.rs`).
 
 use std::path::Path;
 

@@ -1,0 +1,102 @@
+//! [`QueueHandle`]: how actors and handlers call the queue thread, each call a command
+//! answered on a channel of its own.
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Command, Fetch, ProgressNotRecorded, Reply, SubmissionAnswer, Waiting};
+use crate::job::{FinishedJob, Job, JobId, JobRecord, StartedJob};
+use crate::queue::{ControlError, JobPage, ListFilter, QueueStatus, ReadyBatch, StorageError};
+
+/// The error every [`QueueHandle`] call returns once the queue thread has stopped.
+fn queue_closed() -> StorageError {
+    StorageError::new("the queue thread has stopped")
+}
+
+/// A cheap, cloneable way to talk to the queue thread. Every call is async and
+/// answered by the thread; the number of calls in flight is bounded by the channel.
+#[derive(Clone)]
+pub struct QueueHandle {
+    pub(super) commands: mpsc::Sender<Command>,
+}
+
+impl QueueHandle {
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(command(reply)).await.map_err(|_| queue_closed())?;
+        answer.await.map_err(|_| queue_closed())?
+    }
+
+    /// Enqueues a group of submissions in one transaction; see [`super::JobWriter::enqueue`].
+    pub async fn enqueue_group(&self, group: Vec<Vec<Job>>) -> Result<Vec<SubmissionAnswer>, StorageError> {
+        self.call(|reply| Command::Enqueue { group, reply }).await
+    }
+
+    /// Claims up to `max` ready jobs (see [`super::JobWriter::claim`]); answered at once.
+    pub async fn take_ready(&self, max: usize) -> Result<ReadyBatch, StorageError> {
+        self.call(|reply| Command::TakeReady(Fetch { max, wait: None, reply })).await
+    }
+
+    /// Like [`take_ready`](Self::take_ready), but when nothing is ready the queue thread
+    /// holds the call and answers it right after the next commit that readies jobs, or that
+    /// makes a delayed job due before `timer_due` (when the caller's own timer fires), or
+    /// at [`nudge`](Self::nudge). A cancel also answers it, so that the caller learns that
+    /// its fetch cannot bring the cancelled job. One such call is meant to be in flight.
+    pub async fn wait_ready(&self, max: usize, timer_due: Option<DateTime<Utc>>) -> Result<ReadyBatch, StorageError> {
+        self.call(|reply| Command::TakeReady(Fetch { max, wait: Some(Waiting { timer_due }), reply })).await
+    }
+
+    /// Answers the call of [`wait_ready`](Self::wait_ready) that waits, if any, with what
+    /// is ready now: the caller's timer fired, and delayed jobs may be due.
+    pub async fn nudge(&self) -> Result<(), StorageError> {
+        self.commands.send(Command::Nudge).await.map_err(|_| queue_closed())
+    }
+
+    /// See [`super::JobWriter::retry_dead`].
+    pub async fn retry_dead(&self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {
+        self.call(|reply| Command::Retry { id, reply }).await
+    }
+
+    /// See [`super::JobWriter::cancel`].
+    pub async fn cancel(&self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {
+        self.call(|reply| Command::Cancel { id, now: Utc::now(), reply }).await
+    }
+
+    /// See [`super::JobReader::list`].
+    pub async fn list(&self, filter: ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
+        self.call(|reply| Command::List { filter, before, limit, reply }).await
+    }
+
+    /// Records started and finished jobs in one transaction. On failure the progress
+    /// comes back, to be tried again.
+    pub async fn record_progress(
+        &self,
+        started: Vec<StartedJob>,
+        finished: Vec<FinishedJob>,
+    ) -> Result<(), ProgressNotRecorded> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::RecordProgress { started, finished, reply };
+        if let Err(mpsc::error::SendError(command)) = self.commands.send(command).await {
+            let Command::RecordProgress { started, finished, .. } = command else { unreachable!("sent just above") };
+            return Err(ProgressNotRecorded { error: queue_closed(), started, finished });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ProgressNotRecorded { error: queue_closed(), started: Vec::new(), finished: Vec::new() })
+        })
+    }
+
+    /// See [`super::JobWriter::purge_finished`].
+    pub async fn purge_finished(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {
+        self.call(|reply| Command::Purge { cutoff, limit, reply }).await
+    }
+
+    /// See [`super::JobReader::get`].
+    pub async fn get(&self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError> {
+        self.call(|reply| Command::Get { id, with_payload, reply }).await
+    }
+
+    /// Depth, durability and whether writes currently succeed.
+    pub async fn status(&self) -> Result<QueueStatus, StorageError> {
+        self.call(|reply| Command::Status { reply }).await
+    }
+}
