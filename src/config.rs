@@ -120,7 +120,7 @@ pub struct Settings {
     #[arg(long, env = "JOBD_MAX_WORKERS", global = true)]
     pub max_workers: Option<usize>,
 
-    /// Most jobs accepted and not yet finished; beyond it submissions get 429 [default: 100000].
+    /// Most jobs accepted and not yet finished; beyond it submissions get 429 [default: 1000000].
     #[arg(long, env = "JOBD_MAX_QUEUE", global = true)]
     pub max_queue: Option<usize>,
 

@@ -220,7 +220,72 @@ pub struct JobStore {
     open_multipart_uploads: Arc<watch::Sender<usize>>,
 }
 
+/// What `check-config` finds about a store, without creating or writing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorePlan {
+    /// Nothing to create: a remote or in-memory store, or a `file://` root that exists and
+    /// this user may write.
+    Ready,
+    /// The `file://` root does not exist; `serve` creates it, which this user may do.
+    WouldCreate(PathBuf),
+    /// This user could not write the `file://` root, or create it; the service may run as
+    /// another user (systemd's `DynamicUser=` and `StateDirectory=`).
+    NotWritable { root: PathBuf, reason: String },
+}
+
+/// The `file://` root a URL names, if it names one.
+fn local_root(parsed: &Url, url: &str) -> Result<Option<PathBuf>, StoreError> {
+    if parsed.scheme() != "file" {
+        return Ok(None);
+    }
+    // Collected from its components, so that a trailing slash does not show in messages.
+    parsed.to_file_path().map(|path| Some(path.components().collect())).map_err(|()| StoreError::InvalidUrl {
+        url: url.to_owned(),
+        reason: "a file:// URL needs an absolute path".to_owned(),
+    })
+}
+
+/// Whether this process may create entries in `dir`, asked of the kernel (`access(2)`)
+/// rather than tried, so that a check writes nothing.
+fn may_write(dir: &FsPath) -> Result<(), String> {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).map_err(|errno| {
+        format!("{} is not writable by this user (uid {}): {errno}", dir.display(), nix::unistd::geteuid())
+    })
+}
+
 impl JobStore {
+    /// Checks what [`from_url`](Self::from_url) would build, without side effects: the URL
+    /// and the store's settings parse, and a `file://` root exists and is writable, or the
+    /// nearest directory above it that exists is, so that it can be created.
+    pub fn check_url(url: &str, options: &StoreOptions) -> Result<StorePlan, StoreError> {
+        let invalid = |reason: String| StoreError::InvalidUrl { url: url.to_owned(), reason };
+        let parsed = Url::parse(url).map_err(|error| invalid(error.to_string()))?;
+        Path::parse(&options.key_prefix).map_err(|error| invalid(format!("key_prefix: {error}")))?;
+        match parsed.scheme() {
+            "file" => {
+                let root = local_root(&parsed, url)?.unwrap_or_default();
+                if root.is_dir() {
+                    return Ok(may_write(&root).map_or_else(
+                        |reason| StorePlan::NotWritable { root: root.clone(), reason },
+                        |()| StorePlan::Ready,
+                    ));
+                }
+                let existing = root.ancestors().find(|dir| dir.exists()).unwrap_or(FsPath::new("/"));
+                if !existing.is_dir() {
+                    let reason = format!("{} exists and is not a directory", existing.display());
+                    return Ok(StorePlan::NotWritable { root, reason });
+                }
+                Ok(match may_write(existing) {
+                    Ok(()) => StorePlan::WouldCreate(root),
+                    Err(reason) => StorePlan::NotWritable { root, reason },
+                })
+            }
+            // Building the S3 client checks its settings and connects to nothing.
+            "s3" | "memory" => Self::from_url(url, options).map(|_| StorePlan::Ready),
+            other => Err(invalid(format!("unsupported scheme {other:?}; use file://, s3:// or memory://"))),
+        }
+    }
+
     /// Builds the store a URL names. `file://` roots are created if missing.
     pub fn from_url(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let invalid = |reason: String| StoreError::InvalidUrl { url: url.to_owned(), reason };
@@ -228,8 +293,7 @@ impl JobStore {
         let key_prefix = Path::parse(&options.key_prefix).map_err(|error| invalid(format!("key_prefix: {error}")))?;
         let (store, kind, local_root): (Arc<dyn ObjectStore>, _, _) = match parsed.scheme() {
             "file" => {
-                let root =
-                    parsed.to_file_path().map_err(|()| invalid("a file:// URL needs an absolute path".to_owned()))?;
+                let root = local_root(&parsed, url)?.unwrap_or_default();
                 create_durable_dir(&root).map_err(|source| StoreError::CreateRoot { path: root.clone(), source })?;
                 let root =
                     root.canonicalize().map_err(|source| StoreError::CreateRoot { path: root.clone(), source })?;

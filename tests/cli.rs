@@ -110,3 +110,23 @@ fn help_documents_every_setting() {
         assert!(text.contains(variable), "--help lacks {variable}:\n{text}");
     }
 }
+
+/// `check-config` writes nothing: run where the default data directory does not exist, it
+/// says what `serve` would create, and leaves the directory as it found it.
+#[test]
+fn check_config_creates_nothing_and_says_what_serve_would_create() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jobd"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("JOBD_") || key == "STATE_DIRECTORY" || key == "CONFIGURATION_DIRECTORY" {
+            command.env_remove(key);
+        }
+    }
+    let output = command.arg("check-config").current_dir(dir.path()).output().expect("run jobd");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").flatten().map(|entry| entry.path()).collect();
+    assert!(left.is_empty(), "check-config wrote {left:?}");
+    assert!(stderr.contains("jobd-data/objects does not exist; serve creates it"), "{stderr}");
+    assert!(stderr.contains("queue.db does not exist; serve creates it"), "{stderr}");
+}

@@ -175,6 +175,19 @@ async fn http_requests_are_counted_by_route_pattern_never_by_path() {
     assert!(!scrape.contains("0190a1b2"), "a concrete path became a label:\n{scrape}");
 }
 
+/// Only the kinds that can run have series: with the test kinds off (the default), no
+/// `sleep`, `fail` or `panic` series sit at zero for ever.
+#[tokio::test]
+async fn only_the_kinds_that_can_run_have_series() {
+    let daemon = Daemon::start(&[("JOBD_TEST_KINDS", "0")]);
+    let scrape = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
+    assert_eq!(sample(&scrape, "jobd_jobs_submitted_total{kind=\"upload\"}"), Some(0.0), "{scrape}");
+    assert_eq!(sample(&scrape, "jobd_jobs_submitted_total{kind=\"noop\"}"), Some(0.0));
+    for kind in ["sleep", "fail", "panic"] {
+        assert!(!scrape.contains(&format!("kind=\"{kind}\"")), "a series for {kind}: {scrape}");
+    }
+}
+
 #[tokio::test]
 async fn gauges_tell_the_truth() {
     let daemon = Daemon::start(&[("JOBD_MAX_WORKERS", "3")]);

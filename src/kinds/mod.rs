@@ -147,6 +147,16 @@ pub fn all_names() -> impl Iterator<Item = &'static str> {
     REGISTRY.iter().map(|registration| registration.name)
 }
 
+/// The names of the kinds a daemon runs: every kind, and the test kinds only with
+/// `test_kinds`. What the metrics' `kind` labels are made of.
+pub fn registered_names(test_kinds: bool) -> Vec<&'static str> {
+    REGISTRY
+        .iter()
+        .filter(|registration| test_kinds || !registration.test_only)
+        .map(|registration| registration.name)
+        .collect()
+}
+
 /// The kinds this daemon runs, by name.
 #[derive(Debug, Clone)]
 pub struct Kinds {

@@ -15,7 +15,7 @@ use crate::auth::{Authenticator, TokenFileError};
 use crate::config::Config;
 use crate::metrics::{Metrics, MetricsError};
 use crate::queue::{OpenError, QueueHandle, QueueLost, QueueThread, StorageError};
-use crate::store::{JobStore, StoreError};
+use crate::store::{JobStore, StoreError, StorePlan};
 use crate::tls::{CertificateReloader, TlsError};
 use shutdown::{Signals, Stop};
 
@@ -44,9 +44,10 @@ pub enum ServeError {
     Tls(#[from] TlsError),
 }
 
-/// Checks what `serve` would build from `config` without starting anything: the store
-/// URL is parsed and the store built (a `file://` root is created). With `probe`, the
-/// store is also asked once whether it answers.
+/// Checks what `serve` would build from `config` without starting anything or writing
+/// anything: the token file, the certificate, the store URL (and, for a `file://` store,
+/// whether its root exists or could be created). With `probe`, a remote store is also
+/// asked once whether it answers.
 pub fn check(config: &Config, probe: bool) -> Result<(), ServeError> {
     let auth = authenticator(config)?;
     if let Some(path) = &config.tokens_file {
@@ -59,8 +60,29 @@ pub fn check(config: &Config, probe: bool) -> Result<(), ServeError> {
         reloader.server_config()?;
         eprintln!("jobd: TLS certificate and key are valid");
     }
-    let store = JobStore::from_url(&config.store_url, &config.store_options())?;
-    if probe {
+    // A check writes nothing: it says what `serve` would create, and whether it could.
+    match JobStore::check_url(&config.store_url, &config.store_options())? {
+        StorePlan::Ready => {}
+        StorePlan::WouldCreate(root) => {
+            eprintln!("jobd: the store root {} does not exist; serve creates it", root.display())
+        }
+        StorePlan::NotWritable { root, reason } => eprintln!(
+            "jobd: warning: serve could not create or write the store root {}: {reason} (the service may run as \
+             another user: under systemd, DynamicUser= and StateDirectory= decide)",
+            root.display()
+        ),
+    }
+    if config.queue_path().exists() {
+        eprintln!(
+            "jobd: the queue {} exists; serve opens it and recovers what it holds",
+            config.queue_path().display()
+        );
+    } else {
+        eprintln!("jobd: the queue {} does not exist; serve creates it", config.queue_path().display());
+    }
+    // A probe of a `file://` store is the check above; a remote one is asked once.
+    if probe && !config.store_url.starts_with("file:") {
+        let store = JobStore::from_url(&config.store_url, &config.store_options())?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ServeError::Http)?;
         runtime.block_on(store.probe())?;
         eprintln!("jobd: store {} answers", store.url());
@@ -131,7 +153,7 @@ fn reload(auth: &Authenticator, certificate: Option<&CertificateReloader>, metri
 pub fn serve(config: Config) -> Result<(), ServeError> {
     // The queue opens, and recovers, before anything listens: jobd is ready only after
     // recovery.
-    let metrics = Arc::new(Metrics::new()?);
+    let metrics = Arc::new(Metrics::new(&crate::kinds::registered_names(config.test_kinds))?);
     let backend = crate::queue::open(&config.queue_settings())?;
     let (queue, queue_lost) =
         QueueThread::spawn(backend, config.group_commit, metrics.commit_metrics()).map_err(ServeError::QueueThread)?;
