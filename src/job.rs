@@ -247,6 +247,8 @@ pub struct JobRecord {
     pub run_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The error of the latest attempt, if it failed; a success clears it. Every attempt's
+    /// error is in the logs, with the job's id.
     pub last_error: Option<String>,
     pub result: Option<JobResult>,
     #[serde(skip_serializing_if = "Option::is_none")]

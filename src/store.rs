@@ -61,6 +61,31 @@ pub enum StoreError {
     SymlinkCheck(std::io::Error),
     #[error("jobd is shutting down: the multipart upload was aborted and the job will run again")]
     ShuttingDown,
+    /// A `file://` store refused a write. The message names the key, never the server's
+    /// path, which a client has no business seeing.
+    #[error("cannot write key {key}: {}", local_reason(*.kind))]
+    Local { key: String, kind: std::io::ErrorKind },
+}
+
+/// What a file system error means for a key.
+fn local_reason(kind: std::io::ErrorKind) -> String {
+    match kind {
+        std::io::ErrorKind::NotADirectory => "a key above it is an object, so it cannot be a directory".to_owned(),
+        std::io::ErrorKind::IsADirectory => "other keys lie below it, so it is a directory".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The file system error in an object_store error's source chain, if there is one.
+fn io_error_kind(error: &object_store::Error) -> Option<std::io::ErrorKind> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cause = error.source();
+    }
+    None
 }
 
 fn describe(code: Option<&str>, source: &object_store::Error) -> String {
@@ -99,6 +124,14 @@ impl StoreError {
                     | object_store::Error::UnknownConfigurationKey { .. }
             ),
             StoreError::SymlinkCheck(_) | StoreError::ShuttingDown => true,
+            // The key itself cannot be written; another attempt meets the same file system.
+            StoreError::Local { kind, .. } => !matches!(
+                kind,
+                std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::IsADirectory
+                    | std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::InvalidFilename
+            ),
             StoreError::InvalidUrl { .. } | StoreError::CreateRoot { .. } | StoreError::Symlink(_) => false,
         }
     }
@@ -394,12 +427,28 @@ impl JobStore {
         let size = body.len() as u64;
         let attributes = self.attributes(options);
         let written = if body.len() >= self.multipart_threshold {
-            self.put_multipart(key, body, attributes).await?
+            self.put_multipart(key, body, attributes).await
         } else {
             let options = PutOptions { attributes, ..PutOptions::default() };
-            self.store.put_opts(key, PutPayload::from(body), options).await?
+            self.store.put_opts(key, PutPayload::from(body), options).await.map_err(StoreError::from)
         };
+        let written = written.map_err(|error| self.without_local_paths(key, error))?;
         Ok(Written { size, etag: written.e_tag })
+    }
+
+    /// A `file://` store's error as [`StoreError::Local`]: object_store's own text carries
+    /// the absolute path of its temporary file, which a job's record must not show.
+    fn without_local_paths(&self, key: &Path, error: StoreError) -> StoreError {
+        match (&self.local_root, &error) {
+            (Some(_), StoreError::ObjectStore { source, .. }) => match io_error_kind(source) {
+                Some(kind) => {
+                    tracing::debug!(key = %key, error = %error, "the file store refused a write");
+                    StoreError::Local { key: key.to_string(), kind }
+                }
+                None => error,
+            },
+            _ => error,
+        }
     }
 
     fn attributes(&self, options: &UploadOptions) -> Attributes {

@@ -7,8 +7,8 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// Installs the global subscriber and a panic hook that logs through it. The filter
-/// comes from `JOBD_LOG` (same syntax as `RUST_LOG`), default `info`. Logs go to standard
-/// error, which systemd's journal and test harnesses both capture.
+/// comes from `JOBD_LOG` (same syntax as `RUST_LOG`), default [`DEFAULT_FILTER`]. Logs go
+/// to standard error, which systemd's journal and test harnesses both capture.
 pub fn init(format: LogFormat) {
     install(format);
     // The default hook writes several pieces to stderr from whichever thread panicked,
@@ -27,8 +27,13 @@ pub fn init(format: LogFormat) {
     }));
 }
 
+/// The log filter without `JOBD_LOG`: `info`, except actix-server's start-up lines
+/// (workers started, the runtime found, the service listening), which repeat jobd's own
+/// "jobd listening" line.
+pub const DEFAULT_FILTER: &str = "info,actix_server=warn";
+
 fn install(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("JOBD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("JOBD_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

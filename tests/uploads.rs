@@ -109,3 +109,40 @@ async fn keys_that_escape_the_root_are_refused_and_nothing_is_written_outside() 
     assert!(files_under(&daemon.objects_dir()).is_empty(), "no object was written at all");
     assert_eq!(stats["counters"]["jobs"]["accepted"], 1, "only the symlink job was accepted");
 }
+
+/// A key that the file system cannot hold (`t/a/b` below the object `t/a`) fails its job
+/// for good at the first attempt, with a message that names the key and not the server's
+/// paths; retried once the way is clear, the job succeeds, and its record no longer shows
+/// the old error. At the default `max_attempts`.
+#[tokio::test]
+async fn a_key_below_an_object_fails_for_good_without_server_paths_and_a_success_clears_the_error() {
+    let daemon = Daemon::start(&[]);
+    let first = json!({"kind": "upload", "payload": {"n": 1}, "key": "t/a"});
+    let id = accepted_ids(daemon.post_json("/v1/jobs", &first).await).await.remove(0);
+    daemon.wait_for_job(&id, "the first upload", |record| record["state"] == "succeeded").await;
+
+    let below = json!({"kind": "upload", "payload": {"n": 2}, "key": "t/a/b"});
+    let id = accepted_ids(daemon.post_json("/v1/jobs", &below).await).await.remove(0);
+    let record = daemon.wait_for_job(&id, "the blocked upload", |record| record["state"] == "dead").await;
+    assert_eq!(record["attempts"], 1, "a permanent error uses one attempt: {record}");
+    let error = record["last_error"].as_str().expect("an error");
+    assert!(error.contains("cannot write key t/a/b") && error.contains("is an object"), "{error}");
+    let root = daemon.objects_dir();
+    assert!(!error.contains(root.to_str().expect("utf-8")) && !error.contains('#'), "server paths in {error:?}");
+
+    // The way cleared, a retry succeeds, and the record shows no error any more.
+    std::fs::remove_file(root.join("t/a")).expect("remove the blocking object");
+    let retried = daemon.client.post(daemon.url(&format!("/v1/jobs/{id}/retry"))).send().await.expect("retry");
+    assert_eq!(retried.status(), 202);
+    let record = daemon.wait_for_job(&id, "the retried upload", |record| record["state"] == "succeeded").await;
+    assert_eq!(record["last_error"], Value::Null, "{record}");
+
+    // Only a dead job can be retried, and the refusal says so.
+    let again = daemon.client.post(daemon.url(&format!("/v1/jobs/{id}/retry"))).send().await.expect("retry");
+    assert_eq!(again.status(), 409);
+    let problem: Value = again.json().await.expect("problem");
+    assert!(
+        problem["detail"].as_str().is_some_and(|detail| detail.contains("only a dead job can be retried")),
+        "{problem}"
+    );
+}

@@ -366,7 +366,7 @@ impl Dispatcher {
                 tracing::info!(
                     job_id = %running.id,
                     attempt = running.attempt,
-                    retry_at = %at.to_rfc3339(),
+                    retry_at = %at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                     "job will be retried"
                 );
             }

@@ -73,7 +73,8 @@ impl Worker {
 
     /// Counts, logs and reports one attempt's outcome; stops the worker after a panic.
     fn finish(&mut self, ctx: &mut Context<Self>, outcome: Outcome, started: Instant) {
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Microsecond precision: more digits are noise in a log line.
+        let elapsed_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
         self.runner.metrics.job_duration.with_label_values(&[self.kind]).observe(started.elapsed().as_secs_f64());
         match &outcome {
             Outcome::Succeeded(result) => {

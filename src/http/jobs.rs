@@ -91,7 +91,7 @@ async fn check_control_access(request: &HttpRequest, state: &AppState, job_id: J
     let Some(tenant) = confined_tenant(request) else { return Ok(()) };
     match visible_record(state, job_id, false, Some(&tenant)).await? {
         Some(_) => Ok(()),
-        None => Err(control_problem(job_id, ControlError::NotFound)),
+        None => Err(Problem::not_found(format!("no job {job_id}"))),
     }
 }
 
@@ -162,15 +162,29 @@ fn parse_job_id(id: &str) -> Result<JobId, Problem> {
     JobId::parse(id).ok_or_else(|| Problem::not_found(format!("{id:?} is not a job id")))
 }
 
+/// What a control request asked for, for the message that refuses it.
+#[derive(Clone, Copy)]
+enum Control {
+    Retry,
+    Cancel,
+}
+
 /// Turns a refused control request into its problem.
-fn control_problem(id: JobId, error: ControlError) -> Problem {
+fn control_problem(id: JobId, control: Control, error: ControlError) -> Problem {
     match error {
         ControlError::NotFound => Problem::not_found(format!("no job {id}")),
         ControlError::Conflict(job_state) => Problem::new(
             actix_web::http::StatusCode::CONFLICT,
             "conflict",
             "Conflict",
-            format!("job {id} is {}", job_state.name()),
+            match control {
+                Control::Retry => format!("job {id} is {}; only a dead job can be retried", job_state.name()),
+                Control::Cancel => format!(
+                    "job {id} is {}; only a job that has not started (queued, scheduled, or failed and waiting \
+                     for its retry) can be cancelled",
+                    job_state.name()
+                ),
+            },
         ),
         ControlError::Refused(refusal) => Problem::new(
             actix_web::http::StatusCode::TOO_MANY_REQUESTS,
@@ -207,7 +221,7 @@ pub(super) async fn retry_job(
     let job_id = parse_job_id(&id)?;
     check_control_access(&request, &state, job_id).await?;
     let result = state.queue.retry_dead(job_id).await.map_err(|error| Problem::unavailable(error.to_string()))?;
-    result.map_err(|error| control_problem(job_id, error))?;
+    result.map_err(|error| control_problem(job_id, Control::Retry, error))?;
     Ok(HttpResponse::Accepted().json(AcceptedJob { id: job_id, state: JobState::Queued }))
 }
 
@@ -241,6 +255,6 @@ pub(super) async fn cancel_job(
         .await
         .map_err(|error| Problem::unavailable(format!("the Dispatcher is unavailable ({error})")))?
         .map_err(|error| Problem::unavailable(error.to_string()))?;
-    result.map_err(|error| control_problem(job_id, error))?;
+    result.map_err(|error| control_problem(job_id, Control::Cancel, error))?;
     Ok(HttpResponse::Ok().json(AcceptedJob { id: job_id, state: JobState::Cancelled }))
 }

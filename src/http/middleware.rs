@@ -104,7 +104,7 @@ pub async fn check_host(
         host = shown,
         method = %request.method(),
         path = request.path(),
-        peer = ?request.peer_addr(),
+        peer = request.peer_addr().map(tracing::field::display),
         "request refused"
     );
     let listen = if listen_ip.is_unspecified() { "an IP address".to_owned() } else { listen_ip.to_string() };

@@ -132,7 +132,7 @@ async fn authorize(
                 scope = scope.name(),
                 method = %request.method(),
                 path = request.path(),
-                peer = ?request.peer_addr(),
+                peer = request.peer_addr().map(tracing::field::display),
                 "request refused"
             );
             Ok(request.error_response(Problem::from(failure)))

@@ -95,9 +95,7 @@ impl MemoryBackend {
             entry.record.state = state;
             entry.record.run_at = end.retry_at.or(entry.record.run_at);
             entry.record.finished_at = state.is_finished().then_some(end.finished_at);
-            if let Some(error) = end.outcome.error() {
-                entry.record.last_error = Some(error);
-            }
+            entry.record.last_error = end.outcome.error();
             if let Outcome::Succeeded(result) = &end.outcome {
                 entry.record.result = Some(result.clone());
             }

@@ -74,6 +74,7 @@ pub fn open(settings: &QueueSettings) -> Result<Box<dyn QueueBackend>, OpenError
                 requeued_running = recovery.requeued,
                 dead_after_dying_mid_attempt = recovery.buried,
                 queued = recovery.queued,
+                delayed = recovery.delayed,
                 "queue opened and recovered"
             );
             Ok(Box::new(backend))

@@ -5,6 +5,7 @@
 
 mod serving;
 mod shutdown;
+mod summary;
 mod wiring;
 
 use std::sync::Arc;

@@ -48,6 +48,8 @@ pub(super) struct Wiring {
     pub(super) probe_task: JoinHandle<()>,
     /// The retention purge ([`purge_periodically`]).
     pub(super) purge_task: JoinHandle<()>,
+    /// The periodic activity line ([`super::summary::log_activity`]).
+    pub(super) summary_task: JoinHandle<()>,
     /// What every HTTP handler shares.
     pub(super) state: web::Data<AppState>,
 }
@@ -115,6 +117,12 @@ pub(super) async fn wire(
         .with_max_pending_bytes(config.ingest_max_pending_bytes)
         .start();
     let purge_task = actix::spawn(purge_periodically(queue.clone(), config.retention));
+    let summary_task = actix::spawn(super::summary::log_activity(
+        queue.clone(),
+        stats.clone(),
+        metrics.clone(),
+        super::summary::SUMMARY_PERIOD,
+    ));
 
     let state = web::Data::new(AppState {
         ingest,
@@ -148,6 +156,7 @@ pub(super) async fn wire(
         dispatcher,
         probe_task,
         purge_task,
+        summary_task,
         state,
     })
 }

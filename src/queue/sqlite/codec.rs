@@ -31,6 +31,7 @@ pub(super) struct FinishColumns {
     pub(super) state: JobState,
     /// Set only when the job will not run again.
     pub(super) finished_at: Option<i64>,
+    /// The attempt's error; `None` for a success, which clears the previous one.
     pub(super) error: Option<String>,
     pub(super) result: Option<String>,
     pub(super) retry_at: Option<i64>,

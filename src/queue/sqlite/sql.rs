@@ -82,7 +82,7 @@ pub(super) fn finish_sql(from: JobState, ids: usize) -> &'static str {
             sized_statements(|ids| {
                 format!(
                     "UPDATE OR ROLLBACK jobs INDEXED BY sqlite_autoindex_jobs_1 SET state = ?, started_at = COALESCE(?, started_at),
-                         attempts = attempts + ?, finished_at = ?, last_error = COALESCE(?, last_error), result = ?,
+                         attempts = attempts + ?, finished_at = ?, last_error = ?, result = ?,
                          run_at = COALESCE(?, run_at)
                      WHERE state = '{}' AND id IN ({})",
                     from.name(),
