@@ -38,6 +38,8 @@ control=$(mktemp -d)
 trap 'rm -rf "$control"' EXIT
 dpkg-deb -e "$deb" "$control"
 grep -qx "/etc/jobd/jobd.toml" "$control/conffiles" || { echo "check-deb: jobd.toml is not a conffile" >&2; failed=1; }
+# A first installation says that jobd runs without authentication, on loopback only.
+grep -q "without authentication" "$control/postinst" || { echo "check-deb: postinst lacks the post-install message" >&2; failed=1; }
 grep -q "deb-systemd-helper enable jobd.service" "$control/postinst" || { echo "check-deb: postinst does not enable the unit" >&2; failed=1; }
 sh -n "$control/postinst" "$control/prerm" "$control/postrm" || failed=1
 if [ "$failed" -ne 0 ]; then

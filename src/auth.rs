@@ -103,6 +103,24 @@ pub enum TokenFileError {
     Shape { line: usize },
     #[error("token file line {line}, column {column} ({column_name}): {problem}")]
     Column { line: usize, column: usize, column_name: &'static str, problem: String },
+    #[error("the system's random number generator failed")]
+    Random,
+}
+
+/// A line for the token file: `name`, `scopes` (comma-separated) and a new token of 32
+/// random bytes from the system's cryptographic generator, hex-encoded (64 characters),
+/// with `allowed_key_prefixes` if given. The line is checked as the token file would
+/// check it, so a bad name or scope is refused here, not at the next reload.
+pub fn new_token_line(name: &str, scopes: &str, allowed_key_prefixes: Option<&str>) -> Result<String, TokenFileError> {
+    let mut secret = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut secret).map_err(|_| TokenFileError::Random)?;
+    let token: String = secret.iter().map(|byte| format!("{byte:02x}")).collect();
+    let mut line = format!("{name} {scopes} {token}");
+    if let Some(prefixes) = allowed_key_prefixes {
+        line.push_str(&format!(" allowed_key_prefixes={prefixes}"));
+    }
+    TokenSet::parse(&line)?;
+    Ok(line)
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {

@@ -76,7 +76,7 @@ pub struct Cli {
 }
 
 /// What to do.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the daemon until SIGTERM or SIGINT.
     Serve,
@@ -85,6 +85,26 @@ pub enum Command {
         /// Also check once that the object store answers (e.g. the S3 bucket is reachable).
         #[arg(long)]
         probe: bool,
+    },
+    /// Manage bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `jobd token ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Print a line for the token file with a new random token: `<name> <scopes> <token>`.
+    /// Append it to the file (`>> tokens`), then reload jobd (SIGHUP) or start it.
+    New {
+        /// The token's name, shown in logs and metrics: letters, digits, '-', '_', '.'.
+        name: String,
+        /// Comma-separated scopes: submit, read, admin.
+        scopes: String,
+        /// Confine the token's uploads (and its view of jobs) to keys under these
+        /// comma-separated prefixes.
+        #[arg(long)]
+        allowed_key_prefixes: Option<String>,
     },
 }
 

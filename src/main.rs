@@ -5,10 +5,23 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use jobd::config::{Cli, Command, Config};
+use jobd::config::{Cli, Command, Config, TokenCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A new token needs no configuration: it is printed for the operator to add.
+    if let Command::Token(TokenCommand::New { name, scopes, allowed_key_prefixes }) = &cli.command {
+        return match jobd::server::new_token_line(name, scopes, allowed_key_prefixes.as_deref()) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("jobd: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
     jobd::telemetry::init(cli.log_format);
     let config = match Config::load(cli.settings, cli.config.as_deref()) {
         Ok(config) => config,
@@ -34,6 +47,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Token(_) => ExitCode::SUCCESS,
         Command::Serve => match jobd::server::serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

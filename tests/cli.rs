@@ -1,6 +1,8 @@
 //! The command line: `check-config` accepts good settings and names the bad one, and
 //! `--help` documents every setting's environment variable.
 
+mod common;
+
 use std::process::Command;
 
 fn jobd(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
@@ -129,4 +131,31 @@ fn check_config_creates_nothing_and_says_what_serve_would_create() {
     assert!(left.is_empty(), "check-config wrote {left:?}");
     assert!(stderr.contains("jobd-data/objects does not exist; serve creates it"), "{stderr}");
     assert!(stderr.contains("queue.db does not exist; serve creates it"), "{stderr}");
+}
+
+/// `jobd token new` prints a token-file line with a fresh 64-character token; the line
+/// works as printed: a daemon started with it accepts the token and refuses no token.
+#[tokio::test]
+async fn a_new_token_line_works_as_printed() {
+    let output = jobd(&["token", "new", "ingest", "submit,read"], &[]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let line = String::from_utf8(output.stdout).expect("utf-8");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[..2], ["ingest", "submit,read"], "{line}");
+    assert!(fields[2].len() == 64 && fields[2].chars().all(|c| c.is_ascii_hexdigit()), "{line}");
+    let again = jobd(&["token", "new", "ingest", "submit,read"], &[]);
+    assert_ne!(String::from_utf8_lossy(&again.stdout), line, "every token is new");
+    let bad = jobd(&["token", "new", "ingest", "submit,write"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scope"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, &line).expect("write the token file");
+    let daemon = common::Daemon::start(&[("JOBD_TOKENS_FILE", tokens.to_str().expect("utf-8 path"))]);
+    let job = serde_json::json!({"kind": "noop"});
+    let with = daemon.client.post(daemon.url("/v1/jobs")).bearer_auth(fields[2]).json(&job).send().await;
+    assert_eq!(with.expect("POST").status(), 202);
+    let without = daemon.client.post(daemon.url("/v1/jobs")).json(&job).send().await;
+    assert_eq!(without.expect("POST").status(), 401);
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+pub use crate::auth::new_token_line;
 use crate::auth::{Authenticator, TokenFileError};
 use crate::config::Config;
 use crate::metrics::{Metrics, MetricsError};
