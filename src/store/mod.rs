@@ -8,43 +8,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientConfigKey, MultipartUpload, ObjectStore, ObjectStoreExt,
-    PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    Attribute, Attributes, MultipartUpload, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
 };
 use tokio::sync::{Semaphore, watch};
 use url::Url;
 
 use crate::job::JobId;
 
+mod local;
+mod s3;
+
+pub use local::StorePlan;
+use local::{create_durable_dir, io_error_kind, local_reason, local_root, may_write, refuse_symlinks};
+use s3::{PERMANENT_S3_CODES, UNAVAILABLE_S3_CODES, s3_builder, s3_error_code};
+
 /// The size of each part of a multipart upload. S3 wants at least 5 MiB per part but the
 /// last; 8 MiB parts keep the number of requests low without holding much per request.
 const PART_SIZE: usize = 8 * 1024 * 1024;
-
-/// S3 error codes after which another attempt cannot succeed: the job goes dead at once.
-const PERMANENT_S3_CODES: [&str; 12] = [
-    "AccessDenied",
-    "AllAccessDisabled",
-    "AccountProblem",
-    "InvalidAccessKeyId",
-    "InvalidBucketName",
-    "InvalidArgument",
-    "InvalidRequest",
-    "InvalidClientTokenId",
-    "MalformedXML",
-    "NoSuchBucket",
-    "SignatureDoesNotMatch",
-    "EntityTooLarge",
-];
-
-/// S3 error codes that say the service, not the request, is in trouble: throttling and
-/// server-side failures, which hit every job alike while they last.
-const UNAVAILABLE_S3_CODES: [&str; 4] = ["SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"];
 
 /// Why the store could not be built or used.
 #[derive(Debug, thiserror::Error)]
@@ -67,27 +52,6 @@ pub enum StoreError {
     Local { key: String, kind: std::io::ErrorKind },
 }
 
-/// What a file system error means for a key.
-fn local_reason(kind: std::io::ErrorKind) -> String {
-    match kind {
-        std::io::ErrorKind::NotADirectory => "a key above it is an object, so it cannot be a directory".to_owned(),
-        std::io::ErrorKind::IsADirectory => "other keys lie below it, so it is a directory".to_owned(),
-        other => other.to_string(),
-    }
-}
-
-/// The file system error in an object_store error's source chain, if there is one.
-fn io_error_kind(error: &object_store::Error) -> Option<std::io::ErrorKind> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(error) = cause {
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        cause = error.source();
-    }
-    None
-}
-
 fn describe(code: Option<&str>, source: &object_store::Error) -> String {
     match code {
         Some(code) => format!("S3 {code}: {source}"),
@@ -99,13 +63,6 @@ impl From<object_store::Error> for StoreError {
     fn from(source: object_store::Error) -> Self {
         StoreError::ObjectStore { code: s3_error_code(&source.to_string()), source }
     }
-}
-
-/// The `<Code>` of an S3 error response quoted in an error's text, if any.
-fn s3_error_code(text: &str) -> Option<String> {
-    let start = text.find("<Code>")? + "<Code>".len();
-    let end = start + text[start..].find("</Code>")?;
-    Some(text[start..end].to_owned()).filter(|code| !code.is_empty() && code.len() < 64)
 }
 
 impl StoreError {
@@ -251,39 +208,6 @@ pub struct JobStore {
     /// Multipart uploads begun and neither completed nor aborted yet, including aborts
     /// still on their way; shutdown waits for this to reach zero.
     open_multipart_uploads: Arc<watch::Sender<usize>>,
-}
-
-/// What `check-config` finds about a store, without creating or writing anything.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorePlan {
-    /// Nothing to create: a remote or in-memory store, or a `file://` root that exists and
-    /// this user may write.
-    Ready,
-    /// The `file://` root does not exist; `serve` creates it, which this user may do.
-    WouldCreate(PathBuf),
-    /// This user could not write the `file://` root, or create it; the service may run as
-    /// another user (systemd's `DynamicUser=` and `StateDirectory=`).
-    NotWritable { root: PathBuf, reason: String },
-}
-
-/// The `file://` root a URL names, if it names one.
-fn local_root(parsed: &Url, url: &str) -> Result<Option<PathBuf>, StoreError> {
-    if parsed.scheme() != "file" {
-        return Ok(None);
-    }
-    // Collected from its components, so that a trailing slash does not show in messages.
-    parsed.to_file_path().map(|path| Some(path.components().collect())).map_err(|()| StoreError::InvalidUrl {
-        url: url.to_owned(),
-        reason: "a file:// URL needs an absolute path".to_owned(),
-    })
-}
-
-/// Whether this process may create entries in `dir`, asked of the kernel (`access(2)`)
-/// rather than tried, so that a check writes nothing.
-fn may_write(dir: &FsPath) -> Result<(), String> {
-    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).map_err(|errno| {
-        format!("{} is not writable by this user (uid {}): {errno}", dir.display(), nix::unistd::geteuid())
-    })
 }
 
 impl JobStore {
@@ -637,88 +561,6 @@ impl Drop for OpenUpload {
     fn drop(&mut self) {
         self.0.send_modify(|count| *count -= 1);
     }
-}
-
-/// The S3 client: the standard AWS environment, then jobd's settings, then systemd
-/// credentials, which win so that secrets need never be in the environment.
-fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    if let Some(endpoint) = &options.s3_endpoint {
-        builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
-    }
-    if let Some(region) = &options.s3_region {
-        builder = builder.with_region(region);
-    }
-    if options.s3_allow_http {
-        builder = builder.with_allow_http(true);
-    }
-    if let Some(key_id) = crate::systemd::credential("aws_access_key_id") {
-        builder = builder.with_access_key_id(key_id);
-    }
-    if let Some(secret) = crate::systemd::credential("aws_secret_access_key") {
-        builder = builder.with_secret_access_key(secret);
-    }
-    if let Some(token) = crate::systemd::credential("aws_session_token") {
-        builder = builder.with_token(token);
-    }
-    // object_store retries a request a little on its own; jobd's job retries (with their
-    // backoff) do the rest, so the two bound each other instead of multiplying.
-    let retry =
-        RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(15), backoff: BackoffConfig::default() };
-    // Set as keys, not as a new `ClientOptions`, which would drop what the environment
-    // and `with_allow_http` put there.
-    builder
-        .with_retry(retry)
-        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "120s")
-        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "5s")
-}
-
-/// Creates `dir` and any missing parents, then syncs each directory whose entries changed
-/// (every new one and the first that existed already), so that the store root survives a
-/// power loss as the objects synced into it do. An existing `dir` costs no sync.
-fn create_durable_dir(dir: &FsPath) -> std::io::Result<()> {
-    let mut first_existing = dir;
-    while !first_existing.exists() {
-        match first_existing.parent() {
-            Some(parent) => first_existing = parent,
-            None => break,
-        }
-    }
-    std::fs::create_dir_all(dir)?;
-    if first_existing == dir {
-        return Ok(());
-    }
-    let mut changed = dir;
-    loop {
-        std::fs::File::open(changed)?.sync_all()?;
-        match changed.parent() {
-            Some(parent) if changed != first_existing => changed = parent,
-            _ => return Ok(()),
-        }
-    }
-}
-
-/// Refuses a key if any existing directory on its way is a symbolic link.
-/// `LocalFileSystem` would follow such a link when it creates the object's directories,
-/// and an operator's stray link to `/etc` must not turn a job into a write outside the root.
-///
-/// The object itself is not looked up: `LocalFileSystem` writes a new file beside it and
-/// renames it into place, which replaces a link there instead of following it (a test
-/// checks this). Looking up a name that does not exist yet also takes the directory's
-/// lock, which every upload into the same directory contends for.
-fn refuse_symlinks(root: &FsPath, key: &str) -> Result<(), StoreError> {
-    let mut current = root.to_path_buf();
-    let directories = key.rsplit_once('/').map_or("", |(directories, _object)| directories);
-    for part in directories.split('/').filter(|part| !part.is_empty()) {
-        current.push(part);
-        match std::fs::symlink_metadata(&current) {
-            Ok(metadata) if metadata.file_type().is_symlink() => return Err(StoreError::Symlink(current)),
-            Ok(_) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(StoreError::SymlinkCheck(error)),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
