@@ -74,6 +74,16 @@ panel("Requests per commit (group commit batch size)", [
      "mean"),
     (f"histogram_quantile(0.99, sum by (le) (rate(jobd_store_commit_batch_size_bucket[{RATE}])))", "p99"),
 ])
+panel("Webhook deliveries per second, by destination and outcome",
+      [(f"sum by (destination, outcome) (rate(jobd_webhook_deliveries_total[{RATE}]))", "{{destination}} {{outcome}}")],
+      "ops", description="delivered (2xx), failed (5xx, 429, connection errors: retried), timed_out, "
+                         "rejected (410, other 4xx, redirects: final).")
+panel("Webhook delivery time p99, by destination",
+      [(f"histogram_quantile(0.99, sum by (le, destination) (rate(jobd_webhook_duration_seconds_bucket[{RATE}])))",
+        "{{destination}}")], "s")
+panel("Webhook circuits open", [("max by (destination) (jobd_webhook_circuit_open)", "{{destination}}")],
+      description="1 while a destination's circuit is open: its deliveries wait without using attempts, "
+                  "then one probe is tried.")
 panel("Resident memory", [('process_resident_memory_bytes{job="jobd"}', "{{instance}}")], "bytes")
 panel("CPU", [(f'rate(process_cpu_seconds_total{{job="jobd"}}[{RATE}])', "{{instance}}")], "percentunit")
 panel("Open file descriptors", [('process_open_fds{job="jobd"}', "{{instance}}")])

@@ -34,6 +34,12 @@ if ! command -v moto_server >/dev/null 2>&1; then
   echo "scripts/test.sh: installing moto[server] with pip"
   pip_install 'moto[server]>=5,<6'
 fi
+# The webhook tests' receiver verifies every delivery with the official Standard Webhooks
+# library.
+if ! python3 -c 'import standardwebhooks' >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing standardwebhooks with pip"
+  pip_install 'standardwebhooks>=1.1,<2'
+fi
 # The API fuzz test runs schemathesis against a live jobd's /v1/openapi.json; its command
 # line (checks, seeds, config file) is that of version 4.
 if ! command -v schemathesis >/dev/null 2>&1; then

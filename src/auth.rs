@@ -55,6 +55,16 @@ pub struct Principal {
     /// Where this caller may write; empty means anywhere in the store. Each prefix is a
     /// whole number of key segments, kept without a trailing `/`.
     pub allowed_key_prefixes: Vec<String>,
+    /// The webhook destinations this caller may send to; empty means every one.
+    pub allowed_destinations: Vec<String>,
+}
+
+impl Principal {
+    /// Whether the caller is confined (by key prefixes or destinations) and so sees and
+    /// controls only the jobs it submitted.
+    pub fn is_confined(&self) -> bool {
+        !self.allowed_key_prefixes.is_empty() || !self.allowed_destinations.is_empty()
+    }
 }
 
 impl Principal {
@@ -176,10 +186,28 @@ impl TokenSet {
                 return Err(fail(3, format!("the token is shorter than {MIN_TOKEN_CHARS} characters")));
             }
             let mut allowed_key_prefixes = Vec::new();
+            let mut allowed_destinations = Vec::new();
             for (position, option) in options.iter().enumerate() {
                 let column = 4 + position;
+                if let Some(list) = option.strip_prefix("allowed_destinations=") {
+                    for destination in list.split(',') {
+                        if destination.is_empty()
+                            || !destination.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                        {
+                            return Err(fail(
+                                column,
+                                "a destination name holds only letters, digits, '-', '_' and '.'".to_owned(),
+                            ));
+                        }
+                        allowed_destinations.push(destination.to_owned());
+                    }
+                    continue;
+                }
                 let Some(list) = option.strip_prefix("allowed_key_prefixes=") else {
-                    return Err(fail(column, "unknown option; only allowed_key_prefixes=... exists".to_owned()));
+                    return Err(fail(
+                        column,
+                        "unknown option; allowed_key_prefixes=... and allowed_destinations=... exist".to_owned(),
+                    ));
                 };
                 for (number, prefix) in list.split(',').enumerate() {
                     let trimmed = prefix.trim_end_matches('/');
@@ -196,7 +224,12 @@ impl TokenSet {
                 return Err(fail(3, format!("the token repeats line {}'s token", earlier.line)));
             }
             entries.push(Entry {
-                principal: Arc::new(Principal { name: (*name).to_owned(), scopes: scope_bits, allowed_key_prefixes }),
+                principal: Arc::new(Principal {
+                    name: (*name).to_owned(),
+                    scopes: scope_bits,
+                    allowed_key_prefixes,
+                    allowed_destinations,
+                }),
                 token_digest,
                 line: line_number,
             });
@@ -241,7 +274,7 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
-    pub const REASONS: [&'static str; 4] = ["missing", "invalid", "scope", "key_prefix"];
+    pub const REASONS: [&'static str; 5] = ["missing", "invalid", "scope", "key_prefix", "allowed_destinations"];
 
     pub fn reason(&self) -> &'static str {
         match self {

@@ -284,6 +284,10 @@ pub struct Settings {
     #[arg(long, env = "JOBD_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<usize>,
 
+    /// Webhook destinations, `[webhooks.<name>]` with `url`, `secrets` and options. File only.
+    #[arg(skip)]
+    pub webhooks: Option<std::collections::BTreeMap<String, crate::kinds::webhook::DestinationSettings>>,
+
     /// Per-kind attempt timeouts in ms, e.g. `[job_timeouts_ms] upload = 60000`. File only.
     #[arg(skip)]
     pub job_timeouts_ms: Option<std::collections::BTreeMap<String, u64>>,
@@ -318,6 +322,7 @@ impl Settings {
             retry_cap_ms: self.retry_cap_ms.or(lower.retry_cap_ms),
             job_timeout_ms: self.job_timeout_ms.or(lower.job_timeout_ms),
             job_timeouts_ms: self.job_timeouts_ms.or(lower.job_timeouts_ms),
+            webhooks: self.webhooks.or(lower.webhooks),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             s3_endpoint: self.s3_endpoint.or(lower.s3_endpoint),
             s3_region: self.s3_region.or(lower.s3_region),
@@ -357,6 +362,8 @@ pub enum ConfigError {
     Unauthenticated { listen: SocketAddr },
     #[error("tls_cert and tls_key go together; only {given} is set")]
     TlsHalf { given: &'static str },
+    #[error("{0}")]
+    Webhook(String),
 }
 
 /// The effective configuration, every value resolved.
@@ -393,6 +400,8 @@ pub struct Config {
     pub retry_cap_ms: u64,
     pub job_timeout_ms: u64,
     pub job_timeouts_ms: std::collections::BTreeMap<String, u64>,
+    /// Webhook destinations by name; their secrets are never printed.
+    pub webhooks: std::collections::BTreeMap<String, crate::kinds::webhook::DestinationSettings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -487,6 +496,7 @@ impl Config {
             retry_cap_ms: settings.retry_cap_ms.unwrap_or(DEFAULT_RETRY_CAP_MS),
             job_timeout_ms: settings.job_timeout_ms.unwrap_or(DEFAULT_JOB_TIMEOUT_MS),
             job_timeouts_ms: settings.job_timeouts_ms.unwrap_or_default(),
+            webhooks: settings.webhooks.unwrap_or_default(),
             metrics_listen: settings.metrics_listen,
             s3_endpoint: settings.s3_endpoint,
             s3_region: settings.s3_region,
@@ -591,6 +601,7 @@ impl Config {
                 });
             }
         }
+        crate::kinds::webhook::check_destinations(&self.webhooks).map_err(ConfigError::Webhook)?;
         if self.queue_db_max_bytes.is_some_and(|bytes| bytes < 65_536) {
             return Err(ConfigError::OutOfRange {
                 setting: "queue_db_max_bytes",

@@ -269,6 +269,9 @@ pub enum Outcome {
     Succeeded(JobResult),
     /// The job body returned an error; `retryable` is the error's own verdict.
     Failed { error: String, retryable: bool },
+    /// The other side asked to be tried again no sooner than `retry_after` (an HTTP
+    /// `Retry-After` with a `429` or `503`). Retryable; the retry waits at least that long.
+    Deferred { error: String, retry_after: std::time::Duration },
     /// The attempt ran past its timeout and was abandoned. Retryable.
     TimedOut { after_ms: u64 },
     /// The job body panicked; the panic was contained and the worker restarted. Retryable:
@@ -289,6 +292,7 @@ impl Outcome {
             Outcome::Succeeded(_) => false,
             Outcome::Failed { retryable, .. } => *retryable,
             Outcome::TimedOut { .. }
+            | Outcome::Deferred { .. }
             | Outcome::Panicked { .. }
             | Outcome::WorkerLost
             | Outcome::StoreUnreachable { .. } => true,
@@ -299,7 +303,9 @@ impl Outcome {
     pub fn error(&self) -> Option<String> {
         match self {
             Outcome::Succeeded(_) => None,
-            Outcome::Failed { error, .. } | Outcome::StoreUnreachable { error } => Some(error.clone()),
+            Outcome::Failed { error, .. } | Outcome::Deferred { error, .. } | Outcome::StoreUnreachable { error } => {
+                Some(error.clone())
+            }
             Outcome::TimedOut { after_ms } => Some(format!("timed out after {after_ms} ms")),
             Outcome::Panicked { message } => Some(format!("panicked: {message}")),
             Outcome::WorkerLost => Some("the worker running the job died".to_owned()),
@@ -310,7 +316,8 @@ impl Outcome {
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Succeeded(_) => "succeeded",
-            Outcome::Failed { .. } => "failed",
+            // A deferred attempt failed; when it may run again is the retry's business.
+            Outcome::Failed { .. } | Outcome::Deferred { .. } => "failed",
             Outcome::TimedOut { .. } => "timed_out",
             Outcome::Panicked { .. } => "panicked",
             Outcome::WorkerLost => "worker_lost",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::job::{Job, JobResult};
-use crate::kinds::{JobError, Kind, Kinds, RunContext};
+use crate::kinds::{JobError, Kind, Kinds, Permit, RunContext};
 use crate::stats::Stats;
 
 /// How long one attempt may run: a job's own `timeout_ms`, else `job_timeouts_ms` for its
@@ -42,8 +42,11 @@ pub struct JobRunner {
 
 impl JobRunner {
     /// Runs one job to its end. Panics are not caught here: the body runs as a task on
-    /// the bodies runtime, whose join handle reports them to the worker.
-    pub async fn run(self: Arc<Self>, job: Job) -> Result<JobResult, JobError> {
+    /// the bodies runtime, whose join handle reports them to the worker. The kind's
+    /// permit, if it gave one, is held until the body ends, is dropped by a timeout, or
+    /// panics.
+    pub async fn run(self: Arc<Self>, job: Job, permit: Option<Permit>) -> Result<JobResult, JobError> {
+        let _permit = permit;
         let _running = self.stats.body_running();
         let Some(kind) = self.kinds.get(&job.kind) else {
             // A row written by a build with a kind this one lacks (or a test kind, with

@@ -132,7 +132,13 @@ impl Stats {
             },
             rejected: RejectionCounts {
                 queue_full: rejected(&["queue_full"]),
-                invalid: rejected(&["invalid", "too_deep", "body_timeout", "key_not_allowed"]),
+                invalid: rejected(&[
+                    "invalid",
+                    "too_deep",
+                    "body_timeout",
+                    "key_not_allowed",
+                    "destination_not_allowed",
+                ]),
                 too_large: rejected(&["too_large", "too_many_jobs"]),
                 unavailable: rejected(&["unavailable", "commit_backlog"]),
             },

@@ -229,7 +229,19 @@ async fn with_metrics_listen_only_the_metrics_listener_serves_metrics() {
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
     let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    // A webhook destination, so that the webhook panels have data: the metrics listener,
+    // which refuses the POST (a final answer, counted as `rejected`).
+    let config_dir = tempfile::tempdir().expect("tempdir");
+    let config = config_dir.path().join("jobd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[webhooks.selftest]\nurl = \"http://{metrics_listen}/metrics\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n"
+        ),
+    )
+    .expect("write the config");
     let daemon = Daemon::start(&[
+        ("JOBD_CONFIG", config.to_str().expect("utf-8")),
         ("JOBD_MAX_WORKERS", "2"),
         ("JOBD_MAX_QUEUE", "50"),
         ("JOBD_RETRY_BASE_MS", "10"),
@@ -248,11 +260,12 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     jobs.extend((0..3).map(|n| json!({"kind": "fail", "payload": {"message": format!("f{n}")}, "max_attempts": 2})));
     jobs.push(json!({"kind": "panic", "max_attempts": 1}));
     jobs.push(json!({"kind": "upload", "payload": {"hello": "prometheus"}}));
+    jobs.push(json!({"kind": "webhook", "destination": "selftest", "payload": {"hello": "prometheus"}}));
     accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": jobs})).await).await;
     let too_many: Vec<Value> = (0..60).map(|_| json!({"kind": "noop"})).collect();
     assert_eq!(daemon.post_json("/v1/jobs", &json!({"jobs": too_many})).await.status(), 429);
     assert_eq!(daemon.post_json("/v1/jobs", &json!({"kind": "nope"})).await.status(), 400);
-    daemon.wait_for("the load done", |stats| stats["counters"]["jobs"]["dead"] == 4).await;
+    daemon.wait_for("the load done", |stats| stats["counters"]["jobs"]["dead"] == 5).await;
 
     // Let Prometheus take a few scrapes after the events, so that rates have two points.
     let deadline = Instant::now() + common::WAIT_DEADLINE;

@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use super::window::Window;
 use super::worker::{JobFinished, RunJob, Worker, WorkerIdle, WorkerReports};
 use crate::job::{FinishedJob, Job, JobId, JobState, Outcome, StartedJob};
+use crate::kinds::{GateKey, Permit};
 use crate::queue::{ControlError, QueueHandle, StorageError};
 use crate::retry::RetryPolicy;
 use crate::runner::JobRunner;
@@ -92,6 +93,9 @@ struct RunningJob {
     kind: &'static str,
     attempt: u32,
     max_attempts: u32,
+    /// The gate whose permit the job holds (a webhook destination): when the job ends, a
+    /// job waiting at that gate may start.
+    gate: Option<GateKey>,
 }
 
 /// One worker of the pool.
@@ -129,7 +133,7 @@ pub struct Dispatcher {
     /// Jobs handed a worker whose start is being recorded: each starts once the flush
     /// carrying its start has committed, so that an attempt counts even if the process
     /// dies during it, and a job that kills the process cannot run forever.
-    awaiting_start: Vec<(Addr<Worker>, Job)>,
+    awaiting_start: Vec<(Addr<Worker>, Job, Option<Permit>)>,
     /// The one timer for delayed work: when the earliest scheduled job or retry is due.
     /// However many jobs wait, this is the only timer they cost.
     due_timer: Option<(DateTime<Utc>, SpawnHandle)>,
@@ -241,7 +245,9 @@ impl Dispatcher {
         }
         let mut dispatched = false;
         while let Some(&number) = self.idle.last() {
-            let Some(job) = self.window.next_runnable(self.store_reachable, &self.runner.kinds) else { break };
+            let Some((job, permit)) = self.window.next_runnable(self.store_reachable, &self.runner.kinds) else {
+                break;
+            };
             self.idle.pop();
             let slot = &mut self.workers[number];
             let Some(worker) = slot.addr.clone() else {
@@ -253,8 +259,13 @@ impl Dispatcher {
             let kind = self.runner.kinds.get(&job.kind);
             // A kind this build lacks is labelled "unknown"; its run fails for good.
             let kind_name = kind.map_or("unknown", |kind| kind.name());
-            slot.running =
-                Some(RunningJob { id: job.id, kind: kind_name, attempt: job.attempt, max_attempts: job.max_attempts });
+            slot.running = Some(RunningJob {
+                id: job.id,
+                kind: kind_name,
+                attempt: job.attempt,
+                max_attempts: job.max_attempts,
+                gate: permit.as_ref().map(|permit| permit.gate().clone()),
+            });
             self.busy += 1;
             let now = Utc::now();
             let due = job.run_at.map_or(job.created_at, |run_at| run_at.max(job.created_at));
@@ -263,9 +274,9 @@ impl Dispatcher {
             self.started.push(StartedJob { id: job.id, started_at: now });
             // The pool bounds both: one RunJob per idle worker.
             if kind.is_some_and(|kind| kind.runs_inline()) {
-                worker.do_send(RunJob(job));
+                worker.do_send(RunJob(job, permit));
             } else {
-                self.awaiting_start.push((worker, job));
+                self.awaiting_start.push((worker, job, permit));
             }
             dispatched = true;
         }
@@ -349,7 +360,11 @@ impl Dispatcher {
     fn decide(&mut self, running: &RunningJob, outcome: Outcome) -> FinishedJob {
         let now = Utc::now();
         let retry_at = (outcome.is_retryable() && running.attempt < running.max_attempts).then(|| {
-            let delay = self.retry_policy.delay(running.attempt, &mut self.rng);
+            let mut delay = self.retry_policy.delay(running.attempt, &mut self.rng);
+            // The other side's `Retry-After` is a floor: the retry never comes sooner.
+            if let Outcome::Deferred { retry_after, .. } = &outcome {
+                delay = delay.max(*retry_after);
+            }
             now + chrono::Duration::from_std(delay).unwrap_or_default()
         });
         let finished = FinishedJob { id: running.id, kind: running.kind, outcome, finished_at: now, retry_at };
@@ -443,8 +458,8 @@ impl Dispatcher {
                 // Their starts are recorded: the attempts count from here, whatever
                 // happens to the process. A drain still starts them, since they are
                 // `running` on disk and the drain waits for them anyway.
-                for (worker, job) in starting {
-                    worker.do_send(RunJob(job));
+                for (worker, job, permit) in starting {
+                    worker.do_send(RunJob(job, permit));
                 }
                 // The timer for retries is armed only now that they are committed: a fetch
                 // before the commit would not see them, and then no timer would be left.
@@ -479,7 +494,14 @@ impl Actor for Dispatcher {
         for number in 0..self.workers.len() {
             self.start_worker(number, ctx);
         }
-        ctx.run_interval(WORKER_CHECK_INTERVAL, |dispatcher, ctx| dispatcher.replace_dead_workers(ctx));
+        ctx.run_interval(WORKER_CHECK_INTERVAL, |dispatcher, ctx| {
+            dispatcher.replace_dead_workers(ctx);
+            // A gate may have opened with time (a circuit's wait over): one job of each
+            // tries again, and a success lets the rest follow.
+            if dispatcher.window.release_all_gates() {
+                dispatcher.pump(ctx);
+            }
+        });
         if let (Some(notifier), Some(every)) = (self.notifier.clone(), self.watchdog) {
             notifier.watchdog();
             ctx.run_interval(every, move |_, _| notifier.watchdog());
@@ -523,6 +545,10 @@ impl Handler<JobFinished> for Dispatcher {
             tracing::warn!(job_id = %running.id, "an upload found the store unreachable: holding uploads until a probe answers");
             self.store_reachable = false;
             self.store_health.request_probe();
+        }
+        if let Some(gate) = &running.gate {
+            // Its permit was given back as the attempt ended: the next job at its gate may start.
+            self.window.release_gate(gate);
         }
         let finished = self.decide(&running, message.outcome);
         self.outcomes.push(finished);

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::job::{Job, JobId};
-use crate::kinds::Kinds;
+use crate::kinds::{Admission, GateKey, Kinds, Permit};
 use crate::queue::CLAIM_MAX_BODY_BYTES;
 
 /// Claimed jobs that have not started, in claim order.
@@ -21,7 +21,16 @@ pub struct Window {
     /// Jobs of the store's kinds found while the store is down, in order; they go back to
     /// the front of `ready` when it answers again. At most `max_jobs` of them.
     held: VecDeque<Job>,
-    /// The [`Job::footprint`] of every job in `ready`, `held` and `cancelling`.
+    /// Jobs their kind would not admit yet, by gate (a webhook destination at its
+    /// in-flight limit, or whose circuit is open), each gate's in order. They started
+    /// nothing and used no attempt.
+    gated: HashMap<GateKey, VecDeque<Job>>,
+    /// How many jobs `gated` holds.
+    gated_len: usize,
+    /// Jobs let out of their gate to try again, ahead of `ready`.
+    released: VecDeque<Job>,
+    /// The [`Job::footprint`] of every job in `ready`, `held`, `gated`, `released` and
+    /// `cancelling`.
     bytes: usize,
     max_jobs: usize,
     max_bytes: usize,
@@ -41,6 +50,9 @@ impl Window {
         Self {
             ready: VecDeque::new(),
             held: VecDeque::new(),
+            gated: HashMap::new(),
+            gated_len: 0,
+            released: VecDeque::new(),
             bytes: 0,
             max_jobs,
             max_bytes,
@@ -49,9 +61,9 @@ impl Window {
         }
     }
 
-    /// Jobs claimed and not started, held ones included.
+    /// Jobs claimed and not started, held and gated ones included.
     pub fn len(&self) -> usize {
-        self.ready.len() + self.held.len()
+        self.ready.len() + self.held.len() + self.gated_len + self.released.len()
     }
 
     /// Whether no claimed job waits, held ones included.
@@ -70,7 +82,8 @@ impl Window {
         if self.is_empty() {
             return Some(self.max_jobs);
         }
-        let room_in_jobs = self.ready.len() <= self.max_jobs / 2 && self.held.len() < self.max_jobs;
+        let waiting = self.held.len() + self.gated_len + self.released.len();
+        let room_in_jobs = self.ready.len() <= self.max_jobs / 2 && waiting < self.max_jobs;
         let room_in_bytes = self.bytes.saturating_add(CLAIM_MAX_BODY_BYTES) <= self.max_bytes;
         (room_in_jobs && room_in_bytes).then(|| self.max_jobs - self.ready.len())
     }
@@ -90,18 +103,65 @@ impl Window {
         }
     }
 
-    /// The next job that may start. While the store is down (`store_up` false), jobs of
-    /// the store's kinds are set aside in order instead, and the jobs behind them run.
-    pub fn next_runnable(&mut self, store_up: bool, kinds: &Kinds) -> Option<Job> {
+    /// The next job that may start, with its kind's permit if it gave one. While the
+    /// store is down (`store_up` false), jobs of the store's kinds are set aside in order
+    /// instead, and the jobs behind them run; so are jobs their kind does not admit yet,
+    /// at their gate, until [`release_gate`](Self::release_gate).
+    pub fn next_runnable(&mut self, store_up: bool, kinds: &Kinds) -> Option<(Job, Option<Permit>)> {
         loop {
-            let job = self.ready.pop_front()?;
-            if !store_up && kinds.get(&job.kind).is_some_and(|kind| kind.needs_store()) {
+            let (job, from_gate) = match self.released.pop_front() {
+                Some(job) => (job, true),
+                None => (self.ready.pop_front()?, false),
+            };
+            let kind = kinds.get(&job.kind);
+            if !store_up && kind.is_some_and(|kind| kind.needs_store()) {
                 self.held.push_back(job);
                 continue;
             }
-            self.bytes = self.bytes.saturating_sub(job.footprint());
-            return Some(job);
+            match kind.map_or(Admission::Now(None), |kind| kind.admit(&job)) {
+                Admission::Now(permit) => {
+                    self.bytes = self.bytes.saturating_sub(job.footprint());
+                    // A gate that admits one may admit more: the next in line tries too,
+                    // so that a gate that opens fills up again, not one job at a time.
+                    if from_gate && let Some(permit) = &permit {
+                        self.release_gate(permit.gate());
+                    }
+                    return Some((job, permit));
+                }
+                Admission::Later(gate) => {
+                    let waiting = self.gated.entry(gate).or_default();
+                    // A job let out to try again keeps its place at the front.
+                    if from_gate {
+                        waiting.push_front(job);
+                    } else {
+                        waiting.push_back(job);
+                    }
+                    self.gated_len += 1;
+                }
+            }
         }
+    }
+
+    /// Lets the first job waiting at `gate` try again: a permit of it was given back.
+    pub fn release_gate(&mut self, gate: &GateKey) {
+        let Some(waiting) = self.gated.get_mut(gate) else { return };
+        if let Some(job) = waiting.pop_front() {
+            self.gated_len -= 1;
+            self.released.push_back(job);
+        }
+        if waiting.is_empty() {
+            self.gated.remove(gate);
+        }
+    }
+
+    /// Lets the first job of every gate try again, as time may have opened them (a
+    /// circuit's wait over). Returns whether any job was let out.
+    pub fn release_all_gates(&mut self) -> bool {
+        let gates: Vec<GateKey> = self.gated.keys().cloned().collect();
+        for gate in &gates {
+            self.release_gate(gate);
+        }
+        !gates.is_empty()
     }
 
     /// The store answers again: its held jobs go back to the front, in their order.
@@ -120,7 +180,19 @@ impl Window {
     /// A cancel of `id` goes to the queue: the job leaves the window (if it is in it) and
     /// no fetch adds it until the queue answers; see [`cancel_answered`](Self::cancel_answered).
     pub fn cancel_started(&mut self, id: JobId, fetching: bool) {
-        let taken = take_by_id(&mut self.ready, id).or_else(|| take_by_id(&mut self.held, id));
+        let mut taken = take_by_id(&mut self.ready, id)
+            .or_else(|| take_by_id(&mut self.held, id))
+            .or_else(|| take_by_id(&mut self.released, id));
+        if taken.is_none() {
+            for waiting in self.gated.values_mut() {
+                taken = take_by_id(waiting, id);
+                if taken.is_some() {
+                    self.gated_len -= 1;
+                    break;
+                }
+            }
+            self.gated.retain(|_, waiting| !waiting.is_empty());
+        }
         self.cancelling.insert(id, taken);
         if fetching {
             self.cancelled_during_fetch.push(id);
@@ -178,7 +250,7 @@ mod tests {
         assert!(window.bytes() <= 64 << 20 && window.bytes() > 56 << 20, "{}", window.bytes());
         assert_eq!(window.wanted(), None, "past the byte bound nothing more is claimed");
         for _ in 0..8 {
-            assert!(window.next_runnable(true, &Kinds::new(&KindSettings::default())).is_some());
+            assert!(window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).is_some());
         }
         assert!(window.wanted().is_some(), "started jobs free their bytes");
     }
@@ -190,15 +262,16 @@ mod tests {
             vec![Job::upload_for_test(10), Job::for_test("noop"), Job::upload_for_test(10), Job::for_test("noop")];
         let order = ids(&jobs);
         window.add_fetched(jobs);
-        let first = window.next_runnable(false, &Kinds::new(&KindSettings::default())).map(|job| job.id);
-        let second = window.next_runnable(false, &Kinds::new(&KindSettings::default())).map(|job| job.id);
+        let first = window.next_runnable(false, &Kinds::new(&KindSettings::defaults())).map(|(job, _)| job.id);
+        let second = window.next_runnable(false, &Kinds::new(&KindSettings::defaults())).map(|(job, _)| job.id);
         assert_eq!((first, second), (Some(order[1]), Some(order[3])));
-        assert_eq!(window.next_runnable(false, &Kinds::new(&KindSettings::default())).map(|job| job.id), None);
+        assert_eq!(window.next_runnable(false, &Kinds::new(&KindSettings::defaults())).map(|(job, _)| job.id), None);
         assert_eq!(window.held(), 2);
         window.release_held();
-        let rest: Vec<JobId> = std::iter::from_fn(|| window.next_runnable(true, &Kinds::new(&KindSettings::default())))
-            .map(|job| job.id)
-            .collect();
+        let rest: Vec<JobId> =
+            std::iter::from_fn(|| window.next_runnable(true, &Kinds::new(&KindSettings::defaults())))
+                .map(|(job, _)| job.id)
+                .collect();
         assert_eq!(rest, [order[0], order[2]], "held jobs come back in their order");
         assert_eq!(window.bytes(), 0);
     }
@@ -213,11 +286,11 @@ mod tests {
         window.cancel_started(id, false);
         window.add_fetched(vec![job.clone()]);
         assert!(
-            window.next_runnable(true, &Kinds::new(&KindSettings::default())).is_none(),
+            window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).is_none(),
             "held back while the cancel is in flight"
         );
         window.cancel_answered(id, true, false);
-        assert!(window.next_runnable(true, &Kinds::new(&KindSettings::default())).is_none());
+        assert!(window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).is_none());
         assert_eq!(window.bytes(), 0);
 
         // The cancel is answered while a fetch is out that claimed the job earlier.
@@ -225,14 +298,14 @@ mod tests {
         window.cancel_started(id, false);
         window.cancel_answered(id, true, true);
         window.add_fetched(vec![job.clone()]);
-        assert!(window.next_runnable(true, &Kinds::new(&KindSettings::default())).is_none());
+        assert!(window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).is_none());
 
         // A cancel that failed puts the job back.
         let mut window = Window::new(100, 64 << 20);
         window.add_fetched(vec![job]);
         window.cancel_started(id, true);
-        assert!(window.next_runnable(true, &Kinds::new(&KindSettings::default())).is_none());
+        assert!(window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).is_none());
         window.cancel_answered(id, false, true);
-        assert_eq!(window.next_runnable(true, &Kinds::new(&KindSettings::default())).map(|job| job.id), Some(id));
+        assert_eq!(window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).map(|(job, _)| job.id), Some(id));
     }
 }

@@ -8,6 +8,7 @@ use actix::prelude::*;
 use tracing::Instrument as _;
 
 use crate::job::{Job, Outcome};
+use crate::kinds::{JobError, Permit};
 use crate::runner::JobRunner;
 
 /// A job for a worker the Dispatcher knows to be idle.
@@ -17,7 +18,7 @@ use crate::runner::JobRunner;
 /// anything since.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RunJob(pub Job);
+pub struct RunJob(pub Job, pub Option<Permit>);
 
 /// A worker is idle: at its first start, and again after a restart.
 #[derive(Message)]
@@ -119,7 +120,7 @@ impl Supervised for Worker {
 impl Handler<RunJob> for Worker {
     type Result = ();
 
-    fn handle(&mut self, RunJob(job): RunJob, ctx: &mut Self::Context) {
+    fn handle(&mut self, RunJob(job, permit): RunJob, ctx: &mut Self::Context) {
         let kind = self.runner.kinds.get(&job.kind);
         // The label of a kind this build lacks is "unknown", so that labels stay a bounded set.
         self.kind = kind.map_or("unknown", |kind| kind.name());
@@ -145,7 +146,7 @@ impl Handler<RunJob> for Worker {
         let timeout = self.runner.timeouts.for_job(&job, kind);
         // The body runs on the bodies runtime: a body that blocks its thread cannot stall
         // this arbiter, and a panic ends only its task, reported by the join handle.
-        let body = self.runner.bodies.spawn(self.runner.clone().run(job).instrument(span.clone()));
+        let body = self.runner.bodies.spawn(self.runner.clone().run(job, permit).instrument(span.clone()));
         let abort = body.abort_handle();
         ctx.spawn(tokio::time::timeout(timeout, body).into_actor(self).map(move |result, worker, ctx| {
             let _entered = span.enter();
@@ -153,6 +154,9 @@ impl Handler<RunJob> for Worker {
                 Ok(Ok(Ok(result))) => Outcome::Succeeded(result),
                 Ok(Ok(Err(error))) if error.is_store_unreachable() => {
                     Outcome::StoreUnreachable { error: error.to_string() }
+                }
+                Ok(Ok(Err(JobError::Deferred { message, retry_after }))) => {
+                    Outcome::Deferred { error: message, retry_after }
                 }
                 Ok(Ok(Err(error))) => Outcome::Failed { error: error.to_string(), retryable: error.is_retryable() },
                 Ok(Err(join_error)) if join_error.is_panic() => {

@@ -67,7 +67,7 @@ pub(super) async fn get_job(
 fn confined_tenant(request: &HttpRequest) -> Option<String> {
     let extensions = request.extensions();
     let principal = extensions.get::<Arc<Principal>>()?;
-    (!principal.allowed_key_prefixes.is_empty()).then(|| principal.name.clone())
+    principal.is_confined().then(|| principal.name.clone())
 }
 
 /// A job's record, unless `tenant` (see [`confined_tenant`]) did not submit it: another

@@ -70,6 +70,12 @@ pub(super) async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> 
     if state.auth.check(authorization, Scope::Read).is_ok() {
         body["store"]["url"] = json!(state.store.url());
         body["store"]["error"] = json!(state.store_health.last_error());
+        // The kinds' own state, such as each webhook destination's circuit: a detail, not
+        // a readiness check, since one receiver down is no reason to stop taking jobs.
+        let kinds = state.kinds.readiness();
+        if !kinds.is_empty() {
+            body["kinds"] = serde_json::Value::Object(kinds);
+        }
     }
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }

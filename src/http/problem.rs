@@ -137,6 +137,15 @@ impl From<AuthFailure> for Problem {
 
 impl Problem {
     /// A 403 for jobs that would write outside the caller's `allowed_key_prefixes`.
+    /// A webhook to a destination outside the token's `allowed_destinations`.
+    pub fn destination_not_allowed(errors: Vec<FieldError>) -> Self {
+        let detail = SubmissionError::Invalid(errors.clone()).to_string();
+        let mut problem =
+            Problem::new(StatusCode::FORBIDDEN, "destination-not-allowed", "Destination Not Allowed", detail);
+        problem.errors = errors;
+        problem
+    }
+
     pub fn key_not_allowed(errors: Vec<FieldError>) -> Self {
         // The same "jobs[i].field: message" detail as every other field problem.
         let detail = SubmissionError::Invalid(errors.clone()).to_string();

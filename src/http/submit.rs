@@ -135,6 +135,7 @@ async fn counted(
             "too-deep" => "too_deep",
             "body-timeout" => "body_timeout",
             "key-not-allowed" => "key_not_allowed",
+            "destination-not-allowed" => "destination_not_allowed",
             "unavailable" => "unavailable",
             "commit-backlog" => "commit_backlog",
             _ => "invalid",
@@ -173,10 +174,12 @@ async fn submit(
     let jobs = parse(&bytes)?;
     let principal = request.extensions().get::<Arc<Principal>>().cloned();
     if let Some(principal) = principal {
-        authorize_jobs(&principal, &jobs, &state.kinds).inspect_err(|_| {
-            state.metrics.auth_failures.with_label_values(&["key_prefix"]).inc();
-            tracing::warn!(reason = "key_prefix", token_name = principal.name, "submission refused");
-        })?;
+        if let Err(refused) = authorize_jobs(&principal, &jobs, &state.kinds) {
+            let (reason, problem) = *refused;
+            state.metrics.auth_failures.with_label_values(&[reason]).inc();
+            tracing::warn!(reason, token_name = principal.name, "submission refused");
+            return Err(problem);
+        }
     }
     let submitted_by = request.extensions().get::<Arc<Principal>>().map(|principal| principal.name.clone());
     let answer = state.ingest.send(Submit { jobs, submitted_by }).await;
@@ -220,17 +223,27 @@ async fn submit(
 }
 
 /// Asks each job's kind whether the caller may submit it: an upload's key must lie under
-/// the token's `allowed_key_prefixes`. Nothing of a refused request is enqueued.
-fn authorize_jobs(principal: &Principal, jobs: &[JobSpec], kinds: &Kinds) -> Result<(), Problem> {
+/// the token's `allowed_key_prefixes`, a webhook's destination among its
+/// `allowed_destinations`. Nothing of a refused request is enqueued. A refusal comes with
+/// its reason for `jobd_auth_failures_total`: the first refusal's confinement decides it.
+fn authorize_jobs(principal: &Principal, jobs: &[JobSpec], kinds: &Kinds) -> Result<(), Box<(&'static str, Problem)>> {
+    let mut confinement = None;
     let errors: Vec<submission::FieldError> = jobs
         .iter()
         .enumerate()
         .filter_map(|(index, job)| {
-            let (field, message) = kinds.get(job.kind)?.authorize(job, principal).err()?;
-            Some(submission::FieldError { index: Some(index), field, message })
+            let refusal = kinds.get(job.kind)?.authorize(job, principal).err()?;
+            confinement.get_or_insert(refusal.confinement);
+            Some(submission::FieldError { index: Some(index), field: refusal.field, message: refusal.message })
         })
         .collect();
-    if errors.is_empty() { Ok(()) } else { Err(Problem::key_not_allowed(errors)) }
+    match confinement {
+        None => Ok(()),
+        Some(confinement @ "allowed_destinations") => {
+            Err(Box::new((confinement, Problem::destination_not_allowed(errors))))
+        }
+        Some(confinement) => Err(Box::new((confinement, Problem::key_not_allowed(errors)))),
+    }
 }
 
 /// Accepts `application/json` and any `+json` type, with parameters such as charset.

@@ -11,6 +11,7 @@ mod fields;
 pub mod noop;
 pub mod testing;
 pub mod upload;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ use crate::job::{Body, Job, JobResult, JobSpec, Outcome};
 use crate::store::{JobStore, StoreError};
 
 /// What kinds may know about the daemon's settings when they validate a request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct KindSettings {
     /// Whether the test kinds (`sleep`, `fail`, `panic`) are registered.
     pub test_kinds: bool,
@@ -34,12 +35,15 @@ pub struct KindSettings {
     pub metadata_supported: bool,
     /// The first segments of default upload keys, which a confined token must be allowed.
     pub default_key_prefix: String,
+    /// The configured webhook destinations, by name (`[webhooks.<name>]`).
+    pub webhooks: std::collections::BTreeMap<String, webhook::DestinationSettings>,
 }
 
-impl Default for KindSettings {
-    /// The daemon's defaults: no test kinds, a store that records metadata, `payloads/`.
-    fn default() -> Self {
-        KindSettings { test_kinds: false, metadata_supported: true, default_key_prefix: "payloads".to_owned() }
+impl KindSettings {
+    /// The daemon's defaults: no test kinds, a store that records metadata, `payloads/`,
+    /// no webhook destinations.
+    pub fn defaults() -> Self {
+        KindSettings { metadata_supported: true, default_key_prefix: "payloads".to_owned(), ..Default::default() }
     }
 }
 
@@ -47,6 +51,56 @@ impl Default for KindSettings {
 #[derive(Debug, Clone)]
 pub struct RunContext {
     pub store: Arc<JobStore>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Why a caller may not submit a job: the field at fault, what is wrong, and which of the
+/// token's confinements refused it (`key_prefix` or `allowed_destinations`), which names
+/// the problem and is the reason `jobd_auth_failures_total` counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub field: String,
+    pub message: String,
+    pub confinement: &'static str,
+}
+
+/// Which jobs share a limit besides the worker pool: a webhook destination's.
+pub type GateKey = Arc<str>;
+
+/// Held while a job's attempt runs, and dropped when it ends, however it ends: gives back
+/// what [`Kind::admit`] took (a slot of a destination's in-flight limit).
+pub struct Permit {
+    gate: GateKey,
+    _release: Box<dyn Send + Sync>,
+}
+
+impl Permit {
+    /// A permit of `gate` that runs `release`'s drop when the attempt ends.
+    pub fn new(gate: GateKey, release: Box<dyn Send + Sync>) -> Self {
+        Permit { gate, _release: release }
+    }
+
+    /// The gate the permit belongs to: when the permit is dropped, a job waiting at that
+    /// gate may start.
+    pub fn gate(&self) -> &GateKey {
+        &self.gate
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").field("gate", &self.gate).finish_non_exhaustive()
+    }
+}
+
+/// Whether a job may start now, as far as its kind is concerned.
+#[derive(Debug)]
+pub enum Admission {
+    /// It may; the permit, if any, is held until its attempt ends.
+    Now(Option<Permit>),
+    /// Not yet: it waits at this gate (a destination at its in-flight limit, or whose
+    /// circuit is open), without a worker and without using an attempt.
+    Later(GateKey),
 }
 
 /// A request's job, validated by its kind: the arguments the queue stores as JSON, and the
@@ -64,6 +118,10 @@ pub enum JobError {
     Store(#[from] StoreError),
     #[error("{message}")]
     Failed { message: String, retryable: bool },
+    /// A failure the other side asked to be retried no sooner than `retry_after` (an HTTP
+    /// `Retry-After`).
+    #[error("{message}")]
+    Deferred { message: String, retry_after: Duration },
 }
 
 impl JobError {
@@ -72,6 +130,7 @@ impl JobError {
         match self {
             JobError::Store(error) => error.is_retryable(),
             JobError::Failed { retryable, .. } => *retryable,
+            JobError::Deferred { .. } => true,
         }
     }
 
@@ -94,9 +153,22 @@ pub trait Kind: Send + Sync + std::fmt::Debug + 'static {
     fn validate(&self, fields: &mut RequestFields<'_>) -> Result<Validated, FieldProblem>;
 
     /// Whether `caller` may submit this job. Only kinds with confinable arguments (an
-    /// upload's key) refuse anything.
-    fn authorize(&self, _job: &JobSpec, _caller: &Principal) -> Result<(), FieldProblem> {
+    /// upload's key, a webhook's destination) refuse anything.
+    fn authorize(&self, _job: &JobSpec, _caller: &Principal) -> Result<(), Refusal> {
         Ok(())
+    }
+
+    /// Whether the job may start now. A kind whose jobs share a limit besides the worker
+    /// pool (a webhook destination's in-flight limit and circuit) says `Later` while it is
+    /// reached; the Dispatcher then sets the job aside without starting it.
+    fn admit(&self, _job: &Job) -> Admission {
+        Admission::Now(None)
+    }
+
+    /// What `/readyz` shows of the kind's own state (a webhook destination's circuit), if
+    /// it has any.
+    fn readiness(&self) -> Option<serde_json::Value> {
+        None
     }
 
     /// Runs one attempt. Panics are not caught here: the body runs as a task of its own,
@@ -140,7 +212,7 @@ pub struct Registration {
 
 /// Every kind jobd has. Adding a kind is its module and one line here.
 pub const REGISTRY: &[Registration] =
-    &[upload::REGISTRATION, noop::REGISTRATION, testing::SLEEP, testing::FAIL, testing::PANIC];
+    &[upload::REGISTRATION, noop::REGISTRATION, webhook::REGISTRATION, testing::SLEEP, testing::FAIL, testing::PANIC];
 
 /// Every kind's name, registered or not: what `job_timeouts_ms` may name.
 pub fn all_names() -> impl Iterator<Item = &'static str> {
@@ -196,6 +268,11 @@ impl Kinds {
     /// The names, comma-separated, for error messages.
     pub fn names_text(&self) -> String {
         self.names().join(", ")
+    }
+
+    /// What `/readyz` shows of each kind that has state of its own, by name.
+    pub fn readiness(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.kinds.iter().filter_map(|kind| Some((kind.name().to_owned(), kind.readiness()?))).collect()
     }
 }
 

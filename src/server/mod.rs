@@ -155,7 +155,8 @@ fn reload(auth: &Authenticator, certificate: Option<&CertificateReloader>, metri
 pub fn serve(config: Config) -> Result<(), ServeError> {
     // The queue opens, and recovers, before anything listens: jobd is ready only after
     // recovery.
-    let metrics = Arc::new(Metrics::new(&crate::kinds::registered_names(config.test_kinds))?);
+    let destinations: Vec<&str> = config.webhooks.keys().map(String::as_str).collect();
+    let metrics = Arc::new(Metrics::new(&crate::kinds::registered_names(config.test_kinds), &destinations)?);
     let backend = crate::queue::open(&config.queue_settings())?;
     let (queue, queue_lost) =
         QueueThread::spawn(backend, config.group_commit, metrics.commit_metrics()).map_err(ServeError::QueueThread)?;

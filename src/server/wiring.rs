@@ -94,10 +94,11 @@ pub(super) async fn wire(
         test_kinds: config.test_kinds,
         metadata_supported: store.kind().supports_attributes(),
         default_key_prefix: config.key_prefix.clone(),
+        webhooks: config.webhooks.clone(),
     }));
     let runner = Arc::new(JobRunner {
         kinds: kinds.clone(),
-        context: RunContext { store: store.clone() },
+        context: RunContext { store: store.clone(), metrics: metrics.clone() },
         stats: stats.clone(),
         metrics: metrics.clone(),
         timeouts: config.timeouts(),

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use self::metadata::{Metadata, check_metadata};
 use super::field_problem;
-use super::{FieldProblem, JobError, Kind, KindSettings, Registration, RequestFields, RunContext, Validated};
+use super::{FieldProblem, JobError, Kind, KindSettings, Refusal, Registration, RequestFields, RunContext, Validated};
 use crate::auth::Principal;
 use crate::job::{Body, Job, JobResult, JobSpec};
 use crate::keys::ObjectKey;
@@ -154,7 +154,7 @@ impl Kind for Upload {
 
     /// Refuses a key outside the caller's `allowed_key_prefixes`; a job without a key
     /// writes under the default key prefix, which must then be allowed too.
-    fn authorize(&self, job: &JobSpec, caller: &Principal) -> Result<(), FieldProblem> {
+    fn authorize(&self, job: &JobSpec, caller: &Principal) -> Result<(), Refusal> {
         let key = requested_key(job);
         let target = key.as_deref().unwrap_or(&self.default_key_prefix);
         if caller.may_write(target) {
@@ -168,7 +168,7 @@ impl Kind for Upload {
                 self.default_key_prefix, caller.name
             ),
         };
-        Err(field_problem("key", message))
+        Err(Refusal { field: "key".to_owned(), message, confinement: "key_prefix" })
     }
 
     fn run(&self, job: Job, context: &RunContext) -> BoxFuture<'static, Result<JobResult, JobError>> {

@@ -1,0 +1,199 @@
+//! One delivery: the signed request, and what its answer means for the job (done, retry,
+//! retry no sooner than `Retry-After`, or dead) and for the destination's circuit.
+
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::hmac;
+use base64::Engine as _;
+
+use super::destination::{Destination, Verdict};
+use crate::job::{Job, JobResult};
+use crate::kinds::JobError;
+use crate::metrics::Metrics;
+
+/// How much of a receiver's answer the job's record keeps.
+const RESPONSE_KEPT_BYTES: usize = 1024;
+/// The longest `Retry-After` honoured: a receiver cannot park a job for more than a day.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// The `webhook-signature` header: one `v1,<base64 HMAC-SHA256>` per secret, over
+/// `{id}.{timestamp}.{body}`, space-separated, as Standard Webhooks defines it.
+pub(super) fn signature_header(secrets: &[Vec<u8>], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let prefix = format!("{id}.{timestamp}.");
+    secrets
+        .iter()
+        .map(|secret| {
+            let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+            let mut context = hmac::Context::with_key(&key);
+            context.update(prefix.as_bytes());
+            context.update(body);
+            format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(context.sign().as_ref()))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date.
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default()
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// Reads at most [`RESPONSE_KEPT_BYTES`] of the answer's body, as text.
+async fn response_start(mut response: reqwest::Response) -> String {
+    let mut kept = Vec::new();
+    while kept.len() < RESPONSE_KEPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => kept.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_KEPT_BYTES - kept.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// Delivers the job's payload to `destination`. The id is the job's, the same on every
+/// attempt, so that a receiver can drop duplicates; the timestamp is this attempt's.
+pub(super) async fn deliver(
+    destination: &Destination,
+    job: &Job,
+    event_type: Option<&str>,
+    metrics: &Metrics,
+) -> Result<JobResult, JobError> {
+    let body = job.body.as_ref().map(|body| body.bytes.clone()).unwrap_or_default();
+    let id = job.id.to_string();
+    let timestamp = chrono::Utc::now().timestamp();
+    let mut request = destination
+        .client
+        .post(destination.url.clone())
+        .headers(destination.headers.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature_header(&destination.secrets, &id, timestamp, &body));
+    if let Some(event_type) = event_type {
+        request = request.header("webhook-event-type", event_type);
+    }
+    let started = Instant::now();
+    let sent = request.body(body).send().await;
+    let elapsed = started.elapsed();
+    let name = destination.name.as_ref();
+    metrics.webhook_duration.with_label_values(&[name]).observe(elapsed.as_secs_f64());
+    let (outcome, verdict, result) = match sent {
+        Err(error) if error.is_timeout() => (
+            "timed_out",
+            Verdict::ReceiverDown,
+            Err(JobError::Failed {
+                message: format!("the delivery timed out after {} ms", destination.timeout.as_millis()),
+                retryable: true,
+            }),
+        ),
+        Err(error) => (
+            "failed",
+            Verdict::ReceiverDown,
+            Err(JobError::Failed { message: format!("the delivery failed: {}", plain(error)), retryable: true }),
+        ),
+        Ok(response) => classify(destination, response, elapsed).await,
+    };
+    metrics.webhook_deliveries.with_label_values(&[name, outcome]).inc();
+    let (open, changed) = destination.record(verdict);
+    if changed {
+        metrics.webhook_circuit_open.with_label_values(&[name]).set(i64::from(open));
+        if open {
+            tracing::warn!(destination = name, "webhook circuit opened: deliveries wait, then one probe is tried");
+        } else {
+            tracing::info!(destination = name, "webhook circuit closed: the destination answers again");
+        }
+    }
+    result
+}
+
+/// An HTTP client error without its URL, which may carry a credential in its query.
+fn plain(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// What an answer means: `2xx` is done; `410` and other `4xx` (unless `retry_4xx`) are
+/// final; `429` and `503` retry no sooner than their `Retry-After`; other `5xx` retry
+/// with the job's backoff. A `3xx` is final too: redirects are not followed.
+async fn classify(
+    destination: &Destination,
+    response: reqwest::Response,
+    elapsed: Duration,
+) -> (&'static str, Verdict, Result<JobResult, JobError>) {
+    let status = response.status();
+    let wait = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(retry_after);
+    let answer = response_start(response).await;
+    let code = status.as_u16();
+    if status.is_success() {
+        let result = JobResult::with([
+            ("status", Some(code.into())),
+            ("latency_ms", Some(((elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0).into())),
+            ("response", Some(answer.into())),
+        ]);
+        return ("delivered", Verdict::ReceiverUp, Ok(result));
+    }
+    let message = format!("the receiver answered {status}: {}", answer.chars().take(200).collect::<String>());
+    let permanent = |message| Err(JobError::Failed { message, retryable: false });
+    match code {
+        429 | 503 => {
+            // Throttling is the receiver's say, not a failure of it: a 503 counts toward
+            // the circuit, a 429 does not.
+            let verdict = if code == 503 { Verdict::ReceiverDown } else { Verdict::ReceiverUp };
+            let result = match wait {
+                Some(retry_after) => Err(JobError::Deferred { message, retry_after }),
+                None => Err(JobError::Failed { message, retryable: true }),
+            };
+            ("failed", verdict, result)
+        }
+        500..=599 => ("failed", Verdict::ReceiverDown, Err(JobError::Failed { message, retryable: true })),
+        410 => ("rejected", Verdict::ReceiverUp, permanent(format!("{message} (410 Gone: the job is dead)"))),
+        400..=499 if destination.retry_4xx => {
+            ("failed", Verdict::ReceiverUp, Err(JobError::Failed { message, retryable: true }))
+        }
+        300..=399 => ("rejected", Verdict::ReceiverUp, permanent(format!("{message} (redirects are not followed)"))),
+        _ => ("rejected", Verdict::ReceiverUp, permanent(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of the Standard Webhooks specification: this secret, id, timestamp
+    /// and body sign to this signature.
+    #[test]
+    fn signatures_match_the_specifications_example() {
+        let secret = base64::engine::general_purpose::STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("b64");
+        let body = br#"{"test": 2432232314}"#;
+        let header = signature_header(&[secret], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
+        assert_eq!(header, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates_and_is_bounded() {
+        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after("99999999"), Some(MAX_RETRY_AFTER));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc2822();
+        assert!(retry_after(&later).is_some_and(|wait| wait > Duration::from_secs(50)));
+        assert_eq!(retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,267 @@
+//! A webhook destination: its settings as the configuration file gives them, and at run
+//! time its HTTP client, its secrets, its in-flight limit and its circuit breaker.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::kinds::{Admission, GateKey, Permit};
+
+/// Default time a delivery may take, from connecting to the end of the answer's head.
+pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
+/// Default deliveries in flight to one destination: enough to keep a receiver busy, few
+/// enough that one slow receiver cannot occupy every worker (16 by default).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+/// Default consecutive failed deliveries after which a destination's circuit opens.
+pub const DEFAULT_CIRCUIT_FAILURES: u32 = 5;
+/// Default time an open circuit waits before one probe delivery is tried.
+pub const DEFAULT_CIRCUIT_OPEN_SECS: u64 = 30;
+
+/// Headers jobd sets itself, which a destination's extra headers may not replace.
+const RESERVED_HEADERS: [&str; 6] =
+    ["webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "user-agent", "host"];
+
+/// `[webhooks.<name>]` in the configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSettings {
+    /// Where deliveries go: an `http://` or `https://` URL.
+    pub url: String,
+    /// Signing secrets, `whsec_` + base64, as Standard Webhooks writes them. Several are
+    /// allowed for rotation: each delivery carries one signature per secret.
+    #[serde(default, serialize_with = "redacted")]
+    pub secrets: Vec<String>,
+    /// Names of systemd credentials that hold more secrets, so that none need be in the file.
+    #[serde(default)]
+    pub secret_credentials: Vec<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Extra request headers, e.g. an `authorization` the receiver wants.
+    #[serde(default, serialize_with = "redacted_values")]
+    pub headers: BTreeMap<String, String>,
+    /// Retry `4xx` answers other than `410` and `429`, which are final by default.
+    #[serde(default)]
+    pub retry_4xx: bool,
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    #[serde(default)]
+    pub circuit_failures: Option<u32>,
+    #[serde(default)]
+    pub circuit_open_secs: Option<u64>,
+}
+
+/// Secrets never leave the process: `check-config` shows how many there are.
+fn redacted<S: Serializer>(secrets: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(secrets.iter().map(|_| "(secret)"))
+}
+
+/// Header values may be credentials too: only their names are shown.
+fn redacted_values<S: Serializer>(headers: &BTreeMap<String, String>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(headers.keys().map(|name| (name, "(hidden)")))
+}
+
+/// Decodes a `whsec_` secret; the prefix is optional and base64 padding may be left off,
+/// as the Standard Webhooks libraries accept.
+fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
+    let encoded = secret.trim().strip_prefix("whsec_").unwrap_or(secret.trim());
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(encoded.trim_end_matches('='))
+        .map_err(|error| format!("a secret is not whsec_ followed by base64: {error}"))?;
+    if bytes.len() < 16 {
+        return Err("a secret must hold at least 16 bytes".to_owned());
+    }
+    Ok(bytes)
+}
+
+impl DestinationSettings {
+    /// Checks the settings and reads the secrets, without logging any.
+    pub fn resolve(&self, name: &str) -> Result<Destination, String> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            return Err("a destination's name holds only letters, digits, '-', '_' and '.'".to_owned());
+        }
+        let url = reqwest::Url::parse(&self.url).map_err(|error| format!("url: {error}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err("url: must be an http:// or https:// URL with a host".to_owned());
+        }
+        let mut secrets = Vec::new();
+        for secret in &self.secrets {
+            secrets.push(decode_secret(secret)?);
+        }
+        for credential in &self.secret_credentials {
+            let secret = crate::systemd::credential(credential)
+                .ok_or_else(|| format!("the systemd credential {credential:?} is not there"))?;
+            secrets.push(decode_secret(&secret)?);
+        }
+        if secrets.is_empty() {
+            return Err("a destination needs at least one secret (secrets or secret_credentials)".to_owned());
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (header, value) in &self.headers {
+            let header_name = reqwest::header::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("headers: {header:?} is not a header name"))?;
+            if RESERVED_HEADERS.contains(&header_name.as_str()) {
+                return Err(format!("headers: jobd sets {header_name} itself"));
+            }
+            let value = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| format!("headers: the value of {header_name} is not a header value"))?;
+            headers.insert(header_name, value);
+        }
+        let timeout = Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
+        if timeout.is_zero() || timeout > Duration::from_secs(300) {
+            return Err("timeout_ms: must be between 1 and 300000".to_owned());
+        }
+        let limit = self.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        if !(1..=1000).contains(&limit) {
+            return Err("max_in_flight: must be between 1 and 1000".to_owned());
+        }
+        let failures_to_open = self.circuit_failures.unwrap_or(DEFAULT_CIRCUIT_FAILURES).max(1);
+        let open_for = Duration::from_secs(self.circuit_open_secs.unwrap_or(DEFAULT_CIRCUIT_OPEN_SECS).max(1));
+        let client = reqwest::Client::builder()
+            // A redirect could point anywhere; the destination is what the operator configured.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("jobd/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(limit)
+            .build()
+            .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
+        Ok(Destination {
+            name: Arc::from(name),
+            url,
+            secrets,
+            headers,
+            retry_4xx: self.retry_4xx,
+            timeout,
+            client,
+            limit,
+            failures_to_open,
+            open_for,
+            gate: Mutex::new(GateState::default()),
+        })
+    }
+}
+
+/// A destination at run time.
+pub struct Destination {
+    pub name: GateKey,
+    pub url: reqwest::Url,
+    pub secrets: Vec<Vec<u8>>,
+    pub headers: reqwest::header::HeaderMap,
+    pub retry_4xx: bool,
+    pub timeout: Duration,
+    pub client: reqwest::Client,
+    limit: usize,
+    failures_to_open: u32,
+    open_for: Duration,
+    gate: Mutex<GateState>,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry credentials in its query; only the name is shown.
+        f.debug_struct("Destination").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// The in-flight count and the circuit breaker of one destination.
+#[derive(Debug, Default)]
+struct GateState {
+    in_flight: usize,
+    consecutive_failures: u32,
+    /// Set while the circuit is open: until then no delivery starts; after it, one probe.
+    open_until: Option<Instant>,
+    /// A probe delivery is out: the circuit is half open.
+    probing: bool,
+}
+
+/// How a delivery went, for the circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Delivered, or refused by the receiver for this delivery alone (a `4xx`): the
+    /// receiver is up.
+    ReceiverUp,
+    /// A `5xx`, a timeout or a connection failure: one more toward opening the circuit.
+    ReceiverDown,
+}
+
+/// Gives a destination's slot back when a delivery's attempt ends.
+struct Slot {
+    destination: Arc<Destination>,
+    probe: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut gate = self.destination.lock();
+        gate.in_flight = gate.in_flight.saturating_sub(1);
+        if self.probe {
+            gate.probing = false;
+        }
+    }
+}
+
+impl Destination {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // The state stays consistent under a panic (plain counters), so a poisoned lock
+        // is used as it is.
+        self.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a delivery may start now: below the in-flight limit with the circuit
+    /// closed, or as the one probe once an open circuit's wait is over.
+    pub fn admit(self: &Arc<Self>) -> Admission {
+        let mut gate = self.lock();
+        let probe = match gate.open_until {
+            Some(until) if Instant::now() < until || gate.probing => return Admission::Later(self.name.clone()),
+            Some(_) => true,
+            None if gate.in_flight >= self.limit => return Admission::Later(self.name.clone()),
+            None => false,
+        };
+        gate.in_flight += 1;
+        gate.probing |= probe;
+        let slot = Slot { destination: self.clone(), probe };
+        Admission::Now(Some(Permit::new(self.name.clone(), Box::new(slot))))
+    }
+
+    /// Records how a delivery went; returns whether the circuit is open now, and whether
+    /// that changed.
+    pub fn record(&self, verdict: Verdict) -> (bool, bool) {
+        let mut gate = self.lock();
+        let was_open = gate.open_until.is_some();
+        match verdict {
+            Verdict::ReceiverUp => {
+                gate.consecutive_failures = 0;
+                gate.open_until = None;
+            }
+            Verdict::ReceiverDown => {
+                gate.consecutive_failures = gate.consecutive_failures.saturating_add(1);
+                // A failed probe opens the circuit again at once.
+                if was_open || gate.consecutive_failures >= self.failures_to_open {
+                    gate.open_until = Some(Instant::now() + self.open_for);
+                }
+            }
+        }
+        let open = gate.open_until.is_some();
+        (open, open != was_open)
+    }
+
+    /// The destination's state for `/readyz`.
+    pub fn readiness(&self) -> serde_json::Value {
+        let gate = self.lock();
+        let circuit = match (gate.open_until, gate.probing) {
+            (None, _) => "closed",
+            (Some(_), true) => "half_open",
+            (Some(until), false) if Instant::now() >= until => "half_open",
+            (Some(_), false) => "open",
+        };
+        serde_json::json!({
+            "circuit": circuit,
+            "in_flight": gate.in_flight,
+            "max_in_flight": self.limit,
+            "consecutive_failures": gate.consecutive_failures,
+        })
+    }
+}

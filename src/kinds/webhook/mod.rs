@@ -1,0 +1,195 @@
+//! The `webhook` kind: delivers a JSON event to a configured destination as a Standard
+//! Webhooks request (`webhook-id`, `webhook-timestamp`, `webhook-signature`), so that a
+//! receiver's existing verifier accepts it unchanged. Destinations are configured, never
+//! sent by clients, so a client cannot make jobd call an arbitrary address.
+
+mod deliver;
+mod destination;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+pub use self::destination::{
+    DEFAULT_CIRCUIT_FAILURES, DEFAULT_CIRCUIT_OPEN_SECS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT_MS, Destination,
+    DestinationSettings,
+};
+use super::{
+    Admission, FieldProblem, JobError, Kind, KindSettings, Refusal, Registration, RequestFields, RunContext, Validated,
+    field_problem,
+};
+use crate::auth::Principal;
+use crate::job::{Body, Job, JobResult, JobSpec};
+
+/// The kind's name.
+pub const NAME: &str = "webhook";
+
+/// The label that names a destination on the webhook metrics (`jobd_webhook_*`).
+pub const DESTINATION_LABEL: &str = "destination";
+
+/// The longest `event_type` accepted.
+const MAX_EVENT_TYPE_BYTES: usize = 256;
+
+pub const REGISTRATION: Registration = Registration {
+    name: NAME,
+    test_only: false,
+    build: |settings: &KindSettings| -> Arc<dyn Kind> { Arc::new(Webhook::new(&settings.webhooks)) },
+    request_schema: || <WebhookFields as utoipa::PartialSchema>::schema(),
+};
+
+/// A webhook's request fields, as the API description shows them.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "only its schema is used")]
+struct WebhookFields {
+    /// For `webhook`: the name of a configured destination (`[webhooks.<name>]`).
+    destination: Option<String>,
+    /// For `webhook`: the event, delivered byte for byte as the request body.
+    #[schema(value_type = Option<serde_json::Value>)]
+    payload: Option<Box<RawValue>>,
+    /// For `webhook`: the event's type, sent as `webhook-event-type` and kept on the record.
+    event_type: Option<String>,
+}
+
+/// A webhook's arguments, as the queue stores them; the payload is the body.
+#[derive(Debug, Serialize, Deserialize)]
+struct WebhookArgs {
+    destination: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_type: Option<String>,
+}
+
+/// Checks every configured destination, for `check-config` and start-up: the first
+/// problem, naming its destination.
+pub fn check_destinations(destinations: &BTreeMap<String, DestinationSettings>) -> Result<(), String> {
+    for (name, settings) in destinations {
+        settings.resolve(name).map_err(|problem| format!("[webhooks.{name}] {problem}"))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Webhook {
+    destinations: BTreeMap<String, Arc<Destination>>,
+}
+
+impl Webhook {
+    fn new(settings: &BTreeMap<String, DestinationSettings>) -> Self {
+        let mut destinations = BTreeMap::new();
+        for (name, destination) in settings {
+            // The configuration was checked at start (`check_destinations`); a destination
+            // that fails now (a credential gone meanwhile) is left out, and its jobs fail.
+            match destination.resolve(name) {
+                Ok(resolved) => {
+                    destinations.insert(name.clone(), Arc::new(resolved));
+                }
+                Err(problem) => tracing::error!(destination = name, problem, "webhook destination left out"),
+            }
+        }
+        Webhook { destinations }
+    }
+
+    fn args(job: &Job) -> Result<WebhookArgs, JobError> {
+        let text = job.args.as_ref().map_or("{}", |args| args.get());
+        serde_json::from_str(text).map_err(|error| JobError::Failed {
+            message: format!("the job's stored arguments do not decode: {error}"),
+            retryable: false,
+        })
+    }
+
+    fn destination(&self, job: &Job) -> Result<Arc<Destination>, JobError> {
+        let args = Self::args(job)?;
+        self.destinations.get(&args.destination).cloned().ok_or_else(|| JobError::Failed {
+            message: format!("no webhook destination {:?} is configured", args.destination),
+            retryable: false,
+        })
+    }
+}
+
+impl Kind for Webhook {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn validate(&self, fields: &mut RequestFields<'_>) -> Result<Validated, FieldProblem> {
+        let destination: String =
+            fields.take("destination")?.ok_or_else(|| field_problem("destination", "is required for a webhook"))?;
+        if !self.destinations.contains_key(&destination) {
+            let known: Vec<&str> = self.destinations.keys().map(String::as_str).collect();
+            return Err(field_problem(
+                "destination",
+                format!("no destination {destination:?} is configured; configured: {}", known.join(", ")),
+            ));
+        }
+        let payload = fields
+            .take_raw("payload")
+            .filter(|raw| raw.get() != "null")
+            .ok_or_else(|| field_problem("payload", "a webhook needs a payload: the event to deliver"))?;
+        let event_type: Option<String> = fields.take("event_type")?;
+        if let Some(event_type) = &event_type {
+            let valid = !event_type.is_empty()
+                && event_type.len() <= MAX_EVENT_TYPE_BYTES
+                && event_type.bytes().all(|byte| (0x21..0x7f).contains(&byte));
+            if !valid {
+                return Err(field_problem("event_type", "must be 1-256 printable ASCII characters without spaces"));
+            }
+        }
+        let args = WebhookArgs { destination, event_type };
+        let args = serde_json::value::to_raw_value(&args).map_err(|error| field_problem("", error.to_string()))?;
+        Ok(Validated { args: Some(args), body: Some(Body::json(payload.to_owned())) })
+    }
+
+    /// A token with `allowed_destinations` may send only to those.
+    fn authorize(&self, job: &JobSpec, caller: &Principal) -> Result<(), Refusal> {
+        if caller.allowed_destinations.is_empty() {
+            return Ok(());
+        }
+        let destination = job
+            .args
+            .as_ref()
+            .and_then(|args| serde_json::from_str::<WebhookArgs>(args.get()).ok())
+            .map(|args| args.destination)
+            .unwrap_or_default();
+        if caller.allowed_destinations.contains(&destination) {
+            return Ok(());
+        }
+        Err(Refusal {
+            field: "destination".to_owned(),
+            message: format!(
+                "{destination:?} is not among token {}'s allowed_destinations ({})",
+                caller.name,
+                caller.allowed_destinations.join(", ")
+            ),
+            confinement: "allowed_destinations",
+        })
+    }
+
+    fn admit(&self, job: &Job) -> Admission {
+        match self.destination(job) {
+            Ok(destination) => destination.admit(),
+            // The run fails it for good, with the reason.
+            Err(_) => Admission::Now(None),
+        }
+    }
+
+    fn run(&self, job: Job, context: &RunContext) -> BoxFuture<'static, Result<JobResult, JobError>> {
+        let destination = self.destination(&job);
+        let metrics = context.metrics.clone();
+        Box::pin(async move {
+            let destination = destination?;
+            let event_type = Webhook::args(&job)?.event_type;
+            deliver::deliver(&destination, &job, event_type.as_deref(), &metrics).await
+        })
+    }
+
+    fn readiness(&self) -> Option<serde_json::Value> {
+        if self.destinations.is_empty() {
+            return None;
+        }
+        let destinations: serde_json::Map<String, serde_json::Value> =
+            self.destinations.iter().map(|(name, destination)| (name.clone(), destination.readiness())).collect();
+        Some(serde_json::json!({"destinations": destinations}))
+    }
+}

@@ -1,0 +1,316 @@
+//! The `webhook` kind against a real receiver (`tests/webhook_receiver.py`) that verifies
+//! every delivery with the official Standard Webhooks library: signatures, ids stable
+//! across retries, `Retry-After`, final answers, timeouts, redirects, the circuit breaker,
+//! confinement, and deliveries across a `kill -9`.
+
+mod common;
+
+use std::io::BufRead as _;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, WAIT_DEADLINE, accepted_ids};
+use serde_json::{Value, json};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECOND_SECRET: &str = "whsec_dGhlIHNlY29uZCBzZWNyZXQgb2YgdGhlIHBhaXI=";
+
+/// The receiver, killed when dropped.
+struct Receiver {
+    child: Child,
+    port: u16,
+    client: reqwest::Client,
+}
+
+impl Receiver {
+    fn start(secrets: &[&str]) -> Receiver {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhook_receiver.py");
+        let mut command = Command::new("python3");
+        command.arg(script).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        for secret in secrets {
+            command.args(["--secret", secret]);
+        }
+        let mut child = command.spawn().expect("python3 runs the receiver");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("the port");
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("the receiver did not start: {line:?}"));
+        Receiver { child, port, client: reqwest::Client::new() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn seen(&self) -> Vec<Value> {
+        let response = self.client.get(self.url("/seen")).send().await.expect("GET /seen");
+        response.json().await.expect("JSON")
+    }
+
+    async fn seen_at(&self, path: &str) -> Vec<Value> {
+        self.seen().await.into_iter().filter(|delivery| delivery["path"] == path).collect()
+    }
+
+    async fn set_switch(&self, status: u16) {
+        let response = self.client.post(self.url("/control")).json(&json!({"switch": status})).send().await;
+        assert_eq!(response.expect("POST /control").status(), 204);
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A configuration file with one `[webhooks.<name>]` per `(name, path, extra lines)`.
+fn config(dir: &std::path::Path, receiver: &Receiver, destinations: &[(&str, &str, &str)]) -> String {
+    let mut text = String::new();
+    for (name, path, extra) in destinations {
+        text.push_str(&format!(
+            "[webhooks.{name}]\nurl = \"{}\"\nsecrets = [\"{SECRET}\"]\n{extra}\n",
+            receiver.url(path)
+        ));
+    }
+    let file = dir.join("jobd.toml");
+    std::fs::write(&file, text).expect("write the config");
+    file.to_str().expect("utf-8").to_owned()
+}
+
+fn webhook(destination: &str, payload: &str) -> Value {
+    json!({"kind": "webhook", "destination": destination, "payload": serde_json::from_str::<Value>(payload).expect("json")})
+}
+
+async fn submit(daemon: &Daemon, job: &Value) -> String {
+    accepted_ids(daemon.post_json("/v1/jobs", job).await).await.remove(0)
+}
+
+/// Polls until `done` holds for what the receiver saw at `path`.
+async fn wait_seen(receiver: &Receiver, path: &str, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    loop {
+        let seen = receiver.seen_at(path).await;
+        if done(&seen) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; saw {seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn five_hundred_deliveries_verify_and_carry_their_exact_bytes() {
+    let receiver = Receiver::start(&[SECRET]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = config(dir.path(), &receiver, &[("main", "/ok", "")]);
+    let daemon = Daemon::start(&[("JOBD_CONFIG", &file)]);
+    // Odd spacing and key order: the receiver must get these bytes, not a re-serialization.
+    let payloads: Vec<String> = (0..500).map(|n| format!(r#"{{"n": {n},  "amount":1.50, "a" : [1, "é"]}}"#)).collect();
+    let mut ids = Vec::new();
+    for chunk in payloads.chunks(100) {
+        let jobs: Vec<String> = chunk
+            .iter()
+            .map(|payload| {
+                format!(r#"{{"kind":"webhook","destination":"main","payload":{payload},"event_type":"invoice.paid"}}"#)
+            })
+            .collect();
+        let body = format!(r#"{{"jobs":[{}]}}"#, jobs.join(","));
+        ids.extend(accepted_ids(daemon.post_raw("/v1/jobs", "application/json", body.into_bytes()).await).await);
+    }
+    let seen = wait_seen(&receiver, "/ok", "500 deliveries", |seen| seen.len() >= 500).await;
+    assert_eq!(seen.len(), 500);
+    for (id, payload) in ids.iter().zip(&payloads) {
+        let delivery = seen.iter().find(|delivery| delivery["id"] == id.as_str()).expect("delivered under its job id");
+        assert_eq!(delivery["verified_by"], json!([0]), "verified: {delivery}");
+        assert_eq!(delivery["body"], payload.as_str(), "exact bytes");
+        assert_eq!(delivery["event_type"], "invoice.paid");
+        assert_eq!(delivery["content_type"], "application/json");
+        assert!(delivery["user_agent"].as_str().is_some_and(|agent| agent.starts_with("jobd/")), "{delivery}");
+    }
+    daemon.wait_for("500 succeeded", |stats| stats["counters"]["jobs"]["succeeded"] == 500).await;
+    let record = daemon.job(&ids[0]).await.expect("record");
+    assert_eq!(
+        (record["result"]["status"].as_u64(), record["result"]["response"].as_str()),
+        (Some(200), Some("received"))
+    );
+    assert!(record["result"]["latency_ms"].is_number(), "{record}");
+    let metrics = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
+    assert!(
+        metrics.contains(r#"jobd_webhook_deliveries_total{destination="main",outcome="delivered"} 500"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn retries_keep_the_webhook_id_and_every_secret_signs() {
+    let receiver = Receiver::start(&[SECRET, SECOND_SECRET]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("jobd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[webhooks.flaky]\nurl = \"{}\"\nsecrets = [\"{SECRET}\", \"{SECOND_SECRET}\"]\n",
+            receiver.url("/flaky/2")
+        ),
+    )
+    .expect("write");
+    // Default retry settings: the two retries wait about a second, then about two.
+    let daemon = Daemon::start(&[("JOBD_CONFIG", file.to_str().expect("utf-8"))]);
+    let id = submit(&daemon, &webhook("flaky", r#"{"event": "retry me"}"#)).await;
+    let seen = wait_seen(&receiver, "/flaky/2", "three deliveries", |seen| seen.len() >= 3).await;
+    assert!(seen.iter().all(|delivery| delivery["id"] == id.as_str()), "one id across retries: {seen:?}");
+    for delivery in &seen {
+        assert_eq!(delivery["verified_by"], json!([0, 1]), "each secret's signature verifies: {delivery}");
+        assert_eq!(delivery["signature"].as_str().map(|text| text.matches("v1,").count()), Some(2));
+    }
+    let record = daemon.wait_for_job(&id, "the delivered job", |record| record["state"] == "succeeded").await;
+    assert_eq!((record["attempts"].as_u64(), &record["last_error"]), (Some(3), &Value::Null));
+}
+
+#[tokio::test]
+async fn retry_after_is_a_floor_and_final_answers_end_the_job() {
+    let receiver = Receiver::start(&[SECRET]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = config(
+        dir.path(),
+        &receiver,
+        &[
+            ("throttle", "/throttle", ""),
+            ("gone", "/status/410", ""),
+            ("moved", "/redirect", ""),
+            ("bad", "/status/400", ""),
+        ],
+    );
+    let daemon = Daemon::start(&[("JOBD_CONFIG", &file)]);
+
+    // 503 with Retry-After: 2: the retry comes no sooner, though the backoff says one second.
+    let throttled = submit(&daemon, &webhook("throttle", r#"{"n": 1}"#)).await;
+    let seen = wait_seen(&receiver, "/throttle", "the retry", |seen| seen.len() >= 2).await;
+    let waited = seen[1]["at"].as_f64().expect("at") - seen[0]["at"].as_f64().expect("at");
+    assert!(waited >= 2.0, "the retry came {waited} s after a Retry-After of 2 s");
+    daemon.wait_for_job(&throttled, "the throttled job", |record| record["state"] == "succeeded").await;
+
+    // 410, a redirect and another 4xx are final: dead after one attempt.
+    for destination in ["gone", "moved", "bad"] {
+        let id = submit(&daemon, &webhook(destination, r#"{"n": 2}"#)).await;
+        let record = daemon.wait_for_job(&id, destination, |record| record["state"] == "dead").await;
+        assert_eq!(record["attempts"], 1, "{record}");
+    }
+    assert!(receiver.seen_at("/ok").await.is_empty(), "the redirect was not followed");
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_is_cut_off_at_the_default_timeout() {
+    let receiver = Receiver::start(&[SECRET]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = config(dir.path(), &receiver, &[("hang", "/hang", "")]);
+    let daemon = Daemon::start(&[("JOBD_CONFIG", &file)]);
+    let job = json!({"kind": "webhook", "destination": "hang", "payload": {"n": 1}, "max_attempts": 1});
+    let id = submit(&daemon, &job).await;
+    let record = daemon.wait_for_job(&id, "the cut-off delivery", |record| record["state"] == "dead").await;
+    assert_eq!(record["last_error"], "the delivery timed out after 15000 ms", "{record}");
+}
+
+/// The circuit opens after five consecutive failures (the default), holds the
+/// destination's jobs without starting them, and closes after the receiver recovers.
+/// `circuit_open_secs = 2` shortens the wait before the probe; the opening and the
+/// holding are those of the defaults.
+#[tokio::test]
+async fn the_circuit_opens_holds_jobs_without_using_attempts_and_closes_again() {
+    let receiver = Receiver::start(&[SECRET]);
+    receiver.set_switch(500).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = config(dir.path(), &receiver, &[("switch", "/switch", "circuit_open_secs = 2")]);
+    let daemon = Daemon::start(&[("JOBD_CONFIG", &file)]);
+    let failing: Vec<String> = {
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            ids.push(submit(&daemon, &webhook("switch", &format!(r#"{{"n": {n}}}"#))).await);
+        }
+        ids
+    };
+    wait_seen(&receiver, "/switch", "five failures", |seen| seen.len() >= 5).await;
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    loop {
+        let ready: Value =
+            daemon.client.get(daemon.url("/readyz")).send().await.expect("GET").json().await.expect("json");
+        if ready["kinds"]["webhook"]["destinations"]["switch"]["circuit"] != "closed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the circuit never opened: {ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
+    assert!(metrics.contains(r#"jobd_webhook_circuit_open{destination="switch"} 1"#), "{metrics}");
+
+    // While it is open, new jobs wait without starting.
+    let held = submit(&daemon, &webhook("switch", r#"{"held": true}"#)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let record = daemon.job(&held).await.expect("record");
+    assert_eq!((record["state"].as_str(), record["attempts"].as_u64()), (Some("queued"), Some(0)), "{record}");
+
+    // The receiver recovers: the probe succeeds, the circuit closes, and everything is delivered.
+    receiver.set_switch(200).await;
+    let record = daemon.wait_for_job(&held, "the held job", |record| record["state"] == "succeeded").await;
+    assert_eq!(record["attempts"], 1, "no attempt was used while the circuit was open: {record}");
+    for id in &failing {
+        daemon.wait_for_job(id, "a failed job's retry", |record| record["state"] == "succeeded").await;
+    }
+    let metrics = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
+    assert!(metrics.contains(r#"jobd_webhook_circuit_open{destination="switch"} 0"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn unknown_and_forbidden_destinations_are_refused_and_queue_nothing() {
+    let receiver = Receiver::start(&[SECRET]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = config(dir.path(), &receiver, &[("main", "/ok", ""), ("other", "/ok", "")]);
+    let tokens = dir.path().join("tokens");
+    let token = "a".repeat(40);
+    std::fs::write(&tokens, format!("billing submit,read {token} allowed_destinations=main\n")).expect("tokens");
+    let daemon = Daemon::start(&[("JOBD_CONFIG", &file), ("JOBD_TOKENS_FILE", tokens.to_str().expect("utf-8"))]);
+    let post = |job: Value| daemon.client.post(daemon.url("/v1/jobs")).bearer_auth(&token).json(&job).send();
+    let unknown = post(webhook("nope", "{}")).await.expect("POST");
+    assert_eq!(unknown.status(), 400);
+    let problem: Value = unknown.json().await.expect("problem");
+    assert_eq!(problem["errors"][0]["field"], "destination", "{problem}");
+    let forbidden = post(json!({"jobs": [webhook("main", "{}"), webhook("other", "{}")]})).await.expect("POST");
+    assert_eq!(forbidden.status(), 403);
+    let problem: Value = forbidden.json().await.expect("problem");
+    assert_eq!(problem["type"], "/problems/destination-not-allowed", "{problem}");
+    assert_eq!(
+        (problem["errors"][0]["index"].as_u64(), problem["errors"][0]["field"].as_str()),
+        (Some(1), Some("destination"))
+    );
+    let stats: Value = daemon
+        .client
+        .get(daemon.url("/v1/stats"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stats["counters"]["jobs"]["accepted"], 0, "nothing was queued: {stats}");
+    assert_eq!(post(webhook("main", "{}")).await.expect("POST").status(), 202);
+}
+
+#[tokio::test]
+async fn a_kill_9_during_deliveries_loses_no_webhook() {
+    let receiver = Receiver::start(&[SECRET]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = config(dir.path(), &receiver, &[("main", "/slow", "")]);
+    let daemon = Daemon::start(&[("JOBD_CONFIG", &file)]);
+    let jobs: Vec<Value> = (0..300).map(|n| webhook("main", &format!(r#"{{"n": {n}}}"#))).collect();
+    let ids = accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": jobs})).await).await;
+    wait_seen(&receiver, "/slow", "some deliveries", |seen| !seen.is_empty()).await;
+    let data_dir = daemon.kill_9();
+    let daemon = Daemon::start_in(data_dir, &[("JOBD_CONFIG", &file)]);
+    let seen = wait_seen(&receiver, "/slow", "every job delivered", |seen| {
+        ids.iter().all(|id| seen.iter().any(|delivery| delivery["id"] == id.as_str()))
+    })
+    .await;
+    assert!(seen.iter().all(|delivery| delivery["verified_by"] == json!([0])));
+    daemon.wait_for("300 succeeded", |stats| stats["queue"]["queued"] == 0 && stats["queue"]["running"] == 0).await;
+}
