@@ -20,6 +20,12 @@ const END_TO_END_JOBS: u64 = 1_000_000;
 const UPLOAD_JOBS: u64 = 50_000;
 /// (6) alternates jobd and the plain loop in this many rounds of `UPLOAD_JOBS / UPLOAD_ROUNDS`.
 const UPLOAD_ROUNDS: u64 = 4;
+const WEBHOOK_JOBS: u64 = 20_000;
+/// (9) alternates jobd's deliveries and the plain loop in this many rounds.
+const WEBHOOK_ROUNDS: u64 = 4;
+/// The default in-flight limit of a webhook destination: (9)'s plain loop posts this many
+/// at once too.
+const WEBHOOK_CONCURRENCY: usize = 8;
 
 /// A release jobd on a temporary data directory, killed when dropped.
 struct Daemon {
@@ -758,7 +764,99 @@ async fn run() -> Vec<Figure> {
             met: Some(ready < Duration::from_secs(3)),
         });
     }
+    if wanted(&[9]) {
+        // (9) webhook deliveries to a local receiver that answers at once, against a plain
+        // loop of HTTP posts of the same bodies to it at the same concurrency (a
+        // destination's default in-flight limit), in alternating rounds.
+        let receiver = Receiver::start();
+        let config_dir = tempfile::tempdir().expect("tempdir");
+        let config = config_dir.path().join("jobd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[webhooks.bench]\nurl = \"{}\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+                receiver.url
+            ),
+        )
+        .expect("write the config");
+        let daemon = Daemon::start(&[("JOBD_CONFIG", config.to_str().expect("utf-8"))]);
+        let per_round = WEBHOOK_JOBS / WEBHOOK_ROUNDS;
+        let (mut plain_time, mut jobd_time) = (Duration::ZERO, Duration::ZERO);
+        for round in 0..WEBHOOK_ROUNDS {
+            for plain_turn in [round % 2 == 0, round % 2 == 1] {
+                let started = Instant::now();
+                if plain_turn {
+                    plain_posts(&client, &receiver.url, per_round, WEBHOOK_CONCURRENCY).await;
+                    plain_time += started.elapsed();
+                } else {
+                    submit_batches(&client, &daemon, per_round, 500, 4, |n| {
+                        json!({"kind": "webhook", "destination": "bench", "payload": {"n": n, "pad": "x".repeat(160)}})
+                    })
+                    .await;
+                    wait_succeeded(&client, &daemon, per_round * (round + 1)).await;
+                    jobd_time += started.elapsed();
+                }
+            }
+        }
+        let deliveries = WEBHOOK_JOBS as f64 / jobd_time.as_secs_f64();
+        let plain = WEBHOOK_JOBS as f64 / plain_time.as_secs_f64();
+        println!(
+            "(9) webhook deliveries {deliveries:.0}/s; plain HTTP posts {plain:.0}/s ({WEBHOOK_ROUNDS} rounds each)"
+        );
+        figures.push(Figure {
+            number: "9",
+            name: "Webhook deliveries/s to a local receiver, vs a plain loop of HTTP posts (8 at once)",
+            value: format!("{deliveries:.0} vs {plain:.0}: {:.2} x", deliveries / plain),
+            target: ">= 0.8 x the plain loop",
+            met: Some(deliveries / plain >= 0.8),
+        });
+        drop(daemon);
+    }
     figures
+}
+
+/// A webhook receiver on a free loopback port that answers every POST with `204` at
+/// once, on a thread of its own (an actix-web server in its own System).
+struct Receiver {
+    url: String,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = actix_web::HttpServer::new(|| {
+                    actix_web::App::new().default_service(actix_web::web::to(actix_web::HttpResponse::NoContent))
+                })
+                .workers(1)
+                .listen(listener)
+                .expect("listen")
+                .run();
+                let _ = server.await;
+            });
+        });
+        Receiver { url }
+    }
+}
+
+/// Posts `count` bodies like (9)'s payloads to `url`, `concurrency` at a time.
+async fn plain_posts(client: &reqwest::Client, url: &str, count: u64, concurrency: usize) {
+    futures_util::stream::iter(0..count)
+        .map(|n| {
+            let request = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&json!({"n": n, "pad": "x".repeat(160)})).expect("json"));
+            async move {
+                let response = request.send().await.expect("post");
+                assert!(response.status().is_success());
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 /// Writes every dirty page back (sync(1)), so that the next part does not pay for the
