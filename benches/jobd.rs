@@ -815,8 +815,8 @@ async fn run() -> Vec<Figure> {
     figures
 }
 
-/// A webhook receiver on a free loopback port that answers every POST with `204` at
-/// once, on a thread of its own (an actix-web server in its own System).
+/// A webhook receiver on a free loopback port that answers every POST with `204` as soon
+/// as it has read it, on a thread of its own (an actix-web server in its own System).
 struct Receiver {
     url: String,
 }
@@ -827,9 +827,14 @@ impl Receiver {
         let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
+                // The body is read before the answer: an answer before it makes actix close the
+                // connection, which a keep-alive client then finds dead.
                 let server = actix_web::HttpServer::new(|| {
-                    actix_web::App::new().default_service(actix_web::web::to(actix_web::HttpResponse::NoContent))
+                    actix_web::App::new().default_service(actix_web::web::to(|_body: actix_web::web::Bytes| async {
+                        actix_web::HttpResponse::NoContent().finish()
+                    }))
                 })
+                .disable_signals()
                 .workers(1)
                 .listen(listener)
                 .expect("listen")

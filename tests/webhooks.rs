@@ -145,17 +145,25 @@ async fn five_hundred_deliveries_verify_and_carry_their_exact_bytes() {
 async fn retries_keep_the_webhook_id_and_every_secret_signs() {
     let receiver = Receiver::start(&[SECRET, SECOND_SECRET]);
     let dir = tempfile::tempdir().expect("tempdir");
+    // The second secret comes from a systemd credential, so that it is in no file jobd reads
+    // its settings from.
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).expect("credentials dir");
+    std::fs::write(credentials.join("hook_secret"), format!("{SECOND_SECRET}\n")).expect("credential");
     let file = dir.path().join("jobd.toml");
     std::fs::write(
         &file,
         format!(
-            "[webhooks.flaky]\nurl = \"{}\"\nsecrets = [\"{SECRET}\", \"{SECOND_SECRET}\"]\n",
+            "[webhooks.flaky]\nurl = \"{}\"\nsecrets = [\"{SECRET}\"]\nsecret_credentials = [\"hook_secret\"]\n",
             receiver.url("/flaky/2")
         ),
     )
     .expect("write");
     // Default retry settings: the two retries wait about a second, then about two.
-    let daemon = Daemon::start(&[("JOBD_CONFIG", file.to_str().expect("utf-8"))]);
+    let daemon = Daemon::start(&[
+        ("JOBD_CONFIG", file.to_str().expect("utf-8")),
+        ("CREDENTIALS_DIRECTORY", credentials.to_str().expect("utf-8")),
+    ]);
     let id = submit(&daemon, &webhook("flaky", r#"{"event": "retry me"}"#)).await;
     let seen = wait_seen(&receiver, "/flaky/2", "three deliveries", |seen| seen.len() >= 3).await;
     assert!(seen.iter().all(|delivery| delivery["id"] == id.as_str()), "one id across retries: {seen:?}");

@@ -273,7 +273,7 @@ impl Dispatcher {
             self.runner.metrics.job_wait.with_label_values(&[kind_name]).observe(wait);
             self.started.push(StartedJob { id: job.id, started_at: now });
             // The pool bounds both: one RunJob per idle worker.
-            if kind.is_some_and(|kind| kind.runs_inline()) {
+            if kind.is_some_and(|kind| !kind.waits_for_recorded_start()) {
                 worker.do_send(RunJob(job, permit));
             } else {
                 self.awaiting_start.push((worker, job, permit));

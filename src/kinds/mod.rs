@@ -192,6 +192,15 @@ pub trait Kind: Send + Sync + std::fmt::Debug + 'static {
         false
     }
 
+    /// Whether a job must wait until its start is recorded before it runs, so that its
+    /// attempt counts even if it takes the process down (a crash, an abort in a library,
+    /// memory): without the wait, such a job could crash-loop the daemon with attempts
+    /// left. A kind whose body cannot take the process down (one that runs inline, or a
+    /// webhook's HTTP request) may start at once; its start is recorded in the next flush.
+    fn waits_for_recorded_start(&self) -> bool {
+        !self.runs_inline()
+    }
+
     /// The outcome of a job that [`runs_inline`](Self::runs_inline), or of a test job that
     /// acts on the worker's own thread (blocking or panicking it, as a bug in jobd would);
     /// `None` runs the body as a task.

@@ -62,17 +62,19 @@ async fn response_start(mut response: reqwest::Response) -> String {
 /// attempt, so that a receiver can drop duplicates; the timestamp is this attempt's.
 pub(super) async fn deliver(
     destination: &Destination,
-    job: &Job,
+    job: Job,
     event_type: Option<&str>,
     metrics: &Metrics,
 ) -> Result<JobResult, JobError> {
-    let body = job.body.as_ref().map(|body| body.bytes.clone()).unwrap_or_default();
+    // The job is this attempt's own copy: its body moves into the request.
+    let body = job.body.map(|body| body.bytes).unwrap_or_default();
     let id = job.id.to_string();
     let timestamp = chrono::Utc::now().timestamp();
-    let mut request = destination
-        .client
-        .post(destination.url.clone())
-        .headers(destination.headers.clone())
+    let mut request = destination.client.post(destination.url.clone());
+    if !destination.headers.is_empty() {
+        request = request.headers(destination.headers.clone());
+    }
+    let mut request = request
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("webhook-id", &id)
         .header("webhook-timestamp", timestamp.to_string())
@@ -84,7 +86,8 @@ pub(super) async fn deliver(
     let sent = request.body(body).send().await;
     let elapsed = started.elapsed();
     let name = destination.name.as_ref();
-    metrics.webhook_duration.with_label_values(&[name]).observe(elapsed.as_secs_f64());
+    let series = destination.series(metrics);
+    series.duration.observe(elapsed.as_secs_f64());
     let (outcome, verdict, result) = match sent {
         Err(error) if error.is_timeout() => (
             "timed_out",
@@ -101,10 +104,10 @@ pub(super) async fn deliver(
         ),
         Ok(response) => classify(destination, response, elapsed).await,
     };
-    metrics.webhook_deliveries.with_label_values(&[name, outcome]).inc();
+    series.deliveries(outcome).inc();
     let (open, changed) = destination.record(verdict);
     if changed {
-        metrics.webhook_circuit_open.with_label_values(&[name]).set(i64::from(open));
+        series.circuit_open.set(i64::from(open));
         if open {
             tracing::warn!(destination = name, "webhook circuit opened: deliveries wait, then one probe is tried");
         } else {

@@ -2,7 +2,7 @@
 //! time its HTTP client, its secrets, its in-flight limit and its circuit breaker.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -140,6 +140,7 @@ impl DestinationSettings {
             failures_to_open,
             open_for,
             gate: Mutex::new(GateState::default()),
+            series: OnceLock::new(),
         })
     }
 }
@@ -157,6 +158,24 @@ pub struct Destination {
     failures_to_open: u32,
     open_for: Duration,
     gate: Mutex<GateState>,
+    /// The destination's metric series, looked up once rather than by label per delivery.
+    series: OnceLock<Series>,
+}
+
+/// One destination's series of the webhook metrics.
+pub struct Series {
+    pub duration: prometheus::Histogram,
+    pub circuit_open: prometheus::IntGauge,
+    /// By outcome, in the order of [`crate::metrics::WEBHOOK_OUTCOMES`].
+    deliveries: Vec<prometheus::IntCounter>,
+}
+
+impl Series {
+    /// The delivery counter of `outcome`, one of [`crate::metrics::WEBHOOK_OUTCOMES`].
+    pub fn deliveries(&self, outcome: &str) -> &prometheus::IntCounter {
+        let position = crate::metrics::WEBHOOK_OUTCOMES.iter().position(|known| *known == outcome).unwrap_or(0);
+        &self.deliveries[position]
+    }
 }
 
 impl std::fmt::Debug for Destination {
@@ -204,6 +223,21 @@ impl Drop for Slot {
 }
 
 impl Destination {
+    /// The destination's metric series in `metrics`.
+    pub fn series(&self, metrics: &crate::metrics::Metrics) -> &Series {
+        self.series.get_or_init(|| {
+            let name = self.name.as_ref();
+            Series {
+                duration: metrics.webhook_duration.with_label_values(&[name]),
+                circuit_open: metrics.webhook_circuit_open.with_label_values(&[name]),
+                deliveries: crate::metrics::WEBHOOK_OUTCOMES
+                    .iter()
+                    .map(|outcome| metrics.webhook_deliveries.with_label_values(&[name, outcome]))
+                    .collect(),
+            }
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         // The state stays consistent under a panic (plain counters), so a poisoned lock
         // is used as it is.

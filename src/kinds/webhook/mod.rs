@@ -180,8 +180,16 @@ impl Kind for Webhook {
         Box::pin(async move {
             let destination = destination?;
             let event_type = Webhook::args(&job)?.event_type;
-            deliver::deliver(&destination, &job, event_type.as_deref(), &metrics).await
+            deliver::deliver(&destination, job, event_type.as_deref(), &metrics).await
         })
+    }
+
+    /// A delivery is an HTTP request in a task of its own: it cannot take the process down,
+    /// so it starts without waiting for its start to be recorded, which would hold its
+    /// destination's slot for a commit. Its start is recorded in the next flush; should the
+    /// process die first, the delivery runs again with the same `webhook-id` (at least once).
+    fn waits_for_recorded_start(&self) -> bool {
+        false
     }
 
     fn readiness(&self) -> Option<serde_json::Value> {
