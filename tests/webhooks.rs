@@ -77,6 +77,16 @@ fn config(dir: &std::path::Path, receiver: &Receiver, destinations: &[(&str, &st
     file.to_str().expect("utf-8").to_owned()
 }
 
+/// A receiver that verifies with [`SECRET`], and a daemon whose configuration points each of
+/// `destinations` at it; the directory holds the configuration.
+fn start(destinations: &[(&str, &str, &str)]) -> (Receiver, tempfile::TempDir, String, Daemon) {
+    let receiver = Receiver::start(&[SECRET]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = config(dir.path(), &receiver, destinations);
+    let daemon = Daemon::start(&[("JOBD_CONFIG", &file)]);
+    (receiver, dir, file, daemon)
+}
+
 fn webhook(destination: &str, payload: &str) -> Value {
     json!({"kind": "webhook", "destination": destination, "payload": serde_json::from_str::<Value>(payload).expect("json")})
 }
@@ -100,10 +110,7 @@ async fn wait_seen(receiver: &Receiver, path: &str, what: &str, done: impl Fn(&[
 
 #[tokio::test]
 async fn five_hundred_deliveries_verify_and_carry_their_exact_bytes() {
-    let receiver = Receiver::start(&[SECRET]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = config(dir.path(), &receiver, &[("main", "/ok", "")]);
-    let daemon = Daemon::start(&[("JOBD_CONFIG", &file)]);
+    let (receiver, _dir, _file, daemon) = start(&[("main", "/ok", "")]);
     // Odd spacing and key order: the receiver must get these bytes, not a re-serialization.
     let payloads: Vec<String> = (0..500).map(|n| format!(r#"{{"n": {n},  "amount":1.50, "a" : [1, "é"]}}"#)).collect();
     let mut ids = Vec::new();
@@ -134,11 +141,8 @@ async fn five_hundred_deliveries_verify_and_carry_their_exact_bytes() {
         (Some(200), Some("received"))
     );
     assert!(record["result"]["latency_ms"].is_number(), "{record}");
-    let metrics = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
-    assert!(
-        metrics.contains(r#"jobd_webhook_deliveries_total{destination="main",outcome="delivered"} 500"#),
-        "{metrics}"
-    );
+    let delivered = daemon.metric(r#"jobd_webhook_deliveries_total{destination="main",outcome="delivered"}"#).await;
+    assert_eq!(delivered, Some(500.0));
 }
 
 #[tokio::test]
@@ -177,19 +181,12 @@ async fn retries_keep_the_webhook_id_and_every_secret_signs() {
 
 #[tokio::test]
 async fn retry_after_is_a_floor_and_final_answers_end_the_job() {
-    let receiver = Receiver::start(&[SECRET]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = config(
-        dir.path(),
-        &receiver,
-        &[
-            ("throttle", "/throttle", ""),
-            ("gone", "/status/410", ""),
-            ("moved", "/redirect", ""),
-            ("bad", "/status/400", ""),
-        ],
-    );
-    let daemon = Daemon::start(&[("JOBD_CONFIG", &file)]);
+    let (receiver, _dir, _file, daemon) = start(&[
+        ("throttle", "/throttle", ""),
+        ("gone", "/status/410", ""),
+        ("moved", "/redirect", ""),
+        ("bad", "/status/400", ""),
+    ]);
 
     // 503 with Retry-After: 2: the retry comes no sooner, though the backoff says one second.
     let throttled = submit(&daemon, &webhook("throttle", r#"{"n": 1}"#)).await;
@@ -209,10 +206,7 @@ async fn retry_after_is_a_floor_and_final_answers_end_the_job() {
 
 #[tokio::test]
 async fn a_hanging_receiver_is_cut_off_at_the_default_timeout() {
-    let receiver = Receiver::start(&[SECRET]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = config(dir.path(), &receiver, &[("hang", "/hang", "")]);
-    let daemon = Daemon::start(&[("JOBD_CONFIG", &file)]);
+    let (_receiver, _dir, _file, daemon) = start(&[("hang", "/hang", "")]);
     let job = json!({"kind": "webhook", "destination": "hang", "payload": {"n": 1}, "max_attempts": 1});
     let id = submit(&daemon, &job).await;
     let record = daemon.wait_for_job(&id, "the cut-off delivery", |record| record["state"] == "dead").await;
@@ -248,8 +242,7 @@ async fn the_circuit_opens_holds_jobs_without_using_attempts_and_closes_again() 
         assert!(Instant::now() < deadline, "the circuit never opened: {ready}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let metrics = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
-    assert!(metrics.contains(r#"jobd_webhook_circuit_open{destination="switch"} 1"#), "{metrics}");
+    assert_eq!(daemon.metric(r#"jobd_webhook_circuit_open{destination="switch"}"#).await, Some(1.0));
 
     // While it is open, new jobs wait without starting.
     let held = submit(&daemon, &webhook("switch", r#"{"held": true}"#)).await;
@@ -264,8 +257,7 @@ async fn the_circuit_opens_holds_jobs_without_using_attempts_and_closes_again() 
     for id in &failing {
         daemon.wait_for_job(id, "a failed job's retry", |record| record["state"] == "succeeded").await;
     }
-    let metrics = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET").text().await.expect("text");
-    assert!(metrics.contains(r#"jobd_webhook_circuit_open{destination="switch"} 0"#), "{metrics}");
+    assert_eq!(daemon.metric(r#"jobd_webhook_circuit_open{destination="switch"}"#).await, Some(0.0));
 }
 
 #[tokio::test]
@@ -306,10 +298,7 @@ async fn unknown_and_forbidden_destinations_are_refused_and_queue_nothing() {
 
 #[tokio::test]
 async fn a_kill_9_during_deliveries_loses_no_webhook() {
-    let receiver = Receiver::start(&[SECRET]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = config(dir.path(), &receiver, &[("main", "/slow", "")]);
-    let daemon = Daemon::start(&[("JOBD_CONFIG", &file)]);
+    let (receiver, _dir, file, daemon) = start(&[("main", "/slow", "")]);
     let jobs: Vec<Value> = (0..300).map(|n| webhook("main", &format!(r#"{{"n": {n}}}"#))).collect();
     let ids = accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": jobs})).await).await;
     wait_seen(&receiver, "/slow", "some deliveries", |seen| !seen.is_empty()).await;
