@@ -171,7 +171,7 @@ fn check_config_never_prints_a_webhook_secret() {
     std::fs::write(
         &config,
         format!(
-            "[webhooks.billing]\nurl = \"https://billing.example/hook\"\nsecrets = [\"{secret}\"]\n\
+            "[webhooks.billing]\nurl = \"https://hook:pass-word@billing.example/hook?sig=q-u-e-r-y\"\nsecrets = [\"{secret}\"]\n\
              headers = {{ \"authorization\" = \"Bearer hush-hush\" }}\n"
         ),
     )
@@ -181,7 +181,9 @@ fn check_config_never_prints_a_webhook_secret() {
     let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{printed}");
     assert!(printed.contains("[webhooks.billing]") && printed.contains("(secret)"), "{printed}");
-    assert!(!printed.contains("MfKQ9r8G") && !printed.contains("hush-hush"), "a secret was printed: {printed}");
+    for secret in ["MfKQ9r8G", "hush-hush", "pass-word", "q-u-e-r-y"] {
+        assert!(!printed.contains(secret), "{secret} was printed: {printed}");
+    }
 
     std::fs::write(
         &config,

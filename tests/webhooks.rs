@@ -267,7 +267,14 @@ async fn unknown_and_forbidden_destinations_are_refused_and_queue_nothing() {
     let file = config(dir.path(), &receiver, &[("main", "/ok", ""), ("other", "/ok", "")]);
     let tokens = dir.path().join("tokens");
     let token = "a".repeat(40);
-    std::fs::write(&tokens, format!("billing submit,read {token} allowed_destinations=main\n")).expect("tokens");
+    let tenant = "t".repeat(40);
+    std::fs::write(
+        &tokens,
+        format!(
+            "billing submit,read {token} allowed_destinations=main\ntenant submit,read {tenant} allowed_key_prefixes=t/\n"
+        ),
+    )
+    .expect("tokens");
     let daemon = Daemon::start(&[("JOBD_CONFIG", &file), ("JOBD_TOKENS_FILE", tokens.to_str().expect("utf-8"))]);
     let post = |job: Value| daemon.client.post(daemon.url("/v1/jobs")).bearer_auth(&token).json(&job).send();
     let unknown = post(webhook("nope", "{}")).await.expect("POST");
@@ -294,6 +301,18 @@ async fn unknown_and_forbidden_destinations_are_refused_and_queue_nothing() {
         .expect("json");
     assert_eq!(stats["counters"]["jobs"]["accepted"], 0, "nothing was queued: {stats}");
     assert_eq!(post(webhook("main", "{}")).await.expect("POST").status(), 202);
+
+    // A limit a token does not set allows nothing: a token confined to destinations
+    // uploads nothing, and one confined to key prefixes sends no webhook.
+    let upload = json!({"kind": "upload", "payload": {"a": 1}, "key": "t/x.json"});
+    let refused = post(upload.clone()).await.expect("POST");
+    assert_eq!(refused.status(), 403);
+    let as_tenant = |job: Value| daemon.client.post(daemon.url("/v1/jobs")).bearer_auth(&tenant).json(&job).send();
+    assert_eq!(as_tenant(upload).await.expect("POST").status(), 202);
+    let refused = as_tenant(webhook("main", "{}")).await.expect("POST");
+    assert_eq!(refused.status(), 403);
+    let problem: Value = refused.json().await.expect("problem");
+    assert_eq!(problem["type"], "/problems/destination-not-allowed", "{problem}");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //! fetch (`wait_ready`) out, which the queue thread holds when nothing is ready and answers
 //! straight after the next commit that readies jobs. The window (`Window`) holds at most
 //! `max(2 × max_workers, 16,384)` claimed jobs and `window_max_bytes` of them; it is refilled
-//! when it falls to half. A job other than one that runs inline reaches its worker only once
+//! when it falls to half. A job of a kind that waits for its recorded start reaches its worker only once
 //! the progress flush carrying its start has committed, so its attempt counts even if the
 //! process dies during it. While the store cannot be reached, the window sets the store's
 //! jobs aside in order and hands out the others. The Dispatcher decides what an attempt
@@ -132,7 +132,8 @@ pub struct Dispatcher {
     store_health: Arc<StoreHealth>,
     /// Jobs handed a worker whose start is being recorded: each starts once the flush
     /// carrying its start has committed, so that an attempt counts even if the process
-    /// dies during it, and a job that kills the process cannot run forever.
+    /// dies during it, and a job that kills the process cannot run forever. Kinds whose
+    /// bodies cannot take the process down (`Kind::waits_for_recorded_start`) skip this.
     awaiting_start: Vec<(Addr<Worker>, Job, Option<Permit>)>,
     /// The one timer for delayed work: when the earliest scheduled job or retry is due.
     /// However many jobs wait, this is the only timer they cost.
@@ -415,6 +416,9 @@ impl Dispatcher {
             slot.addr = None;
             if let Some(running) = slot.running.take() {
                 self.busy -= 1;
+                if let Some(gate) = &running.gate {
+                    self.window.release_gate(gate);
+                }
                 let finished = self.decide(&running, Outcome::WorkerLost);
                 self.outcomes.push(finished);
             }

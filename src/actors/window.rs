@@ -82,10 +82,12 @@ impl Window {
         if self.is_empty() {
             return Some(self.max_jobs);
         }
+        // Jobs waiting for the store or at a gate count as well: the window never holds
+        // more than `max_jobs` however many wait.
         let waiting = self.held.len() + self.gated_len + self.released.len();
-        let room_in_jobs = self.ready.len() <= self.max_jobs / 2 && waiting < self.max_jobs;
+        let room_in_jobs = self.ready.len() <= self.max_jobs / 2 && self.ready.len() + waiting < self.max_jobs;
         let room_in_bytes = self.bytes.saturating_add(CLAIM_MAX_BODY_BYTES) <= self.max_bytes;
-        (room_in_jobs && room_in_bytes).then(|| self.max_jobs - self.ready.len())
+        (room_in_jobs && room_in_bytes).then(|| self.max_jobs - self.ready.len() - waiting)
     }
 
     /// Adds what a fetch brought, in order, minus the jobs cancelled meanwhile.

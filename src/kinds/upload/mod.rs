@@ -156,6 +156,12 @@ impl Kind for Upload {
     /// writes under the default key prefix, which must then be allowed too.
     fn authorize(&self, job: &JobSpec, caller: &Principal) -> Result<(), Refusal> {
         let key = requested_key(job);
+        // A token confined to webhook destinations alone may not upload at all.
+        if caller.is_confined() && caller.allowed_key_prefixes.is_empty() {
+            let message =
+                format!("token {} is confined by allowed_destinations and has no allowed_key_prefixes", caller.name);
+            return Err(Refusal { field: "key".to_owned(), message, confinement: "key_prefix" });
+        }
         let target = key.as_deref().unwrap_or(&self.default_key_prefix);
         if caller.may_write(target) {
             return Ok(());

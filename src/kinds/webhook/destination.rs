@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::kinds::{Admission, GateKey, Permit};
 
-/// Default time a delivery may take, from connecting to the end of the answer's head.
+/// Default time a delivery may take, from connecting to the end of the answer.
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
 /// Default deliveries in flight to one destination: enough to keep a receiver busy, few
 /// enough that one slow receiver cannot occupy every worker (16 by default).
@@ -20,15 +20,29 @@ pub const DEFAULT_CIRCUIT_FAILURES: u32 = 5;
 /// Default time an open circuit waits before one probe delivery is tried.
 pub const DEFAULT_CIRCUIT_OPEN_SECS: u64 = 30;
 
-/// Headers jobd sets itself, which a destination's extra headers may not replace.
-const RESERVED_HEADERS: [&str; 6] =
-    ["webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "user-agent", "host"];
+/// Headers jobd sets itself, or that describe the request's framing, which a destination's
+/// extra headers may not set.
+const RESERVED_HEADERS: [&str; 10] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "webhook-event-type",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "host",
+];
 
-/// `[webhooks.<name>]` in the configuration file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[webhooks.<name>]` in the configuration file. Its `Debug` and `Serialize` (what
+/// `check-config` prints) show no secret: not the secrets, not header values, not a URL's
+/// password or query.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationSettings {
     /// Where deliveries go: an `http://` or `https://` URL.
+    #[serde(serialize_with = "redacted_url")]
     pub url: String,
     /// Signing secrets, `whsec_` + base64, as Standard Webhooks writes them. Several are
     /// allowed for rotation: each delivery carries one signature per secret.
@@ -42,7 +56,8 @@ pub struct DestinationSettings {
     /// Extra request headers, e.g. an `authorization` the receiver wants.
     #[serde(default, serialize_with = "redacted_values")]
     pub headers: BTreeMap<String, String>,
-    /// Retry `4xx` answers other than `410` and `429`, which are final by default.
+    /// Retry `4xx` answers other than `410` (final) and `429` (always retried), which are
+    /// final by default.
     #[serde(default)]
     pub retry_4xx: bool,
     #[serde(default)]
@@ -51,6 +66,38 @@ pub struct DestinationSettings {
     pub circuit_failures: Option<u32>,
     #[serde(default)]
     pub circuit_open_secs: Option<u64>,
+}
+
+impl std::fmt::Debug for DestinationSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestinationSettings")
+            .field("url", &shown_url(&self.url))
+            .field("secrets", &self.secrets.len())
+            .field("secret_credentials", &self.secret_credentials)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL as it may be shown: without a password, and with its query hidden, since either
+/// may carry a credential the receiver asked for.
+fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("(hidden)"));
+            }
+            if parsed.query().is_some() {
+                parsed.set_query(Some("(hidden)"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
+fn redacted_url<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&shown_url(url))
 }
 
 /// Secrets never leave the process: `check-config` shows how many there are.
@@ -67,9 +114,10 @@ fn redacted_values<S: Serializer>(headers: &BTreeMap<String, String>, serializer
 /// as the Standard Webhooks libraries accept.
 fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
     let encoded = secret.trim().strip_prefix("whsec_").unwrap_or(secret.trim());
+    // The decoder's error would quote the offending character: a fixed text instead.
     let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(encoded.trim_end_matches('='))
-        .map_err(|error| format!("a secret is not whsec_ followed by base64: {error}"))?;
+        .map_err(|_| "a secret is not whsec_ followed by base64".to_owned())?;
     if bytes.len() < 16 {
         return Err("a secret must hold at least 16 bytes".to_owned());
     }
@@ -105,8 +153,9 @@ impl DestinationSettings {
             if RESERVED_HEADERS.contains(&header_name.as_str()) {
                 return Err(format!("headers: jobd sets {header_name} itself"));
             }
-            let value = reqwest::header::HeaderValue::from_str(value)
+            let mut value = reqwest::header::HeaderValue::from_str(value)
                 .map_err(|_| format!("headers: the value of {header_name} is not a header value"))?;
+            value.set_sensitive(true);
             headers.insert(header_name, value);
         }
         let timeout = Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
@@ -117,8 +166,15 @@ impl DestinationSettings {
         if !(1..=1000).contains(&limit) {
             return Err("max_in_flight: must be between 1 and 1000".to_owned());
         }
-        let failures_to_open = self.circuit_failures.unwrap_or(DEFAULT_CIRCUIT_FAILURES).max(1);
-        let open_for = Duration::from_secs(self.circuit_open_secs.unwrap_or(DEFAULT_CIRCUIT_OPEN_SECS).max(1));
+        let failures_to_open = self.circuit_failures.unwrap_or(DEFAULT_CIRCUIT_FAILURES);
+        if !(1..=1000).contains(&failures_to_open) {
+            return Err("circuit_failures: must be between 1 and 1000".to_owned());
+        }
+        let open_secs = self.circuit_open_secs.unwrap_or(DEFAULT_CIRCUIT_OPEN_SECS);
+        if !(1..=86_400).contains(&open_secs) {
+            return Err("circuit_open_secs: must be between 1 and 86400".to_owned());
+        }
+        let open_for = Duration::from_secs(open_secs);
         let client = reqwest::Client::builder()
             // A redirect could point anywhere; the destination is what the operator configured.
             .redirect(reqwest::redirect::Policy::none())

@@ -116,12 +116,10 @@ impl Kind for Webhook {
     fn validate(&self, fields: &mut RequestFields<'_>) -> Result<Validated, FieldProblem> {
         let destination: String =
             fields.take("destination")?.ok_or_else(|| field_problem("destination", "is required for a webhook"))?;
+        // The configured names are not listed: a confined token has no business learning
+        // the others.
         if !self.destinations.contains_key(&destination) {
-            let known: Vec<&str> = self.destinations.keys().map(String::as_str).collect();
-            return Err(field_problem(
-                "destination",
-                format!("no destination {destination:?} is configured; configured: {}", known.join(", ")),
-            ));
+            return Err(field_problem("destination", format!("no destination {destination:?} is configured")));
         }
         let payload = fields
             .take_raw("payload")
@@ -141,9 +139,11 @@ impl Kind for Webhook {
         Ok(Validated { args: Some(args), body: Some(Body::json(payload.to_owned())) })
     }
 
-    /// A token with `allowed_destinations` may send only to those.
+    /// A token with `allowed_destinations` may send only to those; a token confined in
+    /// another way (by `allowed_key_prefixes` alone) may send to none, so that adding
+    /// webhooks gives no tenant token a new power.
     fn authorize(&self, job: &JobSpec, caller: &Principal) -> Result<(), Refusal> {
-        if caller.allowed_destinations.is_empty() {
+        if !caller.is_confined() {
             return Ok(());
         }
         let destination = job
@@ -157,11 +157,15 @@ impl Kind for Webhook {
         }
         Err(Refusal {
             field: "destination".to_owned(),
-            message: format!(
-                "{destination:?} is not among token {}'s allowed_destinations ({})",
-                caller.name,
-                caller.allowed_destinations.join(", ")
-            ),
+            message: if caller.allowed_destinations.is_empty() {
+                format!("token {} is confined by allowed_key_prefixes and has no allowed_destinations", caller.name)
+            } else {
+                format!(
+                    "{destination:?} is not among token {}'s allowed_destinations ({})",
+                    caller.name,
+                    caller.allowed_destinations.join(", ")
+                )
+            },
             confinement: "allowed_destinations",
         })
     }
@@ -190,6 +194,13 @@ impl Kind for Webhook {
     /// process die first, the delivery runs again with the same `webhook-id` (at least once).
     fn waits_for_recorded_start(&self) -> bool {
         false
+    }
+
+    /// Long enough for the slowest destination's own timeout to decide first, so that a
+    /// timeout is counted and recorded as the destination's, not cut short by the job's.
+    fn default_timeout(&self) -> Option<std::time::Duration> {
+        let slowest = self.destinations.values().map(|destination| destination.timeout).max()?;
+        Some(slowest + std::time::Duration::from_secs(5))
     }
 
     fn readiness(&self) -> Option<serde_json::Value> {

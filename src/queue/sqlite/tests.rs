@@ -730,7 +730,12 @@ mod migration_from_version_3 {
         assert_eq!(page.records.iter().filter(|record| record.submitted_by.as_deref() == Some("fixture")).count(), 16);
 
         // The queued jobs are claimed in their order, as envelopes the kinds can read.
-        let claimed = backend.claim(100, Utc::now(), &Lease::for_test()).expect("claim").jobs;
+        // Claimed as of the moment the fixture was written, so that the result does not
+        // depend on today's date: by now its failed job's retry (within the hour after)
+        // and, in a year, its scheduled jobs would be due as well.
+        let written_at =
+            page.records.iter().map(|record| record.created_at).max().expect("records") + chrono::Duration::seconds(5);
+        let claimed = backend.claim(100, written_at, &Lease::for_test()).expect("claim").jobs;
         let kinds: Vec<&str> = claimed.iter().map(|job| job.kind.as_ref()).collect();
         assert_eq!(kinds, ["sleep", "upload", "upload", "upload", "noop", "sleep", "fail", "panic", "upload"]);
         assert_eq!(claimed[0].attempt, 2, "the interrupted attempt counted");
@@ -763,7 +768,7 @@ mod migration_from_version_3 {
         assert_eq!(args_of(&claimed[7]), Some(serde_json::json!({"message": "queued panic", "in_worker": true})));
 
         // And the queue runs on: progress is recorded, and new jobs go behind the old ones.
-        let now = Utc::now();
+        let now = written_at;
         let started: Vec<StartedJob> = claimed.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
         let finished: Vec<FinishedJob> = claimed
             .iter()
