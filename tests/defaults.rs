@@ -54,33 +54,39 @@ fn compare(place: &str, key: &str, documented: Value, defaults: &BTreeMap<String
     }
 }
 
-#[test]
-fn the_help_text_states_the_codes_defaults() {
+/// Compares the defaults a place states (`place` names it in messages) with the code's;
+/// at least 20 must be found, so that a parser that finds nothing cannot pass.
+fn assert_states_the_codes_defaults(place: &str, stated: Vec<(String, Value)>) {
     let defaults = defaults();
     let mut problems = Vec::new();
-    let mut compared = 0;
-    for argument in Cli::command().get_arguments() {
-        let key = argument.get_id().as_str().to_owned();
-        let help = argument.get_help().map(ToString::to_string).unwrap_or_default();
-        let Some(start) = help.find("[default: ") else { continue };
-        let stated = &help[start + "[default: ".len()..];
-        let Some(end) = stated.find(']') else { continue };
-        if let Some(value) = literal(&stated[..end]) {
-            compare("jobd --help", &key, value, &defaults, &mut problems);
-            compared += 1;
-        }
+    for (key, value) in &stated {
+        compare(place, key, value.clone(), &defaults, &mut problems);
     }
-    assert!(compared > 20, "only {compared} defaults found in the help text");
+    assert!(stated.len() > 20, "only {} defaults found in {place}", stated.len());
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
+fn the_help_text_states_the_codes_defaults() {
+    let mut stated = Vec::new();
+    for argument in Cli::command().get_arguments() {
+        let key = argument.get_id().as_str().to_owned();
+        let help = argument.get_help().map(ToString::to_string).unwrap_or_default();
+        let Some(start) = help.find("[default: ") else { continue };
+        let text = &help[start + "[default: ".len()..];
+        let Some(end) = text.find(']') else { continue };
+        if let Some(value) = literal(&text[..end]) {
+            stated.push((key, value));
+        }
+    }
+    assert_states_the_codes_defaults("jobd --help", stated);
+}
+
+#[test]
 fn the_readme_configuration_table_states_the_codes_defaults() {
-    let defaults = defaults();
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
     let table = readme.split("## Configuration").nth(1).expect("a Configuration section");
-    let mut problems = Vec::new();
-    let mut compared = 0;
+    let mut stated = Vec::new();
     for row in table.lines().filter(|line| line.starts_with("| `")) {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         // | `key` | `ENV` | default | meaning |
@@ -90,20 +96,16 @@ fn the_readme_configuration_table_states_the_codes_defaults() {
             continue;
         }
         if let Some(value) = literal(default) {
-            compare("README", key, value, &defaults, &mut problems);
-            compared += 1;
+            stated.push((key.to_owned(), value));
         }
     }
-    assert!(compared > 20, "only {compared} defaults found in the README");
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_states_the_codes_defaults("README", stated);
 }
 
 #[test]
 fn the_example_configuration_file_states_the_codes_defaults() {
-    let defaults = defaults();
     let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/jobd.toml")).expect("jobd.toml");
-    let mut problems = Vec::new();
-    let mut compared = 0;
+    let mut stated = Vec::new();
     let mut comment = String::new();
     for line in file.lines() {
         // Settings inside a table (`[job_timeouts_ms]`) are examples of its entries.
@@ -125,9 +127,7 @@ fn the_example_configuration_file_states_the_codes_defaults() {
             continue;
         }
         let Some(value) = literal(value) else { continue };
-        compare("deploy/jobd.toml", key.trim(), value, &defaults, &mut problems);
-        compared += 1;
+        stated.push((key.trim().to_owned(), value));
     }
-    assert!(compared > 20, "only {compared} defaults found in deploy/jobd.toml");
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_states_the_codes_defaults("deploy/jobd.toml", stated);
 }

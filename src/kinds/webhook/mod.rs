@@ -99,12 +99,14 @@ impl Webhook {
         })
     }
 
-    fn destination(&self, job: &Job) -> Result<Arc<Destination>, JobError> {
+    /// The job's destination, and its event type, from one read of its arguments.
+    fn destination(&self, job: &Job) -> Result<(Arc<Destination>, Option<String>), JobError> {
         let args = Self::args(job)?;
-        self.destinations.get(&args.destination).cloned().ok_or_else(|| JobError::Failed {
+        let destination = self.destinations.get(&args.destination).cloned().ok_or_else(|| JobError::Failed {
             message: format!("no webhook destination {:?} is configured", args.destination),
             retryable: false,
-        })
+        })?;
+        Ok((destination, args.event_type))
     }
 }
 
@@ -172,7 +174,7 @@ impl Kind for Webhook {
 
     fn admit(&self, job: &Job) -> Admission {
         match self.destination(job) {
-            Ok(destination) => destination.admit(),
+            Ok((destination, _)) => destination.admit(),
             // The run fails it for good, with the reason.
             Err(_) => Admission::Now(None),
         }
@@ -182,8 +184,7 @@ impl Kind for Webhook {
         let destination = self.destination(&job);
         let metrics = context.metrics.clone();
         Box::pin(async move {
-            let destination = destination?;
-            let event_type = Webhook::args(&job)?.event_type;
+            let (destination, event_type) = destination?;
             deliver::deliver(&destination, job, event_type.as_deref(), &metrics).await
         })
     }
