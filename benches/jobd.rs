@@ -1,13 +1,17 @@
 //! The jobd benchmark: starts release builds of jobd on temporary data directories, drives
 //! them over real HTTP with its own keep-alive load generator, and prints every figure
 //! beside the HTTP ceiling measured in the same run. Writes `target/jobd-bench.json` and
-//! `BENCHMARKS.md`. Run with `cargo bench --bench jobd`.
+//! `BENCHMARKS.md`. Run with `cargo bench --bench jobd`; (10) to (13) are PostgreSQL's
+//! (`benches/jobd/postgres.rs`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "jobd/postgres.rs"]
+mod postgres;
 
 use futures_util::StreamExt as _;
 use object_store::ObjectStoreExt as _;
@@ -799,6 +803,9 @@ async fn run() -> Vec<Figure> {
         );
         figures.push(figure);
         drop(daemon);
+    }
+    if wanted(&[10, 11, 12, 13]) {
+        figures.extend(postgres::figures(&client).await);
     }
     figures
 }

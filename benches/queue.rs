@@ -90,10 +90,13 @@ fn run(synchronous: Synchronous, per_transaction: usize, per_submission: usize) 
         assert_eq!(claimed.jobs.len(), per_transaction, "every job claimed");
         progress.time(&mut backend, |backend| {
             let now = Utc::now();
-            let started: Vec<StartedJob> =
-                claimed.jobs.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
+            let started: Vec<StartedJob> = claimed
+                .jobs
+                .iter()
+                .map(|job| StartedJob { id: job.id, attempt: job.attempt, started_at: now })
+                .collect();
             let finished: Vec<FinishedJob> =
-                claimed.jobs.iter().map(|job| FinishedJob::succeeded(job.id, "noop", now)).collect();
+                claimed.jobs.iter().map(|job| FinishedJob::succeeded(job.id, job.attempt, "noop", now)).collect();
             backend.record_progress(&started, &finished).expect("progress");
         });
     }

@@ -17,6 +17,10 @@ type -P curl >/dev/null 2>&1 || missing+=(curl)
 # systemd-analyze checks the unit file; dpkg-deb inspects the package.
 type -P systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 type -P dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
+# The PostgreSQL tests start a private cluster of their own with Debian's initdb and
+# postgres (never a server that happens to run); setpriv runs them unprivileged as root.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+type -P setpriv >/dev/null 2>&1 || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${missing[*]}"
   "${sudo[@]}" apt-get update -qq
@@ -57,6 +61,14 @@ fi
 # tests/fuzz.rs runs each fuzz property for this many seconds.
 export JOBD_FUZZ_SECONDS="${JOBD_FUZZ_SECONDS:-60}"
 cargo test "$@"
+
+# The second pass: the HTTP-level suites again, every daemon on PostgreSQL (a private
+# cluster per test binary) instead of SQLite. Tests of what only SQLite has (its file, its
+# fsyncs) say so and skip themselves.
+JOBD_TEST_POSTGRES=1 cargo test "$@" \
+  --test backpressure --test bad_input --test concurrency --test durability --test failures \
+  --test logs --test metrics --test security --test shutdown --test tenants --test uploads \
+  --test webhooks
 
 # The Debian package: builds it (a release build) and checks its contents.
 bash scripts/check-deb.sh

@@ -344,6 +344,9 @@ impl JobResult {
 #[derive(Debug, Clone)]
 pub struct FinishedJob {
     pub id: JobId,
+    /// The attempt that ended, as its claim numbered it: a backend shared between
+    /// processes records the end only while the job is still on that attempt.
+    pub attempt: u32,
     pub kind: &'static str,
     pub outcome: Outcome,
     pub finished_at: DateTime<Utc>,
@@ -353,8 +356,15 @@ pub struct FinishedJob {
 
 impl FinishedJob {
     /// An attempt that succeeded with nothing to report (a `noop`'s), final.
-    pub fn succeeded(id: JobId, kind: &'static str, finished_at: DateTime<Utc>) -> Self {
-        FinishedJob { id, kind, outcome: Outcome::Succeeded(JobResult::default()), finished_at, retry_at: None }
+    pub fn succeeded(id: JobId, attempt: u32, kind: &'static str, finished_at: DateTime<Utc>) -> Self {
+        FinishedJob {
+            id,
+            attempt,
+            kind,
+            outcome: Outcome::Succeeded(JobResult::default()),
+            finished_at,
+            retry_at: None,
+        }
     }
 
     /// The state the job is in after this attempt.
@@ -371,5 +381,7 @@ impl FinishedJob {
 #[derive(Debug, Clone, Copy)]
 pub struct StartedJob {
     pub id: JobId,
+    /// The attempt that started, as its claim numbered it.
+    pub attempt: u32,
     pub started_at: DateTime<Utc>,
 }

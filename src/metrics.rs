@@ -82,6 +82,9 @@ pub struct Metrics {
     pub webhook_duration: HistogramVec,
     /// 1 while a destination's circuit is open (its deliveries wait), by destination.
     pub webhook_circuit_open: IntGaugeVec,
+    /// The cluster's series (`jobd_nodes`, rescues, fenced writes, heartbeat lag); with
+    /// SQLite, one node and nothing else.
+    pub cluster: crate::queue::ClusterMetrics,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     queue_depth: IntGaugeVec,
@@ -233,6 +236,26 @@ impl Metrics {
             "jobd_store_up",
             "1 if the object store answered its latest probe; 0 while it is unreachable and uploads are held.",
         )?;
+        let cluster = crate::queue::ClusterMetrics {
+            nodes: IntGauge::new("jobd_nodes", "Nodes sharing the queue whose lease is live, this one included.")?,
+            rescued: IntCounter::new(
+                "jobd_jobs_rescued_total",
+                "Running jobs this node took back from nodes whose lease expired.",
+            )?,
+            fenced: IntCounter::new(
+                "jobd_fenced_writes_total",
+                "Starts and finishes this node wrote for jobs it no longer held (rescued meanwhile); none recorded.",
+            )?,
+            heartbeat_lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    "jobd_lease_heartbeat_lag_seconds",
+                    "How long after it was due each lease heartbeat committed.",
+                )
+                .buckets(exponential_buckets(0.001, 4.0, 8)?),
+            )?,
+        };
+        // A node alone (SQLite) is its whole cluster.
+        cluster.nodes.set(1);
         let build_info =
             IntGaugeVec::new(Opts::new("jobd_build_info", "Always 1; labelled with the version."), &["version"])?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -287,6 +310,10 @@ impl Metrics {
             Box::new(webhook_deliveries.clone()),
             Box::new(webhook_duration.clone()),
             Box::new(webhook_circuit_open.clone()),
+            Box::new(cluster.nodes.clone()),
+            Box::new(cluster.rescued.clone()),
+            Box::new(cluster.fenced.clone()),
+            Box::new(cluster.heartbeat_lag.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -313,6 +340,7 @@ impl Metrics {
             webhook_deliveries,
             webhook_duration,
             webhook_circuit_open,
+            cluster,
             http_requests,
             http_duration,
             queue_depth,

@@ -69,6 +69,9 @@ async fn wait_until_succeeded(daemon: &Daemon, ids: &[String]) {
 
 #[tokio::test]
 async fn a_slow_disk_answers_503_past_the_pending_byte_bound_and_every_accepted_job_succeeds() {
+    if common::sqlite_only("a slowed fsync (test_sync_delay_ms)") {
+        return;
+    }
     let daemon =
         Daemon::start(&[("JOBD_TEST_SYNC_DELAY_MS", SYNC_DELAY_MS), ("JOBD_INGEST_MAX_PENDING_BYTES", "262144")]);
     let mut accepted = Vec::new();

@@ -240,6 +240,9 @@ async fn a_backlog_of_large_uploads_stays_bounded_in_memory_at_default_settings(
 /// crash-looping the daemon. Default settings, but for the job's own `max_attempts`.
 #[tokio::test]
 async fn a_job_that_dies_with_the_process_in_every_attempt_ends_dead_after_its_attempts() {
+    if common::sqlite_only("recovering a dead process's jobs when the next one opens queue.db") {
+        return;
+    }
     let daemon = Daemon::start(&[]);
     let job = json!({"kind": "sleep", "payload": {"ms": 600000}, "max_attempts": 2});
     let id = accepted_ids(daemon.post_json("/v1/jobs", &job).await).await.remove(0);
@@ -320,6 +323,9 @@ async fn fifty_concurrent_submissions_with_one_key_make_one_job() {
 
 #[tokio::test]
 async fn a_full_disk_answers_503_keeps_serving_reads_and_recovers() {
+    if common::sqlite_only("queue_db_max_bytes, the size of queue.db,") {
+        return;
+    }
     let daemon = Daemon::start(&[
         ("JOBD_STORE_URL", "memory://"),
         ("JOBD_QUEUE_DB_MAX_BYTES", "262144"),
@@ -371,6 +377,9 @@ async fn a_full_disk_answers_503_keeps_serving_reads_and_recovers() {
 // Multi-threaded: the test thread blocks in `wait_exit` while the clients go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_fsync_refuses_the_work_in_flight_stops_jobd_and_loses_no_accepted_job() {
+    if common::sqlite_only("a failing fsync (test_fail_sync_after)") {
+        return;
+    }
     // After 40 good fsyncs every fsync fails, as on a disk that dies under load. Each
     // fsync takes 50 ms, as on a busy disk, so that submissions are always in flight when
     // the failing one runs: with instant fsyncs, all eight clients, answered together by

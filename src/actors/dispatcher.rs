@@ -44,8 +44,14 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// this long gathers them, at the price of starting delayed jobs up to this much late
 /// (never early).
 const MIN_DUE_INTERVAL: Duration = Duration::from_millis(10);
-/// The fewest jobs the window of claimed jobs holds; see `Dispatcher::new`.
-const WINDOW_FLOOR: usize = 16_384;
+/// The fewest jobs the window of claimed jobs holds with a queue of its own (SQLite);
+/// see `Dispatcher::new`.
+pub const WINDOW_FLOOR: usize = 16_384;
+/// The floor with a queue shared by several nodes (PostgreSQL): none. Every job in a
+/// node's window is leased to that node, so no other node can run it, however idle; a
+/// window of twice the pool balances the load as River's claims of free slots do. For
+/// many tiny jobs, a larger `max_workers` makes larger claims.
+pub const SHARED_WINDOW_FLOOR: usize = 0;
 /// How often the Dispatcher refreshes the `STATUS=` line systemd shows.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the Dispatcher checks that every worker is still alive.
@@ -58,6 +64,8 @@ pub struct PoolSettings {
     pub retry_policy: RetryPolicy,
     /// The most bytes the window's claimed, not-yet-started jobs may take.
     pub window_max_bytes: usize,
+    /// The fewest jobs the window holds: [`WINDOW_FLOOR`] or [`SHARED_WINDOW_FLOOR`].
+    pub window_floor: usize,
 }
 
 /// Cancel a job that has not started. Goes through the Dispatcher, which alone knows
@@ -178,7 +186,7 @@ impl Dispatcher {
             // with a window of 64, 125k/s with 1,024 and 250k/s with 16,384. The byte
             // bound keeps a window of large jobs small: 1,000 jobs of 1 MiB behind a busy
             // pool took 1 GiB with the job bound alone.
-            window: Window::new((2 * max_workers).max(WINDOW_FLOOR), pool.window_max_bytes),
+            window: Window::new((2 * max_workers).max(pool.window_floor), pool.window_max_bytes),
             fetching: false,
             store_reachable: store_health.is_reachable(),
             store_health,
@@ -272,7 +280,7 @@ impl Dispatcher {
             let due = job.run_at.map_or(job.created_at, |run_at| run_at.max(job.created_at));
             let wait = (now - due).as_seconds_f64().max(0.0);
             self.runner.metrics.job_wait.with_label_values(&[kind_name]).observe(wait);
-            self.started.push(StartedJob { id: job.id, started_at: now });
+            self.started.push(StartedJob { id: job.id, attempt: job.attempt, started_at: now });
             // The pool bounds both: one RunJob per idle worker.
             if kind.is_some_and(|kind| !kind.waits_for_recorded_start()) {
                 worker.do_send(RunJob(job, permit));
@@ -368,7 +376,14 @@ impl Dispatcher {
             }
             now + chrono::Duration::from_std(delay).unwrap_or_default()
         });
-        let finished = FinishedJob { id: running.id, kind: running.kind, outcome, finished_at: now, retry_at };
+        let finished = FinishedJob {
+            id: running.id,
+            attempt: running.attempt,
+            kind: running.kind,
+            outcome,
+            finished_at: now,
+            retry_at,
+        };
         // A lost worker and an unreachable store are failed attempts to the metrics, as
         // the dashboards and alerts count them; their logs and errors say which.
         let attempt_outcome = match &finished.outcome {

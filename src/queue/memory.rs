@@ -347,12 +347,14 @@ mod tests {
         let now = Utc::now();
         backend.enqueue(jobs(2)).expect("enqueue").expect("fits");
         let claimed = backend.claim(10, now, &Lease::for_test()).expect("take").jobs;
-        let started: Vec<_> = claimed.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
+        let started: Vec<_> =
+            claimed.iter().map(|job| StartedJob { id: job.id, attempt: job.attempt, started_at: now }).collect();
         backend.record_started(&started);
         let retry_at = now + chrono::Duration::seconds(10);
         let finished = [
             FinishedJob {
                 id: claimed[0].id,
+                attempt: 1,
                 kind: "noop",
                 outcome: Outcome::Succeeded(JobResult::default()),
                 finished_at: now,
@@ -360,6 +362,7 @@ mod tests {
             },
             FinishedJob {
                 id: claimed[1].id,
+                attempt: 1,
                 kind: "noop",
                 outcome: Outcome::Failed { error: "x".into(), retryable: true },
                 finished_at: now,

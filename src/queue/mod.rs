@@ -5,15 +5,18 @@
 //! [`select`]; the rest of jobd reaches backends only through [`QueueHandle`].
 
 mod backend;
+mod columns;
 // The in-memory backend is a test helper: it keeps nothing across a restart, so no
 // operator should run it, and the queue thread's tests need a backend without a disk.
 #[cfg(test)]
 pub(crate) mod memory;
+pub mod postgres;
 mod select;
 pub mod sqlite;
 mod thread;
 
 pub use backend::{JobReader, JobWriter, QueueBackend, Syncer, Transactions};
+pub use postgres::{ClusterMetrics, ClusterSettings, check_postgres_url, redacted_url};
 pub use select::{OpenError, QueueKind, QueueSettings, open};
 pub use sqlite::Synchronous;
 pub use thread::{CommitMetrics, ProgressNotRecorded, QueueHandle, QueueLost, QueueThread, SubmissionAnswer, Waker};
@@ -127,6 +130,10 @@ impl NodeId {
     /// A new id for this process.
     pub fn generate() -> Self {
         NodeId(uuid::Uuid::now_v7())
+    }
+
+    pub fn as_uuid(&self) -> uuid::Uuid {
+        self.0
     }
 }
 

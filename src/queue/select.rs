@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::postgres::PostgresBackend;
 use super::sqlite::{SqliteBackend, Synchronous};
-use super::{QueueBackend, StorageError};
+use super::{ClusterMetrics, ClusterSettings, NodeId, QueueBackend, StorageError};
 
 /// Which queue backend holds the jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -14,12 +15,18 @@ use super::{QueueBackend, StorageError};
 pub enum QueueKind {
     /// The embedded durable queue.
     Sqlite,
+    /// A PostgreSQL database that several nodes share.
+    Postgres,
 }
 
 /// What opening a backend needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
     pub kind: QueueKind,
+    /// This process, as the holder of the jobs it claims.
+    pub node: NodeId,
+    /// The shared backend's settings; set when `kind` is `Postgres`.
+    pub cluster: Option<ClusterSettings>,
     /// Where an embedded backend keeps its file.
     pub data_dir: PathBuf,
     /// The most unfinished jobs (`max_queue`).
@@ -38,13 +45,20 @@ pub struct QueueSettings {
 pub enum OpenError {
     #[error("cannot create the data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
+    #[error("queue = \"postgres\" needs postgres_url")]
+    NoPostgresUrl,
     #[error("cannot open the queue: {0}")]
     Storage(#[from] StorageError),
 }
 
 /// Opens the configured backend and recovers what a previous process left in it.
-pub fn open(settings: &QueueSettings) -> Result<Box<dyn QueueBackend>, OpenError> {
+pub fn open(settings: &QueueSettings, metrics: ClusterMetrics) -> Result<Box<dyn QueueBackend>, OpenError> {
     match settings.kind {
+        QueueKind::Postgres => {
+            let cluster = settings.cluster.as_ref().ok_or(OpenError::NoPostgresUrl)?;
+            let backend = PostgresBackend::open(cluster, settings.node, settings.capacity, metrics)?;
+            Ok(Box::new(backend))
+        }
         QueueKind::Sqlite => {
             std::fs::create_dir_all(&settings.data_dir)
                 .map_err(|source| OpenError::DataDir { path: settings.data_dir.clone(), source })?;

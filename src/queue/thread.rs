@@ -259,12 +259,12 @@ impl QueueThread {
     /// Also returns the [`QueueLost`] signal, which its owner must watch.
     pub fn spawn(
         mut backend: Box<dyn QueueBackend>,
+        node: NodeId,
         group_commit: bool,
         metrics: CommitMetrics,
     ) -> std::io::Result<(Self, QueueLost)> {
         let (commands, receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         backend.set_waker(Waker { commands: commands.downgrade() });
-        let node = NodeId::generate();
         let lease = Lease { owner: node, expires_at: None };
         let (lost_sender, lost) = oneshot::channel();
         let per_commit = if group_commit { MAX_COMMANDS_PER_COMMIT } else { 1 };

@@ -74,13 +74,29 @@ pub fn check(config: &Config, probe: bool) -> Result<(), ServeError> {
             root.display()
         ),
     }
-    if config.queue_path().exists() {
-        eprintln!(
+    match (config.queue, &config.postgres_url) {
+        (crate::queue::QueueKind::Postgres, Some(url)) => {
+            let shown = crate::queue::redacted_url(url);
+            if probe {
+                let settings = config.queue_settings(crate::queue::NodeId::generate());
+                let cluster = settings.cluster.as_ref().ok_or(crate::queue::OpenError::NoPostgresUrl)?;
+                let version = crate::queue::postgres::PostgresBackend::probe(cluster)
+                    .map_err(crate::queue::OpenError::Storage)?;
+                match version {
+                    Some(version) => eprintln!("jobd: PostgreSQL {shown} answers; jobd schema version {version}"),
+                    None => {
+                        eprintln!("jobd: PostgreSQL {shown} answers; it has no jobd tables yet, serve creates them")
+                    }
+                }
+            } else {
+                eprintln!("jobd: the queue is in PostgreSQL at {shown} (--probe connects to it)");
+            }
+        }
+        _ if config.queue_path().exists() => eprintln!(
             "jobd: the queue {} exists; serve opens it and recovers what it holds",
             config.queue_path().display()
-        );
-    } else {
-        eprintln!("jobd: the queue {} does not exist; serve creates it", config.queue_path().display());
+        ),
+        _ => eprintln!("jobd: the queue {} does not exist; serve creates it", config.queue_path().display()),
     }
     // A probe of a `file://` store is the check above; a remote one is asked once.
     if probe && !config.store_url.starts_with("file:") {
@@ -157,10 +173,11 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     // recovery.
     let destinations: Vec<&str> = config.webhooks.keys().map(String::as_str).collect();
     let metrics = Arc::new(Metrics::new(&crate::kinds::registered_names(config.test_kinds), &destinations)?);
-    let backend = crate::queue::open(&config.queue_settings())?;
-    let (queue, queue_lost) =
-        QueueThread::spawn(backend, config.group_commit, metrics.commit_metrics()).map_err(ServeError::QueueThread)?;
-    tracing::info!(node = %queue.node(), "this process holds the jobs it claims as this node");
+    let node = crate::queue::NodeId::generate();
+    tracing::info!(node = %node, node_name = config.node_name, "this process holds the jobs it claims as this node");
+    let backend = crate::queue::open(&config.queue_settings(node), metrics.cluster.clone())?;
+    let (queue, queue_lost) = QueueThread::spawn(backend, node, config.group_commit, metrics.commit_metrics())
+        .map_err(ServeError::QueueThread)?;
     let bodies = wiring::body_runtime(&config)?;
     let handle = queue.handle();
     let result = actix::System::new().block_on(run(config, handle, queue_lost, bodies.handle().clone(), metrics));

@@ -10,14 +10,14 @@ use actix_web::web;
 use tokio::task::JoinHandle;
 
 use super::{ServeError, authenticator, certificate, warn_if_no_tokens};
-use crate::actors::dispatcher::PoolSettings;
+use crate::actors::dispatcher::{PoolSettings, SHARED_WINDOW_FLOOR, WINDOW_FLOOR};
 use crate::actors::{Dispatcher, Ingest};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::http::{AppState, Lifecycle};
 use crate::kinds::{KindSettings, Kinds, RunContext};
 use crate::metrics::Metrics;
-use crate::queue::QueueHandle;
+use crate::queue::{QueueHandle, QueueKind};
 use crate::runner::JobRunner;
 use crate::stats::Stats;
 use crate::store::JobStore;
@@ -109,6 +109,10 @@ pub(super) async fn wire(
         max_workers: config.max_workers,
         retry_policy: config.retry_policy(),
         window_max_bytes: config.window_max_bytes,
+        window_floor: match config.queue {
+            QueueKind::Sqlite => WINDOW_FLOOR,
+            QueueKind::Postgres => SHARED_WINDOW_FLOOR,
+        },
     };
     let dispatcher = Dispatcher::new(queue.clone(), runner, stats.clone(), pool, store_health.clone())
         .with_systemd(notifier.clone(), crate::systemd::watchdog_interval())

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod postgres;
 pub mod s3;
 
 use std::io::{BufRead, BufReader};
@@ -56,6 +57,9 @@ impl Daemon {
             .env("JOBD_LOG_FORMAT", "json")
             .env("JOBD_LOG", "info,jobd=debug")
             .env("JOBD_TEST_KINDS", "1");
+        if let Some(url) = postgres_pass_database(data_dir.path()) {
+            command.env("JOBD_QUEUE", "postgres").env("JOBD_POSTGRES_URL", url);
+        }
         for (key, value) in env {
             command.env(key, value);
         }
@@ -284,6 +288,42 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The environment variable that runs the suite's daemons on PostgreSQL instead of SQLite
+/// (`scripts/test.sh` runs the HTTP tests a second time with it set).
+pub const POSTGRES_PASS: &str = "JOBD_TEST_POSTGRES";
+
+/// Whether this run's daemons keep their queue in PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var_os(POSTGRES_PASS).is_some()
+}
+
+/// Skips a test that checks what only the SQLite backend has (its file, its fsyncs): says
+/// so, and tells the caller to return.
+pub fn sqlite_only(what: &str) -> bool {
+    if on_postgres() {
+        eprintln!("skipped on the PostgreSQL pass: {what} is SQLite's");
+    }
+    on_postgres()
+}
+
+/// On the PostgreSQL pass, the database of the daemon whose data directory is `data_dir`:
+/// a new one in this test binary's private cluster, remembered in the directory so that a
+/// restart on it finds its queue again.
+fn postgres_pass_database(data_dir: &Path) -> Option<String> {
+    static CLUSTER: std::sync::OnceLock<postgres::Cluster> = std::sync::OnceLock::new();
+    if !on_postgres() {
+        return None;
+    }
+    let remembered = data_dir.join("test-postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&remembered) {
+        return Some(url);
+    }
+    // Never dropped: the cluster's watchdog stops it once this test binary exits.
+    let url = CLUSTER.get_or_init(postgres::Cluster::start).new_database();
+    std::fs::write(&remembered, &url).expect("remember the database");
+    Some(url)
 }
 
 /// The ids of a 202 answer, in order.

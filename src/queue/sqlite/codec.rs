@@ -3,56 +3,13 @@
 
 use std::borrow::Cow;
 
-use base64::Engine as _;
-use chrono::{DateTime, Utc};
 use rusqlite::Row;
 use serde_json::value::RawValue;
 
 use super::sql::claim;
-use crate::job::{Body, FinishedJob, Job, JobId, JobRecord, JobResult, JobState, Outcome};
-
-pub(super) fn millis(at: DateTime<Utc>) -> i64 {
-    at.timestamp_millis()
-}
-
-pub(super) fn from_millis(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
-
-pub(super) fn state_of(name: &str) -> JobState {
-    // Only this module writes the column, with `JobState::name`; an unknown value would
-    // mean a newer jobd wrote the file, which the schema version refuses first.
-    JobState::from_name(name).unwrap_or(JobState::Dead)
-}
-
-/// The columns an attempt's end writes, shared by both ways of recording it.
-#[derive(PartialEq, Eq, Hash)]
-pub(super) struct FinishColumns {
-    pub(super) state: JobState,
-    /// Set only when the job will not run again.
-    pub(super) finished_at: Option<i64>,
-    /// The attempt's error; `None` for a success, which clears the previous one.
-    pub(super) error: Option<String>,
-    pub(super) result: Option<String>,
-    pub(super) retry_at: Option<i64>,
-}
-
-impl FinishColumns {
-    pub(super) fn of(end: &FinishedJob) -> Self {
-        let state = end.state();
-        let result = match &end.outcome {
-            Outcome::Succeeded(result) => serde_json::to_string(result).ok(),
-            _ => None,
-        };
-        FinishColumns {
-            state,
-            finished_at: state.is_finished().then(|| millis(end.finished_at)),
-            error: end.outcome.error(),
-            result,
-            retry_at: end.retry_at.map(millis),
-        }
-    }
-}
+use crate::job::{Body, Job, JobId, JobRecord, JobResult};
+use crate::queue::columns::payload_value;
+pub(super) use crate::queue::columns::{FinishColumns, from_millis, millis, state_of};
 
 /// Rebuilds a job's envelope from a claimed row. Any column that does not decode (a bad
 /// id, a negative count, arguments that are not JSON) is an error naming it, so that one
@@ -106,14 +63,7 @@ pub(super) fn record_from_row(row: &Row<'_>, with_payload: bool) -> rusqlite::Re
     let payload = if with_payload {
         let body: Option<Vec<u8>> = row.get("body")?;
         let is_json: bool = row.get("body_is_json")?;
-        body.and_then(|bytes| {
-            let text = if is_json {
-                String::from_utf8(bytes).ok()?
-            } else {
-                serde_json::to_string(&base64::engine::general_purpose::STANDARD.encode(bytes)).ok()?
-            };
-            RawValue::from_string(text).ok()
-        })
+        body.and_then(|bytes| payload_value(bytes, is_json))
     } else {
         None
     };

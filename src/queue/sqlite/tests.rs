@@ -154,7 +154,13 @@ mod basics {
             backend.commit().expect("commit");
             backend.begin().expect("begin");
             let claimed = backend.claim(1, Utc::now(), &Lease::for_test()).expect("take").jobs;
-            backend.record_started(&[StartedJob { id: claimed[0].id, started_at: Utc::now() }]).expect("start");
+            backend
+                .record_started(&[StartedJob {
+                    id: claimed[0].id,
+                    attempt: claimed[0].attempt,
+                    started_at: Utc::now(),
+                }])
+                .expect("start");
             backend.commit().expect("commit");
             assert_eq!((backend.depth().expect("depth").queued, backend.depth().expect("depth").running), (2, 1));
         }
@@ -216,9 +222,11 @@ mod basics {
         assert!(backend.enqueue(vec![job("noop", None)]).expect("enqueue").is_err());
         let claimed = backend.claim(2, Utc::now(), &Lease::for_test()).expect("take").jobs;
         let now = Utc::now();
-        let started: Vec<_> = claimed.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
+        let started: Vec<_> =
+            claimed.iter().map(|job| StartedJob { id: job.id, attempt: job.attempt, started_at: now }).collect();
         backend.record_started(&started).expect("start");
-        let finished: Vec<_> = claimed.iter().map(|job| FinishedJob::succeeded(job.id, "noop", now)).collect();
+        let finished: Vec<_> =
+            claimed.iter().map(|job| FinishedJob::succeeded(job.id, job.attempt, "noop", now)).collect();
         backend.record_finished(&finished).expect("finish");
         assert!(backend.enqueue(vec![job("noop", None)]).expect("enqueue").is_ok());
         let record = backend.get(claimed[0].id, false).expect("get").expect("exists");
@@ -243,8 +251,9 @@ mod delayed {
         backend.enqueue(jobs).expect("enqueue").expect("fits");
         let now = Utc::now();
         backend.claim(10, now, &Lease::for_test()).expect("take");
-        let started: Vec<StartedJob> = ids.iter().map(|&id| StartedJob { id, started_at: now }).collect();
-        let done = |id, outcome, retry_at| FinishedJob { id, kind: "noop", outcome, finished_at: now, retry_at };
+        let started: Vec<StartedJob> = ids.iter().map(|&id| StartedJob { id, attempt: 1, started_at: now }).collect();
+        let done =
+            |id, outcome, retry_at| FinishedJob { id, attempt: 1, kind: "noop", outcome, finished_at: now, retry_at };
         let finished = vec![
             done(ids[0], Outcome::Succeeded(JobResult::default()), None),
             done(ids[1], Outcome::TimedOut { after_ms: 5 }, Some(now + chrono::Duration::seconds(60))),
@@ -365,7 +374,7 @@ mod delayed {
             committed(&mut backend, |backend| backend.enqueue(vec![last, not_last]).expect("enqueue").expect("fits"));
             assert_eq!(claim_ids(&mut backend, 10, Utc::now()).len(), 2);
             let started: Vec<StartedJob> =
-                [last_id, not_last_id].map(|id| StartedJob { id, started_at: Utc::now() }).to_vec();
+                [last_id, not_last_id].map(|id| StartedJob { id, attempt: 1, started_at: Utc::now() }).to_vec();
             committed(&mut backend, |backend| backend.record_started(&started).expect("started"));
         }
         let (mut backend, recovery) = SqliteBackend::open(&path, 100, Synchronous::Full, None).expect("reopen");
@@ -483,10 +492,13 @@ mod delayed {
             let claimed = backend.claim(10 + round, Utc::now(), &Lease::for_test()).expect("take").jobs;
             let now = Utc::now() + chrono::Duration::milliseconds(round as i64);
             let (first, rest) = claimed.split_first().expect("claimed");
-            backend.record_started(&[StartedJob { id: first.id, started_at: now }]).expect("start");
+            backend
+                .record_started(&[StartedJob { id: first.id, attempt: first.attempt, started_at: now }])
+                .expect("start");
             let ends: Vec<FinishedJob> =
-                claimed.iter().map(|job| FinishedJob::succeeded(job.id, "noop", now)).collect();
-            let started: Vec<StartedJob> = rest.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
+                claimed.iter().map(|job| FinishedJob::succeeded(job.id, job.attempt, "noop", now)).collect();
+            let started: Vec<StartedJob> =
+                rest.iter().map(|job| StartedJob { id: job.id, attempt: job.attempt, started_at: now }).collect();
             backend.record_progress(&started, &ends).expect("progress");
         }
         let hot = [
@@ -615,10 +627,11 @@ mod delayed {
         assert_eq!(batch.next_due, None);
 
         // A failed attempt with a retry time is `failed` until then, then queued again.
-        backend.record_started(&[StartedJob { id: ids.1, started_at: later(30) }]).expect("start");
+        backend.record_started(&[StartedJob { id: ids.1, attempt: 1, started_at: later(30) }]).expect("start");
         let retry_at = later(40);
         let failed = FinishedJob {
             id: ids.1,
+            attempt: 1,
             kind: "noop",
             outcome: Outcome::TimedOut { after_ms: 250 },
             finished_at: later(31),
@@ -648,10 +661,11 @@ mod delayed {
         assert_eq!(backend.cancel(JobId::generate(), now).expect("cancel"), Err(ControlError::NotFound));
         let claimed = backend.claim(10, now, &Lease::for_test()).expect("take").jobs;
         assert_eq!(claimed.iter().map(|job| job.id).collect::<Vec<_>>(), ids[1..].to_vec(), "cancelled never runs");
-        backend.record_started(&[StartedJob { id: ids[1], started_at: now }]).expect("start");
+        backend.record_started(&[StartedJob { id: ids[1], attempt: 1, started_at: now }]).expect("start");
         assert_eq!(backend.cancel(ids[1], now).expect("cancel"), Err(ControlError::Conflict(JobState::Running)));
         let dead = FinishedJob {
             id: ids[1],
+            attempt: 1,
             kind: "noop",
             outcome: Outcome::Failed { error: "bad input".into(), retryable: false },
             finished_at: now,
@@ -769,11 +783,13 @@ mod migration_from_version_3 {
 
         // And the queue runs on: progress is recorded, and new jobs go behind the old ones.
         let now = written_at;
-        let started: Vec<StartedJob> = claimed.iter().map(|job| StartedJob { id: job.id, started_at: now }).collect();
+        let started: Vec<StartedJob> =
+            claimed.iter().map(|job| StartedJob { id: job.id, attempt: job.attempt, started_at: now }).collect();
         let finished: Vec<FinishedJob> = claimed
             .iter()
             .map(|job| FinishedJob {
                 id: job.id,
+                attempt: 1,
                 kind: "noop",
                 outcome: Outcome::Succeeded(JobResult::default()),
                 finished_at: now,

@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+mod settings;
+
+pub use self::settings::Settings;
 use crate::queue::{QueueKind, QueueSettings, Synchronous};
 
 /// Default `max_workers`. Workers are cheap actors and upload jobs wait on I/O, so the
@@ -42,6 +45,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// jobd has, and a hard stop before a backlog of large bodies can run the process out of
 /// memory (1,000 jobs of 1 MiB behind a busy pool took 1 GiB with a bound in jobs alone).
 pub const DEFAULT_WINDOW_MAX_BYTES: usize = 64 << 20;
+/// Default `lease_secs`: a node heartbeats every second, so five seconds ride out four
+/// lost heartbeats (a GC-free process rarely misses one) and still let another node
+/// rescue a dead node's jobs within about six seconds, well inside the ten promised.
+pub const DEFAULT_LEASE_SECS: u64 = 5;
 /// Default `shutdown_timeout_secs`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 /// Default `ingest_max_pending_bytes`: 64 MiB, eight requests of the default
@@ -115,235 +122,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Every setting, each optional, so that the flags, the environment and the file can
-/// each give some and be merged.
-#[derive(Debug, Clone, Default, clap::Args, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// Address to listen on for the HTTP API [default: 127.0.0.1:8080].
-    #[arg(long, env = "JOBD_LISTEN", global = true)]
-    pub listen: Option<SocketAddr>,
-
-    /// Directory for jobd's own files [default: $STATE_DIRECTORY under systemd, else ./jobd-data].
-    #[arg(long, env = "JOBD_DATA_DIR", global = true)]
-    pub data_dir: Option<PathBuf>,
-
-    /// Object store for uploads: file:///path, s3://bucket/prefix or memory:// [default: file://<data_dir>/objects].
-    #[arg(long, env = "JOBD_STORE_URL", global = true)]
-    pub store_url: Option<String>,
-
-    /// First segments of the default upload key, <key_prefix>/<yyyy>/<mm>/<dd>/<id>.json [default: payloads].
-    #[arg(long, env = "JOBD_KEY_PREFIX", global = true)]
-    pub key_prefix: Option<String>,
-
-    /// Jobs that run at once [default: 16].
-    #[arg(long, env = "JOBD_MAX_WORKERS", global = true)]
-    pub max_workers: Option<usize>,
-
-    /// Most jobs accepted and not yet finished; beyond it submissions get 429 [default: 1000000].
-    #[arg(long, env = "JOBD_MAX_QUEUE", global = true)]
-    pub max_queue: Option<usize>,
-
-    /// Largest request body in bytes; larger ones get 413 [default: 8388608].
-    #[arg(long, env = "JOBD_MAX_BODY_BYTES", global = true)]
-    pub max_body_bytes: Option<usize>,
-
-    /// Seconds that running jobs get to finish after SIGTERM [default: 30].
-    #[arg(long, env = "JOBD_SHUTDOWN_TIMEOUT_SECS", global = true)]
-    pub shutdown_timeout_secs: Option<u64>,
-
-    /// Enable the test kinds sleep, fail and panic [default: false].
-    #[arg(long, env = "JOBD_TEST_KINDS", global = true, value_parser = clap::builder::BoolishValueParser::new())]
-    pub test_kinds: Option<bool>,
-
-    /// Fail every fsync of the queue after this many, as a dying disk would: tests what jobd does then. Never in production [default: off].
-    #[arg(long, env = "JOBD_TEST_FAIL_SYNC_AFTER", global = true)]
-    pub test_fail_sync_after: Option<u64>,
-
-    /// Hold the queue thread this many ms when a cancel arrives, so that a fetch sent meanwhile shares its batch: tests that a cancelled job never starts. Never in production [default: off].
-    #[arg(long, env = "JOBD_TEST_CANCEL_HOLD_MS", global = true)]
-    pub test_cancel_hold_ms: Option<u64>,
-
-    /// Make every fsync of the queue wait this many ms first, as a stalled disk would: tests what jobd does then. Never in production [default: off].
-    #[arg(long, env = "JOBD_TEST_SYNC_DELAY_MS", global = true)]
-    pub test_sync_delay_ms: Option<u64>,
-
-    /// Most bytes of submissions waiting for their commit while the disk is slow; beyond it submissions get 503 [default: 67108864].
-    #[arg(long, env = "JOBD_INGEST_MAX_PENDING_BYTES", global = true)]
-    pub ingest_max_pending_bytes: Option<usize>,
-
-    /// HTTP worker threads [default: the number of CPUs].
-    #[arg(long, env = "JOBD_HTTP_WORKERS", global = true)]
-    pub http_workers: Option<usize>,
-
-    /// Queue backend: sqlite (durable, <data_dir>/queue.db) [default: sqlite].
-    #[arg(long, env = "JOBD_QUEUE", global = true, value_enum)]
-    pub queue: Option<QueueKind>,
-
-    /// SQLite sync mode: full (a 202 survives power loss) or normal (survives a crash of jobd only) [default: full].
-    #[arg(long, env = "JOBD_SQLITE_SYNCHRONOUS", global = true, value_enum)]
-    pub sqlite_synchronous: Option<Synchronous>,
-
-    /// The most bytes of claimed, not-yet-started jobs the Dispatcher holds in memory [default: 67108864].
-    #[arg(long, env = "JOBD_WINDOW_MAX_BYTES", global = true)]
-    pub window_max_bytes: Option<usize>,
-
-    /// Largest size of queue.db in bytes; beyond it submissions get 503. 0 means no limit [default: 0].
-    #[arg(long, env = "JOBD_QUEUE_DB_MAX_BYTES", global = true)]
-    pub queue_db_max_bytes: Option<u64>,
-
-    /// Seconds finished jobs stay readable, and idempotency keys remembered [default: 86400].
-    #[arg(long, env = "JOBD_RETENTION_SECS", global = true)]
-    pub retention_secs: Option<u64>,
-
-    /// Commit concurrent submissions together, one fsync for many [default: true].
-    #[arg(long, env = "JOBD_GROUP_COMMIT", global = true, value_parser = clap::builder::BoolishValueParser::new())]
-    pub group_commit: Option<bool>,
-
-    /// Attempts a job gets before it is dead, unless it gives its own [default: 25].
-    #[arg(long, env = "JOBD_MAX_ATTEMPTS", global = true)]
-    pub max_attempts: Option<u32>,
-
-    /// Retry backoff: the first retry waits between half and all of this many ms, doubling per attempt [default: 1000].
-    #[arg(long, env = "JOBD_RETRY_BASE_MS", global = true)]
-    pub retry_base_ms: Option<u64>,
-
-    /// Retry backoff: no retry waits longer than this many ms [default: 21600000].
-    #[arg(long, env = "JOBD_RETRY_CAP_MS", global = true)]
-    pub retry_cap_ms: Option<u64>,
-
-    /// How long one attempt may run, in ms, unless the job or its kind says otherwise [default: 300000].
-    #[arg(long, env = "JOBD_JOB_TIMEOUT_MS", global = true)]
-    pub job_timeout_ms: Option<u64>,
-
-    /// A custom S3 endpoint (MinIO, Ceph, R2...); implies path-style requests [default: AWS_ENDPOINT_URL, else AWS].
-    #[arg(long, env = "JOBD_S3_ENDPOINT", global = true)]
-    pub s3_endpoint: Option<String>,
-
-    /// The S3 region [default: AWS_REGION / AWS_DEFAULT_REGION].
-    #[arg(long, env = "JOBD_S3_REGION", global = true)]
-    pub s3_region: Option<String>,
-
-    /// Allow plain HTTP to the S3 endpoint [default: false].
-    #[arg(long, env = "JOBD_S3_ALLOW_HTTP", global = true, value_parser = clap::builder::BoolishValueParser::new())]
-    pub s3_allow_http: Option<bool>,
-
-    /// Bodies at least this many bytes go up as multipart uploads [default: 8388608].
-    #[arg(long, env = "JOBD_MULTIPART_THRESHOLD", global = true)]
-    pub multipart_threshold: Option<usize>,
-
-    /// The most uploads in flight at once, apart from max_workers [default: 16].
-    #[arg(long, env = "JOBD_UPLOAD_CONCURRENCY", global = true)]
-    pub upload_concurrency: Option<usize>,
-
-    /// A second address that serves only /metrics, so scrapers need no access to the job API [default: none].
-    #[arg(long, env = "JOBD_METRICS_LISTEN", global = true)]
-    pub metrics_listen: Option<SocketAddr>,
-
-    /// Bearer tokens, one `<name> <scopes> <token> [allowed_key_prefixes=a/,b/]` per line [default: $CREDENTIALS_DIRECTORY/tokens under systemd, else none: no authentication, loopback only].
-    #[arg(long, env = "JOBD_TOKENS_FILE", global = true)]
-    pub tokens_file: Option<PathBuf>,
-
-    /// Allow listening on a non-loopback address without tokens_file [default: false].
-    #[arg(long, env = "JOBD_ALLOW_UNAUTHENTICATED", global = true, value_parser = clap::builder::BoolishValueParser::new())]
-    pub allow_unauthenticated: Option<bool>,
-
-    /// PEM certificate chain for HTTPS on the API listener; reloaded on SIGHUP [default: none, plain HTTP].
-    #[arg(long, env = "JOBD_TLS_CERT", global = true)]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM private key for tls_cert; reloaded on SIGHUP [default: none].
-    #[arg(long, env = "JOBD_TLS_KEY", global = true)]
-    pub tls_key: Option<PathBuf>,
-
-    /// Most jobs (or payloads) in one request; more get 413 [default: 10000].
-    #[arg(long, env = "JOBD_MAX_JOBS_PER_REQUEST", global = true)]
-    pub max_jobs_per_request: Option<usize>,
-
-    /// Deepest nesting of JSON arrays and objects in a body, counted from the top; deeper gets 400 [default: 64].
-    #[arg(long, env = "JOBD_MAX_JSON_DEPTH", global = true)]
-    pub max_json_depth: Option<usize>,
-
-    /// A client must send a request's headers within this many ms of connecting, or gets 408 [default: 5000].
-    #[arg(long, env = "JOBD_CLIENT_REQUEST_TIMEOUT_MS", global = true)]
-    pub client_request_timeout_ms: Option<u64>,
-
-    /// A request's whole body must arrive within this many ms of its headers, or gets 408 [default: 30000].
-    #[arg(long, env = "JOBD_CLIENT_BODY_TIMEOUT_MS", global = true)]
-    pub client_body_timeout_ms: Option<u64>,
-
-    /// How long a closing connection may take to shut down, in ms [default: 1000].
-    #[arg(long, env = "JOBD_CLIENT_DISCONNECT_TIMEOUT_MS", global = true)]
-    pub client_disconnect_timeout_ms: Option<u64>,
-
-    /// Largest request head (request line and headers) in bytes; larger gets 431 [default: 32768].
-    #[arg(long, env = "JOBD_MAX_HEADER_BYTES", global = true)]
-    pub max_header_bytes: Option<usize>,
-
-    /// Most open API connections; beyond it new ones wait in the listen backlog [default: 10000].
-    #[arg(long, env = "JOBD_MAX_CONNECTIONS", global = true)]
-    pub max_connections: Option<usize>,
-
-    /// Webhook destinations, `[webhooks.<name>]` with `url`, `secrets` and options. File only.
-    #[arg(skip)]
-    pub webhooks: Option<std::collections::BTreeMap<String, crate::kinds::webhook::DestinationSettings>>,
-
-    /// Per-kind attempt timeouts in ms, e.g. `[job_timeouts_ms] upload = 60000`. File only.
-    #[arg(skip)]
-    pub job_timeouts_ms: Option<std::collections::BTreeMap<String, u64>>,
-}
-
-impl Settings {
-    /// `self` where set, else `lower`.
-    fn or(self, lower: Settings) -> Settings {
-        Settings {
-            listen: self.listen.or(lower.listen),
-            data_dir: self.data_dir.or(lower.data_dir),
-            store_url: self.store_url.or(lower.store_url),
-            key_prefix: self.key_prefix.or(lower.key_prefix),
-            max_workers: self.max_workers.or(lower.max_workers),
-            max_queue: self.max_queue.or(lower.max_queue),
-            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
-            shutdown_timeout_secs: self.shutdown_timeout_secs.or(lower.shutdown_timeout_secs),
-            test_kinds: self.test_kinds.or(lower.test_kinds),
-            test_fail_sync_after: self.test_fail_sync_after.or(lower.test_fail_sync_after),
-            test_cancel_hold_ms: self.test_cancel_hold_ms.or(lower.test_cancel_hold_ms),
-            test_sync_delay_ms: self.test_sync_delay_ms.or(lower.test_sync_delay_ms),
-            ingest_max_pending_bytes: self.ingest_max_pending_bytes.or(lower.ingest_max_pending_bytes),
-            http_workers: self.http_workers.or(lower.http_workers),
-            queue: self.queue.or(lower.queue),
-            window_max_bytes: self.window_max_bytes.or(lower.window_max_bytes),
-            sqlite_synchronous: self.sqlite_synchronous.or(lower.sqlite_synchronous),
-            queue_db_max_bytes: self.queue_db_max_bytes.or(lower.queue_db_max_bytes),
-            retention_secs: self.retention_secs.or(lower.retention_secs),
-            group_commit: self.group_commit.or(lower.group_commit),
-            max_attempts: self.max_attempts.or(lower.max_attempts),
-            retry_base_ms: self.retry_base_ms.or(lower.retry_base_ms),
-            retry_cap_ms: self.retry_cap_ms.or(lower.retry_cap_ms),
-            job_timeout_ms: self.job_timeout_ms.or(lower.job_timeout_ms),
-            job_timeouts_ms: self.job_timeouts_ms.or(lower.job_timeouts_ms),
-            webhooks: self.webhooks.or(lower.webhooks),
-            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
-            s3_endpoint: self.s3_endpoint.or(lower.s3_endpoint),
-            s3_region: self.s3_region.or(lower.s3_region),
-            s3_allow_http: self.s3_allow_http.or(lower.s3_allow_http),
-            multipart_threshold: self.multipart_threshold.or(lower.multipart_threshold),
-            upload_concurrency: self.upload_concurrency.or(lower.upload_concurrency),
-            tokens_file: self.tokens_file.or(lower.tokens_file),
-            allow_unauthenticated: self.allow_unauthenticated.or(lower.allow_unauthenticated),
-            tls_cert: self.tls_cert.or(lower.tls_cert),
-            tls_key: self.tls_key.or(lower.tls_key),
-            max_jobs_per_request: self.max_jobs_per_request.or(lower.max_jobs_per_request),
-            max_json_depth: self.max_json_depth.or(lower.max_json_depth),
-            client_request_timeout_ms: self.client_request_timeout_ms.or(lower.client_request_timeout_ms),
-            client_body_timeout_ms: self.client_body_timeout_ms.or(lower.client_body_timeout_ms),
-            client_disconnect_timeout_ms: self.client_disconnect_timeout_ms.or(lower.client_disconnect_timeout_ms),
-            max_connections: self.max_connections.or(lower.max_connections),
-            max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
-        }
-    }
-}
-
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -390,6 +168,12 @@ pub struct Config {
     pub queue: QueueKind,
     pub window_max_bytes: usize,
     pub sqlite_synchronous: Synchronous,
+    /// `queue = "postgres"`'s server; its password, if the URL has one, is never printed.
+    #[serde(serialize_with = "serialize_redacted_url")]
+    pub postgres_url: Option<String>,
+    pub node_name: String,
+    #[serde(rename = "lease_secs", serialize_with = "serialize_secs")]
+    pub lease: Duration,
     /// `None` means no limit.
     pub queue_db_max_bytes: Option<u64>,
     #[serde(serialize_with = "serialize_secs", rename = "retention_secs")]
@@ -425,6 +209,19 @@ pub struct Config {
     pub client_disconnect_timeout_ms: u64,
     pub max_connections: usize,
     pub max_header_bytes: usize,
+}
+
+/// The URL with its password, if any, replaced by `***`.
+fn serialize_redacted_url<S: serde::Serializer>(url: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    match url {
+        None => serializer.serialize_none(),
+        Some(text) => serializer.serialize_some(&crate::queue::redacted_url(text)),
+    }
+}
+
+/// The host's name, for `node_name`'s default; `jobd` if it cannot be read.
+fn host_name() -> String {
+    nix::unistd::gethostname().ok().and_then(|name| name.into_string().ok()).unwrap_or_else(|| "jobd".to_owned())
 }
 
 fn serialize_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -488,6 +285,9 @@ impl Config {
             queue: settings.queue.unwrap_or(QueueKind::Sqlite),
             window_max_bytes: settings.window_max_bytes.unwrap_or(DEFAULT_WINDOW_MAX_BYTES),
             sqlite_synchronous: settings.sqlite_synchronous.unwrap_or(Synchronous::Full),
+            postgres_url: settings.postgres_url.filter(|url| !url.is_empty()),
+            node_name: settings.node_name.unwrap_or_else(host_name),
+            lease: Duration::from_secs(settings.lease_secs.unwrap_or(DEFAULT_LEASE_SECS)),
             queue_db_max_bytes: settings.queue_db_max_bytes.filter(|&bytes| bytes > 0),
             retention: Duration::from_secs(settings.retention_secs.unwrap_or(DEFAULT_RETENTION_SECS)),
             group_commit: settings.group_commit.unwrap_or(true),
@@ -528,9 +328,15 @@ impl Config {
     }
 
     /// What opening the queue needs.
-    pub fn queue_settings(&self) -> QueueSettings {
+    pub fn queue_settings(&self, node: crate::queue::NodeId) -> QueueSettings {
         QueueSettings {
             kind: self.queue,
+            node,
+            cluster: self.postgres_url.as_ref().map(|url| crate::queue::ClusterSettings {
+                url: url.clone(),
+                node_name: self.node_name.clone(),
+                lease: self.lease,
+            }),
             data_dir: self.data_dir.clone(),
             capacity: self.max_queue,
             sqlite_synchronous: self.sqlite_synchronous,
@@ -602,6 +408,34 @@ impl Config {
             }
         }
         crate::kinds::webhook::check_destinations(&self.webhooks).map_err(ConfigError::Webhook)?;
+        if self.queue == QueueKind::Postgres && self.postgres_url.is_none() {
+            return Err(ConfigError::OutOfRange {
+                setting: "postgres_url",
+                requirement: "set when queue = \"postgres\" (e.g. postgresql://jobd@db.internal/jobd)",
+                value: "nothing".to_owned(),
+            });
+        }
+        if let Some(url) = &self.postgres_url {
+            crate::queue::check_postgres_url(url).map_err(|problem| ConfigError::OutOfRange {
+                setting: "postgres_url",
+                requirement: "a libpq-style URL, postgresql://user@host:port/database",
+                value: format!("{} ({problem})", crate::queue::redacted_url(url)),
+            })?;
+        }
+        if self.node_name.is_empty() || self.node_name.len() > 128 {
+            return Err(ConfigError::OutOfRange {
+                setting: "node_name",
+                requirement: "1 to 128 bytes",
+                value: self.node_name.clone(),
+            });
+        }
+        if !(2..=600).contains(&self.lease.as_secs()) {
+            return Err(ConfigError::OutOfRange {
+                setting: "lease_secs",
+                requirement: "between 2 and 600 (heartbeats come every second)",
+                value: self.lease.as_secs().to_string(),
+            });
+        }
         if self.queue_db_max_bytes.is_some_and(|bytes| bytes < 65_536) {
             return Err(ConfigError::OutOfRange {
                 setting: "queue_db_max_bytes",

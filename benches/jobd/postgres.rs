@@ -1,0 +1,173 @@
+//! The PostgreSQL figures, (10) to (13): jobd nodes on a private, durable cluster (fsync
+//! on) that the benchmark starts itself, measured as the SQLite figures are, plus the CPU
+//! time that jobd and PostgreSQL spend per job, read from `/proc`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{
+    CpuTimes, Daemon, Figure, MEASURE, WARM_UP, hold_the_only_worker, micros, post_json, sample, submit_batches,
+};
+
+#[allow(dead_code)]
+#[path = "../../tests/common/postgres.rs"]
+mod cluster;
+
+/// Jobs per end-to-end run of (12).
+const END_TO_END_JOBS: u64 = 100_000;
+/// Workers per node for (12): a node claims twice its pool at a time, so a larger pool
+/// makes larger claims; noop jobs cost a worker nothing while they wait.
+const NOOP_WORKERS: &str = "256";
+
+/// The CPU time (user and system) of the server's processes: the postmaster and every
+/// process it started.
+fn postgres_cpu(postmaster: u32) -> Duration {
+    let mut total = Duration::ZERO;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return total };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let parent: u32 = rest.split_whitespace().nth(1).and_then(|field| field.parse().ok()).unwrap_or(0);
+        if pid == postmaster || parent == postmaster {
+            total += CpuTimes::parse_stat(&stat).map_or(Duration::ZERO, |(_, time)| time);
+        }
+    }
+    total
+}
+
+/// A whole process's CPU time (all its threads).
+fn process_cpu(pid: u32) -> Duration {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| CpuTimes::parse_stat(&stat).map(|(_, time)| time))
+        .unwrap_or_default()
+}
+
+fn start_nodes(url: &str, count: usize, extra: &[(&str, &str)]) -> Vec<Daemon> {
+    (0..count)
+        .map(|number| {
+            let name = format!("bench-{number}");
+            let mut env = vec![("JOBD_QUEUE", "postgres"), ("JOBD_POSTGRES_URL", url), ("JOBD_NODE_NAME", &name)];
+            env.extend_from_slice(extra);
+            Daemon::start(&env)
+        })
+        .collect()
+}
+
+async fn succeeded(client: &reqwest::Client, nodes: &[Daemon]) -> u64 {
+    let mut total = 0;
+    for node in nodes {
+        let stats: Value =
+            client.get(node.url("/v1/stats")).send().await.expect("stats").json().await.expect("stats JSON");
+        total += stats["counters"]["jobs"]["succeeded"].as_u64().unwrap_or(0);
+    }
+    total
+}
+
+/// The PostgreSQL figures.
+pub(super) async fn figures(client: &reqwest::Client) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    let cluster = tokio::task::block_in_place(cluster::Cluster::start_durable);
+    let postmaster = cluster.server_pid().expect("the server runs");
+    let job = json!({"kind": "noop", "payload": {"pad": "x".repeat(160)}}).to_string().into_bytes();
+
+    // (10) single-job durable submissions on one node.
+    let url = tokio::task::block_in_place(|| cluster.new_database());
+    let node = start_nodes(&url, 1, &[]).pop().expect("a node");
+    let (pg_before, jobd_before) = (postgres_cpu(postmaster), process_cpu(node.child.id()));
+    let samples = sample(client, post_json(&node.base, "/v1/jobs", job), 202, None, WARM_UP, MEASURE, None).await;
+    let requests = samples.latencies.len().max(1) as u32;
+    let (pg_cpu, jobd_cpu) = (postgres_cpu(postmaster) - pg_before, process_cpu(node.child.id()) - jobd_before);
+    let single = samples.throughput();
+    // The CPU was read over the warm-up too: a little high, never low.
+    let cpu = format!(
+        "jobd {:.0} us, PostgreSQL {:.0} us per request",
+        micros(jobd_cpu / requests),
+        micros(pg_cpu / requests)
+    );
+    println!("(10) single-job on PostgreSQL {:.0}/s, p99 {:.2} ms; {cpu}", single.per_second, single.p99_ms);
+    figures.push(Figure {
+        number: "10",
+        name: "PostgreSQL: single-job durable submissions/s, one node (POST /v1/jobs, ~200 B noop)",
+        value: format!("{:.0}, p50 {:.2} ms, p99 {:.2} ms ({cpu})", single.per_second, single.p50_ms, single.p99_ms),
+        target: "reference",
+        met: None,
+    });
+    drop(node);
+
+    // (11) batch ingest of 1,000 payloads per request, the only worker held.
+    let url = tokio::task::block_in_place(|| cluster.new_database());
+    let node =
+        start_nodes(&url, 1, &[("JOBD_MAX_WORKERS", "1"), ("JOBD_TEST_KINDS", "1"), ("JOBD_MAX_QUEUE", "20000000")])
+            .pop()
+            .expect("a node");
+    hold_the_only_worker(client, &node).await;
+    let payloads: Vec<Value> = (0..1000).map(|n| json!({"n": n, "pad": "x".repeat(100)})).collect();
+    let body = serde_json::to_vec(&json!({"payloads": payloads})).expect("json");
+    let result = sample(client, post_json(&node.base, "/v1/payloads", body), 202, None, WARM_UP, MEASURE, None)
+        .await
+        .throughput();
+    let per_second = result.per_second * 1000.0;
+    println!("(11) batch ingest on PostgreSQL: {per_second:.0} payloads/s");
+    figures.push(Figure {
+        number: "11",
+        name: "PostgreSQL: batch ingest (workers held), 1,000 payloads per request: payloads/s",
+        value: format!("{per_second:.0} (p99 {:.1} ms per request)", result.p99_ms),
+        target: "reference",
+        met: None,
+    });
+    drop(node);
+
+    // (12) end to end with 1, 2 and 3 nodes; (13) the CPU per job of the 1-node run.
+    let mut rates = Vec::new();
+    let mut per_job = (Duration::ZERO, Duration::ZERO);
+    for count in 1..=3usize {
+        let url = tokio::task::block_in_place(|| cluster.new_database());
+        let nodes = start_nodes(&url, count, &[("JOBD_MAX_WORKERS", NOOP_WORKERS)]);
+        let pg_before = postgres_cpu(postmaster);
+        let jobd_before: Duration = nodes.iter().map(|node| process_cpu(node.child.id())).sum();
+        let started = Instant::now();
+        let per_node = END_TO_END_JOBS / count as u64;
+        let submissions = nodes
+            .iter()
+            .map(|node| submit_batches(client, node, per_node, 1000, (4 / count).max(1), |_| json!({"kind": "noop"})));
+        futures_util::future::join_all(submissions).await;
+        let total = per_node * count as u64;
+        while succeeded(client, &nodes).await < total {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let elapsed = started.elapsed();
+        let rate = total as f64 / elapsed.as_secs_f64();
+        if count == 1 {
+            let jobd_after: Duration = nodes.iter().map(|node| process_cpu(node.child.id())).sum();
+            per_job =
+                ((jobd_after - jobd_before) / total as u32, (postgres_cpu(postmaster) - pg_before) / total as u32);
+        }
+        println!("(12) {count} node(s): {total} noop jobs end to end at {rate:.0}/s");
+        rates.push(rate);
+    }
+    figures.push(Figure {
+        number: "12",
+        name: "PostgreSQL: end to end noop jobs/s, 100,000 jobs, with 1 / 2 / 3 nodes (max_workers 256)",
+        value: rates.iter().map(|rate| format!("{rate:.0}")).collect::<Vec<_>>().join(" / "),
+        target: ">= 50,000 with one node",
+        met: Some(rates[0] >= 50_000.0),
+    });
+    let (jobd_us, pg_us) = (micros(per_job.0), micros(per_job.1));
+    // A PostgreSQL server whose cores do nothing else runs at most cores / (CPU per job).
+    let projection: Vec<String> = [8.0, 16.0, 32.0]
+        .iter()
+        .map(|cores| format!("{cores:.0} cores / {pg_us:.1} us = {:.0}/s", cores * 1e6 / pg_us))
+        .collect();
+    println!("(13) per job: jobd {jobd_us:.1} us, PostgreSQL {pg_us:.1} us; {}", projection.join("; "));
+    figures.push(Figure {
+        number: "13",
+        name: "PostgreSQL: CPU time per job end to end (1 node), and the jobs/s it projects for a PostgreSQL server",
+        value: format!("jobd {jobd_us:.1} us, PostgreSQL {pg_us:.1} us; {}", projection.join("; ")),
+        target: "PostgreSQL <= 20 us per job",
+        met: Some(pg_us <= 20.0),
+    });
+    figures
+}

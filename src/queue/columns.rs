@@ -1,0 +1,61 @@
+//! Columns both database backends share: times as milliseconds, states by name, the
+//! columns an attempt's end writes, and a stored body shown as a record's payload.
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+
+use crate::job::{FinishedJob, JobState, Outcome};
+
+pub(crate) fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+pub(crate) fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+pub(crate) fn state_of(name: &str) -> JobState {
+    // Only jobd writes the column, with `JobState::name`; an unknown value would mean a
+    // newer jobd wrote it, which the schema version refuses first.
+    JobState::from_name(name).unwrap_or(JobState::Dead)
+}
+
+/// The columns an attempt's end writes, shared by both ways of recording it.
+#[derive(PartialEq, Eq, Hash)]
+pub(crate) struct FinishColumns {
+    pub(crate) state: JobState,
+    /// Set only when the job will not run again.
+    pub(crate) finished_at: Option<i64>,
+    /// The attempt's error; `None` for a success, which clears the previous one.
+    pub(crate) error: Option<String>,
+    pub(crate) result: Option<String>,
+    pub(crate) retry_at: Option<i64>,
+}
+
+impl FinishColumns {
+    pub(crate) fn of(end: &FinishedJob) -> Self {
+        let state = end.state();
+        let result = match &end.outcome {
+            Outcome::Succeeded(result) => serde_json::to_string(result).ok(),
+            _ => None,
+        };
+        FinishColumns {
+            state,
+            finished_at: state.is_finished().then(|| millis(end.finished_at)),
+            error: end.outcome.error(),
+            result,
+            retry_at: end.retry_at.map(millis),
+        }
+    }
+}
+
+/// A stored body as a record's `payload`: JSON as sent, other bytes as a base64 string.
+pub(crate) fn payload_value(bytes: Vec<u8>, is_json: bool) -> Option<Box<RawValue>> {
+    let text = if is_json {
+        String::from_utf8(bytes).ok()?
+    } else {
+        serde_json::to_string(&base64::engine::general_purpose::STANDARD.encode(bytes)).ok()?
+    };
+    RawValue::from_string(text).ok()
+}

@@ -1,0 +1,347 @@
+//! The cluster's upkeep, on two threads with connections of their own, so that a long
+//! transaction of the queue thread never delays them:
+//! - the lease thread heartbeats this node's row every second, counts the live nodes, and
+//!   rescues the running jobs of nodes whose lease expired (one node at a time, under an
+//!   advisory lock);
+//! - the listener thread `LISTEN`s for other nodes' news of ready jobs, sends this node's
+//!   own news (debounced: one `NOTIFY` per 25 ms at most, never from a trigger, since a
+//!   commit that carries a NOTIFY takes a global lock), and wakes the queue thread, at
+//!   least once a second as a fallback poll.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use postgres::fallible_iterator::FallibleIterator as _;
+
+use super::schema::{READY_CHANNEL, RESCUE_LOCK};
+use super::{ClusterMetrics, ClusterSettings, Connection, connection_config};
+use crate::queue::columns::millis;
+use crate::queue::{NodeId, StorageError, Waker};
+
+/// How often a node renews its lease.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often the listener sends this node's news at most, and looks for stop.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(25);
+/// The fallback poll: the queue thread looks for ready jobs at least this often, should a
+/// notification be lost (a reconnect of the listener misses those sent meanwhile).
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// Renews this node's lease (inserting its row if a rescuer removed it) and counts the
+/// live nodes, itself included, in one statement.
+const HEARTBEAT_SQL: &str = "WITH beat AS (
+         INSERT INTO jobd_nodes (id, name, started_at, heartbeat_at, expires_at)
+         VALUES ($1, $2, now(), now(), now() + make_interval(secs => $3))
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at
+         RETURNING 1)
+     SELECT (SELECT count(*) FROM jobd_nodes WHERE expires_at > now() AND id <> $1) + (SELECT count(*) FROM beat)";
+
+/// Removes the rows of nodes whose lease expired.
+const FORGET_LOST: &str = "DELETE FROM jobd_nodes WHERE expires_at < now() RETURNING id, name";
+
+/// Takes back every job whose lease owner has no row. A running one is queued again, its
+/// interrupted attempt counted (or buried, after its last attempt); one still queued in
+/// the lost node's window is only released, in its place in the queue. `$1` is now, in ms.
+/// Returns each job's id, its state now, and whether it was running.
+const RESCUE: &str = "WITH orphaned AS (
+         SELECT j.seq, j.lease_owner, j.state = 'running' AS was_running FROM jobd_jobs j
+         WHERE j.lease_owner IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobd_nodes n WHERE n.id = j.lease_owner)
+         FOR UPDATE OF j SKIP LOCKED)
+     UPDATE jobd_jobs j SET
+         state = CASE WHEN was_running AND j.attempts >= j.max_attempts THEN 'dead' ELSE 'queued' END,
+         ready_seq = CASE WHEN was_running THEN nextval('jobd_ready_seq') ELSE j.ready_seq END,
+         lease_owner = NULL,
+         last_error = CASE WHEN was_running
+             THEN 'attempt ' || j.attempts || ' was lost with node ' || orphaned.lease_owner::text
+             ELSE j.last_error END,
+         finished_at = CASE WHEN was_running AND j.attempts >= j.max_attempts THEN $1::bigint ELSE j.finished_at END
+     FROM orphaned WHERE j.seq = orphaned.seq
+     RETURNING j.id, j.state, was_running";
+
+/// Folds the count rows of nodes that are gone into the cluster's own row (the nil id),
+/// so that the rows do not pile up over restarts; sums are unchanged.
+const FOLD_COUNTS: &str = "WITH gone AS (
+         DELETE FROM jobd_counts c
+         WHERE c.node <> '00000000-0000-0000-0000-000000000000'
+           AND NOT EXISTS (SELECT 1 FROM jobd_nodes n WHERE n.id = c.node)
+         RETURNING state, jobs)
+     INSERT INTO jobd_counts (node, state, jobs)
+     SELECT '00000000-0000-0000-0000-000000000000', state, sum(jobs) FROM gone GROUP BY state
+     ON CONFLICT (node, state) DO UPDATE SET jobs = jobd_counts.jobs + EXCLUDED.jobs";
+
+/// Adds the rescue's count changes to the cluster's row.
+const RESCUE_COUNTS: &str = "INSERT INTO jobd_counts (node, state, jobs)
+     SELECT '00000000-0000-0000-0000-000000000000', state, delta
+     FROM unnest($1::text[], $2::bigint[]) AS changes(state, delta) WHERE delta <> 0
+     ON CONFLICT (node, state) DO UPDATE SET jobs = jobd_counts.jobs + EXCLUDED.jobs";
+
+/// The two threads and what the backend tells them.
+pub(super) struct ClusterThreads {
+    stop: Arc<AtomicBool>,
+    /// Set by the queue thread after a commit that readied jobs; the listener sends it.
+    news: Arc<AtomicBool>,
+    lease: Option<JoinHandle<()>>,
+    listener: Option<JoinHandle<()>>,
+}
+
+impl ClusterThreads {
+    /// Registers this node (its first heartbeat, so that its lease exists before its
+    /// first claim) and starts both threads.
+    pub(super) fn start(
+        settings: &ClusterSettings,
+        node: NodeId,
+        metrics: ClusterMetrics,
+        waker: Arc<OnceLock<Waker>>,
+    ) -> Result<Self, StorageError> {
+        let mut upkeep = Upkeep {
+            connection: Connection::new(connection_config(settings, "lease")?),
+            node,
+            name: settings.node_name.clone(),
+            lease: settings.lease,
+            metrics,
+            live_since: None,
+        };
+        upkeep.heartbeat()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let news = Arc::new(AtomicBool::new(false));
+        let lease = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("jobd-lease".to_owned())
+                .spawn(move || upkeep.run(&stop))
+                .map_err(|error| StorageError::new(format!("cannot start the lease thread: {error}")))?
+        };
+        let listener = Listener {
+            connection: Connection::new(connection_config(settings, "listen")?),
+            listening: false,
+            node,
+            waker,
+        };
+        let listener = {
+            let (stop, news) = (stop.clone(), news.clone());
+            std::thread::Builder::new()
+                .name("jobd-listen".to_owned())
+                .spawn(move || listener.run(&stop, &news))
+                .map_err(|error| StorageError::new(format!("cannot start the listener thread: {error}")))?
+        };
+        Ok(ClusterThreads { stop, news, lease: Some(lease), listener: Some(listener) })
+    }
+
+    /// Tells the other nodes, soon, that jobs became ready.
+    pub(super) fn announce(&self) {
+        self.news.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for ClusterThreads {
+    /// Stops both threads; the lease thread removes this node's row as it goes, so that
+    /// any job it abandoned is rescued at once instead of after the lease.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for thread in [self.lease.take(), self.listener.take()].into_iter().flatten() {
+            thread.thread().unpark();
+            if thread.join().is_err() {
+                tracing::error!("a PostgreSQL cluster thread panicked");
+            }
+        }
+    }
+}
+
+/// The lease thread's state.
+struct Upkeep {
+    connection: Connection,
+    node: NodeId,
+    name: String,
+    lease: Duration,
+    metrics: ClusterMetrics,
+    /// Since when every heartbeat succeeded. A node rescues others only after a whole
+    /// lease of unbroken heartbeats: after an outage of the database, every node's lease
+    /// has lapsed, and the first node back must not take the jobs of nodes that are
+    /// about to heartbeat too.
+    live_since: Option<Instant>,
+}
+
+impl Upkeep {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut due = Instant::now() + HEARTBEAT;
+        while !stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now < due {
+                std::thread::park_timeout(due - now);
+                continue;
+            }
+            match self.heartbeat() {
+                Ok(()) => {
+                    self.metrics.heartbeat_lag.observe(due.elapsed().as_secs_f64());
+                    if self.live_since.is_some_and(|since| since.elapsed() >= self.lease)
+                        && let Err(error) = self.rescue()
+                    {
+                        tracing::warn!(
+                            error = error.message(),
+                            "rescue of lost nodes' jobs failed; retried next second"
+                        );
+                    }
+                }
+                Err(error) => {
+                    if self.live_since.take().is_some() {
+                        tracing::warn!(error = error.message(), "lease heartbeat failed; retried every second");
+                    }
+                }
+            }
+            due += HEARTBEAT;
+            // After a long stall (the process was stopped), beat at once, then every second.
+            if due < Instant::now() {
+                due = Instant::now();
+            }
+        }
+        self.leave();
+    }
+
+    fn heartbeat(&mut self) -> Result<(), StorageError> {
+        let node = self.node.as_uuid();
+        let rows = self.connection.query(HEARTBEAT_SQL, &[&node, &self.name, &self.lease.as_secs_f64()])?;
+        let live = rows.first().map_or(0, |row| row.get::<_, i64>(0));
+        self.metrics.nodes.set(live);
+        self.live_since.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// One rescue round, if no other node is doing one.
+    fn rescue(&mut self) -> Result<(), StorageError> {
+        self.connection.batch("BEGIN")?;
+        let result = self.rescue_locked();
+        match result {
+            Ok((taken_back, rescued)) => {
+                self.connection.batch("COMMIT")?;
+                self.metrics.rescued.inc_by(rescued);
+                if taken_back > 0 {
+                    // The rescued jobs are ready: every node should look now.
+                    self.connection.execute("SELECT pg_notify($1, '')", &[&READY_CHANNEL])?;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                if self.connection.batch("ROLLBACK").is_err() {
+                    self.connection.lost();
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Returns how many jobs were taken back, and how many of them were running.
+    fn rescue_locked(&mut self) -> Result<(u64, u64), StorageError> {
+        let locked = self.connection.query("SELECT pg_try_advisory_xact_lock($1)", &[&RESCUE_LOCK])?;
+        if !locked.first().is_some_and(|row| row.get::<_, bool>(0)) {
+            return Ok((0, 0));
+        }
+        for row in self.connection.query(FORGET_LOST, &[])? {
+            let (id, name): (uuid::Uuid, String) = (row.get(0), row.get(1));
+            tracing::warn!(lost_node = %id, lost_node_name = name, "node lost: its lease expired; its running jobs are rescued");
+        }
+        let rows = self.connection.query(RESCUE, &[&millis(Utc::now())])?;
+        let running: Vec<&postgres::Row> = rows.iter().filter(|row| row.get::<_, bool>(2)).collect();
+        let released = rows.len() - running.len();
+        let buried = running.iter().filter(|row| row.get::<_, &str>(1) == "dead").count() as i64;
+        let requeued = running.len() as i64 - buried;
+        if !running.is_empty() {
+            let states = vec!["running", "queued", "dead"];
+            let deltas = vec![-(running.len() as i64), requeued, buried];
+            self.connection.execute(RESCUE_COUNTS, &[&states, &deltas])?;
+        }
+        self.connection.execute(FOLD_COUNTS, &[])?;
+        for row in &running {
+            let id: uuid::Uuid = row.get(0);
+            tracing::info!(job_id = %id, state = row.get::<_, &str>(1), "job rescued from a lost node");
+        }
+        if !rows.is_empty() {
+            tracing::warn!(requeued, dead = buried, released, "took back the jobs of lost nodes");
+        }
+
+        // Released jobs are ready too: the caller notifies the other nodes of both.
+        Ok((rows.len() as u64, running.len() as u64))
+    }
+
+    /// Removes this node's row at a clean stop.
+    fn leave(&mut self) {
+        let node = self.node.as_uuid();
+        match self.connection.execute("DELETE FROM jobd_nodes WHERE id = $1", &[&node]) {
+            Ok(_) => tracing::info!(node = %self.node, "left the cluster"),
+            Err(error) => tracing::warn!(error = error.message(), "could not remove this node's row; it expires"),
+        }
+    }
+}
+
+/// The listener thread's state.
+struct Listener {
+    connection: Connection,
+    /// Whether this connection has run `LISTEN` (a new connection has not).
+    listening: bool,
+    node: NodeId,
+    waker: Arc<OnceLock<Waker>>,
+}
+
+impl Listener {
+    fn run(mut self, stop: &AtomicBool, news: &AtomicBool) {
+        let own = self.node.to_string();
+        let mut last_wake = Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            let mut woken = false;
+            match self.listen_once(&own, news, &mut woken) {
+                Ok(()) => {}
+                Err(error) => {
+                    if self.listening {
+                        tracing::warn!(error = error.message(), "PostgreSQL listener lost; polling until it is back");
+                    }
+                    self.listening = false;
+                    std::thread::park_timeout(ANNOUNCE_EVERY);
+                }
+            }
+            if woken || last_wake.elapsed() >= POLL_EVERY {
+                if let Some(waker) = self.waker.get() {
+                    waker.wake();
+                }
+                last_wake = Instant::now();
+            }
+        }
+    }
+
+    /// Sends this node's news if there is any, then waits up to [`ANNOUNCE_EVERY`] for
+    /// notifications; `woken` is set when another node had news.
+    fn listen_once(&mut self, own: &str, news: &AtomicBool, woken: &mut bool) -> Result<(), StorageError> {
+        if !self.listening || self.connection.client.is_none() {
+            self.connection.batch(&format!("LISTEN {READY_CHANNEL}"))?;
+            self.listening = true;
+            // Notifications sent while this node was not listening are lost: look now.
+            *woken = true;
+        }
+        if news.swap(false, Ordering::AcqRel) {
+            self.connection.execute("SELECT pg_notify($1, $2)", &[&READY_CHANNEL, &own])?;
+        }
+        // At most this many notifications per round, so that a flood of them cannot keep
+        // this node's own news or a stop waiting.
+        const MOST_PER_ROUND: usize = 256;
+        let client = self.connection.client()?;
+        let mut notifications = client.notifications();
+        let mut pending = notifications.timeout_iter(ANNOUNCE_EVERY);
+        let mut outcome = Ok(());
+        for _ in 0..MOST_PER_ROUND {
+            match pending.next() {
+                Ok(Some(notification)) => *woken |= notification.payload() != own,
+                Ok(None) => break,
+                Err(error) => {
+                    outcome = Err(super::storage_error("listen failed", &error));
+                    break;
+                }
+            }
+        }
+        drop(pending);
+        drop(notifications);
+        if outcome.is_err() {
+            self.connection.lost();
+        }
+        outcome
+    }
+}

@@ -1,0 +1,401 @@
+//! The PostgreSQL backend: one queue that several jobd nodes share. It owns the
+//! connection of the queue thread (with reconnects and their backoff), the transaction
+//! protocol, and the count rows that make the depth cheap; the schema, the writes, the
+//! reads and the cluster's upkeep (leases, rescue, wakeups) are its submodules.
+//!
+//! **Architecture Invariant:** every write about a claimed job matches the job's id, its
+//! attempt and this node as its lease owner, and a write that matches nothing is counted
+//! as fenced, never retried: the job has moved on to another node or attempt.
+
+mod cluster;
+mod codec;
+mod reader;
+mod schema;
+mod writer;
+
+use std::collections::HashMap;
+use std::str::FromStr as _;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, IntCounter, IntGauge};
+
+use self::cluster::ClusterThreads;
+pub use self::schema::SCHEMA_VERSION;
+use super::{NodeId, QueueBackend, StorageError, Transactions, Waker};
+use crate::job::JobState;
+
+/// A node's connections: this queue thread's, the lease thread's and the listener's. The
+/// pool is fixed at three, so that N nodes hold 3 × N of the server's `max_connections`.
+pub const CONNECTIONS_PER_NODE: usize = 3;
+/// The longest one statement may run before the server cancels it, so that one slow query
+/// cannot hold the queue thread (and with it every submission) for ever.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection attempt may take: a server that does not answer costs the
+/// queue thread this long once per backoff step, not a hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first wait after a failed connection attempt; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What the PostgreSQL backend needs besides the common settings.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub url: String,
+    pub node_name: String,
+    /// How long a node's claims outlive its last heartbeat.
+    pub lease: Duration,
+}
+
+/// The cluster's series, handed in by whoever owns the registry.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    /// Nodes whose lease is live (`jobd_nodes`).
+    pub nodes: IntGauge,
+    /// Jobs taken back from lost nodes (`jobd_jobs_rescued_total`).
+    pub rescued: IntCounter,
+    /// Writes refused because the job moved on (`jobd_fenced_writes_total`).
+    pub fenced: IntCounter,
+    /// How late each heartbeat committed after it was due.
+    pub heartbeat_lag: Histogram,
+}
+
+/// The URL with its password, if it has one, replaced by `***`, for logs and output.
+pub fn redacted_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) if url.password().is_some() => {
+            // Setting a password fails only for URLs that cannot have one.
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
+/// Whether `text` is a connection URL the client accepts.
+pub fn check_postgres_url(text: &str) -> Result<(), String> {
+    if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        return Err("it must start with postgresql:// or postgres://".to_owned());
+    }
+    postgres::Config::from_str(text).map(drop).map_err(|error| error.to_string())
+}
+
+/// The connection settings: the URL's, plus the password from the systemd credential
+/// `postgres_password` when the URL has none, the timeouts, and the node's name as the
+/// application name (so `pg_stat_activity` shows which node holds which connection).
+fn connection_config(settings: &ClusterSettings, role: &str) -> Result<postgres::Config, StorageError> {
+    let mut config = postgres::Config::from_str(&settings.url)
+        .map_err(|error| StorageError::new(format!("postgres_url is invalid: {error}")))?;
+    if config.get_password().is_none()
+        && let Some(path) = crate::systemd::credential_path("postgres_password")
+    {
+        let password = std::fs::read(&path)
+            .map_err(|error| StorageError::new(format!("cannot read the credential postgres_password: {error}")))?;
+        let password = password.strip_suffix(b"\n").unwrap_or(&password);
+        config.password(password);
+    }
+    config
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .application_name(&format!("jobd {} ({role})", settings.node_name))
+        .options(&format!("-c statement_timeout={}", STATEMENT_TIMEOUT.as_millis()));
+    Ok(config)
+}
+
+/// Turns a client error into a storage error that says what failed.
+fn storage_error(context: &str, error: &postgres::Error) -> StorageError {
+    let detail = match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => error.to_string(),
+    };
+    StorageError::new(format!("PostgreSQL {context}: {detail}"))
+}
+
+/// A connection that comes back: connects on demand, and after a failure waits a
+/// doubling backoff before it tries again, answering with the last error meanwhile, so
+/// that submissions during an outage get a quick 503 instead of a connect timeout each.
+struct Connection {
+    config: postgres::Config,
+    client: Option<postgres::Client>,
+    /// Prepared statements of the current client, by their text.
+    statements: HashMap<&'static str, postgres::Statement>,
+    next_attempt: Instant,
+    backoff: Duration,
+    last_error: Option<StorageError>,
+}
+
+impl Connection {
+    fn new(config: postgres::Config) -> Self {
+        Connection {
+            config,
+            client: None,
+            statements: HashMap::new(),
+            next_attempt: Instant::now(),
+            backoff: FIRST_BACKOFF,
+            last_error: None,
+        }
+    }
+
+    /// The client, connecting first if there is none and the backoff allows.
+    fn client(&mut self) -> Result<&mut postgres::Client, StorageError> {
+        if self.client.as_ref().is_some_and(postgres::Client::is_closed) {
+            self.lost();
+        }
+        if self.client.is_none() {
+            if Instant::now() < self.next_attempt {
+                return Err(self.last_error.clone().unwrap_or_else(|| StorageError::new("PostgreSQL is unreachable")));
+            }
+            match self.config.connect(postgres::NoTls) {
+                Ok(client) => {
+                    if self.last_error.take().is_some() {
+                        tracing::info!("PostgreSQL connection restored");
+                    }
+                    self.backoff = FIRST_BACKOFF;
+                    self.client = Some(client);
+                }
+                Err(error) => {
+                    let error = storage_error("connection failed", &error);
+                    if self.last_error.is_none() {
+                        tracing::warn!(error = error.message(), "PostgreSQL unreachable; reconnecting with backoff");
+                    }
+                    self.next_attempt = Instant::now() + self.backoff;
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    self.last_error = Some(error.clone());
+                    return Err(error);
+                }
+            }
+        }
+        self.client.as_mut().ok_or_else(|| StorageError::new("PostgreSQL is unreachable"))
+    }
+
+    /// Forgets a client whose connection broke; the next call reconnects.
+    fn lost(&mut self) {
+        self.client = None;
+        self.statements.clear();
+    }
+
+    /// The prepared statement for `sql`, preparing it on first use.
+    fn prepare(&mut self, sql: &'static str) -> Result<postgres::Statement, StorageError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let client = self.client()?;
+        let statement = client.prepare(sql).map_err(|error| storage_error("prepare failed", &error))?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// Runs a prepared query and returns its rows; a broken connection is forgotten.
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, StorageError> {
+        let statement = self.prepare(sql)?;
+        let client = self.client()?;
+        let result = client.query(&statement, params);
+        result.map_err(|error| self.failed("query failed", &error))
+    }
+
+    /// Runs a prepared statement and returns how many rows it changed.
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StorageError> {
+        let statement = self.prepare(sql)?;
+        let client = self.client()?;
+        let result = client.execute(&statement, params);
+        result.map_err(|error| self.failed("statement failed", &error))
+    }
+
+    /// Runs statements without parameters (BEGIN, COMMIT, ...).
+    fn batch(&mut self, sql: &str) -> Result<(), StorageError> {
+        let client = self.client()?;
+        let result = client.batch_execute(sql);
+        result.map_err(|error| self.failed("statement failed", &error))
+    }
+
+    fn failed(&mut self, context: &str, error: &postgres::Error) -> StorageError {
+        if error.is_closed() || self.client.as_ref().is_some_and(postgres::Client::is_closed) {
+            self.lost();
+        }
+        storage_error(context, error)
+    }
+}
+
+/// Count changes by state that the open transaction made; written to this node's count
+/// rows just before it commits, so the sum of every node's rows is the depth.
+#[derive(Debug, Default)]
+struct Deltas {
+    by_state: [i64; 5],
+}
+
+impl Deltas {
+    fn slot(state: JobState) -> Option<usize> {
+        match state {
+            JobState::Queued => Some(0),
+            JobState::Scheduled => Some(1),
+            JobState::Running => Some(2),
+            JobState::Failed => Some(3),
+            JobState::Dead => Some(4),
+            JobState::Succeeded | JobState::Cancelled => None,
+        }
+    }
+
+    const STATES: [JobState; 5] =
+        [JobState::Queued, JobState::Scheduled, JobState::Running, JobState::Failed, JobState::Dead];
+
+    fn add(&mut self, state: JobState, count: i64) {
+        if let Some(slot) = Self::slot(state) {
+            self.by_state[slot] += count;
+        }
+    }
+
+    fn moved(&mut self, from: JobState, to: JobState, count: i64) {
+        self.add(from, -count);
+        self.add(to, count);
+    }
+
+    fn unfinished(&self) -> i64 {
+        self.by_state[..4].iter().sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_state.iter().all(|&delta| delta == 0)
+    }
+}
+
+/// The queue in a PostgreSQL database, shared with the other nodes that use it.
+pub struct PostgresBackend {
+    connection: Connection,
+    node: NodeId,
+    capacity: usize,
+    deltas: Deltas,
+    /// The committed count of unfinished jobs, read once per transaction that enqueues.
+    committed_unfinished: Option<i64>,
+    /// Whether the open transaction readied jobs that other nodes should hear of.
+    readied: bool,
+    metrics: ClusterMetrics,
+    /// The lease and listener threads; stopped when the backend is dropped.
+    threads: ClusterThreads,
+    waker: Arc<OnceLock<Waker>>,
+}
+
+impl PostgresBackend {
+    /// Connects, migrates the schema (once, however many nodes start at once), registers
+    /// this node, and starts its lease and listener threads.
+    pub fn open(
+        settings: &ClusterSettings,
+        node: NodeId,
+        capacity: usize,
+        metrics: ClusterMetrics,
+    ) -> Result<PostgresBackend, StorageError> {
+        let mut connection = Connection::new(connection_config(settings, "queue")?);
+        let client = connection.client()?;
+        let version = schema::migrate(client)?;
+        tracing::info!(
+            url = %redacted_url(&settings.url),
+            schema_version = version,
+            node = %node,
+            node_name = settings.node_name,
+            lease_secs = settings.lease.as_secs(),
+            "PostgreSQL queue opened"
+        );
+        let waker = Arc::new(OnceLock::new());
+        let threads = ClusterThreads::start(settings, node, metrics.clone(), waker.clone())?;
+        Ok(PostgresBackend {
+            connection,
+            node,
+            capacity,
+            deltas: Deltas::default(),
+            committed_unfinished: None,
+            readied: false,
+            metrics,
+            threads,
+            waker,
+        })
+    }
+
+    /// The schema version of the database at `settings.url`, for `check-config --probe`;
+    /// `None` when jobd has not created its tables there yet.
+    pub fn probe(settings: &ClusterSettings) -> Result<Option<i32>, StorageError> {
+        let mut connection = Connection::new(connection_config(settings, "probe")?);
+        schema::version(connection.client()?)
+    }
+
+    /// The node that holds what this backend claims.
+    fn owner(&self) -> uuid::Uuid {
+        self.node.as_uuid()
+    }
+
+    /// Counts and logs writes that matched nothing because the job moved on.
+    fn fenced(&self, what: &'static str, stale: impl Iterator<Item = (crate::job::JobId, u32)>) {
+        for (id, attempt) in stale {
+            self.metrics.fenced.inc();
+            tracing::warn!(
+                job_id = %id,
+                attempt,
+                stale_owner = %self.node,
+                write = what,
+                "write fenced: the job is no longer this node's at this attempt (rescued, or finished by another)"
+            );
+        }
+    }
+
+    /// Writes this transaction's count changes to this node's rows.
+    fn write_deltas(&mut self) -> Result<(), StorageError> {
+        if self.deltas.is_empty() {
+            return Ok(());
+        }
+        let states: Vec<&str> = Deltas::STATES.iter().map(|state| state.name()).collect();
+        let deltas: Vec<i64> = self.deltas.by_state.to_vec();
+        let node = self.owner();
+        self.connection.execute(schema::ADD_COUNTS, &[&node, &states, &deltas])?;
+        Ok(())
+    }
+}
+
+impl Transactions for PostgresBackend {
+    fn begin(&mut self) -> Result<(), StorageError> {
+        self.deltas = Deltas::default();
+        self.committed_unfinished = None;
+        self.readied = false;
+        self.connection.batch("BEGIN")
+    }
+
+    fn commit(&mut self) -> Result<(), StorageError> {
+        self.write_deltas()?;
+        self.connection.batch("COMMIT")?;
+        if std::mem::take(&mut self.readied) {
+            self.threads.announce();
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self) {
+        self.deltas = Deltas::default();
+        self.readied = false;
+        // A broken connection has no transaction left to roll back.
+        if self.connection.client.is_some() && self.connection.batch("ROLLBACK").is_err() {
+            self.connection.lost();
+        }
+    }
+
+    fn check_writable(&mut self) -> Result<(), StorageError> {
+        self.connection.batch("SELECT 1")
+    }
+}
+
+impl QueueBackend for PostgresBackend {
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn set_waker(&mut self, waker: Waker) {
+        // The listener thread wakes the queue thread through it; set once, at spawn.
+        let _ = self.waker.set(waker);
+    }
+}

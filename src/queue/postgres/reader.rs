@@ -1,0 +1,86 @@
+//! Reading the PostgreSQL queue: records and listings from the jobs table, the depth from
+//! the nodes' count rows.
+
+use chrono::{DateTime, Utc};
+
+use super::PostgresBackend;
+use super::codec::{RECORD_COLUMNS, record_from_row, uuid_of};
+use super::schema::DEPTH;
+use crate::job::{JobId, JobRecord, JobState};
+use crate::queue::columns::{from_millis, state_of};
+use crate::queue::{JobPage, JobReader, ListFilter, QueueDepth, StorageError};
+
+fn get_sql(with_payload: bool) -> &'static str {
+    static SQL: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+    let statements = SQL.get_or_init(|| {
+        [
+            format!("SELECT {RECORD_COLUMNS} FROM jobd_jobs WHERE id = $1"),
+            format!("SELECT {RECORD_COLUMNS}, body FROM jobd_jobs WHERE id = $1"),
+        ]
+    });
+    &statements[usize::from(with_payload)]
+}
+
+fn list_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT {RECORD_COLUMNS} FROM jobd_jobs
+             WHERE ($1::text IS NULL OR state = $1) AND seq < $2 AND ($4::text IS NULL OR submitted_by = $4)
+             ORDER BY seq DESC LIMIT $3"
+        )
+    })
+}
+
+impl JobReader for PostgresBackend {
+    fn get(&mut self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError> {
+        let rows = self.connection.query(get_sql(with_payload), &[&uuid_of(id)])?;
+        rows.first()
+            .map(|row| record_from_row(row, with_payload))
+            .transpose()
+            .map_err(|problem| StorageError::new(format!("job {id} does not decode: {problem}")))
+    }
+
+    fn list(&mut self, filter: &ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
+        let state = filter.state.map(JobState::name);
+        let rows = self.connection.query(
+            list_sql(),
+            &[&state, &before.unwrap_or(i64::MAX), &i64::try_from(limit).unwrap_or(i64::MAX), &filter.submitted_by],
+        )?;
+        let mut page = JobPage::default();
+        let mut last_seq = None;
+        for row in &rows {
+            last_seq = Some(row.get::<_, i64>(0));
+            page.records.push(record_from_row(row, false).map_err(StorageError::new)?);
+        }
+        page.next_before = if page.records.len() == limit { last_seq } else { None };
+        Ok(page)
+    }
+
+    /// Sums every node's count rows: a handful of rows per node, whatever the backlog.
+    fn depth(&mut self) -> Result<QueueDepth, StorageError> {
+        let rows = self.connection.query(DEPTH, &[])?;
+        let mut depth = QueueDepth { capacity: self.capacity, ..QueueDepth::default() };
+        for row in &rows {
+            let count = usize::try_from(row.get::<_, i64>(1)).unwrap_or(0);
+            match state_of(row.get(0)) {
+                JobState::Queued => depth.queued = count,
+                JobState::Scheduled => depth.scheduled = count,
+                JobState::Running => depth.running = count,
+                JobState::Failed => depth.failed = count,
+                JobState::Dead => depth.dead = count,
+                JobState::Succeeded | JobState::Cancelled => {}
+            }
+        }
+        Ok(depth)
+    }
+
+    fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {
+        let rows = self.connection.query(
+            "SELECT COALESCE(run_at, created_at) FROM jobd_jobs WHERE state = 'queued' AND lease_owner IS NULL
+             ORDER BY ready_seq LIMIT 1",
+            &[],
+        )?;
+        Ok(rows.first().map(|row| from_millis(row.get(0))))
+    }
+}

@@ -1,0 +1,493 @@
+//! Writing the PostgreSQL queue: many jobs per statement (`unnest` arrays), claims with
+//! `FOR UPDATE SKIP LOCKED`, and starts and ends that match the job's id, attempt and
+//! lease owner, so that a node that lost a job cannot record anything about it.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use super::PostgresBackend;
+use super::codec::{CLAIMED_COLUMNS, decode_claimed, job_id, uuid_of};
+use super::schema::PURGE_LOCK;
+use crate::job::{FinishedJob, Job, JobId, JobState, StartedJob};
+use crate::queue::columns::{FinishColumns, millis, state_of};
+use crate::queue::{
+    Admitted, ControlError, JobWriter, Lease, ReadyBatch, Refusal, StorageError, admit, claim_has_room,
+};
+
+const FIND_BY_KEY: &str = "SELECT id, state FROM jobd_jobs WHERE submitted_by = $1 AND idempotency_key = $2";
+
+/// New jobs, one row per array element. A job whose idempotency key another node's
+/// transaction took meanwhile is skipped (`ON CONFLICT DO NOTHING`), and the caller finds
+/// the winner by its key: concurrent duplicates sent to different nodes create one job.
+const INSERT: &str = "INSERT INTO jobd_jobs (id, kind, state, ready_seq, run_at, max_attempts, timeout_ms,
+         created_at, idempotency_key, submitted_by, body, body_is_json, args)
+     SELECT id, kind, state, CASE WHEN state = 'queued' THEN nextval('jobd_ready_seq') END, run_at, max_attempts,
+         timeout_ms, created_at, idempotency_key, submitted_by, body, body_is_json, args
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::integer[], $6::bigint[], $7::bigint[],
+         $8::text[], $9::text[], $10::bytea[], $11::boolean[], $12::text[])
+         AS new(id, kind, state, run_at, max_attempts, timeout_ms, created_at, idempotency_key, submitted_by, body,
+             body_is_json, args)
+     ON CONFLICT DO NOTHING
+     RETURNING id";
+
+/// Moves due scheduled and failed jobs to the queue, returning the states they left.
+const PROMOTE_DUE: &str = "WITH due AS (
+         SELECT seq, state FROM jobd_jobs WHERE state IN ('scheduled', 'failed') AND run_at <= $1
+         ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+     UPDATE jobd_jobs j SET state = 'queued', ready_seq = nextval('jobd_ready_seq')
+     FROM due WHERE j.seq = due.seq RETURNING due.state";
+
+/// The next queued jobs no node holds, in order, locked for this transaction, with their
+/// body sizes: the claim cuts the batch at its byte bound before it takes them.
+const PICK: &str = "SELECT seq, octet_length(body) FROM jobd_jobs WHERE state = 'queued' AND lease_owner IS NULL
+     ORDER BY ready_seq LIMIT $1 FOR UPDATE SKIP LOCKED";
+
+/// Takes picked jobs into this node's window: leased to `$2`, still `queued` until their
+/// start is recorded.
+fn take_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!("UPDATE jobd_jobs j SET lease_owner = $2 WHERE j.seq = ANY($1) RETURNING {CLAIMED_COLUMNS}")
+    })
+}
+
+const NEXT_DUE: &str = "SELECT min(run_at) FROM jobd_jobs WHERE state IN ('scheduled', 'failed')";
+
+const BURY: &str = "UPDATE jobd_jobs SET state = 'dead', last_error = $2, finished_at = $3, lease_owner = NULL
+     WHERE seq = $1 AND state = 'queued'";
+
+/// Records the start of attempts that have not ended yet, counting each: the job leaves
+/// the queue for `running`, if this node (`$4`) still holds it at the attempt before.
+const RECORD_STARTED: &str = "UPDATE jobd_jobs j SET state = 'running', attempts = s.attempt, started_at = s.started_at
+     FROM unnest($1::uuid[], $2::integer[], $3::bigint[]) AS s(id, attempt, started_at)
+     WHERE j.id = s.id AND j.attempts = s.attempt - 1 AND j.lease_owner = $4 AND j.state = 'queued'
+     RETURNING j.id";
+
+/// Records the end of attempts, if this node (`$9`) still holds each job at that attempt:
+/// `running` it, or still `queued` when the end also records the start (`started_at` set:
+/// both came in one flush). The job leaves its lease. The third column says which.
+const RECORD_FINISHED: &str = "UPDATE jobd_jobs j SET state = f.state, attempts = f.attempt,
+         started_at = COALESCE(f.started_at, j.started_at), finished_at = f.finished_at, last_error = f.error,
+         result = f.result, run_at = COALESCE(f.retry_at, j.run_at), lease_owner = NULL
+     FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
+         $8::bigint[]) AS f(id, attempt, state, started_at, finished_at, error, result, retry_at)
+     WHERE j.id = f.id AND j.lease_owner = $9
+       AND ((j.state = 'running' AND j.attempts = f.attempt)
+         OR (j.state = 'queued' AND f.started_at IS NOT NULL AND j.attempts = f.attempt - 1))
+     RETURNING j.id, j.state, f.started_at IS NOT NULL";
+
+const STATE_OF: &str = "SELECT state FROM jobd_jobs WHERE id = $1";
+
+impl PostgresBackend {
+    fn find_by_idempotency_key(
+        &mut self,
+        submitted_by: &str,
+        key: &str,
+    ) -> Result<Option<(JobId, JobState)>, StorageError> {
+        let rows = self.connection.query(FIND_BY_KEY, &[&submitted_by, &key])?;
+        Ok(rows.first().map(|row| (job_id(row.get(0)), state_of(row.get(1)))))
+    }
+
+    /// The unfinished jobs of the whole cluster as committed, plus this transaction's own.
+    fn unfinished(&mut self) -> Result<i64, StorageError> {
+        let committed = match self.committed_unfinished {
+            Some(count) => count,
+            None => {
+                let rows = self.connection.query(super::schema::DEPTH, &[])?;
+                let count = rows
+                    .iter()
+                    .filter(|row| state_of(row.get(0)) != JobState::Dead)
+                    .map(|row| row.get::<_, i64>(1))
+                    .sum();
+                self.committed_unfinished = Some(count);
+                count
+            }
+        };
+        Ok(committed + self.deltas.unfinished())
+    }
+
+    /// Inserts `jobs` in one statement and returns the ids that were inserted.
+    fn insert_all(&mut self, jobs: &[Job], now: DateTime<Utc>) -> Result<HashSet<uuid::Uuid>, StorageError> {
+        let count = jobs.len();
+        let mut columns = InsertColumns::with_capacity(count);
+        for job in jobs {
+            let delayed = job.run_at.is_some_and(|at| at > now);
+            columns.ids.push(uuid_of(job.id));
+            columns.kinds.push(&job.kind);
+            columns.states.push(if delayed { JobState::Scheduled.name() } else { JobState::Queued.name() });
+            columns.run_at.push(job.run_at.map(millis));
+            columns.max_attempts.push(i32::try_from(job.max_attempts).unwrap_or(i32::MAX));
+            columns.timeout_ms.push(job.timeout_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)));
+            columns.created_at.push(millis(job.created_at));
+            columns.keys.push(job.idempotency_key.as_deref());
+            columns.submitted_by.push(job.submitted_by.as_deref().unwrap_or_default());
+            columns.bodies.push(job.body.as_ref().map(|body| body.bytes.as_slice()));
+            columns.body_is_json.push(job.body.as_ref().is_some_and(|body| body.is_json));
+            columns.args.push(job.args.as_ref().map(|args| args.get()));
+        }
+        let rows = self.connection.query(
+            INSERT,
+            &[
+                &columns.ids,
+                &columns.kinds,
+                &columns.states,
+                &columns.run_at,
+                &columns.max_attempts,
+                &columns.timeout_ms,
+                &columns.created_at,
+                &columns.keys,
+                &columns.submitted_by,
+                &columns.bodies,
+                &columns.body_is_json,
+                &columns.args,
+            ],
+        )?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Marks a claimed job that cannot be decoded as dead, so one bad row cannot wedge
+    /// the queue.
+    fn bury_undecodable(&mut self, seq: i64, error: &str) -> Result<(), StorageError> {
+        tracing::error!(seq, %error, "a stored job cannot be decoded; it is marked dead");
+        let message = format!("stored job cannot be decoded: {error}");
+        let changed = self.connection.execute(BURY, &[&seq, &message, &millis(Utc::now())])?;
+        self.deltas.moved(JobState::Queued, JobState::Dead, changed as i64);
+        Ok(())
+    }
+
+    fn write_started(&mut self, started: &[StartedJob]) -> Result<(), StorageError> {
+        if started.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<uuid::Uuid> = started.iter().map(|start| uuid_of(start.id)).collect();
+        let attempts: Vec<i32> = started.iter().map(|start| attempt_column(start.attempt)).collect();
+        let times: Vec<i64> = started.iter().map(|start| millis(start.started_at)).collect();
+        let owner = self.owner();
+        let rows = self.connection.query(RECORD_STARTED, &[&ids, &attempts, &times, &owner])?;
+        self.deltas.moved(JobState::Queued, JobState::Running, rows.len() as i64);
+        if rows.len() < started.len() {
+            let written: HashSet<uuid::Uuid> = rows.iter().map(|row| row.get(0)).collect();
+            self.fenced(
+                "start",
+                started
+                    .iter()
+                    .filter(|start| !written.contains(&uuid_of(start.id)))
+                    .map(|start| (start.id, start.attempt)),
+            );
+        }
+        Ok(())
+    }
+
+    fn write_finished(
+        &mut self,
+        finished: &[FinishedJob],
+        started_at: &HashMap<JobId, DateTime<Utc>>,
+    ) -> Result<(), StorageError> {
+        if finished.is_empty() {
+            return Ok(());
+        }
+        let mut columns = FinishArrays::default();
+        for end in finished {
+            let written = FinishColumns::of(end);
+            columns.ids.push(uuid_of(end.id));
+            columns.attempts.push(attempt_column(end.attempt));
+            columns.states.push(written.state.name());
+            columns.started_at.push(started_at.get(&end.id).copied().map(millis));
+            columns.finished_at.push(written.finished_at);
+            columns.errors.push(written.error);
+            columns.results.push(written.result);
+            columns.retry_at.push(written.retry_at);
+        }
+        let owner = self.owner();
+        let rows = self.connection.query(
+            RECORD_FINISHED,
+            &[
+                &columns.ids,
+                &columns.attempts,
+                &columns.states,
+                &columns.started_at,
+                &columns.finished_at,
+                &columns.errors,
+                &columns.results,
+                &columns.retry_at,
+                &owner,
+            ],
+        )?;
+        for row in &rows {
+            let from = if row.get::<_, bool>(2) { JobState::Queued } else { JobState::Running };
+            self.deltas.moved(from, state_of(row.get(1)), 1);
+        }
+        if rows.len() < finished.len() {
+            let written: HashSet<uuid::Uuid> = rows.iter().map(|row| row.get(0)).collect();
+            self.fenced(
+                "finish",
+                finished.iter().filter(|end| !written.contains(&uuid_of(end.id))).map(|end| (end.id, end.attempt)),
+            );
+        }
+        Ok(())
+    }
+
+    fn state_of_job(&mut self, id: JobId) -> Result<Option<JobState>, StorageError> {
+        let rows = self.connection.query(STATE_OF, &[&uuid_of(id)])?;
+        Ok(rows.first().map(|row| state_of(row.get(0))))
+    }
+}
+
+fn attempt_column(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
+}
+
+/// An insert's columns as arrays, borrowing from the jobs.
+struct InsertColumns<'a> {
+    ids: Vec<uuid::Uuid>,
+    kinds: Vec<&'a str>,
+    states: Vec<&'static str>,
+    run_at: Vec<Option<i64>>,
+    max_attempts: Vec<i32>,
+    timeout_ms: Vec<Option<i64>>,
+    created_at: Vec<i64>,
+    keys: Vec<Option<&'a str>>,
+    submitted_by: Vec<&'a str>,
+    bodies: Vec<Option<&'a [u8]>>,
+    body_is_json: Vec<bool>,
+    args: Vec<Option<&'a str>>,
+}
+
+impl InsertColumns<'_> {
+    fn with_capacity(count: usize) -> Self {
+        InsertColumns {
+            ids: Vec::with_capacity(count),
+            kinds: Vec::with_capacity(count),
+            states: Vec::with_capacity(count),
+            run_at: Vec::with_capacity(count),
+            max_attempts: Vec::with_capacity(count),
+            timeout_ms: Vec::with_capacity(count),
+            created_at: Vec::with_capacity(count),
+            keys: Vec::with_capacity(count),
+            submitted_by: Vec::with_capacity(count),
+            bodies: Vec::with_capacity(count),
+            body_is_json: Vec::with_capacity(count),
+            args: Vec::with_capacity(count),
+        }
+    }
+}
+
+/// Attempts' ends as arrays.
+#[derive(Default)]
+struct FinishArrays {
+    ids: Vec<uuid::Uuid>,
+    attempts: Vec<i32>,
+    states: Vec<&'static str>,
+    started_at: Vec<Option<i64>>,
+    finished_at: Vec<Option<i64>>,
+    errors: Vec<Option<String>>,
+    results: Vec<Option<String>>,
+    retry_at: Vec<Option<i64>>,
+}
+
+impl JobWriter for PostgresBackend {
+    fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError> {
+        let submitted_by = submission.first().and_then(|job| job.submitted_by.clone()).unwrap_or_default();
+        let (mut admitted, is_new) = admit(&submission, |key| self.find_by_idempotency_key(&submitted_by, key))?;
+        let new_jobs = is_new.iter().filter(|&&new| new).count();
+        let unfinished = self.unfinished()?;
+        let capacity = i64::try_from(self.capacity).unwrap_or(i64::MAX);
+        if unfinished + new_jobs as i64 > capacity {
+            return Ok(Err(Refusal::QueueFull {
+                unfinished: usize::try_from(unfinished).unwrap_or(0),
+                capacity: self.capacity,
+                requested: new_jobs,
+            }));
+        }
+        if new_jobs == 0 {
+            return Ok(Ok(admitted));
+        }
+        let now = Utc::now();
+        // Which answer each new job has: the answers of jobs found earlier stay as they are.
+        let positions: Vec<usize> = is_new.iter().enumerate().filter(|(_, new)| **new).map(|(at, _)| at).collect();
+        let fresh: Vec<Job> =
+            submission.into_iter().zip(&is_new).filter(|(_, new)| **new).map(|(job, _)| job).collect();
+        let inserted = self.insert_all(&fresh, now)?;
+        let mut replaced: HashMap<JobId, Admitted> = HashMap::new();
+        for (job, &position) in fresh.iter().zip(&positions) {
+            if inserted.contains(&uuid_of(job.id)) {
+                let scheduled = job.run_at.is_some_and(|at| at > now);
+                let state = if scheduled { JobState::Scheduled } else { JobState::Queued };
+                self.deltas.add(state, 1);
+                self.readied |= !scheduled;
+                admitted[position].state = state;
+            } else {
+                // Another node committed a job with this key first: that job answers.
+                let key = job.idempotency_key.as_deref().unwrap_or_default();
+                let (id, state) = self.find_by_idempotency_key(&submitted_by, key)?.ok_or_else(|| {
+                    StorageError::new("an idempotency key conflicted, but no job holds it: try again")
+                })?;
+                let winner = Admitted { id, state, created: false };
+                admitted[position] = winner;
+                replaced.insert(job.id, winner);
+            }
+        }
+        // A later duplicate within the submission named the first job, which another
+        // node's job may have replaced.
+        if !replaced.is_empty() {
+            for answer in admitted.iter_mut().filter(|answer| !answer.created) {
+                if let Some(winner) = replaced.get(&answer.id) {
+                    *answer = *winner;
+                }
+            }
+        }
+        Ok(Ok(admitted))
+    }
+
+    /// Claims for this node: due delayed jobs are promoted, then the next queued jobs no
+    /// node holds are locked (`SKIP LOCKED`, so nodes never wait for each other's claims),
+    /// cut at the byte bound, and leased to `lease.owner`; they stay `queued` until their
+    /// start is recorded. Jobs picked but not taken are unlocked at commit.
+    fn claim(&mut self, max: usize, now: DateTime<Utc>, lease: &Lease) -> Result<ReadyBatch, StorageError> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let promoted = self.connection.query(PROMOTE_DUE, &[&millis(now), &limit])?;
+        for row in &promoted {
+            self.deltas.moved(state_of(row.get(0)), JobState::Queued, 1);
+        }
+        let picked = self.connection.query(PICK, &[&limit])?;
+        let mut seqs = Vec::with_capacity(picked.len());
+        let mut bytes = 0usize;
+        let mut stopped_at_byte_limit = false;
+        for row in &picked {
+            let size = usize::try_from(row.get::<_, Option<i32>>(1).unwrap_or(0)).unwrap_or(0);
+            if !claim_has_room(seqs.len(), bytes, size) {
+                stopped_at_byte_limit = true;
+                break;
+            }
+            bytes += size;
+            seqs.push(row.get::<_, i64>(0));
+        }
+        let mut jobs = Vec::with_capacity(seqs.len());
+        if !seqs.is_empty() {
+            let owner = lease.owner.as_uuid();
+            let mut taken = self.connection.query(take_sql(), &[&seqs, &owner])?;
+            taken.sort_by_key(|row| row.get::<_, Option<i64>>(1));
+            let mut undecodable = Vec::new();
+            for row in &taken {
+                match decode_claimed(row) {
+                    Ok(job) => jobs.push(job),
+                    Err(error) => undecodable.push((row.get::<_, i64>(0), error)),
+                }
+            }
+            for (seq, error) in undecodable {
+                self.bury_undecodable(seq, &error)?;
+            }
+        }
+        let next_due: Option<i64> = self.connection.query(NEXT_DUE, &[])?.first().and_then(|row| row.get(0));
+        Ok(ReadyBatch { jobs, stopped_at_byte_limit, next_due: next_due.map(crate::queue::columns::from_millis) })
+    }
+
+    /// A start and an end of one attempt in the same flush cost one write: the end also
+    /// records the start.
+    fn record_progress(&mut self, started: &[StartedJob], finished: &[FinishedJob]) -> Result<(), StorageError> {
+        let started_at: HashMap<JobId, DateTime<Utc>> =
+            started.iter().map(|start| (start.id, start.started_at)).collect();
+        let finishing: HashSet<JobId> = finished.iter().map(|end| end.id).collect();
+        let started_only: Vec<StartedJob> =
+            started.iter().filter(|start| !finishing.contains(&start.id)).copied().collect();
+        self.write_started(&started_only)?;
+        self.write_finished(finished, &started_at)?;
+        if finished.iter().any(|end| end.retry_at.is_some()) {
+            // A retry may fall due before the other nodes' timers look.
+            self.readied = true;
+        }
+        Ok(())
+    }
+
+    fn retry_dead(&mut self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {
+        match self.state_of_job(id)? {
+            None => return Ok(Err(ControlError::NotFound)),
+            Some(JobState::Dead) => {}
+            Some(other) => return Ok(Err(ControlError::Conflict(other))),
+        }
+        let unfinished = self.unfinished()?;
+        if unfinished + 1 > i64::try_from(self.capacity).unwrap_or(i64::MAX) {
+            let refusal = Refusal::QueueFull {
+                unfinished: usize::try_from(unfinished).unwrap_or(0),
+                capacity: self.capacity,
+                requested: 1,
+            };
+            return Ok(Err(ControlError::Refused(refusal)));
+        }
+        let changed = self.connection.execute(
+            "UPDATE jobd_jobs SET state = 'queued', attempts = 0, ready_seq = nextval('jobd_ready_seq'),
+                 run_at = NULL, finished_at = NULL
+             WHERE id = $1 AND state = 'dead'",
+            &[&uuid_of(id)],
+        )?;
+        if changed == 0 {
+            // Another node retried or purged it between the read and the write.
+            return Ok(Err(ControlError::NotFound));
+        }
+        self.deltas.moved(JobState::Dead, JobState::Queued, 1);
+        self.readied = true;
+        Ok(Ok(()))
+    }
+
+    fn cancel(&mut self, id: JobId, now: DateTime<Utc>) -> Result<Result<(), ControlError>, StorageError> {
+        // A job queued in this node's window may be cancelled: the Dispatcher took it out
+        // before asking. One in another node's window is as good as running: that node
+        // may start it at any moment.
+        let owner = self.owner();
+        let rows = self.connection.query(
+            "WITH target AS (SELECT seq, state, lease_owner FROM jobd_jobs WHERE id = $1 FOR UPDATE),
+                  cancelled AS (
+                      UPDATE jobd_jobs j SET state = 'cancelled', finished_at = $2, lease_owner = NULL FROM target
+                      WHERE j.seq = target.seq AND target.state IN ('queued', 'scheduled', 'failed')
+                        AND (target.lease_owner IS NULL OR target.lease_owner = $3)
+                      RETURNING j.seq)
+             SELECT target.state, EXISTS (SELECT 1 FROM cancelled), target.lease_owner IS NOT NULL FROM target",
+            &[&uuid_of(id), &millis(now), &owner],
+        )?;
+        let Some(row) = rows.first() else { return Ok(Err(ControlError::NotFound)) };
+        let state = state_of(row.get(0));
+        if !row.get::<_, bool>(1) {
+            // Running (here or on another node), claimed by another node, or finished: as
+            // with SQLite, a 409.
+            let state = if state == JobState::Queued && row.get::<_, bool>(2) { JobState::Running } else { state };
+            return Ok(Err(ControlError::Conflict(state)));
+        }
+        self.deltas.moved(state, JobState::Cancelled, 1);
+        Ok(Ok(()))
+    }
+
+    /// Purges under an advisory lock, so that one node at a time does it; the others find
+    /// the lock taken and purge nothing this round.
+    fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {
+        let locked = self.connection.query("SELECT pg_try_advisory_xact_lock($1)", &[&PURGE_LOCK])?;
+        if !locked.first().is_some_and(|row| row.get::<_, bool>(0)) {
+            return Ok(0);
+        }
+        let rows = self.connection.query(
+            "DELETE FROM jobd_jobs WHERE seq IN (
+                 SELECT seq FROM jobd_jobs WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at < $1
+                 LIMIT $2)
+             RETURNING state",
+            &[&millis(cutoff), &i64::try_from(limit).unwrap_or(i64::MAX)],
+        )?;
+        let dead = rows.iter().filter(|row| state_of(row.get(0)) == JobState::Dead).count();
+        self.deltas.add(JobState::Dead, -(dead as i64));
+        Ok(rows.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Deltas;
+    use crate::job::JobState;
+
+    #[test]
+    fn deltas_move_between_counted_states_only() {
+        let mut deltas = Deltas::default();
+        deltas.moved(JobState::Queued, JobState::Running, 3);
+        deltas.moved(JobState::Running, JobState::Succeeded, 2);
+        assert_eq!(deltas.by_state, [-3, 0, 1, 0, 0]);
+        assert_eq!(deltas.unfinished(), -2);
+    }
+}

@@ -1,0 +1,196 @@
+//! A private PostgreSQL cluster for the tests: `initdb` into a temporary directory (as the
+//! unprivileged `postgres` user when the tests run as root), then `postgres` on a free
+//! loopback port. It never uses a server that happens to run on the machine. A watchdog
+//! shell stops the server and removes its directory should the test process die without
+//! dropping it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the server may take to accept connections; a safety net, not a measurement.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running private cluster; stopped and removed when dropped.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    server: Option<Child>,
+    watchdog: Child,
+    /// The user the server runs as, when the tests run as root.
+    run_as: Option<String>,
+    /// Whether the server fsyncs its WAL: off for the tests, on for the benchmark.
+    fsync: bool,
+}
+
+/// The directory of Debian's PostgreSQL server programs, the newest version installed.
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (scripts/test.sh installs Debian's postgresql)")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort_by_key(|bin| {
+        bin.parent().and_then(|version| version.file_name()?.to_str()?.parse::<u32>().ok()).unwrap_or(0)
+    });
+    versions.pop().expect("an initdb under /usr/lib/postgresql/*/bin")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl Cluster {
+    /// Creates and starts a cluster whose superuser `jobd` connects without a password
+    /// from loopback. It does not fsync: the tests check jobd, not the disk.
+    pub fn start() -> Cluster {
+        Self::start_with(false)
+    }
+
+    /// The same, with PostgreSQL's default durability (fsync on), for measurements.
+    pub fn start_durable() -> Cluster {
+        Self::start_with(true)
+    }
+
+    fn start_with(fsync: bool) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run_as = nix::unistd::geteuid().is_root().then(|| "postgres".to_owned());
+        if let Some(user) = &run_as {
+            let user = nix::unistd::User::from_name(user).expect("user lookup").expect("a postgres user");
+            nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).expect("chown the cluster dir");
+        }
+        let data = dir.path().join("data");
+        let mut cluster = Cluster { port: free_port(), dir, server: None, watchdog: spawn_dummy(), run_as, fsync };
+        let status = cluster
+            .command("initdb")
+            .args(["-D", data.to_str().expect("utf-8"), "-U", "jobd", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run initdb");
+        assert!(status.success(), "initdb failed");
+        cluster.watchdog = cluster.spawn_watchdog();
+        cluster.start_server();
+        cluster
+    }
+
+    /// A command for one of the server programs, as the cluster's user.
+    fn command(&self, program: &str) -> Command {
+        let path = bin_dir().join(program);
+        match &self.run_as {
+            Some(user) => {
+                let mut command = Command::new("setpriv");
+                command.args(["--reuid", user, "--regid", user, "--init-groups", "--"]).arg(path);
+                command
+            }
+            None => Command::new(path),
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Stops the server, and removes the directory, once this process is gone.
+    fn spawn_watchdog(&self) -> Child {
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             pkill -INT -f -- '-D {data}' ; sleep 3; rm -rf '{dir}'",
+            pid = std::process::id(),
+            data = self.data_dir().display(),
+            dir = self.dir.path().display(),
+        );
+        Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).spawn().expect("start the watchdog")
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start_server(&mut self) {
+        assert!(self.server.is_none(), "the server is running");
+        let log = std::fs::File::create(self.dir.path().join(format!("server-{}.log", self.port)))
+            .or_else(|_| std::fs::File::create("/dev/null"))
+            .expect("server log");
+        let server = self
+            .command("postgres")
+            .args(["-D", self.data_dir().to_str().expect("utf-8")])
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", &format!("unix_socket_directories={}", self.dir.path().display())])
+            .args(["-c", "max_connections=300"])
+            // Without fsync (the tests), commits still wait for their WAL write, so a
+            // restart of the server keeps every commit.
+            .args(["-c", if self.fsync { "fsync=on" } else { "fsync=off" }])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
+        self.server = Some(server);
+        let deadline = Instant::now() + READY_DEADLINE;
+        while off_runtime(|| postgres::Client::connect(&self.url("postgres"), postgres::NoTls).is_err()) {
+            assert!(Instant::now() < deadline, "postgres did not start; see {}", self.dir.path().display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the server (fast shutdown: connections are cut, commits kept).
+    pub fn stop_server(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = Command::new("kill").args(["-INT", &server.id().to_string()]).status();
+            let _ = server.wait();
+        }
+    }
+
+    /// The URL of `database` as the superuser.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgresql://jobd@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates a new empty database and returns its URL.
+    pub fn new_database(&self) -> String {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!("jobd_{}_{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let admin = self.url("postgres");
+        sql(&admin, |client| client.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database"));
+        self.url(&name)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's process id, while it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
+    }
+}
+
+/// Runs `work` on a thread of its own: the synchronous client runs a runtime of its own,
+/// which must not start inside the tests' async runtime.
+fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| scope.spawn(work).join().expect("the client thread panicked"))
+}
+
+/// Runs `work` with a client of `url`, for checks behind jobd's back.
+pub fn sql<T: Send>(url: &str, work: impl FnOnce(&mut postgres::Client) -> T + Send) -> T {
+    off_runtime(|| {
+        let mut client = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+        work(&mut client)
+    })
+}
+
+/// The first column of the first row of `query`, a count or such.
+pub fn scalar(url: &str, query: &str) -> i64 {
+    sql(url, |client| client.query_one(query, &[]).expect("query").get(0))
+}
+
+/// A placeholder child until the real watchdog starts.
+fn spawn_dummy() -> Child {
+    Command::new("true").spawn().expect("spawn true")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_server();
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+    }
+}
