@@ -11,8 +11,11 @@ use serde_json::{Value, json};
 async fn at_the_default_level_activity_is_summed_up_and_fields_read_plainly() {
     let daemon = Daemon::start(&[("JOBD_LOG", jobd::telemetry::DEFAULT_FILTER)]);
     daemon.wait_for_logs("the listening line", 1, |record| record["message"] == "jobd listening").await;
-    let recovery =
-        daemon.wait_for_logs("the recovery line", 1, |record| record["message"] == "queue opened and recovered").await;
+    let recovery = daemon
+        .wait_for_logs("the queue's opening line", 1, |record| {
+            record["message"] == "queue opened and recovered" || record["message"] == "PostgreSQL queue opened"
+        })
+        .await;
     assert_eq!((recovery[0]["queued"].as_u64(), recovery[0]["delayed"].as_u64()), (Some(0), Some(0)), "{recovery:?}");
 
     let jobs: Vec<Value> = (0..20).map(|_| json!({"kind": "noop"})).collect();

@@ -156,9 +156,9 @@ struct Upkeep {
     name: String,
     lease: Duration,
     metrics: ClusterMetrics,
-    /// Since when every heartbeat succeeded. A node rescues others only after a whole
-    /// lease of unbroken heartbeats: after an outage of the database, every node's lease
-    /// has lapsed, and the first node back must not take the jobs of nodes that are
+    /// Since when every heartbeat succeeded. A node declares others lost only after a
+    /// whole lease of unbroken heartbeats: after an outage of the database, every node's
+    /// lease has lapsed, and the first node back must not take the jobs of nodes that are
     /// about to heartbeat too.
     live_since: Option<Instant>,
 }
@@ -175,9 +175,10 @@ impl Upkeep {
             match self.heartbeat() {
                 Ok(()) => {
                     self.metrics.heartbeat_lag.observe(due.elapsed().as_secs_f64());
-                    if self.live_since.is_some_and(|since| since.elapsed() >= self.lease)
-                        && let Err(error) = self.rescue()
-                    {
+                    // Jobs whose owner has no row are safe to take back at any time; nodes
+                    // whose lease expired are forgotten only by a node trusted to judge.
+                    let trusted = self.live_since.is_some_and(|since| since.elapsed() >= self.lease);
+                    if let Err(error) = self.rescue(trusted) {
                         tracing::warn!(
                             error = error.message(),
                             "rescue of lost nodes' jobs failed; retried next second"
@@ -208,10 +209,11 @@ impl Upkeep {
         Ok(())
     }
 
-    /// One rescue round, if no other node is doing one.
-    fn rescue(&mut self) -> Result<(), StorageError> {
+    /// One rescue round, if no other node is doing one: forgets the nodes whose lease
+    /// expired (when `forget_lost`), then takes back the jobs of owners without a row.
+    fn rescue(&mut self, forget_lost: bool) -> Result<(), StorageError> {
         self.connection.batch("BEGIN")?;
-        let result = self.rescue_locked();
+        let result = self.rescue_locked(forget_lost);
         match result {
             Ok((taken_back, rescued)) => {
                 self.connection.batch("COMMIT")?;
@@ -232,14 +234,16 @@ impl Upkeep {
     }
 
     /// Returns how many jobs were taken back, and how many of them were running.
-    fn rescue_locked(&mut self) -> Result<(u64, u64), StorageError> {
+    fn rescue_locked(&mut self, forget_lost: bool) -> Result<(u64, u64), StorageError> {
         let locked = self.connection.query("SELECT pg_try_advisory_xact_lock($1)", &[&RESCUE_LOCK])?;
         if !locked.first().is_some_and(|row| row.get::<_, bool>(0)) {
             return Ok((0, 0));
         }
-        for row in self.connection.query(FORGET_LOST, &[])? {
-            let (id, name): (uuid::Uuid, String) = (row.get(0), row.get(1));
-            tracing::warn!(lost_node = %id, lost_node_name = name, "node lost: its lease expired; its running jobs are rescued");
+        if forget_lost {
+            for row in self.connection.query(FORGET_LOST, &[])? {
+                let (id, name): (uuid::Uuid, String) = (row.get(0), row.get(1));
+                tracing::warn!(lost_node = %id, lost_node_name = name, "node lost: its lease expired; its running jobs are rescued");
+            }
         }
         let rows = self.connection.query(RESCUE, &[&millis(Utc::now())])?;
         let running: Vec<&postgres::Row> = rows.iter().filter(|row| row.get::<_, bool>(2)).collect();
@@ -264,12 +268,17 @@ impl Upkeep {
         Ok((rows.len() as u64, running.len() as u64))
     }
 
-    /// Removes this node's row at a clean stop.
+    /// Removes this node's row at a clean stop, after the queue thread wrote its last
+    /// outcome, and takes back what it still holds: the jobs claimed into its window and
+    /// any abandoned past the drain go back to the queue now, not after the lease.
     fn leave(&mut self) {
         let node = self.node.as_uuid();
         match self.connection.execute("DELETE FROM jobd_nodes WHERE id = $1", &[&node]) {
             Ok(_) => tracing::info!(node = %self.node, "left the cluster"),
             Err(error) => tracing::warn!(error = error.message(), "could not remove this node's row; it expires"),
+        }
+        if let Err(error) = self.rescue(false) {
+            tracing::warn!(error = error.message(), "could not release this node's jobs; another node will");
         }
     }
 }

@@ -279,6 +279,15 @@ pub struct PostgresBackend {
     /// Whether the open transaction readied jobs that other nodes should hear of.
     readied: bool,
     metrics: ClusterMetrics,
+    /// The jobs claimed and handed to the Dispatcher, not yet started, finished or
+    /// cancelled (at most its window), and what the open transaction adds and removes.
+    handed_out: std::collections::HashSet<crate::job::JobId>,
+    pending_handout: Vec<crate::job::JobId>,
+    pending_release: Vec<crate::job::JobId>,
+    /// A claim's transaction failed after it leased jobs, perhaps at a commit whose answer
+    /// was lost: the next claim also hands out this node's leased jobs that the Dispatcher
+    /// was never given, so that none stays leased to a node that does not know it.
+    claims_uncertain: bool,
     /// The lease and listener threads; stopped when the backend is dropped.
     threads: ClusterThreads,
     waker: Arc<OnceLock<Waker>>,
@@ -296,12 +305,21 @@ impl PostgresBackend {
         let mut connection = Connection::new(connection_config(settings, "queue")?);
         let client = connection.client()?;
         let version = schema::migrate(client)?;
+        let mut depth = [0i64; 5];
+        for row in connection.query(schema::DEPTH, &[])? {
+            if let Some(slot) = Deltas::slot(crate::queue::columns::state_of(row.get(0))) {
+                depth[slot] = row.get(1);
+            }
+        }
         tracing::info!(
             url = %redacted_url(&settings.url),
             schema_version = version,
             node = %node,
             node_name = settings.node_name,
             lease_secs = settings.lease.as_secs(),
+            queued = depth[0],
+            delayed = depth[1] + depth[3],
+            running = depth[2],
             "PostgreSQL queue opened"
         );
         let waker = Arc::new(OnceLock::new());
@@ -314,6 +332,10 @@ impl PostgresBackend {
             committed_unfinished: None,
             readied: false,
             metrics,
+            handed_out: std::collections::HashSet::new(),
+            pending_handout: Vec::new(),
+            pending_release: Vec::new(),
+            claims_uncertain: false,
             threads,
             waker,
         })
@@ -363,12 +385,18 @@ impl Transactions for PostgresBackend {
         self.deltas = Deltas::default();
         self.committed_unfinished = None;
         self.readied = false;
+        self.pending_handout.clear();
+        self.pending_release.clear();
         self.connection.batch("BEGIN")
     }
 
     fn commit(&mut self) -> Result<(), StorageError> {
         self.write_deltas()?;
         self.connection.batch("COMMIT")?;
+        self.handed_out.extend(self.pending_handout.drain(..));
+        for id in self.pending_release.drain(..) {
+            self.handed_out.remove(&id);
+        }
         if std::mem::take(&mut self.readied) {
             self.threads.announce();
         }
@@ -378,6 +406,9 @@ impl Transactions for PostgresBackend {
     fn rollback(&mut self) {
         self.deltas = Deltas::default();
         self.readied = false;
+        self.claims_uncertain |= !self.pending_handout.is_empty();
+        self.pending_handout.clear();
+        self.pending_release.clear();
         // A broken connection has no transaction left to roll back.
         if self.connection.client.is_some() && self.connection.batch("ROLLBACK").is_err() {
             self.connection.lost();

@@ -75,12 +75,18 @@ impl JobReader for PostgresBackend {
         Ok(depth)
     }
 
+    /// The earliest due of the next job no node holds and of the jobs queued in nodes'
+    /// windows (a few per node, from the index of leased jobs).
     fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {
         let rows = self.connection.query(
-            "SELECT COALESCE(run_at, created_at) FROM jobd_jobs WHERE state = 'queued' AND lease_owner IS NULL
-             ORDER BY ready_seq LIMIT 1",
+            "SELECT min(due) FROM (
+                 (SELECT COALESCE(run_at, created_at) AS due FROM jobd_jobs
+                  WHERE state = 'queued' AND lease_owner IS NULL ORDER BY ready_seq LIMIT 1)
+                 UNION ALL
+                 SELECT COALESCE(run_at, created_at) FROM jobd_jobs WHERE lease_owner IS NOT NULL AND state = 'queued'
+             ) AS waiting",
             &[],
         )?;
-        Ok(rows.first().map(|row| from_millis(row.get(0))))
+        Ok(rows.first().and_then(|row| row.get::<_, Option<i64>>(0)).map(from_millis))
     }
 }

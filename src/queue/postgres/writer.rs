@@ -58,24 +58,38 @@ const BURY: &str = "UPDATE jobd_jobs SET state = 'dead', last_error = $2, finish
      WHERE seq = $1 AND state = 'queued'";
 
 /// Records the start of attempts that have not ended yet, counting each: the job leaves
-/// the queue for `running`, if this node (`$4`) still holds it at the attempt before.
-const RECORD_STARTED: &str = "UPDATE jobd_jobs j SET state = 'running', attempts = s.attempt, started_at = s.started_at
-     FROM unnest($1::uuid[], $2::integer[], $3::bigint[]) AS s(id, attempt, started_at)
-     WHERE j.id = s.id AND j.attempts = s.attempt - 1 AND j.lease_owner = $4 AND j.state = 'queued'
-     RETURNING j.id";
+/// the queue for `running`, if this node (`$4`) still holds it at the attempt before. A
+/// start already recorded (its earlier commit's answer was lost) is written again, not
+/// fenced. Returns each job's id and whether it was still queued.
+const RECORD_STARTED: &str = "WITH s AS (
+         SELECT * FROM unnest($1::uuid[], $2::integer[], $3::bigint[]) AS s(id, attempt, started_at)),
+     held AS (
+         SELECT j.seq, j.state = 'queued' AS was_queued, s.attempt, s.started_at FROM jobd_jobs j JOIN s ON j.id = s.id
+         WHERE j.lease_owner = $4
+           AND ((j.state = 'queued' AND j.attempts = s.attempt - 1) OR (j.state = 'running' AND j.attempts = s.attempt))
+         FOR UPDATE OF j)
+     UPDATE jobd_jobs j SET state = 'running', attempts = held.attempt, started_at = held.started_at
+     FROM held WHERE j.seq = held.seq
+     RETURNING j.id, held.was_queued";
 
 /// Records the end of attempts, if this node (`$9`) still holds each job at that attempt:
 /// `running` it, or still `queued` when the end also records the start (`started_at` set:
-/// both came in one flush). The job leaves its lease. The third column says which.
-const RECORD_FINISHED: &str = "UPDATE jobd_jobs j SET state = f.state, attempts = f.attempt,
-         started_at = COALESCE(f.started_at, j.started_at), finished_at = f.finished_at, last_error = f.error,
-         result = f.result, run_at = COALESCE(f.retry_at, j.run_at), lease_owner = NULL
-     FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
-         $8::bigint[]) AS f(id, attempt, state, started_at, finished_at, error, result, retry_at)
-     WHERE j.id = f.id AND j.lease_owner = $9
-       AND ((j.state = 'running' AND j.attempts = f.attempt)
-         OR (j.state = 'queued' AND f.started_at IS NOT NULL AND j.attempts = f.attempt - 1))
-     RETURNING j.id, j.state, f.started_at IS NOT NULL";
+/// both came in one flush). The job leaves its lease. Returns each job's id, its state
+/// now, and whether it was still queued.
+const RECORD_FINISHED: &str = "WITH f AS (
+         SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
+             $7::text[], $8::bigint[]) AS f(id, attempt, state, started_at, finished_at, error, result, retry_at)),
+     held AS (
+         SELECT j.seq, j.state = 'queued' AS was_queued, f.* FROM jobd_jobs j JOIN f ON j.id = f.id
+         WHERE j.lease_owner = $9
+           AND ((j.state = 'running' AND j.attempts = f.attempt)
+             OR (j.state = 'queued' AND f.started_at IS NOT NULL AND j.attempts = f.attempt - 1))
+         FOR UPDATE OF j)
+     UPDATE jobd_jobs j SET state = held.state, attempts = held.attempt,
+         started_at = COALESCE(held.started_at, j.started_at), finished_at = held.finished_at,
+         last_error = held.error, result = held.result, run_at = COALESCE(held.retry_at, j.run_at), lease_owner = NULL
+     FROM held WHERE j.seq = held.seq
+     RETURNING j.id, j.state, held.was_queued";
 
 const STATE_OF: &str = "SELECT state FROM jobd_jobs WHERE id = $1";
 
@@ -165,7 +179,8 @@ impl PostgresBackend {
         let times: Vec<i64> = started.iter().map(|start| millis(start.started_at)).collect();
         let owner = self.owner();
         let rows = self.connection.query(RECORD_STARTED, &[&ids, &attempts, &times, &owner])?;
-        self.deltas.moved(JobState::Queued, JobState::Running, rows.len() as i64);
+        let newly_running = rows.iter().filter(|row| row.get::<_, bool>(1)).count();
+        self.deltas.moved(JobState::Queued, JobState::Running, newly_running as i64);
         if rows.len() < started.len() {
             let written: HashSet<uuid::Uuid> = rows.iter().map(|row| row.get(0)).collect();
             self.fenced(
@@ -232,6 +247,37 @@ impl PostgresBackend {
         let rows = self.connection.query(STATE_OF, &[&uuid_of(id)])?;
         Ok(rows.first().map(|row| state_of(row.get(0))))
     }
+}
+
+impl PostgresBackend {
+    /// Adds to `jobs` this node's leased, unstarted jobs that the Dispatcher was never
+    /// given: those of a claim whose commit failed after it may have taken effect.
+    fn take_back_unknown_claims(&mut self, jobs: &mut Vec<Job>) -> Result<(), StorageError> {
+        let owner = self.owner();
+        let rows = self.connection.query(own_unknown_claims_sql(), &[&owner])?;
+        let mut found = 0;
+        for row in &rows {
+            if let Ok(job) = decode_claimed(row)
+                && !self.handed_out.contains(&job.id)
+                && !jobs.iter().any(|claimed| claimed.id == job.id)
+            {
+                found += 1;
+                jobs.push(job);
+            }
+        }
+        if found > 0 {
+            tracing::warn!(jobs = found, "claimed jobs whose claim's commit went unanswered are handed out now");
+        }
+        Ok(())
+    }
+}
+
+/// This node's (`$1`) leased jobs that have not started.
+fn own_unknown_claims_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!("SELECT {CLAIMED_COLUMNS} FROM jobd_jobs j WHERE j.lease_owner = $1 AND j.state = 'queued' ORDER BY j.ready_seq")
+    })
 }
 
 fn attempt_column(attempt: u32) -> i32 {
@@ -379,6 +425,10 @@ impl JobWriter for PostgresBackend {
                 self.bury_undecodable(seq, &error)?;
             }
         }
+        if std::mem::take(&mut self.claims_uncertain) {
+            self.take_back_unknown_claims(&mut jobs)?;
+        }
+        self.pending_handout.extend(jobs.iter().map(|job| job.id));
         let next_due: Option<i64> = self.connection.query(NEXT_DUE, &[])?.first().and_then(|row| row.get(0));
         Ok(ReadyBatch { jobs, stopped_at_byte_limit, next_due: next_due.map(crate::queue::columns::from_millis) })
     }
@@ -393,6 +443,7 @@ impl JobWriter for PostgresBackend {
             started.iter().filter(|start| !finishing.contains(&start.id)).copied().collect();
         self.write_started(&started_only)?;
         self.write_finished(finished, &started_at)?;
+        self.pending_release.extend(started.iter().map(|start| start.id).chain(finished.iter().map(|end| end.id)));
         if finished.iter().any(|end| end.retry_at.is_some()) {
             // A retry may fall due before the other nodes' timers look.
             self.readied = true;
@@ -454,6 +505,7 @@ impl JobWriter for PostgresBackend {
             return Ok(Err(ControlError::Conflict(state)));
         }
         self.deltas.moved(state, JobState::Cancelled, 1);
+        self.pending_release.push(id);
         Ok(Ok(()))
     }
 
