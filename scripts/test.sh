@@ -68,7 +68,7 @@ cargo test "$@"
 JOBD_TEST_POSTGRES=1 cargo test "$@" \
   --test backpressure --test bad_input --test concurrency --test durability --test failures \
   --test logs --test metrics --test security --test shutdown --test tenants --test uploads \
-  --test webhooks
+  --test webhooks --test s3 --test readme
 
 # The Debian package: builds it (a release build) and checks its contents.
 bash scripts/check-deb.sh

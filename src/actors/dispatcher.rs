@@ -44,14 +44,8 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// this long gathers them, at the price of starting delayed jobs up to this much late
 /// (never early).
 const MIN_DUE_INTERVAL: Duration = Duration::from_millis(10);
-/// The fewest jobs the window of claimed jobs holds with a queue of its own (SQLite);
-/// see `Dispatcher::new`.
-pub const WINDOW_FLOOR: usize = 16_384;
-/// The floor with a queue shared by several nodes (PostgreSQL): none. Every job in a
-/// node's window is leased to that node, so no other node can run it, however idle; a
-/// window of twice the pool balances the load as River's claims of free slots do. For
-/// many tiny jobs, a larger `max_workers` makes larger claims.
-pub const SHARED_WINDOW_FLOOR: usize = 0;
+/// The fewest jobs the window of claimed jobs holds; see `Dispatcher::new`.
+const WINDOW_FLOOR: usize = 16_384;
 /// How often the Dispatcher refreshes the `STATUS=` line systemd shows.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the Dispatcher checks that every worker is still alive.
@@ -64,8 +58,13 @@ pub struct PoolSettings {
     pub retry_policy: RetryPolicy,
     /// The most bytes the window's claimed, not-yet-started jobs may take.
     pub window_max_bytes: usize,
-    /// The fewest jobs the window holds: [`WINDOW_FLOOR`] or [`SHARED_WINDOW_FLOOR`].
-    pub window_floor: usize,
+    /// Whether other nodes share the queue (PostgreSQL). Then the window's runnable jobs
+    /// are bounded by twice the pool, without the floor: each is leased to this node, so
+    /// no other node can run it, however idle; claims of about the free slots balance the
+    /// load as River's do. For many tiny jobs, a larger `max_workers` makes larger claims.
+    /// Jobs held for the store or at a gate may still fill the floor, so that they never
+    /// starve other kinds.
+    pub shared_queue: bool,
 }
 
 /// Cancel a job that has not started. Goes through the Dispatcher, which alone knows
@@ -186,7 +185,8 @@ impl Dispatcher {
             // with a window of 64, 125k/s with 1,024 and 250k/s with 16,384. The byte
             // bound keeps a window of large jobs small: 1,000 jobs of 1 MiB behind a busy
             // pool took 1 GiB with the job bound alone.
-            window: Window::new((2 * max_workers).max(pool.window_floor), pool.window_max_bytes),
+            window: Window::new((2 * max_workers).max(WINDOW_FLOOR), pool.window_max_bytes)
+                .with_ready_limit(if pool.shared_queue { 2 * max_workers } else { usize::MAX }),
             fetching: false,
             store_reachable: store_health.is_reachable(),
             store_health,

@@ -10,7 +10,7 @@ use crate::queue::CLAIM_MAX_BODY_BYTES;
 /// Claimed jobs that have not started, in claim order.
 ///
 /// **Architecture Invariant:** the window is bounded in jobs and in bytes. A fetch is sent
-/// only while the runnable jobs number at most half of `max_jobs` and one more claim
+/// only while the runnable jobs number at most half of `max_ready` and one more claim
 /// ([`CLAIM_MAX_BODY_BYTES`] of bodies) still fits under `max_bytes`, or when the window
 /// is empty; a claim's first job is always taken, so the bytes held stay below
 /// `max_bytes` plus one job.
@@ -33,6 +33,9 @@ pub struct Window {
     /// `cancelling`.
     bytes: usize,
     max_jobs: usize,
+    /// The most runnable jobs (`ready`): `max_jobs`, or less with a queue shared by
+    /// several nodes, where a job in this window is one no other node can run.
+    max_ready: usize,
     max_bytes: usize,
     /// Jobs whose cancel the queue has not answered yet, with the job if it was taken out
     /// of the window or a fetch brought it meanwhile. Such a job starts only if its cancel
@@ -55,10 +58,18 @@ impl Window {
             released: VecDeque::new(),
             bytes: 0,
             max_jobs,
+            max_ready: max_jobs,
             max_bytes,
             cancelling: HashMap::new(),
             cancelled_during_fetch: Vec::new(),
         }
+    }
+
+    /// Bounds the runnable jobs below `max_jobs`: jobs held for the store or at a gate may
+    /// still fill the rest, so that they never starve the jobs of other kinds.
+    pub fn with_ready_limit(mut self, max_ready: usize) -> Self {
+        self.max_ready = max_ready.clamp(1, self.max_jobs);
+        self
     }
 
     /// Jobs claimed and not started, held and gated ones included.
@@ -80,14 +91,15 @@ impl Window {
     /// How many jobs a fetch may ask for now, if one may be sent.
     pub fn wanted(&self) -> Option<usize> {
         if self.is_empty() {
-            return Some(self.max_jobs);
+            return Some(self.max_ready);
         }
         // Jobs waiting for the store or at a gate count as well: the window never holds
         // more than `max_jobs` however many wait.
         let waiting = self.held.len() + self.gated_len + self.released.len();
-        let room_in_jobs = self.ready.len() <= self.max_jobs / 2 && self.ready.len() + waiting < self.max_jobs;
+        let room_in_jobs = self.ready.len() <= self.max_ready / 2 && self.ready.len() + waiting < self.max_jobs;
         let room_in_bytes = self.bytes.saturating_add(CLAIM_MAX_BODY_BYTES) <= self.max_bytes;
-        (room_in_jobs && room_in_bytes).then(|| self.max_jobs - self.ready.len() - waiting)
+        (room_in_jobs && room_in_bytes)
+            .then(|| (self.max_ready - self.ready.len()).min(self.max_jobs - self.ready.len() - waiting))
     }
 
     /// Adds what a fetch brought, in order, minus the jobs cancelled meanwhile.
@@ -276,6 +288,28 @@ mod tests {
                 .collect();
         assert_eq!(rest, [order[0], order[2]], "held jobs come back in their order");
         assert_eq!(window.bytes(), 0);
+    }
+
+    /// With a shared queue the runnable jobs are few, but jobs held for the store do not
+    /// use them up: a noop behind a full window of held uploads is still claimed.
+    #[test]
+    fn held_jobs_do_not_use_up_a_ready_limit() {
+        let kinds = Kinds::new(&KindSettings::defaults());
+        let mut window = Window::new(100, 64 << 20).with_ready_limit(4);
+        assert_eq!(window.wanted(), Some(4));
+        window.add_fetched((0..4).map(|_| Job::upload_for_test(10)).collect());
+        assert_eq!(window.wanted(), None, "four runnable jobs fill the limit");
+        assert!(window.next_runnable(false, &kinds).is_none(), "the store is down: all four are held");
+        assert_eq!(window.held(), 4);
+        assert_eq!(window.wanted(), Some(4), "held jobs leave the runnable limit free");
+        let noop = Job::for_test("noop");
+        let id = noop.id;
+        window.add_fetched(vec![noop]);
+        assert_eq!(window.next_runnable(false, &kinds).map(|(job, _)| job.id), Some(id));
+        let mut full = Window::new(6, 64 << 20).with_ready_limit(4);
+        full.add_fetched((0..4).map(|_| Job::upload_for_test(10)).collect());
+        assert!(full.next_runnable(false, &kinds).is_none());
+        assert_eq!(full.wanted(), Some(2), "the window as a whole stays within max_jobs");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use actix_web::web;
 use tokio::task::JoinHandle;
 
 use super::{ServeError, authenticator, certificate, warn_if_no_tokens};
-use crate::actors::dispatcher::{PoolSettings, SHARED_WINDOW_FLOOR, WINDOW_FLOOR};
+use crate::actors::dispatcher::PoolSettings;
 use crate::actors::{Dispatcher, Ingest};
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -109,10 +109,7 @@ pub(super) async fn wire(
         max_workers: config.max_workers,
         retry_policy: config.retry_policy(),
         window_max_bytes: config.window_max_bytes,
-        window_floor: match config.queue {
-            QueueKind::Sqlite => WINDOW_FLOOR,
-            QueueKind::Postgres => SHARED_WINDOW_FLOOR,
-        },
+        shared_queue: config.queue == QueueKind::Postgres,
     };
     let dispatcher = Dispatcher::new(queue.clone(), runner, stats.clone(), pool, store_health.clone())
         .with_systemd(notifier.clone(), crate::systemd::watchdog_interval())

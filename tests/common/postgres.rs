@@ -118,6 +118,14 @@ impl Cluster {
             // Without fsync (the tests), commits still wait for their WAL write, so a
             // restart of the server keeps every commit.
             .args(["-c", if self.fsync { "fsync=on" } else { "fsync=off" }])
+            // For measurements, the memory and WAL settings of a server run for a queue
+            // rather than Debian's minimal defaults (128 MB of buffers, 4 MB of WAL
+            // buffers), under which large transactions write WAL themselves.
+            .args(if self.fsync {
+                ["-c", "shared_buffers=1GB", "-c", "wal_buffers=64MB", "-c", "max_wal_size=8GB"].as_slice()
+            } else {
+                [].as_slice()
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
