@@ -5,7 +5,9 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
-use crate::job::{FinishedJob, JobState, Outcome};
+use std::collections::{HashMap, HashSet};
+
+use crate::job::{FinishedJob, JobId, JobState, Outcome, StartedJob};
 
 pub(crate) fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
@@ -48,6 +50,19 @@ impl FinishColumns {
             retry_at: end.retry_at.map(millis),
         }
     }
+}
+
+/// Splits a flush's progress as both database backends write it: a start whose attempt
+/// also ended in the flush is written with its end (one write instead of two), so it is
+/// left out of the starts and its time is looked up by the end.
+pub(crate) fn split_progress(
+    started: &[StartedJob],
+    finished: &[FinishedJob],
+) -> (HashMap<JobId, DateTime<Utc>>, Vec<StartedJob>) {
+    let started_at = started.iter().map(|start| (start.id, start.started_at)).collect();
+    let finishing: HashSet<JobId> = finished.iter().map(|end| end.id).collect();
+    let started_only = started.iter().filter(|start| !finishing.contains(&start.id)).copied().collect();
+    (started_at, started_only)
 }
 
 /// A stored body as a record's `payload`: JSON as sent, other bytes as a base64 string.

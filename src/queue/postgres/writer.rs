@@ -10,7 +10,7 @@ use super::PostgresBackend;
 use super::codec::{CLAIMED_COLUMNS, decode_claimed, job_id, uuid_of};
 use super::schema::PURGE_LOCK;
 use crate::job::{FinishedJob, Job, JobId, JobState, StartedJob};
-use crate::queue::columns::{FinishColumns, millis, state_of};
+use crate::queue::columns::{FinishColumns, millis, split_progress, state_of};
 use crate::queue::{
     Admitted, ControlError, JobWriter, Lease, ReadyBatch, Refusal, StorageError, admit, claim_has_room,
 };
@@ -436,11 +436,7 @@ impl JobWriter for PostgresBackend {
     /// A start and an end of one attempt in the same flush cost one write: the end also
     /// records the start.
     fn record_progress(&mut self, started: &[StartedJob], finished: &[FinishedJob]) -> Result<(), StorageError> {
-        let started_at: HashMap<JobId, DateTime<Utc>> =
-            started.iter().map(|start| (start.id, start.started_at)).collect();
-        let finishing: HashSet<JobId> = finished.iter().map(|end| end.id).collect();
-        let started_only: Vec<StartedJob> =
-            started.iter().filter(|start| !finishing.contains(&start.id)).copied().collect();
+        let (started_at, started_only) = split_progress(started, finished);
         self.write_started(&started_only)?;
         self.write_finished(finished, &started_at)?;
         self.pending_release.extend(started.iter().map(|start| start.id).chain(finished.iter().map(|end| end.id)));

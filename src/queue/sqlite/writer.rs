@@ -2,7 +2,7 @@
 //! the fresh jobs in memory where it can), progress in grouped UPDATEs, and the control
 //! operations.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use rusqlite::types::ToSqlOutput;
@@ -15,6 +15,7 @@ use super::sql::{
     statement_rows, text,
 };
 use crate::job::{FinishedJob, Job, JobId, JobState, StartedJob};
+use crate::queue::columns::split_progress;
 use crate::queue::{
     Admitted, ControlError, JobWriter, Lease, ReadyBatch, Refusal, StorageError, admit, claim_has_room,
 };
@@ -292,11 +293,7 @@ impl JobWriter for SqliteBackend {
     /// A job that starts and finishes within one flush (most short jobs) costs one UPDATE
     /// instead of two: the finish also records the start.
     fn record_progress(&mut self, started: &[StartedJob], finished: &[FinishedJob]) -> Result<(), StorageError> {
-        let started_at: HashMap<JobId, DateTime<Utc>> =
-            started.iter().map(|start| (start.id, start.started_at)).collect();
-        let finishing: HashSet<JobId> = finished.iter().map(|end| end.id).collect();
-        let started_only: Vec<StartedJob> =
-            started.iter().filter(|start| !finishing.contains(&start.id)).copied().collect();
+        let (started_at, started_only) = split_progress(started, finished);
         self.record_started(&started_only)?;
         self.write_finishes(finished.iter().map(|end| (end, started_at.get(&end.id).copied())))
     }
