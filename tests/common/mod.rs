@@ -215,7 +215,19 @@ impl Daemon {
     /// The value of one series in a scrape of `/metrics`, named with its labels as
     /// Prometheus prints them (`jobd_store_up`, `jobd_jobs_finished_total{kind="noop",...}`).
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let scrape = self.client.get(self.url("/metrics")).send().await.expect("GET").text().await.expect("text");
+        // A daemon that was stopped (SIGSTOP) closes its idle keep-alive connections when
+        // it continues, and a request sent on one just then fails without an answer: a GET
+        // is safe to send again, on a new connection.
+        let mut attempts = 0;
+        let response = loop {
+            attempts += 1;
+            match self.client.get(self.url("/metrics")).send().await {
+                Ok(response) => break response,
+                Err(error) if attempts < 3 && error.is_request() => continue,
+                Err(error) => panic!("GET /metrics: {error}"),
+            }
+        };
+        let scrape = response.text().await.expect("text");
         scrape.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
