@@ -17,6 +17,7 @@
 
 mod actors;
 mod auth;
+pub mod client;
 pub mod config;
 mod http;
 pub mod job;

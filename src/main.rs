@@ -9,6 +9,19 @@ use jobd::config::{Cli, Command, Config, TokenCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The client commands talk to a running jobd: they need none of its configuration.
+    match cli.command {
+        Command::Submit { connection, args } => {
+            return jobd::client::run(jobd::client::submit(connection, args)).into();
+        }
+        Command::Jobs { connection, command } => {
+            return jobd::client::run(jobd::client::jobs(connection, command)).into();
+        }
+        Command::Stats { connection, watch } => {
+            return jobd::client::run(jobd::client::stats(connection, watch)).into();
+        }
+        _ => {}
+    }
     // A new token needs no configuration: it is printed for the operator to add.
     if let Command::Token(TokenCommand::New { name, scopes, allowed_key_prefixes }) = &cli.command {
         return match jobd::server::new_token_line(name, scopes, allowed_key_prefixes.as_deref()) {
@@ -47,7 +60,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Token(_) => ExitCode::SUCCESS,
+        Command::Token(_) | Command::Submit { .. } | Command::Jobs { .. } | Command::Stats { .. } => ExitCode::SUCCESS,
         Command::Serve => match jobd::server::serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

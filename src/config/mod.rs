@@ -96,6 +96,29 @@ pub enum Command {
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Submit JSON lines (one job, or one payload with --payloads, per line) to a running
+    /// jobd, in batches, waiting out 429 and 503 as Retry-After asks.
+    Submit {
+        #[command(flatten)]
+        connection: crate::client::ConnectionArgs,
+        #[command(flatten)]
+        args: crate::client::SubmitArgs,
+    },
+    /// Read and act on jobs of a running jobd.
+    Jobs {
+        #[command(flatten)]
+        connection: crate::client::ConnectionArgs,
+        #[command(subcommand)]
+        command: crate::client::JobsCommand,
+    },
+    /// Print a running jobd's queue depth, workers and counters.
+    Stats {
+        #[command(flatten)]
+        connection: crate::client::ConnectionArgs,
+        /// Print again every this many seconds, until interrupted.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
+    },
 }
 
 /// `jobd token ...`.

@@ -38,6 +38,9 @@ const HEARTBEAT_SQL: &str = "WITH beat AS (
          RETURNING 1)
      SELECT (SELECT count(*) FROM jobd_nodes WHERE expires_at > now() AND id <> $1) + (SELECT count(*) FROM beat)";
 
+/// How many beats apart a node sweeps for orphaned jobs when no node was forgotten.
+const ORPHAN_SWEEP_BEATS: u32 = 10;
+
 /// Removes the rows of nodes whose lease expired.
 const FORGET_LOST: &str = "DELETE FROM jobd_nodes WHERE expires_at < now() RETURNING id, name";
 
@@ -102,6 +105,7 @@ impl ClusterThreads {
             lease: settings.lease,
             metrics,
             live_since: None,
+            beats_since_sweep: ORPHAN_SWEEP_BEATS,
         };
         upkeep.heartbeat()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -161,6 +165,9 @@ struct Upkeep {
     /// lease has lapsed, and the first node back must not take the jobs of nodes that are
     /// about to heartbeat too.
     live_since: Option<Instant>,
+    /// Beats since this node last swept for orphaned jobs; it starts at
+    /// [`ORPHAN_SWEEP_BEATS`], so a node sweeps as soon as it starts.
+    beats_since_sweep: u32,
 }
 
 impl Upkeep {
@@ -239,13 +246,25 @@ impl Upkeep {
         if !locked.first().is_some_and(|row| row.get::<_, bool>(0)) {
             return Ok((0, 0));
         }
+        let mut forgotten = 0;
         if forget_lost {
             for row in self.connection.query(FORGET_LOST, &[])? {
                 let (id, name): (uuid::Uuid, String) = (row.get(0), row.get(1));
                 tracing::warn!(lost_node = %id, lost_node_name = name, "node lost: its lease expired; its running jobs are rescued");
+                forgotten += 1;
             }
         }
+        // The sweep walks every leased job, tens of milliseconds under load: it runs when
+        // this round forgot a node, and otherwise only every few beats, for the rare
+        // orphans no forget announces (a job its rescue skipped while a stale owner held
+        // its row lock, or a claim a forgotten node made before its next heartbeat).
+        self.beats_since_sweep = self.beats_since_sweep.saturating_add(1);
+        if forgotten == 0 && self.beats_since_sweep < ORPHAN_SWEEP_BEATS {
+            return Ok((0, 0));
+        }
         let rows = self.connection.query(RESCUE, &[&millis(Utc::now())])?;
+        // What this sweep took back may have been beside rows it skipped: look again soon.
+        self.beats_since_sweep = if rows.is_empty() { 0 } else { ORPHAN_SWEEP_BEATS };
         let running: Vec<&postgres::Row> = rows.iter().filter(|row| row.get::<_, bool>(2)).collect();
         let released = rows.len() - running.len();
         let buried = running.iter().filter(|row| row.get::<_, &str>(1) == "dead").count() as i64;

@@ -288,6 +288,10 @@ pub struct PostgresBackend {
     /// was lost: the next claim also hands out this node's leased jobs that the Dispatcher
     /// was never given, so that none stays leased to a node that does not know it.
     claims_uncertain: bool,
+    /// The last answer of `oldest_queued` and when it was read: the query walks the head
+    /// of the ready index, which churns under load, so status reads (every scrape and
+    /// every `/v1/stats`) share one answer per second.
+    oldest_queued: Option<(std::time::Instant, Option<chrono::DateTime<chrono::Utc>>)>,
     /// The lease and listener threads; stopped when the backend is dropped.
     threads: ClusterThreads,
     waker: Arc<OnceLock<Waker>>,
@@ -336,6 +340,7 @@ impl PostgresBackend {
             pending_handout: Vec::new(),
             pending_release: Vec::new(),
             claims_uncertain: false,
+            oldest_queued: None,
             threads,
             waker,
         })

@@ -1,6 +1,8 @@
 //! Reading the PostgreSQL queue: records and listings from the jobs table, the depth from
 //! the nodes' count rows.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 
 use super::PostgresBackend;
@@ -9,6 +11,10 @@ use super::schema::DEPTH;
 use crate::job::{JobId, JobRecord, JobState};
 use crate::queue::columns::{from_millis, state_of};
 use crate::queue::{JobPage, JobReader, ListFilter, QueueDepth, StorageError};
+
+/// How long one reading of the oldest queued job's due time answers status reads. The
+/// figure is an age gauge in seconds, so a second-old reading is as good as a fresh one.
+const OLDEST_QUEUED_REUSE: Duration = Duration::from_secs(1);
 
 fn get_sql(with_payload: bool) -> &'static str {
     static SQL: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
@@ -78,6 +84,11 @@ impl JobReader for PostgresBackend {
     /// The earliest due of the next job no node holds and of the jobs queued in nodes'
     /// windows (a few per node, from the index of leased jobs).
     fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {
+        if let Some((read_at, oldest)) = self.oldest_queued
+            && read_at.elapsed() < OLDEST_QUEUED_REUSE
+        {
+            return Ok(oldest);
+        }
         let rows = self.connection.query(
             "SELECT min(due) FROM (
                  (SELECT COALESCE(run_at, created_at) AS due FROM jobd_jobs
@@ -87,6 +98,8 @@ impl JobReader for PostgresBackend {
              ) AS waiting",
             &[],
         )?;
-        Ok(rows.first().and_then(|row| row.get::<_, Option<i64>>(0)).map(from_millis))
+        let oldest = rows.first().and_then(|row| row.get::<_, Option<i64>>(0)).map(from_millis);
+        self.oldest_queued = Some((Instant::now(), oldest));
+        Ok(oldest)
     }
 }

@@ -58,38 +58,35 @@ const BURY: &str = "UPDATE jobd_jobs SET state = 'dead', last_error = $2, finish
      WHERE seq = $1 AND state = 'queued'";
 
 /// Records the start of attempts that have not ended yet, counting each: the job leaves
-/// the queue for `running`, if this node (`$4`) still holds it at the attempt before. A
-/// start already recorded (its earlier commit's answer was lost) is written again, not
-/// fenced. Returns each job's id and whether it was still queued.
-const RECORD_STARTED: &str = "WITH s AS (
-         SELECT * FROM unnest($1::uuid[], $2::integer[], $3::bigint[]) AS s(id, attempt, started_at)),
-     held AS (
-         SELECT j.seq, j.state = 'queued' AS was_queued, s.attempt, s.started_at FROM jobd_jobs j JOIN s ON j.id = s.id
-         WHERE j.lease_owner = $4
-           AND ((j.state = 'queued' AND j.attempts = s.attempt - 1) OR (j.state = 'running' AND j.attempts = s.attempt))
-         FOR UPDATE OF j)
-     UPDATE jobd_jobs j SET state = 'running', attempts = held.attempt, started_at = held.started_at
-     FROM held WHERE j.seq = held.seq
-     RETURNING j.id, held.was_queued";
+/// the queue for `running`, if this node (`$4`) still holds it at the attempt before.
+/// Returns the ids it moved. A plain `UPDATE` locks each row it changes and checks the
+/// conditions again on a row another transaction changed meanwhile, so a rescue that took
+/// the job first leaves nothing to match.
+const RECORD_STARTED: &str = "UPDATE jobd_jobs j SET state = 'running', attempts = s.attempt, started_at = s.started_at
+     FROM unnest($1::uuid[], $2::integer[], $3::bigint[]) AS s(id, attempt, started_at)
+     WHERE j.id = s.id AND j.lease_owner = $4 AND j.state = 'queued' AND j.attempts = s.attempt - 1
+     RETURNING j.id";
 
-/// Records the end of attempts, if this node (`$9`) still holds each job at that attempt:
-/// `running` it, or still `queued` when the end also records the start (`started_at` set:
-/// both came in one flush). The job leaves its lease. Returns each job's id, its state
-/// now, and whether it was still queued.
-const RECORD_FINISHED: &str = "WITH f AS (
-         SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
-             $7::text[], $8::bigint[]) AS f(id, attempt, state, started_at, finished_at, error, result, retry_at)),
-     held AS (
-         SELECT j.seq, j.state = 'queued' AS was_queued, f.* FROM jobd_jobs j JOIN f ON j.id = f.id
-         WHERE j.lease_owner = $9
-           AND ((j.state = 'running' AND j.attempts = f.attempt)
-             OR (j.state = 'queued' AND f.started_at IS NOT NULL AND j.attempts = f.attempt - 1))
-         FOR UPDATE OF j)
-     UPDATE jobd_jobs j SET state = held.state, attempts = held.attempt,
-         started_at = COALESCE(held.started_at, j.started_at), finished_at = held.finished_at,
-         last_error = held.error, result = held.result, run_at = COALESCE(held.retry_at, j.run_at), lease_owner = NULL
-     FROM held WHERE j.seq = held.seq
-     RETURNING j.id, j.state, held.was_queued";
+/// Of starts that did not apply, those already recorded (by a commit whose answer was
+/// lost): the job runs at that attempt, held by this node (`$3`).
+const ALREADY_STARTED: &str = "SELECT j.id FROM jobd_jobs j
+     JOIN unnest($1::uuid[], $2::integer[]) AS s(id, attempt) ON j.id = s.id
+     WHERE j.lease_owner = $3 AND j.state = 'running' AND j.attempts = s.attempt";
+
+/// Records the end of attempts, if this node (`$10`) still holds each job in state `$9`
+/// at that attempt: `running` at the attempt, or still `queued` at the attempt before,
+/// when the end also records the start (both came in one flush). The job leaves its
+/// lease. Two statements, one per state the jobs leave, rather than one that locks rows
+/// to read their old state: each row is written once, and the caller knows where it came
+/// from. Returns each job's id and its state now.
+const RECORD_FINISHED: &str = "UPDATE jobd_jobs j SET state = f.state, attempts = f.attempt,
+         started_at = COALESCE(f.started_at, j.started_at), finished_at = f.finished_at,
+         last_error = f.error, result = f.result, run_at = COALESCE(f.retry_at, j.run_at), lease_owner = NULL
+     FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
+         $8::bigint[]) AS f(id, attempt, state, started_at, finished_at, error, result, retry_at)
+     WHERE j.id = f.id AND j.lease_owner = $10 AND j.state = $9
+       AND j.attempts = CASE WHEN $9 = 'queued' THEN f.attempt - 1 ELSE f.attempt END
+     RETURNING j.id, j.state";
 
 const STATE_OF: &str = "SELECT state FROM jobd_jobs WHERE id = $1";
 
@@ -174,26 +171,33 @@ impl PostgresBackend {
         if started.is_empty() {
             return Ok(());
         }
+        let owner = self.owner();
         let ids: Vec<uuid::Uuid> = started.iter().map(|start| uuid_of(start.id)).collect();
         let attempts: Vec<i32> = started.iter().map(|start| attempt_column(start.attempt)).collect();
         let times: Vec<i64> = started.iter().map(|start| millis(start.started_at)).collect();
-        let owner = self.owner();
         let rows = self.connection.query(RECORD_STARTED, &[&ids, &attempts, &times, &owner])?;
-        let newly_running = rows.iter().filter(|row| row.get::<_, bool>(1)).count();
-        self.deltas.moved(JobState::Queued, JobState::Running, newly_running as i64);
-        if rows.len() < started.len() {
-            let written: HashSet<uuid::Uuid> = rows.iter().map(|row| row.get(0)).collect();
-            self.fenced(
-                "start",
-                started
-                    .iter()
-                    .filter(|start| !written.contains(&uuid_of(start.id)))
-                    .map(|start| (start.id, start.attempt)),
-            );
+        self.deltas.moved(JobState::Queued, JobState::Running, rows.len() as i64);
+        if rows.len() == started.len() {
+            return Ok(());
         }
+        let mut written: HashSet<uuid::Uuid> = rows.iter().map(|row| row.get(0)).collect();
+        let (missed_ids, missed_attempts): (Vec<uuid::Uuid>, Vec<i32>) = ids
+            .iter()
+            .zip(&attempts)
+            .filter(|(id, _)| !written.contains(*id))
+            .map(|(id, attempt)| (*id, *attempt))
+            .unzip();
+        let recorded = self.connection.query(ALREADY_STARTED, &[&missed_ids, &missed_attempts, &owner])?;
+        written.extend(recorded.iter().map(|row| row.get::<_, uuid::Uuid>(0)));
+        self.fenced(
+            "start",
+            started.iter().filter(|start| !written.contains(&uuid_of(start.id))).map(|start| (start.id, start.attempt)),
+        );
         Ok(())
     }
 
+    /// Records `finished`: first the ends that also record their start, from `queued`;
+    /// then the rest, and any of those that did not match, from `running`.
     fn write_finished(
         &mut self,
         finished: &[FinishedJob],
@@ -202,17 +206,43 @@ impl PostgresBackend {
         if finished.is_empty() {
             return Ok(());
         }
+        let mut written: HashSet<uuid::Uuid> = HashSet::with_capacity(finished.len());
+        let with_start: Vec<&FinishedJob> = finished.iter().filter(|end| started_at.contains_key(&end.id)).collect();
+        self.write_finished_from(JobState::Queued, &with_start, started_at, &mut written)?;
+        let rest: Vec<&FinishedJob> = finished.iter().filter(|end| !written.contains(&uuid_of(end.id))).collect();
+        self.write_finished_from(JobState::Running, &rest, started_at, &mut written)?;
+        if written.len() < finished.len() {
+            self.fenced(
+                "finish",
+                finished.iter().filter(|end| !written.contains(&uuid_of(end.id))).map(|end| (end.id, end.attempt)),
+            );
+        }
+        Ok(())
+    }
+
+    /// Records the ends of jobs that are in state `from`, adding the ids written to
+    /// `written`.
+    fn write_finished_from(
+        &mut self,
+        from: JobState,
+        ends: &[&FinishedJob],
+        started_at: &HashMap<JobId, DateTime<Utc>>,
+        written: &mut HashSet<uuid::Uuid>,
+    ) -> Result<(), StorageError> {
+        if ends.is_empty() {
+            return Ok(());
+        }
         let mut columns = FinishArrays::default();
-        for end in finished {
-            let written = FinishColumns::of(end);
+        for end in ends {
+            let outcome = FinishColumns::of(end);
             columns.ids.push(uuid_of(end.id));
             columns.attempts.push(attempt_column(end.attempt));
-            columns.states.push(written.state.name());
+            columns.states.push(outcome.state.name());
             columns.started_at.push(started_at.get(&end.id).copied().map(millis));
-            columns.finished_at.push(written.finished_at);
-            columns.errors.push(written.error);
-            columns.results.push(written.result);
-            columns.retry_at.push(written.retry_at);
+            columns.finished_at.push(outcome.finished_at);
+            columns.errors.push(outcome.error);
+            columns.results.push(outcome.result);
+            columns.retry_at.push(outcome.retry_at);
         }
         let owner = self.owner();
         let rows = self.connection.query(
@@ -226,19 +256,13 @@ impl PostgresBackend {
                 &columns.errors,
                 &columns.results,
                 &columns.retry_at,
+                &from.name(),
                 &owner,
             ],
         )?;
         for row in &rows {
-            let from = if row.get::<_, bool>(2) { JobState::Queued } else { JobState::Running };
             self.deltas.moved(from, state_of(row.get(1)), 1);
-        }
-        if rows.len() < finished.len() {
-            let written: HashSet<uuid::Uuid> = rows.iter().map(|row| row.get(0)).collect();
-            self.fenced(
-                "finish",
-                finished.iter().filter(|end| !written.contains(&uuid_of(end.id))).map(|end| (end.id, end.attempt)),
-            );
+            written.insert(row.get(0));
         }
         Ok(())
     }

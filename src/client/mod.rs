@@ -1,0 +1,251 @@
+//! The client side of the `jobd` binary: `jobd submit`, `jobd jobs …` and `jobd stats`
+//! talk to a running jobd over its HTTP API, with the exit codes the README documents.
+
+mod commands;
+mod progress;
+mod submit;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::Value;
+
+pub use commands::{jobs, stats};
+pub use submit::{SubmitArgs, submit};
+
+/// What a client command's exit status means. Usage errors (2) come from clap as well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything asked for was done.
+    Success = 0,
+    /// The server refused something: a job not found, a conflict, an invalid line.
+    Refused = 1,
+    /// The command line or the input could not be used.
+    Usage = 2,
+    /// The server could not be reached, or failed (5xx), after retries.
+    Unreachable = 3,
+    /// The server refused the token (401) or its scope (403).
+    Unauthorized = 4,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit as u8)
+    }
+}
+
+/// Where jobd is and who is asking: every client command takes these.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// jobd's base URL.
+    #[arg(long, env = "JOBD_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    pub url: String,
+    /// A bearer token.
+    #[arg(long, env = "JOBD_TOKEN", hide_env_values = true, global = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// A file holding the bearer token (surrounding whitespace is ignored).
+    #[arg(long, env = "JOBD_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// How answers are printed.
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    pub output: Output,
+}
+
+/// How a client command prints its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Lines for a person.
+    Text,
+    /// JSON for a program: one document per answer (per refresh with `--watch`).
+    Json,
+}
+
+/// `jobd jobs …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum JobsCommand {
+    /// Print one job's record.
+    Get {
+        id: String,
+        /// Include the payload.
+        #[arg(long)]
+        payload: bool,
+    },
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state: queued, scheduled, running, failed, succeeded, dead, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Records per page, 1 to 1000.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// The `next_cursor` of an earlier page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Queue a dead job again.
+    Retry { id: String },
+    /// Cancel a queued, scheduled or failed job.
+    Cancel { id: String },
+}
+
+/// Why a client command failed, and the exit status that says so.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Usage(String),
+    /// `refused_connection`: the request never left this host (no connection was made),
+    /// so sending it again cannot create a second copy.
+    #[error("cannot reach jobd at {url}: {reason}")]
+    Unreachable { url: String, reason: String, refused_connection: bool },
+    #[error("jobd answered {status}: {detail}")]
+    Refused { status: u16, detail: String },
+}
+
+impl ClientError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            ClientError::Usage(_) => Exit::Usage,
+            ClientError::Unreachable { .. } => Exit::Unreachable,
+            ClientError::Refused { status: 401 | 403, .. } => Exit::Unauthorized,
+            ClientError::Refused { status, .. } if *status >= 500 => Exit::Unreachable,
+            ClientError::Refused { .. } => Exit::Refused,
+        }
+    }
+}
+
+/// A server's answer, whatever its status.
+pub(crate) struct Answer {
+    pub status: u16,
+    /// `Retry-After` in seconds, on a 429 or 503.
+    pub retry_after: Option<Duration>,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    /// The body as JSON when the status is a success, or the problem as an error.
+    pub fn json(self) -> Result<Value, ClientError> {
+        if (200..300).contains(&self.status) {
+            return serde_json::from_slice(&self.body).map_err(|error| ClientError::Refused {
+                status: self.status,
+                detail: format!("the answer is not JSON: {error}"),
+            });
+        }
+        Err(self.problem())
+    }
+
+    /// The problem an error status carries, as an error naming its detail and fields.
+    pub fn problem(&self) -> ClientError {
+        ClientError::Refused { status: self.status, detail: problem_detail(&self.body) }
+    }
+}
+
+/// A problem+json body in one line: its detail, then each field error.
+fn problem_detail(body: &[u8]) -> String {
+    let Ok(problem) = serde_json::from_slice::<Value>(body) else {
+        return String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    };
+    let mut line = problem["detail"].as_str().or(problem["title"].as_str()).unwrap_or("no detail").to_owned();
+    for error in problem["errors"].as_array().into_iter().flatten() {
+        let field = error["field"].as_str().unwrap_or("?");
+        let message = error["message"].as_str().unwrap_or("");
+        line.push_str(&format!("; {field}: {message}"));
+    }
+    line
+}
+
+/// An HTTP client bound to one jobd and one token.
+#[derive(Clone)]
+pub(crate) struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(args: &ConnectionArgs) -> Result<Client, ClientError> {
+        let token = match (&args.token, &args.token_file) {
+            (Some(token), _) => Some(token.trim().to_owned()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|error| {
+                    ClientError::Usage(format!("cannot read the token file {}: {error}", path.display()))
+                })?;
+                Some(text.trim().to_owned())
+            }
+            (None, None) => None,
+        };
+        let base = args.url.trim_end_matches('/').to_owned();
+        if url::Url::parse(&base).is_err() {
+            return Err(ClientError::Usage(format!("--url {base} is not a URL")));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|error| ClientError::Usage(format!("cannot build an HTTP client: {error}")))?;
+        Ok(Client { http, base, token })
+    }
+
+    /// Sends one request and reads the whole answer.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, ClientError> {
+        let mut url = url::Url::parse(&format!("{}{path}", self.base))
+            .map_err(|error| ClientError::Usage(format!("{}{path} is not a URL: {error}", self.base)))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let mut request = self.http.request(method, url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        }
+        let unreachable = |error: reqwest::Error| ClientError::Unreachable {
+            url: url.to_string(),
+            reason: error.to_string(),
+            refused_connection: error.is_connect(),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.bytes().await.map_err(unreachable)?;
+        Ok(Answer { status, retry_after, body })
+    }
+
+    pub async fn get_json(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::GET, path, query, None).await?.json()
+    }
+}
+
+/// Runs a client command's future on a runtime of its own, and turns its result into an
+/// exit status, printing the error.
+pub fn run<F>(command: F) -> Exit
+where
+    F: std::future::Future<Output = Result<Exit, ClientError>>,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("jobd: cannot start a runtime: {error}");
+            return Exit::Unreachable;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(exit) => exit,
+        Err(error) => {
+            eprintln!("jobd: {error}");
+            error.exit()
+        }
+    }
+}
