@@ -21,6 +21,9 @@ type -P dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
 # postgres (never a server that happens to run); setpriv runs them unprivileged as root.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 type -P setpriv >/dev/null 2>&1 || missing+=(util-linux)
+# The console's tests drive Debian's headless Chromium through its WebDriver server.
+type -P chromium >/dev/null 2>&1 || missing+=(chromium)
+type -P chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${missing[*]}"
   "${sudo[@]}" apt-get update -qq
@@ -68,7 +71,7 @@ cargo test "$@"
 JOBD_TEST_POSTGRES=1 cargo test "$@" \
   --test backpressure --test bad_input --test concurrency --test durability --test failures \
   --test logs --test metrics --test security --test shutdown --test tenants --test uploads \
-  --test webhooks --test s3 --test readme
+  --test webhooks --test s3 --test readme --test console
 
 # The Debian package: builds it (a release build) and checks its contents.
 bash scripts/check-deb.sh

@@ -110,6 +110,8 @@ async fn three_nodes_migrate_once_and_share_the_work() {
     let stats = nodes[1].stats().await;
     assert_eq!(stats["queue"]["running"], 0, "{stats}");
     wait_for_nodes(&nodes, 3).await;
+    // `/v1/stats` (and with it the console's overview) reports the live nodes.
+    assert_eq!(nodes[0].stats().await["cluster"]["nodes"], 3);
     // Listings and cancels work from any node: a scheduled job accepted by node 0 is
     // listed and cancelled through node 1.
     let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();

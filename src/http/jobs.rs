@@ -1,6 +1,7 @@
 //! The routes that read and control jobs: `GET /v1/jobs`, `GET /v1/jobs/{id}`,
-//! `POST /v1/jobs/{id}/retry` and `DELETE /v1/jobs/{id}`, and the tenant confinement that
-//! hides other tenants' jobs from them.
+//! `POST /v1/jobs/{id}/retry`, `POST /v1/jobs/retry` (dead jobs by filter) and
+//! `DELETE /v1/jobs/{id}`, and the tenant confinement that hides other tenants' jobs from
+//! them.
 
 use std::sync::Arc;
 
@@ -109,9 +110,28 @@ pub(super) struct ListQuery {
     limit: Option<usize>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only jobs of this kind.
+    kind: Option<String>,
 }
 
-/// `GET /v1/jobs?state=dead&limit=100&cursor=...`: records newest first, paged.
+/// The longest kind name a filter may hold; every kind's name is far shorter.
+const MAX_KIND_BYTES: usize = 64;
+
+/// A `kind` filter: any name, since records of a kind no longer configured stay listed.
+fn kind_filter(kind: Option<&str>) -> Result<Option<String>, Problem> {
+    match kind {
+        None => Ok(None),
+        Some(kind) if kind.is_empty() || kind.len() > MAX_KIND_BYTES || kind.chars().any(char::is_control) => {
+            Err(Problem::from(submission::SubmissionError::field(
+                "kind",
+                format!("must be 1 to {MAX_KIND_BYTES} bytes without control characters"),
+            )))
+        }
+        Some(kind) => Ok(Some(kind.to_owned())),
+    }
+}
+
+/// `GET /v1/jobs?state=dead&kind=upload&limit=100&cursor=...`: records newest first, paged.
 #[utoipa::path(
     get,
     path = "/v1/jobs",
@@ -149,13 +169,24 @@ pub(super) async fn list_jobs(
             Some(cursor.parse::<i64>().map_err(|_| bad("cursor", "is not a cursor from this API".to_owned()))?)
         }
     };
-    let filter = ListFilter { state: job_state, submitted_by: confined_tenant(&request) };
-    let page = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.list(filter, before, limit))
-        .await
-        .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
-        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    let kind = kind_filter(query.kind.as_deref())?;
+    let filter = ListFilter { state: job_state, submitted_by: confined_tenant(&request), kind };
+    let page = list_page(&state, filter, before, limit).await?;
     Ok(HttpResponse::Ok()
         .json(JobList { jobs: page.records, next_cursor: page.next_before.map(|seq| seq.to_string()) }))
+}
+
+/// One page of a listing, or `503` when the queue cannot answer in time.
+async fn list_page(
+    state: &AppState,
+    filter: ListFilter,
+    before: Option<i64>,
+    limit: usize,
+) -> Result<crate::queue::JobPage, Problem> {
+    tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.list(filter, before, limit))
+        .await
+        .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
+        .map_err(|error| Problem::unavailable(error.to_string()))
 }
 
 fn parse_job_id(id: &str) -> Result<JobId, Problem> {
@@ -257,4 +288,93 @@ pub(super) async fn cancel_job(
         .map_err(|error| Problem::unavailable(error.to_string()))?;
     result.map_err(|error| control_problem(job_id, Control::Cancel, error))?;
     Ok(HttpResponse::Ok().json(AcceptedJob { id: job_id, state: JobState::Cancelled }))
+}
+
+/// The most dead jobs one bulk retry touches: a thousand retries are a thousand queue
+/// commands, which the queue thread groups into a few transactions.
+const MAX_BULK_RETRY: usize = 1_000;
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct BulkRetryQuery {
+    /// `dead`, the one state a retry applies to [default: dead].
+    #[param(value_type = Option<JobState>)]
+    state: Option<String>,
+    /// Only jobs of this kind.
+    kind: Option<String>,
+    /// The most jobs to retry, 1 to 1000 [default: 1000].
+    limit: Option<usize>,
+    /// Only count the dead jobs that match (up to `limit`), retrying none.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// What a bulk retry matched and did.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct BulkRetried {
+    /// Dead jobs that matched, newest first, up to `limit`.
+    matched: usize,
+    /// Of those, the jobs queued again (0 on a dry run). Fewer than `matched` when a job
+    /// was retried or purged meanwhile, or the queue filled up.
+    retried: usize,
+    /// More dead jobs match than `limit`: ask again for the next ones.
+    more: bool,
+}
+
+/// `POST /v1/jobs/retry?kind=upload&limit=1000`: the newest dead jobs that match run again.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/retry",
+    tag = "control",
+    params(BulkRetryQuery),
+    responses(
+        (status = 200, description = "What matched and what was queued again", body = BulkRetried),
+        (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn retry_dead_jobs(
+    request: HttpRequest,
+    query: web::Query<BulkRetryQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    if query.state.as_deref().is_some_and(|name| name != JobState::Dead.name()) {
+        let message = "only dead jobs can be retried; leave it out or give dead".to_owned();
+        return Err(Problem::from(submission::SubmissionError::field("state", message)));
+    }
+    let limit = query.limit.unwrap_or(MAX_BULK_RETRY);
+    if !(1..=MAX_BULK_RETRY).contains(&limit) {
+        let message = format!("must be between 1 and {MAX_BULK_RETRY}");
+        return Err(Problem::from(submission::SubmissionError::field("limit", message)));
+    }
+    let filter = ListFilter {
+        state: Some(JobState::Dead),
+        submitted_by: confined_tenant(&request),
+        kind: kind_filter(query.kind.as_deref())?,
+    };
+    // One more than the limit tells whether more match.
+    let page = list_page(&state, filter, None, limit + 1).await?;
+    let more = page.records.len() > limit;
+    let ids: Vec<JobId> = page.records.iter().take(limit).map(|record| record.id).collect();
+    let matched = ids.len();
+    if query.dry_run {
+        return Ok(HttpResponse::Ok().json(BulkRetried { matched, retried: 0, more }));
+    }
+    // Sent at once, the retries reach the queue thread together and share its commits.
+    let results = futures_util::future::join_all(ids.iter().map(|&id| state.queue.retry_dead(id))).await;
+    let mut retried = 0;
+    for result in results {
+        match result {
+            Ok(Ok(())) => retried += 1,
+            Ok(Err(_)) => {}
+            Err(error) if retried == 0 => return Err(Problem::unavailable(error.to_string())),
+            Err(error) => tracing::warn!(error = error.message(), "a retry of a bulk retry failed"),
+        }
+    }
+    tracing::info!(matched, retried, more, kind = query.kind.as_deref(), "dead jobs retried in bulk");
+    Ok(HttpResponse::Ok().json(BulkRetried { matched, retried, more }))
 }

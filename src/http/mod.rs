@@ -4,6 +4,7 @@
 //! than one group of handlers uses; the route table is in `routes`, the middleware in
 //! `middleware`, and the handlers in `submit`, `jobs` and `ops`.
 
+mod console;
 mod jobs;
 mod middleware;
 pub mod openapi;

@@ -110,6 +110,8 @@ pub(super) async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse
             "writable": status.writable,
         },
         "counters": state.stats.snapshot(&state.metrics),
+        // The nodes sharing the queue whose lease is live (1 with SQLite).
+        "cluster": { "nodes": state.metrics.cluster.nodes.get() },
         // Flat however many jobs wait: delayed jobs cost no task and no timer of their own.
         "runtime": {
             "delay_timers": state.stats.delay_timers.load(Ordering::Relaxed),

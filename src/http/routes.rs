@@ -8,7 +8,8 @@ use actix_web::http::{Method, header};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
 
-use super::jobs::{cancel_job, get_job, list_jobs, retry_job};
+use super::console::whoami;
+use super::jobs::{cancel_job, get_job, list_jobs, retry_dead_jobs, retry_job};
 use super::ops::{get_metrics, get_stats, healthz, readyz};
 use super::submit::{post_jobs, post_payloads};
 use super::{AppState, Problem, openapi};
@@ -39,11 +40,14 @@ pub fn routes() -> Vec<RouteSpec> {
     vec![
         spec("/v1/jobs", Method::GET, Access::Needs(Scope::Read), || web::get().to(list_jobs)),
         spec("/v1/jobs", Method::POST, Access::Needs(Scope::Submit), || web::post().to(post_jobs)),
+        // Before `/v1/jobs/{id}`, which would otherwise take the path `retry` for an id.
+        spec("/v1/jobs/retry", Method::POST, Access::Needs(Scope::Admin), || web::post().to(retry_dead_jobs)),
         spec("/v1/jobs/{id}", Method::GET, Access::Needs(Scope::Read), || web::get().to(get_job)),
         spec("/v1/jobs/{id}", Method::DELETE, Access::Needs(Scope::Admin), || web::delete().to(cancel_job)),
         spec("/v1/jobs/{id}/retry", Method::POST, Access::Needs(Scope::Admin), || web::post().to(retry_job)),
         spec("/v1/payloads", Method::POST, Access::Needs(Scope::Submit), || web::post().to(post_payloads)),
         spec("/v1/stats", Method::GET, Access::Needs(Scope::Read), || web::get().to(get_stats)),
+        spec("/v1/whoami", Method::GET, Access::Needs(Scope::Read), || web::get().to(whoami)),
         spec("/v1/openapi.json", Method::GET, Access::Open, || web::get().to(openapi::get_openapi)),
         spec("/healthz", Method::GET, Access::Open, || web::get().to(healthz)),
         spec("/readyz", Method::GET, Access::Open, || web::get().to(readyz)),
@@ -95,6 +99,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                 async move { Err::<HttpResponse, _>(Problem::method_not_allowed(allow)) }
             })));
         }
+        super::console::configure(config);
         config.default_service(web::to(|request: HttpRequest| async move {
             Err::<HttpResponse, _>(Problem::not_found(format!("no route for {}", request.path())))
         }));

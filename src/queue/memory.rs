@@ -265,6 +265,7 @@ impl JobReader for MemoryBackend {
             let Some(entry) = self.entries.get(id) else { continue };
             if filter.state.is_some_and(|state| state != entry.record.state)
                 || filter.submitted_by.as_ref().is_some_and(|name| entry.record.submitted_by.as_ref() != Some(name))
+                || filter.kind.as_ref().is_some_and(|kind| &entry.record.kind != kind)
             {
                 continue;
             }

@@ -181,6 +181,8 @@ pub struct ListFilter {
     /// Only jobs this token submitted: the listing of a token confined by
     /// `allowed_key_prefixes`.
     pub submitted_by: Option<String>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
 }
 
 /// A page of a listing, newest first.

@@ -33,6 +33,7 @@ fn list_sql() -> &'static str {
         format!(
             "SELECT {RECORD_COLUMNS} FROM jobd_jobs
              WHERE ($1::text IS NULL OR state = $1) AND seq < $2 AND ($4::text IS NULL OR submitted_by = $4)
+               AND ($5::text IS NULL OR kind = $5)
              ORDER BY seq DESC LIMIT $3"
         )
     })
@@ -51,7 +52,13 @@ impl JobReader for PostgresBackend {
         let state = filter.state.map(JobState::name);
         let rows = self.connection.query(
             list_sql(),
-            &[&state, &before.unwrap_or(i64::MAX), &i64::try_from(limit).unwrap_or(i64::MAX), &filter.submitted_by],
+            &[
+                &state,
+                &before.unwrap_or(i64::MAX),
+                &i64::try_from(limit).unwrap_or(i64::MAX),
+                &filter.submitted_by,
+                &filter.kind,
+            ],
         )?;
         let mut page = JobPage::default();
         let mut last_seq = None;

@@ -18,11 +18,11 @@ impl JobReader for SqliteBackend {
             Some(JobState::Dead) => format!(
                 "SELECT {RECORD_COLUMNS} FROM jobs INDEXED BY jobs_dead
                  WHERE state = 'dead' AND state = ?1 AND seq < ?2 AND (?4 IS NULL OR submitted_by = ?4)
-                 ORDER BY seq DESC LIMIT ?3"
+                 AND (?5 IS NULL OR kind = ?5) ORDER BY seq DESC LIMIT ?3"
             ),
             _ => format!(
                 "SELECT {RECORD_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND seq < ?2
-                 AND (?4 IS NULL OR submitted_by = ?4) ORDER BY seq DESC LIMIT ?3"
+                 AND (?4 IS NULL OR submitted_by = ?4) AND (?5 IS NULL OR kind = ?5) ORDER BY seq DESC LIMIT ?3"
             ),
         };
         let mut statement = self.connection.prepare_cached(&sql)?;
@@ -30,7 +30,8 @@ impl JobReader for SqliteBackend {
             filter.state.map(JobState::name),
             before.unwrap_or(i64::MAX),
             limit as i64,
-            filter.submitted_by.as_deref()
+            filter.submitted_by.as_deref(),
+            filter.kind.as_deref()
         ])?;
         let mut page = JobPage::default();
         let mut last_seq = None;

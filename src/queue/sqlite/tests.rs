@@ -674,8 +674,9 @@ mod delayed {
         backend.record_finished(&[dead]).expect("finish");
         assert_eq!(backend.retry_dead(ids[2]).expect("retry"), Err(ControlError::Conflict(JobState::Queued)));
 
-        let page =
-            backend.list(&ListFilter { state: Some(JobState::Dead), submitted_by: None }, None, 10).expect("list");
+        let page = backend
+            .list(&ListFilter { state: Some(JobState::Dead), submitted_by: None, kind: None }, None, 10)
+            .expect("list");
         assert_eq!(page.records.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[1]]);
         let all = backend.list(&ListFilter::default(), None, 2).expect("list");
         assert_eq!(all.records.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[2], ids[1]], "newest first");

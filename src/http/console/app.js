@@ -1,0 +1,360 @@
+// jobd's console: reads the HTTP API with the operator's token and renders everything as
+// text (textContent, never markup), so that a payload or an error holding markup shows
+// as written and cannot run.
+"use strict";
+
+const TOKEN_KEY = "jobd-token";
+const POLL_MS = 2000;
+const CHART_POINTS = 150; // five minutes at one point every two seconds
+const STATES = ["queued", "scheduled", "running", "failed", "dead"];
+
+const $ = (id) => document.getElementById(id);
+let scopes = [];
+let samples = []; // {t, submitted, finished}: counter readings
+let pollTimer = null;
+let pageCursors = []; // cursors of the pages before the one shown
+let nextCursor = null;
+let currentJob = null;
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+// Sends a request to the API; resolves to {ok, status, body} and never throws.
+async function api(method, path) {
+  const headers = { accept: "application/json" };
+  const bearer = token();
+  if (bearer) headers.authorization = "Bearer " + bearer;
+  try {
+    const response = await fetch(path, { method, headers, cache: "no-store" });
+    const text = await response.text();
+    let body = null;
+    try { body = text ? JSON.parse(text) : null; } catch (_) { body = { detail: text }; }
+    return { ok: response.ok, status: response.status, body };
+  } catch (error) {
+    return { ok: false, status: 0, body: { detail: String(error) } };
+  }
+}
+
+function problemText(answer) {
+  const body = answer.body || {};
+  let text = (body.detail || body.title || "request failed") + " (" + answer.status + ")";
+  for (const error of body.errors || []) text += "; " + error.field + ": " + error.message;
+  return text;
+}
+
+function say(text, isError) {
+  const message = $("message");
+  message.textContent = text || "";
+  message.className = isError ? "error" : "";
+}
+
+function may(scope) {
+  return scopes.includes(scope);
+}
+
+function show(sectionId) {
+  for (const id of ["login", "overview", "jobs", "job"]) $(id).hidden = id !== sectionId;
+  for (const link of document.querySelectorAll("nav a")) link.classList.remove("current");
+  const nav = { overview: "nav-overview", jobs: "nav-jobs" }[sectionId];
+  if (nav) $(nav).classList.add("current");
+}
+
+// ---- sign in ----
+
+async function signIn() {
+  const answer = await api("GET", "/v1/whoami");
+  if (answer.ok) {
+    scopes = answer.body.scopes || [];
+    const name = answer.body.authenticated ? answer.body.name + " (" + scopes.join(", ") + ")" : "no tokens in force";
+    $("who-name").textContent = name;
+    $("sign-out").hidden = !answer.body.authenticated;
+    return true;
+  }
+  show("login");
+  $("login-error").textContent =
+    answer.status === 401 ? (token() ? "That token is not known." : "") :
+    answer.status === 403 ? "That token may not read jobs (it needs the read scope)." : problemText(answer);
+  if (answer.status === 401 && token()) sessionStorage.removeItem(TOKEN_KEY);
+  return false;
+}
+
+// ---- overview ----
+
+function setFigure(id, value) {
+  $(id).textContent = value === undefined || value === null ? "-" : String(value);
+}
+
+async function refreshOverview() {
+  const [stats, ready] = await Promise.all([api("GET", "/v1/stats"), api("GET", "/readyz")]);
+  if (!stats.ok) {
+    say("Stats unavailable: " + problemText(stats), true);
+    return;
+  }
+  const queue = stats.body.queue;
+  for (const state of STATES) setFigure("depth-" + state, queue[state]);
+  setFigure("depth-capacity", queue.capacity);
+  const counters = stats.body.counters;
+  setFigure("workers-busy", counters.workers.busy);
+  setFigure("workers-idle", counters.workers.idle);
+  setFigure("bodies-running", counters.workers.bodies_running);
+  const nodes = stats.body.cluster ? stats.body.cluster.nodes : 1;
+  $("nodes-card").hidden = !(nodes > 1);
+  setFigure("nodes", nodes);
+  const readiness = ready.body || {};
+  setFigure("ready", readiness.ready ? "yes" : "no");
+  setFigure("store", readiness.store && readiness.store.reachable ? "reachable" : "unreachable");
+  samples.push({
+    t: Date.now(),
+    submitted: counters.jobs.accepted,
+    finished: counters.jobs.succeeded + counters.jobs.dead,
+  });
+  if (samples.length > CHART_POINTS + 1) samples.shift();
+  drawChart();
+}
+
+// Rates between consecutive readings, drawn as two lines on one scale.
+function drawChart() {
+  const canvas = $("chart");
+  const context = canvas.getContext("2d");
+  const width = canvas.width;
+  const height = canvas.height;
+  context.clearRect(0, 0, width, height);
+  const rates = [];
+  for (let i = 1; i < samples.length; i++) {
+    const seconds = Math.max((samples[i].t - samples[i - 1].t) / 1000, 0.001);
+    rates.push({
+      submitted: Math.max(0, samples[i].submitted - samples[i - 1].submitted) / seconds,
+      finished: Math.max(0, samples[i].finished - samples[i - 1].finished) / seconds,
+    });
+  }
+  const last = rates[rates.length - 1];
+  $("rate-submitted").textContent = last ? last.submitted.toFixed(0) : "-";
+  $("rate-finished").textContent = last ? last.finished.toFixed(0) : "-";
+  const top = Math.max(1, ...rates.map((rate) => Math.max(rate.submitted, rate.finished)));
+  context.fillStyle = "#5d6b7e";
+  context.font = "11px sans-serif";
+  context.fillText(top.toFixed(0) + "/s", 4, 12);
+  context.fillText("5 min ago", 4, height - 6);
+  context.fillText("now", width - 24, height - 6);
+  const step = width / CHART_POINTS;
+  for (const [series, colour] of [["submitted", "#2457c5"], ["finished", "#1f8a4c"]]) {
+    context.strokeStyle = colour;
+    context.lineWidth = 2;
+    context.beginPath();
+    rates.forEach((rate, i) => {
+      const x = width - (rates.length - 1 - i) * step;
+      const y = height - 4 - (rate[series] / top) * (height - 20);
+      if (i === 0) context.moveTo(x, y); else context.lineTo(x, y);
+    });
+    context.stroke();
+  }
+}
+
+// ---- jobs ----
+
+function filterQuery() {
+  const params = new URLSearchParams();
+  const state = $("filter-state").value;
+  const kind = $("filter-kind").value.trim();
+  if (state) params.set("state", state);
+  if (kind) params.set("kind", kind);
+  return params;
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text === null || text === undefined ? "" : String(text);
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+
+// `2026-12-02T12:08:29.060Z` as `2026-12-02 12:08:29Z`: a listing needs the second, not the millisecond.
+function shortTime(text) {
+  return typeof text === "string" && text.length >= 19 ? text.slice(0, 10) + " " + text.slice(11, 19) + "Z" : text;
+}
+
+async function loadJobs(cursor) {
+  const params = filterQuery();
+  params.set("limit", "50");
+  if (cursor) params.set("cursor", cursor);
+  const answer = await api("GET", "/v1/jobs?" + params.toString());
+  const body = $("jobs-table").querySelector("tbody");
+  body.replaceChildren();
+  if (!answer.ok) {
+    say("Listing failed: " + problemText(answer), true);
+    return;
+  }
+  for (const record of answer.body.jobs) {
+    const row = document.createElement("tr");
+    const idCell = document.createElement("td");
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "link";
+    open.textContent = record.id;
+    open.addEventListener("click", () => { location.hash = "#/job/" + encodeURIComponent(record.id); });
+    idCell.appendChild(open);
+    row.appendChild(idCell);
+    cell(row, record.kind);
+    cell(row, record.state);
+    cell(row, record.attempts + "/" + record.max_attempts);
+    cell(row, shortTime(record.created_at), "nowrap");
+    const error = cell(row, record.last_error, "error-cell");
+    error.title = record.last_error || "";
+    body.appendChild(row);
+  }
+  nextCursor = answer.body.next_cursor;
+  $("next-page").disabled = !nextCursor;
+  $("bulk-retry").disabled = !(may("admin") && $("filter-state").value === "dead");
+  $("bulk-retry").title = may("admin") ? "" : "needs a token with the admin scope";
+}
+
+async function bulkRetry() {
+  const params = filterQuery();
+  params.set("dry_run", "true");
+  const count = await api("POST", "/v1/jobs/retry?" + params.toString());
+  if (!count.ok) {
+    say("Cannot count the dead jobs: " + problemText(count), true);
+    return;
+  }
+  if (count.body.matched === 0) {
+    say("No dead job matches.");
+    return;
+  }
+  const kind = $("filter-kind").value.trim();
+  $("confirm-text").textContent = "Retry " + (count.body.more ? "the newest " : "") + count.body.matched +
+    " dead job" + (count.body.matched === 1 ? "" : "s") + (kind ? " of kind " + kind : "") +
+    (count.body.more ? " (more match: run it again for the rest)" : "") + "?";
+  const dialog = $("confirm");
+  dialog.returnValue = "";
+  dialog.showModal();
+  const confirmed = await new Promise((resolve) => {
+    $("confirm-ok").onclick = () => { dialog.close("ok"); resolve(true); };
+    $("confirm-cancel").onclick = () => { dialog.close("cancel"); resolve(false); };
+  });
+  if (!confirmed) return;
+  params.delete("dry_run");
+  params.set("limit", String(count.body.matched));
+  const done = await api("POST", "/v1/jobs/retry?" + params.toString());
+  if (done.ok) {
+    say("Retried " + done.body.retried + " of " + done.body.matched + " dead jobs.");
+  } else {
+    say("Bulk retry failed: " + problemText(done), true);
+  }
+  loadJobs(null);
+}
+
+// ---- one job ----
+
+async function loadJob(id) {
+  const answer = await api("GET", "/v1/jobs/" + encodeURIComponent(id));
+  $("job-id").textContent = id;
+  $("payload").textContent = "(not loaded)";
+  const list = $("job-record");
+  list.replaceChildren();
+  if (!answer.ok) {
+    currentJob = null;
+    say("Cannot read the job: " + problemText(answer), true);
+    $("retry-button").disabled = true;
+    $("cancel-button").disabled = true;
+    return;
+  }
+  currentJob = answer.body;
+  for (const [name, value] of Object.entries(currentJob)) {
+    if (name === "last_error") continue;
+    const term = document.createElement("dt");
+    term.textContent = name;
+    const detail = document.createElement("dd");
+    detail.textContent = value === null ? "-" : typeof value === "object" ? JSON.stringify(value) : String(value);
+    if (name === "state") detail.id = "job-state";
+    list.append(term, detail);
+  }
+  $("last-error").textContent = currentJob.last_error || "(none)";
+  const admin = may("admin");
+  $("retry-button").disabled = !(admin && currentJob.state === "dead");
+  $("cancel-button").disabled = !(admin && ["queued", "scheduled", "failed"].includes(currentJob.state));
+  for (const id of ["retry-button", "cancel-button"]) $(id).title = admin ? "" : "needs a token with the admin scope";
+}
+
+async function loadPayload() {
+  if (!currentJob) return;
+  const answer = await api("GET", "/v1/jobs/" + encodeURIComponent(currentJob.id) + "?payload=true");
+  if (!answer.ok) {
+    say("Cannot read the payload: " + problemText(answer), true);
+    return;
+  }
+  const payload = answer.body.payload;
+  $("payload").textContent = payload === undefined || payload === null ? "(no payload)" :
+    typeof payload === "string" ? payload : JSON.stringify(payload, null, 2);
+}
+
+async function control(method, suffix, verb) {
+  if (!currentJob) return;
+  const path = "/v1/jobs/" + encodeURIComponent(currentJob.id) + suffix;
+  const answer = await api(method, path);
+  if (answer.ok) say(verb + " job " + currentJob.id + ".");
+  else say(verb + " failed: " + problemText(answer), true);
+  loadJob(currentJob.id);
+}
+
+// ---- routing ----
+
+async function route() {
+  clearInterval(pollTimer);
+  pollTimer = null;
+  if (!(await signIn())) return;
+  const hash = location.hash || "#/overview";
+  if (hash.startsWith("#/job/")) {
+    show("job");
+    await loadJob(decodeURIComponent(hash.slice("#/job/".length)));
+  } else if (hash.startsWith("#/jobs")) {
+    show("jobs");
+    const params = new URLSearchParams(hash.split("?")[1] || "");
+    $("filter-state").value = params.get("state") || "";
+    $("filter-kind").value = params.get("kind") || "";
+    pageCursors = [];
+    await loadJobs(null);
+  } else {
+    show("overview");
+    await refreshOverview();
+    pollTimer = setInterval(refreshOverview, POLL_MS);
+  }
+}
+
+function start() {
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const value = $("login-token").value.trim();
+    if (value) sessionStorage.setItem(TOKEN_KEY, value);
+    $("login-token").value = "";
+    route();
+  });
+  $("sign-out").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    scopes = [];
+    $("who-name").textContent = "";
+    $("sign-out").hidden = true;
+    route();
+  });
+  $("filter-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const params = filterQuery().toString();
+    const target = "#/jobs" + (params ? "?" + params : "");
+    if (location.hash === target) loadJobs(null); else location.hash = target;
+  });
+  $("next-page").addEventListener("click", () => {
+    if (!nextCursor) return;
+    pageCursors.push(nextCursor);
+    loadJobs(nextCursor);
+  });
+  $("first-page").addEventListener("click", () => { pageCursors = []; loadJobs(null); });
+  $("bulk-retry").addEventListener("click", bulkRetry);
+  $("payload-button").addEventListener("click", loadPayload);
+  $("retry-button").addEventListener("click", () => control("POST", "/retry", "Retried"));
+  $("cancel-button").addEventListener("click", () => control("DELETE", "", "Cancelled"));
+  window.addEventListener("hashchange", () => { say(""); route(); });
+  route();
+}
+
+document.addEventListener("DOMContentLoaded", start);
