@@ -30,11 +30,13 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// `<line> <id>` pairs of an ids file.
+/// `<line> <id>` pairs of an ids file; a last line still being written is left out.
 fn read_ids(path: &std::path::Path) -> Vec<(u64, String)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
+        .filter(|line| !line.is_empty())
         .map(|line| {
             let (number, id) = line.split_once(' ').expect("<line> <id>");
             (number.parse().expect("a line number"), id.to_owned())
@@ -213,6 +215,33 @@ async fn client_commands_exit_with_the_documented_codes() {
     assert!(text(&mixed.stdout).contains("accepted 2, refused 2, failed 0"), "{}", text(&mixed.stdout));
     let stderr = text(&mixed.stderr);
     assert!(stderr.contains("line 2 refused") && stderr.contains("line 3 refused"), "{stderr}");
+
+    // Standard input, and `jobs cancel`: a delayed job cancelled once, then refused (409).
+    let mut piped = jobd_command(&["submit", "-", "--output", "json"], &as_admin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    piped
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"{\"kind\": \"noop\", \"delay_ms\": 3600000}\n\n{\"kind\": \"noop\"}\n")
+        .expect("write stdin");
+    let piped = tokio::task::block_in_place(|| piped.wait_with_output()).expect("wait");
+    assert_eq!(piped.status.code(), Some(0), "{}", text(&piped.stderr));
+    let summary: Value = serde_json::from_slice(&piped.stdout).expect("JSON summary");
+    assert_eq!(summary["accepted"], 2, "a blank line is skipped: {summary}");
+    let listed = run(&["jobs", "list", "--state", "scheduled", "--output", "json"], &as_admin);
+    let page: Value = serde_json::from_slice(&listed.stdout).expect("JSON page");
+    let delayed = page["jobs"][0]["id"].as_str().expect("the delayed job").to_owned();
+    let cancelled = run(&["jobs", "cancel", &delayed], &as_admin);
+    assert_eq!(cancelled.status.code(), Some(0), "{}", text(&cancelled.stderr));
+    assert!(text(&cancelled.stdout).contains("state: cancelled"), "{}", text(&cancelled.stdout));
+    let again = run(&["jobs", "cancel", &delayed], &as_admin);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again.stderr));
+    assert!(text(&again.stderr).contains("409"), "{}", text(&again.stderr));
 
     // 2: usage.
     assert_eq!(run(&["jobs", "frobnicate"], &as_admin).status.code(), Some(2));

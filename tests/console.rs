@@ -71,13 +71,21 @@ async fn the_console_is_served_strictly_and_its_api_works() {
     assert_eq!(page.headers()["x-content-type-options"], "nosniff");
     let html = page.text().await.expect("body");
     assert_eq!(html.matches("<script").count(), html.matches("<script src=\"/ui/app.js\"").count(), "no inline script");
-    assert!(!html.contains(" on") || !html.contains("onclick"), "no inline handlers");
+    let inline_handler = html.split_whitespace().any(|word| {
+        word.strip_prefix("on")
+            .and_then(|rest| rest.split_once('='))
+            .is_some_and(|(name, _)| !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase()))
+    });
+    assert!(!inline_handler, "no inline event handlers");
     for asset in ["/ui/app.js", "/ui/app.css"] {
         let response = daemon.client.get(daemon.url(asset)).send().await.expect("asset");
         assert_eq!(response.status(), 200, "{asset}");
     }
     let script = daemon.client.get(daemon.url("/ui/app.js")).send().await.expect("js").text().await.expect("js");
-    assert!(!script.contains("innerHTML") && !script.contains("insertAdjacentHTML"), "the script renders text only");
+    for markup_sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "DOMParser", "eval("] {
+        assert!(!script.contains(markup_sink), "the script renders text only, yet uses {markup_sink}");
+    }
+    assert!(policy.contains("require-trusted-types-for 'script'"), "the browser enforces it: {policy}");
 
     let (status, me) = call(&daemon, reqwest::Method::GET, "/v1/whoami", READ_TOKEN, None).await;
     assert_eq!((status, me["name"].as_str(), me["scopes"].clone()), (200, Some("viewer"), json!(["read"])));
@@ -110,6 +118,34 @@ async fn the_console_is_served_strictly_and_its_api_works() {
     assert_eq!(problem["errors"][0]["field"], "limit", "{problem}");
     let (status, problem) = call(&daemon, post, "/v1/jobs/retry?state=queued", ADMIN_TOKEN, None).await;
     assert_eq!((status, &problem["errors"][0]["field"]), (400, &json!("state")), "only dead jobs are retried");
+}
+
+/// Without tokens, a browser's write sent from another site is refused, so that a page
+/// elsewhere cannot make the operator's browser retry or submit; the same request from a
+/// non-browser client, and a cross-site read, still work.
+#[tokio::test]
+async fn without_tokens_cross_site_browser_writes_are_refused() {
+    let daemon = common::Daemon::start(&[]);
+    let send = |site: Option<&str>, method: reqwest::Method, path: &str| {
+        let mut request = daemon.client.request(method, daemon.url(path));
+        if let Some(site) = site {
+            request = request.header("sec-fetch-site", site);
+        }
+        request
+    };
+    let job = json!({"kind": "noop"});
+    let cross = send(Some("cross-site"), reqwest::Method::POST, "/v1/jobs").json(&job).send().await.expect("post");
+    assert_eq!(cross.status(), 403);
+    let problem: Value = cross.json().await.expect("problem");
+    assert_eq!(problem["type"], "/problems/cross-site", "{problem}");
+    let retry = send(Some("cross-site"), reqwest::Method::POST, "/v1/jobs/retry").send().await.expect("retry");
+    assert_eq!(retry.status(), 403);
+    for site in [Some("same-origin"), Some("none"), None] {
+        let response = send(site, reqwest::Method::POST, "/v1/jobs").json(&job).send().await.expect("post");
+        assert_eq!(response.status(), 202, "{site:?}");
+    }
+    let read = send(Some("cross-site"), reqwest::Method::GET, "/v1/stats").send().await.expect("get");
+    assert_eq!(read.status(), 200, "a read cannot be seen cross-site without CORS, and changes nothing");
 }
 
 /// chromedriver on a free port, stopped when dropped.
@@ -186,6 +222,12 @@ async fn wait_text(browser: &Client, css: &str, done: impl Fn(&str) -> bool) -> 
     }
 }
 
+/// Waits until the job page shows job `id` in `state`.
+async fn open_job(browser: &Client, id: &str, state: &str) {
+    wait_text(browser, "#job-id", |text| text == id).await;
+    wait_text(browser, "#job-state", |text| text == state).await;
+}
+
 async fn click(browser: &Client, css: &str) {
     browser.wait().for_element(Locator::Css(css)).await.expect(css).click().await.expect("click");
 }
@@ -197,7 +239,13 @@ fn screenshot_path(name: &str) -> PathBuf {
 }
 
 async fn sign_in(browser: &Client, token: &str) {
+    // The field exists from the start, but is shown only once the page knows it needs a token.
     let field = browser.wait().for_element(Locator::Id("login-token")).await.expect("the login field");
+    let deadline = Instant::now() + common::WAIT_DEADLINE;
+    while !field.is_displayed().await.expect("displayed?") {
+        assert!(Instant::now() < deadline, "the login form never showed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     field.send_keys(token).await.expect("type the token");
     click(browser, "#login-button").await;
     wait_text(browser, "#who-name", |text| !text.is_empty()).await;
@@ -261,10 +309,11 @@ async fn the_console_works_in_a_browser() {
     // The failed job's page: its error as text; the upload's page: its payload as text.
     // Nothing of either ran.
     browser.goto(&daemon.url(&format!("/ui#/job/{hostile}"))).await.expect("open the job");
+    open_job(&browser, &hostile, "dead").await;
     assert_eq!(wait_text(&browser, "#last-error", |text| text != "(none)" && !text.is_empty()).await, HOSTILE);
     std::fs::remove_file(&blocker).expect("remove the blocker");
     browser.goto(&daemon.url(&format!("/ui#/job/{upload}"))).await.expect("open the job");
-    wait_text(&browser, "#job-state", |text| text == "dead").await;
+    open_job(&browser, &upload, "dead").await;
     click(&browser, "#payload-button").await;
     let payload = wait_text(&browser, "#payload", |text| text.contains("note")).await;
     assert_eq!(serde_json::from_str::<Value>(&payload).expect("the payload as JSON text"), json!({"note": HOSTILE}));
@@ -298,8 +347,12 @@ async fn the_console_works_in_a_browser() {
     // A read-only token: the actions are there, and disabled.
     click(&browser, "#sign-out").await;
     sign_in(&browser, READ_TOKEN).await;
+    // The hostile job is dead again (its retry failed): a retry an admin could make.
+    wait_dead(&daemon, &hostile).await;
     browser.goto(&daemon.url(&format!("/ui#/job/{hostile}"))).await.expect("open the job");
-    wait_text(&browser, "#job-state", |text| !text.is_empty()).await;
+    open_job(&browser, &hostile, "dead").await;
+    let note = wait_text(&browser, "#actions-note", |text| !text.is_empty()).await;
+    assert!(note.contains("admin scope"), "the page says why: {note}");
     for button in ["retry-button", "cancel-button"] {
         let element = browser.find(Locator::Id(button)).await.expect(button);
         assert!(element.is_displayed().await.expect("displayed?"), "{button} is shown");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Client, ClientError, ConnectionArgs, Exit, JobsCommand, Output};
+use super::{Client, ClientError, ConnectionArgs, Exit, JobsCommand, Output, printable};
 
 /// Runs `jobd jobs …`.
 pub async fn jobs(connection: ConnectionArgs, command: JobsCommand) -> Result<Exit, ClientError> {
@@ -51,9 +51,9 @@ fn print_record(record: &Value) {
     if let Some(fields) = record.as_object() {
         for (name, value) in fields {
             match value {
-                Value::String(text) => println!("{name}: {text}"),
+                Value::String(text) => println!("{name}: {}", printable(text)),
                 Value::Null => println!("{name}: -"),
-                other => println!("{name}: {other}"),
+                other => println!("{name}: {}", printable(&other.to_string())),
             }
         }
     }
@@ -67,8 +67,8 @@ fn print_list(page: &Value) {
         let error: String = error.chars().take(60).map(|c| if c.is_control() { ' ' } else { c }).collect();
         println!(
             "{:<36}  {:<10}  {:<9}  {:>8}  {:<24}  {error}",
-            record["id"].as_str().unwrap_or("?"),
-            record["kind"].as_str().unwrap_or("?"),
+            printable(record["id"].as_str().unwrap_or("?")),
+            printable(record["kind"].as_str().unwrap_or("?")),
             record["state"].as_str().unwrap_or("?"),
             format!("{}/{}", record["attempts"], record["max_attempts"]),
             record["created_at"].as_str().unwrap_or("?"),

@@ -92,12 +92,14 @@ pub enum JobsCommand {
 /// Why a client command failed, and the exit status that says so.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The command line or the input cannot be used; nothing was sent.
     #[error("{0}")]
     Usage(String),
     /// `refused_connection`: the request never left this host (no connection was made),
     /// so sending it again cannot create a second copy.
     #[error("cannot reach jobd at {url}: {reason}")]
     Unreachable { url: String, reason: String, refused_connection: bool },
+    /// jobd answered with an error status; `detail` is its problem in one line.
     #[error("jobd answered {status}: {detail}")]
     Refused { status: u16, detail: String },
 }
@@ -138,10 +140,21 @@ impl Answer {
     pub fn problem(&self) -> ClientError {
         ClientError::Refused { status: self.status, detail: problem_detail(&self.body) }
     }
+
+    /// The problem's `type`, such as `/problems/outcome-unknown`.
+    pub fn problem_type(&self) -> Option<String> {
+        let problem: Value = serde_json::from_slice(&self.body).ok()?;
+        problem["type"].as_str().map(str::to_owned)
+    }
 }
 
-/// A problem+json body in one line: its detail, then each field error.
+/// A problem+json body in one line: its detail, then each field error. Control
+/// characters become spaces: what a server says must not drive the operator's terminal.
 fn problem_detail(body: &[u8]) -> String {
+    printable(&problem_text(body))
+}
+
+fn problem_text(body: &[u8]) -> String {
     let Ok(problem) = serde_json::from_slice::<Value>(body) else {
         return String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
     };
@@ -152,6 +165,11 @@ fn problem_detail(body: &[u8]) -> String {
         line.push_str(&format!("; {field}: {message}"));
     }
     line
+}
+
+/// `text` with every control character (escape sequences included) replaced by a space.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// An HTTP client bound to one jobd and one token.
@@ -178,7 +196,10 @@ impl Client {
         if url::Url::parse(&base).is_err() {
             return Err(ClientError::Usage(format!("--url {base} is not a URL")));
         }
+        // Redirects are not followed: a POST turned into a GET by a redirect would answer
+        // 200 with something that is not its jobs.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .build()

@@ -19,6 +19,11 @@ const MAX_REQUEST_BYTES: usize = 4 << 20;
 const MAX_LINE_BYTES: usize = MAX_REQUEST_BYTES - 1024;
 /// How often a request that could not be delivered is tried before its jobs count as failed.
 const DELIVERY_TRIES: u32 = 6;
+/// The longest wait a `Retry-After` may ask for; a longer one is taken as this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// After this many `429`s in a row a batch of several jobs is split: a batch larger than
+/// the room the queue ever has would otherwise wait for ever.
+const FULL_ANSWERS_BEFORE_SPLIT: u32 = 3;
 
 /// `jobd submit`'s options.
 #[derive(Debug, Clone, Args)]
@@ -32,8 +37,9 @@ pub struct SubmitArgs {
     /// Jobs per request (at most jobd's max_jobs_per_request, 10,000 by default).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch: u32,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Requests in flight at once. With at most 4 MiB per batch, one batch read ahead and
+    /// one in flight per request bound the memory a run holds (about 130 MiB at 16).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub parallel: u32,
     /// Append `<line number> <job id>` to this file for each accepted job.
     #[arg(long, value_name = "FILE")]
@@ -69,7 +75,7 @@ struct Tally {
 impl Tally {
     fn refuse(&self, number: u64, why: &str) {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        eprintln!("jobd: line {number} refused: {why}");
+        eprintln!("jobd: line {number} refused: {}", super::printable(why));
     }
 }
 
@@ -89,17 +95,15 @@ pub async fn submit(connection: ConnectionArgs, args: SubmitArgs) -> Result<Exit
             std::fs::File::open(&args.input)
                 .map_err(|error| ClientError::Usage(format!("cannot read {}: {error}", args.input.display())))
         };
-        let total = count_lines(open()?)?;
-        (Box::new(open()?), Some(total))
+        let file = open()?;
+        // Only a regular file can be read twice; a pipe or a device is read once, without
+        // a total.
+        let regular = file.metadata().is_ok_and(|metadata| metadata.is_file());
+        let total = if regular { Some(count_lines(file)?) } else { None };
+        (Box::new(open()?), total)
     };
     let ids_file = match &args.ids_file {
-        Some(path) => Some(Arc::new(Mutex::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|error| ClientError::Usage(format!("cannot open {}: {error}", path.display())))?,
-        ))),
+        Some(path) => Some(Arc::new(Mutex::new(open_ids_file(path)?))),
         None => None,
     };
 
@@ -160,6 +164,23 @@ pub async fn submit(connection: ConnectionArgs, args: SubmitArgs) -> Result<Exit
     } else {
         Exit::Success
     })
+}
+
+/// Opens the ids file for appending. A run killed while writing may have left half a
+/// line: it is ended first, so that the next line starts on a line of its own.
+fn open_ids_file(path: &std::path::Path) -> Result<std::fs::File, ClientError> {
+    use std::io::{Seek as _, SeekFrom};
+    let failed = |error: std::io::Error| ClientError::Usage(format!("cannot open {}: {error}", path.display()));
+    let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path).map_err(failed)?;
+    if file.metadata().map_err(failed)?.len() > 0 {
+        let mut last = [0u8; 1];
+        file.seek(SeekFrom::End(-1)).map_err(failed)?;
+        file.read_exact(&mut last).map_err(failed)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n").map_err(failed)?;
+        }
+    }
+    Ok(file)
 }
 
 fn tally_counter(tally: &Arc<Tally>) -> impl Fn() -> u64 + Send + 'static {
@@ -313,7 +334,7 @@ async fn deliver(
     tally: &Tally,
     ids_file: Option<&Mutex<std::fs::File>>,
 ) {
-    let mut failures = 0u32;
+    let (mut failures, mut full_answers) = (0u32, 0u32);
     while !batch.is_empty() && !tally.stop.load(Ordering::Relaxed) {
         let mut body = Vec::with_capacity(batch.iter().map(|line| line.job.len() + 1).sum::<usize>() + 16);
         body.extend_from_slice(b"{\"jobs\":[");
@@ -340,13 +361,25 @@ async fn deliver(
             }
         };
         match answer.status {
-            200 | 202 => {
+            status if (200..300).contains(&status) => {
                 record_accepted(&batch, &answer.body, tally, ids_file);
                 return;
             }
-            429 | 503 => {
+            429 => {
                 tally.waits.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(answer.retry_after.unwrap_or(Duration::from_secs(1))).await;
+                full_answers += 1;
+                if full_answers >= FULL_ANSWERS_BEFORE_SPLIT && batch.len() > 1 {
+                    full_answers = 0;
+                    let second = batch.split_off(batch.len() / 2);
+                    Box::pin(deliver(client, second, keyed, tally, ids_file)).await;
+                }
+                wait_as_asked(answer.retry_after).await;
+            }
+            // Every 503 but one says that nothing was enqueued; after that one, only a
+            // batch whose jobs all carry keys may be sent again.
+            503 if keyed || answer.problem_type().as_deref() != Some("/problems/outcome-unknown") => {
+                tally.waits.fetch_add(1, Ordering::Relaxed);
+                wait_as_asked(answer.retry_after).await;
             }
             401 => {
                 stop(tally, answer.problem());
@@ -368,13 +401,14 @@ async fn deliver(
                         stop(tally, answer.problem());
                         return;
                     }
-                    if batch.len() > 1 {
+                    if matches!(status, 400 | 408 | 413) && batch.len() > 1 {
                         // Too large, or a fault the problem cannot place (JSON nested too
                         // deep): each half is sent on its own, down to the line at fault.
                         let second = batch.split_off(batch.len() / 2);
                         Box::pin(deliver(client, second, keyed, tally, ids_file)).await;
                         continue;
                     }
+                    // Anything else (a wrong --url's 404, a redirect) refuses the batch.
                     let why = answer.problem().to_string();
                     for line in &batch {
                         tally.refuse(line.number, &why);
@@ -382,6 +416,7 @@ async fn deliver(
                     return;
                 }
                 // The request is atomic: the jobs it names are refused, the rest sent again.
+                let before = batch.len();
                 let mut index = 0;
                 batch.retain(|line| {
                     let refused = named.iter().find(|(at, _)| *at == index);
@@ -394,9 +429,23 @@ async fn deliver(
                         None => true,
                     }
                 });
+                if batch.len() == before {
+                    // The problem named no job of this batch: sending it again would only
+                    // be refused again.
+                    let why = answer.problem().to_string();
+                    for line in &batch {
+                        tally.refuse(line.number, &why);
+                    }
+                    return;
+                }
             }
         }
     }
+}
+
+/// Waits as a `Retry-After` asks, one second when it asks nothing, at most a minute.
+async fn wait_as_asked(retry_after: Option<Duration>) {
+    tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1)).min(MAX_RETRY_AFTER)).await;
 }
 
 fn stop(tally: &Tally, error: ClientError) {
@@ -426,19 +475,25 @@ fn named_jobs(body: &[u8]) -> Vec<(usize, String)> {
     named
 }
 
+/// Counts an accepted batch and writes its ids. An answer that does not name one job per
+/// line (a proxy's page, say) leaves the batch's fate unknown: it counts as failed.
 fn record_accepted(batch: &[Line], body: &[u8], tally: &Tally, ids_file: Option<&Mutex<std::fs::File>>) {
+    let answer: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let ids: Vec<&str> = answer["jobs"].as_array().into_iter().flatten().filter_map(|job| job["id"].as_str()).collect();
+    if ids.len() != batch.len() {
+        give_up(batch, tally, &format!("the answer named {} jobs for {} lines", ids.len(), batch.len()));
+        return;
+    }
     tally.accepted.fetch_add(batch.len() as u64, Ordering::Relaxed);
     let Some(ids_file) = ids_file else { return };
-    let answer: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let ids = answer["jobs"].as_array().map(Vec::as_slice).unwrap_or_default();
     let mut text = String::with_capacity(batch.len() * 48);
-    for (line, job) in batch.iter().zip(ids) {
-        text.push_str(&format!("{} {}\n", line.number, job["id"].as_str().unwrap_or("?")));
+    for (line, id) in batch.iter().zip(ids) {
+        text.push_str(&format!("{} {}\n", line.number, super::printable(id)));
     }
     // Written per batch, so that an interrupted run leaves every id it was given.
     let written = ids_file
         .lock()
-        .map_err(|_| std::io::Error::other("poisoned"))
+        .map_err(|_| std::io::Error::other("the ids file's lock is poisoned"))
         .and_then(|mut file| file.write_all(text.as_bytes()));
     if let Err(error) = written {
         eprintln!("jobd: cannot write the ids file: {error}");

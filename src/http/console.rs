@@ -18,8 +18,12 @@ const APP_CSS: &str = include_str!("console/app.css");
 /// No script but the console's own file, no inline script or style, no frames, no forms
 /// posted anywhere, and requests only to this origin: a payload or an error message that
 /// holds markup cannot run, even if it were ever inserted as markup.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// `require-trusted-types-for 'script'` makes the browser itself refuse any assignment of
+/// markup from a string (`innerHTML` and the like), so "text only" is enforced, not only
+/// followed.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; \
+     require-trusted-types-for 'script'";
 
 /// Registers `/ui` and its two assets. They are open: the page holds no data, and every
 /// request it makes carries the token the operator typed.

@@ -366,14 +366,14 @@ pub(super) async fn retry_dead_jobs(
     }
     // Sent at once, the retries reach the queue thread together and share its commits.
     let results = futures_util::future::join_all(ids.iter().map(|&id| state.queue.retry_dead(id))).await;
-    let mut retried = 0;
-    for result in results {
-        match result {
-            Ok(Ok(())) => retried += 1,
-            Ok(Err(_)) => {}
-            Err(error) if retried == 0 => return Err(Problem::unavailable(error.to_string())),
-            Err(error) => tracing::warn!(error = error.message(), "a retry of a bulk retry failed"),
+    let retried = results.iter().filter(|result| matches!(result, Ok(Ok(())))).count();
+    let failure = results.iter().find_map(|result| result.as_ref().err());
+    if let Some(error) = failure {
+        if retried == 0 {
+            return Err(Problem::unavailable(error.to_string()));
         }
+        // Some were queued again: the answer says how many, the log why not all.
+        tracing::warn!(error = error.message(), retried, matched, "part of a bulk retry failed");
     }
     tracing::info!(matched, retried, more, kind = query.kind.as_deref(), "dead jobs retried in bulk");
     Ok(HttpResponse::Ok().json(BulkRetried { matched, retried, more }))

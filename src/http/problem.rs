@@ -74,6 +74,13 @@ impl Problem {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service Unavailable", detail).retry_after(1)
     }
 
+    /// A 503 after which nobody knows whether the request was enqueued: a client may send
+    /// it again only if every job carries an idempotency key. Its own type, so that a
+    /// client can tell it from the 503s that enqueued nothing.
+    pub fn outcome_unknown(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "outcome-unknown", "Outcome Unknown", detail).retry_after(1)
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

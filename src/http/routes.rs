@@ -119,6 +119,18 @@ async fn authorize(
     };
     let authorization = request.headers().get(header::AUTHORIZATION).map(header::HeaderValue::as_bytes);
     match state.auth.check(authorization, scope) {
+        Ok(None) if is_cross_site_write(&request) => {
+            // Without tokens, a page on another site could make the operator's browser
+            // submit, retry or cancel; with tokens it cannot, lacking the bearer token.
+            tracing::warn!(method = %request.method(), path = request.path(), "cross-site write refused");
+            Ok(request.error_response(Problem::new(
+                actix_web::http::StatusCode::FORBIDDEN,
+                "cross-site",
+                "Cross-Site Request",
+                "a browser request from another site may not change jobs; without tokens only same-origin \
+                 pages and non-browser clients may",
+            )))
+        }
         Ok(principal) => {
             if let Some(principal) = principal {
                 request.extensions_mut().insert(principal);
@@ -143,4 +155,12 @@ async fn authorize(
             Ok(request.error_response(Problem::from(failure)))
         }
     }
+}
+
+/// A write (any method but GET and HEAD) that a browser marks as sent from another site.
+/// Browsers set `Sec-Fetch-Site` on every request and scripts cannot forge it; other
+/// clients do not send it.
+fn is_cross_site_write(request: &ServiceRequest) -> bool {
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    !safe && request.headers().get("sec-fetch-site").is_some_and(|site| site.as_bytes() == b"cross-site")
 }

@@ -203,7 +203,7 @@ async fn submit(
         Ok(Err(SubmitError::Refused(full @ Refusal::StorageFull { .. }))) => {
             Err(Problem::unavailable(format!("{full}; nothing of this request was enqueued")))
         }
-        Ok(Err(SubmitError::Storage(error))) if error.is_outcome_unknown() => Err(Problem::unavailable(format!(
+        Ok(Err(SubmitError::Storage(error))) if error.is_outcome_unknown() => Err(Problem::outcome_unknown(format!(
             "{error}; this request may or may not have been enqueued: jobd is stopping to recover from what is on \
              disk. Retry once it is back; a job with an idempotency key is not created twice"
         ))),
@@ -218,7 +218,10 @@ async fn submit(
             format!("{behind}; nothing of this request was enqueued, retry it later"),
         )
         .retry_after(COMMIT_BACKLOG_RETRY_AFTER_SECS)),
-        Err(error) => Err(Problem::unavailable(format!("the Ingest actor is unavailable ({error})"))),
+        // A message that timed out in the mailbox may still be handled: nobody knows.
+        Err(error) => Err(Problem::outcome_unknown(format!(
+            "the Ingest actor is unavailable ({error}); this request may or may not have been enqueued"
+        ))),
     }
 }
 

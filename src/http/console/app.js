@@ -5,16 +5,21 @@
 
 const TOKEN_KEY = "jobd-token";
 const POLL_MS = 2000;
-const CHART_POINTS = 150; // five minutes at one point every two seconds
+// The chart keeps five minutes: one point every two seconds.
+const CHART_POINTS = 150;
 const STATES = ["queued", "scheduled", "running", "failed", "dead"];
 
 const $ = (id) => document.getElementById(id);
 let scopes = [];
-let samples = []; // {t, submitted, finished}: counter readings
+// Counter readings, {t, submitted, finished}, from which the chart draws rates.
+let samples = [];
 let pollTimer = null;
-let pageCursors = []; // cursors of the pages before the one shown
 let nextCursor = null;
+// The filter of the listing shown, which a bulk retry applies to (not the form's edits).
+let listedFilter = new URLSearchParams();
 let currentJob = null;
+// Each navigation's number: an older navigation that finishes late draws nothing.
+let routeNumber = 0;
 
 function token() {
   return sessionStorage.getItem(TOKEN_KEY);
@@ -175,8 +180,11 @@ function shortTime(text) {
   return typeof text === "string" && text.length >= 19 ? text.slice(0, 10) + " " + text.slice(11, 19) + "Z" : text;
 }
 
+// Loads a page of the listing: a fresh listing (no cursor) takes the form's filter, an
+// older page keeps the filter its cursor came from.
 async function loadJobs(cursor) {
-  const params = filterQuery();
+  if (!cursor) listedFilter = filterQuery();
+  const params = new URLSearchParams(listedFilter);
   params.set("limit", "50");
   if (cursor) params.set("cursor", cursor);
   const answer = await api("GET", "/v1/jobs?" + params.toString());
@@ -206,12 +214,13 @@ async function loadJobs(cursor) {
   }
   nextCursor = answer.body.next_cursor;
   $("next-page").disabled = !nextCursor;
-  $("bulk-retry").disabled = !(may("admin") && $("filter-state").value === "dead");
-  $("bulk-retry").title = may("admin") ? "" : "needs a token with the admin scope";
+  $("bulk-retry").disabled = !(may("admin") && listedFilter.get("state") === "dead");
+  $("bulk-note").textContent = !may("admin") ? "Retrying needs a token with the admin scope." :
+    listedFilter.get("state") === "dead" ? "" : "Show dead jobs to retry them all.";
 }
 
 async function bulkRetry() {
-  const params = filterQuery();
+  const params = new URLSearchParams(listedFilter);
   params.set("dry_run", "true");
   const count = await api("POST", "/v1/jobs/retry?" + params.toString());
   if (!count.ok) {
@@ -222,18 +231,17 @@ async function bulkRetry() {
     say("No dead job matches.");
     return;
   }
-  const kind = $("filter-kind").value.trim();
+  const kind = listedFilter.get("kind");
   $("confirm-text").textContent = "Retry " + (count.body.more ? "the newest " : "") + count.body.matched +
     " dead job" + (count.body.matched === 1 ? "" : "s") + (kind ? " of kind " + kind : "") +
     (count.body.more ? " (more match: run it again for the rest)" : "") + "?";
   const dialog = $("confirm");
   dialog.returnValue = "";
+  // Settled by the dialog closing, however it closes (a button, or Escape).
+  const closed = new Promise((resolve) => dialog.addEventListener("close", resolve, { once: true }));
   dialog.showModal();
-  const confirmed = await new Promise((resolve) => {
-    $("confirm-ok").onclick = () => { dialog.close("ok"); resolve(true); };
-    $("confirm-cancel").onclick = () => { dialog.close("cancel"); resolve(false); };
-  });
-  if (!confirmed) return;
+  await closed;
+  if (dialog.returnValue !== "ok") return;
   params.delete("dry_run");
   params.set("limit", String(count.body.matched));
   const done = await api("POST", "/v1/jobs/retry?" + params.toString());
@@ -274,7 +282,8 @@ async function loadJob(id) {
   const admin = may("admin");
   $("retry-button").disabled = !(admin && currentJob.state === "dead");
   $("cancel-button").disabled = !(admin && ["queued", "scheduled", "failed"].includes(currentJob.state));
-  for (const id of ["retry-button", "cancel-button"]) $(id).title = admin ? "" : "needs a token with the admin scope";
+  $("actions-note").textContent = !admin ? "Retry and cancel need a token with the admin scope." :
+    "Only a dead job can be retried, and only a queued, scheduled or failed one cancelled.";
 }
 
 async function loadPayload() {
@@ -289,8 +298,10 @@ async function loadPayload() {
     typeof payload === "string" ? payload : JSON.stringify(payload, null, 2);
 }
 
-async function control(method, suffix, verb) {
+async function control(button, method, suffix, verb) {
   if (!currentJob) return;
+  // Disabled while the request is out, so that a double click sends one.
+  button.disabled = true;
   const path = "/v1/jobs/" + encodeURIComponent(currentJob.id) + suffix;
   const answer = await api(method, path);
   if (answer.ok) say(verb + " job " + currentJob.id + ".");
@@ -300,20 +311,25 @@ async function control(method, suffix, verb) {
 
 // ---- routing ----
 
+function decoded(text) {
+  try { return decodeURIComponent(text); } catch (_) { return text; }
+}
+
 async function route() {
   clearInterval(pollTimer);
   pollTimer = null;
-  if (!(await signIn())) return;
+  const number = ++routeNumber;
+  const signedIn = await signIn();
+  if (!signedIn || number !== routeNumber) return;
   const hash = location.hash || "#/overview";
   if (hash.startsWith("#/job/")) {
     show("job");
-    await loadJob(decodeURIComponent(hash.slice("#/job/".length)));
+    await loadJob(decoded(hash.slice("#/job/".length)));
   } else if (hash.startsWith("#/jobs")) {
     show("jobs");
     const params = new URLSearchParams(hash.split("?")[1] || "");
     $("filter-state").value = params.get("state") || "";
     $("filter-kind").value = params.get("kind") || "";
-    pageCursors = [];
     await loadJobs(null);
   } else {
     show("overview");
@@ -323,13 +339,14 @@ async function route() {
 }
 
 function start() {
-  $("login-form").addEventListener("submit", (event) => {
-    event.preventDefault();
+  const login = () => {
     const value = $("login-token").value.trim();
     if (value) sessionStorage.setItem(TOKEN_KEY, value);
     $("login-token").value = "";
     route();
-  });
+  };
+  $("login-button").addEventListener("click", login);
+  $("login-token").addEventListener("keydown", (event) => { if (event.key === "Enter") login(); });
   $("sign-out").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
     scopes = [];
@@ -343,16 +360,14 @@ function start() {
     const target = "#/jobs" + (params ? "?" + params : "");
     if (location.hash === target) loadJobs(null); else location.hash = target;
   });
-  $("next-page").addEventListener("click", () => {
-    if (!nextCursor) return;
-    pageCursors.push(nextCursor);
-    loadJobs(nextCursor);
-  });
-  $("first-page").addEventListener("click", () => { pageCursors = []; loadJobs(null); });
+  $("next-page").addEventListener("click", () => { if (nextCursor) loadJobs(nextCursor); });
+  $("first-page").addEventListener("click", () => loadJobs(null));
   $("bulk-retry").addEventListener("click", bulkRetry);
   $("payload-button").addEventListener("click", loadPayload);
-  $("retry-button").addEventListener("click", () => control("POST", "/retry", "Retried"));
-  $("cancel-button").addEventListener("click", () => control("DELETE", "", "Cancelled"));
+  $("retry-button").addEventListener("click", (event) => control(event.currentTarget, "POST", "/retry", "Retried"));
+  $("cancel-button").addEventListener("click", (event) => control(event.currentTarget, "DELETE", "", "Cancelled"));
+  $("confirm-ok").addEventListener("click", () => $("confirm").close("ok"));
+  $("confirm-cancel").addEventListener("click", () => $("confirm").close("cancel"));
   window.addEventListener("hashchange", () => { say(""); route(); });
   route();
 }
