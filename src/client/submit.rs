@@ -38,7 +38,8 @@ pub struct SubmitArgs {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch: u32,
     /// Requests in flight at once. With at most 4 MiB per batch, one batch read ahead and
-    /// one in flight per request bound the memory a run holds (about 130 MiB at 16).
+    /// one in flight (its lines and its request body) per request bound the memory a run
+    /// holds: about 30 MiB at 2, 200 MiB at 16.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub parallel: u32,
     /// Append `<line number> <job id>` to this file for each accepted job.

@@ -290,8 +290,11 @@ pub struct PostgresBackend {
     claims_uncertain: bool,
     /// The last answer of `oldest_queued` and when it was read: the query walks the head
     /// of the ready index, which churns under load, so status reads (every scrape and
-    /// every `/v1/stats`) share one answer per second.
+    /// every `/v1/stats`) share one answer per second, as long as it agrees with the
+    /// latest depth on whether anything is queued.
     oldest_queued: Option<(std::time::Instant, Option<chrono::DateTime<chrono::Utc>>)>,
+    /// The queued count of the latest `depth` read.
+    last_queued: Option<usize>,
     /// The lease and listener threads; stopped when the backend is dropped.
     threads: ClusterThreads,
     waker: Arc<OnceLock<Waker>>,
@@ -341,6 +344,7 @@ impl PostgresBackend {
             pending_release: Vec::new(),
             claims_uncertain: false,
             oldest_queued: None,
+            last_queued: None,
             threads,
             waker,
         })

@@ -85,14 +85,19 @@ impl JobReader for PostgresBackend {
                 JobState::Succeeded | JobState::Cancelled => {}
             }
         }
+        self.last_queued = Some(depth.queued);
         Ok(depth)
     }
 
     /// The earliest due of the next job no node holds and of the jobs queued in nodes'
     /// windows (a few per node, from the index of leased jobs).
     fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {
+        // A reading is reused only while it agrees with the latest depth on whether any
+        // job waits: jobs queued since "none" (or a queue emptied since) read afresh.
+        let anything_queued = self.last_queued.is_none_or(|queued| queued > 0);
         if let Some((read_at, oldest)) = self.oldest_queued
             && read_at.elapsed() < OLDEST_QUEUED_REUSE
+            && oldest.is_some() == anything_queued
         {
             return Ok(oldest);
         }
