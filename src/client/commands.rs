@@ -103,39 +103,38 @@ pub async fn stats(connection: ConnectionArgs, watch: Option<u64>) -> Result<Exi
 }
 
 fn print_stats(stats: &Value) {
-    let queue = &stats["queue"];
-    let count = |value: &Value| value.as_u64().unwrap_or(0);
-    println!(
-        "queue      queued {}  scheduled {}  running {}  failed {}  dead {}  (capacity {})",
-        count(&queue["queued"]),
-        count(&queue["scheduled"]),
-        count(&queue["running"]),
-        count(&queue["failed"]),
-        count(&queue["dead"]),
-        count(&queue["capacity"]),
-    );
-    let workers = &stats["counters"]["workers"];
-    println!(
-        "workers    busy {}  idle {}  of {}  (restarts {})",
-        count(&workers["busy"]),
-        count(&workers["idle"]),
-        count(&workers["total"]),
-        count(&workers["restarts"]),
-    );
-    let jobs = &stats["counters"]["jobs"];
-    println!(
-        "jobs       accepted {}  succeeded {}  failed {}  dead {}  (since start)",
-        count(&jobs["accepted"]),
-        count(&jobs["succeeded"]),
-        count(&jobs["failed"]),
-        count(&jobs["dead"]),
-    );
-    let rejected = &stats["counters"]["rejected"];
-    println!(
-        "refused    queue full {}  invalid {}  too large {}  unavailable {}",
-        count(&rejected["queue_full"]),
-        count(&rejected["invalid"]),
-        count(&rejected["too_large"]),
-        count(&rejected["unavailable"]),
-    );
+    let (queue, counters) = (&stats["queue"], &stats["counters"]);
+    let queue_fields = [
+        ("queued", "queued"),
+        ("scheduled", "scheduled"),
+        ("running", "running"),
+        ("failed", "failed"),
+        ("dead", "dead"),
+    ];
+    let capacity = format!("(capacity {})", count(&queue["capacity"]));
+    stats_line("queue", queue, &queue_fields, &capacity);
+    let restarts = format!("(restarts {})", count(&counters["workers"]["restarts"]));
+    stats_line("workers", &counters["workers"], &[("busy", "busy"), ("idle", "idle"), ("of", "total")], &restarts);
+    let job_fields = [("accepted", "accepted"), ("succeeded", "succeeded"), ("failed", "failed"), ("dead", "dead")];
+    stats_line("jobs", &counters["jobs"], &job_fields, "(since start)");
+    let refusals = [
+        ("queue full", "queue_full"),
+        ("invalid", "invalid"),
+        ("too large", "too_large"),
+        ("unavailable", "unavailable"),
+    ];
+    stats_line("refused", &counters["rejected"], &refusals, "");
+}
+
+/// One line of `jobd stats`: a label, each `(name, field)` of `object` as `name value`,
+/// then a note.
+fn stats_line(label: &str, object: &Value, fields: &[(&str, &str)], note: &str) {
+    let figures: Vec<String> =
+        fields.iter().map(|(name, field)| format!("{name} {}", count(&object[*field]))).collect();
+    let line = format!("{label:<10} {}  {note}", figures.join("  "));
+    println!("{}", line.trim_end());
+}
+
+fn count(value: &Value) -> u64 {
+    value.as_u64().unwrap_or(0)
 }

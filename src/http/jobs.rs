@@ -114,6 +114,11 @@ pub(super) struct ListQuery {
     kind: Option<String>,
 }
 
+/// A 400 problem naming the query `field` at fault.
+fn field_problem(field: &str, message: String) -> Problem {
+    Problem::from(submission::SubmissionError::field(field, message))
+}
+
 /// The longest kind name a filter may hold; every kind's name is far shorter.
 const MAX_KIND_BYTES: usize = 64;
 
@@ -122,10 +127,7 @@ fn kind_filter(kind: Option<&str>) -> Result<Option<String>, Problem> {
     match kind {
         None => Ok(None),
         Some(kind) if kind.is_empty() || kind.len() > MAX_KIND_BYTES || kind.chars().any(char::is_control) => {
-            Err(Problem::from(submission::SubmissionError::field(
-                "kind",
-                format!("must be 1 to {MAX_KIND_BYTES} bytes without control characters"),
-            )))
+            Err(field_problem("kind", format!("must be 1 to {MAX_KIND_BYTES} bytes without control characters")))
         }
         Some(kind) => Ok(Some(kind.to_owned())),
     }
@@ -151,23 +153,22 @@ pub(super) async fn list_jobs(
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
-    let bad = |field: &str, message: String| Problem::from(submission::SubmissionError::field(field, message));
     let job_state = match query.state.as_deref() {
         None => None,
         Some(name) => Some(JobState::from_name(name).ok_or_else(|| {
             let known: Vec<&str> = JobState::ALL.iter().map(|state| state.name()).collect();
-            bad("state", format!("unknown state {name:?}; one of {}", known.join(", ")))
+            field_problem("state", format!("unknown state {name:?}; one of {}", known.join(", ")))
         })?),
     };
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(bad("limit", format!("must be between 1 and {MAX_PAGE}")));
+        return Err(field_problem("limit", format!("must be between 1 and {MAX_PAGE}")));
     }
     let before = match query.cursor.as_deref() {
         None => None,
-        Some(cursor) => {
-            Some(cursor.parse::<i64>().map_err(|_| bad("cursor", "is not a cursor from this API".to_owned()))?)
-        }
+        Some(cursor) => Some(
+            cursor.parse::<i64>().map_err(|_| field_problem("cursor", "is not a cursor from this API".to_owned()))?,
+        ),
     };
     let kind = kind_filter(query.kind.as_deref())?;
     let filter = ListFilter { state: job_state, submitted_by: confined_tenant(&request), kind };
@@ -344,12 +345,12 @@ pub(super) async fn retry_dead_jobs(
 ) -> Result<HttpResponse, Problem> {
     if query.state.as_deref().is_some_and(|name| name != JobState::Dead.name()) {
         let message = "only dead jobs can be retried; leave it out or give dead".to_owned();
-        return Err(Problem::from(submission::SubmissionError::field("state", message)));
+        return Err(field_problem("state", message));
     }
     let limit = query.limit.unwrap_or(MAX_BULK_RETRY);
     if !(1..=MAX_BULK_RETRY).contains(&limit) {
         let message = format!("must be between 1 and {MAX_BULK_RETRY}");
-        return Err(Problem::from(submission::SubmissionError::field("limit", message)));
+        return Err(field_problem("limit", message));
     }
     let filter = ListFilter {
         state: Some(JobState::Dead),
