@@ -83,14 +83,12 @@ async fn three_nodes_migrate_once_and_share_the_work() {
     let versions: Vec<i32> = sql(&url, |client| {
         client.query("SELECT version FROM jobd_schema", &[]).expect("schema").iter().map(|row| row.get(0)).collect()
     });
-    assert_eq!(versions, vec![1]);
-    let migrations: usize = nodes
+    assert_eq!(versions, vec![2]);
+    let migrating_nodes = nodes
         .iter()
-        .map(|node| {
-            node.log_records().iter().filter(|record| record["message"] == "PostgreSQL schema migrated").count()
-        })
-        .sum();
-    assert_eq!(migrations, 1, "exactly one node migrated");
+        .filter(|node| node.log_records().iter().any(|record| record["message"] == "PostgreSQL schema migrated"))
+        .count();
+    assert_eq!(migrating_nodes, 1, "exactly one node migrated");
     assert_eq!(scalar(&url, "SELECT count(*) FROM jobd_nodes"), 3);
 
     let mut ids = Vec::new();
@@ -179,6 +177,14 @@ async fn a_killed_nodes_jobs_are_rescued_and_nothing_is_lost() {
     let deadline = Instant::now() + WAIT_DEADLINE;
     while victim.metric("jobd_workers{state=\"busy\"}").await.unwrap_or(0.0) < 8.0 {
         assert!(Instant::now() < deadline, "the victim never got busy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A busy worker's job runs once its start is recorded: wait for the records to say
+    // that the victim runs jobs, so that it dies holding some.
+    let victims_running = "SELECT count(*) FROM jobd_jobs j JOIN jobd_nodes n ON n.id = j.lease_owner
+         WHERE n.name = 'node-2' AND j.state = 'running'";
+    while scalar(&url, victims_running) == 0 {
+        assert!(Instant::now() < deadline, "the victim's starts were never recorded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let victim_name = "node-2";
@@ -369,7 +375,52 @@ fn check_config_probes_the_database_and_hides_the_password() {
     assert!(!before.contains("hunter2") && before.contains("***"), "{before}");
     let node = start_nodes(&url, 1, &[]).pop().expect("a node");
     let after = probe(&with_password);
-    assert!(after.contains("jobd schema version 1"), "{after}");
+    assert!(after.contains("jobd schema version 2"), "{after}");
     assert!(!after.contains("hunter2"), "{after}");
     drop(node);
+}
+
+/// A database that jobd's schema version 1 wrote (its migration, from the source, and rows
+/// as version 1 stored them) is upgraded in place at start: its queued job runs, its dead
+/// job is still listed, and the table has lost `seq` for its id as primary key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_upgraded_in_place() {
+    let cluster = Cluster::start();
+    let url = cluster.new_database();
+    let v1 = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/queue/postgres/migrations/v1.sql"))
+        .expect("the version 1 migration");
+    let (queued, dead) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    sql(&url, |client| {
+        client.batch_execute(&v1).expect("version 1 schema");
+        client
+            .batch_execute("CREATE TABLE jobd_schema (version integer NOT NULL); INSERT INTO jobd_schema VALUES (1);")
+            .expect("version table");
+        for (id, state) in [(queued, "queued"), (dead, "dead")] {
+            client
+                .execute(
+                    "INSERT INTO jobd_jobs (id, kind, state, attempts, max_attempts, created_at, finished_at, ready_seq)
+                     VALUES ($1, 'noop', $2, $3, 3, $4, CASE WHEN $2 = 'dead' THEN $4::bigint END, nextval('jobd_ready_seq'))",
+                    &[&id, &state, &if state == "dead" { 3i32 } else { 0 }, &now_ms],
+                )
+                .expect("a version 1 row");
+        }
+        client
+            .batch_execute(
+                "INSERT INTO jobd_counts VALUES ('00000000-0000-0000-0000-000000000000', 'queued', 1),
+                     ('00000000-0000-0000-0000-000000000000', 'dead', 1)",
+            )
+            .expect("version 1 counts");
+    });
+    let node = start_nodes(&url, 1, &[]).pop().expect("a node");
+    assert_eq!(scalar(&url, "SELECT version::bigint FROM jobd_schema"), 2);
+    let seq_columns =
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'jobd_jobs' AND column_name = 'seq'";
+    assert_eq!(scalar(&url, seq_columns), 0);
+    wait_all_succeeded(&node, &[queued.to_string()]).await;
+    let listed: Value =
+        node.client.get(node.url("/v1/jobs?state=dead")).send().await.expect("list").json().await.expect("JSON");
+    assert_eq!(listed["jobs"][0]["id"], dead.to_string().as_str(), "{listed}");
+    let stats = node.stats().await;
+    assert_eq!((stats["queue"]["queued"].as_u64(), stats["queue"]["dead"].as_u64()), (Some(0), Some(1)), "{stats}");
 }

@@ -167,21 +167,24 @@ pub(super) async fn list_jobs(
     let before = match query.cursor.as_deref() {
         None => None,
         Some(cursor) => Some(
-            cursor.parse::<i64>().map_err(|_| field_problem("cursor", "is not a cursor from this API".to_owned()))?,
+            state
+                .queue
+                .parse_cursor(cursor)
+                .ok_or_else(|| field_problem("cursor", "is not a cursor from this API".to_owned()))?,
         ),
     };
     let kind = kind_filter(query.kind.as_deref())?;
     let filter = ListFilter { state: job_state, submitted_by: confined_tenant(&request), kind };
     let page = list_page(&state, filter, before, limit).await?;
     Ok(HttpResponse::Ok()
-        .json(JobList { jobs: page.records, next_cursor: page.next_before.map(|seq| seq.to_string()) }))
+        .json(JobList { jobs: page.records, next_cursor: page.next_before.map(|cursor| cursor.to_string()) }))
 }
 
 /// One page of a listing, or `503` when the queue cannot answer in time.
 async fn list_page(
     state: &AppState,
     filter: ListFilter,
-    before: Option<i64>,
+    before: Option<crate::queue::Cursor>,
     limit: usize,
 ) -> Result<crate::queue::JobPage, Problem> {
     tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.list(filter, before, limit))

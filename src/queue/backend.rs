@@ -9,7 +9,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Admitted, ControlError, JobPage, Lease, ListFilter, QueueDepth, ReadyBatch, Refusal, StorageError, Waker};
+use super::{
+    Admitted, ControlError, Cursor, JobPage, Lease, ListFilter, QueueDepth, ReadyBatch, Refusal, StorageError, Waker,
+};
 use crate::job::{FinishedJob, Job, JobId, JobRecord, StartedJob};
 
 /// Makes every unit of work committed before the call durable. It runs on the queue's
@@ -108,7 +110,7 @@ pub trait JobReader {
     fn get(&mut self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError>;
 
     /// A page of records that pass `filter`, newest first, before a cursor.
-    fn list(&mut self, filter: &ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError>;
+    fn list(&mut self, filter: &ListFilter, before: Option<Cursor>, limit: usize) -> Result<JobPage, StorageError>;
 
     /// How many jobs are in each state.
     fn depth(&mut self) -> Result<QueueDepth, StorageError>;
@@ -130,6 +132,20 @@ pub trait JobReader {
 pub trait QueueBackend: Transactions + JobWriter + JobReader + Send + 'static {
     /// Whether jobs the backend accepted are still there after the process dies.
     fn is_durable(&self) -> bool;
+
+    /// Whether listings are ordered, and their cursors made, by job id ([`Cursor::Id`])
+    /// rather than by an insertion sequence ([`Cursor::Seq`]).
+    fn lists_by_id(&self) -> bool {
+        false
+    }
+
+    /// A second backend on storage of its own (a connection) for submissions alone, run
+    /// on a thread of its own beside this one, so that their commits need not wait for
+    /// claims and progress. Only a backend whose storage takes concurrent writers has one
+    /// (PostgreSQL); the default, for an embedded file with one writer, is none.
+    fn ingest_lane(&mut self) -> Option<Box<dyn QueueBackend>> {
+        None
+    }
 
     /// Hands the backend a [`Waker`] for news from outside this process (another node's
     /// commit, a notification): waking answers a fetch the queue thread holds. A backend

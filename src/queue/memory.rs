@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 
 use super::{
-    Admitted, ControlError, JobPage, JobReader, JobWriter, Lease, ListFilter, QueueBackend, QueueDepth, ReadyBatch,
-    Refusal, StorageError, Transactions, admit, claim_has_room,
+    Admitted, ControlError, Cursor, JobPage, JobReader, JobWriter, Lease, ListFilter, QueueBackend, QueueDepth,
+    ReadyBatch, Refusal, StorageError, Transactions, admit, claim_has_room,
 };
 use crate::job::{FinishedJob, Job, JobId, JobRecord, JobState, Outcome, StartedJob};
 
@@ -259,9 +259,14 @@ impl JobWriter for MemoryBackend {
 }
 
 impl JobReader for MemoryBackend {
-    fn list(&mut self, filter: &ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
+    fn list(&mut self, filter: &ListFilter, before: Option<Cursor>, limit: usize) -> Result<JobPage, StorageError> {
         let mut page = JobPage::default();
-        for (&seq, id) in self.by_seq.range(..before.unwrap_or(i64::MAX)).rev() {
+        let before = match before {
+            None => i64::MAX,
+            Some(Cursor::Seq(seq)) => seq,
+            Some(Cursor::Id(_)) => return Err(StorageError::new("the memory queue lists by sequence, not by id")),
+        };
+        for (&seq, id) in self.by_seq.range(..before).rev() {
             let Some(entry) = self.entries.get(id) else { continue };
             if filter.state.is_some_and(|state| state != entry.record.state)
                 || filter.submitted_by.as_ref().is_some_and(|name| entry.record.submitted_by.as_ref() != Some(name))
@@ -271,7 +276,7 @@ impl JobReader for MemoryBackend {
             }
             page.records.push(entry.record.clone());
             if page.records.len() == limit {
-                page.next_before = Some(seq);
+                page.next_before = Some(Cursor::Seq(seq));
                 break;
             }
         }

@@ -190,7 +190,33 @@ pub struct ListFilter {
 pub struct JobPage {
     pub records: Vec<JobRecord>,
     /// Pass as `before` for the next page; `None` on the last page.
-    pub next_before: Option<i64>,
+    pub next_before: Option<Cursor>,
+}
+
+/// Where a page of a listing ended: the next page shows older jobs. SQLite and the memory
+/// queue order listings by their insertion sequence; PostgreSQL orders them by job id
+/// (a UUIDv7, ordered by creation time), which needs no index beyond the primary key and
+/// no sequence the nodes would share. The API shows a cursor as text: digits, or an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    Seq(i64),
+    Id(JobId),
+}
+
+impl Cursor {
+    /// Reads a cursor the API handed out, in the form the backend (`by_id` or not) lists by.
+    pub fn parse(text: &str, by_id: bool) -> Option<Cursor> {
+        if by_id { JobId::parse(text).map(Cursor::Id) } else { text.parse().ok().map(Cursor::Seq) }
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cursor::Seq(seq) => write!(f, "{seq}"),
+            Cursor::Id(id) => write!(f, "{id}"),
+        }
+    }
 }
 
 /// The queue's health as `/readyz` and `/v1/stats` see it.

@@ -33,7 +33,7 @@ use prometheus::Histogram;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Admitted, ControlError, JobPage, Lease, ListFilter, NodeId, QueueBackend, QueueStatus, ReadyBatch, Refusal,
+    Admitted, ControlError, Cursor, JobPage, Lease, ListFilter, NodeId, QueueBackend, QueueStatus, ReadyBatch, Refusal,
     StorageError, Syncer,
 };
 use crate::job::{FinishedJob, Job, JobId, JobRecord, StartedJob};
@@ -113,7 +113,7 @@ enum Command {
     },
     List {
         filter: ListFilter,
-        before: Option<i64>,
+        before: Option<Cursor>,
         limit: usize,
         reply: Reply<JobPage>,
     },
@@ -233,6 +233,8 @@ impl Command {
 pub struct QueueThread {
     handle: QueueHandle,
     thread: thread::JoinHandle<()>,
+    /// The ingest lane's thread, when the backend has one.
+    ingest: Option<thread::JoinHandle<()>>,
     node: NodeId,
 }
 
@@ -266,8 +268,26 @@ impl QueueThread {
         let (commands, receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         backend.set_waker(Waker { commands: commands.downgrade() });
         let lease = Lease { owner: node, expires_at: None };
-        let (lost_sender, lost) = oneshot::channel();
+        let lists_by_id = backend.lists_by_id();
         let per_commit = if group_commit { MAX_COMMANDS_PER_COMMIT } else { 1 };
+        // Submissions run on a lane of their own when the backend offers one. After a
+        // commit that readied jobs it wakes the main lane's held fetch, as the main lane
+        // does for its own commits.
+        let mut ingest = None;
+        let mut ingest_commands = None;
+        if let Some(lane) = backend.ingest_lane() {
+            let (lane_commands, lane_receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+            let (metrics, peer) = (metrics.clone(), Waker { commands: commands.downgrade() });
+            ingest = Some(thread::Builder::new().name("jobd-ingest".to_owned()).spawn(move || {
+                // The lane's commits are durable by themselves: it has no sync thread, so
+                // nothing can poison it and nobody waits for its loss.
+                let lost = LostSignal { poison: Arc::new(OnceLock::new()), sender: None };
+                let lanes = Lanes { peer: Some(peer) };
+                run_backend(lane, lease, lane_receiver, per_commit, &metrics, Syncing::NotNeeded, lost, &lanes);
+            })?);
+            ingest_commands = Some(lane_commands);
+        }
+        let (lost_sender, lost) = oneshot::channel();
         let poison = Arc::new(OnceLock::new());
         // Without group commit, each request pays its own fsync inside its commit, as the
         // comparison means: the backend is not asked for a syncer.
@@ -285,9 +305,10 @@ impl QueueThread {
         };
         let thread = thread::Builder::new().name("jobd-queue".to_owned()).spawn(move || {
             let lost = LostSignal { poison, sender: Some(lost_sender) };
-            run_backend(backend, lease, receiver, per_commit, &metrics, syncing, lost);
+            run_backend(backend, lease, receiver, per_commit, &metrics, syncing, lost, &Lanes { peer: None });
         })?;
-        Ok((Self { handle: QueueHandle { commands }, thread, node }, lost))
+        let handle = QueueHandle { commands, ingest: ingest_commands, lists_by_id };
+        Ok((Self { handle, thread, ingest, node }, lost))
     }
 
     /// This process's id as the holder of the jobs it claims.
@@ -306,6 +327,11 @@ impl QueueThread {
         drop(self.handle);
         if self.thread.join().is_err() {
             tracing::error!("the queue thread panicked");
+        }
+        if let Some(ingest) = self.ingest
+            && ingest.join().is_err()
+        {
+            tracing::error!("the queue's ingest thread panicked");
         }
     }
 }
@@ -337,6 +363,13 @@ impl LostSignal {
     }
 }
 
+/// How a queue thread's lane relates to the other: the ingest lane wakes the main lane's
+/// held fetch after commits that readied jobs.
+struct Lanes {
+    peer: Option<Waker>,
+}
+
+#[expect(clippy::too_many_arguments, reason = "the thread's whole state, handed over once")]
 fn run_backend(
     mut backend: Box<dyn QueueBackend>,
     lease: Lease,
@@ -345,6 +378,7 @@ fn run_backend(
     metrics: &CommitMetrics,
     mut syncing: Syncing,
     mut lost: LostSignal,
+    lanes: &Lanes,
 ) {
     let mut writable = true;
     let mut waiting: Option<Fetch> = None;
@@ -439,6 +473,12 @@ fn run_backend(
         metrics.commit_duration.observe(started.elapsed().saturating_sub(fetching).as_secs_f64());
         metrics.commit_batch_size.observe(requests as f64);
         writable = committed.is_some();
+        if may_ready_jobs
+            && committed.is_some()
+            && let Some(peer) = &lanes.peer
+        {
+            peer.wake();
+        }
         let Some(mut committed) = committed else { continue };
         // Progress is answered at the commit, not after the fsync: the Dispatcher starts a
         // job only once its start is recorded (so that an attempt counts even if the

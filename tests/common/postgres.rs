@@ -161,6 +161,12 @@ impl Cluster {
         self.url(&name)
     }
 
+    /// Writes every dirty buffer now (`CHECKPOINT`), so that a measurement that follows
+    /// does not pay for an earlier one's writes.
+    pub fn checkpoint(&self) {
+        sql(&self.url("postgres"), |client| client.batch_execute("CHECKPOINT").expect("checkpoint"));
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -49,7 +49,7 @@ const FORGET_LOST: &str = "DELETE FROM jobd_nodes WHERE expires_at < now() RETUR
 /// the lost node's window is only released, in its place in the queue. `$1` is now, in ms.
 /// Returns each job's id, its state now, and whether it was running.
 const RESCUE: &str = "WITH orphaned AS (
-         SELECT j.seq, j.lease_owner, j.state = 'running' AS was_running FROM jobd_jobs j
+         SELECT j.id, j.lease_owner, j.state = 'running' AS was_running FROM jobd_jobs j
          WHERE j.lease_owner IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobd_nodes n WHERE n.id = j.lease_owner)
          FOR UPDATE OF j SKIP LOCKED)
      UPDATE jobd_jobs j SET
@@ -60,7 +60,7 @@ const RESCUE: &str = "WITH orphaned AS (
              THEN 'attempt ' || j.attempts || ' was lost with node ' || orphaned.lease_owner::text
              ELSE j.last_error END,
          finished_at = CASE WHEN was_running AND j.attempts >= j.max_attempts THEN $1::bigint ELSE j.finished_at END
-     FROM orphaned WHERE j.seq = orphaned.seq
+     FROM orphaned WHERE j.id = orphaned.id
      RETURNING j.id, j.state, was_running";
 
 /// Folds the count rows of nodes that are gone into the cluster's own row (the nil id),
@@ -70,15 +70,15 @@ const FOLD_COUNTS: &str = "WITH gone AS (
          WHERE c.node <> '00000000-0000-0000-0000-000000000000'
            AND NOT EXISTS (SELECT 1 FROM jobd_nodes n WHERE n.id = c.node)
          RETURNING state, jobs)
-     INSERT INTO jobd_counts (node, state, jobs)
-     SELECT '00000000-0000-0000-0000-000000000000', state, sum(jobs) FROM gone GROUP BY state
-     ON CONFLICT (node, state) DO UPDATE SET jobs = jobd_counts.jobs + EXCLUDED.jobs";
+     INSERT INTO jobd_counts (node, lane, state, jobs)
+     SELECT '00000000-0000-0000-0000-000000000000', 0, state, sum(jobs) FROM gone GROUP BY state
+     ON CONFLICT (node, lane, state) DO UPDATE SET jobs = jobd_counts.jobs + EXCLUDED.jobs";
 
 /// Adds the rescue's count changes to the cluster's row.
-const RESCUE_COUNTS: &str = "INSERT INTO jobd_counts (node, state, jobs)
-     SELECT '00000000-0000-0000-0000-000000000000', state, delta
+const RESCUE_COUNTS: &str = "INSERT INTO jobd_counts (node, lane, state, jobs)
+     SELECT '00000000-0000-0000-0000-000000000000', 0, state, delta
      FROM unnest($1::text[], $2::bigint[]) AS changes(state, delta) WHERE delta <> 0
-     ON CONFLICT (node, state) DO UPDATE SET jobs = jobd_counts.jobs + EXCLUDED.jobs";
+     ON CONFLICT (node, lane, state) DO UPDATE SET jobs = jobd_counts.jobs + EXCLUDED.jobs";
 
 /// The two threads and what the backend tells them.
 pub(super) struct ClusterThreads {
@@ -133,9 +133,10 @@ impl ClusterThreads {
         Ok(ClusterThreads { stop, news, lease: Some(lease), listener: Some(listener) })
     }
 
-    /// Tells the other nodes, soon, that jobs became ready.
-    pub(super) fn announce(&self) {
-        self.news.store(true, Ordering::Release);
+    /// The flag that tells the other nodes, soon, that jobs became ready: set after a
+    /// commit that readied some, by any of this node's connections.
+    pub(super) fn news(&self) -> Arc<AtomicBool> {
+        self.news.clone()
     }
 }
 

@@ -10,11 +10,11 @@ use crate::job::{Body, Job, JobId, JobRecord, JobResult};
 use crate::queue::columns::{from_millis, payload_value, state_of};
 
 /// The columns a claim returns, by position.
-pub(super) const CLAIMED_COLUMNS: &str = "j.seq, j.ready_seq, j.id, j.kind, j.attempts, j.max_attempts, j.timeout_ms,
+pub(super) const CLAIMED_COLUMNS: &str = "j.ready_seq, j.id, j.kind, j.attempts, j.max_attempts, j.timeout_ms,
      j.run_at, j.created_at, j.idempotency_key, j.body, j.body_is_json, j.args, j.submitted_by";
 
 /// The columns a record is read from, by position; the body comes last when asked for.
-pub(super) const RECORD_COLUMNS: &str = "seq, id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at,
+pub(super) const RECORD_COLUMNS: &str = "id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at,
      started_at, finished_at, last_error, result, idempotency_key, submitted_by, body_is_json";
 
 pub(super) fn job_id(id: uuid::Uuid) -> JobId {
@@ -37,23 +37,23 @@ fn unsigned(value: i32, name: &str) -> Result<u32, String> {
 /// after those counted, as its start will count it. A column that does not decode is an
 /// error naming it, so that one bad row is buried instead of failing every claim.
 pub(super) fn decode_claimed(row: &Row) -> Result<Job, String> {
-    let timeout_ms: Option<i64> = column(row, 6, "timeout_ms")?;
-    let args: Option<String> = column(row, 12, "args")?;
-    let body: Option<Vec<u8>> = column(row, 10, "body")?;
-    let submitted_by: String = column(row, 13, "submitted_by")?;
+    let timeout_ms: Option<i64> = column(row, 5, "timeout_ms")?;
+    let args: Option<String> = column(row, 11, "args")?;
+    let body: Option<Vec<u8>> = column(row, 9, "body")?;
+    let submitted_by: String = column(row, 12, "submitted_by")?;
     Ok(Job {
-        id: job_id(column(row, 2, "id")?),
-        kind: Cow::Owned(column(row, 3, "kind")?),
-        attempt: unsigned(column(row, 4, "attempts")?, "attempts")?.saturating_add(1),
-        max_attempts: unsigned(column(row, 5, "max_attempts")?, "max_attempts")?,
+        id: job_id(column(row, 1, "id")?),
+        kind: Cow::Owned(column(row, 2, "kind")?),
+        attempt: unsigned(column(row, 3, "attempts")?, "attempts")?.saturating_add(1),
+        max_attempts: unsigned(column(row, 4, "max_attempts")?, "max_attempts")?,
         timeout_ms: timeout_ms
             .map(|ms| u64::try_from(ms).map_err(|_| format!("column timeout_ms: {ms} is negative")))
             .transpose()?,
-        run_at: column::<Option<i64>>(row, 7, "run_at")?.map(from_millis),
-        created_at: from_millis(column(row, 8, "created_at")?),
-        idempotency_key: column(row, 9, "idempotency_key")?,
+        run_at: column::<Option<i64>>(row, 6, "run_at")?.map(from_millis),
+        created_at: from_millis(column(row, 7, "created_at")?),
+        idempotency_key: column(row, 8, "idempotency_key")?,
         body: body
-            .map(|bytes| -> Result<Body, String> { Ok(Body { bytes, is_json: column(row, 11, "body_is_json")? }) })
+            .map(|bytes| -> Result<Body, String> { Ok(Body { bytes, is_json: column(row, 10, "body_is_json")? }) })
             .transpose()?,
         args: args
             .map(|text| RawValue::from_string(text).map_err(|error| format!("column args: {error}")))
@@ -64,30 +64,30 @@ pub(super) fn decode_claimed(row: &Row) -> Result<Job, String> {
 
 /// Reads a record from a row selected with [`RECORD_COLUMNS`], plus the body when asked.
 pub(super) fn record_from_row(row: &Row, with_payload: bool) -> Result<JobRecord, String> {
-    let state: String = column(row, 3, "state")?;
-    let result: Option<String> = column(row, 12, "result")?;
+    let state: String = column(row, 2, "state")?;
+    let result: Option<String> = column(row, 11, "result")?;
     let payload = if with_payload {
-        let body: Option<Vec<u8>> = column(row, 16, "body")?;
-        let is_json: bool = column(row, 15, "body_is_json")?;
+        let body: Option<Vec<u8>> = column(row, 15, "body")?;
+        let is_json: bool = column(row, 14, "body_is_json")?;
         body.and_then(|bytes| payload_value(bytes, is_json))
     } else {
         None
     };
-    let submitted_by: String = column(row, 14, "submitted_by")?;
+    let submitted_by: String = column(row, 13, "submitted_by")?;
     Ok(JobRecord {
-        id: job_id(column(row, 1, "id")?),
-        kind: column(row, 2, "kind")?,
+        id: job_id(column(row, 0, "id")?),
+        kind: column(row, 1, "kind")?,
         state: state_of(&state),
-        attempts: unsigned(column(row, 4, "attempts")?, "attempts")?,
-        max_attempts: unsigned(column(row, 5, "max_attempts")?, "max_attempts")?,
-        timeout_ms: column::<Option<i64>>(row, 6, "timeout_ms")?.map(i64::unsigned_abs),
-        created_at: from_millis(column(row, 7, "created_at")?),
-        run_at: column::<Option<i64>>(row, 8, "run_at")?.map(from_millis),
-        started_at: column::<Option<i64>>(row, 9, "started_at")?.map(from_millis),
-        finished_at: column::<Option<i64>>(row, 10, "finished_at")?.map(from_millis),
-        last_error: column(row, 11, "last_error")?,
+        attempts: unsigned(column(row, 3, "attempts")?, "attempts")?,
+        max_attempts: unsigned(column(row, 4, "max_attempts")?, "max_attempts")?,
+        timeout_ms: column::<Option<i64>>(row, 5, "timeout_ms")?.map(i64::unsigned_abs),
+        created_at: from_millis(column(row, 6, "created_at")?),
+        run_at: column::<Option<i64>>(row, 7, "run_at")?.map(from_millis),
+        started_at: column::<Option<i64>>(row, 8, "started_at")?.map(from_millis),
+        finished_at: column::<Option<i64>>(row, 9, "finished_at")?.map(from_millis),
+        last_error: column(row, 10, "last_error")?,
         result: result.and_then(|text| serde_json::from_str::<JobResult>(&text).ok()),
-        idempotency_key: column(row, 13, "idempotency_key")?,
+        idempotency_key: column(row, 12, "idempotency_key")?,
         submitted_by: Some(submitted_by).filter(|name| !name.is_empty()),
         payload,
     })

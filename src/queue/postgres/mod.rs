@@ -272,6 +272,11 @@ impl Deltas {
 pub struct PostgresBackend {
     connection: Connection,
     node: NodeId,
+    /// Which of this node's connections this is, for its count rows: 0 claims and records
+    /// progress, 1 enqueues (see [`QueueBackend::ingest_lane`]).
+    lane: i16,
+    /// The settings a second connection (the ingest lane) is opened with.
+    ingest_config: postgres::Config,
     capacity: usize,
     deltas: Deltas,
     /// The committed count of unfinished jobs, read once per transaction that enqueues.
@@ -295,8 +300,11 @@ pub struct PostgresBackend {
     oldest_queued: Option<(std::time::Instant, Option<chrono::DateTime<chrono::Utc>>)>,
     /// The queued count of the latest `depth` read.
     last_queued: Option<usize>,
-    /// The lease and listener threads; stopped when the backend is dropped.
-    threads: ClusterThreads,
+    /// The lease and listener threads, owned by the first lane; held only to be dropped
+    /// with it, which stops them.
+    _threads: Option<ClusterThreads>,
+    /// Set after a commit that readied jobs; the listener thread tells the other nodes.
+    news: Arc<std::sync::atomic::AtomicBool>,
     waker: Arc<OnceLock<Waker>>,
 }
 
@@ -331,9 +339,29 @@ impl PostgresBackend {
         );
         let waker = Arc::new(OnceLock::new());
         let threads = ClusterThreads::start(settings, node, metrics.clone(), waker.clone())?;
-        Ok(PostgresBackend {
+        let ingest_config = connection_config(settings, "ingest")?;
+        let mut backend = Self::on_connection(connection, node, 0, ingest_config, capacity, metrics, threads.news());
+        backend._threads = Some(threads);
+        backend.waker = waker;
+        Ok(backend)
+    }
+
+    /// A backend on `connection` as lane `lane` of `node`, with nothing claimed, pending or
+    /// cached yet, and no cluster threads of its own.
+    fn on_connection(
+        connection: Connection,
+        node: NodeId,
+        lane: i16,
+        ingest_config: postgres::Config,
+        capacity: usize,
+        metrics: ClusterMetrics,
+        news: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        PostgresBackend {
             connection,
             node,
+            lane,
+            ingest_config,
             capacity,
             deltas: Deltas::default(),
             committed_unfinished: None,
@@ -345,9 +373,17 @@ impl PostgresBackend {
             claims_uncertain: false,
             oldest_queued: None,
             last_queued: None,
-            threads,
-            waker,
-        })
+            _threads: None,
+            news,
+            waker: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// A second backend of this node on a connection of its own, for submissions only.
+    fn open_ingest_lane(&self) -> PostgresBackend {
+        let connection = Connection::new(self.ingest_config.clone());
+        let (config, metrics, news) = (self.ingest_config.clone(), self.metrics.clone(), self.news.clone());
+        Self::on_connection(connection, self.node, 1, config, self.capacity, metrics, news)
     }
 
     /// The schema version of the database at `settings.url`, for `check-config --probe`;
@@ -384,7 +420,7 @@ impl PostgresBackend {
         let states: Vec<&str> = Deltas::STATES.iter().map(|state| state.name()).collect();
         let deltas: Vec<i64> = self.deltas.by_state.to_vec();
         let node = self.owner();
-        self.connection.execute(schema::ADD_COUNTS, &[&node, &states, &deltas])?;
+        self.connection.execute(schema::ADD_COUNTS, &[&node, &self.lane, &states, &deltas])?;
         Ok(())
     }
 }
@@ -399,6 +435,17 @@ impl Transactions for PostgresBackend {
         self.connection.batch("BEGIN")
     }
 
+    /// A claim's commit does not wait for the disk (`synchronous_commit = off`): should
+    /// PostgreSQL crash before it writes the claim's WAL, the leases are lost with it, the
+    /// jobs are claimable again, and this node's writes about them are fenced, since they
+    /// name a lease the jobs no longer carry: the jobs run again, at least once, as after
+    /// any crash. Every later durable commit on the server writes the claim's WAL too.
+    /// A claim's answer then waits for no fsync, and this connection is free sooner.
+    fn begin_fetch(&mut self) -> Result<(), StorageError> {
+        self.begin()?;
+        self.connection.batch("SET LOCAL synchronous_commit = off")
+    }
+
     fn commit(&mut self) -> Result<(), StorageError> {
         self.write_deltas()?;
         self.connection.batch("COMMIT")?;
@@ -407,7 +454,7 @@ impl Transactions for PostgresBackend {
             self.handed_out.remove(&id);
         }
         if std::mem::take(&mut self.readied) {
-            self.threads.announce();
+            self.news.store(true, std::sync::atomic::Ordering::Release);
         }
         Ok(())
     }
@@ -432,6 +479,17 @@ impl Transactions for PostgresBackend {
 impl QueueBackend for PostgresBackend {
     fn is_durable(&self) -> bool {
         true
+    }
+
+    fn lists_by_id(&self) -> bool {
+        true
+    }
+
+    /// Submissions commit on a second connection, beside claims and progress on the
+    /// first: PostgreSQL runs the two transactions at once, on two server processes, and
+    /// a submission's commit no longer waits behind a claim's or a flush's.
+    fn ingest_lane(&mut self) -> Option<Box<dyn QueueBackend>> {
+        (self.lane == 0).then(|| Box::new(self.open_ingest_lane()) as Box<dyn QueueBackend>)
     }
 
     fn set_waker(&mut self, waker: Waker) {

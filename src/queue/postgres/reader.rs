@@ -10,7 +10,7 @@ use super::codec::{RECORD_COLUMNS, record_from_row, uuid_of};
 use super::schema::DEPTH;
 use crate::job::{JobId, JobRecord, JobState};
 use crate::queue::columns::{from_millis, state_of};
-use crate::queue::{JobPage, JobReader, ListFilter, QueueDepth, StorageError};
+use crate::queue::{Cursor, JobPage, JobReader, ListFilter, QueueDepth, StorageError};
 
 /// How long one reading of the oldest queued job's due time answers status reads. The
 /// figure is an age gauge in seconds, so a second-old reading is as good as a fresh one.
@@ -32,9 +32,9 @@ fn list_sql() -> &'static str {
     SQL.get_or_init(|| {
         format!(
             "SELECT {RECORD_COLUMNS} FROM jobd_jobs
-             WHERE ($1::text IS NULL OR state = $1) AND seq < $2 AND ($4::text IS NULL OR submitted_by = $4)
-               AND ($5::text IS NULL OR kind = $5)
-             ORDER BY seq DESC LIMIT $3"
+             WHERE ($1::text IS NULL OR state = $1) AND ($2::uuid IS NULL OR id < $2)
+               AND ($4::text IS NULL OR submitted_by = $4) AND ($5::text IS NULL OR kind = $5)
+             ORDER BY id DESC LIMIT $3"
         )
     })
 }
@@ -48,25 +48,23 @@ impl JobReader for PostgresBackend {
             .map_err(|problem| StorageError::new(format!("job {id} does not decode: {problem}")))
     }
 
-    fn list(&mut self, filter: &ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
+    fn list(&mut self, filter: &ListFilter, before: Option<Cursor>, limit: usize) -> Result<JobPage, StorageError> {
         let state = filter.state.map(JobState::name);
+        let before = match before {
+            None => None,
+            Some(Cursor::Id(id)) => Some(uuid_of(id)),
+            Some(Cursor::Seq(_)) => return Err(StorageError::new("the PostgreSQL queue lists by id, not by sequence")),
+        };
         let rows = self.connection.query(
             list_sql(),
-            &[
-                &state,
-                &before.unwrap_or(i64::MAX),
-                &i64::try_from(limit).unwrap_or(i64::MAX),
-                &filter.submitted_by,
-                &filter.kind,
-            ],
+            &[&state, &before, &i64::try_from(limit).unwrap_or(i64::MAX), &filter.submitted_by, &filter.kind],
         )?;
         let mut page = JobPage::default();
-        let mut last_seq = None;
         for row in &rows {
-            last_seq = Some(row.get::<_, i64>(0));
             page.records.push(record_from_row(row, false).map_err(StorageError::new)?);
         }
-        page.next_before = if page.records.len() == limit { last_seq } else { None };
+        page.next_before =
+            if page.records.len() == limit { page.records.last().map(|record| Cursor::Id(record.id)) } else { None };
         Ok(page)
     }
 

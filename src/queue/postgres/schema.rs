@@ -10,7 +10,7 @@ use crate::queue::StorageError;
 
 /// The schema this build writes. A database with a higher version was written by a newer
 /// jobd, and this one refuses it rather than misread it.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock the migrations hold: one node migrates while the others wait.
 const MIGRATION_LOCK: i64 = 0x6a6f_6264_0001;
@@ -23,64 +23,17 @@ pub(super) const PURGE_LOCK: i64 = 0x6a6f_6264_0003;
 pub(super) const READY_CHANNEL: &str = "jobd_ready";
 
 /// Each migration, in order: version `n` is the `n`th entry. Each runs in one transaction
-/// with its version bump.
-const MIGRATIONS: [&str; 1] = [
-    // Version 1. `seq` orders listings; `ready_seq` (from a sequence) orders claims and is
-    // renewed when a delayed job falls due, as in SQLite. `lease_owner` is the node that
-    // claimed a job: it stays `queued` in that node's window until its start is recorded,
-    // then `running`. The partial indexes keep the claim, the promotion of due jobs, the
-    // rescue and the purge off the finished rows that make up most of the table.
-    "CREATE SEQUENCE jobd_ready_seq;
-     CREATE TABLE jobd_jobs (
-         seq bigserial PRIMARY KEY,
-         id uuid NOT NULL UNIQUE,
-         kind text NOT NULL,
-         state text NOT NULL,
-         attempts integer NOT NULL DEFAULT 0,
-         max_attempts integer NOT NULL,
-         timeout_ms bigint,
-         created_at bigint NOT NULL,
-         run_at bigint,
-         started_at bigint,
-         finished_at bigint,
-         last_error text,
-         result text,
-         idempotency_key text,
-         submitted_by text NOT NULL DEFAULT '',
-         args text,
-         body bytea,
-         body_is_json boolean NOT NULL DEFAULT false,
-         ready_seq bigint,
-         lease_owner uuid
-     );
-     CREATE UNIQUE INDEX jobd_jobs_idempotency ON jobd_jobs (submitted_by, idempotency_key)
-         WHERE idempotency_key IS NOT NULL;
-     CREATE INDEX jobd_jobs_ready ON jobd_jobs (ready_seq) WHERE state = 'queued' AND lease_owner IS NULL;
-     CREATE INDEX jobd_jobs_waiting ON jobd_jobs (run_at) WHERE state IN ('scheduled', 'failed');
-     CREATE INDEX jobd_jobs_leased ON jobd_jobs (lease_owner) WHERE lease_owner IS NOT NULL;
-     CREATE INDEX jobd_jobs_done ON jobd_jobs (finished_at) WHERE state IN ('succeeded', 'dead', 'cancelled');
-     CREATE INDEX jobd_jobs_dead ON jobd_jobs (seq) WHERE state = 'dead';
-     CREATE TABLE jobd_nodes (
-         id uuid PRIMARY KEY,
-         name text NOT NULL,
-         started_at timestamptz NOT NULL,
-         heartbeat_at timestamptz NOT NULL,
-         expires_at timestamptz NOT NULL
-     );
-     CREATE TABLE jobd_counts (
-         node uuid NOT NULL,
-         state text NOT NULL,
-         jobs bigint NOT NULL,
-         PRIMARY KEY (node, state)
-     );",
-];
+/// with its version bump. A migration never changes once released: a database that ran
+/// it must stay what the next one expects (the tests upgrade a version 1 database).
+const MIGRATIONS: [&str; 2] = [include_str!("migrations/v1.sql"), include_str!("migrations/v2.sql")];
 
-/// Adds a transaction's count changes to its node's rows: `$1` the node, `$2` the states,
-/// `$3` the changes. Each node writes only its own rows, so nodes never wait for each
-/// other's counts, and the sum over all rows is exact.
-pub(super) const ADD_COUNTS: &str = "INSERT INTO jobd_counts (node, state, jobs)
-     SELECT $1, state, delta FROM unnest($2::text[], $3::bigint[]) AS changes(state, delta) WHERE delta <> 0
-     ON CONFLICT (node, state) DO UPDATE SET jobs = jobd_counts.jobs + EXCLUDED.jobs";
+/// Adds a transaction's count changes to its connection's rows: `$1` the node, `$2` its
+/// lane (connection), `$3` the states, `$4` the changes. Each connection writes only its
+/// own rows, so neither nodes nor a node's connections wait for each other's counts, and
+/// the sum over all rows is exact.
+pub(super) const ADD_COUNTS: &str = "INSERT INTO jobd_counts (node, lane, state, jobs)
+     SELECT $1, $2, state, delta FROM unnest($3::text[], $4::bigint[]) AS changes(state, delta) WHERE delta <> 0
+     ON CONFLICT (node, lane, state) DO UPDATE SET jobs = jobd_counts.jobs + EXCLUDED.jobs";
 
 /// The depth by state: a sum over a few rows per node, never a count of jobs.
 pub(super) const DEPTH: &str = "SELECT state, sum(jobs)::bigint FROM jobd_counts GROUP BY state";

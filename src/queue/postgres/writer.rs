@@ -33,14 +33,14 @@ const INSERT: &str = "INSERT INTO jobd_jobs (id, kind, state, ready_seq, run_at,
 
 /// Moves due scheduled and failed jobs to the queue, returning the states they left.
 const PROMOTE_DUE: &str = "WITH due AS (
-         SELECT seq, state FROM jobd_jobs WHERE state IN ('scheduled', 'failed') AND run_at <= $1
+         SELECT id, state FROM jobd_jobs WHERE state IN ('scheduled', 'failed') AND run_at <= $1
          ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED)
      UPDATE jobd_jobs j SET state = 'queued', ready_seq = nextval('jobd_ready_seq')
-     FROM due WHERE j.seq = due.seq RETURNING due.state";
+     FROM due WHERE j.id = due.id RETURNING due.state";
 
 /// The next queued jobs no node holds, in order, locked for this transaction, with their
 /// body sizes: the claim cuts the batch at its byte bound before it takes them.
-const PICK: &str = "SELECT seq, octet_length(body) FROM jobd_jobs WHERE state = 'queued' AND lease_owner IS NULL
+const PICK: &str = "SELECT id, octet_length(body) FROM jobd_jobs WHERE state = 'queued' AND lease_owner IS NULL
      ORDER BY ready_seq LIMIT $1 FOR UPDATE SKIP LOCKED";
 
 /// Takes picked jobs into this node's window: leased to `$2`, still `queued` until their
@@ -48,14 +48,20 @@ const PICK: &str = "SELECT seq, octet_length(body) FROM jobd_jobs WHERE state = 
 fn take_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        format!("UPDATE jobd_jobs j SET lease_owner = $2 WHERE j.seq = ANY($1) RETURNING {CLAIMED_COLUMNS}")
+        format!("UPDATE jobd_jobs j SET lease_owner = $2 WHERE j.id = ANY($1) RETURNING {CLAIMED_COLUMNS}")
     })
 }
 
 const NEXT_DUE: &str = "SELECT min(run_at) FROM jobd_jobs WHERE state IN ('scheduled', 'failed')";
 
 const BURY: &str = "UPDATE jobd_jobs SET state = 'dead', last_error = $2, finished_at = $3, lease_owner = NULL
-     WHERE seq = $1 AND state = 'queued'";
+     WHERE id = $1 AND state = 'queued'";
+
+// The lease owner is compared with `IS NOT DISTINCT FROM`, which no index serves, in the
+// statements below that match jobs by id: given `=`, the planner may walk every job the
+// node holds (the leased index, dead entries and all) for each id, instead of looking
+// each id up by the primary key, and a finish then costs tens of microseconds per job.
+// The owner is never NULL there, so the two compare alike.
 
 /// Records the start of attempts that have not ended yet, counting each: the job leaves
 /// the queue for `running`, if this node (`$4`) still holds it at the attempt before.
@@ -64,14 +70,14 @@ const BURY: &str = "UPDATE jobd_jobs SET state = 'dead', last_error = $2, finish
 /// the job first leaves nothing to match.
 const RECORD_STARTED: &str = "UPDATE jobd_jobs j SET state = 'running', attempts = s.attempt, started_at = s.started_at
      FROM unnest($1::uuid[], $2::integer[], $3::bigint[]) AS s(id, attempt, started_at)
-     WHERE j.id = s.id AND j.lease_owner = $4 AND j.state = 'queued' AND j.attempts = s.attempt - 1
+     WHERE j.id = s.id AND j.lease_owner IS NOT DISTINCT FROM $4 AND j.state = 'queued' AND j.attempts = s.attempt - 1
      RETURNING j.id";
 
 /// Of starts that did not apply, those already recorded (by a commit whose answer was
 /// lost): the job runs at that attempt, held by this node (`$3`).
 const ALREADY_STARTED: &str = "SELECT j.id FROM jobd_jobs j
      JOIN unnest($1::uuid[], $2::integer[]) AS s(id, attempt) ON j.id = s.id
-     WHERE j.lease_owner = $3 AND j.state = 'running' AND j.attempts = s.attempt";
+     WHERE j.lease_owner IS NOT DISTINCT FROM $3 AND j.state = 'running' AND j.attempts = s.attempt";
 
 /// Records the end of attempts, if this node (`$10`) still holds each job in state `$9`
 /// at that attempt: `running` at the attempt, or still `queued` at the attempt before,
@@ -84,7 +90,7 @@ const RECORD_FINISHED: &str = "UPDATE jobd_jobs j SET state = f.state, attempts 
          last_error = f.error, result = f.result, run_at = COALESCE(f.retry_at, j.run_at), lease_owner = NULL
      FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
          $8::bigint[]) AS f(id, attempt, state, started_at, finished_at, error, result, retry_at)
-     WHERE j.id = f.id AND j.lease_owner = $10 AND j.state = $9
+     WHERE j.id = f.id AND j.lease_owner IS NOT DISTINCT FROM $10 AND j.state = $9
        AND j.attempts = CASE WHEN $9 = 'queued' THEN f.attempt - 1 ELSE f.attempt END
      RETURNING j.id, j.state";
 
@@ -159,10 +165,10 @@ impl PostgresBackend {
 
     /// Marks a claimed job that cannot be decoded as dead, so one bad row cannot wedge
     /// the queue.
-    fn bury_undecodable(&mut self, seq: i64, error: &str) -> Result<(), StorageError> {
-        tracing::error!(seq, %error, "a stored job cannot be decoded; it is marked dead");
+    fn bury_undecodable(&mut self, id: uuid::Uuid, error: &str) -> Result<(), StorageError> {
+        tracing::error!(job_id = %id, %error, "a stored job cannot be decoded; it is marked dead");
         let message = format!("stored job cannot be decoded: {error}");
-        let changed = self.connection.execute(BURY, &[&seq, &message, &millis(Utc::now())])?;
+        let changed = self.connection.execute(BURY, &[&id, &message, &millis(Utc::now())])?;
         self.deltas.moved(JobState::Queued, JobState::Dead, changed as i64);
         Ok(())
     }
@@ -421,32 +427,32 @@ impl JobWriter for PostgresBackend {
             self.deltas.moved(state_of(row.get(0)), JobState::Queued, 1);
         }
         let picked = self.connection.query(PICK, &[&limit])?;
-        let mut seqs = Vec::with_capacity(picked.len());
+        let mut ids = Vec::with_capacity(picked.len());
         let mut bytes = 0usize;
         let mut stopped_at_byte_limit = false;
         for row in &picked {
             let size = usize::try_from(row.get::<_, Option<i32>>(1).unwrap_or(0)).unwrap_or(0);
-            if !claim_has_room(seqs.len(), bytes, size) {
+            if !claim_has_room(ids.len(), bytes, size) {
                 stopped_at_byte_limit = true;
                 break;
             }
             bytes += size;
-            seqs.push(row.get::<_, i64>(0));
+            ids.push(row.get::<_, uuid::Uuid>(0));
         }
-        let mut jobs = Vec::with_capacity(seqs.len());
-        if !seqs.is_empty() {
+        let mut jobs = Vec::with_capacity(ids.len());
+        if !ids.is_empty() {
             let owner = lease.owner.as_uuid();
-            let mut taken = self.connection.query(take_sql(), &[&seqs, &owner])?;
-            taken.sort_by_key(|row| row.get::<_, Option<i64>>(1));
+            let mut taken = self.connection.query(take_sql(), &[&ids, &owner])?;
+            taken.sort_by_key(|row| row.get::<_, Option<i64>>(0));
             let mut undecodable = Vec::new();
             for row in &taken {
                 match decode_claimed(row) {
                     Ok(job) => jobs.push(job),
-                    Err(error) => undecodable.push((row.get::<_, i64>(0), error)),
+                    Err(error) => undecodable.push((row.get::<_, uuid::Uuid>(1), error)),
                 }
             }
-            for (seq, error) in undecodable {
-                self.bury_undecodable(seq, &error)?;
+            for (id, error) in undecodable {
+                self.bury_undecodable(id, &error)?;
             }
         }
         if std::mem::take(&mut self.claims_uncertain) {
@@ -507,12 +513,12 @@ impl JobWriter for PostgresBackend {
         // may start it at any moment.
         let owner = self.owner();
         let rows = self.connection.query(
-            "WITH target AS (SELECT seq, state, lease_owner FROM jobd_jobs WHERE id = $1 FOR UPDATE),
+            "WITH target AS (SELECT id, state, lease_owner FROM jobd_jobs WHERE id = $1 FOR UPDATE),
                   cancelled AS (
                       UPDATE jobd_jobs j SET state = 'cancelled', finished_at = $2, lease_owner = NULL FROM target
-                      WHERE j.seq = target.seq AND target.state IN ('queued', 'scheduled', 'failed')
+                      WHERE j.id = target.id AND target.state IN ('queued', 'scheduled', 'failed')
                         AND (target.lease_owner IS NULL OR target.lease_owner = $3)
-                      RETURNING j.seq)
+                      RETURNING j.id)
              SELECT target.state, EXISTS (SELECT 1 FROM cancelled), target.lease_owner IS NOT NULL FROM target",
             &[&uuid_of(id), &millis(now), &owner],
         )?;
@@ -537,8 +543,8 @@ impl JobWriter for PostgresBackend {
             return Ok(0);
         }
         let rows = self.connection.query(
-            "DELETE FROM jobd_jobs WHERE seq IN (
-                 SELECT seq FROM jobd_jobs WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at < $1
+            "DELETE FROM jobd_jobs WHERE id IN (
+                 SELECT id FROM jobd_jobs WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at < $1
                  LIMIT $2)
              RETURNING state",
             &[&millis(cutoff), &i64::try_from(limit).unwrap_or(i64::MAX)],

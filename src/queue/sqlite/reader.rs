@@ -8,10 +8,15 @@ use super::SqliteBackend;
 use super::codec::{from_millis, record_from_row};
 use super::sql::RECORD_COLUMNS;
 use crate::job::{JobId, JobRecord, JobState};
-use crate::queue::{JobPage, JobReader, ListFilter, QueueDepth, StorageError};
+use crate::queue::{Cursor, JobPage, JobReader, ListFilter, QueueDepth, StorageError};
 
 impl JobReader for SqliteBackend {
-    fn list(&mut self, filter: &ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
+    fn list(&mut self, filter: &ListFilter, before: Option<Cursor>, limit: usize) -> Result<JobPage, StorageError> {
+        let before = match before {
+            None => i64::MAX,
+            Some(Cursor::Seq(seq)) => seq,
+            Some(Cursor::Id(_)) => return Err(StorageError::new("the SQLite queue lists by sequence, not by id")),
+        };
         // Dead jobs, the listing operators look for among many finished ones, have an
         // index; other listings walk the table newest first.
         let sql = match filter.state {
@@ -28,7 +33,7 @@ impl JobReader for SqliteBackend {
         let mut statement = self.connection.prepare_cached(&sql)?;
         let mut rows = statement.query(params![
             filter.state.map(JobState::name),
-            before.unwrap_or(i64::MAX),
+            before,
             limit as i64,
             filter.submitted_by.as_deref(),
             filter.kind.as_deref()
@@ -39,7 +44,7 @@ impl JobReader for SqliteBackend {
             last_seq = Some(row.get::<_, i64>("seq")?);
             page.records.push(record_from_row(row, false)?);
         }
-        page.next_before = if page.records.len() == limit { last_seq } else { None };
+        page.next_before = if page.records.len() == limit { last_seq.map(Cursor::Seq) } else { None };
         Ok(page)
     }
 

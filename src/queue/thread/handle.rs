@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, Fetch, ProgressNotRecorded, Reply, SubmissionAnswer, Waiting};
 use crate::job::{FinishedJob, Job, JobId, JobRecord, StartedJob};
-use crate::queue::{ControlError, JobPage, ListFilter, QueueStatus, ReadyBatch, StorageError};
+use crate::queue::{ControlError, Cursor, JobPage, ListFilter, QueueStatus, ReadyBatch, StorageError};
 
 /// The error every [`QueueHandle`] call returns once the queue thread has stopped.
 fn queue_closed() -> StorageError {
@@ -18,9 +18,18 @@ fn queue_closed() -> StorageError {
 #[derive(Clone)]
 pub struct QueueHandle {
     pub(super) commands: mpsc::Sender<Command>,
+    /// The ingest lane, which takes submissions, when the backend has one.
+    pub(super) ingest: Option<mpsc::Sender<Command>>,
+    /// Whether the backend lists by job id: see [`super::super::QueueBackend::lists_by_id`].
+    pub(super) lists_by_id: bool,
 }
 
 impl QueueHandle {
+    /// Reads a listing cursor of this queue's form; `None` if it is not one.
+    pub fn parse_cursor(&self, text: &str) -> Option<Cursor> {
+        Cursor::parse(text, self.lists_by_id)
+    }
+
     async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(command(reply)).await.map_err(|_| queue_closed())?;
@@ -29,7 +38,12 @@ impl QueueHandle {
 
     /// Enqueues a group of submissions in one transaction; see [`super::JobWriter::enqueue`].
     pub async fn enqueue_group(&self, group: Vec<Vec<Job>>) -> Result<Vec<SubmissionAnswer>, StorageError> {
-        self.call(|reply| Command::Enqueue { group, reply }).await
+        let Some(ingest) = &self.ingest else {
+            return self.call(|reply| Command::Enqueue { group, reply }).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        ingest.send(Command::Enqueue { group, reply }).await.map_err(|_| queue_closed())?;
+        answer.await.map_err(|_| queue_closed())?
     }
 
     /// Claims up to `max` ready jobs (see [`super::JobWriter::claim`]); answered at once.
@@ -63,7 +77,12 @@ impl QueueHandle {
     }
 
     /// See [`super::JobReader::list`].
-    pub async fn list(&self, filter: ListFilter, before: Option<i64>, limit: usize) -> Result<JobPage, StorageError> {
+    pub async fn list(
+        &self,
+        filter: ListFilter,
+        before: Option<Cursor>,
+        limit: usize,
+    ) -> Result<JobPage, StorageError> {
         self.call(|reply| Command::List { filter, before, limit, reply }).await
     }
 
