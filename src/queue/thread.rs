@@ -25,6 +25,7 @@
 //! here and are the same for every backend; a backend only implements the traits of
 //! [`super::backend`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 
@@ -52,12 +53,20 @@ pub struct CommitMetrics {
 #[derive(Clone, Debug)]
 pub struct Waker {
     commands: mpsc::WeakSender<Command>,
+    /// Set by every wake, and taken by the thread after each batch it receives: a wake
+    /// that finds the channel full is not lost, since a full channel means the thread
+    /// has commands to receive, and it then sees the flag.
+    woken: Arc<AtomicBool>,
 }
 
 impl Waker {
-    /// Asks the queue thread to look again for ready jobs. Never blocks: when the channel
-    /// is full, the thread is busy and will look anyway.
+    fn new(commands: &mpsc::Sender<Command>, woken: &Arc<AtomicBool>) -> Self {
+        Waker { commands: commands.downgrade(), woken: woken.clone() }
+    }
+
+    /// Asks the queue thread to look again for ready jobs. Never blocks.
     pub fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
         if let Some(commands) = self.commands.upgrade() {
             drop(commands.try_send(Command::Wake));
         }
@@ -266,29 +275,21 @@ impl QueueThread {
         metrics: CommitMetrics,
     ) -> std::io::Result<(Self, QueueLost)> {
         let (commands, receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
-        backend.set_waker(Waker { commands: commands.downgrade() });
+        let woken = Arc::new(AtomicBool::new(false));
+        backend.set_waker(Waker::new(&commands, &woken));
         let lease = Lease { owner: node, expires_at: None };
         let lists_by_id = backend.lists_by_id();
         let per_commit = if group_commit { MAX_COMMANDS_PER_COMMIT } else { 1 };
-        // Submissions run on a lane of their own when the backend offers one. After a
-        // commit that readied jobs it wakes the main lane's held fetch, as the main lane
-        // does for its own commits.
-        let mut ingest = None;
-        let mut ingest_commands = None;
-        if let Some(lane) = backend.ingest_lane() {
-            let (lane_commands, lane_receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
-            let (metrics, peer) = (metrics.clone(), Waker { commands: commands.downgrade() });
-            ingest = Some(thread::Builder::new().name("jobd-ingest".to_owned()).spawn(move || {
-                // The lane's commits are durable by themselves: it has no sync thread, so
-                // nothing can poison it and nobody waits for its loss.
-                let lost = LostSignal { poison: Arc::new(OnceLock::new()), sender: None };
-                let lanes = Lanes { peer: Some(peer) };
-                run_backend(lane, lease, lane_receiver, per_commit, &metrics, Syncing::NotNeeded, lost, &lanes);
-            })?);
-            ingest_commands = Some(lane_commands);
-        }
-        let (lost_sender, lost) = oneshot::channel();
         let poison = Arc::new(OnceLock::new());
+        let ingest = match backend.ingest_lane() {
+            Some(lane) => {
+                let main = Waker::new(&commands, &woken);
+                Some(lanes::spawn_ingest(lane, lease, per_commit, &metrics, main, poison.clone())?)
+            }
+            None => None,
+        };
+        let (ingest, ingest_commands) = ingest.unzip();
+        let (lost_sender, lost) = oneshot::channel();
         // Without group commit, each request pays its own fsync inside its commit, as the
         // comparison means: the backend is not asked for a syncer.
         let syncer = if group_commit { backend.syncer() } else { None };
@@ -305,7 +306,8 @@ impl QueueThread {
         };
         let thread = thread::Builder::new().name("jobd-queue".to_owned()).spawn(move || {
             let lost = LostSignal { poison, sender: Some(lost_sender) };
-            run_backend(backend, lease, receiver, per_commit, &metrics, syncing, lost, &Lanes { peer: None });
+            let lanes = Lanes { peer: None, woken };
+            run_backend(backend, lease, receiver, per_commit, &metrics, syncing, lost, &lanes);
         })?;
         let handle = QueueHandle { commands, ingest: ingest_commands, lists_by_id };
         Ok((Self { handle, thread, ingest, node }, lost))
@@ -363,12 +365,6 @@ impl LostSignal {
     }
 }
 
-/// How a queue thread's lane relates to the other: the ingest lane wakes the main lane's
-/// held fetch after commits that readied jobs.
-struct Lanes {
-    peer: Option<Waker>,
-}
-
 #[expect(clippy::too_many_arguments, reason = "the thread's whole state, handed over once")]
 fn run_backend(
     mut backend: Box<dyn QueueBackend>,
@@ -389,6 +385,17 @@ fn run_backend(
                 Ok(command) => batch.push(command),
                 Err(_) => break,
             }
+        }
+        // One look for every wake since the last batch, whether its command arrived or
+        // found the channel full.
+        let mut woken = lanes.woken.swap(false, Ordering::AcqRel);
+        batch.retain(|command| {
+            let wake = matches!(command, Command::Wake);
+            woken |= wake;
+            !wake
+        });
+        if woken {
+            batch.push(Command::Wake);
         }
         if let Some(hold) = backend.cancel_hold()
             && batch.iter().any(|command| matches!(command, Command::Cancel { .. }))
@@ -677,8 +684,10 @@ fn run_writes(
 }
 
 mod handle;
+mod lanes;
 
 pub use handle::QueueHandle;
+use lanes::Lanes;
 
 #[cfg(test)]
 mod tests;

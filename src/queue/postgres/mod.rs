@@ -25,9 +25,10 @@ pub use self::schema::SCHEMA_VERSION;
 use super::{NodeId, QueueBackend, StorageError, Transactions, Waker};
 use crate::job::JobState;
 
-/// A node's connections: this queue thread's, the lease thread's and the listener's. The
-/// pool is fixed at three, so that N nodes hold 3 × N of the server's `max_connections`.
-pub const CONNECTIONS_PER_NODE: usize = 3;
+/// A node's connections: the queue thread's, its ingest lane's, the lease thread's and the
+/// listener's. The pool is fixed at four, so that N nodes hold 4 × N of the server's
+/// `max_connections`.
+pub const CONNECTIONS_PER_NODE: usize = 4;
 /// The longest one statement may run before the server cancels it, so that one slow query
 /// cannot hold the queue thread (and with it every submission) for ever.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -381,7 +382,12 @@ impl PostgresBackend {
 
     /// A second backend of this node on a connection of its own, for submissions only.
     fn open_ingest_lane(&self) -> PostgresBackend {
-        let connection = Connection::new(self.ingest_config.clone());
+        let mut connection = Connection::new(self.ingest_config.clone());
+        // Connected now, so that a server without a connection to spare says so at start,
+        // in the log; the lane connects again, with the backoff, at its first submission.
+        if let Err(error) = connection.client() {
+            tracing::error!(error = error.message(), "the ingest connection to PostgreSQL failed at start");
+        }
         let (config, metrics, news) = (self.ingest_config.clone(), self.metrics.clone(), self.news.clone());
         Self::on_connection(connection, self.node, 1, config, self.capacity, metrics, news)
     }
@@ -433,17 +439,6 @@ impl Transactions for PostgresBackend {
         self.pending_handout.clear();
         self.pending_release.clear();
         self.connection.batch("BEGIN")
-    }
-
-    /// A claim's commit does not wait for the disk (`synchronous_commit = off`): should
-    /// PostgreSQL crash before it writes the claim's WAL, the leases are lost with it, the
-    /// jobs are claimable again, and this node's writes about them are fenced, since they
-    /// name a lease the jobs no longer carry: the jobs run again, at least once, as after
-    /// any crash. Every later durable commit on the server writes the claim's WAL too.
-    /// A claim's answer then waits for no fsync, and this connection is free sooner.
-    fn begin_fetch(&mut self) -> Result<(), StorageError> {
-        self.begin()?;
-        self.connection.batch("SET LOCAL synchronous_commit = off")
     }
 
     fn commit(&mut self) -> Result<(), StorageError> {

@@ -84,6 +84,10 @@ fn migrate_locked(client: &mut postgres::Client) -> Result<i32, StorageError> {
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(found).unwrap_or(0)) {
         let target = i32::try_from(index + 1).unwrap_or(i32::MAX);
         let mut transaction = client.transaction().map_err(failed)?;
+        // A migration may rebuild an index of every job (version 2 does): it must not be
+        // cut short by the statement timeout meant for the queue's own statements, or the
+        // node would roll it back at every start and never come up.
+        transaction.batch_execute("SET LOCAL statement_timeout = 0").map_err(failed)?;
         transaction.batch_execute(migration).map_err(failed)?;
         transaction.execute("UPDATE jobd_schema SET version = $1", &[&target]).map_err(failed)?;
         transaction.commit().map_err(failed)?;

@@ -38,11 +38,16 @@ impl QueueHandle {
 
     /// Enqueues a group of submissions in one transaction; see [`super::JobWriter::enqueue`].
     pub async fn enqueue_group(&self, group: Vec<Vec<Job>>) -> Result<Vec<SubmissionAnswer>, StorageError> {
-        let Some(ingest) = &self.ingest else {
-            return self.call(|reply| Command::Enqueue { group, reply }).await;
-        };
+        self.call_ingest(|reply| Command::Enqueue { group, reply }).await
+    }
+
+    /// Calls the ingest lane, when there is one, else the queue thread: the commands that
+    /// add unfinished jobs (submissions, retries) go there, so that one lane of this node
+    /// checks them all against `max_queue`.
+    async fn call_ingest<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
+        let Some(ingest) = &self.ingest else { return self.call(command).await };
         let (reply, answer) = oneshot::channel();
-        ingest.send(Command::Enqueue { group, reply }).await.map_err(|_| queue_closed())?;
+        ingest.send(command(reply)).await.map_err(|_| queue_closed())?;
         answer.await.map_err(|_| queue_closed())?
     }
 
@@ -68,7 +73,7 @@ impl QueueHandle {
 
     /// See [`super::JobWriter::retry_dead`].
     pub async fn retry_dead(&self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {
-        self.call(|reply| Command::Retry { id, reply }).await
+        self.call_ingest(|reply| Command::Retry { id, reply }).await
     }
 
     /// See [`super::JobWriter::cancel`].
