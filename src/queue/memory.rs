@@ -261,11 +261,7 @@ impl JobWriter for MemoryBackend {
 impl JobReader for MemoryBackend {
     fn list(&mut self, filter: &ListFilter, before: Option<Cursor>, limit: usize) -> Result<JobPage, StorageError> {
         let mut page = JobPage::default();
-        let before = match before {
-            None => i64::MAX,
-            Some(Cursor::Seq(seq)) => seq,
-            Some(Cursor::Id(_)) => return Err(StorageError::new("the memory queue lists by sequence, not by id")),
-        };
+        let before = Cursor::seq_before(before)?;
         for (&seq, id) in self.by_seq.range(..before).rev() {
             let Some(entry) = self.entries.get(id) else { continue };
             if filter.state.is_some_and(|state| state != entry.record.state)

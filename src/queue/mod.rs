@@ -208,6 +208,17 @@ impl Cursor {
     pub fn parse(text: &str, by_id: bool) -> Option<Cursor> {
         if by_id { JobId::parse(text).map(Cursor::Id) } else { text.parse().ok().map(Cursor::Seq) }
     }
+
+    /// For a backend that lists by sequence: the sequence a page starts below, all of
+    /// them without a cursor. [`QueueHandle::parse_cursor`] only makes the form the
+    /// backend lists by, so an id here is a bug, answered as a storage error.
+    pub(crate) fn seq_before(before: Option<Cursor>) -> Result<i64, StorageError> {
+        match before {
+            None => Ok(i64::MAX),
+            Some(Cursor::Seq(seq)) => Ok(seq),
+            Some(Cursor::Id(_)) => Err(StorageError::new("this queue lists by sequence, not by job id")),
+        }
+    }
 }
 
 impl std::fmt::Display for Cursor {

@@ -12,11 +12,7 @@ use crate::queue::{Cursor, JobPage, JobReader, ListFilter, QueueDepth, StorageEr
 
 impl JobReader for SqliteBackend {
     fn list(&mut self, filter: &ListFilter, before: Option<Cursor>, limit: usize) -> Result<JobPage, StorageError> {
-        let before = match before {
-            None => i64::MAX,
-            Some(Cursor::Seq(seq)) => seq,
-            Some(Cursor::Id(_)) => return Err(StorageError::new("the SQLite queue lists by sequence, not by id")),
-        };
+        let before = Cursor::seq_before(before)?;
         // Dead jobs, the listing operators look for among many finished ones, have an
         // index; other listings walk the table newest first.
         let sql = match filter.state {

@@ -13,12 +13,22 @@ fn queue_closed() -> StorageError {
     StorageError::new("the queue thread has stopped")
 }
 
+/// Sends `command` to the lane behind `lane` and waits for its answer.
+async fn call_on<T>(
+    lane: &mpsc::Sender<Command>,
+    command: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, StorageError> {
+    let (reply, answer) = oneshot::channel();
+    lane.send(command(reply)).await.map_err(|_| queue_closed())?;
+    answer.await.map_err(|_| queue_closed())?
+}
+
 /// A cheap, cloneable way to talk to the queue thread. Every call is async and
 /// answered by the thread; the number of calls in flight is bounded by the channel.
 #[derive(Clone)]
 pub struct QueueHandle {
     pub(super) commands: mpsc::Sender<Command>,
-    /// The ingest lane, which takes submissions, when the backend has one.
+    /// The ingest lane, which takes submissions and retries, when the backend has one.
     pub(super) ingest: Option<mpsc::Sender<Command>>,
     /// Whether the backend lists by job id: see [`super::super::QueueBackend::lists_by_id`].
     pub(super) lists_by_id: bool,
@@ -31,9 +41,7 @@ impl QueueHandle {
     }
 
     async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands.send(command(reply)).await.map_err(|_| queue_closed())?;
-        answer.await.map_err(|_| queue_closed())?
+        call_on(&self.commands, command).await
     }
 
     /// Enqueues a group of submissions in one transaction; see [`super::JobWriter::enqueue`].
@@ -45,10 +53,7 @@ impl QueueHandle {
     /// add unfinished jobs (submissions, retries) go there, so that one lane of this node
     /// checks them all against `max_queue`.
     async fn call_ingest<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StorageError> {
-        let Some(ingest) = &self.ingest else { return self.call(command).await };
-        let (reply, answer) = oneshot::channel();
-        ingest.send(command(reply)).await.map_err(|_| queue_closed())?;
-        answer.await.map_err(|_| queue_closed())?
+        call_on(self.ingest.as_ref().unwrap_or(&self.commands), command).await
     }
 
     /// Claims up to `max` ready jobs (see [`super::JobWriter::claim`]); answered at once.
