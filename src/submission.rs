@@ -582,7 +582,7 @@ mod tests {
         let single = single.expect("valid");
         assert_eq!((single.len(), single[0].kind), (1, "sleep"));
         let args: serde_json::Value = serde_json::from_str(single[0].args.as_ref().expect("args").get()).expect("JSON");
-        assert_eq!(args, serde_json::json!({"ms": 5, "blocking": false, "in_worker": false}));
+        assert_eq!(args, serde_json::json!({"ms": 5, "blocking": false, "in_worker": false, "beside_actors": false}));
     }
 
     #[test]

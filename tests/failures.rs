@@ -171,6 +171,49 @@ async fn timeouts_abandon_attempts_and_a_blocking_job_does_not_stall_the_others(
     daemon.wait_for("the next job", |stats| stats["counters"]["jobs"]["succeeded"] == 41).await;
 }
 
+/// Bodies that run beside the actors (as a webhook's do) are contained like the others: a
+/// panic restarts only its worker, a timeout cuts the attempt off, and the pool goes on. At
+/// the defaults; `max_attempts` and `timeout_ms` are the jobs' own options.
+#[tokio::test]
+async fn panics_and_timeouts_of_bodies_beside_the_actors_are_contained() {
+    let daemon = Daemon::start(&[]);
+    let pid = daemon.pid();
+    let stuck =
+        json!({"kind": "sleep", "payload": {"ms": 60000, "beside_actors": true}, "timeout_ms": 300, "max_attempts": 1});
+    let stuck_id = accepted_ids(daemon.post_json("/v1/jobs", &stuck).await).await.remove(0);
+    let jobs: Vec<Value> = (0..40)
+        .map(|n| {
+            if n % 2 == 0 {
+                json!({"kind": "panic", "payload": {"message": format!("beside {n}"), "beside_actors": true}, "max_attempts": 1})
+            } else {
+                json!({"kind": "sleep", "payload": {"ms": 5, "beside_actors": true}})
+            }
+        })
+        .collect();
+    accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": jobs})).await).await;
+    let stats = daemon
+        .wait_for("every job at its end, recorded", |stats| {
+            stats["counters"]["jobs"]["succeeded"] == 20
+                && stats["queue"]["dead"] == 21
+                && stats["counters"]["workers"]["busy"] == 0
+        })
+        .await;
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "same process, still alive");
+    assert_eq!(stats["counters"]["jobs"]["panicked"], 20, "{stats}");
+    assert_eq!(stats["counters"]["jobs"]["timed_out"], 1, "{stats}");
+    assert_eq!(stats["counters"]["workers"]["restarts"], 20, "one restart per panic: {stats}");
+    assert_eq!(stats["counters"]["workers"]["idle"], stats["counters"]["workers"]["total"], "{stats}");
+    assert_eq!(daemon.job(&stuck_id).await.expect("record")["last_error"], "timed out after 300 ms");
+    let dead = daemon.list_all("dead").await;
+    let panicked: Vec<&Value> = dead.iter().filter(|record| record["kind"] == "panic").collect();
+    assert_eq!(panicked.len(), 20);
+    for record in panicked {
+        assert!(record["last_error"].as_str().is_some_and(|e| e.starts_with("panicked: beside ")), "{record}");
+    }
+    accepted_ids(daemon.post_json("/v1/jobs", &json!({"kind": "noop"})).await).await;
+    daemon.wait_for("the next job", |stats| stats["counters"]["jobs"]["succeeded"] == 21).await;
+}
+
 #[tokio::test]
 async fn a_hundred_thousand_delayed_jobs_run_in_due_order_none_early_on_one_timer() {
     let daemon = Daemon::start(&[("JOBD_LOG", "warn,jobd::server=info")]);

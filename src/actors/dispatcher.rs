@@ -12,7 +12,8 @@
 //! jobs aside in order and hands out the others. The Dispatcher decides what an attempt
 //! means: retryable with attempts left is `failed` with a `retry_at` from `RetryPolicy`,
 //! anything else is final. Starts and outcomes are recorded in batches, one flush in flight
-//! at a time; a failed flush is kept and tried again. Delayed jobs wait in the backend with
+//! at a time, gathered for up to 2 ms unless a job waits for its start; a failed flush is
+//! kept and tried again. Delayed jobs wait in the backend with
 //! their `run_at`; the Dispatcher keeps one timer for the earliest and nudges the queue
 //! thread when it fires. Every second it checks that each worker is still connected, and
 //! replaces one that died outside supervision. Cancels go through it, because it alone knows
@@ -44,6 +45,15 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// this long gathers them, at the price of starting delayed jobs up to this much late
 /// (never early).
 const MIN_DUE_INTERVAL: Duration = Duration::from_millis(10);
+/// How long starts and outcomes that nothing waits for are gathered before they are
+/// recorded. Recorded as they came, a webhook destination's 8 deliveries in flight made
+/// flushes of one or two jobs, which cost 14 µs of queue-thread CPU and 6 µs of fsync
+/// per job, as much as the delivery's own HTTP request; gathered for 2 ms at 35,000 jobs/s,
+/// a flush carries about 70 and those costs fall to a third. The price: a job's outcome
+/// reaches its record up to 2 ms later, and a crash within those 2 ms runs its job again,
+/// which at-least-once allows. Nothing waits on it: a destination's slot, a worker and a
+/// kind's permit are free as soon as the attempt ends.
+const PROGRESS_LINGER: Duration = Duration::from_millis(2);
 /// The fewest jobs the window of claimed jobs holds; see `Dispatcher::new`.
 const WINDOW_FLOOR: usize = 16_384;
 /// How often the Dispatcher refreshes the `STATUS=` line systemd shows.
@@ -153,6 +163,10 @@ pub struct Dispatcher {
     started: Vec<StartedJob>,
     outcomes: Vec<FinishedJob>,
     recording: bool,
+    /// The timer of progress lingering before its flush ([`PROGRESS_LINGER`]).
+    linger: Option<SpawnHandle>,
+    /// The linger is over: the next call flushes whatever is buffered.
+    linger_over: bool,
     /// Drain requests waiting for the running jobs; `Some` once draining began.
     drain_waiters: Option<Vec<oneshot::Sender<()>>>,
     /// systemd's notification socket, when jobd runs under systemd.
@@ -197,6 +211,8 @@ impl Dispatcher {
             started: Vec::new(),
             outcomes: Vec::new(),
             recording: false,
+            linger: None,
+            linger_over: false,
             drain_waiters: None,
             notifier: None,
             watchdog: None,
@@ -444,12 +460,29 @@ impl Dispatcher {
     }
 
     /// Records buffered starts and outcomes, one queue call at a time, so that those that
-    /// arrive during a call go out together in the next.
+    /// arrive during a call go out together in the next. Progress that nothing waits for
+    /// lingers up to [`PROGRESS_LINGER`] first; starts that jobs wait for, and a drain,
+    /// go at once.
     fn record_progress(&mut self, ctx: &mut Context<Self>) {
         if self.recording || (self.outcomes.is_empty() && self.started.is_empty()) {
             self.finish_drain_if_done();
             return;
         }
+        let awaited = !self.awaiting_start.is_empty() || self.draining();
+        if !awaited && !self.linger_over {
+            if self.linger.is_none() {
+                self.linger = Some(ctx.run_later(PROGRESS_LINGER, |dispatcher, ctx| {
+                    dispatcher.linger = None;
+                    dispatcher.linger_over = true;
+                    dispatcher.record_progress(ctx);
+                }));
+            }
+            return;
+        }
+        if let Some(linger) = self.linger.take() {
+            ctx.cancel_future(linger);
+        }
+        self.linger_over = false;
         self.recording = true;
         let started = std::mem::take(&mut self.started);
         let finished = std::mem::take(&mut self.outcomes);

@@ -1,13 +1,17 @@
-//! The Worker actor: runs one job at a time with its timeout, contains the job's panics,
-//! and restarts itself under actix supervision when a job panicked.
+//! The Worker actor: runs one job at a time with its timeout, on the bodies runtime or
+//! beside the actors as its kind asks, contains the job's panics, and restarts itself
+//! under actix supervision when a job panicked.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
 use tracing::Instrument as _;
 
-use crate::job::{Job, Outcome};
+use crate::job::{Job, JobResult, Outcome};
 use crate::kinds::{JobError, Permit};
 use crate::runner::JobRunner;
 
@@ -144,36 +148,66 @@ impl Handler<RunJob> for Worker {
         }
         drop(entered);
         let timeout = self.runner.timeouts.for_job(&job, kind);
-        // The body runs on the bodies runtime: a body that blocks its thread cannot stall
-        // this arbiter, and a panic ends only its task, reported by the join handle.
-        let body = self.runner.bodies.spawn(self.runner.clone().run(job, permit).instrument(span.clone()));
-        let abort = body.abort_handle();
-        ctx.spawn(tokio::time::timeout(timeout, body).into_actor(self).map(move |result, worker, ctx| {
+        let beside_actors = kind.is_some_and(|kind| kind.runs_beside_actors(&job));
+        let body = self.runner.clone().run(job, permit).instrument(span.clone());
+        let ended: BoxFuture<'static, BodyEnd> = if beside_actors {
+            // The body runs here, on this arbiter; its panic is caught as it unwinds out of
+            // the body's poll, so it never reaches the actors.
+            Box::pin(tokio::time::timeout(timeout, AssertUnwindSafe(body).catch_unwind()).map(|result| match result {
+                Ok(Ok(result)) => BodyEnd::Returned(result),
+                Ok(Err(payload)) => BodyEnd::Panicked(panic_message(payload.as_ref())),
+                // Dropping the future ended the attempt at its last await.
+                Err(_elapsed) => BodyEnd::TimedOut,
+            }))
+        } else {
+            // The body runs on the bodies runtime: a body that blocks its thread cannot
+            // stall this arbiter, and a panic ends only its task, reported by the join handle.
+            let task = self.runner.bodies.spawn(body);
+            let abort = task.abort_handle();
+            Box::pin(tokio::time::timeout(timeout, task).map(move |result| match result {
+                Ok(Ok(result)) => BodyEnd::Returned(result),
+                Ok(Err(join_error)) if join_error.is_panic() => {
+                    BodyEnd::Panicked(panic_message(join_error.into_panic().as_ref()))
+                }
+                Ok(Err(join_error)) => BodyEnd::Lost(join_error.to_string()),
+                Err(_elapsed) => {
+                    // Dropping the join handle would not stop the task: it is aborted at its
+                    // next await. A body that blocks keeps its thread until it returns, but
+                    // its result is ignored and this worker is free now.
+                    abort.abort();
+                    BodyEnd::TimedOut
+                }
+            }))
+        };
+        ctx.spawn(ended.into_actor(self).map(move |ended, worker, ctx| {
             let _entered = span.enter();
-            let outcome = match result {
-                Ok(Ok(Ok(result))) => Outcome::Succeeded(result),
-                Ok(Ok(Err(error))) if error.is_store_unreachable() => {
+            let outcome = match ended {
+                BodyEnd::Returned(Ok(result)) => Outcome::Succeeded(result),
+                BodyEnd::Returned(Err(error)) if error.is_store_unreachable() => {
                     Outcome::StoreUnreachable { error: error.to_string() }
                 }
-                Ok(Ok(Err(JobError::Deferred { message, retry_after }))) => {
+                BodyEnd::Returned(Err(JobError::Deferred { message, retry_after })) => {
                     Outcome::Deferred { error: message, retry_after }
                 }
-                Ok(Ok(Err(error))) => Outcome::Failed { error: error.to_string(), retryable: error.is_retryable() },
-                Ok(Err(join_error)) if join_error.is_panic() => {
-                    Outcome::Panicked { message: panic_message(join_error.into_panic().as_ref()) }
+                BodyEnd::Returned(Err(error)) => {
+                    Outcome::Failed { error: error.to_string(), retryable: error.is_retryable() }
                 }
-                Ok(Err(join_error)) => Outcome::Failed { error: join_error.to_string(), retryable: true },
-                Err(_elapsed) => {
-                    // Dropping the future abandons the attempt at its next await; a body
-                    // that blocks keeps its thread until it returns, but its result is
-                    // ignored and this worker is free now.
-                    abort.abort();
-                    Outcome::TimedOut { after_ms: duration_ms(timeout) }
-                }
+                BodyEnd::Panicked(message) => Outcome::Panicked { message },
+                BodyEnd::Lost(error) => Outcome::Failed { error, retryable: true },
+                BodyEnd::TimedOut => Outcome::TimedOut { after_ms: duration_ms(timeout) },
             };
             worker.finish(ctx, outcome, started);
         }));
     }
+}
+
+/// How a job's body ended, wherever it ran.
+enum BodyEnd {
+    Returned(Result<JobResult, JobError>),
+    Panicked(String),
+    /// The body's task ended without an answer (its runtime shut down).
+    Lost(String),
+    TimedOut,
 }
 
 fn duration_ms(duration: Duration) -> u64 {

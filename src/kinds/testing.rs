@@ -61,6 +61,9 @@ struct SleepArgs {
     /// watchdog).
     #[serde(default)]
     in_worker: bool,
+    /// Run the body beside the actors, as a webhook's runs (`Kind::runs_beside_actors`).
+    #[serde(default)]
+    beside_actors: bool,
 }
 
 /// A `fail` or `panic` job's arguments, as stored.
@@ -75,6 +78,9 @@ struct RequestedArgs {
     /// `panic` only: panic in the Worker actor rather than in the job body.
     #[serde(default)]
     in_worker: bool,
+    /// Run the body beside the actors, as a webhook's runs (`Kind::runs_beside_actors`).
+    #[serde(default)]
+    beside_actors: bool,
 }
 
 fn default_true() -> bool {
@@ -141,6 +147,11 @@ impl Kind for Sleep {
 
     /// With `in_worker`, blocks this actor's thread, which the Dispatcher shares: its loop
     /// stops, and so do the watchdog pings.
+    fn runs_beside_actors(&self, job: &Job) -> bool {
+        // A blocking sleep beside the actors would stall them: it stays on the bodies runtime.
+        stored_args::<SleepArgs>(job).is_ok_and(|args| args.beside_actors && !args.blocking)
+    }
+
     fn run_on_worker_thread(&self, job: &Job) -> Option<Outcome> {
         let args: SleepArgs = stored_args(job).ok()?;
         if !args.in_worker {
@@ -173,17 +184,19 @@ impl Kind for Requested {
 
     fn validate(&self, fields: &mut RequestFields<'_>) -> Result<Validated, FieldProblem> {
         let given: Option<RequestedArgs> = payload_args(fields, false)?;
-        let given = given.unwrap_or(RequestedArgs { message: None, retryable: true, in_worker: false });
+        let given =
+            given.unwrap_or(RequestedArgs { message: None, retryable: true, in_worker: false, beside_actors: false });
         // Stored in full, with the message resolved, so that running needs no defaults.
         let args = RequestedArgs {
             message: Some(self.message(&given)),
             retryable: self.panics || given.retryable,
             in_worker: self.panics && given.in_worker,
+            beside_actors: given.beside_actors,
         };
         let args = if self.panics {
-            serde_json::json!({"message": args.message, "in_worker": args.in_worker})
+            serde_json::json!({"message": args.message, "in_worker": args.in_worker, "beside_actors": args.beside_actors})
         } else {
-            serde_json::json!({"message": args.message, "retryable": args.retryable})
+            serde_json::json!({"message": args.message, "retryable": args.retryable, "beside_actors": args.beside_actors})
         };
         Ok(Validated { args: to_args(&args)?, body: None })
     }
@@ -199,6 +212,10 @@ impl Kind for Requested {
             }
             Err(JobError::Failed { message, retryable: args.retryable })
         })
+    }
+
+    fn runs_beside_actors(&self, job: &Job) -> bool {
+        stored_args::<RequestedArgs>(job).is_ok_and(|args| args.beside_actors)
     }
 
     /// A `panic` with `in_worker` panics in the actor itself, outside the body's

@@ -189,6 +189,13 @@ impl Kind for Webhook {
         })
     }
 
+    /// A delivery is non-blocking network I/O with a few microseconds of CPU between its
+    /// awaits (signing, parsing the answer), so it runs beside the actors: a hop to the
+    /// bodies runtime and back would cost it more than the request itself.
+    fn runs_beside_actors(&self, _job: &Job) -> bool {
+        true
+    }
+
     /// A delivery is an HTTP request in a task of its own: it cannot take the process down,
     /// so it starts without waiting for its start to be recorded, which would hold its
     /// destination's slot for a commit. Its start is recorded in the next flush; should the
