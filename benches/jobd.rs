@@ -779,23 +779,31 @@ async fn run() -> Vec<Figure> {
         .expect("write the config");
         let daemon = Daemon::start(&[("JOBD_CONFIG", config.to_str().expect("utf-8"))]);
         let per_round = WEBHOOK_JOBS / WEBHOOK_ROUNDS;
-        let (mut plain_time, mut jobd_time) = (Duration::ZERO, Duration::ZERO);
+        let hyper_client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(WEBHOOK_CONCURRENCY)
+            .build_http::<http_body_util::Full<bytes::Bytes>>();
+        // Three sides take turns, each round in another order: jobd, the plain loop with
+        // reqwest, and the plain loop with hyper's pooled client (jobd's own).
+        let mut times = [Duration::ZERO; 3];
         for round in 0..WEBHOOK_ROUNDS {
-            for plain_turn in [round % 2 == 0, round % 2 == 1] {
+            for turn in 0..3 {
+                let side = (turn + round as usize) % 3;
                 let started = Instant::now();
-                if plain_turn {
-                    plain_posts(&client, &receiver.url, per_round, WEBHOOK_CONCURRENCY).await;
-                    plain_time += started.elapsed();
-                } else {
-                    submit_batches(&client, &daemon, per_round, 500, 4, |n| {
-                        json!({"kind": "webhook", "destination": "bench", "payload": {"n": n, "pad": "x".repeat(160)}})
-                    })
-                    .await;
-                    wait_succeeded(&client, &daemon, per_round * (round + 1)).await;
-                    jobd_time += started.elapsed();
+                match side {
+                    0 => {
+                        submit_batches(&client, &daemon, per_round, 500, 4, |n| {
+                            json!({"kind": "webhook", "destination": "bench", "payload": {"n": n, "pad": "x".repeat(160)}})
+                        })
+                        .await;
+                        wait_succeeded(&client, &daemon, per_round * (round + 1)).await;
+                    }
+                    1 => plain_posts(&client, &receiver.url, per_round, WEBHOOK_CONCURRENCY).await,
+                    _ => plain_posts_hyper(&hyper_client, &receiver.url, per_round, WEBHOOK_CONCURRENCY).await,
                 }
+                times[side] += started.elapsed();
             }
         }
+        let [jobd_time, plain_time, hyper_time] = times;
         // How long jobd's own requests took, against the plain loop's (its in-flight count
         // over its rate): the part of the gap that is the receiver's answer, not the queue.
         let scrape = client.get(daemon.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
@@ -814,6 +822,15 @@ async fn run() -> Vec<Figure> {
              mean request {jobd_request_us:.0} us in jobd, {plain_request_us:.0} us in the plain loop"
         );
         figures.push(figure);
+        let hyper_rate = WEBHOOK_JOBS as f64 / hyper_time.as_secs_f64();
+        println!("(9b) plain HTTP posts with hyper's pooled client {hyper_rate:.0}/s");
+        figures.push(Figure {
+            number: "9b",
+            name: "For comparison: (9)'s plain loop with hyper's pooled client, the one jobd delivers with",
+            value: format!("{hyper_rate:.0}: jobd's deliveries are {:.2} x this", deliveries / hyper_rate),
+            target: "reference",
+            met: None,
+        });
         drop(daemon);
     }
     if wanted(&[10, 11, 12, 13]) {
@@ -884,6 +901,36 @@ async fn plain_posts(client: &reqwest::Client, url: &str, count: u64, concurrenc
             async move {
                 let response = request.send().await.expect("post");
                 assert!(response.status().is_success());
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Posts `count` bodies like (9)'s payloads to `url`, `concurrency` at a time, with hyper's
+/// pooled client (the one jobd's deliveries use) rather than reqwest.
+async fn plain_posts_hyper(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    url: &str,
+    count: u64,
+    concurrency: usize,
+) {
+    let uri: hyper::Uri = url.parse().expect("a URI");
+    futures_util::stream::iter(0..count)
+        .map(|n| {
+            let body = serde_json::to_vec(&json!({"n": n, "pad": "x".repeat(160)})).expect("json");
+            let request = hyper::Request::post(uri.clone())
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .expect("a request");
+            async move {
+                let response = client.request(request).await.expect("post");
+                assert!(response.status().is_success());
+                http_body_util::BodyExt::collect(response.into_body()).await.expect("the answer");
             }
         })
         .buffer_unordered(concurrency)

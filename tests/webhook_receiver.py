@@ -3,8 +3,9 @@
 Standard Webhooks library (`standardwebhooks` from PyPI), records what it saw, and
 answers as the path asks.
 
-Usage: webhook_receiver.py --secret whsec_... [--secret whsec_...]
-Prints the port it listens on (127.0.0.1), then serves until killed.
+Usage: webhook_receiver.py --secret whsec_... [--secret whsec_...] [--tls-cert PEM --tls-key PEM]
+Prints the port it listens on (127.0.0.1), then serves until killed; over TLS with the
+certificate chain and key given, plain HTTP otherwise.
 
 Paths (POST):
   /ok                    200
@@ -21,6 +22,7 @@ the indexes of the secrets that verified it, and when it arrived.
 
 import argparse
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -134,9 +136,15 @@ class QuietServer(ThreadingHTTPServer):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--secret", action="append", required=True)
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
     verifiers = [Webhook(secret) for secret in args.secret]
     server = QuietServer(("127.0.0.1", 0), make_handler(verifiers))
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 

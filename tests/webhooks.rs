@@ -1,14 +1,16 @@
 //! The `webhook` kind against a real receiver (`tests/webhook_receiver.py`) that verifies
 //! every delivery with the official Standard Webhooks library: signatures, ids stable
 //! across retries, `Retry-After`, final answers, timeouts, redirects, the circuit breaker,
-//! confinement, and deliveries across a `kill -9`.
+//! confinement, deliveries over TLS, and deliveries across a `kill -9`.
 
 mod common;
 
 use std::io::BufRead as _;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::pki::TestPki;
 use common::{Daemon, WAIT_DEADLINE, accepted_ids};
 use serde_json::{Value, json};
 
@@ -19,26 +21,47 @@ const SECOND_SECRET: &str = "whsec_dGhlIHNlY29uZCBzZWNyZXQgb2YgdGhlIHBhaXI=";
 struct Receiver {
     child: Child,
     port: u16,
+    /// `https` when it serves TLS.
+    scheme: &'static str,
+    client: reqwest::Client,
+}
+
+/// A receiver's certificate chain and key, and a client that trusts its CA.
+struct ReceiverTls<'a> {
+    cert: &'a Path,
+    key: &'a Path,
     client: reqwest::Client,
 }
 
 impl Receiver {
     fn start(secrets: &[&str]) -> Receiver {
+        Self::start_with(secrets, None)
+    }
+
+    fn start_with(secrets: &[&str], tls: Option<ReceiverTls<'_>>) -> Receiver {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhook_receiver.py");
         let mut command = Command::new("python3");
         command.arg(script).stdout(Stdio::piped()).stderr(Stdio::inherit());
         for secret in secrets {
             command.args(["--secret", secret]);
         }
+        if let Some(tls) = &tls {
+            command.arg("--tls-cert").arg(tls.cert).arg("--tls-key").arg(tls.key);
+        }
         let mut child = command.spawn().expect("python3 runs the receiver");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("the port");
         let port = line.trim().parse().unwrap_or_else(|_| panic!("the receiver did not start: {line:?}"));
-        Receiver { child, port, client: reqwest::Client::new() }
+        match tls {
+            Some(tls) => Receiver { child, port, scheme: "https", client: tls.client },
+            None => Receiver { child, port, scheme: "http", client: reqwest::Client::new() },
+        }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        // Over TLS by `localhost`, the name its certificate carries.
+        let host = if self.scheme == "https" { "localhost" } else { "127.0.0.1" };
+        format!("{}://{host}:{}{path}", self.scheme, self.port)
     }
 
     async fn seen(&self) -> Vec<Value> {
@@ -313,6 +336,40 @@ async fn unknown_and_forbidden_destinations_are_refused_and_queue_nothing() {
     assert_eq!(refused.status(), 403);
     let problem: Value = refused.json().await.expect("problem");
     assert_eq!(problem["type"], "/problems/destination-not-allowed", "{problem}");
+}
+
+/// Deliveries over TLS: a receiver whose certificate chains to a CA in the system's trust
+/// store (given here through `SSL_CERT_FILE`, which the store honours) gets them verified
+/// and signed; a daemon that does not trust that CA refuses the handshake and delivers
+/// nothing. At the defaults; `max_attempts` is the job's own option.
+#[tokio::test]
+async fn https_deliveries_reach_a_trusted_receiver_and_an_untrusted_one_gets_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, ca) = (dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
+    let pki = TestPki::new();
+    pki.write_leaf(&cert, &key);
+    std::fs::write(&ca, &pki.ca_pem).expect("write the CA");
+    let receiver = Receiver::start_with(&[SECRET], Some(ReceiverTls { cert: &cert, key: &key, client: pki.client() }));
+    assert!(receiver.url("/ok").starts_with("https://"));
+    let file = config(dir.path(), &receiver, &[("trusted", "/ok", ""), ("untrusted", "/status/200", "")]);
+
+    let trusting = Daemon::start(&[("JOBD_CONFIG", &file), ("SSL_CERT_FILE", ca.to_str().expect("utf-8"))]);
+    let id = submit(&trusting, &webhook("trusted", r#"{"over": "tls"}"#)).await;
+    let seen = wait_seen(&receiver, "/ok", "the delivery over TLS", |seen| !seen.is_empty()).await;
+    assert_eq!(seen[0]["id"], *id);
+    assert_eq!(seen[0]["verified_by"], json!([0]), "{seen:?}");
+    assert_eq!(seen[0]["body"], r#"{"over":"tls"}"#);
+    trusting.wait_for_job(&id, "its record", |record| record["state"] == "succeeded").await;
+
+    // A daemon without the CA: the system store alone does not know it.
+    let system_store_only = Daemon::start(&[("JOBD_CONFIG", &file)]);
+    let mut job = webhook("untrusted", "{}");
+    job["max_attempts"] = json!(1);
+    let id = submit(&system_store_only, &job).await;
+    let record = system_store_only.wait_for_job(&id, "its record", |record| record["state"] == "dead").await;
+    let error = record["last_error"].as_str().expect("an error");
+    assert!(error.starts_with("the delivery failed: ") && error.contains("certificate"), "{record}");
+    assert!(receiver.seen_at("/status/200").await.is_empty(), "nothing was delivered without trust");
 }
 
 #[tokio::test]

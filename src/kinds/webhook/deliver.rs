@@ -6,6 +6,11 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::hmac;
 use base64::Engine as _;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::http;
+
+use super::client;
 use super::destination::{Destination, Verdict};
 use crate::job::{Job, JobResult};
 use crate::kinds::JobError;
@@ -13,6 +18,8 @@ use crate::metrics::Metrics;
 
 /// How much of a receiver's answer the job's record keeps.
 const RESPONSE_KEPT_BYTES: usize = 1024;
+/// What jobd calls itself in a delivery's `user-agent`.
+const USER_AGENT: &str = concat!("jobd/", env!("CARGO_PKG_VERSION"));
 /// The longest `Retry-After` honoured: a receiver cannot park a job for more than a day.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
@@ -46,18 +53,6 @@ fn retry_after(value: &str) -> Option<Duration> {
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
-/// Reads at most [`RESPONSE_KEPT_BYTES`] of the answer's body, as text.
-async fn response_start(mut response: reqwest::Response) -> String {
-    let mut kept = Vec::new();
-    while kept.len() < RESPONSE_KEPT_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => kept.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_KEPT_BYTES - kept.len())]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&kept).into_owned()
-}
-
 /// Delivers the job's payload to `destination`. The id is the job's, the same on every
 /// attempt, so that a receiver can drop duplicates; the timestamp is this attempt's.
 pub(super) async fn deliver(
@@ -70,26 +65,36 @@ pub(super) async fn deliver(
     let body = job.body.map(|body| body.bytes).unwrap_or_default();
     let id = job.id.to_string();
     let timestamp = chrono::Utc::now().timestamp();
-    let mut request = destination.client.post(destination.url.clone());
-    if !destination.headers.is_empty() {
-        request = request.headers(destination.headers.clone());
-    }
-    let mut request = request
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header("webhook-id", &id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature_header(&destination.secrets, &id, timestamp, &body));
+    let signature = signature_header(&destination.secrets, &id, timestamp, &body);
+    let mut request = hyper::Request::post(destination.uri.clone())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, USER_AGENT)
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp)
+        .header("webhook-signature", signature);
     if let Some(event_type) = event_type {
         request = request.header("webhook-event-type", event_type);
     }
+    let request = request.body(Full::new(Bytes::from(body))).map(|mut request| {
+        request.headers_mut().extend(destination.headers.clone());
+        request
+    });
     let started = Instant::now();
-    let sent = request.body(body).send().await;
+    // The destination's timeout covers the whole exchange: connecting, sending, and
+    // reading the part of the answer that is kept.
+    let exchange = async {
+        let response = destination.client.send(request?).await?;
+        let (head, body) = response.into_parts();
+        let answer = client::body_start(body, RESPONSE_KEPT_BYTES).await;
+        Ok::<_, DeliveryError>((head, answer))
+    };
+    let sent = tokio::time::timeout(destination.timeout, exchange).await;
     let elapsed = started.elapsed();
     let name = destination.name.as_ref();
     let series = destination.series(metrics);
     series.duration.observe(elapsed.as_secs_f64());
     let (outcome, verdict, result) = match sent {
-        Err(error) if error.is_timeout() => (
+        Err(_elapsed) => (
             "timed_out",
             Verdict::ReceiverDown,
             Err(JobError::Failed {
@@ -97,12 +102,12 @@ pub(super) async fn deliver(
                 retryable: true,
             }),
         ),
-        Err(error) => (
+        Ok(Err(error)) => (
             "failed",
             Verdict::ReceiverDown,
-            Err(JobError::Failed { message: format!("the delivery failed: {}", plain(error)), retryable: true }),
+            Err(JobError::Failed { message: format!("the delivery failed: {error}"), retryable: true }),
         ),
-        Ok(response) => classify(destination, response, elapsed).await,
+        Ok(Ok((head, answer))) => classify(destination, &head, &answer, elapsed),
     };
     series.deliveries(outcome).inc();
     let (open, changed) = destination.record(verdict);
@@ -117,11 +122,22 @@ pub(super) async fn deliver(
     result
 }
 
-/// An HTTP client error without its URL, which may carry a credential in its query.
-fn plain(error: reqwest::Error) -> String {
-    let error = error.without_url();
+/// Why a request got no answer: the request could not be built (a header value the
+/// receiver's configuration made invalid), or the exchange failed.
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error("{0}")]
+    Request(#[from] http::Error),
+    /// With its causes, which name the reason (connection refused, a certificate): the
+    /// client's error alone says only where it failed. Neither carries the URL.
+    #[error("{}", chain(.0))]
+    Exchange(#[from] hyper_util::client::legacy::Error),
+}
+
+/// An error and its causes, `: `-separated.
+fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
+    let mut source = error.source();
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -133,24 +149,21 @@ fn plain(error: reqwest::Error) -> String {
 /// What an answer means: `2xx` is done; `410` and other `4xx` (unless `retry_4xx`) are
 /// final; `429` and `503` retry no sooner than their `Retry-After`; other `5xx` retry
 /// with the job's backoff. A `3xx` is final too: redirects are not followed.
-async fn classify(
+fn classify(
     destination: &Destination,
-    response: reqwest::Response,
+    head: &http::response::Parts,
+    answer: &[u8],
     elapsed: Duration,
 ) -> (&'static str, Verdict, Result<JobResult, JobError>) {
-    let status = response.status();
-    let wait = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(retry_after);
-    let answer = response_start(response).await;
+    let status = head.status;
+    let wait = head.headers.get(http::header::RETRY_AFTER).and_then(|value| value.to_str().ok()).and_then(retry_after);
+    let answer = String::from_utf8_lossy(answer);
     let code = status.as_u16();
     if status.is_success() {
         let result = JobResult::with([
             ("status", Some(code.into())),
             ("latency_ms", Some(((elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0).into())),
-            ("response", Some(answer.into())),
+            ("response", Some(answer.into_owned().into())),
         ]);
         return ("delivered", Verdict::ReceiverUp, Ok(result));
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::client::DeliveryClient;
 use crate::kinds::{Admission, GateKey, Permit};
 
 /// Default time a delivery may take, from connecting to the end of the answer.
@@ -175,18 +176,13 @@ impl DestinationSettings {
             return Err("circuit_open_secs: must be between 1 and 86400".to_owned());
         }
         let open_for = Duration::from_secs(open_secs);
-        let client = reqwest::Client::builder()
-            // A redirect could point anywhere; the destination is what the operator configured.
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("jobd/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(limit)
-            .build()
-            .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
+        // The client follows no redirect: one could point anywhere, and the destination is
+        // what the operator configured.
+        let client = DeliveryClient::new(limit, timeout.min(Duration::from_secs(5)))?;
+        let uri = url.as_str().parse::<hyper::Uri>().map_err(|error| format!("url: {error}"))?;
         Ok(Destination {
             name: Arc::from(name),
-            url,
+            uri,
             secrets,
             headers,
             retry_4xx: self.retry_4xx,
@@ -204,12 +200,12 @@ impl DestinationSettings {
 /// A destination at run time.
 pub struct Destination {
     pub name: GateKey,
-    pub url: reqwest::Url,
+    pub uri: hyper::Uri,
     pub secrets: Vec<Vec<u8>>,
     pub headers: reqwest::header::HeaderMap,
     pub retry_4xx: bool,
     pub timeout: Duration,
-    pub client: reqwest::Client,
+    pub client: DeliveryClient,
     limit: usize,
     failures_to_open: u32,
     open_for: Duration,

@@ -3,6 +3,7 @@
 //! receiver's existing verifier accepts it unchanged. Destinations are configured, never
 //! sent by clients, so a client cannot make jobd call an arbitrary address.
 
+mod client;
 mod deliver;
 mod destination;
 
