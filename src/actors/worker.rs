@@ -60,6 +60,13 @@ impl WorkerReports {
     }
 }
 
+/// One kind's series of the job metrics.
+struct KindSeries {
+    kind: &'static str,
+    started: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+}
+
 /// Runs jobs one at a time. Started under a [`Supervisor`], so stopping it restarts it
 /// with the same address.
 pub struct Worker {
@@ -69,21 +76,24 @@ pub struct Worker {
     runner: Arc<JobRunner>,
     /// The kind of the job running now, for the duration histogram's label.
     kind: &'static str,
-    /// `jobd_jobs_started_total` of the kind that started last: a run of jobs of one kind
-    /// (the usual case) then counts its starts without a label lookup each.
-    started: Option<(&'static str, prometheus::IntCounter)>,
+    /// The series of the kind that started last (`jobd_jobs_started_total`,
+    /// `jobd_job_duration_seconds`): a run of jobs of one kind (the usual case) then counts
+    /// without a label lookup each.
+    series: Option<KindSeries>,
 }
 
 impl Worker {
     pub fn new(number: usize, dispatcher: WorkerReports, runner: Arc<JobRunner>) -> Self {
-        Self { number, dispatcher, runner, kind: "unknown", started: None }
+        Self { number, dispatcher, runner, kind: "unknown", series: None }
     }
 
     /// Counts, logs and reports one attempt's outcome; stops the worker after a panic.
     fn finish(&mut self, ctx: &mut Context<Self>, outcome: Outcome, started: Instant) {
         // Microsecond precision: more digits are noise in a log line.
         let elapsed_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
-        self.runner.metrics.job_duration.with_label_values(&[self.kind]).observe(started.elapsed().as_secs_f64());
+        if let Some(series) = &self.series {
+            series.duration.observe(started.elapsed().as_secs_f64());
+        }
         match &outcome {
             Outcome::Succeeded(result) => {
                 tracing::debug!(elapsed_ms, outcome = outcome.name(), result = ?result.0, "job finished");
@@ -132,14 +142,18 @@ impl Handler<RunJob> for Worker {
             tracing::info_span!("job", job_id = %job.id, kind = self.kind, attempt = job.attempt, worker = self.number);
         let entered = span.enter();
         let started = Instant::now();
-        match &self.started {
-            Some((kind, counter)) if std::ptr::eq(*kind, self.kind) => counter.inc(),
-            _ => {
-                let counter = self.runner.metrics.jobs_started.with_label_values(&[self.kind]);
-                counter.inc();
-                self.started = Some((self.kind, counter));
-            }
-        }
+        let metrics = &self.runner.metrics;
+        let kind_name = self.kind;
+        let series = match self.series.take() {
+            Some(series) if std::ptr::eq(series.kind, kind_name) => series,
+            _ => KindSeries {
+                kind: kind_name,
+                started: metrics.jobs_started.with_label_values(&[kind_name]),
+                duration: metrics.job_duration.with_label_values(&[kind_name]),
+            },
+        };
+        series.started.inc();
+        self.series = Some(series);
         // A kind that runs inline finishes here; the test kinds that block or panic the
         // worker's own thread do it here too, outside the body's containment, as a bug in
         // jobd would, so that the Dispatcher's health check has something to catch.

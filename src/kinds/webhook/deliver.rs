@@ -24,20 +24,22 @@ const USER_AGENT: &str = concat!("jobd/", env!("CARGO_PKG_VERSION"));
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
 /// The `webhook-signature` header: one `v1,<base64 HMAC-SHA256>` per secret, over
-/// `{id}.{timestamp}.{body}`, space-separated, as Standard Webhooks defines it.
-pub(super) fn signature_header(secrets: &[Vec<u8>], id: &str, timestamp: i64, body: &[u8]) -> String {
+/// `{id}.{timestamp}.{body}`, space-separated, as Standard Webhooks defines it. The keys
+/// are the destination's secrets, prepared once rather than per delivery.
+pub(super) fn signature_header(keys: &[hmac::Key], id: &str, timestamp: i64, body: &[u8]) -> String {
     let prefix = format!("{id}.{timestamp}.");
-    secrets
-        .iter()
-        .map(|secret| {
-            let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-            let mut context = hmac::Context::with_key(&key);
-            context.update(prefix.as_bytes());
-            context.update(body);
-            format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(context.sign().as_ref()))
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut header = String::new();
+    for key in keys {
+        let mut context = hmac::Context::with_key(key);
+        context.update(prefix.as_bytes());
+        context.update(body);
+        if !header.is_empty() {
+            header.push(' ');
+        }
+        header.push_str("v1,");
+        base64::engine::general_purpose::STANDARD.encode_string(context.sign().as_ref(), &mut header);
+    }
+    header
 }
 
 /// A `Retry-After` value: seconds, or an HTTP date.
@@ -65,7 +67,7 @@ pub(super) async fn deliver(
     let body = job.body.map(|body| body.bytes).unwrap_or_default();
     let id = job.id.to_string();
     let timestamp = chrono::Utc::now().timestamp();
-    let signature = signature_header(&destination.secrets, &id, timestamp, &body);
+    let signature = signature_header(&destination.signing_keys, &id, timestamp, &body);
     let mut request = hyper::Request::post(destination.uri.clone())
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::USER_AGENT, USER_AGENT)
@@ -200,7 +202,8 @@ mod tests {
     fn signatures_match_the_specifications_example() {
         let secret = base64::engine::general_purpose::STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("b64");
         let body = br#"{"test": 2432232314}"#;
-        let header = signature_header(&[secret], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &secret);
+        let header = signature_header(&[key], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
         assert_eq!(header, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::hmac;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -183,7 +184,7 @@ impl DestinationSettings {
         Ok(Destination {
             name: Arc::from(name),
             uri,
-            secrets,
+            signing_keys: secrets.iter().map(|secret| hmac::Key::new(hmac::HMAC_SHA256, secret)).collect(),
             headers,
             retry_4xx: self.retry_4xx,
             timeout,
@@ -201,7 +202,8 @@ impl DestinationSettings {
 pub struct Destination {
     pub name: GateKey,
     pub uri: hyper::Uri,
-    pub secrets: Vec<Vec<u8>>,
+    /// The secrets as HMAC-SHA256 keys, one signature each.
+    pub signing_keys: Vec<hmac::Key>,
     pub headers: reqwest::header::HeaderMap,
     pub retry_4xx: bool,
     pub timeout: Duration,
