@@ -25,13 +25,21 @@ pub struct DeliveryClient {
 }
 
 impl DeliveryClient {
-    pub fn new(limit: usize, connect_timeout: Duration) -> Result<Self, String> {
+    /// A client for a destination whose URL is `https` when `tls` is set. Only then is
+    /// the system's trust store read, once, here at start rather than at the first
+    /// handshake, which runs beside the actors.
+    pub fn new(limit: usize, connect_timeout: Duration, tls: bool) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .and_then(|builder| builder.with_platform_verifier())
-            .map_err(|error| format!("cannot set up TLS: {error}"))?
-            .with_no_client_auth();
+            .map_err(|error| format!("cannot set up TLS: {error}"))?;
+        let tls = if tls {
+            builder.with_platform_verifier().map_err(|error| format!("cannot set up TLS: {error}"))?
+        } else {
+            // Never used: the connector speaks TLS only to an https URL.
+            builder.with_root_certificates(rustls::RootCertStore::empty())
+        }
+        .with_no_client_auth();
         let mut tcp = HttpConnector::new();
         // The https connector below checks the scheme; it hands plain http to this one.
         tcp.enforce_http(false);

@@ -179,7 +179,7 @@ impl DestinationSettings {
         let open_for = Duration::from_secs(open_secs);
         // The client follows no redirect: one could point anywhere, and the destination is
         // what the operator configured.
-        let client = DeliveryClient::new(limit, timeout.min(Duration::from_secs(5)))?;
+        let client = DeliveryClient::new(limit, timeout.min(Duration::from_secs(5)), url.scheme() == "https")?;
         let uri = url.as_str().parse::<hyper::Uri>().map_err(|error| format!("url: {error}"))?;
         Ok(Destination {
             name: Arc::from(name),
