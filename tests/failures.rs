@@ -46,8 +46,8 @@ async fn a_fifth_of_five_thousand_jobs_panic_and_the_daemon_and_pool_survive() {
             jobs["succeeded"] == 4000 && jobs["dead"] == 1000
         })
         .await;
-    // The counters move when an attempt ends, a moment before its outcome is committed:
-    // the queue's own count of dead jobs is read once it has caught up.
+    // The pool's counters move when an attempt ends, the jobs' counters once its outcome
+    // is committed: both are read once they have caught up.
     let stats = daemon
         .wait_for("the pool idle and every death recorded", |stats| {
             stats["counters"]["workers"]["busy"] == 0 && stats["queue"]["dead"] == 1000

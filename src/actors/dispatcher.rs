@@ -27,6 +27,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
+use super::progress::{FinishedCounts, PROGRESS_LINGER, PROGRESS_LINGER_ENOUGH};
 use super::window::Window;
 use super::worker::{JobFinished, RunJob, Worker, WorkerIdle, WorkerReports};
 use crate::job::{FinishedJob, Job, JobId, JobState, Outcome, StartedJob};
@@ -45,22 +46,6 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// this long gathers them, at the price of starting delayed jobs up to this much late
 /// (never early).
 const MIN_DUE_INTERVAL: Duration = Duration::from_millis(10);
-/// How long starts and outcomes that nothing waits for are gathered, up to
-/// [`PROGRESS_LINGER_ENOUGH`] of them, before they are recorded. Recorded as they came, a webhook destination's 8 deliveries in flight made
-/// flushes of one or two jobs, which cost 14 µs of queue-thread CPU and 6 µs of fsync
-/// per job, as much as the delivery's own HTTP request; gathered for 2 ms at 35,000 jobs/s,
-/// a flush carries about 70 and those costs fall to a third. The price: a job's outcome
-/// reaches its record up to 2 ms later, and a crash within those 2 ms runs its job again,
-/// which at-least-once allows. Nothing waits on it: a destination's slot, a worker and a
-/// kind's permit are free as soon as the attempt ends.
-const PROGRESS_LINGER: Duration = Duration::from_millis(2);
-/// Progress that fills a flush this well goes at once, lingering or not: a flush of many
-/// jobs gains little from waiting. On PostgreSQL, lingering every flush made noop jobs 10%
-/// slower (54k/s down to 49k, and 18.8 µs of PostgreSQL CPU per job up to 20.5); with
-/// this bound they are as fast as before, while a webhook destination's ~100 outcomes per
-/// 2 ms still linger. A bound of 64 cut flushes short there too (0.76 to 0.85 x of bench
-/// (9)'s plain loop, against 0.92 x with 256).
-const PROGRESS_LINGER_ENOUGH: usize = 256;
 /// The fewest jobs the window of claimed jobs holds; see `Dispatcher::new`.
 const WINDOW_FLOOR: usize = 16_384;
 /// How often the Dispatcher refreshes the `STATUS=` line systemd shows.
@@ -407,14 +392,6 @@ impl Dispatcher {
             finished_at: now,
             retry_at,
         };
-        // A lost worker and an unreachable store are failed attempts to the metrics, as
-        // the dashboards and alerts count them; their logs and errors say which.
-        let attempt_outcome = match &finished.outcome {
-            Outcome::WorkerLost | Outcome::StoreUnreachable { .. } => "failed",
-            other => other.name(),
-        };
-        let finished_total = &self.runner.metrics.jobs_finished;
-        finished_total.with_label_values(&[running.kind, attempt_outcome]).inc();
         match (finished.state(), retry_at) {
             (JobState::Failed, Some(at)) => {
                 tracing::info!(
@@ -425,7 +402,6 @@ impl Dispatcher {
                 );
             }
             (JobState::Dead, _) => {
-                finished_total.with_label_values(&[running.kind, "dead"]).inc();
                 tracing::warn!(
                     job_id = %running.id,
                     attempts = running.attempt,
@@ -496,6 +472,7 @@ impl Dispatcher {
         let finished = std::mem::take(&mut self.outcomes);
         let starting = std::mem::take(&mut self.awaiting_start);
         let earliest_retry = finished.iter().filter_map(|end| end.retry_at).min();
+        let ends = FinishedCounts::of(&finished);
         let queue = self.queue.clone();
         ctx.spawn(async move { queue.record_progress(started, finished).await }.into_actor(self).map(
             move |result, dispatcher, ctx| {
@@ -515,6 +492,7 @@ impl Dispatcher {
                     });
                     return;
                 }
+                ends.count(&dispatcher.runner.metrics.jobs_finished);
                 // Their starts are recorded: the attempts count from here, whatever
                 // happens to the process. A drain still starts them, since they are
                 // `running` on disk and the drain waits for them anyway.

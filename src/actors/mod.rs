@@ -3,6 +3,7 @@
 
 pub mod dispatcher;
 pub mod ingest;
+mod progress;
 pub mod window;
 pub mod worker;
 

@@ -145,13 +145,13 @@ impl Kind for Sleep {
         })
     }
 
-    /// With `in_worker`, blocks this actor's thread, which the Dispatcher shares: its loop
-    /// stops, and so do the watchdog pings.
     fn runs_beside_actors(&self, job: &Job) -> bool {
         // A blocking sleep beside the actors would stall them: it stays on the bodies runtime.
         stored_args::<SleepArgs>(job).is_ok_and(|args| args.beside_actors && !args.blocking)
     }
 
+    /// With `in_worker`, blocks this actor's thread, which the Dispatcher shares: its loop
+    /// stops, and so do the watchdog pings.
     fn run_on_worker_thread(&self, job: &Job) -> Option<Outcome> {
         let args: SleepArgs = stored_args(job).ok()?;
         if !args.in_worker {

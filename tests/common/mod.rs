@@ -181,8 +181,6 @@ impl Daemon {
     }
 
     /// Polls a job's record until `done` holds for it; fails the test after [`WAIT_DEADLINE`].
-    /// The counters in `/v1/stats` move when an attempt ends, a moment before its outcome
-    /// is committed, so a test that reads a record after waiting on a counter waits here.
     pub async fn wait_for_job(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + WAIT_DEADLINE;
         loop {

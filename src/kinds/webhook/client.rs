@@ -67,12 +67,14 @@ impl DeliveryClient {
     }
 }
 
-/// Reads at most `limit` bytes of an answer's body. Read to its end, a body leaves its
-/// connection free for the next delivery; one left unread closes it.
-pub async fn body_start(mut body: Incoming, limit: usize) -> Vec<u8> {
+/// Reads at most `limit` bytes of an answer's body, or what came before `deadline`. Read
+/// to its end, a body leaves its connection free for the next delivery; one left unread
+/// closes it.
+pub async fn body_start(mut body: Incoming, limit: usize, deadline: tokio::time::Instant) -> Vec<u8> {
     let mut kept = Vec::new();
     while kept.len() < limit {
-        match body.frame().await {
+        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else { break };
+        match frame {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     kept.extend_from_slice(&data[..data.len().min(limit - kept.len())]);

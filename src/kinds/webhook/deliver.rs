@@ -71,6 +71,7 @@ pub(super) async fn deliver(
     let mut request = hyper::Request::post(destination.uri.clone())
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::USER_AGENT, USER_AGENT)
+        .header(http::header::ACCEPT, "*/*")
         .header("webhook-id", id)
         .header("webhook-timestamp", timestamp)
         .header("webhook-signature", signature);
@@ -83,14 +84,11 @@ pub(super) async fn deliver(
     });
     let started = Instant::now();
     // The destination's timeout covers the whole exchange: connecting, sending, and
-    // reading the part of the answer that is kept.
-    let exchange = async {
-        let response = destination.client.send(request?).await?;
-        let (head, body) = response.into_parts();
-        let answer = client::body_start(body, RESPONSE_KEPT_BYTES).await;
-        Ok::<_, DeliveryError>((head, answer))
-    };
-    let sent = tokio::time::timeout(destination.timeout, exchange).await;
+    // reading the part of the answer that is kept. An answer whose head came in time is
+    // judged by its status, with as much of its body as came by then.
+    let deadline = tokio::time::Instant::from_std(started + destination.timeout);
+    let exchange = async { Ok::<_, DeliveryError>(destination.client.send(request?).await?) };
+    let sent = tokio::time::timeout_at(deadline, exchange).await;
     let elapsed = started.elapsed();
     let name = destination.name.as_ref();
     let series = destination.series(metrics);
@@ -109,7 +107,11 @@ pub(super) async fn deliver(
             Verdict::ReceiverDown,
             Err(JobError::Failed { message: format!("the delivery failed: {error}"), retryable: true }),
         ),
-        Ok(Ok((head, answer))) => classify(destination, &head, &answer, elapsed),
+        Ok(Ok(response)) => {
+            let (head, body) = response.into_parts();
+            let answer = client::body_start(body, RESPONSE_KEPT_BYTES, deadline).await;
+            classify(destination, &head, &answer, elapsed)
+        }
     };
     series.deliveries(outcome).inc();
     let (open, changed) = destination.record(verdict);

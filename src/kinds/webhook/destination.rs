@@ -126,13 +126,31 @@ fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// The `user:password@` of a URL as a sensitive `authorization: Basic` value, taken out of
+/// the URL, as browsers and other HTTP clients send it; the URL is left without it.
+fn basic_credentials(url: &mut reqwest::Url) -> Option<reqwest::header::HeaderValue> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let mut pair: Vec<u8> = percent_encoding::percent_decode_str(url.username()).collect();
+    pair.push(b':');
+    pair.extend(percent_encoding::percent_decode_str(url.password().unwrap_or_default()));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    // Base64 is always a valid header value.
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 impl DestinationSettings {
     /// Checks the settings and reads the secrets, without logging any.
     pub fn resolve(&self, name: &str) -> Result<Destination, String> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             return Err("a destination's name holds only letters, digits, '-', '_' and '.'".to_owned());
         }
-        let url = reqwest::Url::parse(&self.url).map_err(|error| format!("url: {error}"))?;
+        let mut url = reqwest::Url::parse(&self.url).map_err(|error| format!("url: {error}"))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err("url: must be an http:// or https:// URL with a host".to_owned());
         }
@@ -159,6 +177,12 @@ impl DestinationSettings {
                 .map_err(|_| format!("headers: the value of {header_name} is not a header value"))?;
             value.set_sensitive(true);
             headers.insert(header_name, value);
+        }
+        if let Some(credentials) = basic_credentials(&mut url) {
+            if headers.contains_key(reqwest::header::AUTHORIZATION) {
+                return Err("url: holds credentials, and headers sets authorization too: give one".to_owned());
+            }
+            headers.insert(reqwest::header::AUTHORIZATION, credentials);
         }
         let timeout = Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
         if timeout.is_zero() || timeout > Duration::from_secs(300) {
@@ -351,5 +375,43 @@ impl Destination {
             "max_in_flight": self.limit,
             "consecutive_failures": gate.consecutive_failures,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str, headers: &[(&str, &str)]) -> DestinationSettings {
+        DestinationSettings {
+            url: url.to_owned(),
+            secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()],
+            secret_credentials: Vec::new(),
+            timeout_ms: None,
+            headers: headers.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect(),
+            retry_4xx: false,
+            max_in_flight: None,
+            circuit_failures: None,
+            circuit_open_secs: None,
+        }
+    }
+
+    /// Credentials in the URL become `authorization: Basic`, percent-decoded, and leave
+    /// the request's URI; with an `authorization` header as well, the destination is refused.
+    #[test]
+    fn credentials_in_the_url_are_sent_as_basic_authorization() {
+        let destination = settings("http://hook:p%40ss@billing.example:8080/in?x=1", &[]).resolve("billing");
+        let destination = destination.expect("a destination");
+        let authorization = destination.headers.get(reqwest::header::AUTHORIZATION).expect("authorization");
+        // base64("hook:p@ss")
+        assert_eq!(authorization.to_str().ok(), Some("Basic aG9vazpwQHNz"));
+        assert!(authorization.is_sensitive());
+        assert_eq!(destination.uri.to_string(), "http://billing.example:8080/in?x=1");
+
+        let plain = settings("http://billing.example/in", &[]).resolve("billing").expect("a destination");
+        assert!(plain.headers.get(reqwest::header::AUTHORIZATION).is_none());
+
+        let both = settings("http://hook:pass@billing.example/in", &[("authorization", "Bearer x")]).resolve("billing");
+        assert!(both.is_err_and(|problem| problem.contains("authorization")));
     }
 }
