@@ -178,10 +178,10 @@ impl DestinationSettings {
             value.set_sensitive(true);
             headers.insert(header_name, value);
         }
-        if let Some(credentials) = basic_credentials(&mut url) {
-            if headers.contains_key(reqwest::header::AUTHORIZATION) {
-                return Err("url: holds credentials, and headers sets authorization too: give one".to_owned());
-            }
+        // An `authorization` in `headers` is the more explicit of the two, and wins.
+        if let Some(credentials) = basic_credentials(&mut url)
+            && !headers.contains_key(reqwest::header::AUTHORIZATION)
+        {
             headers.insert(reqwest::header::AUTHORIZATION, credentials);
         }
         let timeout = Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
@@ -397,7 +397,7 @@ mod tests {
     }
 
     /// Credentials in the URL become `authorization: Basic`, percent-decoded, and leave
-    /// the request's URI; with an `authorization` header as well, the destination is refused.
+    /// the request's URI; an `authorization` header given as well wins.
     #[test]
     fn credentials_in_the_url_are_sent_as_basic_authorization() {
         let destination = settings("http://hook:p%40ss@billing.example:8080/in?x=1", &[]).resolve("billing");
@@ -412,6 +412,11 @@ mod tests {
         assert!(plain.headers.get(reqwest::header::AUTHORIZATION).is_none());
 
         let both = settings("http://hook:pass@billing.example/in", &[("authorization", "Bearer x")]).resolve("billing");
-        assert!(both.is_err_and(|problem| problem.contains("authorization")));
+        let both = both.expect("a destination");
+        assert_eq!(
+            both.headers.get(reqwest::header::AUTHORIZATION).and_then(|value| value.to_str().ok()),
+            Some("Bearer x")
+        );
+        assert_eq!(both.uri.to_string(), "http://billing.example/in");
     }
 }
