@@ -31,12 +31,18 @@ const INSERT: &str = "INSERT INTO jobd_jobs (id, kind, state, ready_seq, run_at,
      ON CONFLICT DO NOTHING
      RETURNING id";
 
-/// Moves due scheduled and failed jobs to the queue, returning the states they left.
+/// Moves due scheduled and failed jobs to the queue, returning the states they left. Their
+/// places in the queue (`ready_seq`) follow their due order, ties broken by id (creation
+/// order): PostgreSQL evaluates a volatile function of a select list after its sort, whereas
+/// an `UPDATE … FROM` would number the rows in whatever order its join produced them, which
+/// let a later-due job start a moment before an earlier one.
 const PROMOTE_DUE: &str = "WITH due AS (
-         SELECT id, state FROM jobd_jobs WHERE state IN ('scheduled', 'failed') AND run_at <= $1
-         ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-     UPDATE jobd_jobs j SET state = 'queued', ready_seq = nextval('jobd_ready_seq')
-     FROM due WHERE j.id = due.id RETURNING due.state";
+         SELECT id, state, run_at FROM jobd_jobs WHERE state IN ('scheduled', 'failed') AND run_at <= $1
+         ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED),
+     numbered AS (
+         SELECT id, state, nextval('jobd_ready_seq') AS ready_seq FROM due ORDER BY run_at, id)
+     UPDATE jobd_jobs j SET state = 'queued', ready_seq = numbered.ready_seq
+     FROM numbered WHERE j.id = numbered.id RETURNING numbered.state";
 
 /// The next queued jobs no node holds, in order, locked for this transaction, with their
 /// body sizes: the claim cuts the batch at its byte bound before it takes them.
