@@ -157,8 +157,6 @@ pub struct Dispatcher {
     recording: bool,
     /// The timer of progress lingering before its flush ([`PROGRESS_LINGER`]).
     linger: Option<SpawnHandle>,
-    /// The linger is over: the next call flushes whatever is buffered.
-    linger_over: bool,
     /// Drain requests waiting for the running jobs; `Some` once draining began.
     drain_waiters: Option<Vec<oneshot::Sender<()>>>,
     /// systemd's notification socket, when jobd runs under systemd.
@@ -204,7 +202,6 @@ impl Dispatcher {
             outcomes: Vec::new(),
             recording: false,
             linger: None,
-            linger_over: false,
             drain_waiters: None,
             notifier: None,
             watchdog: None,
@@ -447,26 +444,27 @@ impl Dispatcher {
     /// lingers up to [`PROGRESS_LINGER`] first; starts that jobs wait for, and a drain,
     /// go at once.
     fn record_progress(&mut self, ctx: &mut Context<Self>) {
+        let buffered = self.started.len() + self.outcomes.len();
+        let awaited = !self.awaiting_start.is_empty() || self.draining();
+        if self.recording || buffered == 0 || awaited || buffered >= PROGRESS_LINGER_ENOUGH {
+            self.flush_progress(ctx);
+        } else if self.linger.is_none() {
+            self.linger = Some(ctx.run_later(PROGRESS_LINGER, |dispatcher, ctx| {
+                dispatcher.linger = None;
+                dispatcher.flush_progress(ctx);
+            }));
+        }
+    }
+
+    /// Sends the buffered starts and outcomes to the queue now, unless a flush is out.
+    fn flush_progress(&mut self, ctx: &mut Context<Self>) {
         if self.recording || (self.outcomes.is_empty() && self.started.is_empty()) {
             self.finish_drain_if_done();
-            return;
-        }
-        let awaited = !self.awaiting_start.is_empty() || self.draining();
-        let enough = self.started.len() + self.outcomes.len() >= PROGRESS_LINGER_ENOUGH;
-        if !awaited && !enough && !self.linger_over {
-            if self.linger.is_none() {
-                self.linger = Some(ctx.run_later(PROGRESS_LINGER, |dispatcher, ctx| {
-                    dispatcher.linger = None;
-                    dispatcher.linger_over = true;
-                    dispatcher.record_progress(ctx);
-                }));
-            }
             return;
         }
         if let Some(linger) = self.linger.take() {
             ctx.cancel_future(linger);
         }
-        self.linger_over = false;
         self.recording = true;
         let started = std::mem::take(&mut self.started);
         let finished = std::mem::take(&mut self.outcomes);
@@ -488,7 +486,7 @@ impl Dispatcher {
                     dispatcher.recording = true;
                     ctx.run_later(RETRY_DELAY, |dispatcher, ctx| {
                         dispatcher.recording = false;
-                        dispatcher.record_progress(ctx);
+                        dispatcher.flush_progress(ctx);
                     });
                     return;
                 }

@@ -19,7 +19,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The client of one destination: its pool holds at most `limit` idle connections, one
 /// per delivery in flight.
-#[derive(Clone)]
 pub struct DeliveryClient {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
