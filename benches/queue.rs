@@ -16,6 +16,7 @@ fn noop() -> Job {
         id: JobId::generate(),
         created_at: Utc::now(),
         attempt: 0,
+        claim: 0,
         max_attempts: 5,
         timeout_ms: None,
         run_at: None,
@@ -93,7 +94,7 @@ fn run(synchronous: Synchronous, per_transaction: usize, per_submission: usize) 
             let started: Vec<StartedJob> = claimed
                 .jobs
                 .iter()
-                .map(|job| StartedJob { id: job.id, attempt: job.attempt, started_at: now })
+                .map(|job| StartedJob { claim: 0, id: job.id, attempt: job.attempt, started_at: now })
                 .collect();
             let finished: Vec<FinishedJob> =
                 claimed.jobs.iter().map(|job| FinishedJob::succeeded(job.id, job.attempt, "noop", now)).collect();

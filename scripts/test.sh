@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
-type -P kill >/dev/null 2>&1 || missing+=(procps)
+{ type -P kill && type -P pgrep; } >/dev/null 2>&1 || missing+=(procps)
 # curl runs the README's examples (tests/readme.rs), as a reader would.
 type -P curl >/dev/null 2>&1 || missing+=(curl)
 { type -P prometheus && type -P promtool; } >/dev/null 2>&1 || missing+=(prometheus)

@@ -117,6 +117,10 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     /// Which attempt this run is, from 1; set when the Dispatcher claims the job.
     pub attempt: u32,
+    /// Which claim handed the job out (PostgreSQL's claim epoch; 0 for a queue only this
+    /// process uses): a copy of the job from an older claim cannot record anything, so one
+    /// node never runs two copies of one attempt.
+    pub claim: i64,
     pub max_attempts: u32,
     pub timeout_ms: Option<u64>,
     /// When the job is due, if not at once.
@@ -159,6 +163,7 @@ impl Job {
             id: JobId::generate(),
             created_at: Utc::now(),
             attempt: 0,
+            claim: 0,
             max_attempts: 3,
             timeout_ms: None,
             run_at: None,
@@ -279,6 +284,11 @@ pub enum Outcome {
     Panicked { message: String },
     /// The worker running the job died; the Dispatcher replaced it. Retryable.
     WorkerLost,
+    /// The node stopped the attempt because it could no longer prove that it held the
+    /// job's lease (a partition from the database, or a stall): another node may take the
+    /// job at any moment. Retryable, and never the reason a job dies: the job did nothing
+    /// wrong.
+    Interrupted,
     /// The object store could not be reached (connection refused or reset, DNS, timeout,
     /// 5xx, `SlowDown`). Retryable; the Dispatcher holds the store's jobs until a probe
     /// finds it up, so an outage costs a job about one attempt, not all of them.
@@ -295,6 +305,7 @@ impl Outcome {
             | Outcome::Deferred { .. }
             | Outcome::Panicked { .. }
             | Outcome::WorkerLost
+            | Outcome::Interrupted
             | Outcome::StoreUnreachable { .. } => true,
         }
     }
@@ -309,6 +320,9 @@ impl Outcome {
             Outcome::TimedOut { after_ms } => Some(format!("timed out after {after_ms} ms")),
             Outcome::Panicked { message } => Some(format!("panicked: {message}")),
             Outcome::WorkerLost => Some("the worker running the job died".to_owned()),
+            Outcome::Interrupted => {
+                Some("stopped: the node could not prove that it still held the job's lease".to_owned())
+            }
         }
     }
 
@@ -321,6 +335,7 @@ impl Outcome {
             Outcome::TimedOut { .. } => "timed_out",
             Outcome::Panicked { .. } => "panicked",
             Outcome::WorkerLost => "worker_lost",
+            Outcome::Interrupted => "interrupted",
             Outcome::StoreUnreachable { .. } => "store_unreachable",
         }
     }
@@ -347,6 +362,8 @@ pub struct FinishedJob {
     /// The attempt that ended, as its claim numbered it: a backend shared between
     /// processes records the end only while the job is still on that attempt.
     pub attempt: u32,
+    /// The claim the attempt ran under (see [`Job::claim`]).
+    pub claim: i64,
     pub kind: &'static str,
     pub outcome: Outcome,
     pub finished_at: DateTime<Utc>,
@@ -360,6 +377,7 @@ impl FinishedJob {
         FinishedJob {
             id,
             attempt,
+            claim: 0,
             kind,
             outcome: Outcome::Succeeded(JobResult::default()),
             finished_at,
@@ -383,5 +401,7 @@ pub struct StartedJob {
     pub id: JobId,
     /// The attempt that started, as its claim numbered it.
     pub attempt: u32,
+    /// The claim the attempt runs under (see [`Job::claim`]).
+    pub claim: i64,
     pub started_at: DateTime<Utc>,
 }

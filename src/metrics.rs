@@ -253,9 +253,20 @@ impl Metrics {
                 )
                 .buckets(exponential_buckets(0.001, 4.0, 8)?),
             )?,
+            fenced_starts: IntCounter::new(
+                "jobd_fenced_starts_total",
+                "Claimed jobs this node did not run because their start was refused: the job moved to another \
+                 node or claim, or this node's lease was not proven held.",
+            )?,
+            lease_held: IntGauge::new(
+                "jobd_lease_held",
+                "1 while this node can prove that it holds its lease on the shared queue (always 1 with SQLite); \
+                 0 while it cannot, and so starts and claims nothing.",
+            )?,
         };
-        // A node alone (SQLite) is its whole cluster.
+        // A node alone (SQLite) is its whole cluster, and holds its jobs for its life.
         cluster.nodes.set(1);
+        cluster.lease_held.set(1);
         let build_info =
             IntGaugeVec::new(Opts::new("jobd_build_info", "Always 1; labelled with the version."), &["version"])?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -314,6 +325,8 @@ impl Metrics {
             Box::new(cluster.rescued.clone()),
             Box::new(cluster.fenced.clone()),
             Box::new(cluster.heartbeat_lag.clone()),
+            Box::new(cluster.fenced_starts.clone()),
+            Box::new(cluster.lease_held.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];

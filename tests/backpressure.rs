@@ -52,7 +52,12 @@ async fn a_full_queue_answers_429_and_recovers_after_draining() {
 
 /// Sends [`SUBMISSIONS`] single-upload submissions at once and returns their answers.
 async fn submit_at_once(daemon: &Daemon) -> Vec<reqwest::Response> {
-    let submissions = (0..SUBMISSIONS).map(|n| {
+    submit_many_at_once(daemon, SUBMISSIONS).await
+}
+
+/// Sends `count` single-upload submissions at once and returns their answers.
+async fn submit_many_at_once(daemon: &Daemon, count: usize) -> Vec<reqwest::Response> {
+    let submissions = (0..count).map(|n| {
         let job = json!({"kind": "upload", "payload": {"n": n, "blob": "x".repeat(BODY_BYTES)}});
         async move { daemon.post_json("/v1/jobs", &job).await }
     });
@@ -110,6 +115,31 @@ async fn a_slow_disk_answers_503_past_the_pending_byte_bound_and_every_accepted_
             .any(|line| line == format!("jobd_submissions_rejected_total{{reason=\"commit_backlog\"}} {refused}")),
         "refusals are counted by reason"
     );
+}
+
+/// Fewer submissions than the Ingest actor sends to the queue thread at once (64 groups):
+/// none waits in its pending list, yet the bound holds, because the bytes of groups sent
+/// and not yet answered count too. Before, all 40 were taken, 1.3 MiB past a bound of
+/// 256 KiB.
+#[tokio::test]
+async fn the_pending_byte_bound_counts_the_groups_that_wait_for_their_commit() {
+    if common::sqlite_only("a slowed fsync (test_sync_delay_ms)") {
+        return;
+    }
+    let daemon =
+        Daemon::start(&[("JOBD_TEST_SYNC_DELAY_MS", SYNC_DELAY_MS), ("JOBD_INGEST_MAX_PENDING_BYTES", "262144")]);
+    let mut accepted = Vec::new();
+    for response in submit_many_at_once(&daemon, 40).await {
+        match response.status().as_u16() {
+            202 => accepted.extend(accepted_ids(response).await),
+            503 => {}
+            other => panic!("expected 202 or 503, got {other}"),
+        }
+    }
+    // Each holds a little more than its 32 KiB body: at most 8 fit under 256 KiB, plus
+    // the first, which is always taken.
+    assert!(!accepted.is_empty() && accepted.len() <= 9, "{} of 40 accepted under 256 KiB", accepted.len());
+    wait_until_succeeded(&daemon, &accepted).await;
 }
 
 #[tokio::test]

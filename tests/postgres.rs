@@ -83,7 +83,7 @@ async fn three_nodes_migrate_once_and_share_the_work() {
     let versions: Vec<i32> = sql(&url, |client| {
         client.query("SELECT version FROM jobd_schema", &[]).expect("schema").iter().map(|row| row.get(0)).collect()
     });
-    assert_eq!(versions, vec![2]);
+    assert_eq!(versions, vec![jobd::queue::postgres::SCHEMA_VERSION]);
     let migrating_nodes = nodes
         .iter()
         .filter(|node| node.log_records().iter().any(|record| record["message"] == "PostgreSQL schema migrated"))
@@ -375,7 +375,7 @@ fn check_config_probes_the_database_and_hides_the_password() {
     assert!(!before.contains("hunter2") && before.contains("***"), "{before}");
     let node = start_nodes(&url, 1, &[]).pop().expect("a node");
     let after = probe(&with_password);
-    assert!(after.contains("jobd schema version 2"), "{after}");
+    assert!(after.contains("jobd schema version 3"), "{after}");
     assert!(!after.contains("hunter2"), "{after}");
     drop(node);
 }
@@ -413,7 +413,10 @@ async fn a_version_1_database_is_upgraded_in_place() {
             .expect("version 1 counts");
     });
     let node = start_nodes(&url, 1, &[]).pop().expect("a node");
-    assert_eq!(scalar(&url, "SELECT version::bigint FROM jobd_schema"), 2);
+    assert_eq!(
+        scalar(&url, "SELECT version::bigint FROM jobd_schema"),
+        i64::from(jobd::queue::postgres::SCHEMA_VERSION)
+    );
     let seq_columns =
         "SELECT count(*) FROM information_schema.columns WHERE table_name = 'jobd_jobs' AND column_name = 'seq'";
     assert_eq!(scalar(&url, seq_columns), 0);

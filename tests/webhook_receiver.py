@@ -16,6 +16,8 @@ Paths (POST):
   /hang                  never answers in time (sleeps 120 s)
   /redirect              302 to /ok
   /switch                the status set by POST /control {"switch": code} (200 at first)
+  /work/<node>           200 after 500 ms, recording when it answered (`ended`): the cluster
+                         checker gives each node its own <node>, to tell who delivered
 GET /seen returns every delivery as JSON: path, webhook-id, timestamp, signature, body,
 the indexes of the secrets that verified it, and when it arrived.
 """
@@ -79,7 +81,7 @@ def make_handler(verifiers):
             with lock:
                 attempt = attempts_by_id.get((url.path, webhook_id), 0) + 1
                 attempts_by_id[(url.path, webhook_id)] = attempt
-                seen.append({
+                record = {
                     "path": url.path,
                     "id": webhook_id,
                     "timestamp": headers.get("webhook-timestamp"),
@@ -91,7 +93,8 @@ def make_handler(verifiers):
                     "verified_by": verified_by,
                     "attempt": attempt,
                     "at": time.time(),
-                })
+                }
+                seen.append(record)
             parts = url.path.strip("/").split("/")
             if parts[0] == "ok":
                 self.answer(200, b"received")
@@ -108,6 +111,11 @@ def make_handler(verifiers):
                     self.answer(200, b"received")
             elif parts[0] == "flaky":
                 self.answer(500 if attempt <= int(parts[1]) else 200, b"flaky")
+            elif parts[0] == "work":
+                time.sleep(0.5)
+                self.answer(200, b"received")
+                with lock:
+                    record["ended"] = time.time()
             elif parts[0] == "slow":
                 time.sleep(0.05)
                 self.answer(200, b"received")

@@ -13,6 +13,10 @@ use super::{
 #[allow(dead_code)]
 #[path = "../../tests/common/postgres.rs"]
 mod cluster;
+// The test PKI, which the cluster module can start a TLS server with.
+#[allow(dead_code)]
+#[path = "../../tests/common/pki.rs"]
+mod pki;
 
 /// Jobs per end-to-end run of (12).
 const END_TO_END_JOBS: u64 = 100_000;

@@ -30,8 +30,10 @@ use tokio::sync::oneshot;
 use super::progress::{FinishedCounts, PROGRESS_LINGER, PROGRESS_LINGER_ENOUGH};
 use super::window::Window;
 use super::worker::{JobFinished, RunJob, Worker, WorkerIdle, WorkerReports};
-use crate::job::{FinishedJob, Job, JobId, JobState, Outcome, StartedJob};
-use crate::kinds::{GateKey, Permit};
+
+mod fencing;
+use crate::job::{FinishedJob, JobId, JobState, Outcome, StartedJob};
+use crate::kinds::GateKey;
 use crate::queue::{ControlError, QueueHandle, StorageError};
 use crate::retry::RetryPolicy;
 use crate::runner::JobRunner;
@@ -101,6 +103,8 @@ struct RunningJob {
     id: JobId,
     kind: &'static str,
     attempt: u32,
+    /// The claim the attempt runs under; its outcome is recorded only under it.
+    claim: i64,
     max_attempts: u32,
     /// The gate whose permit the job holds (a webhook destination): when the job ends, a
     /// job waiting at that gate may start.
@@ -142,8 +146,17 @@ pub struct Dispatcher {
     /// Jobs handed a worker whose start is being recorded: each starts once the flush
     /// carrying its start has committed, so that an attempt counts even if the process
     /// dies during it, and a job that kills the process cannot run forever. Kinds whose
-    /// bodies cannot take the process down (`Kind::waits_for_recorded_start`) skip this.
-    awaiting_start: Vec<(Addr<Worker>, Job, Option<Permit>)>,
+    /// bodies cannot take the process down (`Kind::waits_for_recorded_start`) skip this,
+    /// unless other nodes share the queue: then every kind with effects waits, so that a
+    /// job whose start is refused (it moved to another node) never runs here. Each entry
+    /// names its worker's number.
+    awaiting_start: Vec<fencing::AwaitingStart>,
+    /// Whether this node lost sight of its lease on a shared queue: it then starts and
+    /// claims nothing, has dropped its window and stopped its running jobs, until a
+    /// renewal proves the lease again (see `fencing.rs`).
+    lease_lapsed: bool,
+    /// The lease's term at the last look: a new one means it lapsed in between.
+    lease_term: u64,
     /// The one timer for delayed work: when the earliest scheduled job or retry is due.
     /// However many jobs wait, this is the only timer they cost.
     due_timer: Option<(DateTime<Utc>, SpawnHandle)>,
@@ -175,6 +188,7 @@ impl Dispatcher {
         store_health: Arc<StoreHealth>,
     ) -> Self {
         let max_workers = pool.max_workers;
+        let lease_term = queue.lease_term();
         Self {
             queue,
             runner,
@@ -195,6 +209,8 @@ impl Dispatcher {
             store_reachable: store_health.is_reachable(),
             store_health,
             awaiting_start: Vec::new(),
+            lease_lapsed: false,
+            lease_term,
             due_timer: None,
             due_timer_fired: None,
             busy: 0,
@@ -254,7 +270,7 @@ impl Dispatcher {
 
     /// Starts jobs while there is an idle worker and a ready job, then tops up the window.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.draining() {
+        if self.draining() || self.lease_lapsed(ctx) {
             return;
         }
         let mut dispatched = false;
@@ -277,6 +293,7 @@ impl Dispatcher {
                 id: job.id,
                 kind: kind_name,
                 attempt: job.attempt,
+                claim: job.claim,
                 max_attempts: job.max_attempts,
                 gate: permit.as_ref().map(|permit| permit.gate().clone()),
             });
@@ -285,12 +302,12 @@ impl Dispatcher {
             let due = job.run_at.map_or(job.created_at, |run_at| run_at.max(job.created_at));
             let wait = (now - due).as_seconds_f64().max(0.0);
             self.runner.metrics.job_wait.with_label_values(&[kind_name]).observe(wait);
-            self.started.push(StartedJob { id: job.id, attempt: job.attempt, started_at: now });
+            self.started.push(StartedJob { id: job.id, attempt: job.attempt, claim: job.claim, started_at: now });
             // The pool bounds both: one RunJob per idle worker.
-            if kind.is_some_and(|kind| !kind.waits_for_recorded_start()) {
+            if kind.is_some_and(|kind| !self.waits_for_recorded_start(kind)) {
                 worker.do_send(RunJob(job, permit));
             } else {
-                self.awaiting_start.push((worker, job, permit));
+                self.awaiting_start.push((number, worker, job, permit));
             }
             dispatched = true;
         }
@@ -313,6 +330,14 @@ impl Dispatcher {
             move |result, dispatcher, ctx| {
                 dispatcher.fetching = false;
                 match result {
+                    // A fresh look, not the last one: the claim may have come after a
+                    // renewal the Dispatcher has not seen yet, and then its jobs are ours.
+                    Ok(batch) if dispatcher.lease_lapsed(ctx) => {
+                        // Claimed before the lease lapsed: the renewal that ends the lapse
+                        // begins a new term, and the next claim hands them out again.
+                        dispatcher.window.add_fetched(Vec::new());
+                        drop(batch);
+                    }
                     Ok(batch) => {
                         dispatcher.window.add_fetched(batch.jobs);
                         if let Some(due) = batch.next_due {
@@ -373,7 +398,10 @@ impl Dispatcher {
     /// Decides what happens after an attempt: retry later, or the outcome is final.
     fn decide(&mut self, running: &RunningJob, outcome: Outcome) -> FinishedJob {
         let now = Utc::now();
-        let retry_at = (outcome.is_retryable() && running.attempt < running.max_attempts).then(|| {
+        // An attempt stopped because the lease lapsed is retried even after the last one:
+        // the node, not the job, failed.
+        let attempts_left = running.attempt < running.max_attempts || matches!(outcome, Outcome::Interrupted);
+        let retry_at = (outcome.is_retryable() && attempts_left).then(|| {
             let mut delay = self.retry_policy.delay(running.attempt, &mut self.rng);
             // The other side's `Retry-After` is a floor: the retry never comes sooner.
             if let Outcome::Deferred { retry_after, .. } = &outcome {
@@ -384,6 +412,7 @@ impl Dispatcher {
         let finished = FinishedJob {
             id: running.id,
             attempt: running.attempt,
+            claim: running.claim,
             kind: running.kind,
             outcome,
             finished_at: now,
@@ -475,28 +504,30 @@ impl Dispatcher {
         ctx.spawn(async move { queue.record_progress(started, finished).await }.into_actor(self).map(
             move |result, dispatcher, ctx| {
                 dispatcher.recording = false;
-                if let Err(failed) = result {
-                    // Keep the progress and try again shortly; until then the records lag
-                    // behind the jobs, and a crash in between only means the jobs run
-                    // again, which is the at-least-once promise.
-                    tracing::error!(error = %failed.error, "recording job progress failed; retrying");
-                    dispatcher.started.splice(0..0, failed.started);
-                    dispatcher.outcomes.splice(0..0, failed.finished);
-                    dispatcher.awaiting_start.splice(0..0, starting);
-                    dispatcher.recording = true;
-                    ctx.run_later(RETRY_DELAY, |dispatcher, ctx| {
-                        dispatcher.recording = false;
-                        dispatcher.flush_progress(ctx);
-                    });
-                    return;
-                }
+                let refused = match result {
+                    Ok(refused) => refused,
+                    Err(failed) => {
+                        // Keep the progress and try again shortly; until then the records
+                        // lag behind the jobs, and a crash in between only means the jobs
+                        // run again, which is the at-least-once promise.
+                        tracing::error!(error = %failed.error, "recording job progress failed; retrying");
+                        dispatcher.started.splice(0..0, failed.started);
+                        dispatcher.outcomes.splice(0..0, failed.finished);
+                        dispatcher.awaiting_start.splice(0..0, starting);
+                        dispatcher.recording = true;
+                        ctx.run_later(RETRY_DELAY, |dispatcher, ctx| {
+                            dispatcher.recording = false;
+                            dispatcher.flush_progress(ctx);
+                        });
+                        return;
+                    }
+                };
                 ends.count(&dispatcher.runner.metrics.jobs_finished);
                 // Their starts are recorded: the attempts count from here, whatever
                 // happens to the process. A drain still starts them, since they are
-                // `running` on disk and the drain waits for them anyway.
-                for (worker, job, permit) in starting {
-                    worker.do_send(RunJob(job, permit));
-                }
+                // `running` on disk and the drain waits for them anyway. A start the queue
+                // refused, or one recorded just before the lease lapsed, runs nothing.
+                dispatcher.start_recorded(starting, &refused, ctx);
                 // The timer for retries is armed only now that they are committed: a fetch
                 // before the commit would not see them, and then no timer would be left.
                 if let Some(at) = earliest_retry {
@@ -538,6 +569,9 @@ impl Actor for Dispatcher {
                 dispatcher.pump(ctx);
             }
         });
+        if self.queue.is_shared() {
+            ctx.run_interval(fencing::LEASE_CHECK_INTERVAL, |dispatcher, ctx| dispatcher.watch_lease(ctx));
+        }
         if let (Some(notifier), Some(every)) = (self.notifier.clone(), self.watchdog) {
             notifier.watchdog();
             ctx.run_interval(every, move |_, _| notifier.watchdog());

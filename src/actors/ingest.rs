@@ -88,8 +88,12 @@ pub struct Ingest {
     pending: Vec<PendingSubmission>,
     /// The bytes `pending` holds.
     pending_bytes: usize,
-    /// The most bytes `pending` may hold; a submission that would pass it is refused,
-    /// unless nothing waits (see [`Ingest::with_max_pending_bytes`]).
+    /// The bytes of the groups sent to the queue thread and not answered yet: they are
+    /// held (in its channel, its transaction, or waiting for the fsync) until then.
+    in_flight_bytes: usize,
+    /// The most bytes `pending` and the groups in flight may hold together; a submission
+    /// that would pass it is refused, unless nothing is held (see
+    /// [`Ingest::with_max_pending_bytes`]).
     max_pending_bytes: usize,
     /// Groups sent to the queue thread and not yet answered.
     in_flight: usize,
@@ -107,6 +111,7 @@ impl Ingest {
             metrics,
             pending: Vec::new(),
             pending_bytes: 0,
+            in_flight_bytes: 0,
             max_pending_bytes: crate::config::DEFAULT_INGEST_MAX_PENDING_BYTES,
             in_flight: 0,
             group_commit,
@@ -114,13 +119,13 @@ impl Ingest {
         }
     }
 
-    /// Bounds the bytes of submissions waiting in `pending` for a commit slot.
+    /// Bounds the bytes of submissions held until their commit is answered: those waiting
+    /// in `pending` for a commit slot and those in the groups out at the queue thread.
     ///
-    /// Submissions wait there only while [`MAX_GROUPS_IN_FLIGHT`] groups wait for the disk,
-    /// that is, while the disk is slow; their clients may time out meanwhile, but their
-    /// bodies stay until their commit. Past the bound a submission is refused at once.
-    /// One that finds nothing waiting is always taken, whatever its size, so that
-    /// `max_body_bytes` alone limits a single request.
+    /// Submissions are held for long only while the disk is slow; their clients may time
+    /// out meanwhile, but their bodies stay until their commit. Past the bound a
+    /// submission is refused at once. One that finds nothing held is always taken,
+    /// whatever its size, so that `max_body_bytes` alone limits a single request.
     pub fn with_max_pending_bytes(mut self, max_pending_bytes: usize) -> Self {
         self.max_pending_bytes = max_pending_bytes;
         self
@@ -143,6 +148,8 @@ impl Ingest {
         let group: Vec<PendingSubmission> = self.pending.drain(..take).collect();
         let mut replies = Vec::with_capacity(group.len());
         let mut batches = Vec::with_capacity(group.len());
+        let group_bytes: usize = group.iter().map(|submission| submission.bytes).sum();
+        self.in_flight_bytes += group_bytes;
         for submission in group {
             self.pending_bytes -= submission.bytes;
             let kinds: Vec<&'static str> = submission.jobs.iter().map(registered_kind).collect();
@@ -154,6 +161,7 @@ impl Ingest {
         ctx.spawn(async move { queue.enqueue_group(batches).await }.into_actor(self).map(
             move |result, ingest, ctx| {
                 ingest.in_flight -= 1;
+                ingest.in_flight_bytes -= group_bytes;
                 ingest.answer(result, replies);
                 ingest.commit_next_group(ctx);
             },
@@ -213,6 +221,7 @@ impl Handler<Submit> for Ingest {
                 id: JobId::generate(),
                 created_at,
                 attempt: 0,
+                claim: 0,
                 max_attempts: spec.max_attempts.unwrap_or(self.default_max_attempts),
                 timeout_ms: spec.timeout_ms,
                 run_at: spec.run_at,
@@ -224,10 +233,11 @@ impl Handler<Submit> for Ingest {
             })
             .collect();
         let bytes = held_bytes(&jobs);
-        if !self.pending.is_empty() && self.pending_bytes.saturating_add(bytes) > self.max_pending_bytes {
-            let refusal = SubmitError::CommitsBehind { held_bytes: self.pending_bytes, limit: self.max_pending_bytes };
+        let held = self.pending_bytes + self.in_flight_bytes;
+        if held > 0 && held.saturating_add(bytes) > self.max_pending_bytes {
+            let refusal = SubmitError::CommitsBehind { held_bytes: held, limit: self.max_pending_bytes };
             tracing::debug!(
-                held_bytes = self.pending_bytes,
+                held_bytes = held,
                 submission_bytes = bytes,
                 limit = self.max_pending_bytes,
                 "submission refused: the disk is behind"

@@ -31,10 +31,11 @@ impl FinishedCounts {
     pub(super) fn of(finished: &[FinishedJob]) -> Self {
         let mut counts = FinishedCounts(Vec::new());
         for end in finished {
-            // A lost worker and an unreachable store are failed attempts to the metrics, as
-            // the dashboards and alerts count them; their logs and errors say which.
+            // A lost worker, an unreachable store and an attempt stopped for a lapsed lease
+            // are failed attempts to the metrics, as the dashboards and alerts count them;
+            // their logs and errors say which.
             let attempt_outcome = match &end.outcome {
-                Outcome::WorkerLost | Outcome::StoreUnreachable { .. } => "failed",
+                Outcome::WorkerLost | Outcome::Interrupted | Outcome::StoreUnreachable { .. } => "failed",
                 other => other.name(),
             };
             counts.add(end.kind, attempt_outcome);

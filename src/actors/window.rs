@@ -102,6 +102,19 @@ impl Window {
             .then(|| (self.max_ready - self.ready.len()).min(self.max_jobs - self.ready.len() - waiting))
     }
 
+    /// Forgets every claimed job that waits (ready, held, gated, released) and returns how
+    /// many: the node lost sight of its lease, and they are no longer its to start. Jobs
+    /// whose cancel is in flight stay, for the cancel's answer.
+    pub fn drop_claimed(&mut self) -> usize {
+        let dropped = self.len();
+        let jobs = self.ready.drain(..).chain(self.held.drain(..)).chain(self.released.drain(..));
+        let gated = self.gated.drain().flat_map(|(_, jobs)| jobs);
+        let freed: usize = jobs.chain(gated).map(|job| job.footprint()).sum();
+        self.bytes -= freed;
+        self.gated_len = 0;
+        dropped
+    }
+
     /// Adds what a fetch brought, in order, minus the jobs cancelled meanwhile.
     pub fn add_fetched(&mut self, jobs: Vec<Job>) {
         let cancelled = std::mem::take(&mut self.cancelled_during_fetch);

@@ -24,6 +24,14 @@ use crate::runner::JobRunner;
 #[rtype(result = "()")]
 pub struct RunJob(pub Job, pub Option<Permit>);
 
+/// Stop the running attempt now, if there is one: the node can no longer prove that it
+/// holds the job's lease. The body is dropped at its next await (a webhook's request is
+/// cut off, a multipart upload aborted by its guard) and the attempt ends as
+/// [`Outcome::Interrupted`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopJob;
+
 /// A worker is idle: at its first start, and again after a restart.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -80,15 +88,19 @@ pub struct Worker {
     /// `jobd_job_duration_seconds`): a run of jobs of one kind (the usual case) then counts
     /// without a label lookup each.
     series: Option<KindSeries>,
+    /// Stops the running attempt: the future the worker waits on, and the body's task on
+    /// the bodies runtime when it runs there.
+    stop: Option<(futures_util::future::AbortHandle, Option<tokio::task::AbortHandle>)>,
 }
 
 impl Worker {
     pub fn new(number: usize, dispatcher: WorkerReports, runner: Arc<JobRunner>) -> Self {
-        Self { number, dispatcher, runner, kind: "unknown", series: None }
+        Self { number, dispatcher, runner, kind: "unknown", series: None, stop: None }
     }
 
     /// Counts, logs and reports one attempt's outcome; stops the worker after a panic.
     fn finish(&mut self, ctx: &mut Context<Self>, outcome: Outcome, started: Instant) {
+        self.stop = None;
         // Microsecond precision: more digits are noise in a log line.
         let elapsed_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
         if let Some(series) = &self.series {
@@ -164,6 +176,7 @@ impl Handler<RunJob> for Worker {
         let timeout = self.runner.timeouts.for_job(&job, kind);
         let beside_actors = kind.is_some_and(|kind| kind.runs_beside_actors(&job));
         let body = self.runner.clone().run(job, permit).instrument(span.clone());
+        let mut task_abort = None;
         let ended: BoxFuture<'static, BodyEnd> = if beside_actors {
             // The body runs here, on this arbiter; its panic is caught as it unwinds out of
             // the body's poll, so it never reaches the actors.
@@ -178,6 +191,7 @@ impl Handler<RunJob> for Worker {
             // stall this arbiter, and a panic ends only its task, reported by the join handle.
             let task = self.runner.bodies.spawn(body);
             let abort = task.abort_handle();
+            task_abort = Some(task.abort_handle());
             Box::pin(tokio::time::timeout(timeout, task).map(move |result| match result {
                 Ok(Ok(result)) => BodyEnd::Returned(result),
                 Ok(Err(join_error)) if join_error.is_panic() => {
@@ -193,6 +207,9 @@ impl Handler<RunJob> for Worker {
                 }
             }))
         };
+        let (ended, stop) = futures_util::future::abortable(ended);
+        self.stop = Some((stop, task_abort));
+        let ended = ended.map(|ended| ended.unwrap_or(BodyEnd::Stopped));
         ctx.spawn(ended.into_actor(self).map(move |ended, worker, ctx| {
             let _entered = span.enter();
             let outcome = match ended {
@@ -209,6 +226,7 @@ impl Handler<RunJob> for Worker {
                 BodyEnd::Panicked(message) => Outcome::Panicked { message },
                 BodyEnd::Lost(error) => Outcome::Failed { error, retryable: true },
                 BodyEnd::TimedOut => Outcome::TimedOut { after_ms: duration_ms(timeout) },
+                BodyEnd::Stopped => Outcome::Interrupted,
             };
             worker.finish(ctx, outcome, started);
         }));
@@ -222,6 +240,21 @@ enum BodyEnd {
     /// The body's task ended without an answer (its runtime shut down).
     Lost(String),
     TimedOut,
+    /// The worker was told to stop it ([`StopJob`]).
+    Stopped,
+}
+
+impl Handler<StopJob> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, _: StopJob, _ctx: &mut Self::Context) {
+        if let Some((attempt, task)) = self.stop.take() {
+            attempt.abort();
+            if let Some(task) = task {
+                task.abort();
+            }
+        }
+    }
 }
 
 fn duration_ms(duration: Duration) -> u64 {

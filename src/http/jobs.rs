@@ -255,7 +255,7 @@ pub(super) async fn retry_job(
 ) -> Result<HttpResponse, Problem> {
     let job_id = parse_job_id(&id)?;
     check_control_access(&request, &state, job_id).await?;
-    let result = state.queue.retry_dead(job_id).await.map_err(|error| Problem::unavailable(error.to_string()))?;
+    let result = state.queue.retry_dead(job_id).await.map_err(|error| Problem::storage(&error))?;
     result.map_err(|error| control_problem(job_id, Control::Retry, error))?;
     Ok(HttpResponse::Accepted().json(AcceptedJob { id: job_id, state: JobState::Queued }))
 }
@@ -289,7 +289,7 @@ pub(super) async fn cancel_job(
         .send(CancelJob(job_id))
         .await
         .map_err(|error| Problem::unavailable(format!("the Dispatcher is unavailable ({error})")))?
-        .map_err(|error| Problem::unavailable(error.to_string()))?;
+        .map_err(|error| Problem::storage(&error))?;
     result.map_err(|error| control_problem(job_id, Control::Cancel, error))?;
     Ok(HttpResponse::Ok().json(AcceptedJob { id: job_id, state: JobState::Cancelled }))
 }
@@ -374,7 +374,7 @@ pub(super) async fn retry_dead_jobs(
     let failure = results.iter().find_map(|result| result.as_ref().err());
     if let Some(error) = failure {
         if retried == 0 {
-            return Err(Problem::unavailable(error.to_string()));
+            return Err(Problem::storage(error));
         }
         // Some were queued again: the answer says how many, the log why not all.
         tracing::warn!(error = error.message(), retried, matched, "part of a bulk retry failed");

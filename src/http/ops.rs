@@ -51,7 +51,9 @@ pub(super) async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> 
     let queue = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.status()).await;
     let queue_open = matches!(queue, Ok(Ok(_)));
     let queue_writable = matches!(queue, Ok(Ok(status)) if status.writable);
-    let ready = started && !shutting_down && store_reachable && queue_open && queue_writable;
+    let ingest = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.ingest_writable()).await;
+    let ingest_writable = matches!(ingest, Ok(Ok(true)));
+    let ready = started && !shutting_down && store_reachable && queue_open && queue_writable && ingest_writable;
     let mut body = json!({
         "ready": ready,
         "checks": {
@@ -59,8 +61,12 @@ pub(super) async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> 
             "shutting_down": shutting_down,
             "queue_open": queue_open,
             "queue_writable": queue_writable,
+            "ingest_writable": ingest_writable,
             "store_reachable": store_reachable,
         },
+        // A detail, not a check: a node that cannot prove its lease still takes
+        // submissions, and starts nothing until its lease is back.
+        "lease_held": state.queue.lease_held(),
         "store": {
             "reachable": store_reachable,
             "reason": (!store_reachable).then_some("unreachable"),

@@ -81,6 +81,16 @@ impl Problem {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "outcome-unknown", "Outcome Unknown", detail).retry_after(1)
     }
 
+    /// The 503 for a failed write to the queue: `outcome-unknown` when its commit's answer
+    /// was lost (it may have taken effect), else `unavailable` (it did nothing).
+    pub fn storage(error: &crate::queue::StorageError) -> Self {
+        if error.is_outcome_unknown() {
+            Self::outcome_unknown(format!("{error}; it may or may not have taken effect"))
+        } else {
+            Self::unavailable(error.to_string())
+        }
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -204,8 +204,8 @@ async fn submit(
             Err(Problem::unavailable(format!("{full}; nothing of this request was enqueued")))
         }
         Ok(Err(SubmitError::Storage(error))) if error.is_outcome_unknown() => Err(Problem::outcome_unknown(format!(
-            "{error}; this request may or may not have been enqueued: jobd is stopping to recover from what is on \
-             disk. Retry once it is back; a job with an idempotency key is not created twice"
+            "{error}; this request may or may not have been enqueued. Retry it once jobd answers again: a job with an \
+             idempotency key is not created twice"
         ))),
         Ok(Err(SubmitError::Storage(error))) => {
             Err(Problem::unavailable(format!("{error}; nothing of this request was enqueued")))

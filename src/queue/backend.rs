@@ -10,7 +10,8 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    Admitted, ControlError, Cursor, JobPage, Lease, ListFilter, QueueDepth, ReadyBatch, Refusal, StorageError, Waker,
+    Admitted, ControlError, Cursor, JobPage, Lease, ListFilter, QueueDepth, ReadyBatch, Refusal, RefusedStarts,
+    StorageError, Waker,
 };
 use crate::job::{FinishedJob, Job, JobId, JobRecord, StartedJob};
 
@@ -91,7 +92,14 @@ pub trait JobWriter {
     /// `retry_at`. A backend may take fewer writes than one per job, for jobs that started
     /// and finished within one flush. Each start and finish names the attempt it belongs
     /// to, so that a backend shared between processes can refuse a stale one.
-    fn record_progress(&mut self, started: &[StartedJob], finished: &[FinishedJob]) -> Result<(), StorageError>;
+    ///
+    /// Returns the starts it refused: jobs this process must not run, because they moved
+    /// on to another node or claim, or because its lease is not proven held.
+    fn record_progress(
+        &mut self,
+        started: &[StartedJob],
+        finished: &[FinishedJob],
+    ) -> Result<RefusedStarts, StorageError>;
 
     /// Queues a dead job again with its attempts reset.
     fn retry_dead(&mut self, id: JobId) -> Result<Result<(), ControlError>, StorageError>;
@@ -127,6 +135,17 @@ pub trait JobReader {
     }
 }
 
+/// Records and listings, read apart from the writer on storage of its own (a connection),
+/// with a bound on each read: a costly listing then never holds up claims, progress or
+/// submissions, whoever sends it.
+pub trait RecordReader: Send {
+    /// One job's record.
+    fn get(&mut self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError>;
+
+    /// A page of records that pass `filter`, newest first, before a cursor.
+    fn list(&mut self, filter: &ListFilter, before: Option<Cursor>, limit: usize) -> Result<JobPage, StorageError>;
+}
+
 /// A place where accepted jobs wait for a worker: the capabilities above, plus what the
 /// queue thread asks of a backend as a whole.
 pub trait QueueBackend: Transactions + JobWriter + JobReader + Send + 'static {
@@ -157,6 +176,19 @@ pub trait QueueBackend: Transactions + JobWriter + JobReader + Send + 'static {
     /// puts the Dispatcher's next fetch in the same batch as a cancel. Never set in
     /// production.
     fn cancel_hold(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// A reader on storage of its own, for records and listings (see [`RecordReader`]);
+    /// `None`, the default, serves them on the queue thread (the test backend in memory).
+    fn record_reader(&mut self) -> Result<Option<Box<dyn RecordReader>>, StorageError> {
+        Ok(None)
+    }
+
+    /// This node's view of its lease, for a backend that several nodes share: the
+    /// Dispatcher stops starting jobs while it is not held. `None`, the default, for a
+    /// backend only this process uses, whose claims hold for the life of the process.
+    fn lease_clock(&self) -> Option<std::sync::Arc<super::LeaseClock>> {
         None
     }
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Admitted, ControlError, Cursor, JobPage, JobReader, JobWriter, Lease, ListFilter, QueueBackend, QueueDepth,
-    ReadyBatch, Refusal, StorageError, Transactions, admit, claim_has_room,
+    ReadyBatch, Refusal, RefusedStarts, StorageError, Transactions, admit, claim_has_room,
 };
 use crate::job::{FinishedJob, Job, JobId, JobRecord, JobState, Outcome, StartedJob};
 
@@ -200,10 +200,14 @@ impl JobWriter for MemoryBackend {
         Ok(ReadyBatch { jobs, stopped_at_byte_limit, next_due: self.due.keys().next().map(|(at, _)| *at) })
     }
 
-    fn record_progress(&mut self, started: &[StartedJob], finished: &[FinishedJob]) -> Result<(), StorageError> {
+    fn record_progress(
+        &mut self,
+        started: &[StartedJob],
+        finished: &[FinishedJob],
+    ) -> Result<RefusedStarts, StorageError> {
         self.record_started(started);
         self.record_finished(finished);
-        Ok(())
+        Ok(RefusedStarts::new())
     }
 
     fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {
@@ -349,12 +353,15 @@ mod tests {
         let now = Utc::now();
         backend.enqueue(jobs(2)).expect("enqueue").expect("fits");
         let claimed = backend.claim(10, now, &Lease::for_test()).expect("take").jobs;
-        let started: Vec<_> =
-            claimed.iter().map(|job| StartedJob { id: job.id, attempt: job.attempt, started_at: now }).collect();
+        let started: Vec<_> = claimed
+            .iter()
+            .map(|job| StartedJob { claim: 0, id: job.id, attempt: job.attempt, started_at: now })
+            .collect();
         backend.record_started(&started);
         let retry_at = now + chrono::Duration::seconds(10);
         let finished = [
             FinishedJob {
+                claim: 0,
                 id: claimed[0].id,
                 attempt: 1,
                 kind: "noop",
@@ -363,6 +370,7 @@ mod tests {
                 retry_at: None,
             },
             FinishedJob {
+                claim: 0,
                 id: claimed[1].id,
                 attempt: 1,
                 kind: "noop",

@@ -6,6 +6,7 @@
 
 mod backend;
 mod columns;
+mod lease;
 // The in-memory backend is a test helper: it keeps nothing across a restart, so no
 // operator should run it, and the queue thread's tests need a backend without a disk.
 #[cfg(test)]
@@ -15,7 +16,8 @@ mod select;
 pub mod sqlite;
 mod thread;
 
-pub use backend::{JobReader, JobWriter, QueueBackend, Syncer, Transactions};
+pub use backend::{JobReader, JobWriter, QueueBackend, RecordReader, Syncer, Transactions};
+pub use lease::LeaseClock;
 pub use postgres::{ClusterMetrics, ClusterSettings, check_postgres_url, redacted_url};
 pub use select::{OpenError, QueueKind, QueueSettings, open};
 pub use sqlite::Synchronous;
@@ -24,6 +26,10 @@ pub use thread::{CommitMetrics, ProgressNotRecorded, QueueHandle, QueueLost, Que
 use chrono::{DateTime, Utc};
 
 use crate::job::{Job, JobId, JobRecord, JobState};
+
+/// The starts a flush of progress refused: jobs this node must not run, because they
+/// moved on to another node or claim, or because its lease is not proven held.
+pub type RefusedStarts = Vec<JobId>;
 
 /// A storage failure. Usually the unit of work it belonged to did nothing, and callers
 /// answer 503 and keep running. After a failed sync nobody knows whether it did

@@ -11,7 +11,7 @@
 //! (groups of submissions, a progress flush, a purge, retries and cancels) share one
 //! transaction. A commit only writes; progress is answered at once (a commit is all a
 //! start needs against a process death), and the rest go to the sync thread, which runs
-//! the backend's [`Syncer`] once for every transaction committed since its last sync and
+//! the backend's [`Syncer`](crate::queue::Syncer) once for every transaction committed since its last sync and
 //! only then answers their callers. So the thread never waits for the disk. With group
 //! commit off, each command commits alone and the backend syncs inside each commit.
 //!
@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Admitted, ControlError, Cursor, JobPage, Lease, ListFilter, NodeId, QueueBackend, QueueStatus, ReadyBatch, Refusal,
-    StorageError, Syncer,
+    RefusedStarts, StorageError,
 };
 use crate::job::{FinishedJob, Job, JobId, JobRecord, StartedJob};
 
@@ -131,7 +131,7 @@ enum Command {
     },
 }
 
-type ProgressReply = oneshot::Sender<Result<(), ProgressNotRecorded>>;
+type ProgressReply = oneshot::Sender<Result<RefusedStarts, ProgressNotRecorded>>;
 
 /// How a fetch that finds nothing new waits: see [`QueueHandle::wait_ready`].
 #[derive(Debug, Clone, Copy)]
@@ -160,7 +160,7 @@ fn worth_answering(batch: &ReadyBatch, waiting: Waiting) -> bool {
 /// until the commit has returned.
 enum Output {
     Enqueue(Vec<SubmissionAnswer>),
-    RecordProgress,
+    RecordProgress(RefusedStarts),
     Purge(usize),
     Control(Result<(), ControlError>),
 }
@@ -190,8 +190,7 @@ impl Command {
             Command::Retry { id, .. } => Ok(Output::Control(backend.retry_dead(*id)?)),
             Command::Cancel { id, now, .. } => Ok(Output::Control(backend.cancel(*id, *now)?)),
             Command::RecordProgress { started, finished, .. } => {
-                backend.record_progress(started, finished)?;
-                Ok(Output::RecordProgress)
+                Ok(Output::RecordProgress(backend.record_progress(started, finished)?))
             }
             Command::Purge { cutoff, limit, .. } => Ok(Output::Purge(backend.purge_finished(*cutoff, *limit)?)),
             Command::Get { .. } | Command::Status { .. } | Command::List { .. } => {
@@ -212,7 +211,7 @@ impl Command {
             (Command::Retry { reply, .. } | Command::Cancel { reply, .. }, Output::Control(result)) => {
                 drop(reply.send(Ok(result)))
             }
-            (Command::RecordProgress { reply, .. }, Output::RecordProgress) => drop(reply.send(Ok(()))),
+            (Command::RecordProgress { reply, .. }, Output::RecordProgress(refused)) => drop(reply.send(Ok(refused))),
             (Command::Purge { reply, .. }, Output::Purge(count)) => drop(reply.send(Ok(count))),
             _ => unreachable!("each command produces its own kind of output"),
         }
@@ -244,6 +243,8 @@ pub struct QueueThread {
     thread: thread::JoinHandle<()>,
     /// The ingest lane's thread, when the backend has one.
     ingest: Option<thread::JoinHandle<()>>,
+    /// The read lane's thread, when the backend has one.
+    reads: Option<thread::JoinHandle<()>>,
     node: NodeId,
 }
 
@@ -264,7 +265,7 @@ const MAX_COMMANDS_PER_COMMIT: usize = 256;
 
 impl QueueThread {
     /// Starts the queue thread with `backend`. With `group_commit`, all commands waiting
-    /// when the thread wakes share one transaction, and the backend's [`Syncer`] runs on a
+    /// when the thread wakes share one transaction, and the backend's [`Syncer`](crate::queue::Syncer) runs on a
     /// sync thread, one fsync for every transaction committed since the last; without it,
     /// each command commits alone, with its own fsync (for comparison and for debugging).
     /// Also returns the [`QueueLost`] signal, which its owner must watch.
@@ -279,6 +280,12 @@ impl QueueThread {
         backend.set_waker(Waker::new(&commands, &woken));
         let lease = Lease { owner: node, expires_at: None };
         let lists_by_id = backend.lists_by_id();
+        let lease_clock = backend.lease_clock();
+        let reader = backend.record_reader().map_err(|error| std::io::Error::other(error.message().to_owned()))?;
+        let (reads, read_lane) = match reader {
+            Some(reader) => reads::spawn_reads(reader).map(|(thread, sender)| (Some(thread), Some(sender)))?,
+            None => (None, None),
+        };
         let per_commit = if group_commit { MAX_COMMANDS_PER_COMMIT } else { 1 };
         let poison = Arc::new(OnceLock::new());
         let ingest = match backend.ingest_lane() {
@@ -309,8 +316,8 @@ impl QueueThread {
             let lanes = Lanes { peer: None, woken };
             run_backend(backend, lease, receiver, per_commit, &metrics, syncing, lost, &lanes);
         })?;
-        let handle = QueueHandle { commands, ingest: ingest_commands, lists_by_id };
-        Ok((Self { handle, thread, ingest, node }, lost))
+        let handle = QueueHandle { commands, ingest: ingest_commands, lists_by_id, lease_clock, reads: read_lane };
+        Ok((Self { handle, thread, ingest, reads, node }, lost))
     }
 
     /// This process's id as the holder of the jobs it claims.
@@ -335,33 +342,11 @@ impl QueueThread {
         {
             tracing::error!("the queue's ingest thread panicked");
         }
-    }
-}
-
-/// Where committed transactions go to be made durable before their callers are answered.
-enum Syncing {
-    /// Commits need no sync after them: answer at once.
-    NotNeeded,
-    /// The sync thread, which the queue thread owns: dropping `to_sync` ends it, and the
-    /// queue thread joins it before it ends itself.
-    Thread { to_sync: std::sync::mpsc::SyncSender<Committed>, thread: thread::JoinHandle<()> },
-}
-
-/// The failure that lost the queue, set once by whichever thread syncs, and the
-/// [`QueueLost`] sender, which the queue thread alone uses.
-struct LostSignal {
-    poison: Arc<OnceLock<StorageError>>,
-    sender: Option<oneshot::Sender<StorageError>>,
-}
-
-impl LostSignal {
-    /// The error, once a sync failed; tells the owner of [`QueueLost`] the first time.
-    fn check(&mut self) -> Option<StorageError> {
-        let error = self.poison.get()?;
-        if let Some(sender) = self.sender.take() {
-            drop(sender.send(error.clone()));
+        if let Some(reads) = self.reads
+            && reads.join().is_err()
+        {
+            tracing::error!("the queue's read thread panicked");
         }
-        Some(error.clone())
     }
 }
 
@@ -513,45 +498,6 @@ fn run_backend(
     }
 }
 
-/// Syncs everything committed so far, once for all the transactions waiting, and answers
-/// their callers, or fails them all: when the sync fails, and once the queue is lost.
-fn run_sync_thread(
-    mut syncer: Box<dyn Syncer>,
-    committed: &std::sync::mpsc::Receiver<Committed>,
-    poison: &OnceLock<StorageError>,
-    wake: &mpsc::WeakSender<Command>,
-    metrics: &CommitMetrics,
-) {
-    while let Ok(first) = committed.recv() {
-        let mut batches = vec![first];
-        batches.extend(committed.try_iter());
-        if let Some(error) = poison.get() {
-            batches.into_iter().for_each(|batch| batch.fail(error));
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let synced = syncer.sync();
-        metrics.sync_duration.observe(started.elapsed().as_secs_f64());
-        let Err(error) = synced else {
-            batches.into_iter().for_each(Committed::answer);
-            continue;
-        };
-        let error = StorageError::outcome_unknown(format!(
-            "{}; what was committed since the last sync may or may not be on disk, so the queue refuses all work \
-             until jobd restarts and recovers from what is on disk",
-            error.message()
-        ));
-        tracing::error!(%error, transactions = batches.len(), "syncing the queue failed");
-        let error = poison.get_or_init(|| error);
-        batches.into_iter().for_each(|batch| batch.fail(error));
-        // The queue thread may be asleep with a fetch held; wake it, so that it fails that
-        // fetch and reports the loss now rather than at its next command.
-        if let Some(commands) = wake.upgrade() {
-            drop(commands.try_send(Command::Nudge));
-        }
-    }
-}
-
 /// Claims ready jobs in a transaction of its own, as of now. A fetch usually writes
 /// nothing, so its success says nothing about whether writes succeed; its failure is a
 /// storage fault, and clears `writable` until a write or the status probe succeeds.
@@ -631,11 +577,12 @@ impl Committed {
     /// Answers the progress flushes among the commands now, leaving the rest.
     fn answer_progress(&mut self) {
         // Most transactions of a busy queue carry no flush; they keep their vector as it is.
-        if !self.0.iter().any(|(_, output)| matches!(output, Output::RecordProgress)) {
+        if !self.0.iter().any(|(_, output)| matches!(output, Output::RecordProgress(_))) {
             return;
         }
-        let (progress, rest): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.0).into_iter().partition(|(_, output)| matches!(output, Output::RecordProgress));
+        let (progress, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(_, output)| matches!(output, Output::RecordProgress(_)));
         self.0 = rest;
         for (command, output) in progress {
             command.answer(output);
@@ -685,9 +632,12 @@ fn run_writes(
 
 mod handle;
 mod lanes;
+mod reads;
+mod sync;
 
 pub use handle::QueueHandle;
 use lanes::Lanes;
+use sync::{LostSignal, Syncing, run_sync_thread};
 
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,8 @@
 
 pub mod pki;
 pub mod postgres;
+pub mod proxy;
+pub mod receiver;
 pub mod s3;
 
 use std::io::{BufRead, BufReader};

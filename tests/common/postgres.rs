@@ -21,6 +21,8 @@ pub struct Cluster {
     run_as: Option<String>,
     /// Whether the server fsyncs its WAL: off for the tests, on for the benchmark.
     fsync: bool,
+    /// Whether the server offers TLS, with a certificate for localhost from a test CA.
+    tls: bool,
 }
 
 /// The directory of Debian's PostgreSQL server programs, the newest version installed.
@@ -44,15 +46,21 @@ impl Cluster {
     /// Creates and starts a cluster whose superuser `jobd` connects without a password
     /// from loopback. It does not fsync: the tests check jobd, not the disk.
     pub fn start() -> Cluster {
-        Self::start_with(false)
+        Self::start_with(false, None)
     }
 
     /// The same, with PostgreSQL's default durability (fsync on), for measurements.
     pub fn start_durable() -> Cluster {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
-    fn start_with(fsync: bool) -> Cluster {
+    /// A cluster with `ssl=on`, whose certificate (for `localhost` and `127.0.0.1`) the
+    /// test CA `pki` signed.
+    pub fn start_tls(pki: &super::pki::TestPki) -> Cluster {
+        Self::start_with(false, Some(pki))
+    }
+
+    fn start_with(fsync: bool, pki: Option<&super::pki::TestPki>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let run_as = nix::unistd::geteuid().is_root().then(|| "postgres".to_owned());
         if let Some(user) = &run_as {
@@ -60,7 +68,15 @@ impl Cluster {
             nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).expect("chown the cluster dir");
         }
         let data = dir.path().join("data");
-        let mut cluster = Cluster { port: free_port(), dir, server: None, watchdog: spawn_dummy(), run_as, fsync };
+        let mut cluster = Cluster {
+            port: free_port(),
+            dir,
+            server: None,
+            watchdog: spawn_dummy(),
+            run_as,
+            fsync,
+            tls: pki.is_some(),
+        };
         let status = cluster
             .command("initdb")
             .args(["-D", data.to_str().expect("utf-8"), "-U", "jobd", "--auth=trust", "-E", "UTF8", "--no-sync"])
@@ -68,9 +84,44 @@ impl Cluster {
             .status()
             .expect("run initdb");
         assert!(status.success(), "initdb failed");
+        if let Some(pki) = pki {
+            cluster.write_server_certificate(pki);
+        }
         cluster.watchdog = cluster.spawn_watchdog();
         cluster.start_server();
         cluster
+    }
+
+    /// Writes `server.crt` and `server.key` into the data directory, owned by the server's
+    /// user with the key readable by it alone, as PostgreSQL demands.
+    fn write_server_certificate(&self, pki: &super::pki::TestPki) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (cert, key) = (self.data_dir().join("server.crt"), self.data_dir().join("server.key"));
+        pki.write_leaf(&cert, &key);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod the key");
+        if let Some(user) = &self.run_as {
+            let user = nix::unistd::User::from_name(user).expect("user lookup").expect("a postgres user");
+            for path in [&cert, &key] {
+                nix::unistd::chown(path, Some(user.uid), Some(user.gid)).expect("chown the certificate");
+            }
+        }
+    }
+
+    /// Sends `signal` (`STOP` or `CONT`) to the server and every process it started: with
+    /// `STOP`, the database stalls without an error, as on an I/O freeze.
+    pub fn signal_server(&self, signal: &str) {
+        let pid = self.server_pid().expect("the server runs").to_string();
+        let children = Command::new("pgrep").args(["-P", &pid]).output().expect("pgrep");
+        let mut pids: Vec<String> =
+            String::from_utf8_lossy(&children.stdout).split_whitespace().map(str::to_owned).collect();
+        // The postmaster first on STOP, so it starts nothing meanwhile; last on CONT.
+        if signal == "STOP" {
+            pids.insert(0, pid);
+        } else {
+            pids.push(pid);
+        }
+        let status = Command::new("kill").arg(format!("-{signal}")).args(&pids).status().expect("kill");
+        assert!(status.success(), "kill -{signal} {pids:?}");
     }
 
     /// A command for one of the server programs, as the cluster's user.
@@ -115,6 +166,7 @@ impl Cluster {
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", &format!("unix_socket_directories={}", self.dir.path().display())])
             .args(["-c", "max_connections=300"])
+            .args(if self.tls { ["-c", "ssl=on"].as_slice() } else { [].as_slice() })
             // Without fsync (the tests), commits still wait for their WAL write, so a
             // restart of the server keeps every commit.
             .args(["-c", if self.fsync { "fsync=on" } else { "fsync=off" }])
@@ -207,4 +259,106 @@ impl Drop for Cluster {
         let _ = self.watchdog.kill();
         let _ = self.watchdog.wait();
     }
+}
+
+/// A TCP proxy in front of a cluster that, once armed, cuts the connection of jobd's
+/// ingest lane (its application name ends in `(ingest)`) right after the next `COMMIT`
+/// reached the server and before its answer comes back: the commit happens, and jobd
+/// never hears of it. While blocked, it cuts every ingest connection at its next message.
+pub struct CommitCutter {
+    pub port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// How many commits it cut.
+    pub cut: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CommitCutter {
+    pub fn start(upstream_port: u16) -> CommitCutter {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let blocked = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicUsize::new(0));
+        let (armed_for_thread, blocked_for_thread, cut_for_thread) = (armed.clone(), blocked.clone(), cut.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
+                let (armed, blocked, cut) =
+                    (armed_for_thread.clone(), blocked_for_thread.clone(), cut_for_thread.clone());
+                std::thread::spawn(move || relay(client, server, &armed, &blocked, &cut));
+            }
+        });
+        CommitCutter { port, armed, blocked, cut }
+    }
+
+    /// Cuts the ingest lane's connections, and refuses its new ones, until unblocked.
+    pub fn block_ingest(&self, blocked: bool) {
+        self.blocked.store(blocked, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Cuts the ingest lane's next commit.
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies one connection both ways; see [`CommitCutter`].
+fn relay(
+    mut client: std::net::TcpStream,
+    mut server: std::net::TcpStream,
+    armed: &std::sync::atomic::AtomicBool,
+    blocked: &std::sync::atomic::AtomicBool,
+    cut: &std::sync::atomic::AtomicUsize,
+) {
+    use std::io::{Read as _, Write as _};
+    use std::sync::atomic::Ordering;
+    let (Ok(mut server_reader), Ok(mut client_writer)) = (server.try_clone(), client.try_clone()) else { return };
+    // Set before the commit is sent, so the relay of answers, which reads the commit's
+    // answer only after that, drops it.
+    let cutting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cutting_answers = cutting.clone();
+    let answers = std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(read) = server_reader.read(&mut buffer) {
+            if read == 0 || cutting_answers.load(Ordering::SeqCst) || client_writer.write_all(&buffer[..read]).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let commit: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+    let mut ingest = false;
+    let mut buffer = vec![0u8; 64 * 1024];
+    while let Ok(read) = client.read(&mut buffer) {
+        if read == 0 {
+            break;
+        }
+        let chunk = &buffer[..read];
+        ingest |= chunk.windows(8).any(|window| window == b"(ingest)");
+        if ingest && blocked.load(Ordering::SeqCst) {
+            break;
+        }
+        let cut_now = ingest
+            && chunk.windows(commit.len()).any(|window| window == commit)
+            && armed.compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+        if cut_now {
+            cutting.store(true, Ordering::SeqCst);
+        }
+        if server.write_all(chunk).is_err() {
+            break;
+        }
+        if cut_now {
+            // The server commits; its answer is dropped, then both sides are cut.
+            std::thread::sleep(Duration::from_millis(200));
+            cut.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = server.shutdown(std::net::Shutdown::Both);
+    let _ = answers.join();
 }

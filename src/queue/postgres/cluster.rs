@@ -2,7 +2,9 @@
 //! transaction of the queue thread never delays them:
 //! - the lease thread heartbeats this node's row every second, counts the live nodes, and
 //!   rescues the running jobs of nodes whose lease expired (one node at a time, under an
-//!   advisory lock);
+//!   advisory lock). Each renewal moves this node's [`LeaseClock`]; a node whose beats
+//!   fail or come late stops trusting its view of the others until a whole lease of
+//!   beats has come on time, so a stall of the database is never taken for a death;
 //! - the listener thread `LISTEN`s for other nodes' news of ready jobs, sends this node's
 //!   own news (debounced: one `NOTIFY` per 25 ms at most, never from a trigger, since a
 //!   commit that carries a NOTIFY takes a global lock), and wakes the queue thread, at
@@ -17,9 +19,9 @@ use chrono::Utc;
 use postgres::fallible_iterator::FallibleIterator as _;
 
 use super::schema::{READY_CHANNEL, RESCUE_LOCK};
-use super::{ClusterMetrics, ClusterSettings, Connection, connection_config};
+use super::{ClusterMetrics, ClusterSettings, Connection, STATEMENT_TIMEOUT, connection_config};
 use crate::queue::columns::millis;
-use crate::queue::{NodeId, StorageError, Waker};
+use crate::queue::{LeaseClock, NodeId, StorageError, Waker};
 
 /// How often a node renews its lease.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -30,19 +32,37 @@ const ANNOUNCE_EVERY: Duration = Duration::from_millis(25);
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// Renews this node's lease (inserting its row if a rescuer removed it) and counts the
-/// live nodes, itself included, in one statement.
+/// live nodes, itself included, in one statement; says whether the row had to be
+/// inserted. Times are the database's clock when the row is written
+/// (`clock_timestamp()`), not when the statement began (`now()`): a beat that waited for
+/// a lock or a stalled server must not write an expiry that has already passed.
 const HEARTBEAT_SQL: &str = "WITH beat AS (
          INSERT INTO jobd_nodes (id, name, started_at, heartbeat_at, expires_at)
-         VALUES ($1, $2, now(), now(), now() + make_interval(secs => $3))
-         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at
-         RETURNING 1)
-     SELECT (SELECT count(*) FROM jobd_nodes WHERE expires_at > now() AND id <> $1) + (SELECT count(*) FROM beat)";
+         VALUES ($1, $2, clock_timestamp(), clock_timestamp(), clock_timestamp() + make_interval(secs => $3))
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = clock_timestamp(), expires_at = EXCLUDED.expires_at
+         RETURNING (xmax = 0) AS inserted)
+     SELECT (SELECT count(*) FROM jobd_nodes WHERE expires_at > clock_timestamp() AND id <> $1) + 1,
+         (SELECT inserted FROM beat)";
+
+/// The part of the lease a node keeps in hand: it stops acting on its jobs this long
+/// before the lease it last renewed expires, so that it has stopped them before any other
+/// node may take them.
+fn safety_margin(lease: Duration) -> Duration {
+    lease / 5
+}
+
+/// The statement timeout of the lease thread's connection: well inside the lease, so that
+/// a beat stuck behind a lock fails (and counts as a failure) instead of returning after
+/// the lease it was renewing is gone.
+fn lease_statement_timeout(lease: Duration) -> Duration {
+    (lease / 4).max(Duration::from_millis(250))
+}
 
 /// How many beats apart a node sweeps for orphaned jobs when no node was forgotten.
 const ORPHAN_SWEEP_BEATS: u32 = 10;
 
-/// Removes the rows of nodes whose lease expired.
-const FORGET_LOST: &str = "DELETE FROM jobd_nodes WHERE expires_at < now() RETURNING id, name";
+/// Removes the rows of nodes whose lease expired, by the database's clock now.
+const FORGET_LOST: &str = "DELETE FROM jobd_nodes WHERE expires_at < clock_timestamp() RETURNING id, name";
 
 /// Takes back every job whose lease owner has no row. A running one is queued again, its
 /// interrupted attempt counted (or buried, after its last attempt); one still queued in
@@ -97,17 +117,20 @@ impl ClusterThreads {
         node: NodeId,
         metrics: ClusterMetrics,
         waker: Arc<OnceLock<Waker>>,
+        clock: Arc<LeaseClock>,
     ) -> Result<Self, StorageError> {
         let mut upkeep = Upkeep {
-            connection: Connection::new(connection_config(settings, "lease")?),
+            connection: Connection::new(connection_config(settings, "lease", lease_statement_timeout(settings.lease))?),
             node,
             name: settings.node_name.clone(),
             lease: settings.lease,
             metrics,
             live_since: None,
             beats_since_sweep: ORPHAN_SWEEP_BEATS,
+            clock,
+            joined: false,
         };
-        upkeep.heartbeat()?;
+        upkeep.heartbeat(Instant::now())?;
         let stop = Arc::new(AtomicBool::new(false));
         let news = Arc::new(AtomicBool::new(false));
         let lease = {
@@ -118,7 +141,7 @@ impl ClusterThreads {
                 .map_err(|error| StorageError::new(format!("cannot start the lease thread: {error}")))?
         };
         let listener = Listener {
-            connection: Connection::new(connection_config(settings, "listen")?),
+            connection: Connection::new(connection_config(settings, "listen", STATEMENT_TIMEOUT)?),
             listening: false,
             node,
             waker,
@@ -161,11 +184,16 @@ struct Upkeep {
     name: String,
     lease: Duration,
     metrics: ClusterMetrics,
-    /// Since when every heartbeat succeeded. A node declares others lost only after a
-    /// whole lease of unbroken heartbeats: after an outage of the database, every node's
-    /// lease has lapsed, and the first node back must not take the jobs of nodes that are
-    /// about to heartbeat too.
+    /// Since when every heartbeat succeeded on time. A node declares others lost only
+    /// after a whole lease of such beats: after an outage or a stall of the database,
+    /// every node's lease has lapsed, and the first node back must not take the jobs of
+    /// nodes that are about to heartbeat too.
     live_since: Option<Instant>,
+    /// This node's view of its lease, moved by every renewal.
+    clock: Arc<LeaseClock>,
+    /// Whether this node's row was written once: a row that must be inserted again was
+    /// removed by another node, which took back this node's jobs.
+    joined: bool,
     /// Beats since this node last swept for orphaned jobs; it starts at
     /// [`ORPHAN_SWEEP_BEATS`], so a node sweeps as soon as it starts.
     beats_since_sweep: u32,
@@ -180,7 +208,7 @@ impl Upkeep {
                 std::thread::park_timeout(due - now);
                 continue;
             }
-            match self.heartbeat() {
+            match self.heartbeat(due) {
                 Ok(()) => {
                     self.metrics.heartbeat_lag.observe(due.elapsed().as_secs_f64());
                     // Jobs whose owner has no row are safe to take back at any time; nodes
@@ -208,12 +236,41 @@ impl Upkeep {
         self.leave();
     }
 
-    fn heartbeat(&mut self) -> Result<(), StorageError> {
+    /// Renews the lease. `due` is when the beat was due: a beat that began or returned
+    /// more than a beat late did renew the lease, but restarts the count of on-time beats
+    /// that this node's judgement of the others rests on.
+    fn heartbeat(&mut self, due: Instant) -> Result<(), StorageError> {
         let node = self.node.as_uuid();
+        let sent = Instant::now();
         let rows = self.connection.query(HEARTBEAT_SQL, &[&node, &self.name, &self.lease.as_secs_f64()])?;
+        let returned = Instant::now();
         let live = rows.first().map_or(0, |row| row.get::<_, i64>(0));
+        let inserted = rows.first().and_then(|row| row.get::<_, Option<bool>>(1)).unwrap_or(false);
         self.metrics.nodes.set(live);
-        self.live_since.get_or_insert_with(Instant::now);
+        let declared_lost = inserted && self.joined;
+        self.joined = true;
+        if declared_lost {
+            tracing::warn!(
+                node = %self.node,
+                "this node's row was gone: other nodes declared it lost and took back its jobs; it joins again"
+            );
+        }
+        let held_before = self.clock.is_held();
+        let new_term = self.clock.renewed(sent, self.lease.saturating_sub(safety_margin(self.lease)), declared_lost);
+        self.metrics.lease_held.set(1);
+        if new_term && self.clock.term() > 1 {
+            tracing::info!(
+                node = %self.node,
+                lapsed = !held_before,
+                "lease re-established: this node claims and starts jobs again"
+            );
+        }
+        let on_time = sent.saturating_duration_since(due) <= HEARTBEAT && returned - sent <= HEARTBEAT;
+        if on_time && !declared_lost {
+            self.live_since.get_or_insert(returned);
+        } else {
+            self.live_since = Some(returned);
+        }
         Ok(())
     }
 
@@ -297,6 +354,9 @@ impl Upkeep {
             Ok(_) => tracing::info!(node = %self.node, "left the cluster"),
             Err(error) => tracing::warn!(error = error.message(), "could not remove this node's row; it expires"),
         }
+        // The sweep runs now, whenever the last one ran: the jobs this node leaves
+        // behind go back to the queue at once, not after the next node's sweep.
+        self.beats_since_sweep = ORPHAN_SWEEP_BEATS;
         if let Err(error) = self.rescue(false) {
             tracing::warn!(error = error.message(), "could not release this node's jobs; another node will");
         }

@@ -11,7 +11,7 @@ use crate::queue::columns::{from_millis, payload_value, state_of};
 
 /// The columns a claim returns, by position.
 pub(super) const CLAIMED_COLUMNS: &str = "j.ready_seq, j.id, j.kind, j.attempts, j.max_attempts, j.timeout_ms,
-     j.run_at, j.created_at, j.idempotency_key, j.body, j.body_is_json, j.args, j.submitted_by";
+     j.run_at, j.created_at, j.idempotency_key, j.body, j.body_is_json, j.args, j.submitted_by, j.claim_epoch";
 
 /// The columns a record is read from, by position; the body comes last when asked for.
 pub(super) const RECORD_COLUMNS: &str = "id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at,
@@ -45,6 +45,7 @@ pub(super) fn decode_claimed(row: &Row) -> Result<Job, String> {
         id: job_id(column(row, 1, "id")?),
         kind: Cow::Owned(column(row, 2, "kind")?),
         attempt: unsigned(column(row, 3, "attempts")?, "attempts")?.saturating_add(1),
+        claim: column(row, 13, "claim_epoch")?,
         max_attempts: unsigned(column(row, 4, "max_attempts")?, "max_attempts")?,
         timeout_ms: timeout_ms
             .map(|ms| u64::try_from(ms).map_err(|_| format!("column timeout_ms: {ms} is negative")))

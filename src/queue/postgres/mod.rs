@@ -11,6 +11,7 @@ mod cluster;
 mod codec;
 mod reader;
 mod schema;
+mod tls;
 mod writer;
 
 use std::collections::HashMap;
@@ -21,23 +22,37 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, IntCounter, IntGauge};
 
 use self::cluster::ClusterThreads;
+pub use self::reader::listing_sql;
 pub use self::schema::SCHEMA_VERSION;
-use super::{NodeId, QueueBackend, StorageError, Transactions, Waker};
+use super::{LeaseClock, NodeId, QueueBackend, StorageError, Transactions, Waker};
 use crate::job::JobState;
 
-/// A node's connections: the queue thread's, its ingest lane's, the lease thread's and the
-/// listener's. The pool is fixed at four, so that N nodes hold 4 × N of the server's
-/// `max_connections`.
-pub const CONNECTIONS_PER_NODE: usize = 4;
+/// A node's connections: the queue thread's, its ingest lane's, its read lane's, the lease
+/// thread's and the listener's. The pool is fixed at five, so that N nodes hold 5 × N of
+/// the server's `max_connections`.
+pub const CONNECTIONS_PER_NODE: usize = 5;
+/// The longest one read of the read lane (a listing, a record) may run: listings are the
+/// one query a client shapes, and one that walks the table answers 503 in this time
+/// rather than hold the lane for the others.
+const READ_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest one statement may run before the server cancels it, so that one slow query
 /// cannot hold the queue thread (and with it every submission) for ever.
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection attempt may take: a server that does not answer costs the
 /// queue thread this long once per backoff step, not a hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The first wait after a failed connection attempt; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long sent data may go unacknowledged, and how soon an idle connection's keepalive
+/// probes give up (5 s idle, then 3 probes 1 s apart), before the kernel cuts the
+/// connection: a server that vanished without a reset (a host gone, a partition) is
+/// noticed within about 8 s instead of after TCP's default of about 15 minutes, during
+/// which the thread waiting on it (the queue's, ingest's or the lease's) would hang.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(8);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// What the PostgreSQL backend needs besides the common settings.
 #[derive(Debug, Clone)]
@@ -59,6 +74,11 @@ pub struct ClusterMetrics {
     pub fenced: IntCounter,
     /// How late each heartbeat committed after it was due.
     pub heartbeat_lag: Histogram,
+    /// Claimed jobs this node did not run because their start was refused
+    /// (`jobd_fenced_starts_total`).
+    pub fenced_starts: IntCounter,
+    /// 1 while this node can prove that it holds its lease (`jobd_lease_held`).
+    pub lease_held: IntGauge,
 }
 
 /// The URL with its password, if it has one, replaced by `***`, for logs and output.
@@ -79,14 +99,30 @@ pub fn check_postgres_url(text: &str) -> Result<(), String> {
     if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
         return Err("it must start with postgresql:// or postgres://".to_owned());
     }
-    postgres::Config::from_str(text).map(drop).map_err(|error| error.to_string())
+    let (url, _) = tls::split_url(text)?;
+    postgres::Config::from_str(&url).map(drop).map_err(|error| error.to_string())
 }
 
-/// The connection settings: the URL's, plus the password from the systemd credential
-/// `postgres_password` when the URL has none, the timeouts, and the node's name as the
-/// application name (so `pg_stat_activity` shows which node holds which connection).
-fn connection_config(settings: &ClusterSettings, role: &str) -> Result<postgres::Config, StorageError> {
-    let mut config = postgres::Config::from_str(&settings.url)
+/// How one of a node's connections is made: the client's settings and the TLS connector
+/// that `sslmode` asks for.
+#[derive(Clone)]
+struct ConnectionConfig {
+    client: postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+/// The connection settings: the URL's (TLS as its `sslmode` says, see [`tls`]), plus the
+/// password from the systemd credential `postgres_password` when the URL has none, the
+/// timeouts, and the node's name as the application name (so `pg_stat_activity` shows
+/// which node holds which connection). `statement_timeout` bounds each statement.
+fn connection_config(
+    settings: &ClusterSettings,
+    role: &str,
+    statement_timeout: Duration,
+) -> Result<ConnectionConfig, StorageError> {
+    let (url, tls) = tls::split_url(&settings.url)
+        .map_err(|error| StorageError::new(format!("postgres_url is invalid: {error}")))?;
+    let mut config = postgres::Config::from_str(&url)
         .map_err(|error| StorageError::new(format!("postgres_url is invalid: {error}")))?;
     if config.get_password().is_none()
         && let Some(path) = crate::systemd::credential_path("postgres_password")
@@ -97,19 +133,36 @@ fn connection_config(settings: &ClusterSettings, role: &str) -> Result<postgres:
         config.password(password);
     }
     config
+        .ssl_mode(tls.client_mode())
         .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_user_timeout(TCP_USER_TIMEOUT)
         .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES)
         .application_name(&format!("jobd {} ({role})", settings.node_name))
-        .options(&format!("-c statement_timeout={}", STATEMENT_TIMEOUT.as_millis()));
-    Ok(config)
+        .options(&format!("-c statement_timeout={}", statement_timeout.as_millis()));
+    Ok(ConnectionConfig { client: config, tls: tls.connector()? })
 }
 
 /// Turns a client error into a storage error that says what failed.
 fn storage_error(context: &str, error: &postgres::Error) -> StorageError {
     let detail = match error.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => error.to_string(),
+        None => {
+            // The client's own message leaves out its cause (a TLS handshake's says only
+            // that it failed), which is the part an operator needs.
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text = format!("{text}: {cause_text}");
+                }
+                source = cause.source();
+            }
+            text
+        }
     };
     StorageError::new(format!("PostgreSQL {context}: {detail}"))
 }
@@ -118,7 +171,7 @@ fn storage_error(context: &str, error: &postgres::Error) -> StorageError {
 /// doubling backoff before it tries again, answering with the last error meanwhile, so
 /// that submissions during an outage get a quick 503 instead of a connect timeout each.
 struct Connection {
-    config: postgres::Config,
+    config: ConnectionConfig,
     client: Option<postgres::Client>,
     /// Prepared statements of the current client, by their text.
     statements: HashMap<&'static str, postgres::Statement>,
@@ -128,7 +181,7 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(config: postgres::Config) -> Self {
+    fn new(config: ConnectionConfig) -> Self {
         Connection {
             config,
             client: None,
@@ -148,7 +201,7 @@ impl Connection {
             if Instant::now() < self.next_attempt {
                 return Err(self.last_error.clone().unwrap_or_else(|| StorageError::new("PostgreSQL is unreachable")));
             }
-            match self.config.connect(postgres::NoTls) {
+            match self.config.client.connect(self.config.tls.clone()) {
                 Ok(client) => {
                     if self.last_error.take().is_some() {
                         tracing::info!("PostgreSQL connection restored");
@@ -219,6 +272,26 @@ impl Connection {
         result.map_err(|error| self.failed("statement failed", &error))
     }
 
+    /// Commits the open transaction. A commit the server refused undid the transaction;
+    /// one whose answer never came (the connection broke on the way) may or may not have
+    /// taken effect, and says so.
+    fn commit(&mut self) -> Result<(), StorageError> {
+        let client = self.client()?;
+        let result = client.batch_execute("COMMIT");
+        result.map_err(|error| {
+            let refused = error.as_db_error().is_some();
+            let failure = self.failed("commit failed", &error);
+            if refused {
+                failure
+            } else {
+                StorageError::outcome_unknown(format!(
+                    "{}; the transaction may or may not have committed",
+                    failure.message()
+                ))
+            }
+        })
+    }
+
     fn failed(&mut self, context: &str, error: &postgres::Error) -> StorageError {
         if error.is_closed() || self.client.as_ref().is_some_and(postgres::Client::is_closed) {
             self.lost();
@@ -277,7 +350,9 @@ pub struct PostgresBackend {
     /// progress, 1 enqueues (see [`QueueBackend::ingest_lane`]).
     lane: i16,
     /// The settings a second connection (the ingest lane) is opened with.
-    ingest_config: postgres::Config,
+    ingest_config: ConnectionConfig,
+    /// The settings of the read lane's connection; `None` on the lanes that offer none.
+    read_config: Option<ConnectionConfig>,
     capacity: usize,
     deltas: Deltas,
     /// The committed count of unfinished jobs, read once per transaction that enqueues.
@@ -307,6 +382,14 @@ pub struct PostgresBackend {
     /// Set after a commit that readied jobs; the listener thread tells the other nodes.
     news: Arc<std::sync::atomic::AtomicBool>,
     waker: Arc<OnceLock<Waker>>,
+    /// This node's view of its lease, which the lease thread renews; the main lane claims
+    /// and records starts only while it is held.
+    lease: Arc<LeaseClock>,
+    /// The lease's term at this lane's last claim: a new one means the lease lapsed
+    /// meanwhile, and the Dispatcher dropped the jobs it held.
+    seen_term: u64,
+    /// This lane's latest claim epoch; with the node's id it names one claim.
+    next_claim: i64,
 }
 
 impl PostgresBackend {
@@ -318,7 +401,7 @@ impl PostgresBackend {
         capacity: usize,
         metrics: ClusterMetrics,
     ) -> Result<PostgresBackend, StorageError> {
-        let mut connection = Connection::new(connection_config(settings, "queue")?);
+        let mut connection = Connection::new(connection_config(settings, "queue", STATEMENT_TIMEOUT)?);
         let client = connection.client()?;
         let version = schema::migrate(client)?;
         let mut depth = [0i64; 5];
@@ -339,11 +422,15 @@ impl PostgresBackend {
             "PostgreSQL queue opened"
         );
         let waker = Arc::new(OnceLock::new());
-        let threads = ClusterThreads::start(settings, node, metrics.clone(), waker.clone())?;
-        let ingest_config = connection_config(settings, "ingest")?;
+        let lease = Arc::new(LeaseClock::new());
+        let threads = ClusterThreads::start(settings, node, metrics.clone(), waker.clone(), lease.clone())?;
+        let ingest_config = connection_config(settings, "ingest", STATEMENT_TIMEOUT)?;
         let mut backend = Self::on_connection(connection, node, 0, ingest_config, capacity, metrics, threads.news());
         backend._threads = Some(threads);
         backend.waker = waker;
+        backend.seen_term = lease.term();
+        backend.lease = lease;
+        backend.read_config = Some(connection_config(settings, "read", READ_STATEMENT_TIMEOUT)?);
         Ok(backend)
     }
 
@@ -353,7 +440,7 @@ impl PostgresBackend {
         connection: Connection,
         node: NodeId,
         lane: i16,
-        ingest_config: postgres::Config,
+        ingest_config: ConnectionConfig,
         capacity: usize,
         metrics: ClusterMetrics,
         news: Arc<std::sync::atomic::AtomicBool>,
@@ -363,6 +450,7 @@ impl PostgresBackend {
             node,
             lane,
             ingest_config,
+            read_config: None,
             capacity,
             deltas: Deltas::default(),
             committed_unfinished: None,
@@ -377,6 +465,27 @@ impl PostgresBackend {
             _threads: None,
             news,
             waker: Arc::new(OnceLock::new()),
+            lease: Arc::new(LeaseClock::new()),
+            seen_term: 0,
+            next_claim: 0,
+        }
+    }
+
+    /// Whether this node can prove that it holds its lease now.
+    fn lease_is_held(&self) -> bool {
+        let held = self.lease.is_held();
+        self.metrics.lease_held.set(i64::from(held));
+        held
+    }
+
+    /// After a lapse of the lease, the Dispatcher holds none of the jobs it was handed:
+    /// the next claim hands out again every unstarted job still leased to this node.
+    fn note_new_term(&mut self) {
+        let term = self.lease.term();
+        if term != self.seen_term {
+            self.seen_term = term;
+            self.handed_out.clear();
+            self.claims_uncertain = true;
         }
     }
 
@@ -395,7 +504,7 @@ impl PostgresBackend {
     /// The schema version of the database at `settings.url`, for `check-config --probe`;
     /// `None` when jobd has not created its tables there yet.
     pub fn probe(settings: &ClusterSettings) -> Result<Option<i32>, StorageError> {
-        let mut connection = Connection::new(connection_config(settings, "probe")?);
+        let mut connection = Connection::new(connection_config(settings, "probe", STATEMENT_TIMEOUT)?);
         schema::version(connection.client()?)
     }
 
@@ -431,6 +540,40 @@ impl PostgresBackend {
     }
 }
 
+impl super::RecordReader for PostgresBackend {
+    fn get(
+        &mut self,
+        id: crate::job::JobId,
+        with_payload: bool,
+    ) -> Result<Option<crate::job::JobRecord>, StorageError> {
+        super::JobReader::get(self, id, with_payload)
+    }
+
+    fn list(
+        &mut self,
+        filter: &super::ListFilter,
+        before: Option<super::Cursor>,
+        limit: usize,
+    ) -> Result<super::JobPage, StorageError> {
+        super::JobReader::list(self, filter, before, limit)
+    }
+}
+
+impl Drop for PostgresBackend {
+    /// Tells the other nodes of jobs this lane readied since the listener last did, on
+    /// this lane's own connection: at shutdown the listener may stop before the last
+    /// commits of the ingest lane, and their jobs would otherwise wait for the other
+    /// nodes' one-second poll.
+    fn drop(&mut self) {
+        if self.news.swap(false, std::sync::atomic::Ordering::AcqRel) && self.connection.client.is_some() {
+            let own = self.node.to_string();
+            if let Err(error) = self.connection.execute("SELECT pg_notify($1, $2)", &[&schema::READY_CHANNEL, &own]) {
+                tracing::debug!(error = error.message(), "could not announce the last ready jobs at shutdown");
+            }
+        }
+    }
+}
+
 impl Transactions for PostgresBackend {
     fn begin(&mut self) -> Result<(), StorageError> {
         self.deltas = Deltas::default();
@@ -438,12 +581,22 @@ impl Transactions for PostgresBackend {
         self.readied = false;
         self.pending_handout.clear();
         self.pending_release.clear();
-        self.connection.batch("BEGIN")
+        let had_client = self.connection.client.is_some();
+        match self.connection.batch("BEGIN") {
+            // The connection broke while idle (the server restarted): nothing of this
+            // transaction was sent, so a fresh connection takes it, without the backoff
+            // meant for a server that is down.
+            Err(_) if had_client && self.connection.client.is_none() => {
+                self.connection.next_attempt = Instant::now();
+                self.connection.batch("BEGIN")
+            }
+            result => result,
+        }
     }
 
     fn commit(&mut self) -> Result<(), StorageError> {
         self.write_deltas()?;
-        self.connection.batch("COMMIT")?;
+        self.connection.commit()?;
         self.handed_out.extend(self.pending_handout.drain(..));
         for id in self.pending_release.drain(..) {
             self.handed_out.remove(&id);
@@ -490,5 +643,19 @@ impl QueueBackend for PostgresBackend {
     fn set_waker(&mut self, waker: Waker) {
         // The listener thread wakes the queue thread through it; set once, at spawn.
         let _ = self.waker.set(waker);
+    }
+
+    fn lease_clock(&self) -> Option<Arc<LeaseClock>> {
+        (self.lane == 0).then(|| self.lease.clone())
+    }
+
+    /// A third lane on a connection of its own, with a short statement timeout; it
+    /// connects at its first read.
+    fn record_reader(&mut self) -> Result<Option<Box<dyn super::RecordReader>>, StorageError> {
+        let Some(config) = self.read_config.take() else { return Ok(None) };
+        let (ingest, metrics) = (self.ingest_config.clone(), self.metrics.clone());
+        let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = Self::on_connection(Connection::new(config), self.node, 2, ingest, self.capacity, metrics, quiet);
+        Ok(Some(Box::new(reader)))
     }
 }

@@ -10,7 +10,7 @@ use crate::queue::StorageError;
 
 /// The schema this build writes. A database with a higher version was written by a newer
 /// jobd, and this one refuses it rather than misread it.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The advisory lock the migrations hold: one node migrates while the others wait.
 const MIGRATION_LOCK: i64 = 0x6a6f_6264_0001;
@@ -25,7 +25,8 @@ pub(super) const READY_CHANNEL: &str = "jobd_ready";
 /// Each migration, in order: version `n` is the `n`th entry. Each runs in one transaction
 /// with its version bump. A migration never changes once released: a database that ran
 /// it must stay what the next one expects (the tests upgrade a version 1 database).
-const MIGRATIONS: [&str; 2] = [include_str!("migrations/v1.sql"), include_str!("migrations/v2.sql")];
+const MIGRATIONS: [&str; 3] =
+    [include_str!("migrations/v1.sql"), include_str!("migrations/v2.sql"), include_str!("migrations/v3.sql")];
 
 /// Adds a transaction's count changes to its connection's rows: `$1` the node, `$2` its
 /// lane (connection), `$3` the states, `$4` the changes. Each connection writes only its
@@ -57,12 +58,18 @@ pub(super) fn version(client: &mut postgres::Client) -> Result<Option<i32>, Stor
 /// the work done.
 pub(super) fn migrate(client: &mut postgres::Client) -> Result<i32, StorageError> {
     let failed = |error: postgres::Error| storage_error("migration failed", &error);
+    // A node waits for the lock as long as another node's migration takes, which may be
+    // longer than the statement timeout meant for the queue's own statements; the
+    // session's timeout comes back once the lock is released.
+    client.batch_execute("SET statement_timeout = 0").map_err(failed)?;
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).map_err(failed)?;
     let result = migrate_locked(client);
     // The lock is the session's: released here, or when the connection closes.
     let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).map_err(failed);
+    let reset = client.batch_execute("RESET statement_timeout").map_err(failed);
     let version = result?;
     unlocked?;
+    reset?;
     Ok(version)
 }
 

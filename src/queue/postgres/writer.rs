@@ -12,7 +12,7 @@ use super::schema::PURGE_LOCK;
 use crate::job::{FinishedJob, Job, JobId, JobState, StartedJob};
 use crate::queue::columns::{FinishColumns, millis, split_progress, state_of};
 use crate::queue::{
-    Admitted, ControlError, JobWriter, Lease, ReadyBatch, Refusal, StorageError, admit, claim_has_room,
+    Admitted, ControlError, JobWriter, Lease, ReadyBatch, Refusal, RefusedStarts, StorageError, admit, claim_has_room,
 };
 
 const FIND_BY_KEY: &str = "SELECT id, state FROM jobd_jobs WHERE submitted_by = $1 AND idempotency_key = $2";
@@ -49,12 +49,14 @@ const PROMOTE_DUE: &str = "WITH due AS (
 const PICK: &str = "SELECT id, octet_length(body) FROM jobd_jobs WHERE state = 'queued' AND lease_owner IS NULL
      ORDER BY ready_seq LIMIT $1 FOR UPDATE SKIP LOCKED";
 
-/// Takes picked jobs into this node's window: leased to `$2`, still `queued` until their
-/// start is recorded.
+/// Takes picked jobs into this node's window: leased to `$2` under its claim epoch `$3`,
+/// still `queued` until their start is recorded.
 fn take_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        format!("UPDATE jobd_jobs j SET lease_owner = $2 WHERE j.id = ANY($1) RETURNING {CLAIMED_COLUMNS}")
+        format!(
+            "UPDATE jobd_jobs j SET lease_owner = $2, claim_epoch = $3 WHERE j.id = ANY($1) RETURNING {CLAIMED_COLUMNS}"
+        )
     })
 }
 
@@ -70,34 +72,37 @@ const BURY: &str = "UPDATE jobd_jobs SET state = 'dead', last_error = $2, finish
 // The owner is never NULL there, so the two compare alike.
 
 /// Records the start of attempts that have not ended yet, counting each: the job leaves
-/// the queue for `running`, if this node (`$4`) still holds it at the attempt before.
-/// Returns the ids it moved. A plain `UPDATE` locks each row it changes and checks the
-/// conditions again on a row another transaction changed meanwhile, so a rescue that took
-/// the job first leaves nothing to match.
+/// the queue for `running`, if this node (`$4`) still holds it at the attempt before,
+/// under the claim (`$5`) the start belongs to. Returns the ids it moved. A plain `UPDATE`
+/// locks each row it changes and checks the conditions again on a row another
+/// transaction changed meanwhile, so a rescue that took the job first leaves nothing to
+/// match.
 const RECORD_STARTED: &str = "UPDATE jobd_jobs j SET state = 'running', attempts = s.attempt, started_at = s.started_at
-     FROM unnest($1::uuid[], $2::integer[], $3::bigint[]) AS s(id, attempt, started_at)
+     FROM unnest($1::uuid[], $2::integer[], $3::bigint[], $5::bigint[]) AS s(id, attempt, started_at, claim)
      WHERE j.id = s.id AND j.lease_owner IS NOT DISTINCT FROM $4 AND j.state = 'queued' AND j.attempts = s.attempt - 1
+       AND j.claim_epoch = s.claim
      RETURNING j.id";
 
 /// Of starts that did not apply, those already recorded (by a commit whose answer was
-/// lost): the job runs at that attempt, held by this node (`$3`).
+/// lost): the job runs at that attempt, held by this node (`$3`) under the same claim.
 const ALREADY_STARTED: &str = "SELECT j.id FROM jobd_jobs j
-     JOIN unnest($1::uuid[], $2::integer[]) AS s(id, attempt) ON j.id = s.id
-     WHERE j.lease_owner IS NOT DISTINCT FROM $3 AND j.state = 'running' AND j.attempts = s.attempt";
+     JOIN unnest($1::uuid[], $2::integer[], $4::bigint[]) AS s(id, attempt, claim) ON j.id = s.id
+     WHERE j.lease_owner IS NOT DISTINCT FROM $3 AND j.state = 'running' AND j.attempts = s.attempt
+       AND j.claim_epoch = s.claim";
 
 /// Records the end of attempts, if this node (`$10`) still holds each job in state `$9`
 /// at that attempt: `running` at the attempt, or still `queued` at the attempt before,
 /// when the end also records the start (both came in one flush). The job leaves its
-/// lease. Two statements, one per state the jobs leave, rather than one that locks rows
+/// lease. The claim epoch must match too. Two statements, one per state the jobs leave, rather than one that locks rows
 /// to read their old state: each row is written once, and the caller knows where it came
 /// from. Returns each job's id and its state now.
 const RECORD_FINISHED: &str = "UPDATE jobd_jobs j SET state = f.state, attempts = f.attempt,
          started_at = COALESCE(f.started_at, j.started_at), finished_at = f.finished_at,
          last_error = f.error, result = f.result, run_at = COALESCE(f.retry_at, j.run_at), lease_owner = NULL
      FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
-         $8::bigint[]) AS f(id, attempt, state, started_at, finished_at, error, result, retry_at)
+         $8::bigint[], $11::bigint[]) AS f(id, attempt, state, started_at, finished_at, error, result, retry_at, claim)
      WHERE j.id = f.id AND j.lease_owner IS NOT DISTINCT FROM $10 AND j.state = $9
-       AND j.attempts = CASE WHEN $9 = 'queued' THEN f.attempt - 1 ELSE f.attempt END
+       AND j.attempts = CASE WHEN $9 = 'queued' THEN f.attempt - 1 ELSE f.attempt END AND j.claim_epoch = f.claim
      RETURNING j.id, j.state";
 
 const STATE_OF: &str = "SELECT state FROM jobd_jobs WHERE id = $1";
@@ -179,33 +184,42 @@ impl PostgresBackend {
         Ok(())
     }
 
-    fn write_started(&mut self, started: &[StartedJob]) -> Result<(), StorageError> {
+    /// Records starts, and returns those refused: jobs that moved on to another node or
+    /// claim, or all of them while this node cannot prove that it holds its lease. The
+    /// Dispatcher never runs a refused job.
+    fn write_started(&mut self, started: &[StartedJob]) -> Result<Vec<JobId>, StorageError> {
         if started.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
+        }
+        if !self.lease_is_held() {
+            // Writing would succeed while no other node has taken the jobs yet, but this
+            // node could not stop them in time should one do so: it runs none of them.
+            tracing::warn!(jobs = started.len(), "starts refused: this node's lease is not proven held");
+            self.metrics.fenced_starts.inc_by(started.len() as u64);
+            return Ok(started.iter().map(|start| start.id).collect());
         }
         let owner = self.owner();
         let ids: Vec<uuid::Uuid> = started.iter().map(|start| uuid_of(start.id)).collect();
         let attempts: Vec<i32> = started.iter().map(|start| attempt_column(start.attempt)).collect();
         let times: Vec<i64> = started.iter().map(|start| millis(start.started_at)).collect();
-        let rows = self.connection.query(RECORD_STARTED, &[&ids, &attempts, &times, &owner])?;
+        let claims: Vec<i64> = started.iter().map(|start| start.claim).collect();
+        let rows = self.connection.query(RECORD_STARTED, &[&ids, &attempts, &times, &owner, &claims])?;
         self.deltas.moved(JobState::Queued, JobState::Running, rows.len() as i64);
         if rows.len() == started.len() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut written: HashSet<uuid::Uuid> = rows.iter().map(|row| row.get(0)).collect();
-        let (missed_ids, missed_attempts): (Vec<uuid::Uuid>, Vec<i32>) = ids
-            .iter()
-            .zip(&attempts)
-            .filter(|(id, _)| !written.contains(*id))
-            .map(|(id, attempt)| (*id, *attempt))
-            .unzip();
-        let recorded = self.connection.query(ALREADY_STARTED, &[&missed_ids, &missed_attempts, &owner])?;
+        let missed: Vec<usize> = (0..ids.len()).filter(|&at| !written.contains(&ids[at])).collect();
+        let missed_ids: Vec<uuid::Uuid> = missed.iter().map(|&at| ids[at]).collect();
+        let missed_attempts: Vec<i32> = missed.iter().map(|&at| attempts[at]).collect();
+        let missed_claims: Vec<i64> = missed.iter().map(|&at| claims[at]).collect();
+        let recorded =
+            self.connection.query(ALREADY_STARTED, &[&missed_ids, &missed_attempts, &owner, &missed_claims])?;
         written.extend(recorded.iter().map(|row| row.get::<_, uuid::Uuid>(0)));
-        self.fenced(
-            "start",
-            started.iter().filter(|start| !written.contains(&uuid_of(start.id))).map(|start| (start.id, start.attempt)),
-        );
-        Ok(())
+        let refused: Vec<&StartedJob> = started.iter().filter(|start| !written.contains(&uuid_of(start.id))).collect();
+        self.fenced("start", refused.iter().map(|start| (start.id, start.attempt)));
+        self.metrics.fenced_starts.inc_by(refused.len() as u64);
+        Ok(refused.iter().map(|start| start.id).collect())
     }
 
     /// Records `finished`: first the ends that also record their start, from `queued`;
@@ -247,6 +261,7 @@ impl PostgresBackend {
         let mut columns = FinishArrays::default();
         for end in ends {
             let outcome = FinishColumns::of(end);
+            columns.claims.push(end.claim);
             columns.ids.push(uuid_of(end.id));
             columns.attempts.push(attempt_column(end.attempt));
             columns.states.push(outcome.state.name());
@@ -270,6 +285,7 @@ impl PostgresBackend {
                 &columns.retry_at,
                 &from.name(),
                 &owner,
+                &columns.claims,
             ],
         )?;
         for row in &rows {
@@ -286,33 +302,40 @@ impl PostgresBackend {
 }
 
 impl PostgresBackend {
-    /// Adds to `jobs` this node's leased, unstarted jobs that the Dispatcher was never
-    /// given: those of a claim whose commit failed after it may have taken effect.
-    fn take_back_unknown_claims(&mut self, jobs: &mut Vec<Job>) -> Result<(), StorageError> {
+    /// Adds to `jobs` this node's leased, unstarted jobs that the Dispatcher does not hold:
+    /// those of a claim whose commit failed after it may have taken effect, and, after a
+    /// lapse of this node's lease, all of them (the Dispatcher dropped its window). Each is
+    /// claimed again under `claim`, so a copy the Dispatcher may still hold can record
+    /// nothing.
+    fn take_back_unknown_claims(&mut self, jobs: &mut Vec<Job>, claim: i64) -> Result<(), StorageError> {
         let owner = self.owner();
-        let rows = self.connection.query(own_unknown_claims_sql(), &[&owner])?;
+        let held: Vec<uuid::Uuid> =
+            self.handed_out.iter().copied().chain(jobs.iter().map(|job| job.id)).map(uuid_of).collect();
+        let mut rows = self.connection.query(own_unknown_claims_sql(), &[&owner, &held, &claim])?;
+        rows.sort_by_key(|row| row.get::<_, Option<i64>>(0));
         let mut found = 0;
         for row in &rows {
-            if let Ok(job) = decode_claimed(row)
-                && !self.handed_out.contains(&job.id)
-                && !jobs.iter().any(|claimed| claimed.id == job.id)
-            {
+            if let Ok(job) = decode_claimed(row) {
                 found += 1;
                 jobs.push(job);
             }
         }
         if found > 0 {
-            tracing::warn!(jobs = found, "claimed jobs whose claim's commit went unanswered are handed out now");
+            tracing::warn!(jobs = found, "claimed jobs this node's window does not hold are handed out again");
         }
         Ok(())
     }
 }
 
-/// This node's (`$1`) leased jobs that have not started.
+/// Claims again, under epoch `$3`, this node's (`$1`) leased jobs that have not started,
+/// except those in `$2` (the window holds them).
 fn own_unknown_claims_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        format!("SELECT {CLAIMED_COLUMNS} FROM jobd_jobs j WHERE j.lease_owner = $1 AND j.state = 'queued' ORDER BY j.ready_seq")
+        format!(
+            "UPDATE jobd_jobs j SET claim_epoch = $3 WHERE j.lease_owner = $1 AND j.state = 'queued'
+                 AND NOT (j.id = ANY($2)) RETURNING {CLAIMED_COLUMNS}"
+        )
     })
 }
 
@@ -366,6 +389,7 @@ struct FinishArrays {
     errors: Vec<Option<String>>,
     results: Vec<Option<String>>,
     retry_at: Vec<Option<i64>>,
+    claims: Vec<i64>,
 }
 
 impl JobWriter for PostgresBackend {
@@ -427,6 +451,14 @@ impl JobWriter for PostgresBackend {
     /// cut at the byte bound, and leased to `lease.owner`; they stay `queued` until their
     /// start is recorded. Jobs picked but not taken are unlocked at commit.
     fn claim(&mut self, max: usize, now: DateTime<Utc>, lease: &Lease) -> Result<ReadyBatch, StorageError> {
+        if !self.lease_is_held() {
+            // A node that cannot prove its lease takes nothing: the listener's poll asks
+            // again within a second, and a renewal may have come by then.
+            return Ok(ReadyBatch { jobs: Vec::new(), stopped_at_byte_limit: false, next_due: None });
+        }
+        self.note_new_term();
+        self.next_claim += 1;
+        let claim = self.next_claim;
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let promoted = self.connection.query(PROMOTE_DUE, &[&millis(now), &limit])?;
         for row in &promoted {
@@ -448,7 +480,7 @@ impl JobWriter for PostgresBackend {
         let mut jobs = Vec::with_capacity(ids.len());
         if !ids.is_empty() {
             let owner = lease.owner.as_uuid();
-            let mut taken = self.connection.query(take_sql(), &[&ids, &owner])?;
+            let mut taken = self.connection.query(take_sql(), &[&ids, &owner, &claim])?;
             taken.sort_by_key(|row| row.get::<_, Option<i64>>(0));
             let mut undecodable = Vec::new();
             for row in &taken {
@@ -462,7 +494,7 @@ impl JobWriter for PostgresBackend {
             }
         }
         if std::mem::take(&mut self.claims_uncertain) {
-            self.take_back_unknown_claims(&mut jobs)?;
+            self.take_back_unknown_claims(&mut jobs, claim)?;
         }
         self.pending_handout.extend(jobs.iter().map(|job| job.id));
         let next_due: Option<i64> = self.connection.query(NEXT_DUE, &[])?.first().and_then(|row| row.get(0));
@@ -471,16 +503,20 @@ impl JobWriter for PostgresBackend {
 
     /// A start and an end of one attempt in the same flush cost one write: the end also
     /// records the start.
-    fn record_progress(&mut self, started: &[StartedJob], finished: &[FinishedJob]) -> Result<(), StorageError> {
+    fn record_progress(
+        &mut self,
+        started: &[StartedJob],
+        finished: &[FinishedJob],
+    ) -> Result<RefusedStarts, StorageError> {
         let (started_at, started_only) = split_progress(started, finished);
-        self.write_started(&started_only)?;
+        let refused = self.write_started(&started_only)?;
         self.write_finished(finished, &started_at)?;
         self.pending_release.extend(started.iter().map(|start| start.id).chain(finished.iter().map(|end| end.id)));
         if finished.iter().any(|end| end.retry_at.is_some()) {
             // A retry may fall due before the other nodes' timers look.
             self.readied = true;
         }
-        Ok(())
+        Ok(refused)
     }
 
     fn retry_dead(&mut self, id: JobId) -> Result<Result<(), ControlError>, StorageError> {

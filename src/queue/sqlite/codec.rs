@@ -42,6 +42,7 @@ pub(super) fn decode_claimed(row: &Row<'_>) -> Result<Job, String> {
         id: JobId::from_bytes(id),
         created_at: from_millis(row.get(claim::CREATED_AT).map_err(|error| column("created_at", error))?),
         attempt: attempts.saturating_add(1),
+        claim: 0,
         max_attempts,
         timeout_ms,
         run_at: row.get::<_, Option<i64>>(claim::RUN_AT).map_err(|error| column("run_at", error))?.map(from_millis),

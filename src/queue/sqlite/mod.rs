@@ -74,6 +74,8 @@ pub struct SqliteBackend {
     cancel_hold: Option<std::time::Duration>,
     /// See [`SqliteBackend::delay_syncs_by`]; only for tests.
     sync_delay: Option<std::time::Duration>,
+    /// The file, for the read lane's own connection ([`QueueBackend::record_reader`]).
+    path: std::path::PathBuf,
     /// Declared after `connection`, so it is dropped (and its thread joined) after it.
     checkpointer: Checkpointer,
 }
@@ -188,6 +190,7 @@ impl SqliteBackend {
             fail_syncs_after: None,
             cancel_hold: None,
             sync_delay: None,
+            path: path.to_path_buf(),
             checkpointer,
         };
         Ok((backend, recovery))
@@ -271,6 +274,11 @@ impl Transactions for SqliteBackend {
 impl QueueBackend for SqliteBackend {
     fn cancel_hold(&self) -> Option<std::time::Duration> {
         self.cancel_hold
+    }
+
+    /// A read-only connection of its own: WAL lets it read while the queue thread writes.
+    fn record_reader(&mut self) -> Result<Option<Box<dyn super::RecordReader>>, StorageError> {
+        Ok(Some(Box::new(reader::SqliteReader::open(&self.path)?)))
     }
 
     fn is_durable(&self) -> bool {

@@ -156,6 +156,7 @@ mod basics {
             let claimed = backend.claim(1, Utc::now(), &Lease::for_test()).expect("take").jobs;
             backend
                 .record_started(&[StartedJob {
+                    claim: 0,
                     id: claimed[0].id,
                     attempt: claimed[0].attempt,
                     started_at: Utc::now(),
@@ -222,8 +223,10 @@ mod basics {
         assert!(backend.enqueue(vec![job("noop", None)]).expect("enqueue").is_err());
         let claimed = backend.claim(2, Utc::now(), &Lease::for_test()).expect("take").jobs;
         let now = Utc::now();
-        let started: Vec<_> =
-            claimed.iter().map(|job| StartedJob { id: job.id, attempt: job.attempt, started_at: now }).collect();
+        let started: Vec<_> = claimed
+            .iter()
+            .map(|job| StartedJob { claim: 0, id: job.id, attempt: job.attempt, started_at: now })
+            .collect();
         backend.record_started(&started).expect("start");
         let finished: Vec<_> =
             claimed.iter().map(|job| FinishedJob::succeeded(job.id, job.attempt, "noop", now)).collect();
@@ -251,9 +254,17 @@ mod delayed {
         backend.enqueue(jobs).expect("enqueue").expect("fits");
         let now = Utc::now();
         backend.claim(10, now, &Lease::for_test()).expect("take");
-        let started: Vec<StartedJob> = ids.iter().map(|&id| StartedJob { id, attempt: 1, started_at: now }).collect();
-        let done =
-            |id, outcome, retry_at| FinishedJob { id, attempt: 1, kind: "noop", outcome, finished_at: now, retry_at };
+        let started: Vec<StartedJob> =
+            ids.iter().map(|&id| StartedJob { claim: 0, id, attempt: 1, started_at: now }).collect();
+        let done = |id, outcome, retry_at| FinishedJob {
+            claim: 0,
+            id,
+            attempt: 1,
+            kind: "noop",
+            outcome,
+            finished_at: now,
+            retry_at,
+        };
         let finished = vec![
             done(ids[0], Outcome::Succeeded(JobResult::default()), None),
             done(ids[1], Outcome::TimedOut { after_ms: 5 }, Some(now + chrono::Duration::seconds(60))),
@@ -373,8 +384,9 @@ mod delayed {
             let mut backend = SqliteBackend::open(&path, 100, Synchronous::Full, None).expect("open").0;
             committed(&mut backend, |backend| backend.enqueue(vec![last, not_last]).expect("enqueue").expect("fits"));
             assert_eq!(claim_ids(&mut backend, 10, Utc::now()).len(), 2);
-            let started: Vec<StartedJob> =
-                [last_id, not_last_id].map(|id| StartedJob { id, attempt: 1, started_at: Utc::now() }).to_vec();
+            let started: Vec<StartedJob> = [last_id, not_last_id]
+                .map(|id| StartedJob { claim: 0, id, attempt: 1, started_at: Utc::now() })
+                .to_vec();
             committed(&mut backend, |backend| backend.record_started(&started).expect("started"));
         }
         let (mut backend, recovery) = SqliteBackend::open(&path, 100, Synchronous::Full, None).expect("reopen");
@@ -493,12 +505,14 @@ mod delayed {
             let now = Utc::now() + chrono::Duration::milliseconds(round as i64);
             let (first, rest) = claimed.split_first().expect("claimed");
             backend
-                .record_started(&[StartedJob { id: first.id, attempt: first.attempt, started_at: now }])
+                .record_started(&[StartedJob { claim: 0, id: first.id, attempt: first.attempt, started_at: now }])
                 .expect("start");
             let ends: Vec<FinishedJob> =
                 claimed.iter().map(|job| FinishedJob::succeeded(job.id, job.attempt, "noop", now)).collect();
-            let started: Vec<StartedJob> =
-                rest.iter().map(|job| StartedJob { id: job.id, attempt: job.attempt, started_at: now }).collect();
+            let started: Vec<StartedJob> = rest
+                .iter()
+                .map(|job| StartedJob { claim: 0, id: job.id, attempt: job.attempt, started_at: now })
+                .collect();
             backend.record_progress(&started, &ends).expect("progress");
         }
         let hot = [
@@ -627,9 +641,12 @@ mod delayed {
         assert_eq!(batch.next_due, None);
 
         // A failed attempt with a retry time is `failed` until then, then queued again.
-        backend.record_started(&[StartedJob { id: ids.1, attempt: 1, started_at: later(30) }]).expect("start");
+        backend
+            .record_started(&[StartedJob { claim: 0, id: ids.1, attempt: 1, started_at: later(30) }])
+            .expect("start");
         let retry_at = later(40);
         let failed = FinishedJob {
+            claim: 0,
             id: ids.1,
             attempt: 1,
             kind: "noop",
@@ -661,9 +678,10 @@ mod delayed {
         assert_eq!(backend.cancel(JobId::generate(), now).expect("cancel"), Err(ControlError::NotFound));
         let claimed = backend.claim(10, now, &Lease::for_test()).expect("take").jobs;
         assert_eq!(claimed.iter().map(|job| job.id).collect::<Vec<_>>(), ids[1..].to_vec(), "cancelled never runs");
-        backend.record_started(&[StartedJob { id: ids[1], attempt: 1, started_at: now }]).expect("start");
+        backend.record_started(&[StartedJob { claim: 0, id: ids[1], attempt: 1, started_at: now }]).expect("start");
         assert_eq!(backend.cancel(ids[1], now).expect("cancel"), Err(ControlError::Conflict(JobState::Running)));
         let dead = FinishedJob {
+            claim: 0,
             id: ids[1],
             attempt: 1,
             kind: "noop",
@@ -784,11 +802,14 @@ mod migration_from_version_3 {
 
         // And the queue runs on: progress is recorded, and new jobs go behind the old ones.
         let now = written_at;
-        let started: Vec<StartedJob> =
-            claimed.iter().map(|job| StartedJob { id: job.id, attempt: job.attempt, started_at: now }).collect();
+        let started: Vec<StartedJob> = claimed
+            .iter()
+            .map(|job| StartedJob { claim: 0, id: job.id, attempt: job.attempt, started_at: now })
+            .collect();
         let finished: Vec<FinishedJob> = claimed
             .iter()
             .map(|job| FinishedJob {
+                claim: 0,
                 id: job.id,
                 attempt: 1,
                 kind: "noop",

@@ -17,7 +17,7 @@ use super::sql::{
 use crate::job::{FinishedJob, Job, JobId, JobState, StartedJob};
 use crate::queue::columns::split_progress;
 use crate::queue::{
-    Admitted, ControlError, JobWriter, Lease, ReadyBatch, Refusal, StorageError, admit, claim_has_room,
+    Admitted, ControlError, JobWriter, Lease, ReadyBatch, Refusal, RefusedStarts, StorageError, admit, claim_has_room,
 };
 
 impl SqliteBackend {
@@ -292,10 +292,16 @@ impl JobWriter for SqliteBackend {
 
     /// A job that starts and finishes within one flush (most short jobs) costs one UPDATE
     /// instead of two: the finish also records the start.
-    fn record_progress(&mut self, started: &[StartedJob], finished: &[FinishedJob]) -> Result<(), StorageError> {
+    /// Only this process writes the file, so no start is ever refused.
+    fn record_progress(
+        &mut self,
+        started: &[StartedJob],
+        finished: &[FinishedJob],
+    ) -> Result<RefusedStarts, StorageError> {
         let (started_at, started_only) = split_progress(started, finished);
         self.record_started(&started_only)?;
-        self.write_finishes(finished.iter().map(|end| (end, started_at.get(&end.id).copied())))
+        self.write_finishes(finished.iter().map(|end| (end, started_at.get(&end.id).copied())))?;
+        Ok(RefusedStarts::new())
     }
 
     fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {

@@ -4,9 +4,12 @@
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
+use super::reads::Read;
 use super::{Command, Fetch, ProgressNotRecorded, Reply, SubmissionAnswer, Waiting};
 use crate::job::{FinishedJob, Job, JobId, JobRecord, StartedJob};
-use crate::queue::{ControlError, Cursor, JobPage, ListFilter, QueueStatus, ReadyBatch, StorageError};
+use crate::queue::{
+    ControlError, Cursor, JobPage, LeaseClock, ListFilter, QueueStatus, ReadyBatch, RefusedStarts, StorageError,
+};
 
 /// The error every [`QueueHandle`] call returns once the queue thread has stopped.
 fn queue_closed() -> StorageError {
@@ -32,9 +35,30 @@ pub struct QueueHandle {
     pub(super) ingest: Option<mpsc::Sender<Command>>,
     /// Whether the backend lists by job id: see [`super::super::QueueBackend::lists_by_id`].
     pub(super) lists_by_id: bool,
+    /// This node's lease on a shared queue: see [`super::super::QueueBackend::lease_clock`].
+    pub(super) lease_clock: Option<std::sync::Arc<LeaseClock>>,
+    /// The read lane, which serves records and listings, when the backend has one.
+    pub(super) reads: Option<mpsc::Sender<Read>>,
 }
 
 impl QueueHandle {
+    /// Whether this node may act on the jobs it holds: always with a queue only it uses;
+    /// with a shared one, while it can prove that its lease holds.
+    pub fn lease_held(&self) -> bool {
+        self.lease_clock.as_ref().is_none_or(|clock| clock.is_held())
+    }
+
+    /// The lease's term (see [`LeaseClock::term`]); always 0 with a queue only this node
+    /// uses.
+    pub fn lease_term(&self) -> u64 {
+        self.lease_clock.as_ref().map_or(0, |clock| clock.term())
+    }
+
+    /// Whether other nodes share this queue, so that a job's start may be refused.
+    pub fn is_shared(&self) -> bool {
+        self.lease_clock.is_some()
+    }
+
     /// Reads a listing cursor of this queue's form; `None` if it is not one.
     pub fn parse_cursor(&self, text: &str) -> Option<Cursor> {
         Cursor::parse(text, self.lists_by_id)
@@ -93,16 +117,19 @@ impl QueueHandle {
         before: Option<Cursor>,
         limit: usize,
     ) -> Result<JobPage, StorageError> {
-        self.call(|reply| Command::List { filter, before, limit, reply }).await
+        match &self.reads {
+            Some(lane) => super::reads::call(lane, |reply| Read::List { filter, before, limit, reply }).await,
+            None => self.call(|reply| Command::List { filter, before, limit, reply }).await,
+        }
     }
 
-    /// Records started and finished jobs in one transaction. On failure the progress
-    /// comes back, to be tried again.
+    /// Records started and finished jobs in one transaction, and answers with the starts
+    /// it refused. On failure the progress comes back, to be tried again.
     pub async fn record_progress(
         &self,
         started: Vec<StartedJob>,
         finished: Vec<FinishedJob>,
-    ) -> Result<(), ProgressNotRecorded> {
+    ) -> Result<RefusedStarts, ProgressNotRecorded> {
         let (reply, answer) = oneshot::channel();
         let command = Command::RecordProgress { started, finished, reply };
         if let Err(mpsc::error::SendError(command)) = self.commands.send(command).await {
@@ -121,11 +148,22 @@ impl QueueHandle {
 
     /// See [`super::JobReader::get`].
     pub async fn get(&self, id: JobId, with_payload: bool) -> Result<Option<JobRecord>, StorageError> {
-        self.call(|reply| Command::Get { id, with_payload, reply }).await
+        match &self.reads {
+            Some(lane) => super::reads::call(lane, |reply| Read::Get { id, with_payload, reply }).await,
+            None => self.call(|reply| Command::Get { id, with_payload, reply }).await,
+        }
     }
 
     /// Depth, durability and whether writes currently succeed.
     pub async fn status(&self) -> Result<QueueStatus, StorageError> {
         self.call(|reply| Command::Status { reply }).await
+    }
+
+    /// Whether the ingest lane, when there is one, reaches its storage and its latest
+    /// write committed: submissions go there, so a node whose ingest connection is down
+    /// is not ready however well its main lane does. `true` without a lane of its own.
+    pub async fn ingest_writable(&self) -> Result<bool, StorageError> {
+        let Some(lane) = &self.ingest else { return Ok(true) };
+        call_on(lane, |reply| Command::Status { reply }).await.map(|status| status.writable)
     }
 }

@@ -1,0 +1,48 @@
+//! The read lane: a thread of its own, on a [`RecordReader`] of its own, that serves
+//! records and listings, so that a costly listing (a filter without an index, a flood of
+//! them from a read token) never holds the thread that claims jobs and records progress.
+
+use std::thread;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::job::{JobId, JobRecord};
+use crate::queue::{Cursor, JobPage, ListFilter, RecordReader, StorageError};
+
+/// Reads waiting beyond this make their callers (HTTP handlers) wait for room: a flood of
+/// listings queues at the lane, bounded, instead of in memory.
+const READ_CHANNEL_CAPACITY: usize = 64;
+
+type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
+
+/// A read for the lane.
+pub(super) enum Read {
+    Get { id: JobId, with_payload: bool, reply: Reply<Option<JobRecord>> },
+    List { filter: ListFilter, before: Option<Cursor>, limit: usize, reply: Reply<JobPage> },
+}
+
+/// Starts the read lane's thread on `reader`; returns it and the sender of its reads. The
+/// thread ends when every sender is gone.
+pub(super) fn spawn_reads(
+    mut reader: Box<dyn RecordReader>,
+) -> std::io::Result<(thread::JoinHandle<()>, mpsc::Sender<Read>)> {
+    let (reads, mut receiver) = mpsc::channel(READ_CHANNEL_CAPACITY);
+    let thread = thread::Builder::new().name("jobd-read".to_owned()).spawn(move || {
+        while let Some(read) = receiver.blocking_recv() {
+            // A caller that gave up dropped its receiver; the answer goes nowhere.
+            match read {
+                Read::Get { id, with_payload, reply } => drop(reply.send(reader.get(id, with_payload))),
+                Read::List { filter, before, limit, reply } => drop(reply.send(reader.list(&filter, before, limit))),
+            }
+        }
+    })?;
+    Ok((thread, reads))
+}
+
+/// Sends `read` to the lane and waits for its answer.
+pub(super) async fn call<T>(lane: &mpsc::Sender<Read>, read: impl FnOnce(Reply<T>) -> Read) -> Result<T, StorageError> {
+    let closed = || StorageError::new("the queue's read thread has stopped");
+    let (reply, answer) = oneshot::channel();
+    lane.send(read(reply)).await.map_err(|_| closed())?;
+    answer.await.map_err(|_| closed())?
+}
