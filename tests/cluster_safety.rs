@@ -421,3 +421,36 @@ fn every_listing_filter_has_an_index() {
     }
     assert!(checked >= 20, "{checked} shapes checked");
 }
+
+/// A database that vanishes without a word (the link to it cut: no reset, no close
+/// reaches either side) is noticed: the node's connections give up (TCP keepalives and
+/// `tcp_user_timeout`), its heartbeat fails and says so, `/readyz` is 503, and it works
+/// again once the database is back. Before those settings a statement sent into the cut
+/// waited for TCP's own give-up, about 15 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_vanishes_is_noticed_and_readiness_says_so() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: a network namespace needs root");
+        return;
+    }
+    let netns = common::netns::Netns::create(0).expect("a network namespace (ip netns add)");
+    let cluster = Cluster::start_in_netns(&netns);
+    let url = cluster.new_database();
+    let node = start_node(&url, "far", &[]);
+    let ids = submit_sleeps(&node, 1, 10, 3).await;
+    node.wait_for_job(&ids[0], "success", |record| record["state"] == "succeeded").await;
+    wait_readiness(&node, true).await;
+    netns.set_cut(true);
+    let failed = node
+        .wait_for_logs("a failed heartbeat", 1, |record| {
+            record["message"].as_str().is_some_and(|message| message.starts_with("lease heartbeat failed"))
+        })
+        .await;
+    eprintln!("vanished database noticed: {}", failed[0]);
+    let readiness = wait_readiness(&node, false).await;
+    assert_eq!(readiness["lease_held"], false, "{readiness}");
+    netns.set_cut(false);
+    wait_readiness(&node, true).await;
+    let ids = submit_sleeps(&node, 1, 10, 3).await;
+    node.wait_for_job(&ids[0], "success after the database came back", |record| record["state"] == "succeeded").await;
+}

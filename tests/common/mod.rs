@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod netns;
 pub mod pki;
 pub mod postgres;
 pub mod proxy;
@@ -178,7 +179,7 @@ impl Daemon {
         match response.status().as_u16() {
             200 => Some(response.json().await.expect("job JSON")),
             404 => None,
-            other => panic!("GET /v1/jobs/{id} answered {other}"),
+            other => panic!("GET /v1/jobs/{id} answered {other}: {}", response.text().await.unwrap_or_default()),
         }
     }
 

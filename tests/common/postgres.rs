@@ -23,6 +23,9 @@ pub struct Cluster {
     fsync: bool,
     /// Whether the server offers TLS, with a certificate for localhost from a test CA.
     tls: bool,
+    /// The address the server listens on, and the network namespace it runs in, if any.
+    pub host: String,
+    netns: Option<String>,
 }
 
 /// The directory of Debian's PostgreSQL server programs, the newest version installed.
@@ -49,6 +52,12 @@ impl Cluster {
         Self::start_with(false, None)
     }
 
+    /// A cluster whose server runs in `netns`, listening on its address only, so that
+    /// the test can make it vanish ([`super::netns::Netns::set_cut`]).
+    pub fn start_in_netns(netns: &super::netns::Netns) -> Cluster {
+        Self::start_where(false, None, Some(netns))
+    }
+
     /// The same, with PostgreSQL's default durability (fsync on), for measurements.
     pub fn start_durable() -> Cluster {
         Self::start_with(true, None)
@@ -61,6 +70,10 @@ impl Cluster {
     }
 
     fn start_with(fsync: bool, pki: Option<&super::pki::TestPki>) -> Cluster {
+        Self::start_where(fsync, pki, None)
+    }
+
+    fn start_where(fsync: bool, pki: Option<&super::pki::TestPki>, netns: Option<&super::netns::Netns>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let run_as = nix::unistd::geteuid().is_root().then(|| "postgres".to_owned());
         if let Some(user) = &run_as {
@@ -76,6 +89,8 @@ impl Cluster {
             run_as,
             fsync,
             tls: pki.is_some(),
+            host: netns.map_or_else(|| "127.0.0.1".to_owned(), |netns| netns.address.clone()),
+            netns: netns.map(|netns| netns.name.clone()),
         };
         let status = cluster
             .command("initdb")
@@ -86,6 +101,14 @@ impl Cluster {
         assert!(status.success(), "initdb failed");
         if let Some(pki) = pki {
             cluster.write_server_certificate(pki);
+        }
+        if netns.is_some() {
+            // Clients come from the host's end of the link, which initdb's loopback-only
+            // pg_hba.conf would refuse.
+            let hba = data.join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+            rules.push_str("\nhost all all 10.213.0.0/16 trust\n");
+            std::fs::write(&hba, rules).expect("write pg_hba.conf");
         }
         cluster.watchdog = cluster.spawn_watchdog();
         cluster.start_server();
@@ -127,14 +150,22 @@ impl Cluster {
     /// A command for one of the server programs, as the cluster's user.
     fn command(&self, program: &str) -> Command {
         let path = bin_dir().join(program);
-        match &self.run_as {
-            Some(user) => {
-                let mut command = Command::new("setpriv");
-                command.args(["--reuid", user, "--regid", user, "--init-groups", "--"]).arg(path);
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]);
                 command
             }
-            None => Command::new(path),
+            None => Command::new(if self.run_as.is_some() { "setpriv" } else { "env" }),
+        };
+        if self.netns.is_some() {
+            command.arg(if self.run_as.is_some() { "setpriv" } else { "env" });
         }
+        if let Some(user) = &self.run_as {
+            command.args(["--reuid", user, "--regid", user, "--init-groups", "--"]);
+        }
+        command.arg(path);
+        command
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -163,7 +194,7 @@ impl Cluster {
             .command("postgres")
             .args(["-D", self.data_dir().to_str().expect("utf-8")])
             .args(["-p", &self.port.to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", &format!("listen_addresses={}", self.host)])
             .args(["-c", &format!("unix_socket_directories={}", self.dir.path().display())])
             .args(["-c", "max_connections=300"])
             .args(if self.tls { ["-c", "ssl=on"].as_slice() } else { [].as_slice() })
@@ -201,7 +232,7 @@ impl Cluster {
 
     /// The URL of `database` as the superuser.
     pub fn url(&self, database: &str) -> String {
-        format!("postgresql://jobd@127.0.0.1:{}/{database}", self.port)
+        format!("postgresql://jobd@{}:{}/{database}", self.host, self.port)
     }
 
     /// Creates a new empty database and returns its URL.

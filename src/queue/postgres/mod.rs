@@ -293,7 +293,10 @@ impl Connection {
     }
 
     fn failed(&mut self, context: &str, error: &postgres::Error) -> StorageError {
-        if error.is_closed() || self.client.as_ref().is_some_and(postgres::Client::is_closed) {
+        // An I/O error (a timeout of TCP's, a reset) leaves the connection unusable even
+        // before the client marks it closed: forget it now, so the next call reconnects.
+        let broken = std::error::Error::source(error).is_some_and(|cause| cause.is::<std::io::Error>());
+        if broken || error.is_closed() || self.client.as_ref().is_some_and(postgres::Client::is_closed) {
             self.lost();
         }
         storage_error(context, error)
@@ -540,13 +543,16 @@ impl PostgresBackend {
     }
 }
 
+/// The read lane. A read is tried once more when it found its connection broken (the
+/// server restarted, or the network dropped it, since the last read): reads change
+/// nothing, and a client should not get a 503 for a connection nobody used since it broke.
 impl super::RecordReader for PostgresBackend {
     fn get(
         &mut self,
         id: crate::job::JobId,
         with_payload: bool,
     ) -> Result<Option<crate::job::JobRecord>, StorageError> {
-        super::JobReader::get(self, id, with_payload)
+        self.read_again_if_lost(|backend| super::JobReader::get(backend, id, with_payload))
     }
 
     fn list(
@@ -555,7 +561,24 @@ impl super::RecordReader for PostgresBackend {
         before: Option<super::Cursor>,
         limit: usize,
     ) -> Result<super::JobPage, StorageError> {
-        super::JobReader::list(self, filter, before, limit)
+        self.read_again_if_lost(|backend| super::JobReader::list(backend, filter, before, limit))
+    }
+}
+
+impl PostgresBackend {
+    fn read_again_if_lost<T>(
+        &mut self,
+        mut read: impl FnMut(&mut Self) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let had_client = self.connection.client.is_some();
+        match read(self) {
+            Err(_) if had_client && self.connection.client.is_none() => {
+                // A fresh connection, without the backoff meant for a server that is down.
+                self.connection.next_attempt = Instant::now();
+                read(self)
+            }
+            result => result,
+        }
     }
 }
 
