@@ -13,7 +13,10 @@ use super::{
 #[allow(dead_code)]
 #[path = "../../tests/common/postgres.rs"]
 mod cluster;
-// The test PKI, which the cluster module can start a TLS server with.
+// The test PKI and network namespaces, which the cluster module can start a server with.
+#[allow(dead_code)]
+#[path = "../../tests/common/netns.rs"]
+mod netns;
 #[allow(dead_code)]
 #[path = "../../tests/common/pki.rs"]
 mod pki;
