@@ -259,3 +259,27 @@ async fn three_nodes_through_rounds_of_faults_lose_nothing_and_run_nothing_they_
     let refused_total: usize = refused_at.len();
     eprintln!("checker: {refused_total} refused starts over all rounds, none delivered after its refusal");
 }
+
+/// Jobs waiting at a destination's in-flight limit do not pile up in one node's window
+/// while another node has free slots: 32 webhooks of half a second each, sent to one of
+/// two nodes (8 in flight per node, the default): both nodes deliver a fair share. Before,
+/// the first node claimed all 32 and the second delivered none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_waiting_at_a_destination_limit_are_shared_between_nodes() {
+    let cluster = Cluster::start();
+    let url = cluster.new_database();
+    let receiver = Receiver::start(&[SECRET]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = start_node(dir.path(), &receiver, &url, "first");
+    let _second = start_node(dir.path(), &receiver, &url, "second");
+    let jobs: Vec<Value> =
+        (0..32).map(|n| json!({"kind": "webhook", "destination": "check", "payload": {"n": n}})).collect();
+    let ids = accepted_ids(first.post_json("/v1/jobs", &json!({ "jobs": jobs })).await).await;
+    wait_all_final(&first, &ids).await;
+    let seen = receiver.seen().await;
+    let by = |node: &str| seen.iter().filter(|delivery| delivery["path"] == format!("/work/{node}").as_str()).count();
+    let (on_first, on_second) = (by("first"), by("second"));
+    eprintln!("32 webhooks: {on_first} delivered by the node they were sent to, {on_second} by the other");
+    assert!(on_first >= 8 && on_second >= 8, "first {on_first}, second {on_second}");
+    assert_eq!(on_first + on_second, 32);
+}

@@ -27,6 +27,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
+use super::claim_size::ClaimSize;
 use super::progress::{FinishedCounts, PROGRESS_LINGER, PROGRESS_LINGER_ENOUGH};
 use super::window::Window;
 use super::worker::{JobFinished, RunJob, Worker, WorkerIdle, WorkerReports};
@@ -62,12 +63,11 @@ pub struct PoolSettings {
     pub retry_policy: RetryPolicy,
     /// The most bytes the window's claimed, not-yet-started jobs may take.
     pub window_max_bytes: usize,
-    /// Whether other nodes share the queue (PostgreSQL). Then the window's runnable jobs
-    /// are bounded by twice the pool, without the floor: each is leased to this node, so
-    /// no other node can run it, however idle; claims of about the free slots balance the
-    /// load as River's do. For many tiny jobs, a larger `max_workers` makes larger claims.
-    /// Jobs held for the store or at a gate may still fill the floor, so that they never
-    /// starve other kinds.
+    /// Whether other nodes share the queue (PostgreSQL). Then the window's runnable jobs,
+    /// held and gated ones included, are bounded by what the node started in the last
+    /// moment, at least its pool ([`ClaimSize`]): each is leased to this node, so no other
+    /// node can run it, however idle. Short jobs get large claims, slow ones claims of
+    /// about the free slots, which balance the load as River's do.
     pub shared_queue: bool,
 }
 
@@ -133,6 +133,8 @@ pub struct Dispatcher {
     /// Jobs claimed from the queue and not started, bounded in jobs and in bytes, so
     /// memory does not grow with the backlog or with the size of its bodies.
     window: Window,
+    /// On a shared queue, how many runnable jobs the window holds.
+    claim_size: Option<ClaimSize>,
     /// Whether a fetch (`wait_ready`) is out; at most one is, so the window is never
     /// overfilled. While the window has room one always is: when nothing is ready the
     /// queue thread holds it and answers it right after the commit that readies jobs, so
@@ -189,6 +191,7 @@ impl Dispatcher {
     ) -> Self {
         let max_workers = pool.max_workers;
         let lease_term = queue.lease_term();
+        let window_jobs = (2 * max_workers).max(WINDOW_FLOOR);
         Self {
             queue,
             runner,
@@ -203,8 +206,14 @@ impl Dispatcher {
             // with a window of 64, 125k/s with 1,024 and 250k/s with 16,384. The byte
             // bound keeps a window of large jobs small: 1,000 jobs of 1 MiB behind a busy
             // pool took 1 GiB with the job bound alone.
-            window: Window::new((2 * max_workers).max(WINDOW_FLOOR), pool.window_max_bytes)
-                .with_ready_limit(if pool.shared_queue { 2 * max_workers } else { usize::MAX }),
+            window: if pool.shared_queue {
+                Window::new(window_jobs, pool.window_max_bytes)
+                    .with_ready_limit(max_workers)
+                    .counting_waiting_as_ready()
+            } else {
+                Window::new(window_jobs, pool.window_max_bytes)
+            },
+            claim_size: pool.shared_queue.then(|| ClaimSize::new(window_jobs)),
             fetching: false,
             store_reachable: store_health.is_reachable(),
             store_health,
@@ -303,6 +312,9 @@ impl Dispatcher {
             let wait = (now - due).as_seconds_f64().max(0.0);
             self.runner.metrics.job_wait.with_label_values(&[kind_name]).observe(wait);
             self.started.push(StartedJob { id: job.id, attempt: job.attempt, claim: job.claim, started_at: now });
+            if let Some(claim_size) = self.claim_size.as_mut() {
+                claim_size.started(1);
+            }
             // The pool bounds both: one RunJob per idle worker.
             if kind.is_some_and(|kind| !self.waits_for_recorded_start(kind)) {
                 worker.do_send(RunJob(job, permit));
@@ -314,6 +326,9 @@ impl Dispatcher {
         self.stats.workers_busy.store(self.busy, Ordering::Relaxed);
         if dispatched {
             self.record_progress(ctx);
+        }
+        if let Some(claim_size) = self.claim_size.as_mut() {
+            self.window.set_ready_limit(claim_size.limit(self.workers.len() - self.busy));
         }
         if !self.fetching
             && let Some(wanted) = self.window.wanted()

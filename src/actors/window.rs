@@ -36,6 +36,10 @@ pub struct Window {
     /// The most runnable jobs (`ready`): `max_jobs`, or less with a queue shared by
     /// several nodes, where a job in this window is one no other node can run.
     max_ready: usize,
+    /// Whether jobs held for the store and jobs waiting at a gate count against
+    /// `max_ready`: on a shared queue they are leased to this node, and another node with
+    /// free slots could run them, so they are not claimed beyond it either.
+    waiting_is_ready: bool,
     max_bytes: usize,
     /// Jobs whose cancel the queue has not answered yet, with the job if it was taken out
     /// of the window or a fetch brought it meanwhile. Such a job starts only if its cancel
@@ -59,6 +63,7 @@ impl Window {
             bytes: 0,
             max_jobs,
             max_ready: max_jobs,
+            waiting_is_ready: false,
             max_bytes,
             cancelling: HashMap::new(),
             cancelled_during_fetch: Vec::new(),
@@ -68,7 +73,18 @@ impl Window {
     /// Bounds the runnable jobs below `max_jobs`: jobs held for the store or at a gate may
     /// still fill the rest, so that they never starve the jobs of other kinds.
     pub fn with_ready_limit(mut self, max_ready: usize) -> Self {
+        self.set_ready_limit(max_ready);
+        self
+    }
+
+    /// Moves the bound on runnable jobs (see [`crate::actors::claim_size`]).
+    pub fn set_ready_limit(&mut self, max_ready: usize) {
         self.max_ready = max_ready.clamp(1, self.max_jobs);
+    }
+
+    /// Counts held and gated jobs against the ready limit (a queue shared by nodes).
+    pub fn counting_waiting_as_ready(mut self) -> Self {
+        self.waiting_is_ready = true;
         self
     }
 
@@ -96,10 +112,11 @@ impl Window {
         // Jobs waiting for the store or at a gate count as well: the window never holds
         // more than `max_jobs` however many wait.
         let waiting = self.held.len() + self.gated_len + self.released.len();
-        let room_in_jobs = self.ready.len() <= self.max_ready / 2 && self.ready.len() + waiting < self.max_jobs;
+        let runnable = if self.waiting_is_ready { self.ready.len() + waiting } else { self.ready.len() };
+        let room_in_jobs = runnable <= self.max_ready / 2 && self.ready.len() + waiting < self.max_jobs;
         let room_in_bytes = self.bytes.saturating_add(CLAIM_MAX_BODY_BYTES) <= self.max_bytes;
         (room_in_jobs && room_in_bytes)
-            .then(|| (self.max_ready - self.ready.len()).min(self.max_jobs - self.ready.len() - waiting))
+            .then(|| (self.max_ready - runnable).min(self.max_jobs - self.ready.len() - waiting))
     }
 
     /// Forgets every claimed job that waits (ready, held, gated, released) and returns how

@@ -81,6 +81,13 @@ pub trait JobWriter {
     /// answered by an earlier job with the same idempotency key) or none is.
     fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError>;
 
+    /// Enqueues a group of submissions in the open transaction, each all or nothing, and
+    /// answers each as [`enqueue`](Self::enqueue) would. A backend whose round trips cost
+    /// more than its rows (PostgreSQL) inserts the whole group in one statement.
+    fn enqueue_group(&mut self, group: Vec<Vec<Job>>) -> Result<Vec<Result<Vec<Admitted>, Refusal>>, StorageError> {
+        group.into_iter().map(|submission| self.enqueue(submission)).collect()
+    }
+
     /// Moves scheduled and failed jobs whose `run_at` has come to the queue, then claims
     /// up to `max` queued jobs in order for `lease`'s holder, stopping before a job whose
     /// body would take the batch past [`super::CLAIM_MAX_BODY_BYTES`] (the first job is

@@ -180,13 +180,7 @@ impl Command {
     /// is only borrowed, so that it can be handed back if the commit fails.
     fn execute(&mut self, backend: &mut dyn QueueBackend) -> Result<Output, StorageError> {
         match self {
-            Command::Enqueue { group, .. } => {
-                let mut answers = Vec::with_capacity(group.len());
-                for submission in std::mem::take(group) {
-                    answers.push(backend.enqueue(submission)?);
-                }
-                Ok(Output::Enqueue(answers))
-            }
+            Command::Enqueue { group, .. } => Ok(Output::Enqueue(backend.enqueue_group(std::mem::take(group))?)),
             Command::Retry { id, .. } => Ok(Output::Control(backend.retry_dead(*id)?)),
             Command::Cancel { id, now, .. } => Ok(Output::Control(backend.cancel(*id, *now)?)),
             Command::RecordProgress { started, finished, .. } => {

@@ -68,7 +68,7 @@ const FORGET_LOST: &str = "DELETE FROM jobd_nodes WHERE expires_at < clock_times
 /// interrupted attempt counted (or buried, after its last attempt); one still queued in
 /// the lost node's window is only released, in its place in the queue. `$1` is now, in ms.
 /// Returns each job's id, its state now, and whether it was running.
-const RESCUE: &str = "WITH orphaned AS (
+pub(super) const RESCUE: &str = "WITH orphaned AS (
          SELECT j.id, j.lease_owner, j.state = 'running' AS was_running FROM jobd_jobs j
          WHERE j.lease_owner IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobd_nodes n WHERE n.id = j.lease_owner)
          FOR UPDATE OF j SKIP LOCKED)

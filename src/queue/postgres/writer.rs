@@ -107,6 +107,22 @@ const RECORD_FINISHED: &str = "UPDATE jobd_jobs j SET state = f.state, attempts 
 
 const STATE_OF: &str = "SELECT state FROM jobd_jobs WHERE id = $1";
 
+/// The statements of the claim and progress path, by name, for the tests that check their
+/// plans on a fresh database (`tests/cluster_safety.rs`).
+#[doc(hidden)]
+pub fn hot_statements() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("promote due", PROMOTE_DUE),
+        ("pick", PICK),
+        ("take", take_sql()),
+        ("record started", RECORD_STARTED),
+        ("already started", ALREADY_STARTED),
+        ("record finished", RECORD_FINISHED),
+        ("retake unknown claims", own_unknown_claims_sql()),
+        ("rescue", super::cluster::RESCUE),
+    ]
+}
+
 impl PostgresBackend {
     fn find_by_idempotency_key(
         &mut self,
@@ -339,6 +355,11 @@ fn own_unknown_claims_sql() -> &'static str {
     })
 }
 
+/// The state a new job starts in: scheduled while its `run_at` is ahead of `now`.
+fn new_state(job: &Job, now: DateTime<Utc>) -> JobState {
+    if job.run_at.is_some_and(|at| at > now) { JobState::Scheduled } else { JobState::Queued }
+}
+
 fn attempt_column(attempt: u32) -> i32 {
     i32::try_from(attempt).unwrap_or(i32::MAX)
 }
@@ -444,6 +465,54 @@ impl JobWriter for PostgresBackend {
             }
         }
         Ok(Ok(admitted))
+    }
+
+    /// Without idempotency keys, a group's submissions are checked against `max_queue` one
+    /// after another, in memory, and their jobs go in with one insert: a burst of
+    /// single-job submissions costs one statement per commit, not one per submission.
+    /// With a key anywhere in the group, each submission goes in by itself, as the keys
+    /// need their lookups and another node's conflicting insert its answer.
+    fn enqueue_group(&mut self, group: Vec<Vec<Job>>) -> Result<Vec<Result<Vec<Admitted>, Refusal>>, StorageError> {
+        if group.iter().flatten().any(|job| job.idempotency_key.is_some()) {
+            return group.into_iter().map(|submission| self.enqueue(submission)).collect();
+        }
+        let capacity = i64::try_from(self.capacity).unwrap_or(i64::MAX);
+        let mut unfinished = self.unfinished()?;
+        let now = Utc::now();
+        let mut answers = Vec::with_capacity(group.len());
+        let mut accepted = Vec::new();
+        for submission in group {
+            let requested = submission.len();
+            if unfinished + requested as i64 > capacity {
+                let refusal = Refusal::QueueFull {
+                    unfinished: usize::try_from(unfinished).unwrap_or(0),
+                    capacity: self.capacity,
+                    requested,
+                };
+                answers.push(Err(refusal));
+                continue;
+            }
+            unfinished += requested as i64;
+            answers.push(Ok(submission
+                .iter()
+                .map(|job| Admitted { id: job.id, state: new_state(job, now), created: true })
+                .collect()));
+            accepted.extend(submission);
+        }
+        if accepted.is_empty() {
+            return Ok(answers);
+        }
+        let inserted = self.insert_all(&accepted, now)?;
+        if inserted.len() != accepted.len() {
+            // Only an idempotency key can conflict, and none of these has one.
+            return Err(StorageError::new("a new job's id was already taken: nothing of the group was enqueued"));
+        }
+        for job in &accepted {
+            let state = new_state(job, now);
+            self.deltas.add(state, 1);
+            self.readied |= state == JobState::Queued;
+        }
+        Ok(answers)
     }
 
     /// Claims for this node: due delayed jobs are promoted, then the next queued jobs no
