@@ -369,11 +369,12 @@ async fn tls_is_verified_as_sslmode_says() {
     assert!(encrypted >= 3, "the node's connections use TLS: {encrypted}");
 }
 
-/// Every filter the listing API offers has an index: with sequential scans off, the plan
-/// of each listing statement jobd sends names the index of its most selective filter
-/// (by tenant, by kind, by a state few jobs are in), never a walk of the table.
+/// Listings by a state few jobs are in have an index: with sequential scans off, as on
+/// jobd's read lane, the plan of each listing statement with such a state names it, never
+/// a walk of the table. (Listings by kind or tenant alone walk the primary key from the
+/// newest, on the read lane; see the migration of schema version 3 for why.)
 #[test]
-fn every_listing_filter_has_an_index() {
+fn listings_by_rare_states_have_an_index() {
     use jobd::job::JobState;
     let cluster = Cluster::start();
     let url = cluster.new_database();
@@ -384,7 +385,7 @@ fn every_listing_filter_has_an_index() {
     for state in std::iter::once(None).chain(JobState::ALL.into_iter().map(Some)) {
         for by_tenant in [false, true] {
             for by_kind in [false, true] {
-                let selective = by_tenant || by_kind || state.is_some_and(|state| rare.contains(&state));
+                let selective = state.is_some_and(|state| rare.contains(&state));
                 if !selective {
                     continue;
                 }
@@ -399,12 +400,6 @@ fn every_listing_filter_has_an_index() {
                     rows.iter().map(|row| row.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
                 });
                 let mut expected = Vec::new();
-                if by_tenant {
-                    expected.push("jobd_jobs_tenant");
-                }
-                if by_kind {
-                    expected.push("jobd_jobs_kind");
-                }
                 match state {
                     Some(JobState::Dead) => expected.push("jobd_jobs_dead"),
                     Some(state) if rare.contains(&state) => expected.push("jobd_jobs_rare_states"),
@@ -419,7 +414,7 @@ fn every_listing_filter_has_an_index() {
             }
         }
     }
-    assert!(checked >= 20, "{checked} shapes checked");
+    assert_eq!(checked, 20, "five states, each alone and with a tenant, a kind or both");
 }
 
 /// A database that vanishes without a word (the link to it cut: no reset, no close

@@ -9,12 +9,12 @@
 
 mod cluster;
 mod codec;
+mod connection;
 mod reader;
 mod schema;
 mod tls;
 mod writer;
 
-use std::collections::HashMap;
 use std::str::FromStr as _;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, IntCounter, IntGauge};
 
 use self::cluster::ClusterThreads;
+use self::connection::{Connection, storage_error};
 pub use self::reader::listing_sql;
 pub use self::schema::SCHEMA_VERSION;
 pub use self::writer::hot_statements;
@@ -42,9 +43,6 @@ pub(super) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection attempt may take: a server that does not answer costs the
 /// queue thread this long once per backoff step, not a hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The first wait after a failed connection attempt; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long sent data may go unacknowledged, and how soon an idle connection's keepalive
 /// probes give up (5 s idle, then 3 probes 1 s apart), before the kernel cuts the
 /// connection: a server that vanished without a reset (a host gone, a partition) is
@@ -125,6 +123,10 @@ struct ConnectionConfig {
 /// 3,400 jobs/s instead of 31,000-48,000, the claim at 69 ms a statement. Forcing custom
 /// plans (`plan_cache_mode`) fixed the claim but gave the finish a nested loop over a
 /// sequential scan, which the planner guessed held one row (6,500 jobs/s in 6 runs of 6).
+/// JIT compilation is off on every connection: a sequential scan that is the only way
+/// (the count rows, the nodes table) is costed at the disabled-scan penalty, which is far
+/// past `jit_above_cost`, and compiling it took 40 to 80 ms a statement; no statement of
+/// a queue's runs long enough to gain from JIT.
 fn connection_config(
     settings: &ClusterSettings,
     role: &str,
@@ -152,169 +154,11 @@ fn connection_config(
         .keepalives_retries(KEEPALIVE_RETRIES)
         .application_name(&format!("jobd {} ({role})", settings.node_name))
         .options(&format!(
-            "-c statement_timeout={}{}",
+            "-c statement_timeout={} -c jit=off{}",
             statement_timeout.as_millis(),
             if matches!(role, "queue" | "read" | "lease") { " -c enable_seqscan=off" } else { "" }
         ));
     Ok(ConnectionConfig { client: config, tls: tls.connector()? })
-}
-
-/// Turns a client error into a storage error that says what failed.
-fn storage_error(context: &str, error: &postgres::Error) -> StorageError {
-    let detail = match error.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => {
-            // The client's own message leaves out its cause (a TLS handshake's says only
-            // that it failed), which is the part an operator needs.
-            let mut text = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(cause) = source {
-                let cause_text = cause.to_string();
-                if !text.contains(&cause_text) {
-                    text = format!("{text}: {cause_text}");
-                }
-                source = cause.source();
-            }
-            text
-        }
-    };
-    StorageError::new(format!("PostgreSQL {context}: {detail}"))
-}
-
-/// A connection that comes back: connects on demand, and after a failure waits a
-/// doubling backoff before it tries again, answering with the last error meanwhile, so
-/// that submissions during an outage get a quick 503 instead of a connect timeout each.
-struct Connection {
-    config: ConnectionConfig,
-    client: Option<postgres::Client>,
-    /// Prepared statements of the current client, by their text.
-    statements: HashMap<&'static str, postgres::Statement>,
-    next_attempt: Instant,
-    backoff: Duration,
-    last_error: Option<StorageError>,
-}
-
-impl Connection {
-    fn new(config: ConnectionConfig) -> Self {
-        Connection {
-            config,
-            client: None,
-            statements: HashMap::new(),
-            next_attempt: Instant::now(),
-            backoff: FIRST_BACKOFF,
-            last_error: None,
-        }
-    }
-
-    /// The client, connecting first if there is none and the backoff allows.
-    fn client(&mut self) -> Result<&mut postgres::Client, StorageError> {
-        if self.client.as_ref().is_some_and(postgres::Client::is_closed) {
-            self.lost();
-        }
-        if self.client.is_none() {
-            if Instant::now() < self.next_attempt {
-                return Err(self.last_error.clone().unwrap_or_else(|| StorageError::new("PostgreSQL is unreachable")));
-            }
-            match self.config.client.connect(self.config.tls.clone()) {
-                Ok(client) => {
-                    if self.last_error.take().is_some() {
-                        tracing::info!("PostgreSQL connection restored");
-                    }
-                    self.backoff = FIRST_BACKOFF;
-                    self.client = Some(client);
-                }
-                Err(error) => {
-                    let error = storage_error("connection failed", &error);
-                    if self.last_error.is_none() {
-                        tracing::warn!(error = error.message(), "PostgreSQL unreachable; reconnecting with backoff");
-                    }
-                    self.next_attempt = Instant::now() + self.backoff;
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-                    self.last_error = Some(error.clone());
-                    return Err(error);
-                }
-            }
-        }
-        self.client.as_mut().ok_or_else(|| StorageError::new("PostgreSQL is unreachable"))
-    }
-
-    /// Forgets a client whose connection broke; the next call reconnects.
-    fn lost(&mut self) {
-        self.client = None;
-        self.statements.clear();
-    }
-
-    /// The prepared statement for `sql`, preparing it on first use.
-    fn prepare(&mut self, sql: &'static str) -> Result<postgres::Statement, StorageError> {
-        if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
-        }
-        let client = self.client()?;
-        let statement = client.prepare(sql).map_err(|error| storage_error("prepare failed", &error))?;
-        self.statements.insert(sql, statement.clone());
-        Ok(statement)
-    }
-
-    /// Runs a prepared query and returns its rows; a broken connection is forgotten.
-    fn query(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<postgres::Row>, StorageError> {
-        let statement = self.prepare(sql)?;
-        let client = self.client()?;
-        let result = client.query(&statement, params);
-        result.map_err(|error| self.failed("query failed", &error))
-    }
-
-    /// Runs a prepared statement and returns how many rows it changed.
-    fn execute(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<u64, StorageError> {
-        let statement = self.prepare(sql)?;
-        let client = self.client()?;
-        let result = client.execute(&statement, params);
-        result.map_err(|error| self.failed("statement failed", &error))
-    }
-
-    /// Runs statements without parameters (BEGIN, COMMIT, ...).
-    fn batch(&mut self, sql: &str) -> Result<(), StorageError> {
-        let client = self.client()?;
-        let result = client.batch_execute(sql);
-        result.map_err(|error| self.failed("statement failed", &error))
-    }
-
-    /// Commits the open transaction. A commit the server refused undid the transaction;
-    /// one whose answer never came (the connection broke on the way) may or may not have
-    /// taken effect, and says so.
-    fn commit(&mut self) -> Result<(), StorageError> {
-        let client = self.client()?;
-        let result = client.batch_execute("COMMIT");
-        result.map_err(|error| {
-            let refused = error.as_db_error().is_some();
-            let failure = self.failed("commit failed", &error);
-            if refused {
-                failure
-            } else {
-                StorageError::outcome_unknown(format!(
-                    "{}; the transaction may or may not have committed",
-                    failure.message()
-                ))
-            }
-        })
-    }
-
-    fn failed(&mut self, context: &str, error: &postgres::Error) -> StorageError {
-        // An I/O error (a timeout of TCP's, a reset) leaves the connection unusable even
-        // before the client marks it closed: forget it now, so the next call reconnects.
-        let broken = std::error::Error::source(error).is_some_and(|cause| cause.is::<std::io::Error>());
-        if broken || error.is_closed() || self.client.as_ref().is_some_and(postgres::Client::is_closed) {
-            self.lost();
-        }
-        storage_error(context, error)
-    }
 }
 
 /// Count changes by state that the open transaction made; written to this node's count

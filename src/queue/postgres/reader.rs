@@ -30,8 +30,9 @@ fn get_sql(with_payload: bool) -> &'static str {
 /// The listing statement for a filter: by `state` (inlined, so that a partial index on
 /// it applies), by tenant (`submitted_by`), by kind, or any of them together, newest first
 /// before a cursor (`$1`, or from the newest when NULL), `$2` rows. Each shape is its own
-/// statement, so that each gets the plan of its own index (see the migration of schema
-/// version 3) rather than one generic plan for every filter; the tests `EXPLAIN` them.
+/// statement, so that each gets a plan of its own (the rare states' index, see the
+/// migration of schema version 3) rather than one generic plan for every filter; the
+/// tests `EXPLAIN` them.
 #[doc(hidden)]
 pub fn listing_sql(state: Option<JobState>, by_tenant: bool, by_kind: bool) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
