@@ -513,6 +513,7 @@ impl Dispatcher {
         let started = std::mem::take(&mut self.started);
         let finished = std::mem::take(&mut self.outcomes);
         let starting = std::mem::take(&mut self.awaiting_start);
+        let term_at_send = self.queue.lease_term();
         let earliest_retry = finished.iter().filter_map(|end| end.retry_at).min();
         let ends = FinishedCounts::of(&finished);
         let queue = self.queue.clone();
@@ -542,7 +543,7 @@ impl Dispatcher {
                 // happens to the process. A drain still starts them, since they are
                 // `running` on disk and the drain waits for them anyway. A start the queue
                 // refused, or one recorded just before the lease lapsed, runs nothing.
-                dispatcher.start_recorded(starting, &refused, ctx);
+                dispatcher.start_recorded(starting, &refused, term_at_send, ctx);
                 // The timer for retries is armed only now that they are committed: a fetch
                 // before the commit would not see them, and then no timer would be left.
                 if let Some(at) = earliest_retry {

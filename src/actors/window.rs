@@ -27,6 +27,9 @@ pub struct Window {
     gated: HashMap<GateKey, VecDeque<Job>>,
     /// How many jobs `gated` holds.
     gated_len: usize,
+    /// The gates whose latest refusal said closed ([`Admission::Closed`]): their jobs do not
+    /// count against `max_ready`.
+    closed: std::collections::HashSet<GateKey>,
     /// Jobs let out of their gate to try again, ahead of `ready`.
     released: VecDeque<Job>,
     /// The [`Job::footprint`] of every job in `ready`, `held`, `gated`, `released` and
@@ -36,9 +39,11 @@ pub struct Window {
     /// The most runnable jobs (`ready`): `max_jobs`, or less with a queue shared by
     /// several nodes, where a job in this window is one no other node can run.
     max_ready: usize,
-    /// Whether jobs held for the store and jobs waiting at a gate count against
+    /// Whether jobs waiting at a gate that is only full (not closed) count against
     /// `max_ready`: on a shared queue they are leased to this node, and another node with
-    /// free slots could run them, so they are not claimed beyond it either.
+    /// free slots could run them, so they are not claimed beyond it either. Jobs held for
+    /// the store, or at a closed gate, never count: no node could run them, and counting
+    /// them would stop the other kinds behind them.
     waiting_is_ready: bool,
     max_bytes: usize,
     /// Jobs whose cancel the queue has not answered yet, with the job if it was taken out
@@ -59,6 +64,7 @@ impl Window {
             held: VecDeque::new(),
             gated: HashMap::new(),
             gated_len: 0,
+            closed: std::collections::HashSet::new(),
             released: VecDeque::new(),
             bytes: 0,
             max_jobs,
@@ -112,7 +118,8 @@ impl Window {
         // Jobs waiting for the store or at a gate count as well: the window never holds
         // more than `max_jobs` however many wait.
         let waiting = self.held.len() + self.gated_len + self.released.len();
-        let runnable = if self.waiting_is_ready { self.ready.len() + waiting } else { self.ready.len() };
+        let runnable =
+            if self.waiting_is_ready { self.ready.len() + self.countable_waiting() } else { self.ready.len() };
         let room_in_jobs = runnable <= self.max_ready / 2 && self.ready.len() + waiting < self.max_jobs;
         let room_in_bytes = self.bytes.saturating_add(CLAIM_MAX_BODY_BYTES) <= self.max_bytes;
         (room_in_jobs && room_in_bytes)
@@ -132,6 +139,14 @@ impl Window {
         dropped
     }
 
+    /// Jobs waiting that could run on another node: those let out of their gate, and
+    /// those at a gate that is full but not closed.
+    fn countable_waiting(&self) -> usize {
+        let at_open_gates: usize =
+            self.gated.iter().filter(|(gate, _)| !self.closed.contains(*gate)).map(|(_, jobs)| jobs.len()).sum();
+        self.released.len() + at_open_gates
+    }
+
     /// Adds what a fetch brought, in order, minus the jobs cancelled meanwhile.
     pub fn add_fetched(&mut self, jobs: Vec<Job>) {
         let cancelled = std::mem::take(&mut self.cancelled_during_fetch);
@@ -141,7 +156,12 @@ impl Window {
             }
             self.bytes += job.footprint();
             match self.cancelling.get_mut(&job.id) {
-                Some(slot) => *slot = Some(job),
+                Some(slot) => {
+                    // A copy of a newer claim replaces an older one held for its cancel.
+                    if let Some(older) = slot.replace(job) {
+                        self.bytes = self.bytes.saturating_sub(older.footprint());
+                    }
+                }
                 None => self.ready.push_back(job),
             }
         }
@@ -162,9 +182,14 @@ impl Window {
                 self.held.push_back(job);
                 continue;
             }
-            match kind.map_or(Admission::Now(None), |kind| kind.admit(&job)) {
+            let admission = kind.map_or(Admission::Now(None), |kind| kind.admit(&job));
+            let closed = matches!(admission, Admission::Closed(_));
+            match admission {
                 Admission::Now(permit) => {
                     self.bytes = self.bytes.saturating_sub(job.footprint());
+                    if let Some(permit) = &permit {
+                        self.closed.remove(permit.gate());
+                    }
                     // A gate that admits one may admit more: the next in line tries too,
                     // so that a gate that opens fills up again, not one job at a time.
                     if from_gate && let Some(permit) = &permit {
@@ -172,7 +197,12 @@ impl Window {
                     }
                     return Some((job, permit));
                 }
-                Admission::Later(gate) => {
+                Admission::Later(gate) | Admission::Closed(gate) => {
+                    if closed {
+                        self.closed.insert(gate.clone());
+                    } else {
+                        self.closed.remove(&gate);
+                    }
                     let waiting = self.gated.entry(gate).or_default();
                     // A job let out to try again keeps its place at the front.
                     if from_gate {
@@ -340,6 +370,12 @@ mod tests {
         full.add_fetched((0..4).map(|_| Job::upload_for_test(10)).collect());
         assert!(full.next_runnable(false, &kinds).is_none());
         assert_eq!(full.wanted(), Some(2), "the window as a whole stays within max_jobs");
+        // On a shared queue too: no node could run them while the store is down, and
+        // counting them would stop every other kind behind them.
+        let mut shared = Window::new(100, 64 << 20).with_ready_limit(4).counting_waiting_as_ready();
+        shared.add_fetched((0..4).map(|_| Job::upload_for_test(10)).collect());
+        assert!(shared.next_runnable(false, &kinds).is_none());
+        assert_eq!(shared.wanted(), Some(4), "held jobs leave a shared queue's limit free as well");
     }
 
     #[test]

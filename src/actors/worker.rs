@@ -150,8 +150,7 @@ impl Handler<RunJob> for Worker {
         let kind = self.runner.kinds.get(&job.kind);
         // The label of a kind this build lacks is "unknown", so that labels stay a bounded set.
         self.kind = kind.map_or("unknown", |kind| kind.name());
-        let span =
-            tracing::info_span!("job", job_id = %job.id, kind = self.kind, attempt = job.attempt, worker = self.number);
+        let span = tracing::info_span!("job", job_id = %job.id, kind = self.kind, attempt = job.attempt, claim = job.claim, worker = self.number);
         let entered = span.enter();
         let started = Instant::now();
         let metrics = &self.runner.metrics;

@@ -98,9 +98,14 @@ impl std::fmt::Debug for Permit {
 pub enum Admission {
     /// It may; the permit, if any, is held until its attempt ends.
     Now(Option<Permit>),
-    /// Not yet: it waits at this gate (a destination at its in-flight limit, or whose
-    /// circuit is open), without a worker and without using an attempt.
+    /// Not yet: it waits at this gate (a destination at its in-flight limit), without a
+    /// worker and without using an attempt.
     Later(GateKey),
+    /// Not for a while: the gate is closed (a destination whose circuit is open), for
+    /// every node alike. Its jobs wait as `Later`'s do, but a node on a shared queue does
+    /// not count them against its claims: another node could not run them either, and
+    /// counting them would stop every other kind behind them.
+    Closed(GateKey),
 }
 
 /// A request's job, validated by its kind: the arguments the queue stores as JSON, and the

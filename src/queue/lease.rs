@@ -38,7 +38,9 @@ impl LeaseClock {
     /// less its safety margin). `lost` says the node's row was gone (the others declared
     /// it lost and took its jobs). Returns whether this renewal began a new term.
     pub fn renewed(&self, sent_at: Instant, valid_for: Duration, lost: bool) -> bool {
-        let lapsed = !self.is_held_at(sent_at);
+        // Lapsed when it was sent, or since: the old expiry passed before this renewal is
+        // recorded, and meanwhile the node dropped what it held.
+        let lapsed = !self.is_held_at(sent_at) || !self.is_held_at(Instant::now());
         let new_term = lapsed || lost;
         if new_term {
             self.term.fetch_add(1, Ordering::AcqRel);

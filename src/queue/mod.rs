@@ -27,9 +27,10 @@ use chrono::{DateTime, Utc};
 
 use crate::job::{Job, JobId, JobRecord, JobState};
 
-/// The starts a flush of progress refused: jobs this node must not run, because they
-/// moved on to another node or claim, or because its lease is not proven held.
-pub type RefusedStarts = Vec<JobId>;
+/// The starts a flush of progress refused, each a job's id and the claim of the copy that
+/// must not run: the job moved on to another node or claim, or this node's lease is not
+/// proven held.
+pub type RefusedStarts = Vec<(JobId, i64)>;
 
 /// A storage failure. Usually the unit of work it belonged to did nothing, and callers
 /// answer 503 and keep running. After a failed sync nobody knows whether it did

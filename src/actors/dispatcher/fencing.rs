@@ -95,30 +95,39 @@ impl Dispatcher {
     /// before the lease lapsed does not run either; its attempt, already counted, ends as
     /// interrupted, so the job is retried rather than left running on a node that holds
     /// nothing.
-    pub(super) fn start_recorded(&mut self, starting: Vec<AwaitingStart>, refused: &[JobId], ctx: &mut Context<Self>) {
+    /// `term_at_send` is the lease's term when the flush was sent: a new one since means
+    /// the lease lapsed meanwhile (the process may have been stopped), and the jobs may be
+    /// another node's now.
+    pub(super) fn start_recorded(
+        &mut self,
+        starting: Vec<AwaitingStart>,
+        refused: &[(JobId, i64)],
+        term_at_send: u64,
+        ctx: &mut Context<Self>,
+    ) {
         if starting.is_empty() {
             return;
         }
-        let held = !self.lease_lapsed(ctx);
-        let refused: HashSet<JobId> = refused.iter().copied().collect();
+        let held = !self.lease_lapsed(ctx) && self.queue.lease_term() == term_at_send;
+        let refused: HashSet<(JobId, i64)> = refused.iter().copied().collect();
         let mut freed = false;
         for (number, worker, job, permit) in starting {
-            let was_refused = refused.contains(&job.id);
+            let was_refused = refused.contains(&(job.id, job.claim));
             if held && !was_refused {
                 worker.do_send(RunJob(job, permit));
                 continue;
             }
             freed = true;
+            if let Some(permit) = permit {
+                let gate = permit.gate().clone();
+                drop(permit);
+                self.window.release_gate(&gate);
+            }
             let Some(slot) = self.workers.get_mut(number) else { continue };
             let Some(running) = slot.running.take_if(|running| running.id == job.id) else { continue };
             self.busy = self.busy.saturating_sub(1);
             if !self.idle.contains(&number) {
                 self.idle.push(number);
-            }
-            if let Some(permit) = permit {
-                let gate = permit.gate().clone();
-                drop(permit);
-                self.window.release_gate(&gate);
             }
             if was_refused {
                 tracing::warn!(job_id = %job.id, attempt = job.attempt, "job not run: its start was refused (it moved to another node or claim)");

@@ -327,7 +327,7 @@ impl Destination {
     pub fn admit(self: &Arc<Self>) -> Admission {
         let mut gate = self.lock();
         let probe = match gate.open_until {
-            Some(until) if Instant::now() < until || gate.probing => return Admission::Later(self.name.clone()),
+            Some(until) if Instant::now() < until || gate.probing => return Admission::Closed(self.name.clone()),
             Some(_) => true,
             None if gate.in_flight >= self.limit => return Admission::Later(self.name.clone()),
             None => false,

@@ -230,6 +230,9 @@ pub struct PostgresBackend {
     /// was lost: the next claim also hands out this node's leased jobs that the Dispatcher
     /// was never given, so that none stays leased to a node that does not know it.
     claims_uncertain: bool,
+    /// The open transaction handed out again the jobs `claims_uncertain` was about: its
+    /// commit clears that flag.
+    retaking: bool,
     /// The last answer of `oldest_queued` and when it was read: the query walks the head
     /// of the ready index, which churns under load, so status reads (every scrape and
     /// every `/v1/stats`) share one answer per second, as long as it agrees with the
@@ -321,6 +324,7 @@ impl PostgresBackend {
             pending_handout: Vec::new(),
             pending_release: Vec::new(),
             claims_uncertain: false,
+            retaking: false,
             oldest_queued: None,
             last_queued: None,
             _threads: None,
@@ -375,12 +379,14 @@ impl PostgresBackend {
     }
 
     /// Counts and logs writes that matched nothing because the job moved on.
-    fn fenced(&self, what: &'static str, stale: impl Iterator<Item = (crate::job::JobId, u32)>) {
-        for (id, attempt) in stale {
+    /// Each write is named by its job, attempt and claim.
+    fn fenced(&self, what: &'static str, stale: impl Iterator<Item = (crate::job::JobId, u32, i64)>) {
+        for (id, attempt, claim) in stale {
             self.metrics.fenced.inc();
             tracing::warn!(
                 job_id = %id,
                 attempt,
+                claim,
                 stale_owner = %self.node,
                 write = what,
                 "write fenced: the job is no longer this node's at this attempt (rescued, or finished by another)"
@@ -462,6 +468,7 @@ impl Transactions for PostgresBackend {
         self.readied = false;
         self.pending_handout.clear();
         self.pending_release.clear();
+        self.retaking = false;
         let had_client = self.connection.client.is_some();
         match self.connection.batch("BEGIN") {
             // The connection broke while idle (the server restarted): nothing of this
@@ -478,6 +485,9 @@ impl Transactions for PostgresBackend {
     fn commit(&mut self) -> Result<(), StorageError> {
         self.write_deltas()?;
         self.connection.commit()?;
+        if std::mem::take(&mut self.retaking) {
+            self.claims_uncertain = false;
+        }
         self.handed_out.extend(self.pending_handout.drain(..));
         for id in self.pending_release.drain(..) {
             self.handed_out.remove(&id);
@@ -492,6 +502,7 @@ impl Transactions for PostgresBackend {
         self.deltas = Deltas::default();
         self.readied = false;
         self.claims_uncertain |= !self.pending_handout.is_empty();
+        self.retaking = false;
         self.pending_handout.clear();
         self.pending_release.clear();
         // A broken connection has no transaction left to roll back.

@@ -81,11 +81,11 @@ const RECORD_STARTED: &str = "UPDATE jobd_jobs j SET state = 'running', attempts
      FROM unnest($1::uuid[], $2::integer[], $3::bigint[], $5::bigint[]) AS s(id, attempt, started_at, claim)
      WHERE j.id = s.id AND j.lease_owner IS NOT DISTINCT FROM $4 AND j.state = 'queued' AND j.attempts = s.attempt - 1
        AND j.claim_epoch = s.claim
-     RETURNING j.id";
+     RETURNING j.id, j.claim_epoch";
 
 /// Of starts that did not apply, those already recorded (by a commit whose answer was
 /// lost): the job runs at that attempt, held by this node (`$3`) under the same claim.
-const ALREADY_STARTED: &str = "SELECT j.id FROM jobd_jobs j
+const ALREADY_STARTED: &str = "SELECT j.id, j.claim_epoch FROM jobd_jobs j
      JOIN unnest($1::uuid[], $2::integer[], $4::bigint[]) AS s(id, attempt, claim) ON j.id = s.id
      WHERE j.lease_owner IS NOT DISTINCT FROM $3 AND j.state = 'running' AND j.attempts = s.attempt
        AND j.claim_epoch = s.claim";
@@ -202,8 +202,10 @@ impl PostgresBackend {
 
     /// Records starts, and returns those refused: jobs that moved on to another node or
     /// claim, or all of them while this node cannot prove that it holds its lease. The
-    /// Dispatcher never runs a refused job.
-    fn write_started(&mut self, started: &[StartedJob]) -> Result<Vec<JobId>, StorageError> {
+    /// Dispatcher never runs a refused job. A start is one copy of a job, by its id and
+    /// claim: two copies of one job (an old claim's and a new one's) may meet in a flush,
+    /// and only the one the database holds may run.
+    fn write_started(&mut self, started: &[StartedJob]) -> Result<RefusedStarts, StorageError> {
         if started.is_empty() {
             return Ok(Vec::new());
         }
@@ -212,7 +214,7 @@ impl PostgresBackend {
             // node could not stop them in time should one do so: it runs none of them.
             tracing::warn!(jobs = started.len(), "starts refused: this node's lease is not proven held");
             self.metrics.fenced_starts.inc_by(started.len() as u64);
-            return Ok(started.iter().map(|start| start.id).collect());
+            return Ok(started.iter().map(|start| (start.id, start.claim)).collect());
         }
         let owner = self.owner();
         let ids: Vec<uuid::Uuid> = started.iter().map(|start| uuid_of(start.id)).collect();
@@ -224,18 +226,19 @@ impl PostgresBackend {
         if rows.len() == started.len() {
             return Ok(Vec::new());
         }
-        let mut written: HashSet<uuid::Uuid> = rows.iter().map(|row| row.get(0)).collect();
-        let missed: Vec<usize> = (0..ids.len()).filter(|&at| !written.contains(&ids[at])).collect();
+        let mut written: HashSet<(uuid::Uuid, i64)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let missed: Vec<usize> = (0..ids.len()).filter(|&at| !written.contains(&(ids[at], claims[at]))).collect();
         let missed_ids: Vec<uuid::Uuid> = missed.iter().map(|&at| ids[at]).collect();
         let missed_attempts: Vec<i32> = missed.iter().map(|&at| attempts[at]).collect();
         let missed_claims: Vec<i64> = missed.iter().map(|&at| claims[at]).collect();
         let recorded =
             self.connection.query(ALREADY_STARTED, &[&missed_ids, &missed_attempts, &owner, &missed_claims])?;
-        written.extend(recorded.iter().map(|row| row.get::<_, uuid::Uuid>(0)));
-        let refused: Vec<&StartedJob> = started.iter().filter(|start| !written.contains(&uuid_of(start.id))).collect();
-        self.fenced("start", refused.iter().map(|start| (start.id, start.attempt)));
+        written.extend(recorded.iter().map(|row| (row.get::<_, uuid::Uuid>(0), row.get::<_, i64>(1))));
+        let refused: Vec<&StartedJob> =
+            started.iter().filter(|start| !written.contains(&(uuid_of(start.id), start.claim))).collect();
+        self.fenced("start", refused.iter().map(|start| (start.id, start.attempt, start.claim)));
         self.metrics.fenced_starts.inc_by(refused.len() as u64);
-        Ok(refused.iter().map(|start| start.id).collect())
+        Ok(refused.iter().map(|start| (start.id, start.claim)).collect())
     }
 
     /// Records `finished`: first the ends that also record their start, from `queued`;
@@ -256,7 +259,10 @@ impl PostgresBackend {
         if written.len() < finished.len() {
             self.fenced(
                 "finish",
-                finished.iter().filter(|end| !written.contains(&uuid_of(end.id))).map(|end| (end.id, end.attempt)),
+                finished
+                    .iter()
+                    .filter(|end| !written.contains(&uuid_of(end.id)))
+                    .map(|end| (end.id, end.attempt, end.claim)),
             );
         }
         Ok(())
@@ -562,8 +568,11 @@ impl JobWriter for PostgresBackend {
                 self.bury_undecodable(id, &error)?;
             }
         }
-        if std::mem::take(&mut self.claims_uncertain) {
+        if self.claims_uncertain {
+            // Cleared only once this transaction commits: should it fail, the next claim
+            // hands them out again.
             self.take_back_unknown_claims(&mut jobs, claim)?;
+            self.retaking = true;
         }
         self.pending_handout.extend(jobs.iter().map(|job| job.id));
         let next_due: Option<i64> = self.connection.query(NEXT_DUE, &[])?.first().and_then(|row| row.get(0));
@@ -580,7 +589,16 @@ impl JobWriter for PostgresBackend {
         let (started_at, started_only) = split_progress(started, finished);
         let refused = self.write_started(&started_only)?;
         self.write_finished(finished, &started_at)?;
-        self.pending_release.extend(started.iter().map(|start| start.id).chain(finished.iter().map(|end| end.id)));
+        // A refused copy leaves the job's place in `handed_out` alone: another copy of it,
+        // of a newer claim, may be in the window.
+        let refused_ids: HashSet<JobId> = refused.iter().map(|(id, _)| *id).collect();
+        self.pending_release.extend(
+            started
+                .iter()
+                .map(|start| start.id)
+                .filter(|id| !refused_ids.contains(id))
+                .chain(finished.iter().map(|end| end.id)),
+        );
         if finished.iter().any(|end| end.retry_at.is_some()) {
             // A retry may fall due before the other nodes' timers look.
             self.readied = true;
