@@ -833,7 +833,7 @@ async fn run() -> Vec<Figure> {
         });
         drop(daemon);
     }
-    if wanted(&[10, 11, 12, 13, 14]) {
+    if wanted(&[10, 11, 12, 13, 14, 15]) {
         figures.extend(postgres::figures(&client).await);
     }
     figures

@@ -1,7 +1,8 @@
-//! The PostgreSQL figures, (10) to (14): jobd nodes on a private, durable cluster (fsync
+//! The PostgreSQL figures, (10) to (15): jobd nodes on a private, durable cluster (fsync
 //! on) that the benchmark starts itself, measured as the SQLite figures are, plus the CPU
 //! time that jobd and PostgreSQL spend per job, read from `/proc`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -224,5 +225,55 @@ pub(super) async fn figures(client: &reqwest::Client) -> Vec<Figure> {
         met: Some(whole_rate >= 20_000.0 && (0.75..=1.25).contains(&ratio)),
     });
     drop(nodes);
+
+    // (15) the same run at defaults, with and without a flood of listings by a kind no job
+    // has (no index serves it: each walks the primary key on the read lane) from 8 clients.
+    let mut rates = Vec::new();
+    for flood in [false, true] {
+        let url = tokio::task::block_in_place(|| cluster.new_database());
+        let nodes = start_nodes(&url, 1, &[]);
+        tokio::task::block_in_place(|| cluster.checkpoint());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listings = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let flooders: Vec<_> = (0..if flood { 8 } else { 0 })
+            .map(|_| {
+                let (client, url) = (client.clone(), nodes[0].url("/v1/jobs?kind=zzz&limit=100"));
+                let (stop, listings) = (stop.clone(), listings.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if client.get(&url).send().await.is_ok() {
+                            listings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        submit_batches(client, &nodes[0], END_TO_END_JOBS, 1000, 4, |_| json!({"kind": "noop"})).await;
+        while succeeded(client, &nodes).await < END_TO_END_JOBS {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rate = END_TO_END_JOBS as f64 / started.elapsed().as_secs_f64();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for flooder in flooders {
+            let _ = flooder.await;
+        }
+        let listed = listings.load(std::sync::atomic::Ordering::Relaxed);
+        println!("(15) defaults, flood of listings {flood}: {rate:.0} noop jobs/s ({listed} listings)");
+        rates.push((rate, listed));
+        drop(nodes);
+    }
+    let ratio = rates[1].0 / rates[0].0;
+    figures.push(Figure {
+        number: "15",
+        name: "PostgreSQL at its defaults, 1 node: end to end noop jobs/s, 100,000 jobs, with 8 clients listing \
+               `?kind=zzz` all along (no index: each walks the table on the read lane) against none",
+        value: format!(
+            "{:.0} with the flood ({} listings) vs {:.0} without: {ratio:.2} x",
+            rates[1].0, rates[1].1, rates[0].0
+        ),
+        target: ">= 0.9 x",
+        met: Some(ratio >= 0.9),
+    });
     figures
 }
