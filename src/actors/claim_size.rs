@@ -8,9 +8,10 @@
 //! [`HOLD`] at its recent pace. Short jobs start thousands a second, and their claims grow
 //! to thousands (up to the window's bound); slow ones start a few a second, and their
 //! claims shrink to the free slots, so that an idle node finds the rest in the queue.
-//! Jobs waiting at a gate (a webhook destination at its in-flight limit) count as held,
-//! and the workers their kind keeps busy are not free, so a node does not claim more of
-//! them than it can start.
+//! Jobs waiting at a full gate (a webhook destination at its in-flight limit) count
+//! against the bound, and the workers their kind keeps busy are not free, so a node does
+//! not claim more of them than it can start. Jobs at a closed gate (an open circuit) or
+//! held while the store is down do not: no node could run them (see `Window`).
 
 use std::time::{Duration, Instant};
 

@@ -31,8 +31,6 @@ use super::claim_size::ClaimSize;
 use super::progress::{FinishedCounts, PROGRESS_LINGER, PROGRESS_LINGER_ENOUGH};
 use super::window::Window;
 use super::worker::{JobFinished, RunJob, Worker, WorkerIdle, WorkerReports};
-
-mod fencing;
 use crate::job::{FinishedJob, JobId, JobState, Outcome, StartedJob};
 use crate::kinds::GateKey;
 use crate::queue::{ControlError, QueueHandle, StorageError};
@@ -41,6 +39,8 @@ use crate::runner::JobRunner;
 use crate::stats::Stats;
 use crate::store_health::StoreHealth;
 use crate::systemd::Notifier;
+
+mod fencing;
 
 /// How long to wait before calling the queue again after a call failed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -64,10 +64,10 @@ pub struct PoolSettings {
     /// The most bytes the window's claimed, not-yet-started jobs may take.
     pub window_max_bytes: usize,
     /// Whether other nodes share the queue (PostgreSQL). Then the window's runnable jobs,
-    /// held and gated ones included, are bounded by what the node started in the last
-    /// moment, at least its pool ([`ClaimSize`]): each is leased to this node, so no other
-    /// node can run it, however idle. Short jobs get large claims, slow ones claims of
-    /// about the free slots, which balance the load as River's do.
+    /// jobs waiting at a full gate included, are bounded by what the node started in the
+    /// last moment, at least its free workers ([`ClaimSize`]): each is leased to this node,
+    /// so no other node can run it, however idle. Short jobs get large claims, slow ones
+    /// claims of about the free slots, which balance the load as River's do.
     pub shared_queue: bool,
 }
 
@@ -279,7 +279,7 @@ impl Dispatcher {
 
     /// Starts jobs while there is an idle worker and a ready job, then tops up the window.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.draining() || self.lease_lapsed(ctx) {
+        if self.draining() || self.lease_lapsed() {
             return;
         }
         let mut dispatched = false;
@@ -347,11 +347,10 @@ impl Dispatcher {
                 match result {
                     // A fresh look, not the last one: the claim may have come after a
                     // renewal the Dispatcher has not seen yet, and then its jobs are ours.
-                    Ok(batch) if dispatcher.lease_lapsed(ctx) => {
+                    Ok(_) if dispatcher.lease_lapsed() => {
                         // Claimed before the lease lapsed: the renewal that ends the lapse
                         // begins a new term, and the next claim hands them out again.
                         dispatcher.window.add_fetched(Vec::new());
-                        drop(batch);
                     }
                     Ok(batch) => {
                         dispatcher.window.add_fetched(batch.jobs);

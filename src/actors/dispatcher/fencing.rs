@@ -40,7 +40,12 @@ impl Dispatcher {
     /// Whether the lease is lapsed now. When it lapsed, or came back in a new term (it
     /// lapsed between two looks, say while the process was stopped), the jobs this node
     /// claimed are dropped and the running ones stopped: another node may hold them now.
-    pub(super) fn lease_lapsed(&mut self, _ctx: &mut Context<Self>) -> bool {
+    /// Only the Dispatcher sets `jobd_lease_held`: it looks at least every
+    /// [`LEASE_CHECK_INTERVAL`]. A queue only this node uses has no lease to lose.
+    pub(super) fn lease_lapsed(&mut self) -> bool {
+        if !self.queue.is_shared() {
+            return false;
+        }
         let held = self.queue.lease_held();
         let term = self.queue.lease_term();
         let new_term = std::mem::replace(&mut self.lease_term, term) != term;
@@ -85,7 +90,7 @@ impl Dispatcher {
     /// Looks at the lease between starts; resumes work when it came back.
     pub(super) fn watch_lease(&mut self, ctx: &mut Context<Self>) {
         let was_lapsed = self.lease_lapsed;
-        if !self.lease_lapsed(ctx) && was_lapsed {
+        if !self.lease_lapsed() && was_lapsed {
             self.pump(ctx);
         }
     }
@@ -108,7 +113,7 @@ impl Dispatcher {
         if starting.is_empty() {
             return;
         }
-        let held = !self.lease_lapsed(ctx) && self.queue.lease_term() == term_at_send;
+        let held = !self.lease_lapsed() && self.queue.lease_term() == term_at_send;
         let refused: HashSet<(JobId, i64)> = refused.iter().copied().collect();
         let mut freed = false;
         for (number, worker, job, permit) in starting {

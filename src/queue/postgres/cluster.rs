@@ -257,7 +257,6 @@ impl Upkeep {
         }
         let held_before = self.clock.is_held();
         let new_term = self.clock.renewed(sent, self.lease.saturating_sub(safety_margin(self.lease)), declared_lost);
-        self.metrics.lease_held.set(1);
         if new_term && self.clock.term() > 1 {
             tracing::info!(
                 node = %self.node,

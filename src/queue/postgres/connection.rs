@@ -159,6 +159,18 @@ impl Connection {
         })
     }
 
+    /// Whether a call that just failed found its connection broken: there was a client
+    /// before it (`had_client`) and there is none now. If so, the next call connects at
+    /// once, without the backoff meant for a server that is down, so that the caller may
+    /// try once more.
+    pub(super) fn broke_just_now(&mut self, had_client: bool) -> bool {
+        let broke = had_client && self.client.is_none();
+        if broke {
+            self.next_attempt = Instant::now();
+        }
+        broke
+    }
+
     pub(super) fn failed(&mut self, context: &str, error: &postgres::Error) -> StorageError {
         // An I/O error (a timeout of TCP's, a reset) leaves the connection unusable even
         // before the client marks it closed: forget it now, so the next call reconnects.

@@ -17,7 +17,7 @@ mod writer;
 
 use std::str::FromStr as _;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter, IntGauge};
 
@@ -336,13 +336,6 @@ impl PostgresBackend {
         }
     }
 
-    /// Whether this node can prove that it holds its lease now.
-    fn lease_is_held(&self) -> bool {
-        let held = self.lease.is_held();
-        self.metrics.lease_held.set(i64::from(held));
-        held
-    }
-
     /// After a lapse of the lease, the Dispatcher holds none of the jobs it was handed:
     /// the next claim hands out again every unstarted job still leased to this node.
     fn note_new_term(&mut self) {
@@ -436,11 +429,7 @@ impl PostgresBackend {
     ) -> Result<T, StorageError> {
         let had_client = self.connection.client.is_some();
         match read(self) {
-            Err(_) if had_client && self.connection.client.is_none() => {
-                // A fresh connection, without the backoff meant for a server that is down.
-                self.connection.next_attempt = Instant::now();
-                read(self)
-            }
+            Err(_) if self.connection.broke_just_now(had_client) => read(self),
             result => result,
         }
     }
@@ -472,12 +461,8 @@ impl Transactions for PostgresBackend {
         let had_client = self.connection.client.is_some();
         match self.connection.batch("BEGIN") {
             // The connection broke while idle (the server restarted): nothing of this
-            // transaction was sent, so a fresh connection takes it, without the backoff
-            // meant for a server that is down.
-            Err(_) if had_client && self.connection.client.is_none() => {
-                self.connection.next_attempt = Instant::now();
-                self.connection.batch("BEGIN")
-            }
+            // transaction was sent, so a fresh connection takes it.
+            Err(_) if self.connection.broke_just_now(had_client) => self.connection.batch("BEGIN"),
             result => result,
         }
     }

@@ -209,7 +209,7 @@ impl PostgresBackend {
         if started.is_empty() {
             return Ok(Vec::new());
         }
-        if !self.lease_is_held() {
+        if !self.lease.is_held() {
             // Writing would succeed while no other node has taken the jobs yet, but this
             // node could not stop them in time should one do so: it runs none of them.
             tracing::warn!(jobs = started.len(), "starts refused: this node's lease is not proven held");
@@ -526,7 +526,7 @@ impl JobWriter for PostgresBackend {
     /// cut at the byte bound, and leased to `lease.owner`; they stay `queued` until their
     /// start is recorded. Jobs picked but not taken are unlocked at commit.
     fn claim(&mut self, max: usize, now: DateTime<Utc>, lease: &Lease) -> Result<ReadyBatch, StorageError> {
-        if !self.lease_is_held() {
+        if !self.lease.is_held() {
             // A node that cannot prove its lease takes nothing: the listener's poll asks
             // again within a second, and a renewal may have come by then.
             return Ok(ReadyBatch { jobs: Vec::new(), stopped_at_byte_limit: false, next_due: None });
