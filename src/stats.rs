@@ -1,7 +1,9 @@
 //! What `GET /v1/stats` shows: the live gauges the actors keep, and the event counters of
 //! the Prometheus registry, summed over their labels.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+
+use chrono::{DateTime, Utc};
 
 use prometheus::IntCounterVec;
 use prometheus::core::Collector as _;
@@ -26,6 +28,33 @@ pub struct Stats {
     pub bodies_running: AtomicUsize,
     /// The highest `bodies_running` ever seen.
     pub bodies_running_peak: AtomicUsize,
+    /// When the longest-waiting job of the Dispatcher's window became due, in ms since the
+    /// epoch; 0 when the window is empty. Published every second.
+    pub window_oldest_due_ms: AtomicI64,
+}
+
+impl Stats {
+    /// Publishes the window's longest-waiting job (see [`Stats::earliest_due`]).
+    pub fn set_window_oldest_due(&self, due: Option<DateTime<Utc>>) {
+        self.window_oldest_due_ms.store(due.map_or(0, |due| due.timestamp_millis().max(1)), Ordering::Relaxed);
+    }
+
+    /// The earlier of `queued` (the oldest job the queue reports) and the window's
+    /// longest-waiting job. On a queue shared by several nodes the backend reports only the
+    /// jobs no node holds: finding the leased ones would walk an index that every claim
+    /// adds to and every finish leaves a dead entry in, tens to hundreds of milliseconds
+    /// under load. Each node adds its own window instead, so the largest
+    /// `jobd_queue_oldest_age_seconds` over the nodes is the cluster's.
+    pub fn earliest_due(&self, queued: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        let window = match self.window_oldest_due_ms.load(Ordering::Relaxed) {
+            0 => None,
+            millis => DateTime::from_timestamp_millis(millis),
+        };
+        match (queued, window) {
+            (Some(queued), Some(window)) => Some(queued.min(window)),
+            (queued, window) => queued.or(window),
+        }
+    }
 }
 
 /// A point-in-time copy of [`Stats`], as served by `GET /v1/stats`.
@@ -154,5 +183,29 @@ pub struct BodyGuard<'a> {
 impl Drop for BodyGuard<'_> {
     fn drop(&mut self) {
         self.stats.bodies_running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_earliest_due_is_the_queues_or_the_windows_whichever_waited_longer() {
+        let stats = Stats::default();
+        let now = Utc::now();
+        let (older, newer) = (now - chrono::Duration::seconds(20), now - chrono::Duration::seconds(5));
+        assert_eq!(stats.earliest_due(None), None);
+        assert_eq!(stats.earliest_due(Some(newer)), Some(newer));
+        stats.set_window_oldest_due(DateTime::from_timestamp_millis(older.timestamp_millis()));
+        let window = DateTime::from_timestamp_millis(older.timestamp_millis());
+        assert_eq!(stats.earliest_due(None), window, "a job held in the window only");
+        assert_eq!(stats.earliest_due(Some(newer)), window);
+        assert_eq!(
+            stats.earliest_due(Some(now - chrono::Duration::seconds(60))),
+            Some(now - chrono::Duration::seconds(60))
+        );
+        stats.set_window_oldest_due(None);
+        assert_eq!(stats.earliest_due(Some(newer)), Some(newer), "an emptied window adds nothing");
     }
 }

@@ -316,7 +316,7 @@ impl Dispatcher {
                 claim_size.started(1);
             }
             // The pool bounds both: one RunJob per idle worker.
-            if kind.is_some_and(|kind| !self.waits_for_recorded_start(kind)) {
+            if kind.is_some_and(|kind| !self.waits_for_recorded_start(kind.placement(&job))) {
                 worker.do_send(RunJob(job, permit));
             } else {
                 self.awaiting_start.push((number, worker, job, permit));
@@ -328,7 +328,7 @@ impl Dispatcher {
             self.record_progress(ctx);
         }
         if let Some(claim_size) = self.claim_size.as_mut() {
-            self.window.set_ready_limit(claim_size.limit(self.workers.len() - self.busy));
+            self.window.set_ready_limit(claim_size.limit(self.workers.len() - self.busy, self.window.is_empty()));
         }
         if !self.fetching
             && let Some(wanted) = self.window.wanted()
@@ -353,6 +353,9 @@ impl Dispatcher {
                         dispatcher.window.add_fetched(Vec::new());
                     }
                     Ok(batch) => {
+                        if let Some(claim_size) = dispatcher.claim_size.as_mut() {
+                            claim_size.claimed(batch.jobs.len() >= wanted);
+                        }
                         dispatcher.window.add_fetched(batch.jobs);
                         if let Some(due) = batch.next_due {
                             dispatcher.arm_due_timer(due, ctx);
@@ -578,6 +581,7 @@ impl Actor for Dispatcher {
         }
         ctx.run_interval(WORKER_CHECK_INTERVAL, |dispatcher, ctx| {
             dispatcher.replace_dead_workers(ctx);
+            dispatcher.stats.set_window_oldest_due(dispatcher.window.oldest_due());
             // A gate may have opened with time (a circuit's wait over): one job of each
             // tries again, and a success lets the rest follow.
             if dispatcher.window.release_all_gates() {

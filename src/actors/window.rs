@@ -126,6 +126,15 @@ impl Window {
             .then(|| (self.max_ready - runnable).min(self.max_jobs - self.ready.len() - waiting))
     }
 
+    /// When the longest-waiting job the window holds became due (its `run_at`, or its
+    /// submission): on a shared queue, the jobs in nodes' windows are leased, and only their
+    /// node can say cheaply how long they have waited (see [`crate::stats::Stats`]).
+    pub fn oldest_due(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let gated = self.gated.values().flatten();
+        let waiting = self.ready.iter().chain(&self.held).chain(&self.released).chain(gated);
+        waiting.map(|job| job.run_at.map_or(job.created_at, |run_at| run_at.max(job.created_at))).min()
+    }
+
     /// Forgets every claimed job that waits (ready, held, gated, released) and returns how
     /// many: the node lost sight of its lease, and they are no longer its to start. Jobs
     /// whose cancel is in flight stay, for the cancel's answer.
@@ -348,6 +357,31 @@ mod tests {
                 .collect();
         assert_eq!(rest, [order[0], order[2]], "held jobs come back in their order");
         assert_eq!(window.bytes(), 0);
+    }
+
+    /// The window's longest-waiting job, held ones included: what a shared queue's nodes
+    /// add to the queue's oldest age.
+    #[test]
+    fn the_oldest_due_counts_held_jobs_and_a_run_at_in_the_past() {
+        let kinds = Kinds::new(&KindSettings::defaults());
+        let mut window = Window::new(100, 64 << 20);
+        assert_eq!(window.oldest_due(), None);
+        let now = chrono::Utc::now();
+        let mut held = Job::upload_for_test(10);
+        held.created_at = now - chrono::Duration::seconds(30);
+        let mut delayed = Job::for_test("noop");
+        delayed.created_at = now - chrono::Duration::seconds(60);
+        delayed.run_at = Some(now - chrono::Duration::seconds(10));
+        let fresh = Job::for_test("noop");
+        window.add_fetched(vec![held, delayed, fresh]);
+        assert_eq!(window.oldest_due(), Some(now - chrono::Duration::seconds(30)), "due at its run_at, not before");
+        // The store is down: the upload is held, and still the oldest.
+        let started = window.next_runnable(false, &kinds).map(|(job, _)| job.run_at);
+        assert_eq!(started, Some(Some(now - chrono::Duration::seconds(10))));
+        assert_eq!(window.held(), 1);
+        assert_eq!(window.oldest_due(), Some(now - chrono::Duration::seconds(30)));
+        window.drop_claimed();
+        assert_eq!(window.oldest_due(), None);
     }
 
     /// With a shared queue the runnable jobs are few, but jobs held for the store do not

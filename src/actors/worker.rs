@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use tracing::Instrument as _;
 
 use crate::job::{Job, JobResult, Outcome};
-use crate::kinds::{JobError, Permit};
+use crate::kinds::{JobError, Permit, RunsOn};
 use crate::runner::JobRunner;
 
 /// A job for a worker the Dispatcher knows to be idle.
@@ -165,15 +165,17 @@ impl Handler<RunJob> for Worker {
         };
         series.started.inc();
         self.series = Some(series);
-        // A kind that runs inline finishes here; the test kinds that block or panic the
-        // worker's own thread do it here too, outside the body's containment, as a bug in
-        // jobd would, so that the Dispatcher's health check has something to catch.
-        if let Some(outcome) = kind.and_then(|kind| kind.run_on_worker_thread(&job)) {
+        // A job placed on the worker's thread finishes here: a noop, and the test jobs that
+        // block or panic the worker's own thread, outside the body's containment, as a bug
+        // in jobd would, so that the Dispatcher's health check has something to catch.
+        let runs_on = kind.map_or(RunsOn::Bodies, |kind| kind.placement(&job).runs_on);
+        if let (RunsOn::WorkerThread, Some(kind)) = (runs_on, kind) {
+            let outcome = kind.run_on_worker_thread(&job);
             return self.finish(ctx, outcome, started);
         }
         drop(entered);
         let timeout = self.runner.timeouts.for_job(&job, kind);
-        let beside_actors = kind.is_some_and(|kind| kind.runs_beside_actors(&job));
+        let beside_actors = runs_on == RunsOn::BesideActors;
         let body = self.runner.clone().run(job, permit).instrument(span.clone());
         let mut task_abort = None;
         let ended: BoxFuture<'static, BodyEnd> = if beside_actors {

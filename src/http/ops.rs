@@ -145,7 +145,10 @@ pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
 /// Renders the metrics; shared by the API listener and the optional metrics listener.
 pub async fn render_metrics(metrics: &Metrics, queue: &QueueHandle, stats: &Stats, store: &JobStore) -> HttpResponse {
     let status = match tokio::time::timeout(QUEUE_CHECK_TIMEOUT, queue.status()).await {
-        Ok(Ok(status)) => Some(status),
+        Ok(Ok(mut status)) => {
+            status.oldest_queued_at = stats.earliest_due(status.oldest_queued_at);
+            Some(status)
+        }
         // The queue gauges keep their last values; the scrape itself still succeeds, so
         // the counters and the process metrics stay visible while the queue is wedged.
         _ => None,

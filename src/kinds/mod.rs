@@ -108,6 +108,51 @@ pub enum Admission {
     Closed(GateKey),
 }
 
+/// Where and when one attempt of a job runs: one decision, made by the job's kind
+/// ([`Kind::placement`]) once per attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub runs_on: RunsOn,
+    pub starts: Starts,
+}
+
+impl Placement {
+    /// On the bodies runtime, once its start is recorded: what a kind gets unless it says
+    /// otherwise.
+    pub const GUARDED: Placement = Placement { runs_on: RunsOn::Bodies, starts: Starts::WhenRecorded };
+}
+
+/// Where an attempt runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunsOn {
+    /// On the worker actor's own thread, to its outcome, with no body task
+    /// ([`Kind::run_on_worker_thread`]): only for a body that cannot block, panic or have
+    /// an effect (`noop`), or a test job that blocks or panics the worker as a bug in jobd
+    /// would.
+    WorkerThread,
+    /// As a task beside the actors, on the worker's arbiter: only for a body that never
+    /// blocks its thread and spends little CPU between awaits (a small webhook's HTTP
+    /// request). The hop to the bodies runtime and back is two cross-thread wakeups, which
+    /// on two busy cores added about 120 µs to a delivery of about 160 µs. The worker
+    /// still contains its panics and its timeout.
+    BesideActors,
+    /// On the bodies runtime, where a body that blocks its thread cannot stall the actors.
+    Bodies,
+}
+
+/// When an attempt may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Starts {
+    /// At once; its start is recorded in the next flush. For a body that cannot take the
+    /// process down (one on the worker's thread that cannot panic, a webhook's HTTP
+    /// request): should the process die first, it runs again.
+    AtOnce,
+    /// Once its start is recorded, so that its attempt counts even if it takes the
+    /// process down (a crash, an abort in a library, memory): without the wait, such a job
+    /// could crash-loop the daemon with attempts left.
+    WhenRecorded,
+}
+
 /// A request's job, validated by its kind: the arguments the queue stores as JSON, and the
 /// body it stores as bytes.
 #[derive(Debug, Default)]
@@ -180,14 +225,9 @@ pub trait Kind: Send + Sync + std::fmt::Debug + 'static {
     /// the join handle of the body's task or by catching them beside the actors.
     fn run(&self, job: Job, context: &RunContext) -> BoxFuture<'static, Result<JobResult, JobError>>;
 
-    /// Whether the job's body runs as a task beside the actors, on the worker's own
-    /// arbiter, instead of on the bodies runtime. Only for a body that never blocks its
-    /// thread and spends little CPU between awaits (a webhook's HTTP request): the hop to
-    /// the bodies runtime and back is two cross-thread wakeups, which on two busy cores
-    /// added about 120 µs to a delivery of about 160 µs. The worker still contains its
-    /// panics and its timeout.
-    fn runs_beside_actors(&self, _job: &Job) -> bool {
-        false
+    /// Where and when an attempt of `job` runs ([`Placement`]).
+    fn placement(&self, _job: &Job) -> Placement {
+        Placement::GUARDED
     }
 
     /// How long one attempt may take when neither the job nor `job_timeouts_ms` says.
@@ -200,27 +240,10 @@ pub trait Kind: Send + Sync + std::fmt::Debug + 'static {
         false
     }
 
-    /// Whether a worker runs the job on its own thread, without a body task: only for a
-    /// kind that cannot block, panic or take the process down, which therefore need not
-    /// wait for its start to be recorded either.
-    fn runs_inline(&self) -> bool {
-        false
-    }
-
-    /// Whether a job must wait until its start is recorded before it runs, so that its
-    /// attempt counts even if it takes the process down (a crash, an abort in a library,
-    /// memory): without the wait, such a job could crash-loop the daemon with attempts
-    /// left. A kind whose body cannot take the process down (one that runs inline, or a
-    /// webhook's HTTP request) may start at once; its start is recorded in the next flush.
-    fn waits_for_recorded_start(&self) -> bool {
-        !self.runs_inline()
-    }
-
-    /// The outcome of a job that [`runs_inline`](Self::runs_inline), or of a test job that
-    /// acts on the worker's own thread (blocking or panicking it, as a bug in jobd would);
-    /// `None` runs the body as a task.
-    fn run_on_worker_thread(&self, _job: &Job) -> Option<Outcome> {
-        None
+    /// Runs an attempt placed on the worker's own thread ([`RunsOn::WorkerThread`]) to its
+    /// outcome. A kind that places no job there never has this called.
+    fn run_on_worker_thread(&self, _job: &Job) -> Outcome {
+        Outcome::Failed { error: format!("kind {} runs no job on the worker's thread", self.name()), retryable: false }
     }
 }
 

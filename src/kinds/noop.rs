@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use super::{FieldProblem, JobError, Kind, KindSettings, Registration, RequestFields, RunContext, Validated};
+use super::{
+    FieldProblem, JobError, Kind, KindSettings, Placement, Registration, RequestFields, RunContext, RunsOn, Starts,
+    Validated,
+};
 use crate::job::{Job, JobResult, Outcome};
 
 pub const REGISTRATION: Registration = Registration {
@@ -33,13 +36,13 @@ impl Kind for Noop {
         Box::pin(std::future::ready(Ok(JobResult::default())))
     }
 
-    fn runs_inline(&self) -> bool {
-        true
+    /// A noop cannot block, panic or have an effect: it runs on the worker's thread, which
+    /// saves two thread crossings, and at once.
+    fn placement(&self, _job: &Job) -> Placement {
+        Placement { runs_on: RunsOn::WorkerThread, starts: Starts::AtOnce }
     }
 
-    /// A noop cannot block or panic: running it on the worker's thread saves two thread
-    /// crossings.
-    fn run_on_worker_thread(&self, _job: &Job) -> Option<Outcome> {
-        Some(Outcome::Succeeded(JobResult::default()))
+    fn run_on_worker_thread(&self, _job: &Job) -> Outcome {
+        Outcome::Succeeded(JobResult::default())
     }
 }

@@ -8,7 +8,9 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{FieldProblem, JobError, Kind, KindSettings, Registration, RequestFields, RunContext, Validated};
+use super::{
+    FieldProblem, JobError, Kind, KindSettings, Placement, Registration, RequestFields, RunContext, RunsOn, Validated,
+};
 use super::{field_problem, fields::strip_position};
 use crate::job::{Job, JobResult, Outcome};
 
@@ -61,7 +63,7 @@ struct SleepArgs {
     /// watchdog).
     #[serde(default)]
     in_worker: bool,
-    /// Run the body beside the actors, as a webhook's runs (`Kind::runs_beside_actors`).
+    /// Run the body beside the actors, as a webhook's runs (`RunsOn::BesideActors`).
     #[serde(default)]
     beside_actors: bool,
 }
@@ -78,7 +80,7 @@ struct RequestedArgs {
     /// `panic` only: panic in the Worker actor rather than in the job body.
     #[serde(default)]
     in_worker: bool,
-    /// Run the body beside the actors, as a webhook's runs (`Kind::runs_beside_actors`).
+    /// Run the body beside the actors, as a webhook's runs (`RunsOn::BesideActors`).
     #[serde(default)]
     beside_actors: bool,
 }
@@ -145,20 +147,23 @@ impl Kind for Sleep {
         })
     }
 
-    fn runs_beside_actors(&self, job: &Job) -> bool {
-        // A blocking sleep beside the actors would stall them: it stays on the bodies runtime.
-        stored_args::<SleepArgs>(job).is_ok_and(|args| args.beside_actors && !args.blocking)
+    /// With `in_worker`, on the worker's thread, which the Dispatcher shares. A blocking
+    /// sleep beside the actors would stall them: it stays on the bodies runtime.
+    fn placement(&self, job: &Job) -> Placement {
+        let runs_on = match stored_args::<SleepArgs>(job) {
+            Ok(args) if args.in_worker => RunsOn::WorkerThread,
+            Ok(args) if args.beside_actors && !args.blocking => RunsOn::BesideActors,
+            _ => RunsOn::Bodies,
+        };
+        Placement { runs_on, ..Placement::GUARDED }
     }
 
-    /// With `in_worker`, blocks this actor's thread, which the Dispatcher shares: its loop
-    /// stops, and so do the watchdog pings.
-    fn run_on_worker_thread(&self, job: &Job) -> Option<Outcome> {
-        let args: SleepArgs = stored_args(job).ok()?;
-        if !args.in_worker {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(args.ms));
-        Some(Outcome::Succeeded(JobResult::default()))
+    /// Blocks this actor's thread: the Dispatcher's loop stops, and so do the watchdog
+    /// pings.
+    fn run_on_worker_thread(&self, job: &Job) -> Outcome {
+        let ms = stored_args::<SleepArgs>(job).map_or(0, |args| args.ms);
+        std::thread::sleep(Duration::from_millis(ms));
+        Outcome::Succeeded(JobResult::default())
     }
 }
 
@@ -214,18 +219,20 @@ impl Kind for Requested {
         })
     }
 
-    fn runs_beside_actors(&self, job: &Job) -> bool {
-        stored_args::<RequestedArgs>(job).is_ok_and(|args| args.beside_actors)
+    /// A `panic` with `in_worker` runs on the worker's thread.
+    fn placement(&self, job: &Job) -> Placement {
+        let runs_on = match stored_args::<RequestedArgs>(job) {
+            Ok(args) if self.panics && args.in_worker => RunsOn::WorkerThread,
+            Ok(args) if args.beside_actors => RunsOn::BesideActors,
+            _ => RunsOn::Bodies,
+        };
+        Placement { runs_on, ..Placement::GUARDED }
     }
 
-    /// A `panic` with `in_worker` panics in the actor itself, outside the body's
-    /// containment, as a bug in jobd would: the Dispatcher's health check must replace
-    /// the worker.
-    fn run_on_worker_thread(&self, job: &Job) -> Option<Outcome> {
-        let args: RequestedArgs = stored_args(job).ok()?;
-        if self.panics && args.in_worker {
-            panic!("{}", self.message(&args));
-        }
-        None
+    /// Panics in the actor itself, outside the body's containment, as a bug in jobd would:
+    /// the Dispatcher's health check must replace the worker.
+    fn run_on_worker_thread(&self, job: &Job) -> Outcome {
+        let message = stored_args::<RequestedArgs>(job).map(|args| self.message(&args)).unwrap_or_default();
+        panic!("{message}");
     }
 }

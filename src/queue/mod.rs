@@ -241,7 +241,9 @@ impl std::fmt::Display for Cursor {
 #[derive(Debug, Clone, Copy)]
 pub struct QueueStatus {
     pub depth: QueueDepth,
-    /// When the oldest queued job became due; its age is how far the queue lags.
+    /// When the oldest queued job became due; its age is how far the queue lags. A shared
+    /// queue reports only the jobs no node holds: each node adds its own window's
+    /// ([`crate::stats::Stats::earliest_due`]).
     pub oldest_queued_at: Option<DateTime<Utc>>,
     pub durable: bool,
     /// Whether the latest write committed; false after a storage fault until a write succeeds.

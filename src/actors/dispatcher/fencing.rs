@@ -19,7 +19,7 @@ use actix::prelude::*;
 use super::Dispatcher;
 use crate::actors::worker::{RunJob, StopJob, Worker};
 use crate::job::{Job, JobId, Outcome};
-use crate::kinds::{Kind, Permit};
+use crate::kinds::{Permit, Placement, RunsOn, Starts};
 
 /// How often the Dispatcher looks at its lease besides before each start: a lapse stops
 /// the running jobs within this long.
@@ -29,12 +29,13 @@ pub(super) const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 pub(super) type AwaitingStart = (usize, Addr<Worker>, Job, Option<Permit>);
 
 impl Dispatcher {
-    /// Whether a job of `kind` waits for its recorded start before it runs: when its kind
-    /// says so, and on a shared queue for every kind with effects, so that a refused start
-    /// (the job moved to another node) runs nothing. A kind that runs inline (`noop`) has
-    /// no effect to guard.
-    pub(super) fn waits_for_recorded_start(&self, kind: &dyn Kind) -> bool {
-        kind.waits_for_recorded_start() || (self.queue.is_shared() && !kind.runs_inline())
+    /// Whether a job waits for its recorded start before it runs: when its kind's
+    /// placement says so, and on a shared queue every job with effects, so that a refused
+    /// start (the job moved to another node) runs nothing. A job on the worker's thread
+    /// (`noop`) has no effect to guard.
+    pub(super) fn waits_for_recorded_start(&self, placement: Placement) -> bool {
+        placement.starts == Starts::WhenRecorded
+            || (self.queue.is_shared() && placement.runs_on != RunsOn::WorkerThread)
     }
 
     /// Whether the lease is lapsed now. When it lapsed, or came back in a new term (it

@@ -19,8 +19,8 @@ pub use self::destination::{
     DestinationSettings,
 };
 use super::{
-    Admission, FieldProblem, JobError, Kind, KindSettings, Refusal, Registration, RequestFields, RunContext, Validated,
-    field_problem,
+    Admission, FieldProblem, JobError, Kind, KindSettings, Placement, Refusal, Registration, RequestFields, RunContext,
+    RunsOn, Starts, Validated, field_problem,
 };
 use crate::auth::Principal;
 use crate::job::{Body, Job, JobResult, JobSpec};
@@ -199,16 +199,14 @@ impl Kind for Webhook {
     /// a hop to the bodies runtime and back would cost it more than the request itself. A
     /// large one takes milliseconds to sign and encrypt, which would hold up the actors, so
     /// it pays for the hop.
-    fn runs_beside_actors(&self, job: &Job) -> bool {
-        job.body.as_ref().is_none_or(|body| body.bytes.len() <= MAX_BESIDE_ACTORS_BYTES)
-    }
-
+    ///
     /// A delivery is an HTTP request in a task of its own: it cannot take the process down,
     /// so it starts without waiting for its start to be recorded, which would hold its
     /// destination's slot for a commit. Its start is recorded in the next flush; should the
     /// process die first, the delivery runs again with the same `webhook-id` (at least once).
-    fn waits_for_recorded_start(&self) -> bool {
-        false
+    fn placement(&self, job: &Job) -> Placement {
+        let small = job.body.as_ref().is_none_or(|body| body.bytes.len() <= MAX_BESIDE_ACTORS_BYTES);
+        Placement { runs_on: if small { RunsOn::BesideActors } else { RunsOn::Bodies }, starts: Starts::AtOnce }
     }
 
     /// Long enough for the slowest destination's own timeout to decide first, so that a

@@ -10,8 +10,11 @@
 mod cluster;
 mod codec;
 mod connection;
+mod pick;
 mod reader;
 mod schema;
+#[cfg(test)]
+mod tests;
 mod tls;
 mod writer;
 
@@ -254,6 +257,10 @@ pub struct PostgresBackend {
     seen_term: u64,
     /// This lane's latest claim epoch; with the node's id it names one claim.
     next_claim: i64,
+    /// Where the queue's head was at this lane's last claim (the highest `ready_seq` it
+    /// picked), and when it last looked from the very start ([`pick::pick_floor`]).
+    queue_head: i64,
+    last_full_pick: Option<std::time::Instant>,
 }
 
 impl PostgresBackend {
@@ -333,6 +340,8 @@ impl PostgresBackend {
             lease: Arc::new(LeaseClock::new()),
             seen_term: 0,
             next_claim: 0,
+            queue_head: 0,
+            last_full_pick: None,
         }
     }
 

@@ -120,8 +120,10 @@ impl JobReader for PostgresBackend {
         Ok(depth)
     }
 
-    /// The earliest due of the next job no node holds and of the jobs queued in nodes'
-    /// windows (a few per node, from the index of leased jobs).
+    /// The due time of the next job no node holds. The jobs in nodes' windows are left to
+    /// their nodes ([`crate::queue::QueueStatus::oldest_queued_at`]): finding them here
+    /// walked the index of leased jobs, which holds a dead entry for every job finished
+    /// since the table's last vacuum, and took 40 to 160 ms at 33,000 jobs/s.
     fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {
         // A reading is reused only while it agrees with the latest depth on whether any
         // job waits: jobs queued since "none" (or a queue emptied since) read afresh.
@@ -133,12 +135,8 @@ impl JobReader for PostgresBackend {
             return Ok(oldest);
         }
         let rows = self.connection.query(
-            "SELECT min(due) FROM (
-                 (SELECT COALESCE(run_at, created_at) AS due FROM jobd_jobs
-                  WHERE state = 'queued' AND lease_owner IS NULL ORDER BY ready_seq LIMIT 1)
-                 UNION ALL
-                 SELECT COALESCE(run_at, created_at) FROM jobd_jobs WHERE lease_owner IS NOT NULL AND state = 'queued'
-             ) AS waiting",
+            "SELECT COALESCE(run_at, created_at) FROM jobd_jobs
+             WHERE state = 'queued' AND lease_owner IS NULL ORDER BY ready_seq LIMIT 1",
             &[],
         )?;
         let oldest = rows.first().and_then(|row| row.get::<_, Option<i64>>(0)).map(from_millis);

@@ -44,9 +44,11 @@ const PROMOTE_DUE: &str = "WITH due AS (
      UPDATE jobd_jobs j SET state = 'queued', ready_seq = numbered.ready_seq
      FROM numbered WHERE j.id = numbered.id RETURNING numbered.state";
 
-/// The next queued jobs no node holds, in order, locked for this transaction, with their
-/// body sizes: the claim cuts the batch at its byte bound before it takes them.
-const PICK: &str = "SELECT id, octet_length(body) FROM jobd_jobs WHERE state = 'queued' AND lease_owner IS NULL
+/// The next queued jobs no node holds, from `ready_seq` `$2` on, in order, locked for this
+/// transaction, with their body sizes: the claim cuts the batch at its byte bound before it
+/// takes them.
+const PICK: &str = "SELECT id, octet_length(body), ready_seq FROM jobd_jobs
+     WHERE state = 'queued' AND lease_owner IS NULL AND ready_seq >= $2
      ORDER BY ready_seq LIMIT $1 FOR UPDATE SKIP LOCKED";
 
 /// Takes picked jobs into this node's window: leased to `$2` under its claim epoch `$3`,
@@ -120,6 +122,7 @@ pub fn hot_statements() -> Vec<(&'static str, &'static str)> {
         ("record finished", RECORD_FINISHED),
         ("retake unknown claims", own_unknown_claims_sql()),
         ("rescue", super::cluster::RESCUE),
+        ("rescue of lost owners", super::cluster::RESCUE_OWNERS),
     ]
 }
 
@@ -539,7 +542,11 @@ impl JobWriter for PostgresBackend {
         for row in &promoted {
             self.deltas.moved(state_of(row.get(0)), JobState::Queued, 1);
         }
-        let picked = self.connection.query(PICK, &[&limit])?;
+        let floor = super::pick::pick_floor(self.queue_head, &mut self.last_full_pick);
+        let picked = self.connection.query(PICK, &[&limit, &floor])?;
+        if let Some(head) = picked.last().and_then(|row| row.get::<_, Option<i64>>(2)) {
+            self.queue_head = self.queue_head.max(head);
+        }
         let mut ids = Vec::with_capacity(picked.len());
         let mut bytes = 0usize;
         let mut stopped_at_byte_limit = false;
