@@ -142,6 +142,12 @@ impl Job {
         self.body.as_ref().map_or(0, |body| body.bytes.len())
     }
 
+    /// When the job became due: its `run_at`, or its submission if that is later (or it
+    /// has none).
+    pub fn due(&self) -> DateTime<Utc> {
+        self.run_at.map_or(self.created_at, |run_at| run_at.max(self.created_at))
+    }
+
     /// The memory the job takes: the struct, its body and its idempotency key. Memory
     /// bounds on held jobs (the Dispatcher's window, the queue's buffer of fresh jobs)
     /// count this.

@@ -29,7 +29,8 @@ pub struct Stats {
     /// The highest `bodies_running` ever seen.
     pub bodies_running_peak: AtomicUsize,
     /// When the longest-waiting job of the Dispatcher's window became due, in ms since the
-    /// epoch; 0 when the window is empty. Published every second.
+    /// epoch; 0 when the window is empty. Published every second, on a queue shared by
+    /// nodes only: a queue of its own reports its window's jobs itself (they are queued).
     pub window_oldest_due_ms: AtomicI64,
 }
 

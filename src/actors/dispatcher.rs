@@ -308,7 +308,7 @@ impl Dispatcher {
             });
             self.busy += 1;
             let now = Utc::now();
-            let due = job.run_at.map_or(job.created_at, |run_at| run_at.max(job.created_at));
+            let due = job.due();
             let wait = (now - due).as_seconds_f64().max(0.0);
             self.runner.metrics.job_wait.with_label_values(&[kind_name]).observe(wait);
             self.started.push(StartedJob { id: job.id, attempt: job.attempt, claim: job.claim, started_at: now });
@@ -581,7 +581,8 @@ impl Actor for Dispatcher {
         }
         ctx.run_interval(WORKER_CHECK_INTERVAL, |dispatcher, ctx| {
             dispatcher.replace_dead_workers(ctx);
-            dispatcher.stats.set_window_oldest_due(dispatcher.window.oldest_due());
+            let oldest = dispatcher.queue.is_shared().then(|| dispatcher.window.oldest_due()).flatten();
+            dispatcher.stats.set_window_oldest_due(oldest);
             // A gate may have opened with time (a circuit's wait over): one job of each
             // tries again, and a success lets the rest follow.
             if dispatcher.window.release_all_gates() {

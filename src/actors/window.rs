@@ -132,7 +132,7 @@ impl Window {
     pub fn oldest_due(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         let gated = self.gated.values().flatten();
         let waiting = self.ready.iter().chain(&self.held).chain(&self.released).chain(gated);
-        waiting.map(|job| job.run_at.map_or(job.created_at, |run_at| run_at.max(job.created_at))).min()
+        waiting.map(Job::due).min()
     }
 
     /// Forgets every claimed job that waits (ready, held, gated, released) and returns how
