@@ -58,19 +58,37 @@ fn lease_statement_timeout(lease: Duration) -> Duration {
     (lease / 4).max(Duration::from_millis(250))
 }
 
-/// How many beats apart a node sweeps every leased job for orphans. The sweep walks the
-/// index of leased jobs, which holds a dead entry for each job finished since the table's
-/// last vacuum (40 to 160 ms at 33,000 jobs/s), so it is only the safety net: the jobs of
-/// a forgotten node are swept by its id ([`FORGOTTEN_SWEEP_BEATS`]).
-const ORPHAN_SWEEP_BEATS: u32 = 60;
+/// How long a departed node (one that left, or was declared lost) stays in `jobd_departed`,
+/// its jobs swept by owner at every beat of the node that holds the rescue lock. A sweep
+/// skips the rows locked at the time: those of a transaction the departed node still had
+/// open, which the server ends within its idle or statement timeout (the lease, and 10 s).
+/// A sweep that took something back keeps its owner listed this long again.
+const DEPARTED_SWEPT_FOR: Duration = Duration::from_secs(30);
 
-/// For how many beats the jobs of a node this one forgot (or of this node, as it leaves)
-/// are swept again by owner: a sweep skips rows locked at the time, and a lost node's claim
-/// may land late, within its statement timeout (10 s).
-const FORGOTTEN_SWEEP_BEATS: u32 = 12;
+/// Removes the rows of nodes whose lease expired, by the database's clock now, and lists
+/// them as departed in the same transaction: should this node die before it sweeps their
+/// jobs, the next node to hold the rescue lock does.
+const FORGET_LOST: &str = "WITH lost AS (
+         DELETE FROM jobd_nodes WHERE expires_at < clock_timestamp() RETURNING id, name),
+     departed AS (
+         INSERT INTO jobd_departed (node, departed_at) SELECT id, clock_timestamp() FROM lost
+         ON CONFLICT (node) DO UPDATE SET departed_at = EXCLUDED.departed_at)
+     SELECT id, name FROM lost";
 
-/// Removes the rows of nodes whose lease expired, by the database's clock now.
-const FORGET_LOST: &str = "DELETE FROM jobd_nodes WHERE expires_at < clock_timestamp() RETURNING id, name";
+/// Removes this node's row as it leaves, and lists it as departed, so that what it still
+/// holds is swept at once (by itself, or by the next node to hold the rescue lock).
+const LEAVE: &str = "WITH gone AS (DELETE FROM jobd_nodes WHERE id = $1)
+     INSERT INTO jobd_departed (node, departed_at) VALUES ($1, clock_timestamp())
+     ON CONFLICT (node) DO UPDATE SET departed_at = EXCLUDED.departed_at";
+
+/// The departed nodes whose jobs are still swept; the older entries are removed.
+const DEPARTED: &str = "WITH expired AS (
+         DELETE FROM jobd_departed WHERE departed_at < clock_timestamp() - make_interval(secs => $1))
+     SELECT node FROM jobd_departed WHERE departed_at >= clock_timestamp() - make_interval(secs => $1)";
+
+/// Keeps the departed owners in `$1` swept for a while longer: a sweep took back some of
+/// their jobs, and may have skipped others beside them.
+const DEPARTED_AGAIN: &str = "UPDATE jobd_departed SET departed_at = clock_timestamp() WHERE node = ANY($1::uuid[])";
 
 /// Takes back every job whose lease owner has no row. A running one is queued again, its
 /// interrupted attempt counted (or buried, after its last attempt); one still queued in
@@ -98,8 +116,11 @@ macro_rules! rescue_where {
         )
     };
 }
+/// Run once as a node starts, for orphans no departure announced (those of a database
+/// written before schema version 4, or of a node row removed by hand).
 pub(super) const RESCUE: &str = rescue_where!("j.lease_owner IS NOT NULL");
-/// [`RESCUE`] of the jobs of the owners in `$2` only, through their range of the index.
+/// [`RESCUE`] of the jobs of the owners in `$2` only (the departed), through their range
+/// of the index.
 pub(super) const RESCUE_OWNERS: &str = rescue_where!("j.lease_owner = ANY($2::uuid[])");
 
 /// Folds the count rows of nodes that are gone into the cluster's own row (the nil id),
@@ -145,11 +166,11 @@ impl ClusterThreads {
             lease: settings.lease,
             metrics,
             live_since: None,
-            beats_since_sweep: ORPHAN_SWEEP_BEATS,
-            swept_owners: Vec::new(),
             clock,
             joined: false,
         };
+        // Before this node's first beat, so that its lease does not lapse meanwhile.
+        upkeep.sweep_every_leased_job();
         upkeep.heartbeat(Instant::now())?;
         let stop = Arc::new(AtomicBool::new(false));
         let news = Arc::new(AtomicBool::new(false));
@@ -197,6 +218,17 @@ impl Drop for ClusterThreads {
     }
 }
 
+/// What a rescue round sweeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    /// The jobs of the departed nodes, by owner.
+    Departed,
+    /// Those, after the nodes whose lease expired are forgotten (departed) too.
+    ForgettingLostNodes,
+    /// Every leased job whose owner has no row: once, as a node starts.
+    EveryLeasedJob,
+}
+
 /// The lease thread's state.
 struct Upkeep {
     connection: Connection,
@@ -214,11 +246,6 @@ struct Upkeep {
     /// Whether this node's row was written once: a row that must be inserted again was
     /// removed by another node, which took back this node's jobs.
     joined: bool,
-    /// Beats since this node last swept every leased job for orphans; it starts at
-    /// [`ORPHAN_SWEEP_BEATS`], so a node sweeps as soon as it starts.
-    beats_since_sweep: u32,
-    /// Lost owners whose jobs are swept by owner each beat, with the beats left.
-    swept_owners: Vec<(uuid::Uuid, u32)>,
 }
 
 impl Upkeep {
@@ -236,7 +263,8 @@ impl Upkeep {
                     // Jobs whose owner has no row are safe to take back at any time; nodes
                     // whose lease expired are forgotten only by a node trusted to judge.
                     let trusted = self.live_since.is_some_and(|since| since.elapsed() >= self.lease);
-                    if let Err(error) = self.rescue(trusted) {
+                    let sweep = if trusted { Sweep::ForgettingLostNodes } else { Sweep::Departed };
+                    if let Err(error) = self.rescue(sweep) {
                         tracing::warn!(
                             error = error.message(),
                             "rescue of lost nodes' jobs failed; retried next second"
@@ -295,11 +323,21 @@ impl Upkeep {
         Ok(())
     }
 
+    /// Sweeps every leased job for orphans, once, as this node starts: the sweep walks the
+    /// whole index of leased jobs, dead entries included, so it runs with the queue's
+    /// statement timeout rather than the lease thread's short one. A sweep that fails is
+    /// only logged: the departed nodes are swept by owner at every beat anyway.
+    fn sweep_every_leased_job(&mut self) {
+        if let Err(error) = self.rescue(Sweep::EveryLeasedJob) {
+            tracing::warn!(error = error.message(), "the start's sweep for orphaned jobs failed");
+        }
+    }
+
     /// One rescue round, if no other node is doing one: forgets the nodes whose lease
-    /// expired (when `forget_lost`), then takes back the jobs of owners without a row.
-    fn rescue(&mut self, forget_lost: bool) -> Result<(), StorageError> {
+    /// expired (when asked), then takes back the jobs of owners without a row.
+    fn rescue(&mut self, sweep: Sweep) -> Result<(), StorageError> {
         self.connection.batch("BEGIN")?;
-        let result = self.rescue_locked(forget_lost);
+        let result = self.rescue_locked(sweep);
         match result {
             Ok((taken_back, rescued)) => {
                 self.connection.batch("COMMIT")?;
@@ -320,41 +358,39 @@ impl Upkeep {
     }
 
     /// Returns how many jobs were taken back, and how many of them were running.
-    fn rescue_locked(&mut self, forget_lost: bool) -> Result<(u64, u64), StorageError> {
+    fn rescue_locked(&mut self, sweep: Sweep) -> Result<(u64, u64), StorageError> {
         let locked = self.connection.query("SELECT pg_try_advisory_xact_lock($1)", &[&RESCUE_LOCK])?;
         if !locked.first().is_some_and(|row| row.get::<_, bool>(0)) {
             return Ok((0, 0));
         }
-        if forget_lost {
+        if sweep == Sweep::ForgettingLostNodes {
             for row in self.connection.query(FORGET_LOST, &[])? {
                 let (id, name): (uuid::Uuid, String) = (row.get(0), row.get(1));
                 tracing::warn!(lost_node = %id, lost_node_name = name, "node lost: its lease expired; its running jobs are rescued");
-                self.sweep_owner(id);
             }
         }
-        // The jobs of the owners this node knows are lost are swept through their range
-        // of the index. The sweep of every leased job, for the rare orphans no forget
-        // announces (a node forgotten by a node that died before it swept), is the
-        // costly one and runs once a minute.
-        self.beats_since_sweep = self.beats_since_sweep.saturating_add(1);
         let now = millis(Utc::now());
-        let rows = if self.beats_since_sweep >= ORPHAN_SWEEP_BEATS {
-            self.beats_since_sweep = 0;
+        let rows = if sweep == Sweep::EveryLeasedJob {
+            // Only at start: the lease thread's short timeout would cut it on a large table.
+            let timeout = format!("SET LOCAL statement_timeout = {}", STATEMENT_TIMEOUT.as_millis());
+            self.connection.batch(&timeout)?;
             self.connection.query(RESCUE, &[&now])?
-        } else if !self.swept_owners.is_empty() {
-            let owners: Vec<uuid::Uuid> = self.swept_owners.iter().map(|(owner, _)| *owner).collect();
-            self.connection.query(RESCUE_OWNERS, &[&now, &owners])?
         } else {
-            return Ok((0, 0));
+            let kept = DEPARTED_SWEPT_FOR.as_secs_f64();
+            let departed: Vec<uuid::Uuid> =
+                self.connection.query(DEPARTED, &[&kept])?.iter().map(|row| row.get(0)).collect();
+            if departed.is_empty() {
+                return Ok((0, 0));
+            }
+            self.connection.query(RESCUE_OWNERS, &[&now, &departed])?
         };
-        self.swept_owners.retain_mut(|(_, beats)| {
-            *beats = beats.saturating_sub(1);
-            *beats > 0
-        });
         // What a sweep took back may have been beside rows it skipped: its owners are
         // swept again for a while.
-        for row in &rows {
-            self.sweep_owner(row.get(3));
+        let mut owners: Vec<uuid::Uuid> = rows.iter().map(|row| row.get(3)).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        if !owners.is_empty() {
+            self.connection.execute(DEPARTED_AGAIN, &[&owners])?;
         }
         let running: Vec<&postgres::Row> = rows.iter().filter(|row| row.get::<_, bool>(2)).collect();
         let released = rows.len() - running.len();
@@ -378,27 +414,18 @@ impl Upkeep {
         Ok((rows.len() as u64, running.len() as u64))
     }
 
-    /// Sweeps `owner`'s jobs for the next [`FORGOTTEN_SWEEP_BEATS`] beats.
-    fn sweep_owner(&mut self, owner: uuid::Uuid) {
-        match self.swept_owners.iter_mut().find(|(known, _)| *known == owner) {
-            Some((_, beats)) => *beats = FORGOTTEN_SWEEP_BEATS,
-            None => self.swept_owners.push((owner, FORGOTTEN_SWEEP_BEATS)),
-        }
-    }
-
     /// Removes this node's row at a clean stop, after the queue thread wrote its last
     /// outcome, and takes back what it still holds: the jobs claimed into its window and
     /// any abandoned past the drain go back to the queue now, not after the lease.
     fn leave(&mut self) {
         let node = self.node.as_uuid();
-        match self.connection.execute("DELETE FROM jobd_nodes WHERE id = $1", &[&node]) {
+        match self.connection.execute(LEAVE, &[&node]) {
             Ok(_) => tracing::info!(node = %self.node, "left the cluster"),
             Err(error) => tracing::warn!(error = error.message(), "could not remove this node's row; it expires"),
         }
         // This node's jobs are swept now: the jobs it leaves behind go back to the queue
         // at once, not after another node's sweep.
-        self.sweep_owner(node);
-        if let Err(error) = self.rescue(false) {
+        if let Err(error) = self.rescue(Sweep::Departed) {
             tracing::warn!(error = error.message(), "could not release this node's jobs; another node will");
         }
     }

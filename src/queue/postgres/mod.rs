@@ -126,6 +126,12 @@ struct ConnectionConfig {
 /// 3,400 jobs/s instead of 31,000-48,000, the claim at 69 ms a statement. Forcing custom
 /// plans (`plan_cache_mode`) fixed the claim but gave the finish a nested loop over a
 /// sequential scan, which the planner guessed held one row (6,500 jobs/s in 6 runs of 6).
+/// A transaction left open longer than the lease between two statements is ended by the
+/// server (`idle_in_transaction_session_timeout`): jobd's transactions send their
+/// statements back to back, so only a frozen or cut-off node leaves one open, and its
+/// locks (on the jobs it was claiming or finishing, and on its own row, see the claim)
+/// would otherwise keep its jobs from rescue until it woke.
+///
 /// JIT compilation is off on every connection: a sequential scan that is the only way
 /// (the count rows, the nodes table) is costed at the disabled-scan penalty, which is far
 /// past `jit_above_cost`, and compiling it took 40 to 80 ms a statement; no statement of
@@ -157,8 +163,9 @@ fn connection_config(
         .keepalives_retries(KEEPALIVE_RETRIES)
         .application_name(&format!("jobd {} ({role})", settings.node_name))
         .options(&format!(
-            "-c statement_timeout={} -c jit=off{}",
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={} -c jit=off{}",
             statement_timeout.as_millis(),
+            settings.lease.as_millis(),
             if matches!(role, "queue" | "read" | "lease") { " -c enable_seqscan=off" } else { "" }
         ));
     Ok(ConnectionConfig { client: config, tls: tls.connector()? })
@@ -241,6 +248,10 @@ pub struct PostgresBackend {
     /// every `/v1/stats`) share one answer per second, as long as it agrees with the
     /// latest depth on whether anything is queued.
     oldest_queued: Option<(std::time::Instant, Option<chrono::DateTime<chrono::Utc>>)>,
+    /// Where the oldest queued job's last reading found the queue's head, and when it
+    /// last read from the index's start (see `reader::OLDEST_QUEUED`).
+    oldest_queued_head: i64,
+    last_full_oldest_read: Option<std::time::Instant>,
     /// The queued count of the latest `depth` read.
     last_queued: Option<usize>,
     /// The lease and listener threads, owned by the first lane; held only to be dropped
@@ -333,6 +344,8 @@ impl PostgresBackend {
             claims_uncertain: false,
             retaking: false,
             oldest_queued: None,
+            oldest_queued_head: 0,
+            last_full_oldest_read: None,
             last_queued: None,
             _threads: None,
             news,

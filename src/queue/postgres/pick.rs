@@ -1,5 +1,5 @@
-//! Where a claim starts to look in the queue's ready index: a slack behind the head of
-//! this lane's last claim, and from the start once a second.
+//! Where a claim (and the read of the oldest queued job) starts to look in the queue's
+//! ready index: a slack behind the head it last found, and now and then from the start.
 
 /// How far behind the head of its last claim a claim starts to look ([`pick_floor`]):
 /// more than a claim's most jobs, so that the jobs of a claim that rolled back are seen
@@ -10,7 +10,7 @@ const PICK_SLACK: i64 = 250_000;
 /// How often a claim looks from the very start of the queue, whatever the slack: for jobs
 /// put back in their old place (a lost node's window, released) and a commit later than the
 /// slack.
-const FULL_PICK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const FULL_PICK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where a claim starts to look in the ready index. Each claim leaves a dead entry at the
 /// index's head for every job it took (the job's row leaves the index), and only a vacuum
@@ -18,10 +18,15 @@ const FULL_PICK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// jobs a second, with tens of millions of rows and vacuums minutes apart, the mean wait
 /// from due to start grew from 7.5 ms over the first five minutes to 64 ms over the last
 /// five. So a claim starts [`PICK_SLACK`] places behind where the last one ended, and from
-/// the start once every [`FULL_PICK_EVERY`]: the same soak then waited 6.5 and 7.0 ms.
-pub(super) fn pick_floor(queue_head: i64, last_full_pick: &mut Option<std::time::Instant>) -> i64 {
+/// the start once every `full_pick_every` ([`FULL_PICK_EVERY`] for claims): the same soak
+/// then waited 6.5 and 7.0 ms.
+pub(super) fn pick_floor(
+    queue_head: i64,
+    last_full_pick: &mut Option<std::time::Instant>,
+    full_pick_every: std::time::Duration,
+) -> i64 {
     let now = std::time::Instant::now();
-    if last_full_pick.is_none_or(|at| now.saturating_duration_since(at) >= FULL_PICK_EVERY) {
+    if last_full_pick.is_none_or(|at| now.saturating_duration_since(at) >= full_pick_every) {
         *last_full_pick = Some(now);
         return 0;
     }
@@ -33,10 +38,21 @@ mod tests {
     #[test]
     fn a_claim_looks_from_the_start_once_a_second_and_otherwise_behind_the_last_head() {
         let mut last_full_pick = None;
-        assert_eq!(super::pick_floor(1_000_000, &mut last_full_pick), 0, "the first claim looks from the start");
-        assert_eq!(super::pick_floor(1_000_000, &mut last_full_pick), 1_000_000 - super::PICK_SLACK);
-        assert_eq!(super::pick_floor(100, &mut last_full_pick), 0, "never below the start");
+        assert_eq!(
+            super::pick_floor(1_000_000, &mut last_full_pick, super::FULL_PICK_EVERY),
+            0,
+            "the first claim looks from the start"
+        );
+        assert_eq!(
+            super::pick_floor(1_000_000, &mut last_full_pick, super::FULL_PICK_EVERY),
+            1_000_000 - super::PICK_SLACK
+        );
+        assert_eq!(super::pick_floor(100, &mut last_full_pick, super::FULL_PICK_EVERY), 0, "never below the start");
         last_full_pick = last_full_pick.and_then(|at| at.checked_sub(super::FULL_PICK_EVERY));
-        assert_eq!(super::pick_floor(1_000_000, &mut last_full_pick), 0, "a second later, from the start again");
+        assert_eq!(
+            super::pick_floor(1_000_000, &mut last_full_pick, super::FULL_PICK_EVERY),
+            0,
+            "a second later, from the start again"
+        );
     }
 }

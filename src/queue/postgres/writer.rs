@@ -52,12 +52,20 @@ const PICK: &str = "SELECT id, octet_length(body), ready_seq FROM jobd_jobs
      ORDER BY ready_seq LIMIT $1 FOR UPDATE SKIP LOCKED";
 
 /// Takes picked jobs into this node's window: leased to `$2` under its claim epoch `$3`,
-/// still `queued` until their start is recorded.
+/// still `queued` until their start is recorded, if this node's row is still there.
+///
+/// The row is locked (`FOR KEY SHARE`) until the claim commits, so a rescuer that forgets
+/// this node meanwhile waits for the claim and then sweeps what it took; and a claim
+/// after the forget takes nothing. A node declared lost can thus never leave jobs leased
+/// to an owner that has no row and is no longer swept, which is what lets the sweep of
+/// every leased job run only at a node's start.
 fn take_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         format!(
-            "UPDATE jobd_jobs j SET lease_owner = $2, claim_epoch = $3 WHERE j.id = ANY($1) RETURNING {CLAIMED_COLUMNS}"
+            "UPDATE jobd_jobs j SET lease_owner = $2, claim_epoch = $3
+             WHERE j.id = ANY($1) AND EXISTS (SELECT 1 FROM jobd_nodes n WHERE n.id = $2 FOR KEY SHARE)
+             RETURNING {CLAIMED_COLUMNS}"
         )
     })
 }
@@ -542,7 +550,7 @@ impl JobWriter for PostgresBackend {
         for row in &promoted {
             self.deltas.moved(state_of(row.get(0)), JobState::Queued, 1);
         }
-        let floor = super::pick::pick_floor(self.queue_head, &mut self.last_full_pick);
+        let floor = super::pick::pick_floor(self.queue_head, &mut self.last_full_pick, super::pick::FULL_PICK_EVERY);
         let picked = self.connection.query(PICK, &[&limit, &floor])?;
         if let Some(head) = picked.last().and_then(|row| row.get::<_, Option<i64>>(2)) {
             self.queue_head = self.queue_head.max(head);

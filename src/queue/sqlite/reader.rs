@@ -86,20 +86,8 @@ fn list_records(
     limit: usize,
 ) -> Result<JobPage, StorageError> {
     let before = Cursor::seq_before(before)?;
-    // Dead jobs, the listing operators look for among many finished ones, have an
-    // index; other listings walk the table newest first.
-    let sql = match filter.state {
-        Some(JobState::Dead) => format!(
-            "SELECT {RECORD_COLUMNS} FROM jobs INDEXED BY jobs_dead
-                 WHERE state = 'dead' AND state = ?1 AND seq < ?2 AND (?4 IS NULL OR submitted_by = ?4)
-                 AND (?5 IS NULL OR kind = ?5) ORDER BY seq DESC LIMIT ?3"
-        ),
-        _ => format!(
-            "SELECT {RECORD_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND seq < ?2
-                 AND (?4 IS NULL OR submitted_by = ?4) AND (?5 IS NULL OR kind = ?5) ORDER BY seq DESC LIMIT ?3"
-        ),
-    };
-    let mut statement = connection.prepare_cached(&sql)?;
+    let sql = listing_sql(filter.state, filter.submitted_by.is_some(), filter.kind.is_some());
+    let mut statement = connection.prepare_cached(sql)?;
     let mut rows = statement.query(params![
         filter.state.map(JobState::name),
         before,
@@ -115,6 +103,47 @@ fn list_records(
     }
     page.next_before = if page.records.len() == limit { last_seq.map(Cursor::Seq) } else { None };
     Ok(page)
+}
+
+/// The listing statement for a filter (`?1` state, `?2` the cursor, `?3` rows, `?4` tenant,
+/// `?5` kind; an absent filter is NULL), newest first. Every filter has an index, named
+/// (`INDEXED BY`) so that the planner cannot walk the table instead: a rare state's own
+/// partial index, else the kind's, else the tenant's. Only `queued` and `succeeded`
+/// alone, which most jobs match, walk the table from the newest job. The kind and the
+/// tenant never change after insert, so their indexes cost a write at insert and delete
+/// only.
+#[doc(hidden)]
+pub fn listing_sql(state: Option<JobState>, by_tenant: bool, by_kind: bool) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let statements = SQL.get_or_init(|| {
+        let mut statements = Vec::new();
+        for state in std::iter::once(None).chain(JobState::ALL.into_iter().map(Some)) {
+            for by_tenant in [false, true] {
+                for by_kind in [false, true] {
+                    let (index, condition) = match state {
+                        Some(JobState::Dead) => ("jobs_dead", "state = 'dead'"),
+                        Some(JobState::Running) => ("jobs_running", "state = 'running'"),
+                        Some(JobState::Cancelled) => ("jobs_cancelled", "state = 'cancelled'"),
+                        _ if by_kind => ("jobs_kind", "kind = ?5"),
+                        _ if by_tenant => ("jobs_tenant", "submitted_by = ?4 AND submitted_by <> ''"),
+                        Some(JobState::Scheduled | JobState::Failed) => {
+                            ("jobs_waiting", "(state = 'scheduled' OR state = 'failed')")
+                        }
+                        _ => ("", "1"),
+                    };
+                    let indexed_by = if index.is_empty() { String::new() } else { format!(" INDEXED BY {index}") };
+                    statements.push(format!(
+                        "SELECT {RECORD_COLUMNS} FROM jobs{indexed_by} WHERE {condition} AND (?1 IS NULL OR state = ?1)
+                             AND seq < ?2 AND (?4 IS NULL OR submitted_by = ?4) AND (?5 IS NULL OR kind = ?5)
+                             ORDER BY seq DESC LIMIT ?3"
+                    ));
+                }
+            }
+        }
+        statements
+    });
+    let state_slot = state.map_or(0, |state| 1 + JobState::ALL.iter().position(|s| *s == state).unwrap_or(0));
+    &statements[state_slot * 4 + usize::from(by_tenant) * 2 + usize::from(by_kind)]
 }
 
 /// One job's record; see [`JobReader::get`].

@@ -46,6 +46,9 @@ CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs(run_at, seq) WHERE state = 'sche
 CREATE INDEX IF NOT EXISTS jobs_done ON jobs(finished_at) WHERE state = 'succeeded' OR state = 'dead' OR state = 'cancelled';
 CREATE INDEX IF NOT EXISTS jobs_running ON jobs(seq) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS jobs_dead ON jobs(seq) WHERE state = 'dead';
+CREATE INDEX IF NOT EXISTS jobs_cancelled ON jobs(seq) WHERE state = 'cancelled';
+CREATE INDEX IF NOT EXISTS jobs_kind ON jobs(kind, seq);
+CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(submitted_by, seq) WHERE submitted_by <> '';
 CREATE TABLE IF NOT EXISTS probe (value BLOB);
 DROP INDEX IF EXISTS jobs_state;
 DROP INDEX IF EXISTS jobs_due;
@@ -64,7 +67,10 @@ pub(super) const MIGRATE_2_TO_3: &str = "ALTER TABLE jobs ADD COLUMN submitted_b
 // starts and finishes within one progress flush goes from `queued` straight to its end).
 // Recovery and the counts at open read `jobs_ready`, `jobs_waiting`, `jobs_running` and
 // `jobs_dead`, so opening costs time in the unfinished and dead jobs, not in the finished
-// history that retention keeps; listings of dead jobs use `jobs_dead`.
+// history that retention keeps. Listings use those, `jobs_cancelled`, and the indexes by
+// kind and by tenant (see `reader::listing_sql`); those two are not partial by state, but
+// their columns never change, so only an insert or a purge writes them. A file opened by
+// an earlier build gains them at its first open, which reads the whole table once.
 //
 // Partial-index conditions are written with `=` and `OR`, never `IN (...)`: SQLite checks
 // them for every row it inserts or updates, and an `IN` list makes it build and free a
