@@ -47,7 +47,10 @@ impl Daemon {
 
     fn start_in(data_dir: tempfile::TempDir, env: &[(&str, &str)]) -> Daemon {
         let started = Instant::now();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_jobd"));
+        // `JOBD_BENCH_BINARY` runs another build (an earlier commit's, for an A/B table)
+        // under the same load generator.
+        let binary = std::env::var_os("JOBD_BENCH_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_jobd").into());
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .env("JOBD_LISTEN", "127.0.0.1:0")

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::job::{Job, JobResult};
-use crate::kinds::{JobError, Kind, Kinds, Permit, RunContext};
+use crate::kinds::{JobError, Kind, Kinds, Permit, ResolvedKind, RunContext};
 use crate::stats::Stats;
 
 /// How long one attempt may run: a job's own `timeout_ms`, else `job_timeouts_ms` for its
@@ -45,10 +45,15 @@ impl JobRunner {
     /// the bodies runtime, whose join handle reports them to the worker. The kind's
     /// permit, if it gave one, is held until the body ends, is dropped by a timeout, or
     /// panics.
-    pub async fn run(self: Arc<Self>, job: Job, permit: Option<Permit>) -> Result<JobResult, JobError> {
+    pub async fn run(
+        self: Arc<Self>,
+        job: Job,
+        resolved: ResolvedKind,
+        permit: Option<Permit>,
+    ) -> Result<JobResult, JobError> {
         let _permit = permit;
         let _running = self.stats.body_running();
-        let Some(kind) = self.kinds.get(&job.kind) else {
+        let Some(kind) = self.kinds.resolved(resolved) else {
             // A row written by a build with a kind this one lacks (or a test kind, with
             // test_kinds now off): no attempt can succeed.
             return Err(JobError::Failed {

@@ -284,7 +284,7 @@ impl Dispatcher {
         }
         let mut dispatched = false;
         while let Some(&number) = self.idle.last() {
-            let Some((job, permit)) = self.window.next_runnable(self.store_reachable, &self.runner.kinds) else {
+            let Some((job, kind, permit)) = self.window.next_runnable(self.store_reachable, &self.runner.kinds) else {
                 break;
             };
             self.idle.pop();
@@ -295,9 +295,8 @@ impl Dispatcher {
                 tracing::error!(worker = number, job_id = %job.id, "an idle worker has no address");
                 continue;
             };
-            let kind = self.runner.kinds.get(&job.kind);
             // A kind this build lacks is labelled "unknown"; its run fails for good.
-            let kind_name = kind.map_or("unknown", |kind| kind.name());
+            let kind_name = kind.label;
             slot.running = Some(RunningJob {
                 id: job.id,
                 kind: kind_name,
@@ -316,10 +315,10 @@ impl Dispatcher {
                 claim_size.started(1);
             }
             // The pool bounds both: one RunJob per idle worker.
-            if kind.is_some_and(|kind| !self.waits_for_recorded_start(kind.placement(&job))) {
-                worker.do_send(RunJob(job, permit));
+            if self.waits_for_recorded_start(kind.placement) {
+                self.awaiting_start.push((number, worker, RunJob(job, kind, permit)));
             } else {
-                self.awaiting_start.push((number, worker, job, permit));
+                worker.do_send(RunJob(job, kind, permit));
             }
             dispatched = true;
         }

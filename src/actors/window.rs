@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::job::{Job, JobId};
-use crate::kinds::{Admission, GateKey, Kinds, Permit};
+use crate::kinds::{Admission, GateKey, Kinds, Permit, ResolvedKind};
 use crate::queue::CLAIM_MAX_BODY_BYTES;
 
 /// Claimed jobs that have not started, in claim order.
@@ -180,13 +180,14 @@ impl Window {
     /// store is down (`store_up` false), jobs of the store's kinds are set aside in order
     /// instead, and the jobs behind them run; so are jobs their kind does not admit yet,
     /// at their gate, until [`release_gate`](Self::release_gate).
-    pub fn next_runnable(&mut self, store_up: bool, kinds: &Kinds) -> Option<(Job, Option<Permit>)> {
+    pub fn next_runnable(&mut self, store_up: bool, kinds: &Kinds) -> Option<(Job, ResolvedKind, Option<Permit>)> {
         loop {
             let (job, from_gate) = match self.released.pop_front() {
                 Some(job) => (job, true),
                 None => (self.ready.pop_front()?, false),
             };
-            let kind = kinds.get(&job.kind);
+            let resolved = kinds.resolve(&job);
+            let kind = kinds.resolved(resolved);
             if !store_up && kind.is_some_and(|kind| kind.needs_store()) {
                 self.held.push_back(job);
                 continue;
@@ -204,7 +205,7 @@ impl Window {
                     if from_gate && let Some(permit) = &permit {
                         self.release_gate(permit.gate());
                     }
-                    return Some((job, permit));
+                    return Some((job, resolved, permit));
                 }
                 Admission::Later(gate) | Admission::Closed(gate) => {
                     if closed {
@@ -345,15 +346,15 @@ mod tests {
             vec![Job::upload_for_test(10), Job::for_test("noop"), Job::upload_for_test(10), Job::for_test("noop")];
         let order = ids(&jobs);
         window.add_fetched(jobs);
-        let first = window.next_runnable(false, &Kinds::new(&KindSettings::defaults())).map(|(job, _)| job.id);
-        let second = window.next_runnable(false, &Kinds::new(&KindSettings::defaults())).map(|(job, _)| job.id);
+        let first = window.next_runnable(false, &Kinds::new(&KindSettings::defaults())).map(|(job, _, _)| job.id);
+        let second = window.next_runnable(false, &Kinds::new(&KindSettings::defaults())).map(|(job, _, _)| job.id);
         assert_eq!((first, second), (Some(order[1]), Some(order[3])));
-        assert_eq!(window.next_runnable(false, &Kinds::new(&KindSettings::defaults())).map(|(job, _)| job.id), None);
+        assert_eq!(window.next_runnable(false, &Kinds::new(&KindSettings::defaults())).map(|(job, _, _)| job.id), None);
         assert_eq!(window.held(), 2);
         window.release_held();
         let rest: Vec<JobId> =
             std::iter::from_fn(|| window.next_runnable(true, &Kinds::new(&KindSettings::defaults())))
-                .map(|(job, _)| job.id)
+                .map(|(job, _, _)| job.id)
                 .collect();
         assert_eq!(rest, [order[0], order[2]], "held jobs come back in their order");
         assert_eq!(window.bytes(), 0);
@@ -376,7 +377,7 @@ mod tests {
         window.add_fetched(vec![held, delayed, fresh]);
         assert_eq!(window.oldest_due(), Some(now - chrono::Duration::seconds(30)), "due at its run_at, not before");
         // The store is down: the upload is held, and still the oldest.
-        let started = window.next_runnable(false, &kinds).map(|(job, _)| job.run_at);
+        let started = window.next_runnable(false, &kinds).map(|(job, _, _)| job.run_at);
         assert_eq!(started, Some(Some(now - chrono::Duration::seconds(10))));
         assert_eq!(window.held(), 1);
         assert_eq!(window.oldest_due(), Some(now - chrono::Duration::seconds(30)));
@@ -399,7 +400,7 @@ mod tests {
         let noop = Job::for_test("noop");
         let id = noop.id;
         window.add_fetched(vec![noop]);
-        assert_eq!(window.next_runnable(false, &kinds).map(|(job, _)| job.id), Some(id));
+        assert_eq!(window.next_runnable(false, &kinds).map(|(job, _, _)| job.id), Some(id));
         let mut full = Window::new(6, 64 << 20).with_ready_limit(4);
         full.add_fetched((0..4).map(|_| Job::upload_for_test(10)).collect());
         assert!(full.next_runnable(false, &kinds).is_none());
@@ -442,6 +443,9 @@ mod tests {
         window.cancel_started(id, true);
         assert!(window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).is_none());
         window.cancel_answered(id, false, true);
-        assert_eq!(window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).map(|(job, _)| job.id), Some(id));
+        assert_eq!(
+            window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).map(|(job, _, _)| job.id),
+            Some(id)
+        );
     }
 }

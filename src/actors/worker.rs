@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use tracing::Instrument as _;
 
 use crate::job::{Job, JobResult, Outcome};
-use crate::kinds::{JobError, Permit, RunsOn};
+use crate::kinds::{JobError, Permit, ResolvedKind, RunsOn};
 use crate::runner::JobRunner;
 
 /// A job for a worker the Dispatcher knows to be idle.
@@ -20,9 +20,10 @@ use crate::runner::JobRunner;
 /// Sent with `do_send`: the protocol bounds a worker's mailbox to one job, because the
 /// Dispatcher only sends to a worker that reported itself idle and has not been sent
 /// anything since.
+/// The job's kind comes resolved, once for the attempt, by the Dispatcher.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RunJob(pub Job, pub Option<Permit>);
+pub struct RunJob(pub Job, pub ResolvedKind, pub Option<Permit>);
 
 /// Stop the running attempt now, if there is one: the node can no longer prove that it
 /// holds the job's lease. The body is dropped at its next await (a webhook's request is
@@ -146,10 +147,9 @@ impl Supervised for Worker {
 impl Handler<RunJob> for Worker {
     type Result = ();
 
-    fn handle(&mut self, RunJob(job, permit): RunJob, ctx: &mut Self::Context) {
-        let kind = self.runner.kinds.get(&job.kind);
-        // The label of a kind this build lacks is "unknown", so that labels stay a bounded set.
-        self.kind = kind.map_or("unknown", |kind| kind.name());
+    fn handle(&mut self, RunJob(job, resolved, permit): RunJob, ctx: &mut Self::Context) {
+        let kind = self.runner.kinds.resolved(resolved);
+        self.kind = resolved.label;
         let span = tracing::info_span!("job", job_id = %job.id, kind = self.kind, attempt = job.attempt, claim = job.claim, worker = self.number);
         let entered = span.enter();
         let started = Instant::now();
@@ -168,7 +168,7 @@ impl Handler<RunJob> for Worker {
         // A job placed on the worker's thread finishes here: a noop, and the test jobs that
         // block or panic the worker's own thread, outside the body's containment, as a bug
         // in jobd would, so that the Dispatcher's health check has something to catch.
-        let runs_on = kind.map_or(RunsOn::Bodies, |kind| kind.placement(&job).runs_on);
+        let runs_on = resolved.placement.runs_on;
         if let (RunsOn::WorkerThread, Some(kind)) = (runs_on, kind) {
             let outcome = kind.run_on_worker_thread(&job);
             return self.finish(ctx, outcome, started);
@@ -176,7 +176,7 @@ impl Handler<RunJob> for Worker {
         drop(entered);
         let timeout = self.runner.timeouts.for_job(&job, kind);
         let beside_actors = runs_on == RunsOn::BesideActors;
-        let body = self.runner.clone().run(job, permit).instrument(span.clone());
+        let body = self.runner.clone().run(job, resolved, permit).instrument(span.clone());
         let mut task_abort = None;
         let ended: BoxFuture<'static, BodyEnd> = if beside_actors {
             // The body runs here, on this arbiter; its panic is caught as it unwinds out of

@@ -122,6 +122,21 @@ impl Placement {
     pub const GUARDED: Placement = Placement { runs_on: RunsOn::Bodies, starts: Starts::WhenRecorded };
 }
 
+/// A job's kind, resolved once per attempt where the Dispatcher takes the job from its
+/// window, and carried with the job to its worker and its body: the kind's place in the
+/// registry, its name as metrics label it, and where and when the attempt runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedKind {
+    /// The kind's index in [`Kinds`]; `None` for a kind this build lacks.
+    slot: Option<usize>,
+    /// The kind's name, or "unknown" for a kind this build lacks, so that labels stay a
+    /// bounded set.
+    pub label: &'static str,
+    /// [`Kind::placement`] for this attempt; [`Placement::GUARDED`] for a kind this build
+    /// lacks, whose attempt fails at once.
+    pub placement: Placement,
+}
+
 /// Where an attempt runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunsOn {
@@ -305,6 +320,22 @@ impl Kinds {
     /// and comparing a few short strings beats hashing one.
     pub fn get(&self, name: &str) -> Option<&dyn Kind> {
         self.kinds.iter().find(|kind| kind.name() == name).map(|kind| kind.as_ref())
+    }
+
+    /// Resolves `job`'s kind for one attempt: the one lookup by name the attempt makes.
+    pub fn resolve(&self, job: &Job) -> ResolvedKind {
+        match self.kinds.iter().position(|kind| kind.name() == job.kind) {
+            Some(slot) => {
+                let kind = &self.kinds[slot];
+                ResolvedKind { slot: Some(slot), label: kind.name(), placement: kind.placement(job) }
+            }
+            None => ResolvedKind { slot: None, label: "unknown", placement: Placement::GUARDED },
+        }
+    }
+
+    /// The kind [`resolve`](Self::resolve) found, without looking it up again.
+    pub fn resolved(&self, resolved: ResolvedKind) -> Option<&dyn Kind> {
+        resolved.slot.and_then(|slot| self.kinds.get(slot)).map(|kind| kind.as_ref())
     }
 
     /// The registered kinds' names, in registry order.

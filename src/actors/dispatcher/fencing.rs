@@ -18,15 +18,15 @@ use actix::prelude::*;
 
 use super::Dispatcher;
 use crate::actors::worker::{RunJob, StopJob, Worker};
-use crate::job::{Job, JobId, Outcome};
-use crate::kinds::{Permit, Placement, RunsOn, Starts};
+use crate::job::{JobId, Outcome};
+use crate::kinds::{Placement, RunsOn, Starts};
 
 /// How often the Dispatcher looks at its lease besides before each start: a lapse stops
 /// the running jobs within this long.
 pub(super) const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A job handed a worker whose start was being recorded.
-pub(super) type AwaitingStart = (usize, Addr<Worker>, Job, Option<Permit>);
+pub(super) type AwaitingStart = (usize, Addr<Worker>, RunJob);
 
 impl Dispatcher {
     /// Whether a job waits for its recorded start before it runs: when its kind's
@@ -117,12 +117,13 @@ impl Dispatcher {
         let held = !self.lease_lapsed() && self.queue.lease_term() == term_at_send;
         let refused: HashSet<(JobId, i64)> = refused.iter().copied().collect();
         let mut freed = false;
-        for (number, worker, job, permit) in starting {
-            let was_refused = refused.contains(&(job.id, job.claim));
+        for (number, worker, run) in starting {
+            let was_refused = refused.contains(&(run.0.id, run.0.claim));
             if held && !was_refused {
-                worker.do_send(RunJob(job, permit));
+                worker.do_send(run);
                 continue;
             }
+            let RunJob(job, _, permit) = run;
             freed = true;
             if let Some(permit) = permit {
                 let gate = permit.gate().clone();

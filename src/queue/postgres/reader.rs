@@ -26,10 +26,15 @@ const OLDEST_QUEUED: &str = "SELECT s.last_value, head.due, head.ready_seq FROM 
          SELECT COALESCE(run_at, created_at) AS due, ready_seq FROM jobd_jobs
          WHERE state = 'queued' AND lease_owner IS NULL AND ready_seq >= $1 ORDER BY ready_seq LIMIT 1) head ON true";
 
-/// How often the oldest queued job is looked for from the index's start: a job put back in
-/// its old place (released from a departed node's window) is below the slack, and is
-/// missed by the gauge until then, or until a claim takes it into a window, which counts
-/// its age again.
+/// How far behind the head it last found the read starts. Far less than a claim's slack
+/// ([`super::pick::PICK_SLACK`]), which walked up to that many dead entries a read (2.5 to
+/// 5 ms a read after a stall in a soak): a job committed late, below it, or put back in its
+/// old place (released from a departed node's window), is missed by the gauge only until a
+/// claim takes it into a window, whose oldest job counts, or until the next read from the
+/// start ([`FULL_READ_EVERY`]).
+const OLDEST_SLACK: i64 = 1_000;
+
+/// How often the oldest queued job is looked for from the index's start.
 const FULL_READ_EVERY: Duration = Duration::from_secs(60);
 
 fn get_sql(with_payload: bool) -> &'static str {
@@ -150,7 +155,12 @@ impl JobReader for PostgresBackend {
         {
             return Ok(oldest);
         }
-        let floor = super::pick::pick_floor(self.oldest_queued_head, &mut self.last_full_oldest_read, FULL_READ_EVERY);
+        let floor = super::pick::pick_floor(
+            self.oldest_queued_head,
+            &mut self.last_full_oldest_read,
+            OLDEST_SLACK,
+            FULL_READ_EVERY,
+        );
         let rows = self.connection.query(OLDEST_QUEUED, &[&floor])?;
         let row = rows.first();
         let oldest = row.and_then(|row| row.get::<_, Option<i64>>(1)).map(from_millis);
