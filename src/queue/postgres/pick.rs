@@ -6,13 +6,19 @@
 /// again, and seconds of inserts at tens of thousands a second, so that a submission that
 /// took its place before it committed (another node's, or this one's ingest lane) is found
 /// by the next claim.
-pub(super) const PICK_SLACK: i64 = 250_000;
+const PICK_SLACK: i64 = 250_000;
 /// How often a claim looks from the very start of the queue, whatever the slack: for jobs
 /// put back in their old place (a lost node's window, released) and a commit later than the
 /// slack.
-pub(super) const FULL_PICK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const FULL_PICK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Where a claim starts to look in the ready index. Each claim leaves a dead entry at the
+/// Where a claim starts to look in the ready index: [`pick_floor`] with the claims' slack
+/// and period.
+pub(super) fn claim_floor(queue_head: i64, last_full_pick: &mut Option<std::time::Instant>) -> i64 {
+    pick_floor(queue_head, last_full_pick, PICK_SLACK, FULL_PICK_EVERY)
+}
+
+/// Where a scan starts to look in the ready index. Each claim leaves a dead entry at the
 /// index's head for every job it took (the job's row leaves the index), and only a vacuum
 /// removes them. A scan from the start walks all of them: in the half-hour soak at 35,000
 /// jobs a second, with tens of millions of rows and vacuums minutes apart, the mean wait

@@ -27,7 +27,7 @@ const OLDEST_QUEUED: &str = "SELECT s.last_value, head.due, head.ready_seq FROM 
          WHERE state = 'queued' AND lease_owner IS NULL AND ready_seq >= $1 ORDER BY ready_seq LIMIT 1) head ON true";
 
 /// How far behind the head it last found the read starts. Far less than a claim's slack
-/// ([`super::pick::PICK_SLACK`]), which walked up to that many dead entries a read (2.5 to
+/// (250,000), which walked up to that many dead entries a read (2.5 to
 /// 5 ms a read after a stall in a soak): a job committed late, below it, or put back in its
 /// old place (released from a departed node's window), is missed by the gauge only until a
 /// claim takes it into a window, whose oldest job counts, or until the next read from the

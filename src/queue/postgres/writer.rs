@@ -550,12 +550,7 @@ impl JobWriter for PostgresBackend {
         for row in &promoted {
             self.deltas.moved(state_of(row.get(0)), JobState::Queued, 1);
         }
-        let floor = super::pick::pick_floor(
-            self.queue_head,
-            &mut self.last_full_pick,
-            super::pick::PICK_SLACK,
-            super::pick::FULL_PICK_EVERY,
-        );
+        let floor = super::pick::claim_floor(self.queue_head, &mut self.last_full_pick);
         let picked = self.connection.query(PICK, &[&limit, &floor])?;
         if let Some(head) = picked.last().and_then(|row| row.get::<_, Option<i64>>(2)) {
             self.queue_head = self.queue_head.max(head);
