@@ -9,6 +9,31 @@ use std::collections::{HashMap, HashSet};
 
 use crate::job::{FinishedJob, JobId, JobState, Outcome, StartedJob};
 
+/// The listing statement for one filter shape (a state or none, by tenant or not, by kind
+/// or not), from `statements`, which holds one statement per shape built by `build` at the
+/// first call: each backend prepares its statements per shape, so that each gets a plan
+/// (and an index) of its own.
+pub(crate) fn listing_statement(
+    statements: &'static std::sync::OnceLock<Vec<String>>,
+    (state, by_tenant, by_kind): (Option<JobState>, bool, bool),
+    build: impl Fn(Option<JobState>, bool, bool) -> String,
+) -> &'static str {
+    let states = || std::iter::once(None).chain(JobState::ALL.into_iter().map(Some));
+    let statements = statements.get_or_init(|| {
+        let mut built = Vec::new();
+        for state in states() {
+            for by_tenant in [false, true] {
+                for by_kind in [false, true] {
+                    built.push(build(state, by_tenant, by_kind));
+                }
+            }
+        }
+        built
+    });
+    let state_slot = states().position(|candidate| candidate == state).unwrap_or(0);
+    &statements[state_slot * 4 + usize::from(by_tenant) * 2 + usize::from(by_kind)]
+}
+
 pub(crate) fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
 }

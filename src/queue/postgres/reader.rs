@@ -9,7 +9,7 @@ use super::PostgresBackend;
 use super::codec::{RECORD_COLUMNS, record_from_row, uuid_of};
 use super::schema::DEPTH;
 use crate::job::{JobId, JobRecord, JobState};
-use crate::queue::columns::{from_millis, state_of};
+use crate::queue::columns::{from_millis, listing_statement, state_of};
 use crate::queue::{Cursor, JobPage, JobReader, ListFilter, QueueDepth, StorageError};
 
 /// How long one reading of the oldest queued job's due time answers status reads. The
@@ -57,35 +57,21 @@ fn get_sql(with_payload: bool) -> &'static str {
 #[doc(hidden)]
 pub fn listing_sql(state: Option<JobState>, by_tenant: bool, by_kind: bool) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let statements = SQL.get_or_init(|| {
-        let mut statements = Vec::new();
-        for state in std::iter::once(None).chain(JobState::ALL.into_iter().map(Some)) {
-            for by_tenant in [false, true] {
-                for by_kind in [false, true] {
-                    let mut conditions =
-                        vec!["id < COALESCE($1::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff')".to_owned()];
-                    if let Some(state) = state {
-                        conditions.push(format!("state = '{}'", state.name()));
-                    }
-                    let mut next = 3;
-                    if by_tenant {
-                        conditions.push(format!("submitted_by = ${next} AND submitted_by <> ''"));
-                        next += 1;
-                    }
-                    if by_kind {
-                        conditions.push(format!("kind = ${next}"));
-                    }
-                    statements.push(format!(
-                        "SELECT {RECORD_COLUMNS} FROM jobd_jobs WHERE {} ORDER BY id DESC LIMIT $2",
-                        conditions.join(" AND ")
-                    ));
-                }
-            }
+    listing_statement(&SQL, (state, by_tenant, by_kind), |state, by_tenant, by_kind| {
+        let mut conditions = vec!["id < COALESCE($1::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff')".to_owned()];
+        if let Some(state) = state {
+            conditions.push(format!("state = '{}'", state.name()));
         }
-        statements
-    });
-    let state_slot = state.map_or(0, |state| 1 + JobState::ALL.iter().position(|s| *s == state).unwrap_or(0));
-    &statements[state_slot * 4 + usize::from(by_tenant) * 2 + usize::from(by_kind)]
+        let mut next = 3;
+        if by_tenant {
+            conditions.push(format!("submitted_by = ${next} AND submitted_by <> ''"));
+            next += 1;
+        }
+        if by_kind {
+            conditions.push(format!("kind = ${next}"));
+        }
+        format!("SELECT {RECORD_COLUMNS} FROM jobd_jobs WHERE {} ORDER BY id DESC LIMIT $2", conditions.join(" AND "))
+    })
 }
 
 impl JobReader for PostgresBackend {

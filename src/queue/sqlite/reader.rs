@@ -115,35 +115,25 @@ fn list_records(
 #[doc(hidden)]
 pub fn listing_sql(state: Option<JobState>, by_tenant: bool, by_kind: bool) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let statements = SQL.get_or_init(|| {
-        let mut statements = Vec::new();
-        for state in std::iter::once(None).chain(JobState::ALL.into_iter().map(Some)) {
-            for by_tenant in [false, true] {
-                for by_kind in [false, true] {
-                    let (index, condition) = match state {
-                        Some(JobState::Dead) => ("jobs_dead", "state = 'dead'"),
-                        Some(JobState::Running) => ("jobs_running", "state = 'running'"),
-                        Some(JobState::Cancelled) => ("jobs_cancelled", "state = 'cancelled'"),
-                        _ if by_kind => ("jobs_kind", "kind = ?5"),
-                        _ if by_tenant => ("jobs_tenant", "submitted_by = ?4 AND submitted_by <> ''"),
-                        Some(JobState::Scheduled | JobState::Failed) => {
-                            ("jobs_waiting", "(state = 'scheduled' OR state = 'failed')")
-                        }
-                        _ => ("", "1"),
-                    };
-                    let indexed_by = if index.is_empty() { String::new() } else { format!(" INDEXED BY {index}") };
-                    statements.push(format!(
-                        "SELECT {RECORD_COLUMNS} FROM jobs{indexed_by} WHERE {condition} AND (?1 IS NULL OR state = ?1)
-                             AND seq < ?2 AND (?4 IS NULL OR submitted_by = ?4) AND (?5 IS NULL OR kind = ?5)
-                             ORDER BY seq DESC LIMIT ?3"
-                    ));
-                }
+    crate::queue::columns::listing_statement(&SQL, (state, by_tenant, by_kind), |state, by_tenant, by_kind| {
+        let (index, condition) = match state {
+            Some(JobState::Dead) => ("jobs_dead", "state = 'dead'"),
+            Some(JobState::Running) => ("jobs_running", "state = 'running'"),
+            Some(JobState::Cancelled) => ("jobs_cancelled", "state = 'cancelled'"),
+            _ if by_kind => ("jobs_kind", "kind = ?5"),
+            _ if by_tenant => ("jobs_tenant", "submitted_by = ?4 AND submitted_by <> ''"),
+            Some(JobState::Scheduled | JobState::Failed) => {
+                ("jobs_waiting", "(state = 'scheduled' OR state = 'failed')")
             }
-        }
-        statements
-    });
-    let state_slot = state.map_or(0, |state| 1 + JobState::ALL.iter().position(|s| *s == state).unwrap_or(0));
-    &statements[state_slot * 4 + usize::from(by_tenant) * 2 + usize::from(by_kind)]
+            _ => ("", "1"),
+        };
+        let indexed_by = if index.is_empty() { String::new() } else { format!(" INDEXED BY {index}") };
+        format!(
+            "SELECT {RECORD_COLUMNS} FROM jobs{indexed_by} WHERE {condition} AND (?1 IS NULL OR state = ?1)
+                 AND seq < ?2 AND (?4 IS NULL OR submitted_by = ?4) AND (?5 IS NULL OR kind = ?5)
+                 ORDER BY seq DESC LIMIT ?3"
+        )
+    })
 }
 
 /// One job's record; see [`JobReader::get`].
