@@ -70,7 +70,7 @@ impl QueueHandle {
 
     /// Enqueues a group of submissions in one transaction; see [`super::JobWriter::enqueue`].
     pub async fn enqueue_group(&self, group: Vec<Vec<Job>>) -> Result<Vec<SubmissionAnswer>, StorageError> {
-        self.call_ingest(|reply| Command::Enqueue { group, reply }).await
+        self.call_ingest(|reply| Command::Enqueue { replies: vec![(group.len(), reply)], group }).await
     }
 
     /// Calls the ingest lane, when there is one, else the queue thread: the commands that

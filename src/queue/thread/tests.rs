@@ -2,6 +2,7 @@
 //! SQLite backends.
 
 use super::*;
+use crate::job::JobState;
 use crate::queue::sqlite::{SqliteBackend, Synchronous};
 use crate::queue::{JobWriter as _, Transactions as _, memory};
 
@@ -242,6 +243,97 @@ async fn a_failed_commit_fails_its_writes_keeps_earlier_jobs_and_reads_go_on() {
     assert!(queue.get(small_id, false).await.expect("reads go on").is_some());
     let claimed = queue.take_ready(10).await.expect("the earlier job is still there").jobs;
     assert_eq!(claimed.iter().map(|job| job.id).collect::<Vec<_>>(), vec![small_id]);
+    drop(queue);
+    thread.join();
+}
+
+/// An `Enqueue` command of `submissions` (each a list of job counts) and the receiver of
+/// its answers.
+fn enqueue_command(submissions: &[usize]) -> (Command, oneshot::Receiver<Result<Vec<SubmissionAnswer>, StorageError>>) {
+    let group: Vec<Vec<Job>> =
+        submissions.iter().map(|&jobs| (0..jobs).map(|_| Job::for_test("noop")).collect()).collect();
+    let (reply, answer) = oneshot::channel();
+    (Command::Enqueue { replies: vec![(group.len(), reply)], group }, answer)
+}
+
+#[test]
+fn a_batchs_groups_are_merged_and_each_caller_gets_its_own_answers() {
+    let (first, mut first_answer) = enqueue_command(&[1]);
+    let (second, mut second_answer) = enqueue_command(&[2, 1]);
+    let (purge_reply, _purged) = oneshot::channel();
+    let purge = Command::Purge { cutoff: Utc::now(), limit: 0, reply: purge_reply };
+    let (third, mut third_answer) = enqueue_command(&[3]);
+    let merged = merge_enqueues(vec![first, purge, second, third]);
+    assert_eq!(merged.len(), 2, "one enqueue in the first group's place, then the purge");
+    assert!(matches!(merged[1], Command::Purge { .. }), "other writes keep their order");
+    let mut merged = merged.into_iter();
+    let Some(Command::Enqueue { group, replies }) = merged.next() else { panic!("the merged enqueue comes first") };
+    let sizes: Vec<usize> = group.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1, 2, 1, 3], "the submissions, in the order they came");
+    let ids: Vec<Vec<JobId>> = group.iter().map(|submission| submission.iter().map(|job| job.id).collect()).collect();
+    let answers: Vec<SubmissionAnswer> = group
+        .iter()
+        .map(|submission| {
+            Ok(submission.iter().map(|job| Admitted { id: job.id, state: JobState::Queued, created: true }).collect())
+        })
+        .collect();
+    Command::Enqueue { group, replies }.answer(Output::Enqueue(answers));
+    let answered = |answer: &mut oneshot::Receiver<Result<Vec<SubmissionAnswer>, StorageError>>| -> Vec<Vec<JobId>> {
+        let answers: Vec<SubmissionAnswer> = answer.try_recv().expect("answered").expect("committed");
+        answers.into_iter().map(|answer| answer.expect("admitted").iter().map(|job| job.id).collect()).collect()
+    };
+    assert_eq!(answered(&mut first_answer), ids[..1]);
+    assert_eq!(answered(&mut second_answer), ids[1..3]);
+    assert_eq!(answered(&mut third_answer), ids[3..]);
+}
+
+#[test]
+fn a_merged_command_holds_at_most_one_groups_worth_of_jobs() {
+    let (large, _large_answer) = enqueue_command(&[MAX_MERGED_JOBS - 1]);
+    let (single, _single_answer) = enqueue_command(&[1]);
+    let (overflowing, _overflowing_answer) = enqueue_command(&[1]);
+    let merged = merge_enqueues(vec![large, single, overflowing]);
+    let jobs: Vec<usize> = merged
+        .iter()
+        .map(|command| match command {
+            Command::Enqueue { group, .. } => group.iter().map(Vec::len).sum(),
+            _ => panic!("only enqueues were sent"),
+        })
+        .collect();
+    assert_eq!(jobs, [MAX_MERGED_JOBS, 1], "the third group starts a command of its own");
+}
+
+#[test]
+fn a_failed_merged_command_fails_every_caller() {
+    let (first, mut first_answer) = enqueue_command(&[1]);
+    let (second, mut second_answer) = enqueue_command(&[1]);
+    for command in merge_enqueues(vec![first, second]) {
+        command.fail(&StorageError::new("the disk is gone"));
+    }
+    for answer in [&mut first_answer, &mut second_answer] {
+        assert!(answer.try_recv().expect("answered").is_err(), "each caller hears of the failure");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_single_job_submissions_each_learn_their_own_job() {
+    let (thread, queue) = memory_queue();
+    let submissions: Vec<Job> = (0..200).map(|_| Job::for_test("noop")).collect();
+    let expected: Vec<JobId> = submissions.iter().map(|job| job.id).collect();
+    let answers = futures_util::future::join_all(submissions.into_iter().map(|job| {
+        let queue = queue.clone();
+        async move { queue.enqueue_group(vec![vec![job]]).await }
+    }))
+    .await;
+    let learned: Vec<JobId> = answers
+        .into_iter()
+        .map(|answer| {
+            let mut answers = answer.expect("committed");
+            assert_eq!(answers.len(), 1, "one answer per submission");
+            answers.pop().expect("an answer").expect("admitted")[0].id
+        })
+        .collect();
+    assert_eq!(learned, expected);
     drop(queue);
     thread.join();
 }
