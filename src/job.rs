@@ -295,10 +295,6 @@ pub enum Outcome {
     /// job at any moment. Retryable, and never the reason a job dies: the job did nothing
     /// wrong.
     Interrupted,
-    /// The object store could not be reached (connection refused or reset, DNS, timeout,
-    /// 5xx, `SlowDown`). Retryable; the Dispatcher holds the store's jobs until a probe
-    /// finds it up, so an outage costs a job about one attempt, not all of them.
-    StoreUnreachable { error: String },
 }
 
 impl Outcome {
@@ -311,8 +307,7 @@ impl Outcome {
             | Outcome::Deferred { .. }
             | Outcome::Panicked { .. }
             | Outcome::WorkerLost
-            | Outcome::Interrupted
-            | Outcome::StoreUnreachable { .. } => true,
+            | Outcome::Interrupted => true,
         }
     }
 
@@ -320,9 +315,7 @@ impl Outcome {
     pub fn error(&self) -> Option<String> {
         match self {
             Outcome::Succeeded(_) => None,
-            Outcome::Failed { error, .. } | Outcome::Deferred { error, .. } | Outcome::StoreUnreachable { error } => {
-                Some(error.clone())
-            }
+            Outcome::Failed { error, .. } | Outcome::Deferred { error, .. } => Some(error.clone()),
             Outcome::TimedOut { after_ms } => Some(format!("timed out after {after_ms} ms")),
             Outcome::Panicked { message } => Some(format!("panicked: {message}")),
             Outcome::WorkerLost => Some("the worker running the job died".to_owned()),
@@ -342,7 +335,6 @@ impl Outcome {
             Outcome::Panicked { .. } => "panicked",
             Outcome::WorkerLost => "worker_lost",
             Outcome::Interrupted => "interrupted",
-            Outcome::StoreUnreachable { .. } => "store_unreachable",
         }
     }
 }

@@ -30,7 +30,6 @@ mod runner;
 pub mod server;
 mod stats;
 mod store;
-mod store_health;
 pub mod submission;
 mod systemd;
 pub mod telemetry;

@@ -6,7 +6,7 @@ use std::time::Duration;
 /// uniformly random time between half of and all of `min(cap, base × 2^(n−1))`. The
 /// jitter spreads out retries of jobs that failed together, so a recovering store is not
 /// hit by all of them at once; the floor keeps each wait at least half its nominal value,
-/// so that a job's attempts span the schedule the operator reads in the README rather than
+/// so that a job's attempts span the schedule the operator reads in docs/http-api.md rather than
 /// collapsing into a burst of near-zero waits (full jitter's expected sum is only half).
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -65,7 +65,7 @@ mod tests {
 
     /// The default schedule rides out an outage of a day: 25 attempts, waits from a second
     /// doubling to six hours, so the last attempt comes between about 1.3 and 2.6 days
-    /// after the first. The README's table is this schedule.
+    /// after the first. The table in docs/http-api.md is this schedule.
     #[test]
     fn the_default_schedule_spans_more_than_a_day() {
         use crate::config::{DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_BASE_MS, DEFAULT_RETRY_CAP_MS};

@@ -1,5 +1,5 @@
 //! The defaults are stated in four places: the code (`Config::resolve`), `jobd --help`, the
-//! README's configuration table and `deploy/jobd.toml`. These tests compare the other three
+//! configuration reference (docs/configuration.md) and `deploy/jobd.toml`. These tests compare the other three
 //! with the code, so that none of them can drift: a default changed in one place and not in
 //! the others fails here, naming the setting.
 
@@ -83,9 +83,10 @@ fn the_help_text_states_the_codes_defaults() {
 }
 
 #[test]
-fn the_readme_configuration_table_states_the_codes_defaults() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
-    let table = readme.split("## Configuration").nth(1).expect("a Configuration section");
+fn the_configuration_reference_states_the_codes_defaults() {
+    let reference = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md"))
+        .expect("docs/configuration.md");
+    let table = reference.split("## Configuration").nth(1).expect("a Configuration section");
     let mut stated = Vec::new();
     for row in table.lines().filter(|line| line.starts_with("| `")) {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
@@ -99,7 +100,7 @@ fn the_readme_configuration_table_states_the_codes_defaults() {
             stated.push((key.to_owned(), value));
         }
     }
-    assert_states_the_codes_defaults("README", stated);
+    assert_states_the_codes_defaults("docs/configuration.md", stated);
 }
 
 #[test]

@@ -311,7 +311,10 @@ async fn an_s3_outage_of_a_minute_at_default_settings_loses_nothing_and_burns_no
     let moto = Moto::start().await;
     moto.create_bucket(BUCKET).await;
     let mut proxy = FaultProxy::start(&moto.endpoint);
-    let daemon = start(&env_for(&proxy.endpoint(), &[("JOBD_LOG", "warn,jobd::server=info,jobd::store_health=info")]));
+    let daemon = start(&env_for(
+        &proxy.endpoint(),
+        &[("JOBD_LOG", "warn,jobd::server=info,jobd::kinds::upload::store_health=info")],
+    ));
     let mut ids = Vec::new();
     let submit_batch = async |ids: &mut Vec<String>, batch: usize| {
         let jobs: Vec<Value> =

@@ -1,6 +1,7 @@
 //! Tidy checks run as ordinary tests: every Rust file opens with a `//!` line saying what
 //! it owns and has no trailing whitespace; no source file grows past about 700 lines
-//! besides its tests; and no module outside `src/kinds/` names a kind's request fields.
+//! besides its tests; no module outside `src/kinds/` names a kind's request fields; and the
+//! README stays short, with every relative link of the documentation leading somewhere.
 
 use std::path::{Path, PathBuf};
 
@@ -100,4 +101,76 @@ fn no_module_outside_src_kinds_names_a_kinds_request_fields() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The Markdown files a reader moves between: the README, the documents under `docs/`, and
+/// the architecture and benchmark pages.
+fn documentation_files() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<PathBuf> = ["README.md", "ARCHITECTURE.md", "BENCHMARKS.md", "deploy/README.md"]
+        .iter()
+        .map(|name| root.join(name))
+        .collect();
+    let docs = std::fs::read_dir(root.join("docs")).expect("docs/");
+    files.extend(
+        docs.map(|entry| entry.expect("a docs/ entry").path())
+            .filter(|path| path.extension().is_some_and(|extension| extension == "md")),
+    );
+    files
+}
+
+#[test]
+fn the_readme_stays_short_and_links_to_every_document_under_docs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let lines = readme.lines().count();
+    assert!(lines <= 300, "README.md has {lines} lines; the depth belongs under docs/");
+    for document in documentation_files().iter().filter(|path| path.parent() == Some(&root.join("docs"))) {
+        let name = document.file_name().and_then(|name| name.to_str()).expect("a UTF-8 name");
+        assert!(readme.contains(&format!("](docs/{name}")), "README.md does not link to docs/{name}");
+    }
+}
+
+#[test]
+fn every_relative_link_in_the_documentation_leads_to_a_file_and_heading_that_exist() {
+    let mut broken = Vec::new();
+    for file in documentation_files() {
+        let text = std::fs::read_to_string(&file).expect("a documentation file");
+        for (_, rest) in text.match_indices("](").map(|(at, _)| ((), &text[at + 2..])) {
+            let Some(target) = rest.split(')').next() else { continue };
+            if target.contains("://") || target.starts_with("mailto:") || target.contains(' ') {
+                continue;
+            }
+            let (path, anchor) = target.split_once('#').unwrap_or((target, ""));
+            let linked = if path.is_empty() { file.clone() } else { file.parent().expect("a parent").join(path) };
+            let Ok(linked_text) = std::fs::read_to_string(&linked) else {
+                if !linked.exists() {
+                    broken.push(format!("{}: {target} (no such file)", file.display()));
+                }
+                continue;
+            };
+            let slugs: Vec<String> =
+                linked_text.lines().filter_map(|line| line.strip_prefix('#')).map(github_heading_slug).collect();
+            if !anchor.is_empty() && !slugs.iter().any(|slug| slug == anchor) {
+                broken.push(format!("{}: {target} (no such heading)", file.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// The anchor GitHub gives a heading (`## What a 202 means` → `what-a-202-means`), from the
+/// heading's text after its first `#`.
+fn github_heading_slug(heading: &str) -> String {
+    heading
+        .trim_start_matches('#')
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
 }

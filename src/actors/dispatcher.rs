@@ -37,7 +37,6 @@ use crate::queue::{ControlError, QueueHandle, StorageError};
 use crate::retry::RetryPolicy;
 use crate::runner::JobRunner;
 use crate::stats::Stats;
-use crate::store_health::StoreHealth;
 use crate::systemd::Notifier;
 
 mod fencing;
@@ -77,13 +76,12 @@ pub struct PoolSettings {
 #[rtype(result = "Result<Result<(), ControlError>, StorageError>")]
 pub struct CancelJob(pub JobId);
 
-/// What the store's latest probe found, from the probe loop: every change, and every
-/// probe the Dispatcher asked for.
+/// A gate opened by itself (a kind's [`crate::kinds::GateSignal`]): the object store
+/// answers again. Every job waiting at it tries again, in its order. Its senders signal
+/// at most once per probe, so `do_send` cannot pile these up.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct StoreAvailability {
-    pub reachable: bool,
-}
+pub struct GateOpened(pub GateKey);
 
 /// Stop starting jobs; answers once every running job has finished and its outcome
 /// has been recorded.
@@ -140,11 +138,6 @@ pub struct Dispatcher {
     /// queue thread holds it and answers it right after the commit that readies jobs, so
     /// nobody has to tell the Dispatcher that jobs came in.
     fetching: bool,
-    /// Whether jobs that use the object store may start. Cleared as soon as an attempt
-    /// finds the store unreachable (the probe loop is asked to look), set again when a
-    /// probe reaches it; meanwhile the window holds those jobs and others run.
-    store_reachable: bool,
-    store_health: Arc<StoreHealth>,
     /// Jobs handed a worker whose start is being recorded: each starts once the flush
     /// carrying its start has committed, so that an attempt counts even if the process
     /// dies during it, and a job that kills the process cannot run forever. Kinds whose
@@ -182,13 +175,7 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(
-        queue: QueueHandle,
-        runner: Arc<JobRunner>,
-        stats: Arc<Stats>,
-        pool: PoolSettings,
-        store_health: Arc<StoreHealth>,
-    ) -> Self {
+    pub fn new(queue: QueueHandle, runner: Arc<JobRunner>, stats: Arc<Stats>, pool: PoolSettings) -> Self {
         let max_workers = pool.max_workers;
         let lease_term = queue.lease_term();
         let window_jobs = (2 * max_workers).max(WINDOW_FLOOR);
@@ -215,8 +202,6 @@ impl Dispatcher {
             },
             claim_size: pool.shared_queue.then(|| ClaimSize::new(window_jobs)),
             fetching: false,
-            store_reachable: store_health.is_reachable(),
-            store_health,
             awaiting_start: Vec::new(),
             lease_lapsed: false,
             lease_term,
@@ -284,7 +269,7 @@ impl Dispatcher {
         }
         let mut dispatched = false;
         while let Some(&number) = self.idle.last() {
-            let Some((job, kind, permit)) = self.window.next_runnable(self.store_reachable, &self.runner.kinds) else {
+            let Some((job, kind, permit)) = self.window.next_runnable(&self.runner.kinds) else {
                 break;
             };
             self.idle.pop();
@@ -628,13 +613,6 @@ impl Handler<JobFinished> for Dispatcher {
         if !message.worker_restarts {
             self.idle.push(message.number);
         }
-        if matches!(message.outcome, Outcome::StoreUnreachable { .. }) && self.store_reachable {
-            // Hold the store's jobs at once rather than let each burn an attempt until the
-            // next scheduled probe; the probe asked for now decides whether they resume.
-            tracing::warn!(job_id = %running.id, "an upload found the store unreachable: holding uploads until a probe answers");
-            self.store_reachable = false;
-            self.store_health.request_probe();
-        }
         if let Some(gate) = &running.gate {
             // Its permit was given back as the attempt ended: the next job at its gate may start.
             self.window.release_gate(gate);
@@ -646,14 +624,11 @@ impl Handler<JobFinished> for Dispatcher {
     }
 }
 
-impl Handler<StoreAvailability> for Dispatcher {
+impl Handler<GateOpened> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, StoreAvailability { reachable }: StoreAvailability, ctx: &mut Self::Context) {
-        self.store_reachable = reachable;
-        if reachable {
-            self.window.release_held();
-        }
+    fn handle(&mut self, GateOpened(gate): GateOpened, ctx: &mut Self::Context) {
+        self.window.open_gate(&gate);
         self.pump(ctx);
     }
 }

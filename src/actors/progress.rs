@@ -35,7 +35,7 @@ impl FinishedCounts {
             // are failed attempts to the metrics, as the dashboards and alerts count them;
             // their logs and errors say which.
             let attempt_outcome = match &end.outcome {
-                Outcome::WorkerLost | Outcome::Interrupted | Outcome::StoreUnreachable { .. } => "failed",
+                Outcome::WorkerLost | Outcome::Interrupted => "failed",
                 other => other.name(),
             };
             counts.add(end.kind, attempt_outcome);

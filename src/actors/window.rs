@@ -1,5 +1,5 @@
 //! The Dispatcher's window of claimed jobs: their order, the bounds on their number and
-//! bytes, the store's jobs held while it is down, and the jobs whose cancel is in flight.
+//! bytes, the jobs waiting at their kind's gates, and the jobs whose cancel is in flight.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -18,12 +18,9 @@ use crate::queue::CLAIM_MAX_BODY_BYTES;
 pub struct Window {
     /// Jobs that may start, in order.
     ready: VecDeque<Job>,
-    /// Jobs of the store's kinds found while the store is down, in order; they go back to
-    /// the front of `ready` when it answers again. At most `max_jobs` of them.
-    held: VecDeque<Job>,
     /// Jobs their kind would not admit yet, by gate (a webhook destination at its
-    /// in-flight limit, or whose circuit is open), each gate's in order. They started
-    /// nothing and used no attempt.
+    /// in-flight limit, or whose circuit is open; the object store while it cannot be
+    /// reached), each gate's in order. They started nothing and used no attempt.
     gated: HashMap<GateKey, VecDeque<Job>>,
     /// How many jobs `gated` holds.
     gated_len: usize,
@@ -32,7 +29,7 @@ pub struct Window {
     closed: std::collections::HashSet<GateKey>,
     /// Jobs let out of their gate to try again, ahead of `ready`.
     released: VecDeque<Job>,
-    /// The [`Job::footprint`] of every job in `ready`, `held`, `gated`, `released` and
+    /// The [`Job::footprint`] of every job in `ready`, `gated`, `released` and
     /// `cancelling`.
     bytes: usize,
     max_jobs: usize,
@@ -41,9 +38,9 @@ pub struct Window {
     max_ready: usize,
     /// Whether jobs waiting at a gate that is only full (not closed) count against
     /// `max_ready`: on a shared queue they are leased to this node, and another node with
-    /// free slots could run them, so they are not claimed beyond it either. Jobs held for
-    /// the store, or at a closed gate, never count: no node could run them, and counting
-    /// them would stop the other kinds behind them.
+    /// free slots could run them, so they are not claimed beyond it either. Jobs at a
+    /// closed gate (the store's while it is down) never count: no node could run them, and
+    /// counting them would stop the other kinds behind them.
     waiting_is_ready: bool,
     max_bytes: usize,
     /// Jobs whose cancel the queue has not answered yet, with the job if it was taken out
@@ -61,7 +58,6 @@ impl Window {
     pub fn new(max_jobs: usize, max_bytes: usize) -> Self {
         Self {
             ready: VecDeque::new(),
-            held: VecDeque::new(),
             gated: HashMap::new(),
             gated_len: 0,
             closed: std::collections::HashSet::new(),
@@ -76,8 +72,8 @@ impl Window {
         }
     }
 
-    /// Bounds the runnable jobs below `max_jobs`: jobs held for the store or at a gate may
-    /// still fill the rest, so that they never starve the jobs of other kinds.
+    /// Bounds the runnable jobs below `max_jobs`: jobs waiting at a gate may still fill the
+    /// rest, so that they never starve the jobs of other kinds.
     pub fn with_ready_limit(mut self, max_ready: usize) -> Self {
         self.set_ready_limit(max_ready);
         self
@@ -88,18 +84,19 @@ impl Window {
         self.max_ready = max_ready.clamp(1, self.max_jobs);
     }
 
-    /// Counts held and gated jobs against the ready limit (a queue shared by nodes).
+    /// Counts gated jobs against the ready limit (a queue shared by nodes), those at a
+    /// closed gate excepted.
     pub fn counting_waiting_as_ready(mut self) -> Self {
         self.waiting_is_ready = true;
         self
     }
 
-    /// Jobs claimed and not started, held and gated ones included.
+    /// Jobs claimed and not started, gated ones included.
     pub fn len(&self) -> usize {
-        self.ready.len() + self.held.len() + self.gated_len + self.released.len()
+        self.ready.len() + self.gated_len + self.released.len()
     }
 
-    /// Whether no claimed job waits, held ones included.
+    /// Whether no claimed job waits, gated ones included.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -115,9 +112,9 @@ impl Window {
         if self.is_empty() {
             return Some(self.max_ready);
         }
-        // Jobs waiting for the store or at a gate count as well: the window never holds
-        // more than `max_jobs` however many wait.
-        let waiting = self.held.len() + self.gated_len + self.released.len();
+        // Jobs waiting at a gate count as well: the window never holds more than
+        // `max_jobs` however many wait.
+        let waiting = self.gated_len + self.released.len();
         let runnable =
             if self.waiting_is_ready { self.ready.len() + self.countable_waiting() } else { self.ready.len() };
         let room_in_jobs = runnable <= self.max_ready / 2 && self.ready.len() + waiting < self.max_jobs;
@@ -131,16 +128,16 @@ impl Window {
     /// node can say cheaply how long they have waited (see [`crate::stats::Stats`]).
     pub fn oldest_due(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         let gated = self.gated.values().flatten();
-        let waiting = self.ready.iter().chain(&self.held).chain(&self.released).chain(gated);
+        let waiting = self.ready.iter().chain(&self.released).chain(gated);
         waiting.map(Job::due).min()
     }
 
-    /// Forgets every claimed job that waits (ready, held, gated, released) and returns how
+    /// Forgets every claimed job that waits (ready, gated, released) and returns how
     /// many: the node lost sight of its lease, and they are no longer its to start. Jobs
     /// whose cancel is in flight stay, for the cancel's answer.
     pub fn drop_claimed(&mut self) -> usize {
         let dropped = self.len();
-        let jobs = self.ready.drain(..).chain(self.held.drain(..)).chain(self.released.drain(..));
+        let jobs = self.ready.drain(..).chain(self.released.drain(..));
         let gated = self.gated.drain().flat_map(|(_, jobs)| jobs);
         let freed: usize = jobs.chain(gated).map(|job| job.footprint()).sum();
         self.bytes -= freed;
@@ -176,11 +173,10 @@ impl Window {
         }
     }
 
-    /// The next job that may start, with its kind's permit if it gave one. While the
-    /// store is down (`store_up` false), jobs of the store's kinds are set aside in order
-    /// instead, and the jobs behind them run; so are jobs their kind does not admit yet,
-    /// at their gate, until [`release_gate`](Self::release_gate).
-    pub fn next_runnable(&mut self, store_up: bool, kinds: &Kinds) -> Option<(Job, ResolvedKind, Option<Permit>)> {
+    /// The next job that may start, with its kind's permit if it gave one. Jobs their kind
+    /// does not admit yet are set aside in order at their gate, and the jobs behind them
+    /// run, until [`release_gate`](Self::release_gate) or [`open_gate`](Self::open_gate).
+    pub fn next_runnable(&mut self, kinds: &Kinds) -> Option<(Job, ResolvedKind, Option<Permit>)> {
         loop {
             let (job, from_gate) = match self.released.pop_front() {
                 Some(job) => (job, true),
@@ -188,10 +184,6 @@ impl Window {
             };
             let resolved = kinds.resolve(&job);
             let kind = kinds.resolved(resolved);
-            if !store_up && kind.is_some_and(|kind| kind.needs_store()) {
-                self.held.push_back(job);
-                continue;
-            }
             let admission = kind.map_or(Admission::Now(None), |kind| kind.admit(&job));
             let closed = matches!(admission, Admission::Closed(_));
             match admission {
@@ -248,25 +240,26 @@ impl Window {
         !gates.is_empty()
     }
 
-    /// The store answers again: its held jobs go back to the front, in their order.
-    pub fn release_held(&mut self) {
-        while let Some(job) = self.held.pop_back() {
-            self.ready.push_front(job);
+    /// `gate` opened by itself (the store answers again): every job waiting at it tries
+    /// again, in its order, ahead of the jobs claimed after it.
+    pub fn open_gate(&mut self, gate: &GateKey) {
+        self.closed.remove(gate);
+        if let Some(waiting) = self.gated.remove(gate) {
+            self.gated_len -= waiting.len();
+            self.released.extend(waiting);
         }
     }
 
-    /// Jobs held for the store.
+    /// Jobs waiting at `gate`.
     #[cfg(test)]
-    pub fn held(&self) -> usize {
-        self.held.len()
+    pub fn waiting_at(&self, gate: &str) -> usize {
+        self.gated.get(gate).map_or(0, VecDeque::len)
     }
 
     /// A cancel of `id` goes to the queue: the job leaves the window (if it is in it) and
     /// no fetch adds it until the queue answers; see [`cancel_answered`](Self::cancel_answered).
     pub fn cancel_started(&mut self, id: JobId, fetching: bool) {
-        let mut taken = take_by_id(&mut self.ready, id)
-            .or_else(|| take_by_id(&mut self.held, id))
-            .or_else(|| take_by_id(&mut self.released, id));
+        let mut taken = take_by_id(&mut self.ready, id).or_else(|| take_by_id(&mut self.released, id));
         if taken.is_none() {
             for waiting in self.gated.values_mut() {
                 taken = take_by_id(waiting, id);
@@ -312,10 +305,16 @@ fn take_by_id(jobs: &mut VecDeque<Job>, id: JobId) -> Option<Job> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::upload::{STORE_GATE, StoreHealth};
     use crate::kinds::{KindSettings, Kinds};
 
     fn ids(jobs: &[Job]) -> Vec<JobId> {
         jobs.iter().map(|job| job.id).collect()
+    }
+
+    /// The daemon's kinds, with an object store that can be reached or not.
+    fn kinds_with_store(reachable: bool) -> Kinds {
+        Kinds::new(&KindSettings { store_health: Some(StoreHealth::for_test(reachable)), ..KindSettings::defaults() })
     }
 
     #[test]
@@ -334,37 +333,38 @@ mod tests {
         assert!(window.bytes() <= 64 << 20 && window.bytes() > 56 << 20, "{}", window.bytes());
         assert_eq!(window.wanted(), None, "past the byte bound nothing more is claimed");
         for _ in 0..8 {
-            assert!(window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).is_some());
+            assert!(window.next_runnable(&Kinds::new(&KindSettings::defaults())).is_some());
         }
         assert!(window.wanted().is_some(), "started jobs free their bytes");
     }
 
     #[test]
     fn while_the_store_is_down_its_jobs_wait_in_order_and_others_run() {
+        let (down, up) = (kinds_with_store(false), kinds_with_store(true));
         let mut window = Window::new(100, 64 << 20);
         let jobs =
             vec![Job::upload_for_test(10), Job::for_test("noop"), Job::upload_for_test(10), Job::for_test("noop")];
         let order = ids(&jobs);
         window.add_fetched(jobs);
-        let first = window.next_runnable(false, &Kinds::new(&KindSettings::defaults())).map(|(job, _, _)| job.id);
-        let second = window.next_runnable(false, &Kinds::new(&KindSettings::defaults())).map(|(job, _, _)| job.id);
+        let first = window.next_runnable(&down).map(|(job, _, _)| job.id);
+        let second = window.next_runnable(&down).map(|(job, _, _)| job.id);
         assert_eq!((first, second), (Some(order[1]), Some(order[3])));
-        assert_eq!(window.next_runnable(false, &Kinds::new(&KindSettings::defaults())).map(|(job, _, _)| job.id), None);
-        assert_eq!(window.held(), 2);
-        window.release_held();
-        let rest: Vec<JobId> =
-            std::iter::from_fn(|| window.next_runnable(true, &Kinds::new(&KindSettings::defaults())))
-                .map(|(job, _, _)| job.id)
-                .collect();
-        assert_eq!(rest, [order[0], order[2]], "held jobs come back in their order");
+        assert_eq!(window.next_runnable(&down).map(|(job, _, _)| job.id), None);
+        assert_eq!(window.waiting_at(STORE_GATE), 2);
+        // A tick lets one job try its gate again: still closed, it keeps its place.
+        assert!(window.release_all_gates());
+        assert_eq!(window.next_runnable(&down).map(|(job, _, _)| job.id), None);
+        window.open_gate(&GateKey::from(STORE_GATE));
+        let rest: Vec<JobId> = std::iter::from_fn(|| window.next_runnable(&up)).map(|(job, _, _)| job.id).collect();
+        assert_eq!(rest, [order[0], order[2]], "the store's jobs come back in their order");
         assert_eq!(window.bytes(), 0);
     }
 
-    /// The window's longest-waiting job, held ones included: what a shared queue's nodes
+    /// The window's longest-waiting job, gated ones included: what a shared queue's nodes
     /// add to the queue's oldest age.
     #[test]
-    fn the_oldest_due_counts_held_jobs_and_a_run_at_in_the_past() {
-        let kinds = Kinds::new(&KindSettings::defaults());
+    fn the_oldest_due_counts_gated_jobs_and_a_run_at_in_the_past() {
+        let kinds = kinds_with_store(false);
         let mut window = Window::new(100, 64 << 20);
         assert_eq!(window.oldest_due(), None);
         let now = chrono::Utc::now();
@@ -376,41 +376,41 @@ mod tests {
         let fresh = Job::for_test("noop");
         window.add_fetched(vec![held, delayed, fresh]);
         assert_eq!(window.oldest_due(), Some(now - chrono::Duration::seconds(30)), "due at its run_at, not before");
-        // The store is down: the upload is held, and still the oldest.
-        let started = window.next_runnable(false, &kinds).map(|(job, _, _)| job.run_at);
+        // The store is down: the upload waits at its gate, and is still the oldest.
+        let started = window.next_runnable(&kinds).map(|(job, _, _)| job.run_at);
         assert_eq!(started, Some(Some(now - chrono::Duration::seconds(10))));
-        assert_eq!(window.held(), 1);
+        assert_eq!(window.waiting_at(STORE_GATE), 1);
         assert_eq!(window.oldest_due(), Some(now - chrono::Duration::seconds(30)));
         window.drop_claimed();
         assert_eq!(window.oldest_due(), None);
     }
 
-    /// With a shared queue the runnable jobs are few, but jobs held for the store do not
-    /// use them up: a noop behind a full window of held uploads is still claimed.
+    /// With a shared queue the runnable jobs are few, but jobs waiting for the store do
+    /// not use them up: a noop behind a full window of waiting uploads is still claimed.
     #[test]
-    fn held_jobs_do_not_use_up_a_ready_limit() {
-        let kinds = Kinds::new(&KindSettings::defaults());
+    fn jobs_waiting_for_the_store_do_not_use_up_a_ready_limit() {
+        let kinds = kinds_with_store(false);
         let mut window = Window::new(100, 64 << 20).with_ready_limit(4);
         assert_eq!(window.wanted(), Some(4));
         window.add_fetched((0..4).map(|_| Job::upload_for_test(10)).collect());
         assert_eq!(window.wanted(), None, "four runnable jobs fill the limit");
-        assert!(window.next_runnable(false, &kinds).is_none(), "the store is down: all four are held");
-        assert_eq!(window.held(), 4);
-        assert_eq!(window.wanted(), Some(4), "held jobs leave the runnable limit free");
+        assert!(window.next_runnable(&kinds).is_none(), "the store is down: all four wait");
+        assert_eq!(window.waiting_at(STORE_GATE), 4);
+        assert_eq!(window.wanted(), Some(4), "waiting jobs leave the runnable limit free");
         let noop = Job::for_test("noop");
         let id = noop.id;
         window.add_fetched(vec![noop]);
-        assert_eq!(window.next_runnable(false, &kinds).map(|(job, _, _)| job.id), Some(id));
+        assert_eq!(window.next_runnable(&kinds).map(|(job, _, _)| job.id), Some(id));
         let mut full = Window::new(6, 64 << 20).with_ready_limit(4);
         full.add_fetched((0..4).map(|_| Job::upload_for_test(10)).collect());
-        assert!(full.next_runnable(false, &kinds).is_none());
+        assert!(full.next_runnable(&kinds).is_none());
         assert_eq!(full.wanted(), Some(2), "the window as a whole stays within max_jobs");
         // On a shared queue too: no node could run them while the store is down, and
         // counting them would stop every other kind behind them.
         let mut shared = Window::new(100, 64 << 20).with_ready_limit(4).counting_waiting_as_ready();
         shared.add_fetched((0..4).map(|_| Job::upload_for_test(10)).collect());
-        assert!(shared.next_runnable(false, &kinds).is_none());
-        assert_eq!(shared.wanted(), Some(4), "held jobs leave a shared queue's limit free as well");
+        assert!(shared.next_runnable(&kinds).is_none());
+        assert_eq!(shared.wanted(), Some(4), "waiting jobs leave a shared queue's limit free as well");
     }
 
     #[test]
@@ -423,11 +423,11 @@ mod tests {
         window.cancel_started(id, false);
         window.add_fetched(vec![job.clone()]);
         assert!(
-            window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).is_none(),
+            window.next_runnable(&Kinds::new(&KindSettings::defaults())).is_none(),
             "held back while the cancel is in flight"
         );
         window.cancel_answered(id, true, false);
-        assert!(window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).is_none());
+        assert!(window.next_runnable(&Kinds::new(&KindSettings::defaults())).is_none());
         assert_eq!(window.bytes(), 0);
 
         // The cancel is answered while a fetch is out that claimed the job earlier.
@@ -435,17 +435,14 @@ mod tests {
         window.cancel_started(id, false);
         window.cancel_answered(id, true, true);
         window.add_fetched(vec![job.clone()]);
-        assert!(window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).is_none());
+        assert!(window.next_runnable(&Kinds::new(&KindSettings::defaults())).is_none());
 
         // A cancel that failed puts the job back.
         let mut window = Window::new(100, 64 << 20);
         window.add_fetched(vec![job]);
         window.cancel_started(id, true);
-        assert!(window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).is_none());
+        assert!(window.next_runnable(&Kinds::new(&KindSettings::defaults())).is_none());
         window.cancel_answered(id, false, true);
-        assert_eq!(
-            window.next_runnable(true, &Kinds::new(&KindSettings::defaults())).map(|(job, _, _)| job.id),
-            Some(id)
-        );
+        assert_eq!(window.next_runnable(&Kinds::new(&KindSettings::defaults())).map(|(job, _, _)| job.id), Some(id));
     }
 }

@@ -215,9 +215,6 @@ impl Handler<RunJob> for Worker {
             let _entered = span.enter();
             let outcome = match ended {
                 BodyEnd::Returned(Ok(result)) => Outcome::Succeeded(result),
-                BodyEnd::Returned(Err(error)) if error.is_store_unreachable() => {
-                    Outcome::StoreUnreachable { error: error.to_string() }
-                }
                 BodyEnd::Returned(Err(JobError::Deferred { message, retry_after })) => {
                     Outcome::Deferred { error: message, retry_after }
                 }

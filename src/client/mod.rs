@@ -1,5 +1,5 @@
 //! The client side of the `jobd` binary: `jobd submit`, `jobd jobs …` and `jobd stats`
-//! talk to a running jobd over its HTTP API, with the exit codes the README documents.
+//! talk to a running jobd over its HTTP API, with the exit codes docs/operations.md documents.
 
 mod commands;
 mod progress;

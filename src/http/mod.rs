@@ -68,7 +68,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub store: Arc<JobStore>,
     /// Whether the store answered its latest probe, and why not.
-    pub store_health: Arc<crate::store_health::StoreHealth>,
+    pub store_health: Arc<crate::kinds::upload::StoreHealth>,
     /// The job bodies' runtime, whose task count `/v1/stats` reports.
     pub body_runtime: tokio::runtime::Handle,
     /// The tokens in force; off when no token file is configured.

@@ -26,7 +26,8 @@ use crate::auth::Principal;
 use crate::job::{Body, Job, JobResult, JobSpec, Outcome};
 use crate::store::{JobStore, StoreError};
 
-/// What kinds may know about the daemon's settings when they validate a request.
+/// What kinds are built with: the daemon's settings they read, and the shared state a kind
+/// owns but the daemon starts (the store's health, whose probe loop the server runs).
 #[derive(Debug, Clone, Default)]
 pub struct KindSettings {
     /// Whether the test kinds (`sleep`, `fail`, `panic`) are registered.
@@ -37,6 +38,9 @@ pub struct KindSettings {
     pub default_key_prefix: String,
     /// The configured webhook destinations, by name (`[webhooks.<name>]`).
     pub webhooks: std::collections::BTreeMap<String, webhook::DestinationSettings>,
+    /// The object store's health, which gates uploads while the store cannot be reached;
+    /// `None` (tests) gates nothing.
+    pub store_health: Option<Arc<upload::StoreHealth>>,
 }
 
 impl KindSettings {
@@ -64,8 +68,32 @@ pub struct Refusal {
     pub confinement: &'static str,
 }
 
-/// Which jobs share a limit besides the worker pool: a webhook destination's.
+/// Which jobs share a limit besides the worker pool: a webhook destination's, or the
+/// object store's.
 pub type GateKey = Arc<str>;
+
+/// Tells whoever holds jobs at gates that a gate opened by itself, not through a permit
+/// given back: the store's, when a probe reaches it again. The server hands it to the
+/// kinds' own loops and carries it to the Dispatcher, so that no kind knows the actors.
+#[derive(Clone)]
+pub struct GateSignal(Arc<dyn Fn(GateKey) + Send + Sync>);
+
+impl GateSignal {
+    pub fn new(signal: impl Fn(GateKey) + Send + Sync + 'static) -> Self {
+        GateSignal(Arc::new(signal))
+    }
+
+    /// Says that `gate` opened: every job waiting at it may try again.
+    pub fn signal(&self, gate: GateKey) {
+        (self.0)(gate);
+    }
+}
+
+impl std::fmt::Debug for GateSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateSignal").finish_non_exhaustive()
+    }
+}
 
 /// Held while a job's attempt runs, and dropped when it ends, however it ends: gives back
 /// what [`Kind::admit`] took (a slot of a destination's in-flight limit).
@@ -198,12 +226,6 @@ impl JobError {
             JobError::Deferred { .. } => true,
         }
     }
-
-    /// Whether the error says the store itself is unreachable rather than that this job
-    /// cannot be written: then the store's other jobs would fail the same way.
-    pub fn is_store_unreachable(&self) -> bool {
-        matches!(self, JobError::Store(error) if error.is_unreachable())
-    }
 }
 
 /// One kind of job: how a request's job is validated and authorised, and how it runs.
@@ -224,8 +246,9 @@ pub trait Kind: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Whether the job may start now. A kind whose jobs share a limit besides the worker
-    /// pool (a webhook destination's in-flight limit and circuit) says `Later` while it is
-    /// reached; the Dispatcher then sets the job aside without starting it.
+    /// pool (a webhook destination's in-flight limit and circuit, the object store while it
+    /// cannot be reached) says `Later` or `Closed` while it is reached; the Dispatcher then
+    /// sets the job aside without starting it.
     fn admit(&self, _job: &Job) -> Admission {
         Admission::Now(None)
     }
@@ -248,11 +271,6 @@ pub trait Kind: Send + Sync + std::fmt::Debug + 'static {
     /// How long one attempt may take when neither the job nor `job_timeouts_ms` says.
     fn default_timeout(&self) -> Option<Duration> {
         None
-    }
-
-    /// Whether the job writes to the object store, and so waits while the store is down.
-    fn needs_store(&self) -> bool {
-        false
     }
 
     /// Runs an attempt placed on the worker's own thread ([`RunsOn::WorkerThread`]) to its

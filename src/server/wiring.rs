@@ -10,18 +10,18 @@ use actix_web::web;
 use tokio::task::JoinHandle;
 
 use super::{ServeError, authenticator, certificate, warn_if_no_tokens};
-use crate::actors::dispatcher::PoolSettings;
+use crate::actors::dispatcher::{GateOpened, PoolSettings};
 use crate::actors::{Dispatcher, Ingest};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::http::{AppState, Lifecycle};
-use crate::kinds::{KindSettings, Kinds, RunContext};
+use crate::kinds::upload::{STORE_GATE, StoreHealth};
+use crate::kinds::{GateKey, GateSignal, KindSettings, Kinds, RunContext};
 use crate::metrics::Metrics;
 use crate::queue::{QueueHandle, QueueKind};
 use crate::runner::JobRunner;
 use crate::stats::Stats;
 use crate::store::JobStore;
-use crate::store_health::StoreHealth;
 use crate::submission::ParseOptions;
 use crate::systemd::Notifier;
 use crate::tls::CertificateReloader;
@@ -95,6 +95,7 @@ pub(super) async fn wire(
         metadata_supported: store.kind().supports_attributes(),
         default_key_prefix: config.key_prefix.clone(),
         webhooks: config.webhooks.clone(),
+        store_health: Some(store_health.clone()),
     }));
     let runner = Arc::new(JobRunner {
         kinds: kinds.clone(),
@@ -111,10 +112,14 @@ pub(super) async fn wire(
         window_max_bytes: config.window_max_bytes,
         shared_queue: config.queue == QueueKind::Postgres,
     };
-    let dispatcher = Dispatcher::new(queue.clone(), runner, stats.clone(), pool, store_health.clone())
+    let dispatcher = Dispatcher::new(queue.clone(), runner, stats.clone(), pool)
         .with_systemd(notifier.clone(), crate::systemd::watchdog_interval())
         .start();
-    let probe_task = actix::spawn(store_health.clone().run(store.clone(), dispatcher.clone()));
+    let gate_opened = {
+        let dispatcher = dispatcher.clone();
+        GateSignal::new(move |gate| dispatcher.do_send(GateOpened(gate)))
+    };
+    let probe_task = actix::spawn(store_health.clone().run(store.clone(), GateKey::from(STORE_GATE), gate_opened));
     let ingest = Ingest::new(queue.clone(), metrics.clone(), config.group_commit, config.max_attempts)
         .with_max_pending_bytes(config.ingest_max_pending_bytes)
         .start();

@@ -2,6 +2,7 @@
 //! or under the default prefix, with a content type, optional gzip and user metadata.
 
 mod metadata;
+mod store_health;
 
 use std::sync::Arc;
 
@@ -10,9 +11,14 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+pub use self::store_health::StoreHealth;
+
 use self::metadata::{Metadata, check_metadata};
 use super::field_problem;
-use super::{FieldProblem, JobError, Kind, KindSettings, Refusal, Registration, RequestFields, RunContext, Validated};
+use super::{
+    Admission, FieldProblem, GateKey, JobError, Kind, KindSettings, Refusal, Registration, RequestFields, RunContext,
+    Validated,
+};
 use crate::auth::Principal;
 use crate::job::{Body, Job, JobResult, JobSpec};
 use crate::keys::ObjectKey;
@@ -20,6 +26,10 @@ use crate::store::UploadOptions;
 
 /// The kind's name.
 pub const NAME: &str = "upload";
+
+/// The gate uploads wait at while the store cannot be reached. The colon keeps it apart
+/// from every webhook destination's gate, which is the destination's name.
+pub const STORE_GATE: &str = "upload:store";
 
 /// The longest Content-Type accepted; S3 headers are limited and no real type is longer.
 const MAX_CONTENT_TYPE_BYTES: usize = 256;
@@ -31,6 +41,8 @@ pub const REGISTRATION: Registration = Registration {
         Arc::new(Upload {
             metadata_supported: settings.metadata_supported,
             default_key_prefix: settings.default_key_prefix.clone(),
+            store_health: settings.store_health.clone(),
+            gate: GateKey::from(STORE_GATE),
         })
     },
     request_schema: || <UploadFields as utoipa::PartialSchema>::schema(),
@@ -90,6 +102,11 @@ pub fn requested_key(job: &JobSpec) -> Option<String> {
 struct Upload {
     metadata_supported: bool,
     default_key_prefix: String,
+    /// While the store cannot be reached, uploads wait at [`STORE_GATE`] instead of
+    /// spending their attempts; an outage costs each upload that was running when it began
+    /// one attempt.
+    store_health: Option<Arc<StoreHealth>>,
+    gate: GateKey,
 }
 
 impl Kind for Upload {
@@ -177,8 +194,19 @@ impl Kind for Upload {
         Err(Refusal { field: "key".to_owned(), message, confinement: "key_prefix" })
     }
 
+    /// Closed while the store cannot be reached: no node could run the job either, so a
+    /// shared queue's node does not count it against its claims, and the jobs of other
+    /// kinds run meanwhile.
+    fn admit(&self, _job: &Job) -> Admission {
+        match &self.store_health {
+            Some(health) if !health.is_reachable() => Admission::Closed(self.gate.clone()),
+            _ => Admission::Now(None),
+        }
+    }
+
     fn run(&self, job: Job, context: &RunContext) -> BoxFuture<'static, Result<JobResult, JobError>> {
         let store = context.store.clone();
+        let store_health = self.store_health.clone();
         Box::pin(async move {
             let permanent = |message: String| JobError::Failed { message, retryable: false };
             let args: UploadArgs = match &job.args {
@@ -208,17 +236,19 @@ impl Kind for Upload {
                 metadata: args.metadata.into_iter().collect(),
             };
             tracing::debug!(key = %key, bytes = bytes.len(), "uploading");
-            let written = store.put(&key, bytes, &options).await?;
+            let written = store.put(&key, bytes, &options).await.inspect_err(|error| {
+                if error.is_unreachable()
+                    && let Some(health) = &store_health
+                {
+                    health.found_unreachable(&error.to_string());
+                }
+            })?;
             Ok(JobResult::with([
                 ("key", Some(key.to_string().into())),
                 ("size", Some(written.size.into())),
                 ("etag", written.etag.map(Into::into)),
             ]))
         })
-    }
-
-    fn needs_store(&self) -> bool {
-        true
     }
 }
 

@@ -10,16 +10,7 @@ use super::{ClusterSettings, PostgresBackend};
 use crate::job::Job;
 use crate::queue::{JobWriter as _, NodeId, QueueBackend as _, Transactions as _};
 
-// The integration tests' private cluster, and what it can be started with.
-#[allow(dead_code)]
-#[path = "../../../tests/common/postgres.rs"]
-mod cluster;
-#[allow(dead_code)]
-#[path = "../../../tests/common/netns.rs"]
-mod netns;
-#[allow(dead_code)]
-#[path = "../../../tests/common/pki.rs"]
-mod pki;
+use crate::queue::test_cluster::cluster;
 
 /// At shutdown the listener thread, which announces ready jobs to the other nodes, may
 /// stop before the ingest lane's last commit. The lane then announces them itself when it

@@ -1,16 +1,14 @@
-//! The object store's health: the probe loop that decides whether the store is up, the
-//! verdict that `/readyz`, the `jobd_store_up` gauge and the Dispatcher read, and the
-//! re-probes with backoff while it is down.
+//! The object store's health, which the upload kind owns: the probe loop that decides
+//! whether the store is up, the verdict that `/readyz`, the `jobd_store_up` gauge and the
+//! kind's gate read, and the re-probes with backoff while it is down.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use actix::Addr;
 use tokio::sync::Notify;
 
-use crate::actors::Dispatcher;
-use crate::actors::dispatcher::StoreAvailability;
+use crate::kinds::{GateKey, GateSignal};
 use crate::metrics::Metrics;
 use crate::store::{JobStore, StoreError};
 
@@ -23,8 +21,8 @@ const PROBE_INTERVAL_DOWN_FIRST: Duration = Duration::from_secs(1);
 const PROBE_INTERVAL_DOWN_MAX: Duration = Duration::from_secs(10);
 
 /// What the latest probe found. Shared by the probe loop (which writes it), `/readyz` and
-/// the metrics (which read it) and the Dispatcher (which asks for a probe when an upload
-/// says the store is unreachable).
+/// the metrics (which read it) and the upload kind, whose gate is closed while the store
+/// cannot be reached, and which asks for a probe when an upload finds it unreachable.
 #[derive(Debug)]
 pub struct StoreHealth {
     /// The latest probe succeeded.
@@ -78,9 +76,27 @@ impl StoreHealth {
         self.last_error.lock().ok().and_then(|error| error.clone())
     }
 
-    /// Asks the probe loop to probe now: a job found the store unreachable.
-    pub fn request_probe(&self) {
+    /// An upload found the store unreachable: the gate closes at once, rather than let
+    /// each waiting upload spend an attempt until the next scheduled probe, and the probe
+    /// asked for now decides whether it opens again.
+    pub fn found_unreachable(&self, error: &str) {
+        if !self.unreachable.swap(true, Ordering::AcqRel) {
+            tracing::warn!(%error, "an upload found the store unreachable: holding uploads until a probe answers");
+        }
         self.probe_now.notify_one();
+    }
+
+    /// A store health for tests, reachable or not, that no probe loop updates.
+    #[cfg(test)]
+    pub fn for_test(reachable: bool) -> Arc<StoreHealth> {
+        let metrics = Arc::new(Metrics::new(&["noop"], &[]).expect("metrics"));
+        Arc::new(StoreHealth {
+            up: AtomicBool::new(reachable),
+            unreachable: AtomicBool::new(!reachable),
+            last_error: std::sync::Mutex::new(None),
+            probe_now: Notify::new(),
+            metrics,
+        })
     }
 
     /// Probes and records the verdict; returns whether the probe succeeded.
@@ -98,11 +114,11 @@ impl StoreHealth {
     }
 
     /// Probes forever: every [`PROBE_INTERVAL_UP`] while the store is reachable or when
-    /// asked, and with backoff while it is not. Tells the Dispatcher whether it is
-    /// reachable after every probe that changed that or that it asked for, so that it holds
-    /// or releases the store's jobs. The messages are bounded by the probes, one at a time,
-    /// so `do_send` cannot pile up.
-    pub async fn run(self: Arc<Self>, store: Arc<JobStore>, dispatcher: Addr<Dispatcher>) {
+    /// asked, and with backoff while it is not. After a probe that found the store
+    /// reachable when it had not been, or that an upload asked for, it signals that the
+    /// store's `gate` opened, so that the uploads waiting at it go on. The signals are
+    /// bounded by the probes, one at a time.
+    pub async fn run(self: Arc<Self>, store: Arc<JobStore>, gate: GateKey, opened: GateSignal) {
         let mut down_wait = PROBE_INTERVAL_DOWN_FIRST;
         loop {
             let was_up = self.is_up();
@@ -137,9 +153,8 @@ impl StoreHealth {
                 ),
                 (true, true) => {}
             }
-            let reachable = self.is_reachable();
-            if asked || was_reachable != reachable {
-                dispatcher.do_send(StoreAvailability { reachable });
+            if self.is_reachable() && (asked || !was_reachable) {
+                opened.signal(gate.clone());
             }
         }
     }
