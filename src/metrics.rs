@@ -21,8 +21,6 @@ use crate::queue::QueueStatus;
 
 /// Attempt outcomes, plus `dead` for jobs that failed for good.
 pub const OUTCOMES: [&str; 5] = ["succeeded", "failed", "dead", "panicked", "timed_out"];
-/// How a webhook delivery ended.
-pub const WEBHOOK_OUTCOMES: [&str; 4] = ["delivered", "failed", "timed_out", "rejected"];
 /// Why a submission was refused.
 pub const REJECTION_REASONS: [&str; 10] = [
     "queue_full",
@@ -75,13 +73,6 @@ pub struct Metrics {
     pub store_sync_duration: Histogram,
     /// 1 while the object store answers its probe, 0 while uploads are held for it.
     pub store_up: IntGauge,
-    /// Webhook deliveries by destination and outcome (`delivered`, `failed`, `timed_out`,
-    /// `rejected`); destinations are the configured names, a bounded set.
-    pub webhook_deliveries: IntCounterVec,
-    /// Time from sending a delivery to its answer's head, by destination.
-    pub webhook_duration: HistogramVec,
-    /// 1 while a destination's circuit is open (its deliveries wait), by destination.
-    pub webhook_circuit_open: IntGaugeVec,
     /// The cluster's series (`jobd_nodes`, rescues, fenced writes, heartbeat lag); with
     /// SQLite, one node and nothing else.
     pub cluster: crate::queue::ClusterMetrics,
@@ -111,6 +102,12 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// The registry `/metrics` serves, where kinds register their own series
+    /// ([`crate::kinds::Registration::build`]).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The queue thread's series, handed to it so that the queue needs no registry.
     pub fn commit_metrics(&self) -> crate::queue::CommitMetrics {
         crate::queue::CommitMetrics {
@@ -124,7 +121,7 @@ impl Metrics {
     /// dashboards and alerts see a series before the first event. `kinds` are the kinds
     /// that can run (the registry's, without the test kinds unless they are on): only they
     /// get series.
-    pub fn new(kinds: &[&'static str], destinations: &[&str]) -> Result<Metrics, MetricsError> {
+    pub fn new(kinds: &[&'static str]) -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
         let jobs_submitted =
             IntCounterVec::new(Opts::new("jobd_jobs_submitted_total", "Jobs accepted, by kind."), &["kind"])?;
@@ -146,26 +143,6 @@ impl Metrics {
                 .buckets(exponential_buckets(0.0001, 2.0, 22)?),
             &["kind"],
         )?;
-        let webhook_deliveries = IntCounterVec::new(
-            Opts::new("jobd_webhook_deliveries_total", "Webhook deliveries, by destination and outcome."),
-            &[crate::kinds::webhook::DESTINATION_LABEL, "outcome"],
-        )?;
-        let webhook_duration = HistogramVec::new(
-            HistogramOpts::new("jobd_webhook_duration_seconds", "Time a webhook delivery took, by destination.")
-                .buckets(exponential_buckets(0.001, 2.0, 16)?),
-            &[crate::kinds::webhook::DESTINATION_LABEL],
-        )?;
-        let webhook_circuit_open = IntGaugeVec::new(
-            Opts::new("jobd_webhook_circuit_open", "1 while a destination's circuit is open and its deliveries wait."),
-            &[crate::kinds::webhook::DESTINATION_LABEL],
-        )?;
-        for &destination in destinations {
-            for outcome in WEBHOOK_OUTCOMES {
-                webhook_deliveries.with_label_values(&[destination, outcome]);
-            }
-            webhook_duration.with_label_values(&[destination]);
-            webhook_circuit_open.with_label_values(&[destination]).set(0);
-        }
         let worker_restarts =
             IntCounter::new("jobd_worker_restarts_total", "Workers restarted after a panicked job, or replaced.")?;
         let jobs_started =
@@ -318,9 +295,6 @@ impl Metrics {
             Box::new(uploads_in_flight.clone()),
             Box::new(upload_concurrency.clone()),
             Box::new(store_up.clone()),
-            Box::new(webhook_deliveries.clone()),
-            Box::new(webhook_duration.clone()),
-            Box::new(webhook_circuit_open.clone()),
             Box::new(cluster.nodes.clone()),
             Box::new(cluster.rescued.clone()),
             Box::new(cluster.fenced.clone()),
@@ -350,9 +324,6 @@ impl Metrics {
             store_commit_batch_size,
             store_sync_duration,
             store_up,
-            webhook_deliveries,
-            webhook_duration,
-            webhook_circuit_open,
             cluster,
             http_requests,
             http_duration,
@@ -455,7 +426,7 @@ mod tests {
 
     #[test]
     fn every_required_series_is_exported_with_its_labels() {
-        let metrics = Metrics::new(&crate::kinds::all_names().collect::<Vec<_>>(), &["billing"]).expect("metrics");
+        let metrics = Metrics::new(&crate::kinds::all_names().collect::<Vec<_>>()).expect("metrics");
         let text = metrics.render(&Scrape { queue: None, workers_total: 4, workers_busy: 1, uploads: (2, 8) });
         for series in [
             "jobd_jobs_submitted_total{kind=\"upload\"} 0",

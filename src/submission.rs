@@ -560,7 +560,8 @@ mod tests {
 
     /// Every kind, the test kinds too.
     fn all_kinds() -> Kinds {
-        Kinds::new(&crate::kinds::KindSettings { test_kinds: true, ..crate::kinds::KindSettings::defaults() })
+        Kinds::unserved(&crate::kinds::KindSettings { test_kinds: true, ..crate::kinds::KindSettings::defaults() })
+            .expect("kinds")
     }
 
     fn parse(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, SubmissionError> {
@@ -658,7 +659,7 @@ mod tests {
 
     #[test]
     fn test_kinds_are_unknown_unless_enabled() {
-        let closed = Kinds::new(&crate::kinds::KindSettings::defaults());
+        let closed = Kinds::unserved(&crate::kinds::KindSettings::defaults()).expect("kinds");
         let error = first_error(parse_jobs(br#"{"kind":"sleep","payload":{"ms":1}}"#, &closed, OPTIONS));
         assert_eq!(error.field, "kind");
     }

@@ -22,7 +22,7 @@ const OPTIONS: ParseOptions = ParseOptions::DEFAULT;
 
 /// Every kind, the test kinds too, as a daemon with `test_kinds` runs them.
 fn kinds() -> Kinds {
-    Kinds::new(&KindSettings { test_kinds: true, ..KindSettings::defaults() })
+    Kinds::unserved(&KindSettings { test_kinds: true, ..KindSettings::defaults() }).expect("kinds")
 }
 
 fn fuzz_time() -> Duration {

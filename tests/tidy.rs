@@ -1,7 +1,8 @@
 //! Tidy checks run as ordinary tests: every Rust file opens with a `//!` line saying what
 //! it owns and has no trailing whitespace; no source file grows past about 700 lines
-//! besides its tests; no module outside `src/kinds/` names a kind's request fields; and the
-//! README stays short, with every relative link of the documentation leading somewhere.
+//! besides its tests; no module outside `src/kinds/` names a kind's request fields, and the
+//! scheduling core names no kind module; and the README stays short, with every relative
+//! link of the documentation leading somewhere.
 
 use std::path::{Path, PathBuf};
 
@@ -101,6 +102,30 @@ fn no_module_outside_src_kinds_names_a_kinds_request_fields() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The scheduling core (the actors, the queue, the runner, the job and its metrics) reaches
+/// kinds only through the `Kind` trait and the registry: no kind module is named there, so
+/// that a kind's gate, settings or series never become the core's business again (the
+/// store's health once made `actors/dispatcher.rs` and `store_health.rs` import each other).
+#[test]
+fn the_core_names_no_kind_module() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let core = |path: &Path| {
+        path.starts_with(src.join("actors"))
+            || path.starts_with(src.join("queue"))
+            || ["metrics.rs", "runner.rs", "job.rs", "stats.rs", "retry.rs"].iter().any(|name| *path == src.join(name))
+    };
+    let mut named = Vec::new();
+    for path in source_files().into_iter().filter(|path| core(path) && !is_test_file(path)) {
+        let text = std::fs::read_to_string(&path).expect("read source");
+        for module in ["kinds::upload", "kinds::webhook", "kinds::noop", "kinds::testing"] {
+            if without_tests(&text).contains(module) {
+                named.push(format!("{} names {module}", path.display()));
+            }
+        }
+    }
+    assert!(named.is_empty(), "{}", named.join("\n"));
 }
 
 /// The Markdown files a reader moves between: the README, the documents under `docs/`, and

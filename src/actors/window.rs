@@ -314,7 +314,11 @@ mod tests {
 
     /// The daemon's kinds, with an object store that can be reached or not.
     fn kinds_with_store(reachable: bool) -> Kinds {
-        Kinds::new(&KindSettings { store_health: Some(StoreHealth::for_test(reachable)), ..KindSettings::defaults() })
+        Kinds::unserved(&KindSettings {
+            store_health: Some(StoreHealth::for_test(reachable)),
+            ..KindSettings::defaults()
+        })
+        .expect("kinds")
     }
 
     #[test]
@@ -333,7 +337,7 @@ mod tests {
         assert!(window.bytes() <= 64 << 20 && window.bytes() > 56 << 20, "{}", window.bytes());
         assert_eq!(window.wanted(), None, "past the byte bound nothing more is claimed");
         for _ in 0..8 {
-            assert!(window.next_runnable(&Kinds::new(&KindSettings::defaults())).is_some());
+            assert!(window.next_runnable(&Kinds::unserved(&KindSettings::defaults()).expect("kinds")).is_some());
         }
         assert!(window.wanted().is_some(), "started jobs free their bytes");
     }
@@ -423,11 +427,11 @@ mod tests {
         window.cancel_started(id, false);
         window.add_fetched(vec![job.clone()]);
         assert!(
-            window.next_runnable(&Kinds::new(&KindSettings::defaults())).is_none(),
+            window.next_runnable(&Kinds::unserved(&KindSettings::defaults()).expect("kinds")).is_none(),
             "held back while the cancel is in flight"
         );
         window.cancel_answered(id, true, false);
-        assert!(window.next_runnable(&Kinds::new(&KindSettings::defaults())).is_none());
+        assert!(window.next_runnable(&Kinds::unserved(&KindSettings::defaults()).expect("kinds")).is_none());
         assert_eq!(window.bytes(), 0);
 
         // The cancel is answered while a fetch is out that claimed the job earlier.
@@ -435,14 +439,17 @@ mod tests {
         window.cancel_started(id, false);
         window.cancel_answered(id, true, true);
         window.add_fetched(vec![job.clone()]);
-        assert!(window.next_runnable(&Kinds::new(&KindSettings::defaults())).is_none());
+        assert!(window.next_runnable(&Kinds::unserved(&KindSettings::defaults()).expect("kinds")).is_none());
 
         // A cancel that failed puts the job back.
         let mut window = Window::new(100, 64 << 20);
         window.add_fetched(vec![job]);
         window.cancel_started(id, true);
-        assert!(window.next_runnable(&Kinds::new(&KindSettings::defaults())).is_none());
+        assert!(window.next_runnable(&Kinds::unserved(&KindSettings::defaults()).expect("kinds")).is_none());
         window.cancel_answered(id, false, true);
-        assert_eq!(window.next_runnable(&Kinds::new(&KindSettings::defaults())).map(|(job, _, _)| job.id), Some(id));
+        assert_eq!(
+            window.next_runnable(&Kinds::unserved(&KindSettings::defaults()).expect("kinds")).map(|(job, _, _)| job.id),
+            Some(id)
+        );
     }
 }

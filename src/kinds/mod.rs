@@ -280,12 +280,18 @@ pub trait Kind: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
+/// Builds a kind from its settings, registering its series in the registry `/metrics`
+/// serves.
+pub type BuildKind = fn(&KindSettings, &prometheus::Registry) -> Result<Arc<dyn Kind>, prometheus::Error>;
+
 /// How the registry builds a kind.
 pub struct Registration {
     pub name: &'static str,
     /// Registered only with `test_kinds`.
     pub test_only: bool,
-    pub build: fn(&KindSettings) -> Arc<dyn Kind>,
+    /// Builds the kind from its settings, registering its own metric series, if it has
+    /// any, in the registry `/metrics` serves.
+    pub build: BuildKind,
     /// The kind's own request fields, for the API description.
     pub request_schema: fn() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
 }
@@ -320,12 +326,21 @@ pub struct Kinds {
 
 impl Kinds {
     /// The kinds `settings` enable: every kind, and the test kinds only with `test_kinds`.
-    pub fn new(settings: &KindSettings) -> Self {
+    /// Each registers its own metric series in `registry`; an error is a clash of names,
+    /// a bug.
+    pub fn new(settings: &KindSettings, registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
         let registered: Vec<&Registration> =
             REGISTRY.iter().filter(|registration| settings.test_kinds || !registration.test_only).collect();
-        let kinds = registered.iter().map(|registration| (registration.build)(settings)).collect();
+        let kinds =
+            registered.iter().map(|registration| (registration.build)(settings, registry)).collect::<Result<_, _>>()?;
         let fields = registered.iter().map(|registration| (registration.name, request_fields(registration))).collect();
-        Kinds { kinds, fields }
+        Ok(Kinds { kinds, fields })
+    }
+
+    /// The kinds `settings` enable, their series in a registry of their own that nothing
+    /// serves: for tests and tools that build kinds without a daemon.
+    pub fn unserved(settings: &KindSettings) -> Result<Self, prometheus::Error> {
+        Self::new(settings, &prometheus::Registry::new())
     }
 
     /// The first registered kind whose requests have `field`, for the message that

@@ -13,7 +13,9 @@ use crate::job::{Job, JobResult, Outcome};
 pub const REGISTRATION: Registration = Registration {
     name: "noop",
     test_only: false,
-    build: |_: &KindSettings| -> Arc<dyn Kind> { Arc::new(Noop) },
+    build: |_: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, prometheus::Error> {
+        Ok(Arc::new(Noop))
+    },
     request_schema: || utoipa::openapi::ObjectBuilder::new().into(),
 };
 

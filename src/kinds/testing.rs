@@ -20,21 +20,27 @@ const MAX_SLEEP_MILLIS: u64 = 3_600_000;
 pub const SLEEP: Registration = Registration {
     name: "sleep",
     test_only: true,
-    build: |_: &KindSettings| -> Arc<dyn Kind> { Arc::new(Sleep) },
+    build: |_: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, prometheus::Error> {
+        Ok(Arc::new(Sleep))
+    },
     request_schema: payload_schema,
 };
 
 pub const FAIL: Registration = Registration {
     name: "fail",
     test_only: true,
-    build: |_: &KindSettings| -> Arc<dyn Kind> { Arc::new(Requested { panics: false }) },
+    build: |_: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, prometheus::Error> {
+        Ok(Arc::new(Requested { panics: false }))
+    },
     request_schema: payload_schema,
 };
 
 pub const PANIC: Registration = Registration {
     name: "panic",
     test_only: true,
-    build: |_: &KindSettings| -> Arc<dyn Kind> { Arc::new(Requested { panics: true }) },
+    build: |_: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, prometheus::Error> {
+        Ok(Arc::new(Requested { panics: true }))
+    },
     request_schema: payload_schema,
 };
 

@@ -378,7 +378,7 @@ fn postgres(capacity: usize) -> Opened {
     static CLUSTER: std::sync::OnceLock<cluster::Cluster> = std::sync::OnceLock::new();
     let url = CLUSTER.get_or_init(cluster::Cluster::start).new_database();
     let settings = super::ClusterSettings { url, node_name: "conformance".to_owned(), lease: Duration::from_secs(5) };
-    let metrics = crate::metrics::Metrics::new(&["noop"], &[]).expect("metrics").cluster;
+    let metrics = crate::metrics::Metrics::new(&["noop"]).expect("metrics").cluster;
     let node = super::NodeId::generate();
     let backend = super::postgres::PostgresBackend::open(&settings, node, capacity, metrics).expect("open");
     let clock = backend.lease_clock().expect("a shared backend has a lease clock");

@@ -8,9 +8,9 @@ mod backend;
 mod columns;
 #[cfg(test)]
 mod conformance;
+mod lease;
 #[cfg(test)]
 mod test_cluster;
-mod lease;
 // The in-memory backend is a test helper: it keeps nothing across a restart, so no
 // operator should run it, and the queue thread's tests need a backend without a disk.
 #[cfg(test)]

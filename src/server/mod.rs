@@ -171,8 +171,7 @@ fn reload(auth: &Authenticator, certificate: Option<&CertificateReloader>, metri
 pub fn serve(config: Config) -> Result<(), ServeError> {
     // The queue opens, and recovers, before anything listens: jobd is ready only after
     // recovery.
-    let destinations: Vec<&str> = config.webhooks.keys().map(String::as_str).collect();
-    let metrics = Arc::new(Metrics::new(&crate::kinds::registered_names(config.test_kinds), &destinations)?);
+    let metrics = Arc::new(Metrics::new(&crate::kinds::registered_names(config.test_kinds))?);
     let node = crate::queue::NodeId::generate();
     tracing::info!(node = %node, node_name = config.node_name, "this process holds the jobs it claims as this node");
     let backend = crate::queue::open(&config.queue_settings(node), metrics.cluster.clone())?;

@@ -90,13 +90,16 @@ pub(super) async fn wire(
     let stats = Arc::new(Stats::default());
     let store_health = StoreHealth::probe_at_start(&store, metrics.clone()).await;
 
-    let kinds = Arc::new(Kinds::new(&KindSettings {
-        test_kinds: config.test_kinds,
-        metadata_supported: store.kind().supports_attributes(),
-        default_key_prefix: config.key_prefix.clone(),
-        webhooks: config.webhooks.clone(),
-        store_health: Some(store_health.clone()),
-    }));
+    let kinds = Arc::new(Kinds::new(
+        &KindSettings {
+            test_kinds: config.test_kinds,
+            metadata_supported: store.kind().supports_attributes(),
+            default_key_prefix: config.key_prefix.clone(),
+            webhooks: config.webhooks.clone(),
+            store_health: Some(store_health.clone()),
+        },
+        metrics.registry(),
+    )?);
     let runner = Arc::new(JobRunner {
         kinds: kinds.clone(),
         context: RunContext { store: store.clone(), metrics: metrics.clone() },

@@ -37,13 +37,13 @@ const MAX_CONTENT_TYPE_BYTES: usize = 256;
 pub const REGISTRATION: Registration = Registration {
     name: NAME,
     test_only: false,
-    build: |settings: &KindSettings| -> Arc<dyn Kind> {
-        Arc::new(Upload {
+    build: |settings: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, prometheus::Error> {
+        Ok(Arc::new(Upload {
             metadata_supported: settings.metadata_supported,
             default_key_prefix: settings.default_key_prefix.clone(),
             store_health: settings.store_health.clone(),
             gate: GateKey::from(STORE_GATE),
-        })
+        }))
     },
     request_schema: || <UploadFields as utoipa::PartialSchema>::schema(),
 };

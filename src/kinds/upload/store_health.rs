@@ -89,7 +89,7 @@ impl StoreHealth {
     /// A store health for tests, reachable or not, that no probe loop updates.
     #[cfg(test)]
     pub fn for_test(reachable: bool) -> Arc<StoreHealth> {
-        let metrics = Arc::new(Metrics::new(&["noop"], &[]).expect("metrics"));
+        let metrics = Arc::new(Metrics::new(&["noop"]).expect("metrics"));
         Arc::new(StoreHealth {
             up: AtomicBool::new(reachable),
             unreachable: AtomicBool::new(!reachable),

@@ -14,7 +14,6 @@ use super::client;
 use super::destination::{Destination, Verdict};
 use crate::job::{Job, JobResult};
 use crate::kinds::JobError;
-use crate::metrics::Metrics;
 
 /// How much of a receiver's answer the job's record keeps.
 const RESPONSE_KEPT_BYTES: usize = 1024;
@@ -61,7 +60,6 @@ pub(super) async fn deliver(
     destination: &Destination,
     job: Job,
     event_type: Option<&str>,
-    metrics: &Metrics,
 ) -> Result<JobResult, JobError> {
     // The job is this attempt's own copy: its body moves into the request.
     let body = job.body.map(|body| body.bytes).unwrap_or_default();
@@ -91,8 +89,10 @@ pub(super) async fn deliver(
     let sent = tokio::time::timeout_at(deadline, exchange).await;
     let elapsed = started.elapsed();
     let name = destination.name.as_ref();
-    let series = destination.series(metrics);
-    series.duration.observe(elapsed.as_secs_f64());
+    let series = destination.series();
+    if let Some(series) = series {
+        series.duration.observe(elapsed.as_secs_f64());
+    }
     let (outcome, verdict, result) = match sent {
         Err(_elapsed) => (
             "timed_out",
@@ -113,10 +113,14 @@ pub(super) async fn deliver(
             classify(destination, &head, &answer, elapsed)
         }
     };
-    series.deliveries(outcome).inc();
+    if let Some(series) = series {
+        series.deliveries(outcome).inc();
+    }
     let (open, changed) = destination.record(verdict);
     if changed {
-        series.circuit_open.set(i64::from(open));
+        if let Some(series) = series {
+            series.circuit_open.set(i64::from(open));
+        }
         if open {
             tracing::warn!(destination = name, "webhook circuit opened: deliveries wait, then one probe is tried");
         } else {

@@ -2,7 +2,7 @@
 //! time its HTTP client, its secrets, its in-flight limit and its circuit breaker.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
@@ -217,7 +217,7 @@ impl DestinationSettings {
             failures_to_open,
             open_for,
             gate: Mutex::new(GateState::default()),
-            series: OnceLock::new(),
+            series: None,
         })
     }
 }
@@ -236,22 +236,77 @@ pub struct Destination {
     failures_to_open: u32,
     open_for: Duration,
     gate: Mutex<GateState>,
-    /// The destination's metric series, looked up once rather than by label per delivery.
-    series: OnceLock<Series>,
+    /// The destination's metric series, looked up once rather than by label per delivery;
+    /// `None` for a destination resolved only to check the settings.
+    pub(super) series: Option<Series>,
+}
+
+/// How a webhook delivery ended: the `outcome` label of `jobd_webhook_deliveries_total`.
+pub const OUTCOMES: [&str; 4] = ["delivered", "failed", "timed_out", "rejected"];
+
+/// The label that names a destination on the webhook metrics (`jobd_webhook_*`).
+const DESTINATION_LABEL: &str = "destination";
+
+/// The webhook kind's metric families, which the kind registers itself when it is built.
+pub struct Families {
+    deliveries: prometheus::IntCounterVec,
+    duration: prometheus::HistogramVec,
+    circuit_open: prometheus::IntGaugeVec,
+}
+
+impl Families {
+    /// Creates the families and registers them in `registry`.
+    pub fn register(registry: &prometheus::Registry) -> Result<Families, prometheus::Error> {
+        use prometheus::{HistogramOpts, Opts, exponential_buckets};
+        let families = Families {
+            deliveries: prometheus::IntCounterVec::new(
+                Opts::new("jobd_webhook_deliveries_total", "Webhook deliveries, by destination and outcome."),
+                &[DESTINATION_LABEL, "outcome"],
+            )?,
+            duration: prometheus::HistogramVec::new(
+                HistogramOpts::new("jobd_webhook_duration_seconds", "Time a webhook delivery took, by destination.")
+                    .buckets(exponential_buckets(0.001, 2.0, 16)?),
+                &[DESTINATION_LABEL],
+            )?,
+            circuit_open: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "jobd_webhook_circuit_open",
+                    "1 while a destination's circuit is open and its deliveries wait.",
+                ),
+                &[DESTINATION_LABEL],
+            )?,
+        };
+        registry.register(Box::new(families.deliveries.clone()))?;
+        registry.register(Box::new(families.duration.clone()))?;
+        registry.register(Box::new(families.circuit_open.clone()))?;
+        Ok(families)
+    }
+
+    /// Destination `name`'s series, each at zero from now on, so that dashboards and
+    /// alerts see them before the first delivery.
+    pub fn series(&self, name: &str) -> Series {
+        let circuit_open = self.circuit_open.with_label_values(&[name]);
+        circuit_open.set(0);
+        Series {
+            duration: self.duration.with_label_values(&[name]),
+            circuit_open,
+            deliveries: OUTCOMES.iter().map(|outcome| self.deliveries.with_label_values(&[name, outcome])).collect(),
+        }
+    }
 }
 
 /// One destination's series of the webhook metrics.
 pub struct Series {
     pub duration: prometheus::Histogram,
     pub circuit_open: prometheus::IntGauge,
-    /// By outcome, in the order of [`crate::metrics::WEBHOOK_OUTCOMES`].
+    /// By outcome, in the order of [`OUTCOMES`].
     deliveries: Vec<prometheus::IntCounter>,
 }
 
 impl Series {
-    /// The delivery counter of `outcome`, one of [`crate::metrics::WEBHOOK_OUTCOMES`].
+    /// The delivery counter of `outcome`, one of [`OUTCOMES`].
     pub fn deliveries(&self, outcome: &str) -> &prometheus::IntCounter {
-        let position = crate::metrics::WEBHOOK_OUTCOMES.iter().position(|known| *known == outcome).unwrap_or(0);
+        let position = OUTCOMES.iter().position(|known| *known == outcome).unwrap_or(0);
         &self.deliveries[position]
     }
 }
@@ -301,19 +356,9 @@ impl Drop for Slot {
 }
 
 impl Destination {
-    /// The destination's metric series in `metrics`.
-    pub fn series(&self, metrics: &crate::metrics::Metrics) -> &Series {
-        self.series.get_or_init(|| {
-            let name = self.name.as_ref();
-            Series {
-                duration: metrics.webhook_duration.with_label_values(&[name]),
-                circuit_open: metrics.webhook_circuit_open.with_label_values(&[name]),
-                deliveries: crate::metrics::WEBHOOK_OUTCOMES
-                    .iter()
-                    .map(|outcome| metrics.webhook_deliveries.with_label_values(&[name, outcome]))
-                    .collect(),
-            }
-        })
+    /// The destination's metric series, if the kind registered them.
+    pub fn series(&self) -> Option<&Series> {
+        self.series.as_ref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
@@ -418,5 +463,30 @@ mod tests {
             Some("Bearer x")
         );
         assert_eq!(both.uri.to_string(), "http://billing.example/in");
+    }
+
+    /// The kind registers its own series, and a configured destination's are exported at
+    /// zero before its first delivery, so that dashboards and alerts see them.
+    #[test]
+    fn the_kinds_series_are_registered_by_it_and_start_at_zero() {
+        let registry = prometheus::Registry::new();
+        let families = Families::register(&registry).expect("register");
+        let series = families.series("billing");
+        series.deliveries("timed_out").inc();
+        let text = {
+            use prometheus::Encoder as _;
+            let mut text = Vec::new();
+            prometheus::TextEncoder::new().encode(&registry.gather(), &mut text).expect("encode");
+            String::from_utf8(text).expect("utf-8")
+        };
+        for line in [
+            r#"jobd_webhook_deliveries_total{destination="billing",outcome="delivered"} 0"#,
+            r#"jobd_webhook_deliveries_total{destination="billing",outcome="timed_out"} 1"#,
+            r#"jobd_webhook_circuit_open{destination="billing"} 0"#,
+            r#"jobd_webhook_duration_seconds_count{destination="billing"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+        assert!(Families::register(&registry).is_err(), "a second registration clashes instead of hiding the first");
     }
 }

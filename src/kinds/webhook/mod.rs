@@ -28,9 +28,6 @@ use crate::job::{Body, Job, JobResult, JobSpec};
 /// The kind's name.
 pub const NAME: &str = "webhook";
 
-/// The label that names a destination on the webhook metrics (`jobd_webhook_*`).
-pub const DESTINATION_LABEL: &str = "destination";
-
 /// The largest event delivered beside the actors; larger ones are delivered from the
 /// bodies runtime. HMAC-SHA256 runs at about 1 GB/s here, so signing this much takes about
 /// 64 µs per secret.
@@ -41,7 +38,9 @@ const MAX_EVENT_TYPE_BYTES: usize = 256;
 pub const REGISTRATION: Registration = Registration {
     name: NAME,
     test_only: false,
-    build: |settings: &KindSettings| -> Arc<dyn Kind> { Arc::new(Webhook::new(&settings.webhooks)) },
+    build: |settings: &KindSettings, registry: &prometheus::Registry| -> Result<Arc<dyn Kind>, prometheus::Error> {
+        Ok(Arc::new(Webhook::new(&settings.webhooks, &destination::Families::register(registry)?)))
+    },
     request_schema: || <WebhookFields as utoipa::PartialSchema>::schema(),
 };
 
@@ -81,13 +80,15 @@ struct Webhook {
 }
 
 impl Webhook {
-    fn new(settings: &BTreeMap<String, DestinationSettings>) -> Self {
+    /// The configured destinations, each with its series of `families`.
+    fn new(settings: &BTreeMap<String, DestinationSettings>, families: &destination::Families) -> Self {
         let mut destinations = BTreeMap::new();
         for (name, destination) in settings {
             // The configuration was checked at start (`check_destinations`); a destination
             // that fails now (a credential gone meanwhile) is left out, and its jobs fail.
             match destination.resolve(name) {
-                Ok(resolved) => {
+                Ok(mut resolved) => {
+                    resolved.series = Some(families.series(name));
                     destinations.insert(name.clone(), Arc::new(resolved));
                 }
                 Err(problem) => tracing::error!(destination = name, problem, "webhook destination left out"),
@@ -185,12 +186,11 @@ impl Kind for Webhook {
         }
     }
 
-    fn run(&self, job: Job, context: &RunContext) -> BoxFuture<'static, Result<JobResult, JobError>> {
+    fn run(&self, job: Job, _context: &RunContext) -> BoxFuture<'static, Result<JobResult, JobError>> {
         let destination = self.destination(&job);
-        let metrics = context.metrics.clone();
         Box::pin(async move {
             let (destination, event_type) = destination?;
-            deliver::deliver(&destination, job, event_type.as_deref(), &metrics).await
+            deliver::deliver(&destination, job, event_type.as_deref()).await
         })
     }
 

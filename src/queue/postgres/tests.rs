@@ -21,7 +21,7 @@ fn the_ingest_lanes_last_ready_jobs_are_announced_when_it_closes() {
     let url = cluster.new_database();
     let settings =
         ClusterSettings { url: url.clone(), node_name: "announcer".to_owned(), lease: Duration::from_secs(5) };
-    let metrics = crate::metrics::Metrics::new(&["noop"], &[]).expect("metrics").cluster;
+    let metrics = crate::metrics::Metrics::new(&["noop"]).expect("metrics").cluster;
     let node = NodeId::generate();
     let mut main = PostgresBackend::open(&settings, node, 1_000, metrics).expect("open");
     let mut ingest = main.ingest_lane().expect("the first lane offers an ingest lane");
@@ -54,7 +54,7 @@ fn the_ingest_lanes_last_ready_jobs_are_announced_when_it_closes() {
 /// Opens node `name` on `url` with the default lease.
 fn open_node(url: &str, name: &str) -> (PostgresBackend, NodeId) {
     let settings = ClusterSettings { url: url.to_owned(), node_name: name.to_owned(), lease: Duration::from_secs(5) };
-    let metrics = crate::metrics::Metrics::new(&["noop"], &[]).expect("metrics").cluster;
+    let metrics = crate::metrics::Metrics::new(&["noop"]).expect("metrics").cluster;
     let node = NodeId::generate();
     (PostgresBackend::open(&settings, node, 1_000, metrics).expect("open"), node)
 }

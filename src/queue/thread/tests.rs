@@ -8,7 +8,7 @@ use crate::queue::{JobWriter as _, Transactions as _, memory};
 
 /// The queue thread's metrics, unregistered: tests only need somewhere to observe into.
 fn metrics() -> CommitMetrics {
-    crate::metrics::Metrics::new(&["noop"], &[]).expect("metrics").commit_metrics()
+    crate::metrics::Metrics::new(&["noop"]).expect("metrics").commit_metrics()
 }
 
 fn memory_queue() -> (QueueThread, QueueHandle) {
