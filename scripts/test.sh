@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the test suite needs on a fresh Debian machine, then runs every test.
 # Usage: bash scripts/test.sh [extra cargo test arguments]
+# Without arguments the suites run under cargo-nextest, several tests at once; with
+# arguments, under `cargo test` with those arguments, one binary at a time, as before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,17 +63,34 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# cargo-nextest runs each test in a process of its own, several at once: most of the
+# suite's time is waiting (outages, timers, child processes), not CPU. Its maintainers'
+# prebuilt binary is installed when it is missing, else it is built with cargo.
+if [ $# -eq 0 ] && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing cargo-nextest"
+  mkdir -p "${CARGO_HOME:-$HOME/.cargo}/bin"
+  curl -LsSf https://get.nexte.st/latest/linux | tar zxf - -C "${CARGO_HOME:-$HOME/.cargo}/bin" \
+    || cargo install --locked cargo-nextest
+fi
+
 # tests/fuzz.rs runs each fuzz property for this many seconds.
 export JOBD_FUZZ_SECONDS="${JOBD_FUZZ_SECONDS:-60}"
-cargo test "$@"
 
-# The second pass: the HTTP-level suites again, every daemon on PostgreSQL (a private
-# cluster per test binary) instead of SQLite. Tests of what only SQLite has (its file, its
+# The second pass runs the HTTP-level suites again, every daemon on PostgreSQL (a private
+# cluster per test process) instead of SQLite. Tests of what only SQLite has (its file, its
 # fsyncs) say so and skip themselves.
-JOBD_TEST_POSTGRES=1 cargo test "$@" \
-  --test backpressure --test bad_input --test concurrency --test durability --test failures \
-  --test logs --test metrics --test security --test shutdown --test tenants --test uploads \
-  --test webhooks --test s3 --test readme --test console
+postgres_pass=(--test backpressure --test bad_input --test concurrency --test durability --test failures
+  --test logs --test metrics --test security --test shutdown --test tenants --test uploads
+  --test webhooks --test s3 --test readme --test console)
+if [ $# -eq 0 ]; then
+  # Settings: .config/nextest.toml.
+  cargo nextest run --no-fail-fast
+  cargo test --doc
+  JOBD_TEST_POSTGRES=1 cargo nextest run --no-fail-fast "${postgres_pass[@]}"
+else
+  cargo test "$@"
+  JOBD_TEST_POSTGRES=1 cargo test "$@" "${postgres_pass[@]}"
+fi
 
 # The Debian package: builds it (a release build) and checks its contents.
 bash scripts/check-deb.sh
