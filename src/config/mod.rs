@@ -165,6 +165,11 @@ pub enum ConfigError {
     TlsHalf { given: &'static str },
     #[error("{0}")]
     Webhook(String),
+    #[error(
+        "{setting} is a test hook (it breaks the queue's disk on purpose or holds its thread): only a debug build, \
+         the one the tests run, accepts it"
+    )]
+    TestHookInRelease { setting: &'static str },
 }
 
 /// The effective configuration, every value resolved.
@@ -398,7 +403,23 @@ impl Config {
         }
     }
 
+    /// Refuses the test hooks in a release build (`release`): they fail or stall the
+    /// queue's fsyncs, or hold the queue thread, on purpose, and an operator who set one by
+    /// mistake would lose the daemon's durability or its speed without a word.
+    fn refuse_test_hooks(&self, release: bool) -> Result<(), ConfigError> {
+        let hooks = [
+            ("test_fail_sync_after", self.test_fail_sync_after.is_some()),
+            ("test_cancel_hold_ms", self.test_cancel_hold_ms.is_some()),
+            ("test_sync_delay_ms", self.test_sync_delay_ms.is_some()),
+        ];
+        match hooks.iter().find(|(_, set)| *set) {
+            Some(&(setting, _)) if release => Err(ConfigError::TestHookInRelease { setting }),
+            _ => Ok(()),
+        }
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
+        self.refuse_test_hooks(!cfg!(debug_assertions))?;
         if self.tokens_file.is_none() && !self.listen.ip().is_loopback() && !self.allow_unauthenticated {
             return Err(ConfigError::Unauthenticated { listen: self.listen });
         }
@@ -526,6 +547,25 @@ mod tests {
         assert!(Config::resolve(with_tokens).is_ok());
         let half_tls = Settings { tls_cert: Some(PathBuf::from("cert.pem")), ..Settings::default() };
         assert!(matches!(Config::resolve(half_tls), Err(ConfigError::TlsHalf { given: "tls_cert" })));
+    }
+
+    #[test]
+    fn a_release_build_refuses_every_test_hook_and_a_debug_build_takes_them() {
+        let plain = Config::resolve(Settings::default()).expect("the defaults");
+        assert!(plain.refuse_test_hooks(true).is_ok(), "no hook set: a release build starts");
+        let hooked = [
+            ("test_fail_sync_after", Settings { test_fail_sync_after: Some(40), ..Settings::default() }),
+            ("test_cancel_hold_ms", Settings { test_cancel_hold_ms: Some(200), ..Settings::default() }),
+            ("test_sync_delay_ms", Settings { test_sync_delay_ms: Some(500), ..Settings::default() }),
+        ];
+        for (hook, settings) in hooked {
+            // The tests run a debug build, which takes the hook.
+            let config = Config::resolve(settings).expect("a debug build takes the hook");
+            assert!(config.refuse_test_hooks(false).is_ok());
+            let refused = config.refuse_test_hooks(true).expect_err("a release build refuses it");
+            assert!(matches!(refused, ConfigError::TestHookInRelease { setting } if setting == hook), "{refused}");
+            assert!(refused.to_string().starts_with(hook), "the message names the setting: {refused}");
+        }
     }
 
     #[test]
