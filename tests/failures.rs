@@ -191,10 +191,16 @@ async fn panics_and_timeouts_of_bodies_beside_the_actors_are_contained() {
         })
         .collect();
     accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": jobs})).await).await;
+    // The queue's counts show a finish once it commits; the counters of attempts, once the
+    // Dispatcher has the commit's answer, a moment later. So the wait is for both: 21 dead
+    // jobs, and 21 of their ends counted, whatever their outcome.
     let stats = daemon
         .wait_for("every job at its end, recorded", |stats| {
-            stats["counters"]["jobs"]["succeeded"] == 20
+            let jobs = &stats["counters"]["jobs"];
+            let ends = jobs["panicked"].as_u64().unwrap_or(0) + jobs["timed_out"].as_u64().unwrap_or(0);
+            jobs["succeeded"] == 20
                 && stats["queue"]["dead"] == 21
+                && ends == 21
                 && stats["counters"]["workers"]["busy"] == 0
         })
         .await;
