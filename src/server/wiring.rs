@@ -15,8 +15,8 @@ use crate::actors::{Dispatcher, Ingest};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::http::{AppState, Lifecycle};
-use crate::kinds::upload::{STORE_GATE, StoreHealth};
-use crate::kinds::{GateKey, GateSignal, KindSettings, Kinds, RunContext};
+use crate::kinds::upload::StoreHealth;
+use crate::kinds::{GateSignal, KindSettings, Kinds, RunContext};
 use crate::metrics::Metrics;
 use crate::queue::{QueueHandle, QueueKind};
 use crate::runner::JobRunner;
@@ -122,7 +122,7 @@ pub(super) async fn wire(
         let dispatcher = dispatcher.clone();
         GateSignal::new(move |gate| dispatcher.do_send(GateOpened(gate)))
     };
-    let probe_task = actix::spawn(store_health.clone().run(store.clone(), GateKey::from(STORE_GATE), gate_opened));
+    let probe_task = actix::spawn(store_health.clone().run(store.clone(), gate_opened));
     let ingest = Ingest::new(queue.clone(), metrics.clone(), config.group_commit, config.max_attempts)
         .with_max_pending_bytes(config.ingest_max_pending_bytes)
         .start();

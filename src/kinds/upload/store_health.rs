@@ -116,9 +116,10 @@ impl StoreHealth {
     /// Probes forever: every [`PROBE_INTERVAL_UP`] while the store is reachable or when
     /// asked, and with backoff while it is not. After a probe that found the store
     /// reachable when it had not been, or that an upload asked for, it signals that the
-    /// store's `gate` opened, so that the uploads waiting at it go on. The signals are
-    /// bounded by the probes, one at a time.
-    pub async fn run(self: Arc<Self>, store: Arc<JobStore>, gate: GateKey, opened: GateSignal) {
+    /// store's gate ([`super::STORE_GATE`]) opened, so that the uploads waiting at it go on.
+    /// The signals are bounded by the probes, one at a time.
+    pub async fn run(self: Arc<Self>, store: Arc<JobStore>, opened: GateSignal) {
+        let gate = GateKey::from(super::STORE_GATE);
         let mut down_wait = PROBE_INTERVAL_DOWN_FIRST;
         loop {
             let was_up = self.is_up();
