@@ -13,7 +13,7 @@ if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 { type -P kill && type -P pgrep; } >/dev/null 2>&1 || missing+=(procps)
-# curl runs the README's examples (tests/readme.rs), as a reader would.
+# curl runs the README's examples (tests/it/readme.rs), as a reader would.
 type -P curl >/dev/null 2>&1 || missing+=(curl)
 { type -P prometheus && type -P promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 # systemd-analyze checks the unit file; dpkg-deb inspects the package.
@@ -73,24 +73,26 @@ if [ $# -eq 0 ] && ! cargo nextest --version >/dev/null 2>&1; then
     || cargo install --locked cargo-nextest
 fi
 
-# tests/fuzz.rs runs each fuzz property for this many seconds.
+# tests/it/fuzz.rs runs each fuzz property for this many seconds.
 export JOBD_FUZZ_SECONDS="${JOBD_FUZZ_SECONDS:-60}"
 
 # The second pass runs the HTTP-level suites again, every daemon on PostgreSQL (a private
 # cluster per test process) instead of SQLite. Tests of what only SQLite has (its file, its
 # fsyncs) say so and skip themselves.
-postgres_pass=(--test backpressure --test bad_input --test concurrency --test durability --test failures
-  --test logs --test metrics --test security --test shutdown --test tenants --test uploads
-  --test webhooks --test s3 --test readme --test console)
+# Every integration suite is a module of one test binary, `it` (tests/it/main.rs).
+postgres_suites=(backpressure bad_input concurrency durability failures logs metrics security shutdown tenants
+  uploads webhooks s3 readme console)
 if [ $# -eq 0 ]; then
   # Settings: .config/nextest.toml.
   cargo nextest run --no-fail-fast
   cargo test --doc
-  JOBD_TEST_POSTGRES=1 cargo nextest run --no-fail-fast "${postgres_pass[@]}"
+  filter=$(printf '%s|' "${postgres_suites[@]}")
+  JOBD_TEST_POSTGRES=1 cargo nextest run --no-fail-fast --test it -E "test(/^(${filter%|})::/)"
 else
   cargo test "$@"
-  JOBD_TEST_POSTGRES=1 cargo test "$@" "${postgres_pass[@]}"
+  JOBD_TEST_POSTGRES=1 cargo test "$@" --test it -- "${postgres_suites[@]/%/::}"
 fi
 
-# The Debian package: builds it (a release build) and checks its contents.
-bash scripts/check-deb.sh
+# The Debian package, made of the debug binary the tests ran (no release build), and its
+# contents checked. `bash scripts/check-deb.sh` alone makes the release package.
+bash scripts/check-deb.sh --profile dev --no-build

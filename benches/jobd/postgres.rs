@@ -12,19 +12,19 @@ use super::{
 };
 
 #[allow(dead_code)]
-#[path = "../../tests/common/postgres.rs"]
+#[path = "../../tests/it/common/postgres.rs"]
 mod cluster;
 // The test PKI and network namespaces, which the cluster module can start a server with.
 #[allow(dead_code)]
-#[path = "../../tests/common/netns.rs"]
+#[path = "../../tests/it/common/netns.rs"]
 mod netns;
 #[allow(dead_code)]
-#[path = "../../tests/common/pki.rs"]
+#[path = "../../tests/it/common/pki.rs"]
 mod pki;
 
 /// Jobs per end-to-end run of (12).
 const END_TO_END_JOBS: u64 = 100_000;
-/// Jobs per round of (15): at 100,000 a round lasted under 3 s here, and the spread between
+/// Jobs per round of (15), and in the run of (14): at 100,000 a round lasted under 3 s here, and the spread between
 /// rounds (up to 8 %) was as wide as the effect the figure measures.
 const FLOOD_JOBS: u64 = 300_000;
 /// Workers per node for (12): a node claims twice its pool at a time, so a larger pool
@@ -197,19 +197,22 @@ pub(super) async fn figures(client: &reqwest::Client) -> Vec<Figure> {
 
     // (14) one node at its defaults on a fresh database, as a new user runs it: the whole
     // run, and its first stretch (the first 10 s, or the first half of a shorter run),
-    // when a plan chosen on the empty table would show.
+    // when a plan chosen on the empty table would show. It runs 300,000 jobs: a run of
+    // 100,000 lasts about 3 s on a two-core machine, and the first half of that is mostly
+    // the ramp-up of the submitters, which swung its ratio from 0.52 to 0.84 between runs of
+    // one build. The rate of the first 100,000 jobs is reported too.
     if super::wanted(&[14]) {
         let url = tokio::task::block_in_place(|| cluster.new_database());
         let nodes = start_nodes(&url, 1, &[]);
         tokio::task::block_in_place(|| cluster.checkpoint());
         let started = Instant::now();
-        let submissions = submit_batches(client, &nodes[0], END_TO_END_JOBS, 1000, 4, |_| json!({"kind": "noop"}));
+        let submissions = submit_batches(client, &nodes[0], FLOOD_JOBS, 1000, 4, |_| json!({"kind": "noop"}));
         let watch = async {
             let mut samples = Vec::new();
             loop {
                 let done = succeeded(client, &nodes).await;
                 samples.push((started.elapsed(), done));
-                if done >= END_TO_END_JOBS {
+                if done >= FLOOD_JOBS {
                     return samples;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -219,26 +222,26 @@ pub(super) async fn figures(client: &reqwest::Client) -> Vec<Figure> {
         let whole = samples.last().map_or(Duration::ZERO, |(at, _)| *at);
         let window = (whole / 2).min(Duration::from_secs(10));
         let (first_at, first_done) =
-            samples.iter().find(|(at, _)| *at >= window).copied().unwrap_or((whole, END_TO_END_JOBS));
-        let (whole_rate, first_rate) =
-            (END_TO_END_JOBS as f64 / whole.as_secs_f64(), first_done as f64 / first_at.as_secs_f64());
+            samples.iter().find(|(at, _)| *at >= window).copied().unwrap_or((whole, FLOOD_JOBS));
+        let first_100k_at = samples.iter().find(|(_, done)| *done >= END_TO_END_JOBS).map_or(whole, |(at, _)| *at);
+        let whole_rate = FLOOD_JOBS as f64 / whole.as_secs_f64();
+        let first_rate = first_done as f64 / first_at.as_secs_f64();
+        let first_100k_rate = END_TO_END_JOBS as f64 / first_100k_at.as_secs_f64();
         let ratio = first_rate / whole_rate;
-        println!(
-            "(14) defaults: {whole_rate:.0} noop jobs/s over {:.1} s; {first_rate:.0}/s over the first {:.1} s ({ratio:.2} x)",
+        let value = format!(
+            "{first_100k_rate:.0} for the first 100,000; {whole_rate:.0} over {:.1} s; {first_rate:.0} over the first \
+             {:.1} s ({ratio:.2} x the whole)",
             whole.as_secs_f64(),
             first_at.as_secs_f64()
         );
+        println!("(14) defaults: {value}");
         figures.push(Figure {
             number: "14",
-            name: "PostgreSQL at its defaults (max_workers 16), fresh database, 1 node: end to end noop jobs/s, 100,000 \
-                   jobs; and the rate over the run's first stretch",
-            value: format!(
-                "{whole_rate:.0} over {:.1} s; {first_rate:.0} over the first {:.1} s ({ratio:.2} x the whole)",
-                whole.as_secs_f64(),
-                first_at.as_secs_f64()
-            ),
-            target: ">= 20,000, above graphile-worker's 13,893; first stretch within 25 % of the whole",
-            met: Some(whole_rate >= 20_000.0 && (0.75..=1.25).contains(&ratio)),
+            name: "PostgreSQL at its defaults (max_workers 16), fresh database, 1 node: end to end noop jobs/s, 300,000 \
+                   jobs in a burst; the rate of the first 100,000, of the whole run and of its first stretch",
+            value,
+            target: ">= 20,000 for 100,000 jobs, above graphile-worker's 13,893; first stretch within 25 % of the whole",
+            met: Some(first_100k_rate >= 20_000.0 && (0.75..=1.25).contains(&ratio)),
         });
         drop(nodes);
     }

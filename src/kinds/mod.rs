@@ -5,7 +5,7 @@
 //! only through this trait.
 //!
 //! **Architecture Invariant:** a new kind is a module under `src/kinds/` plus one line in
-//! [`REGISTRY`]; no other file names it or its fields (`tests/tidy.rs` checks the fields).
+//! [`REGISTRY`]; no other file names it or its fields (`tests/it/tidy.rs` checks the fields).
 
 mod fields;
 pub mod noop;

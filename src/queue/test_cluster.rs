@@ -3,10 +3,10 @@
 //! that the lib test binary holds one cluster type.
 #![allow(dead_code)]
 
-#[path = "../../tests/common/postgres.rs"]
+#[path = "../../tests/it/common/postgres.rs"]
 pub mod cluster;
 // The test PKI and network namespaces, which the cluster module can start a server with.
-#[path = "../../tests/common/netns.rs"]
+#[path = "../../tests/it/common/netns.rs"]
 mod netns;
-#[path = "../../tests/common/pki.rs"]
+#[path = "../../tests/it/common/pki.rs"]
 mod pki;

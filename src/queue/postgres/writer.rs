@@ -118,7 +118,7 @@ const RECORD_FINISHED: &str = "UPDATE jobd_jobs j SET state = f.state, attempts 
 const STATE_OF: &str = "SELECT state FROM jobd_jobs WHERE id = $1";
 
 /// The statements of the claim and progress path, by name, for the tests that check their
-/// plans on a fresh database (`tests/cluster_safety.rs`).
+/// plans on a fresh database (`tests/it/cluster_safety.rs`).
 #[doc(hidden)]
 pub fn hot_statements() -> Vec<(&'static str, &'static str)> {
     vec![

@@ -2,7 +2,7 @@
 //! at any moment, memory does not grow with the backlog, idempotency keys dedupe,
 //! storage faults are answered with 503 and recovered from, and every state is readable.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

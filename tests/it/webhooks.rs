@@ -3,7 +3,7 @@
 //! across retries, `Retry-After`, final answers, timeouts, redirects, the circuit breaker,
 //! confinement, deliveries over TLS, and deliveries across a `kill -9`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

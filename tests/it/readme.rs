@@ -4,7 +4,7 @@
 //! Each command must succeed, and its output must have the shape the README shows under it
 //! (the same keys and kinds of values, not the same ids or times).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::Command;

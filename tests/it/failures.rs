@@ -2,7 +2,7 @@
 //! blocking job bodies, a hundred thousand delayed jobs on one timer, worker replacement,
 //! and the dead-letter, retry and cancel API.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

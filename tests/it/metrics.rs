@@ -3,7 +3,7 @@
 //! query of the Grafana dashboard run against a real Prometheus scraping a real jobd.
 //! Needs the Debian package `prometheus`, which `scripts/test.sh` installs.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! route, key confinement, token and certificate reloads, TLS, slowloris, deep and huge
 //! bodies, and the API description against the routes it describes.
 
-mod common;
+use crate::common;
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! Test harness: starts the real `jobd` binary on a free loopback port with its own data
 //! directory, captures its JSON logs, and talks HTTP to it.
 
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
+#![allow(dead_code)] // Some helpers serve only the PostgreSQL pass or one platform.
 
 pub mod netns;
 pub mod pki;
@@ -97,7 +97,11 @@ impl Daemon {
             logs,
             data_dir: Some(data_dir),
             log_reader: Some(log_reader),
-            client: reqwest::Client::builder().build().expect("HTTP client"),
+            // The client drops idle connections before the daemon's keep-alive (actix's 5 s)
+            // closes them: a request sent on a connection as the server closes it fails
+            // with a broken pipe, which a POST with a large body is not retried after (seen
+            // once under load, on a 20 MiB upload sent 5 s after the last poll).
+            client: reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(2)).build().expect("HTTP client"),
         }
     }
 

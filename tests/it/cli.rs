@@ -1,7 +1,7 @@
 //! The command line: `check-config` accepts good settings and names the bad one, and
 //! `--help` documents every setting's environment variable.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! The worker pool against a real daemon: the bound on concurrent jobs, and panics that
 //! restart a worker without shrinking the pool.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, accepted_ids, finished};
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! Upload jobs against a real daemon and the default `file://` store: exact bytes,
 //! chosen keys, and keys that try to escape the store root.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::{Daemon, accepted_ids, files_under, finished};

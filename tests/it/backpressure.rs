@@ -2,7 +2,7 @@
 //! accepted jobs alone, and accepts again once it drains. A slow disk answers 503 with
 //! Retry-After once the submissions waiting for their commit hold `ingest_max_pending_bytes`.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, accepted_ids, finished};
 use serde_json::{Value, json};

@@ -1,7 +1,7 @@
 //! The operator's console at `/ui`: its headers and the API it relies on over plain HTTP,
 //! then the page itself in headless Chromium driven through chromedriver (WebDriver).
 
-mod common;
+use crate::common;
 
 use std::net::TcpStream;
 use std::path::PathBuf;

@@ -7,7 +7,7 @@
 //! after its start for it was refused; and every duplicate delivery is one that a fault
 //! caught in flight, on the node the fault struck (or, for a database fault, any node).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! the watchdog stopping when the Dispatcher wedges, the unit file's validity and its
 //! sandbox exposure, and the systemd directories.
 
-mod common;
+use crate::common;
 
 use std::os::linux::net::SocketAddrExt as _;
 use std::os::unix::net::{SocketAddr, UnixDatagram};

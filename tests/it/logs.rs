@@ -2,7 +2,7 @@
 //! without actix's repeats, a periodic activity line while jobs flow, and plain field
 //! values (a peer address, not Rust's `Some(...)`).
 
-mod common;
+use crate::common;
 
 use common::Daemon;
 use serde_json::{Value, json};

@@ -4,7 +4,7 @@
 //! loses nothing that got a 202, and an idempotency key sent to three nodes at once makes
 //! one job.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The client commands (`jobd submit`, `jobd jobs …`, `jobd stats`) against a live jobd:
 //! backpressure honoured, resumed runs without duplicates, and the documented exit codes.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::Write as _;

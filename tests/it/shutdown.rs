@@ -1,7 +1,7 @@
 //! SIGTERM drains: running jobs finish, late submissions get 503, the process exits 0.
 //! A second signal exits at once.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! releases the node's jobs at once, a slow migration is waited for, a commit whose answer
 //! was lost is answered `outcome-unknown`, and TLS is verified as `sslmode` says.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Every kind of bad request gets its status and a problem body naming what is wrong,
 //! and nothing from a refused request is ever enqueued or run.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, files_under};
 use serde_json::{Value, json};

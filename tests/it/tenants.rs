@@ -2,7 +2,7 @@
 //! and a token confined by `allowed_key_prefixes` reads, lists and controls only the jobs
 //! it submitted, while other tokens see everything.
 
-mod common;
+use crate::common;
 
 use common::{Daemon, accepted_ids};
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 //! errors, outages that lose nothing (one at default settings), and `kill -9` during
 //! uploads.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
