@@ -43,12 +43,12 @@ pub struct ClaimSize {
 }
 
 impl ClaimSize {
-    /// For a window of at most `ceiling` jobs.
-    pub fn new(ceiling: usize) -> Self {
+    /// For a window of at most `ceiling` jobs, measuring its pace from `now`.
+    pub fn new(ceiling: usize, now: Instant) -> Self {
         ClaimSize {
             ceiling: ceiling.max(1),
             started: 0,
-            tick_began: Instant::now(),
+            tick_began: now,
             pace: 0.0,
             boost: 0,
             last_claim_full: false,
@@ -74,7 +74,7 @@ impl ClaimSize {
         self.started += jobs;
     }
 
-    /// How many runnable jobs the window may hold now, with `free` workers idle and the
+    /// How many runnable jobs the window may hold `now`, with `free` workers idle and the
     /// window `empty` or not.
     ///
     /// The pace is known only after a tick, so a node that starts on a backlog of short
@@ -88,11 +88,7 @@ impl ClaimSize {
     /// quiet spell), and then halves each tick: short jobs empty the window at once whatever
     /// its size, and a boost that kept doubling would pin every claim at the ceiling (with
     /// 256 workers, row 12 of the benchmark fell from 72,808 to 41,088 jobs/s with it).
-    pub fn limit(&mut self, free: usize, empty: bool) -> usize {
-        self.limit_at(Instant::now(), free, empty)
-    }
-
-    fn limit_at(&mut self, now: Instant, free: usize, empty: bool) -> usize {
+    pub fn limit(&mut self, now: Instant, free: usize, empty: bool) -> usize {
         let elapsed = now.saturating_duration_since(self.tick_began);
         if elapsed >= TICK {
             let pace = self.started as f64 / elapsed.as_secs_f64();
@@ -123,102 +119,102 @@ mod tests {
     #[test]
     fn the_limit_follows_the_pace_between_the_pool_and_the_ceiling() {
         let start = Instant::now();
-        let mut size = ClaimSize { tick_began: start, ..ClaimSize::new(16_384) };
-        assert_eq!(size.limit_at(start, 16, false), 16, "the free workers, before any pace is known");
+        let mut size = ClaimSize::new(16_384, start);
+        assert_eq!(size.limit(start, 16, false), 16, "the free workers, before any pace is known");
         // 100,000 starts a second for a while: the window grows to the ceiling.
         let mut now = start;
         for _ in 0..20 {
             size.started(25_000);
             now += TICK;
-            size.limit_at(now, 16, false);
+            size.limit(now, 16, false);
         }
-        assert_eq!(size.limit_at(now, 16, false), 16_384);
+        assert_eq!(size.limit(now, 16, false), 16_384);
         // Slow jobs, 8 a second: the window shrinks back to the free slots.
         for _ in 0..40 {
             size.started(2);
             now += TICK;
-            size.limit_at(now, 16, false);
+            size.limit(now, 16, false);
         }
-        assert_eq!(size.limit_at(now, 16, false), 16);
-        assert_eq!(size.limit_at(now, 8, false), 8, "workers busy with slow jobs are not free");
-        assert_eq!(size.limit_at(now, 0, false), 2, "a busy pool still keeps its pace at hand");
+        assert_eq!(size.limit(now, 16, false), 16);
+        assert_eq!(size.limit(now, 8, false), 8, "workers busy with slow jobs are not free");
+        assert_eq!(size.limit(now, 0, false), 2, "a busy pool still keeps its pace at hand");
         // 5,000 a second: a second's worth of the pace, a fifth of it ahead.
         for _ in 0..40 {
             size.started(1_250);
             now += TICK;
-            size.limit_at(now, 16, false);
+            size.limit(now, 16, false);
         }
-        assert_eq!(size.limit_at(now, 0, false), 1_000);
+        assert_eq!(size.limit(now, 0, false), 1_000);
     }
 
     #[test]
     fn a_node_that_runs_out_of_short_jobs_doubles_its_claims_until_it_does_not() {
         let start = Instant::now();
-        let mut size = ClaimSize { tick_began: start, ..ClaimSize::new(16_384) };
-        let mut limit = size.limit_at(start, 16, true);
+        let mut size = ClaimSize::new(16_384, start);
+        let mut limit = size.limit(start, 16, true);
         assert_eq!(limit, 16, "no claim came back yet: nothing says the queue holds more");
         // Each claim comes back full, and its jobs are done before the next one: the
         // limit doubles once per claim, however often the window is found empty.
         for expected in [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16_384, 16_384] {
             size.claimed(true);
-            assert_eq!(size.limit_at(start, 16, true), expected);
-            assert_eq!(size.limit_at(start, 16, true), expected, "one doubling per claim");
+            assert_eq!(size.limit(start, 16, true), expected);
+            assert_eq!(size.limit(start, 16, true), expected, "one doubling per claim");
             limit = expected;
         }
         assert_eq!(limit, 16_384);
         // A claim that came back short: the queue is empty, and the limit stays.
         size.claimed(false);
-        assert_eq!(size.limit_at(start, 16, true), 16_384);
+        assert_eq!(size.limit(start, 16, true), 16_384);
         // Ticks without a starved round halve the boost back to the pace and free workers.
         let mut now = start;
         for _ in 0..20 {
             now += TICK;
-            size.limit_at(now, 16, false);
+            size.limit(now, 16, false);
         }
-        assert_eq!(size.limit_at(now, 16, false), 16);
+        assert_eq!(size.limit(now, 16, false), 16);
     }
 
     #[test]
     fn a_pool_busy_with_slow_jobs_never_doubles_its_claims() {
         let start = Instant::now();
-        let mut size = ClaimSize { tick_began: start, ..ClaimSize::new(16_384) };
-        assert_eq!(size.limit_at(start, 16, true), 16);
+        let mut size = ClaimSize::new(16_384, start);
+        assert_eq!(size.limit(start, 16, true), 16);
         // The claim of 16 came back full and all 16 started: the window is empty, but no
         // worker is free, so another node may take the rest.
         size.claimed(true);
-        assert_eq!(size.limit_at(start, 0, true), 1, "the pace is not known yet");
+        assert_eq!(size.limit(start, 0, true), 1, "the pace is not known yet");
         // Jobs waiting at a full gate keep the window from being empty.
         size.claimed(true);
-        assert_eq!(size.limit_at(start, 8, false), 8);
+        assert_eq!(size.limit(start, 8, false), 8);
     }
 
     #[test]
     fn once_the_pace_is_known_the_boost_fades() {
         let start = Instant::now();
-        let mut size = ClaimSize { tick_began: start, ..ClaimSize::new(16_384) };
-        size.limit_at(start, 256, true);
+        let mut size = ClaimSize::new(16_384, start);
+        size.limit(start, 256, true);
         for _ in 0..10 {
             size.claimed(true);
-            size.limit_at(start, 256, true);
+            size.limit(start, 256, true);
         }
-        assert_eq!(size.limit_at(start, 256, true), 16_384, "the ramp reached the ceiling");
+        assert_eq!(size.limit(start, 256, true), 16_384, "the ramp reached the ceiling");
         // Quarters of a second at 60,000 starts a second. The first tick keeps the boost
         // (the node starved during it); from then on the pace holds more than the pool, an
         // emptied window no longer doubles the boost, and it halves each tick.
         size.started(15_000);
         let mut now = start + TICK;
-        assert_eq!(size.limit_at(now, 256, true), 16_384);
+        assert_eq!(size.limit(now, 256, true), 16_384);
         size.started(15_000);
         now += TICK;
-        assert_eq!(size.limit_at(now, 256, true), 9_000, "the pace (45,000 a second, smoothed) over half the boost");
+        assert_eq!(size.limit(now, 256, true), 9_000, "the pace (45,000 a second, smoothed) over half the boost");
         size.claimed(true);
-        assert_eq!(size.limit_at(now, 256, true), 9_000, "no doubling once the pace holds more than the pool");
+        assert_eq!(size.limit(now, 256, true), 9_000, "no doubling once the pace holds more than the pool");
         for _ in 0..5 {
             size.started(15_000);
             now += TICK;
             size.claimed(true);
-            size.limit_at(now, 256, true);
+            size.limit(now, 256, true);
         }
-        assert_eq!(size.limit_at(now, 256, true), 11_907, "the pace alone decides");
+        assert_eq!(size.limit(now, 256, true), 11_907, "the pace alone decides");
     }
 }

@@ -5,6 +5,7 @@ mod claim_size;
 pub mod dispatcher;
 pub mod ingest;
 mod progress;
+pub mod scheduler;
 pub mod window;
 pub mod worker;
 

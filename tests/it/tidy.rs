@@ -128,6 +128,26 @@ fn the_core_names_no_kind_module() {
     assert!(named.is_empty(), "{}", named.join("\n"));
 }
 
+/// The scheduling core decides without I/O (ARCHITECTURE.md, `src/actors/`): no actor,
+/// runtime, clock, thread, file or queue call in it, so that every decision can be driven
+/// by a unit test with the time and the lease passed in.
+#[test]
+fn the_scheduling_core_does_no_io() {
+    let actors = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join("actors");
+    let mut found = Vec::new();
+    for name in ["scheduler.rs", "window.rs", "claim_size.rs", "progress.rs"] {
+        let text = std::fs::read_to_string(actors.join(name)).expect("read source");
+        for forbidden in
+            ["actix", "tokio", "::now()", "SystemTime", "std::thread", "std::fs", ".await", "QueueHandle", "spawn("]
+        {
+            if without_tests(&text).contains(forbidden) {
+                found.push(format!("src/actors/{name} uses {forbidden}"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
 /// The Markdown files a reader moves between: the README, the documents under `docs/`, and
 /// the architecture and benchmark pages.
 fn documentation_files() -> Vec<PathBuf> {
