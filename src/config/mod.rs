@@ -163,8 +163,9 @@ pub enum ConfigError {
     Unauthenticated { listen: SocketAddr },
     #[error("tls_cert and tls_key go together; only {given} is set")]
     TlsHalf { given: &'static str },
+    /// A kind's own table of the file (`[webhooks.<name>]`) does not hold.
     #[error("{0}")]
-    Webhook(String),
+    KindTable(String),
     #[error(
         "{setting} is a test hook (it breaks the queue's disk on purpose or holds its thread): only a debug build, \
          the one the tests run, accepts it"
@@ -185,12 +186,9 @@ pub struct Config {
     #[serde(serialize_with = "serialize_secs", rename = "shutdown_timeout_secs")]
     pub shutdown_timeout: Duration,
     pub test_kinds: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub test_fail_sync_after: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub test_cancel_hold_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub test_sync_delay_ms: Option<u64>,
+    /// The queue's test hooks, printed only when set; a release build refuses them.
+    #[serde(flatten)]
+    pub test_hooks: crate::queue::TestHooks,
     pub ingest_max_pending_bytes: usize,
     pub http_workers: usize,
     pub queue: QueueKind,
@@ -212,8 +210,10 @@ pub struct Config {
     pub retry_cap_ms: u64,
     pub job_timeout_ms: u64,
     pub job_timeouts_ms: std::collections::BTreeMap<String, u64>,
-    /// Webhook destinations by name; their secrets are never printed.
-    pub webhooks: std::collections::BTreeMap<String, crate::kinds::webhook::DestinationSettings>,
+    /// The kinds' own tables of the file, by key, printed as each kind describes it (a
+    /// webhook destination without its secrets).
+    #[serde(flatten, serialize_with = "serialize_kind_tables")]
+    pub kind_tables: std::collections::BTreeMap<String, toml::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -256,6 +256,33 @@ fn serialize_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> R
     serializer.serialize_u64(duration.as_secs())
 }
 
+/// Reads a configuration file: the kinds' own tables ([`crate::kinds::SettingsTable`]) are
+/// taken out first and kept as they are, for their kinds; the rest must be settings jobd
+/// knows, so that a misspelt key is refused.
+fn parse_file(text: &str) -> Result<Settings, toml::de::Error> {
+    let mut table: toml::Table = toml::from_str(text)?;
+    let kind_tables: std::collections::BTreeMap<String, toml::Value> = crate::kinds::settings_tables()
+        .filter_map(|kind_table| Some((kind_table.key.to_owned(), table.remove(kind_table.key)?)))
+        .collect();
+    let settings: Settings = toml::Value::Table(table).try_into()?;
+    Ok(Settings { kind_tables, ..settings })
+}
+
+/// Prints the kinds' own tables as each kind describes them.
+fn serialize_kind_tables<S: serde::Serializer>(
+    tables: &std::collections::BTreeMap<String, toml::Value>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    let mut map = serializer.serialize_map(Some(tables.len()))?;
+    for kind_table in crate::kinds::settings_tables() {
+        if let Some(value) = tables.get(kind_table.key) {
+            map.serialize_entry(kind_table.key, &(kind_table.describe)(value))?;
+        }
+    }
+    map.end()
+}
+
 impl Config {
     /// Merges `cli` (flags and environment, which clap has already merged) over the
     /// file `config_file`, if any, over the defaults.
@@ -266,7 +293,7 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                toml::from_str::<Settings>(&text)
+                parse_file(&text)
                     .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?
             }
             None => Settings::default(),
@@ -303,9 +330,11 @@ impl Config {
                 settings.shutdown_timeout_secs.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             ),
             test_kinds: settings.test_kinds.unwrap_or(false),
-            test_fail_sync_after: settings.test_fail_sync_after,
-            test_cancel_hold_ms: settings.test_cancel_hold_ms,
-            test_sync_delay_ms: settings.test_sync_delay_ms.filter(|&millis| millis > 0),
+            test_hooks: crate::queue::TestHooks {
+                test_fail_sync_after: settings.test_fail_sync_after,
+                test_cancel_hold_ms: settings.test_cancel_hold_ms,
+                test_sync_delay_ms: settings.test_sync_delay_ms.filter(|&millis| millis > 0),
+            },
             ingest_max_pending_bytes: settings.ingest_max_pending_bytes.unwrap_or(DEFAULT_INGEST_MAX_PENDING_BYTES),
             http_workers: settings
                 .http_workers
@@ -324,7 +353,7 @@ impl Config {
             retry_cap_ms: settings.retry_cap_ms.unwrap_or(DEFAULT_RETRY_CAP_MS),
             job_timeout_ms: settings.job_timeout_ms.unwrap_or(DEFAULT_JOB_TIMEOUT_MS),
             job_timeouts_ms: settings.job_timeouts_ms.unwrap_or_default(),
-            webhooks: settings.webhooks.unwrap_or_default(),
+            kind_tables: settings.kind_tables,
             metrics_listen: settings.metrics_listen,
             s3_endpoint: settings.s3_endpoint,
             s3_region: settings.s3_region,
@@ -369,9 +398,7 @@ impl Config {
             capacity: self.max_queue,
             sqlite_synchronous: self.sqlite_synchronous,
             max_bytes: self.queue_db_max_bytes,
-            test_fail_sync_after: self.test_fail_sync_after,
-            test_cancel_hold: self.test_cancel_hold_ms.map(Duration::from_millis),
-            test_sync_delay: self.test_sync_delay_ms.map(Duration::from_millis),
+            test_hooks: self.test_hooks,
         }
     }
 
@@ -407,15 +434,7 @@ impl Config {
     /// queue's fsyncs, or hold the queue thread, on purpose, and an operator who set one by
     /// mistake would lose the daemon's durability or its speed without a word.
     fn refuse_test_hooks(&self, release: bool) -> Result<(), ConfigError> {
-        let hooks = [
-            ("test_fail_sync_after", self.test_fail_sync_after.is_some()),
-            ("test_cancel_hold_ms", self.test_cancel_hold_ms.is_some()),
-            ("test_sync_delay_ms", self.test_sync_delay_ms.is_some()),
-        ];
-        match hooks.iter().find(|(_, set)| *set) {
-            Some(&(setting, _)) if release => Err(ConfigError::TestHookInRelease { setting }),
-            _ => Ok(()),
-        }
+        self.test_hooks.refuse_in_release(release).map_err(|setting| ConfigError::TestHookInRelease { setting })
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -451,7 +470,11 @@ impl Config {
                 });
             }
         }
-        crate::kinds::webhook::check_destinations(&self.webhooks).map_err(ConfigError::Webhook)?;
+        for table in crate::kinds::settings_tables() {
+            if let Some(value) = self.kind_tables.get(table.key) {
+                (table.check)(value).map_err(ConfigError::KindTable)?;
+            }
+        }
         if self.queue == QueueKind::Postgres && self.postgres_url.is_none() {
             return Err(ConfigError::OutOfRange {
                 setting: "postgres_url",
@@ -566,6 +589,31 @@ mod tests {
             assert!(matches!(refused, ConfigError::TestHookInRelease { setting } if setting == hook), "{refused}");
             assert!(refused.to_string().starts_with(hook), "the message names the setting: {refused}");
         }
+    }
+
+    /// The webhook kind's `[webhooks.<name>]` tables reach the kind unread by `config/`,
+    /// are checked as jobd starts, and print without their secrets.
+    #[test]
+    fn a_kinds_own_table_is_kept_for_it_checked_and_printed_without_secrets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jobd.toml");
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let file = format!(
+            "max_workers = 3\n[webhooks.billing]\nurl = \"http://127.0.0.1:9/hook\"\nsecrets = [\"{secret}\"]\n"
+        );
+        std::fs::write(&path, file).expect("write");
+        let config = Config::load(Settings::default(), Some(&path)).expect("a valid destination");
+        assert_eq!(config.max_workers, 3, "the rest of the file is read as before");
+        assert!(config.kind_tables.contains_key("webhooks"));
+        let printed = toml::to_string(&config).expect("printable as TOML");
+        assert!(printed.contains("[webhooks.billing]") && printed.contains("127.0.0.1:9"), "{printed}");
+        assert!(!printed.contains("MfKQ9r8G"), "a secret was printed: {printed}");
+        std::fs::write(&path, "[webhooks.billing]\nurl = \"http://127.0.0.1:9/hook\"\nsecretz = []\n").expect("write");
+        let error = Config::load(Settings::default(), Some(&path)).expect_err("an unknown field of a destination");
+        assert!(matches!(&error, ConfigError::KindTable(message) if message.contains("secretz")), "{error}");
+        std::fs::write(&path, "[webhook.billing]\nurl = \"http://127.0.0.1:9/hook\"\n").expect("write");
+        let error = Config::load(Settings::default(), Some(&path)).expect_err("a table no kind reads");
+        assert!(matches!(error, ConfigError::Parse { .. }), "{error}");
     }
 
     #[test]

@@ -50,15 +50,15 @@ pub struct Settings {
     pub test_kinds: Option<bool>,
 
     /// Fail every fsync of the queue after this many, as a dying disk would: tests what jobd does then. Never in production [default: off].
-    #[arg(long, env = "JOBD_TEST_FAIL_SYNC_AFTER", global = true)]
+    #[arg(long, env = "JOBD_TEST_FAIL_SYNC_AFTER", global = true, hide = true)]
     pub test_fail_sync_after: Option<u64>,
 
     /// Hold the queue thread this many ms when a cancel arrives, so that a fetch sent meanwhile shares its batch: tests that a cancelled job never starts. Never in production [default: off].
-    #[arg(long, env = "JOBD_TEST_CANCEL_HOLD_MS", global = true)]
+    #[arg(long, env = "JOBD_TEST_CANCEL_HOLD_MS", global = true, hide = true)]
     pub test_cancel_hold_ms: Option<u64>,
 
     /// Make every fsync of the queue wait this many ms first, as a stalled disk would: tests what jobd does then. Never in production [default: off].
-    #[arg(long, env = "JOBD_TEST_SYNC_DELAY_MS", global = true)]
+    #[arg(long, env = "JOBD_TEST_SYNC_DELAY_MS", global = true, hide = true)]
     pub test_sync_delay_ms: Option<u64>,
 
     /// Most bytes of submissions waiting for their commit while the disk is slow; beyond it submissions get 503 [default: 67108864].
@@ -189,9 +189,11 @@ pub struct Settings {
     #[arg(long, env = "JOBD_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<usize>,
 
-    /// Webhook destinations, `[webhooks.<name>]` with `url`, `secrets` and options. File only.
+    /// The kinds' own tables of the file (`[webhooks.<name>]`), by key, which only their
+    /// kinds read ([`crate::kinds::SettingsTable`]). File only.
     #[arg(skip)]
-    pub webhooks: Option<std::collections::BTreeMap<String, crate::kinds::webhook::DestinationSettings>>,
+    #[serde(skip)]
+    pub kind_tables: std::collections::BTreeMap<String, toml::Value>,
 
     /// Per-kind attempt timeouts in ms, e.g. `[job_timeouts_ms] upload = 60000`. File only.
     #[arg(skip)]
@@ -230,7 +232,7 @@ impl Settings {
             retry_cap_ms: self.retry_cap_ms.or(lower.retry_cap_ms),
             job_timeout_ms: self.job_timeout_ms.or(lower.job_timeout_ms),
             job_timeouts_ms: self.job_timeouts_ms.or(lower.job_timeouts_ms),
-            webhooks: self.webhooks.or(lower.webhooks),
+            kind_tables: if self.kind_tables.is_empty() { lower.kind_tables } else { self.kind_tables },
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             s3_endpoint: self.s3_endpoint.or(lower.s3_endpoint),
             s3_region: self.s3_region.or(lower.s3_region),

@@ -36,8 +36,10 @@ pub struct KindSettings {
     pub metadata_supported: bool,
     /// The first segments of default upload keys, which a confined token must be allowed.
     pub default_key_prefix: String,
-    /// The configured webhook destinations, by name (`[webhooks.<name>]`).
-    pub webhooks: std::collections::BTreeMap<String, webhook::DestinationSettings>,
+    /// Each kind's own table of the configuration file, by its key (`webhooks` for the
+    /// webhook kind's `[webhooks.<name>]`), as the file gives it: only the kind reads it
+    /// ([`SettingsTable`]).
+    pub tables: std::collections::BTreeMap<String, toml::Value>,
     /// The object store's health, which gates uploads while the store cannot be reached;
     /// `None` (tests) gates nothing.
     pub store_health: Option<Arc<upload::StoreHealth>>,
@@ -282,7 +284,37 @@ pub trait Kind: Send + Sync + std::fmt::Debug + 'static {
 
 /// Builds a kind from its settings, registering its series in the registry `/metrics`
 /// serves.
-pub type BuildKind = fn(&KindSettings, &prometheus::Registry) -> Result<Arc<dyn Kind>, prometheus::Error>;
+pub type BuildKind = fn(&KindSettings, &prometheus::Registry) -> Result<Arc<dyn Kind>, BuildError>;
+
+/// Why a kind could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Its metric series clash with registered ones: a bug.
+    #[error("cannot register a kind's metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Its table of the configuration file does not hold (the daemon checks it at start,
+    /// through [`SettingsTable::check`], before any kind is built).
+    #[error("{0}")]
+    Settings(String),
+}
+
+/// A kind's own table of the configuration file. The configuration takes the table out
+/// of the file before it reads the rest, checks it with `check` as jobd starts, prints it
+/// with `describe`, and hands it to the kind's `build` in [`KindSettings::tables`]: no
+/// other file knows its fields.
+pub struct SettingsTable {
+    /// The table's key at the top of the file (`webhooks`).
+    pub key: &'static str,
+    /// The first problem of the table, saying where it is.
+    pub check: fn(&toml::Value) -> Result<(), String>,
+    /// The table as `check-config` prints it, its secrets never included.
+    pub describe: fn(&toml::Value) -> toml::Value,
+}
+
+/// The tables of the configuration file that kinds read, one per kind that has one.
+pub fn settings_tables() -> impl Iterator<Item = &'static SettingsTable> {
+    REGISTRY.iter().filter_map(|registration| registration.settings.as_ref())
+}
 
 /// How the registry builds a kind.
 pub struct Registration {
@@ -294,6 +326,8 @@ pub struct Registration {
     pub build: BuildKind,
     /// The kind's own request fields, for the API description.
     pub request_schema: fn() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    /// The kind's own table of the configuration file, if it has one.
+    pub settings: Option<SettingsTable>,
 }
 
 /// Every kind jobd has. Adding a kind is its module and one line here.
@@ -328,7 +362,7 @@ impl Kinds {
     /// The kinds `settings` enable: every kind, and the test kinds only with `test_kinds`.
     /// Each registers its own metric series in `registry`; an error is a clash of names,
     /// a bug.
-    pub fn new(settings: &KindSettings, registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+    pub fn new(settings: &KindSettings, registry: &prometheus::Registry) -> Result<Self, BuildError> {
         let registered: Vec<&Registration> =
             REGISTRY.iter().filter(|registration| settings.test_kinds || !registration.test_only).collect();
         let kinds =
@@ -339,7 +373,7 @@ impl Kinds {
 
     /// The kinds `settings` enable, their series in a registry of their own that nothing
     /// serves: for tests and tools that build kinds without a daemon.
-    pub fn unserved(settings: &KindSettings) -> Result<Self, prometheus::Error> {
+    pub fn unserved(settings: &KindSettings) -> Result<Self, BuildError> {
         Self::new(settings, &prometheus::Registry::new())
     }
 

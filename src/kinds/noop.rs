@@ -13,10 +13,11 @@ use crate::job::{Job, JobResult, Outcome};
 pub const REGISTRATION: Registration = Registration {
     name: "noop",
     test_only: false,
-    build: |_: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, prometheus::Error> {
+    build: |_: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, super::BuildError> {
         Ok(Arc::new(Noop))
     },
     request_schema: || utoipa::openapi::ObjectBuilder::new().into(),
+    settings: None,
 };
 
 #[derive(Debug)]

@@ -20,28 +20,31 @@ const MAX_SLEEP_MILLIS: u64 = 3_600_000;
 pub const SLEEP: Registration = Registration {
     name: "sleep",
     test_only: true,
-    build: |_: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, prometheus::Error> {
+    build: |_: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, super::BuildError> {
         Ok(Arc::new(Sleep))
     },
     request_schema: payload_schema,
+    settings: None,
 };
 
 pub const FAIL: Registration = Registration {
     name: "fail",
     test_only: true,
-    build: |_: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, prometheus::Error> {
+    build: |_: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, super::BuildError> {
         Ok(Arc::new(Requested { panics: false }))
     },
     request_schema: payload_schema,
+    settings: None,
 };
 
 pub const PANIC: Registration = Registration {
     name: "panic",
     test_only: true,
-    build: |_: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, prometheus::Error> {
+    build: |_: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, super::BuildError> {
         Ok(Arc::new(Requested { panics: true }))
     },
     request_schema: payload_schema,
+    settings: None,
 };
 
 /// The test kinds' one field, `payload`, holds their options.

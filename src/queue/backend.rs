@@ -178,14 +178,6 @@ pub trait QueueBackend: Transactions + JobWriter + JobReader + Send + 'static {
     /// that only this process writes ignores it, which is the default.
     fn set_waker(&mut self, _waker: Waker) {}
 
-    /// How long the queue thread waits when a batch carries a cancel, before it runs the
-    /// batch, gathering what arrives meanwhile: a test hook (`test_cancel_hold_ms`) that
-    /// puts the Dispatcher's next fetch in the same batch as a cancel. Never set in
-    /// production.
-    fn cancel_hold(&self) -> Option<std::time::Duration> {
-        None
-    }
-
     /// A reader on storage of its own, for records and listings (see [`RecordReader`]);
     /// `None`, the default, serves them on the queue thread (the test backend in memory).
     fn record_reader(&mut self) -> Result<Option<Box<dyn RecordReader>>, StorageError> {

@@ -18,6 +18,7 @@ pub(crate) mod memory;
 pub mod postgres;
 mod select;
 pub mod sqlite;
+mod test_hooks;
 mod thread;
 
 pub use backend::{JobReader, JobWriter, QueueBackend, RecordReader, Syncer, Transactions};
@@ -25,6 +26,7 @@ pub use lease::LeaseClock;
 pub use postgres::{ClusterMetrics, ClusterSettings, check_postgres_url, redacted_url};
 pub use select::{OpenError, QueueKind, QueueSettings, open};
 pub use sqlite::Synchronous;
+pub use test_hooks::TestHooks;
 pub use thread::{CommitMetrics, ProgressNotRecorded, QueueHandle, QueueLost, QueueThread, SubmissionAnswer, Waker};
 
 use chrono::{DateTime, Utc};

@@ -1,7 +1,6 @@
 //! Which backend holds the jobs, and opening it: the one place that names every backend.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,10 +33,8 @@ pub struct QueueSettings {
     pub sqlite_synchronous: Synchronous,
     /// `queue_db_max_bytes`, if set.
     pub max_bytes: Option<u64>,
-    /// Test hooks; never set in production.
-    pub test_fail_sync_after: Option<u64>,
-    pub test_cancel_hold: Option<Duration>,
-    pub test_sync_delay: Option<Duration>,
+    /// The test hooks of an embedded backend's fsyncs; never set in production.
+    pub test_hooks: super::TestHooks,
 }
 
 /// Why the queue could not be opened.
@@ -65,18 +62,11 @@ pub fn open(settings: &QueueSettings, metrics: ClusterMetrics) -> Result<Box<dyn
             let path = settings.data_dir.join("queue.db");
             let (mut backend, recovery) =
                 SqliteBackend::open(&path, settings.capacity, settings.sqlite_synchronous, settings.max_bytes)?;
-            if let Some(count) = settings.test_fail_sync_after {
+            if let Some(count) = settings.test_hooks.test_fail_sync_after {
                 tracing::warn!(count, "test_fail_sync_after: the queue's fsyncs fail after this many");
                 backend.fail_syncs_after(count);
             }
-            if let Some(hold) = settings.test_cancel_hold {
-                tracing::warn!(
-                    ms = hold.as_millis(),
-                    "test_cancel_hold_ms: the queue thread waits this long whenever a cancel arrives"
-                );
-                backend.hold_cancels_for(hold);
-            }
-            if let Some(delay) = settings.test_sync_delay {
+            if let Some(delay) = settings.test_hooks.sync_delay() {
                 tracing::warn!(
                     millis = delay.as_millis(),
                     "test_sync_delay_ms: every fsync of the queue waits this long first"

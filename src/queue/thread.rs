@@ -277,12 +277,16 @@ impl QueueThread {
     /// when the thread wakes share one transaction, and the backend's [`Syncer`](crate::queue::Syncer) runs on a
     /// sync thread, one fsync for every transaction committed since the last; without it,
     /// each command commits alone, with its own fsync (for comparison and for debugging).
-    /// Also returns the [`QueueLost`] signal, which its owner must watch.
+    /// Also returns the [`QueueLost`] signal, which its owner must watch. `cancel_hold` is
+    /// a test hook (`test_cancel_hold_ms`, see [`crate::queue::TestHooks`]): the thread
+    /// waits that long when a batch carries a cancel, gathering what arrives meanwhile, so
+    /// that the Dispatcher's next fetch shares the cancel's batch. `None` in production.
     pub fn spawn(
         mut backend: Box<dyn QueueBackend>,
         node: NodeId,
         group_commit: bool,
         metrics: CommitMetrics,
+        cancel_hold: Option<std::time::Duration>,
     ) -> std::io::Result<(Self, QueueLost)> {
         let (commands, receiver) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         let woken = Arc::new(AtomicBool::new(false));
@@ -323,7 +327,7 @@ impl QueueThread {
         let thread = thread::Builder::new().name("jobd-queue".to_owned()).spawn(move || {
             let lost = LostSignal { poison, sender: Some(lost_sender) };
             let lanes = Lanes { peer: None, woken };
-            run_backend(backend, lease, receiver, per_commit, &metrics, syncing, lost, &lanes);
+            run_backend(backend, lease, receiver, per_commit, &metrics, syncing, lost, &lanes, cancel_hold);
         })?;
         let handle = QueueHandle { commands, ingest: ingest_commands, lists_by_id, lease_clock, reads: read_lane };
         Ok((Self { handle, thread, ingest, reads, node }, lost))
@@ -369,6 +373,7 @@ fn run_backend(
     mut syncing: Syncing,
     mut lost: LostSignal,
     lanes: &Lanes,
+    cancel_hold: Option<std::time::Duration>,
 ) {
     let mut writable = true;
     let mut waiting: Option<Fetch> = None;
@@ -391,7 +396,7 @@ fn run_backend(
         if woken {
             batch.push(Command::Wake);
         }
-        if let Some(hold) = backend.cancel_hold()
+        if let Some(hold) = cancel_hold
             && batch.iter().any(|command| matches!(command, Command::Cancel { .. }))
         {
             thread::sleep(hold);

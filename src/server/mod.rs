@@ -40,6 +40,8 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] MetricsError),
+    #[error("cannot build the kinds: {0}")]
+    Kinds(#[from] crate::kinds::BuildError),
     #[error(transparent)]
     Tokens(#[from] TokenFileError),
     #[error(transparent)]
@@ -175,8 +177,16 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let node = crate::queue::NodeId::generate();
     tracing::info!(node = %node, node_name = config.node_name, "this process holds the jobs it claims as this node");
     let backend = crate::queue::open(&config.queue_settings(node), metrics.cluster.clone())?;
-    let (queue, queue_lost) = QueueThread::spawn(backend, node, config.group_commit, metrics.commit_metrics())
-        .map_err(ServeError::QueueThread)?;
+    let cancel_hold = config.test_hooks.cancel_hold();
+    if let Some(hold) = cancel_hold {
+        tracing::warn!(
+            ms = hold.as_millis(),
+            "test_cancel_hold_ms: the queue thread waits this long whenever a cancel arrives"
+        );
+    }
+    let (queue, queue_lost) =
+        QueueThread::spawn(backend, node, config.group_commit, metrics.commit_metrics(), cancel_hold)
+            .map_err(ServeError::QueueThread)?;
     let bodies = wiring::body_runtime(&config)?;
     let handle = queue.handle();
     let result = actix::System::new().block_on(run(config, handle, queue_lost, bodies.handle().clone(), metrics));

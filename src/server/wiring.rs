@@ -95,7 +95,7 @@ pub(super) async fn wire(
             test_kinds: config.test_kinds,
             metadata_supported: store.kind().supports_attributes(),
             default_key_prefix: config.key_prefix.clone(),
-            webhooks: config.webhooks.clone(),
+            tables: config.kind_tables.clone(),
             store_health: Some(store_health.clone()),
         },
         metrics.registry(),

@@ -37,7 +37,7 @@ const MAX_CONTENT_TYPE_BYTES: usize = 256;
 pub const REGISTRATION: Registration = Registration {
     name: NAME,
     test_only: false,
-    build: |settings: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, prometheus::Error> {
+    build: |settings: &KindSettings, _: &prometheus::Registry| -> Result<Arc<dyn Kind>, crate::kinds::BuildError> {
         Ok(Arc::new(Upload {
             metadata_supported: settings.metadata_supported,
             default_key_prefix: settings.default_key_prefix.clone(),
@@ -46,6 +46,7 @@ pub const REGISTRATION: Registration = Registration {
         }))
     },
     request_schema: || <UploadFields as utoipa::PartialSchema>::schema(),
+    settings: None,
 };
 
 /// An upload's request fields, as the API description shows them.

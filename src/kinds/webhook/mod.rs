@@ -20,7 +20,7 @@ pub use self::destination::{
 };
 use super::{
     Admission, FieldProblem, JobError, Kind, KindSettings, Placement, Refusal, Registration, RequestFields, RunContext,
-    RunsOn, Starts, Validated, field_problem,
+    RunsOn, SettingsTable, Starts, Validated, field_problem,
 };
 use crate::auth::Principal;
 use crate::job::{Body, Job, JobResult, JobSpec};
@@ -38,11 +38,39 @@ const MAX_EVENT_TYPE_BYTES: usize = 256;
 pub const REGISTRATION: Registration = Registration {
     name: NAME,
     test_only: false,
-    build: |settings: &KindSettings, registry: &prometheus::Registry| -> Result<Arc<dyn Kind>, prometheus::Error> {
-        Ok(Arc::new(Webhook::new(&settings.webhooks, &destination::Families::register(registry)?)))
+    build: |settings: &KindSettings,
+            registry: &prometheus::Registry|
+     -> Result<Arc<dyn Kind>, crate::kinds::BuildError> {
+        let destinations = settings
+            .tables
+            .get(SETTINGS_KEY)
+            .map(destinations_of)
+            .transpose()
+            .map_err(crate::kinds::BuildError::Settings)?
+            .unwrap_or_default();
+        Ok(Arc::new(Webhook::new(&destinations, &destination::Families::register(registry)?)))
     },
     request_schema: || <WebhookFields as utoipa::PartialSchema>::schema(),
+    settings: Some(SettingsTable {
+        key: SETTINGS_KEY,
+        check: |table| check_destinations(&destinations_of(table)?),
+        // Secrets never reach the output: `DestinationSettings` serializes without them.
+        describe: |table| {
+            let described = destinations_of(table).and_then(|destinations| {
+                toml::Value::try_from(destinations).map_err(|error| format!("[webhooks] {error}"))
+            });
+            described.unwrap_or_else(toml::Value::String)
+        },
+    }),
 };
+
+/// The kind's table of the configuration file: `[webhooks.<name>]`, one per destination.
+const SETTINGS_KEY: &str = "webhooks";
+
+/// The destinations a `[webhooks]` table configures, by name.
+fn destinations_of(table: &toml::Value) -> Result<BTreeMap<String, DestinationSettings>, String> {
+    table.clone().try_into().map_err(|error: toml::de::Error| format!("[webhooks] {}", error.message()))
+}
 
 /// A webhook's request fields, as the API description shows them.
 #[derive(utoipa::ToSchema)]

@@ -70,8 +70,6 @@ pub struct SqliteBackend {
     wal: Option<WalFile>,
     /// `test_fail_sync_after`: the syncer's fsyncs fail after this many.
     fail_syncs_after: Option<u64>,
-    /// See [`QueueBackend::cancel_hold`]; only for tests.
-    cancel_hold: Option<std::time::Duration>,
     /// See [`SqliteBackend::delay_syncs_by`]; only for tests.
     sync_delay: Option<std::time::Duration>,
     /// The file, for the read lane's own connection ([`QueueBackend::record_reader`]).
@@ -188,7 +186,6 @@ impl SqliteBackend {
             fresh: FreshJobs::default(),
             wal: (synchronous == Synchronous::Full).then(|| WalFile::new(path)),
             fail_syncs_after: None,
-            cancel_hold: None,
             sync_delay: None,
             path: path.to_path_buf(),
             checkpointer,
@@ -206,12 +203,6 @@ impl SqliteBackend {
     /// (`test_sync_delay_ms`), so that tests can hold commits' answers back.
     pub fn delay_syncs_by(&mut self, delay: std::time::Duration) {
         self.sync_delay = Some(delay);
-    }
-
-    /// Makes the queue thread wait this long when a cancel arrives (`test_cancel_hold_ms`),
-    /// so that tests can put a fetch in the same batch as a cancel.
-    pub fn hold_cancels_for(&mut self, hold: std::time::Duration) {
-        self.cancel_hold = Some(hold);
     }
 }
 
@@ -272,10 +263,6 @@ impl Transactions for SqliteBackend {
 }
 
 impl QueueBackend for SqliteBackend {
-    fn cancel_hold(&self) -> Option<std::time::Duration> {
-        self.cancel_hold
-    }
-
     /// A read-only connection of its own: WAL lets it read while the queue thread writes.
     fn record_reader(&mut self) -> Result<Option<Box<dyn super::RecordReader>>, StorageError> {
         Ok(Some(Box::new(reader::SqliteReader::open(&self.path)?)))

@@ -38,7 +38,8 @@ pub(super) fn spawn_ingest(
         let _alarm = PanicAlarm { poison, main: main.clone() };
         let lost = LostSignal { poison: Arc::new(OnceLock::new()), sender: None };
         let lanes = Lanes { peer: Some(main), woken: Arc::new(AtomicBool::new(false)) };
-        run_backend(lane, lease, receiver, per_commit, &metrics, Syncing::NotNeeded, lost, &lanes);
+        // Submissions only: no cancel reaches this lane, so there is none to hold.
+        run_backend(lane, lease, receiver, per_commit, &metrics, Syncing::NotNeeded, lost, &lanes, None);
     })?;
     Ok((thread, commands))
 }

@@ -14,7 +14,7 @@ fn metrics() -> CommitMetrics {
 fn memory_queue() -> (QueueThread, QueueHandle) {
     let metrics = metrics();
     let (thread, _lost) =
-        QueueThread::spawn(Box::new(memory::MemoryBackend::new(1000)), NodeId::generate(), true, metrics)
+        QueueThread::spawn(Box::new(memory::MemoryBackend::new(1000)), NodeId::generate(), true, metrics, None)
             .expect("thread");
     let handle = thread.handle();
     (thread, handle)
@@ -149,7 +149,8 @@ fn queue_with_controlled_syncs()
     let backend = memory::MemoryBackend::new(1000)
         .with_sync_for_test(move || sync_results.recv().unwrap_or_else(|_| Err(StorageError::new("the test ended"))));
     let metrics = metrics();
-    let (thread, lost) = QueueThread::spawn(Box::new(backend), NodeId::generate(), true, metrics).expect("thread");
+    let (thread, lost) =
+        QueueThread::spawn(Box::new(backend), NodeId::generate(), true, metrics, None).expect("thread");
     let handle = thread.handle();
     (thread, handle, lost, results)
 }
@@ -227,7 +228,8 @@ async fn a_failed_commit_fails_its_writes_keeps_earlier_jobs_and_reads_go_on() {
     // The file may not grow any more: like a full disk.
     backend.set_max_page_count_for_test(backend.page_count_for_test());
     let metrics = metrics();
-    let (thread, _lost) = QueueThread::spawn(Box::new(backend), NodeId::generate(), true, metrics).expect("thread");
+    let (thread, _lost) =
+        QueueThread::spawn(Box::new(backend), NodeId::generate(), true, metrics, None).expect("thread");
     let queue = thread.handle();
     assert!(queue.status().await.expect("status").writable);
 
