@@ -113,7 +113,8 @@ fn help_documents_every_setting() {
         assert!(text.contains(variable), "--help lacks {variable}:\n{text}");
     }
     // The test hooks are no settings of an operator's: help never shows them.
-    for hook in ["JOBD_TEST_SYNC_DELAY_MS", "JOBD_TEST_FAIL_SYNC_AFTER", "JOBD_TEST_CANCEL_HOLD_MS", "test-sync-delay"] {
+    for hook in ["JOBD_TEST_SYNC_DELAY_MS", "JOBD_TEST_FAIL_SYNC_AFTER", "JOBD_TEST_CANCEL_HOLD_MS", "test-sync-delay"]
+    {
         assert!(!text.contains(hook), "--help shows the test hook {hook}:\n{text}");
     }
 }
