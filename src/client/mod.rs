@@ -198,8 +198,14 @@ impl Client {
         }
         // Redirects are not followed: a POST turned into a GET by a redirect would answer
         // 200 with something that is not its jobs.
+        // Idle connections are dropped after 2 s, before jobd's HTTP server closes them (a
+        // keep-alive of 5 s): a batch sent on a connection as the server closes it gets no
+        // answer, and would be reported as "may or may not have been accepted". Batches that
+        // wait out a full queue leave connections idle for seconds; under load a CI run
+        // met exactly that with the default pool, which keeps idle connections 90 s.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .build()
@@ -229,7 +235,7 @@ impl Client {
         }
         let unreachable = |error: reqwest::Error| ClientError::Unreachable {
             url: url.to_string(),
-            reason: error.to_string(),
+            reason: with_causes(&error),
             refused_connection: error.is_connect(),
         };
         let response = request.send().await.map_err(unreachable)?;
@@ -247,6 +253,20 @@ impl Client {
     pub async fn get_json(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, ClientError> {
         self.send(reqwest::Method::GET, path, query, None).await?.json()
     }
+}
+
+/// An error with every cause under it: reqwest's own message ("error sending request")
+/// says nothing of why (a timeout, a connection closed, a refused connection), and the
+/// reader needs the why.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 /// Runs a client command's future on a runtime of its own, and turns its result into an
@@ -268,5 +288,26 @@ where
             eprintln!("jobd: {error}");
             error.exit()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request that cannot be sent says why, not only "error sending request".
+    #[tokio::test]
+    async fn an_unreachable_daemon_is_reported_with_the_cause() {
+        // A port that was free a moment ago: nothing listens on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("port");
+        let args =
+            ConnectionArgs { url: format!("http://{port}"), token: None, token_file: None, output: Output::Text };
+        let client = Client::new(&args).expect("client");
+        let Err(error) = client.send(reqwest::Method::GET, "/healthz", &[], None).await else {
+            panic!("something answered on a port nothing listens on");
+        };
+        let ClientError::Unreachable { reason, refused_connection, .. } = &error else { panic!("{error}") };
+        assert!(*refused_connection, "{error}");
+        assert!(reason.to_lowercase().contains("refused"), "the cause is named: {reason}");
     }
 }
