@@ -19,6 +19,7 @@ mod actors;
 mod auth;
 pub mod client;
 pub mod config;
+mod error_text;
 mod http;
 pub mod job;
 pub mod keys;

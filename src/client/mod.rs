@@ -235,7 +235,7 @@ impl Client {
         }
         let unreachable = |error: reqwest::Error| ClientError::Unreachable {
             url: url.to_string(),
-            reason: with_causes(&error),
+            reason: crate::error_text::with_causes(&error),
             refused_connection: error.is_connect(),
         };
         let response = request.send().await.map_err(unreachable)?;
@@ -253,20 +253,6 @@ impl Client {
     pub async fn get_json(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, ClientError> {
         self.send(reqwest::Method::GET, path, query, None).await?.json()
     }
-}
-
-/// An error with every cause under it: reqwest's own message ("error sending request")
-/// says nothing of why (a timeout, a connection closed, a refused connection), and the
-/// reader needs the why.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }
 
 /// Runs a client command's future on a runtime of its own, and turns its result into an

@@ -32,7 +32,8 @@ impl TestHooks {
     }
 
     pub fn sync_delay(&self) -> Option<Duration> {
-        self.test_sync_delay_ms.filter(|&millis| millis > 0).map(Duration::from_millis)
+        // `Config::resolve` already left a delay of 0 unset.
+        self.test_sync_delay_ms.map(Duration::from_millis)
     }
 
     /// The first hook set, by its setting's name, if any.

@@ -138,20 +138,8 @@ enum DeliveryError {
     Request(#[from] http::Error),
     /// With its causes, which name the reason (connection refused, a certificate): the
     /// client's error alone says only where it failed. Neither carries the URL.
-    #[error("{}", chain(.0))]
+    #[error("{}", crate::error_text::with_causes(.0))]
     Exchange(#[from] hyper_util::client::legacy::Error),
-}
-
-/// An error and its causes, `: `-separated.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// What an answer means: `2xx` is done; `410` and other `4xx` (unless `retry_4xx`) are

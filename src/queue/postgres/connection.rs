@@ -16,20 +16,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub(super) fn storage_error(context: &str, error: &postgres::Error) -> StorageError {
     let detail = match error.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => {
-            // The client's own message leaves out its cause (a TLS handshake's says only
-            // that it failed), which is the part an operator needs.
-            let mut text = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(cause) = source {
-                let cause_text = cause.to_string();
-                if !text.contains(&cause_text) {
-                    text = format!("{text}: {cause_text}");
-                }
-                source = cause.source();
-            }
-            text
-        }
+        // The client's own message leaves out its cause (a TLS handshake's says only that
+        // it failed), which is the part an operator needs.
+        None => crate::error_text::with_causes(error),
     };
     StorageError::new(format!("PostgreSQL {context}: {detail}"))
 }
