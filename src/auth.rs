@@ -1,6 +1,7 @@
 //! Who may call the API: bearer tokens read from a token file, each with a name, scopes
 //! and optional key prefixes, compared in constant time and swappable on SIGHUP.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -52,33 +53,31 @@ impl Scope {
 pub struct Principal {
     pub name: String,
     scopes: u8,
-    /// Where this caller may write; empty means anywhere in the store. Each prefix is a
-    /// whole number of key segments, kept without a trailing `/`.
-    pub allowed_key_prefixes: Vec<String>,
-    /// The webhook destinations this caller may send to; empty means every one.
-    pub allowed_destinations: Vec<String>,
+    /// The token's confinements: each option of its line that a kind reads
+    /// ([`crate::kinds::TokenLimit`]), with its items as that kind kept them. Only the
+    /// kind gives them a meaning.
+    limits: BTreeMap<&'static str, Vec<String>>,
 }
 
 impl Principal {
-    /// Whether the caller is confined (by key prefixes or destinations) and so sees and
+    /// Whether the caller is confined (by any kind's token limit) and so sees and
     /// controls only the jobs it submitted.
     pub fn is_confined(&self) -> bool {
-        !self.allowed_key_prefixes.is_empty() || !self.allowed_destinations.is_empty()
+        !self.limits.is_empty()
     }
-}
 
-impl Principal {
+    /// The items of one of the token's options; none when the line does not have it.
+    pub fn limit(&self, option: &str) -> &[String] {
+        self.limits.get(option).map_or(&[], Vec::as_slice)
+    }
+
+    /// The options that confine the caller, for a message: `allowed_key_prefixes`.
+    pub fn confinements(&self) -> String {
+        self.limits.keys().copied().collect::<Vec<_>>().join(" and ")
+    }
+
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes & scope.bit() != 0
-    }
-
-    /// Whether this caller may write `key`: always without prefixes, else when the key
-    /// lies under one of them segment by segment, so `tenant-a` does not admit `tenant-ab/x`.
-    pub fn may_write(&self, key: &str) -> bool {
-        self.allowed_key_prefixes.is_empty()
-            || self.allowed_key_prefixes.iter().any(|prefix| {
-                key.strip_prefix(prefix.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            })
     }
 }
 
@@ -109,27 +108,47 @@ impl fmt::Debug for TokenSet {
 pub enum TokenFileError {
     #[error("cannot read the token file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("token file line {line}: expected `<name> <scopes> <token> [allowed_key_prefixes=...]`")]
+    #[error("token file line {line}: expected `<name> <scopes> <token> [<option>=<item>,...]...`")]
     Shape { line: usize },
     #[error("token file line {line}, column {column} ({column_name}): {problem}")]
     Column { line: usize, column: usize, column_name: &'static str, problem: String },
+    /// What `jobd token new` was given does not make a valid line.
+    #[error("{argument}: {problem}")]
+    Argument { argument: &'static str, problem: String },
     #[error("the system's random number generator failed")]
     Random,
 }
 
 /// A line for the token file: `name`, `scopes` (comma-separated) and a new token of 32
 /// random bytes from the system's cryptographic generator, hex-encoded (64 characters),
-/// with `allowed_key_prefixes` if given. The line is checked as the token file would
-/// check it, so a bad name or scope is refused here, not at the next reload.
-pub fn new_token_line(name: &str, scopes: &str, allowed_key_prefixes: Option<&str>) -> Result<String, TokenFileError> {
+/// then `options` as given (`allowed_destinations=billing`). The line is checked as the
+/// token file would check it, so a bad name, scope or option is refused here, naming the
+/// argument, not at the next reload.
+pub fn new_token_line(name: &str, scopes: &str, options: &[String]) -> Result<String, TokenFileError> {
     let mut secret = [0u8; 32];
     aws_lc_rs::rand::fill(&mut secret).map_err(|_| TokenFileError::Random)?;
     let token: String = secret.iter().map(|byte| format!("{byte:02x}")).collect();
-    let mut line = format!("{name} {scopes} {token}");
-    if let Some(prefixes) = allowed_key_prefixes {
-        line.push_str(&format!(" allowed_key_prefixes={prefixes}"));
+    let blank = |argument: &'static str, value: &str| {
+        (value.is_empty() || value.contains(char::is_whitespace))
+            .then(|| TokenFileError::Argument { argument, problem: "must be one word, without spaces".to_owned() })
+    };
+    if let Some(error) = blank("name", name).or_else(|| blank("scopes", scopes)) {
+        return Err(error);
     }
-    TokenSet::parse(&line)?;
+    if let Some(error) = options.iter().find_map(|option| blank("option", option)) {
+        return Err(error);
+    }
+    let mut line = format!("{name} {scopes} {token}");
+    for option in options {
+        line.push(' ');
+        line.push_str(option);
+    }
+    TokenSet::parse(&line).map_err(|error| match error {
+        TokenFileError::Column { column_name, problem, .. } => {
+            TokenFileError::Argument { argument: column_name, problem }
+        }
+        other => other,
+    })?;
     Ok(line)
 }
 
@@ -147,7 +166,8 @@ impl TokenSet {
         TokenSet::parse(&text)
     }
 
-    /// Parses `<name> <scopes> <token> [allowed_key_prefixes=<prefix>,...]` lines; blank
+    /// Parses `<name> <scopes> <token> [<option>=<item>,...]...` lines, whose options are
+    /// the kinds' token limits (`allowed_key_prefixes=a/,b/`); blank
     /// lines and `#` comments are skipped. A file without token lines is valid and admits
     /// no one: emptying the file is how an operator revokes every token at once.
     pub fn parse(text: &str) -> Result<TokenSet, TokenFileError> {
@@ -185,35 +205,18 @@ impl TokenSet {
             if token.chars().count() < MIN_TOKEN_CHARS {
                 return Err(fail(3, format!("the token is shorter than {MIN_TOKEN_CHARS} characters")));
             }
-            let mut allowed_key_prefixes = Vec::new();
-            let mut allowed_destinations = Vec::new();
+            let mut limits: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
             for (position, option) in options.iter().enumerate() {
                 let column = 4 + position;
-                if let Some(list) = option.strip_prefix("allowed_destinations=") {
-                    for destination in list.split(',') {
-                        if destination.is_empty()
-                            || !destination.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                        {
-                            return Err(fail(
-                                column,
-                                "a destination name holds only letters, digits, '-', '_' and '.'".to_owned(),
-                            ));
-                        }
-                        allowed_destinations.push(destination.to_owned());
-                    }
-                    continue;
-                }
-                let Some(list) = option.strip_prefix("allowed_key_prefixes=") else {
-                    return Err(fail(
-                        column,
-                        "unknown option; allowed_key_prefixes=... and allowed_destinations=... exist".to_owned(),
-                    ));
+                let (option_name, list) = option.split_once('=').unwrap_or((option, ""));
+                let Some(limit) = crate::kinds::token_limit(option_name) else {
+                    let known: Vec<String> =
+                        crate::kinds::token_limits().map(|limit| format!("{}=...", limit.option)).collect();
+                    return Err(fail(column, format!("unknown option; {} exist", known.join(" and "))));
                 };
-                for (number, prefix) in list.split(',').enumerate() {
-                    let trimmed = prefix.trim_end_matches('/');
-                    crate::keys::ObjectKey::parse(trimmed)
-                        .map_err(|error| fail(column, format!("allowed key prefix {} {error}", number + 1)))?;
-                    allowed_key_prefixes.push(trimmed.to_owned());
+                let items = limits.entry(limit.option).or_default();
+                for item in list.split(',') {
+                    items.push((limit.parse_item)(item).map_err(|problem| fail(column, problem))?);
                 }
             }
             let token_digest = sha256(token.as_bytes());
@@ -224,12 +227,7 @@ impl TokenSet {
                 return Err(fail(3, format!("the token repeats line {}'s token", earlier.line)));
             }
             entries.push(Entry {
-                principal: Arc::new(Principal {
-                    name: (*name).to_owned(),
-                    scopes: scope_bits,
-                    allowed_key_prefixes,
-                    allowed_destinations,
-                }),
+                principal: Arc::new(Principal { name: (*name).to_owned(), scopes: scope_bits, limits }),
                 token_digest,
                 line: line_number,
             });
@@ -274,7 +272,12 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
-    pub const REASONS: [&'static str; 5] = ["missing", "invalid", "scope", "key_prefix", "allowed_destinations"];
+    /// Every reason: this module's, and each kind's token limit's.
+    pub fn reasons() -> impl Iterator<Item = &'static str> {
+        ["missing", "invalid", "scope"]
+            .into_iter()
+            .chain(crate::kinds::token_limits().map(|limit| limit.auth_failure_reason))
+    }
 
     pub fn reason(&self) -> &'static str {
         match self {
@@ -388,9 +391,10 @@ mod tests {
         let ingest = set.find(TOKEN_A.as_bytes()).expect("known token");
         assert_eq!(ingest.name, "ingest");
         assert!(ingest.has(Scope::Submit) && ingest.has(Scope::Read) && !ingest.has(Scope::Admin));
-        assert_eq!(ingest.allowed_key_prefixes, ["tenant-a", "shared"]);
-        assert!(ingest.may_write("tenant-a/x.json") && ingest.may_write("shared/y"));
-        assert!(!ingest.may_write("tenant-ab/x.json") && !ingest.may_write("other/tenant-a/x"));
+        assert_eq!(ingest.limit("allowed_key_prefixes"), ["tenant-a", "shared"], "kept as the kind parsed them");
+        assert!(ingest.is_confined() && ingest.limit("allowed_destinations").is_empty());
+        let ops = set.find(TOKEN_B.as_bytes()).expect("known token");
+        assert!(!ops.is_confined());
         assert!(set.find(b"0123456789abcdef0123456789abcdeX").is_none());
         assert!(set.find(b"").is_none());
     }
@@ -417,10 +421,35 @@ mod tests {
             ("a submit short\n".to_owned(), "shorter than"),
             (format!("a submit {TOKEN_A} allowed_key_prefixes=../x\n"), "allowed key prefix"),
             (format!("a submit {TOKEN_A}\na read {TOKEN_B}\n"), "used twice"),
+            (format!("a submit {TOKEN_A} allowed_destinations=bill/ing\n"), "column 4 (option): a destination name"),
+            (
+                format!("a submit {TOKEN_A} allowed_key_prefixes=a/ frobnicate=x\n"),
+                "column 5 (option): unknown option; allowed_key_prefixes=... and allowed_destinations=... exist",
+            ),
         ] {
             let message = TokenSet::parse(&text).expect_err("invalid").to_string();
             assert!(message.contains(expected), "{message:?} lacks {expected:?}");
             assert!(!message.contains(TOKEN_A) && !message.contains(TOKEN_B), "{message:?} shows a token");
+        }
+    }
+
+    #[test]
+    fn a_new_token_line_carries_its_options_and_names_a_bad_argument() {
+        let options = ["allowed_destinations=billing,crm".to_owned(), "allowed_key_prefixes=t/".to_owned()];
+        let line = new_token_line("tenant", "submit,read", &options).expect("valid arguments");
+        let token = line.split_whitespace().nth(2).expect("a token column").to_owned();
+        let set = TokenSet::parse(&line).expect("the line parses");
+        let tenant = set.find(token.as_bytes()).expect("its own token");
+        assert_eq!(tenant.limit("allowed_destinations"), ["billing", "crm"]);
+        assert_eq!(tenant.limit("allowed_key_prefixes"), ["t"]);
+        for (name, scopes, options, expected) in [
+            ("tenant", "submit,write", vec![], "scopes: unknown scope"),
+            ("ten ant", "submit", vec![], "name: must be one word"),
+            ("tenant", "submit", vec!["allowed_colours=red".to_owned()], "option: unknown option"),
+        ] {
+            let message = new_token_line(name, scopes, &options).expect_err("invalid").to_string();
+            assert!(message.starts_with(expected), "{message:?} does not start with {expected:?}");
+            assert!(!message.contains("token file line"), "{message:?} speaks of a file");
         }
     }
 

@@ -23,10 +23,16 @@ fn main() -> ExitCode {
         _ => {}
     }
     // A new token needs no configuration: it is printed for the operator to add.
-    if let Command::Token(TokenCommand::New { name, scopes, allowed_key_prefixes }) = &cli.command {
-        return match jobd::server::new_token_line(name, scopes, allowed_key_prefixes.as_deref()) {
+    if let Command::Token(TokenCommand::New { name, scopes, options }) = &cli.command {
+        return match jobd::server::new_token_line(name, scopes, options) {
             Ok(line) => {
                 println!("{line}");
+                // What each side needs, on stderr so that `>> tokens` takes the line alone.
+                eprintln!(
+                    "jobd: append the line to the token file (tokens_file), then start jobd or reload it with \
+                     SIGHUP; the client commands take the same line (or its third column, the token) with \
+                     --token-file"
+                );
                 ExitCode::SUCCESS
             }
             Err(error) => {
@@ -35,33 +41,24 @@ fn main() -> ExitCode {
             }
         };
     }
-    jobd::telemetry::init(cli.log_format);
-    let config = match Config::load(cli.settings, cli.config.as_deref()) {
+    let (server, probe) = match cli.command {
+        Command::Serve(server) => (server, None),
+        Command::CheckConfig { probe, server } => (server, Some(probe)),
+        Command::Token(_) | Command::Submit { .. } | Command::Jobs { .. } | Command::Stats { .. } => {
+            return ExitCode::SUCCESS;
+        }
+    };
+    jobd::telemetry::init(server.log_format);
+    let config = match Config::load(server.settings, server.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("jobd: invalid configuration: {error}");
             return ExitCode::from(2);
         }
     };
-    match cli.command {
-        Command::CheckConfig { probe } => {
-            match jobd::server::check(&config, probe).map(|()| toml::to_string(&config)) {
-                Err(error) => {
-                    eprintln!("jobd: invalid configuration: {error}");
-                    ExitCode::from(2)
-                }
-                Ok(Ok(text)) => {
-                    println!("# configuration is valid; effective settings:\n{text}");
-                    ExitCode::SUCCESS
-                }
-                Ok(Err(error)) => {
-                    eprintln!("jobd: cannot print the configuration: {error}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Token(_) | Command::Submit { .. } | Command::Jobs { .. } | Command::Stats { .. } => ExitCode::SUCCESS,
-        Command::Serve => match jobd::server::serve(config) {
+    match probe {
+        Some(probe) => check_config(&config, probe),
+        None => match jobd::server::serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(%error, "jobd failed");
@@ -69,5 +66,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `jobd check-config`: checks the configuration (and the store with `probe`), then
+/// prints the effective settings and the file they were read from.
+fn check_config(config: &Config, probe: bool) -> ExitCode {
+    match jobd::server::check(config, probe).map(|()| toml::to_string(config)) {
+        Err(error) => {
+            eprintln!("jobd: invalid configuration: {error}");
+            ExitCode::from(2)
+        }
+        Ok(Ok(text)) => {
+            let source = match &config.config_file {
+                Some(path) => format!("read from {}", path.display()),
+                None => "no configuration file was found; built-in defaults, flags and JOBD_* variables".to_owned(),
+            };
+            println!("# configuration is valid ({source}); effective settings:\n{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(error)) => {
+            eprintln!("jobd: cannot print the configuration: {error}");
+            ExitCode::FAILURE
+        }
     }
 }

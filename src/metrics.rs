@@ -21,19 +21,24 @@ use crate::queue::QueueStatus;
 
 /// Attempt outcomes, plus `dead` for jobs that failed for good.
 pub const OUTCOMES: [&str; 5] = ["succeeded", "failed", "dead", "panicked", "timed_out"];
-/// Why a submission was refused.
-pub const REJECTION_REASONS: [&str; 10] = [
+/// Why a submission was refused, besides the kinds' token limits
+/// ([`rejection_reasons`]).
+const REJECTION_REASONS: [&str; 8] = [
     "queue_full",
     "invalid",
     "too_large",
     "too_many_jobs",
     "too_deep",
     "body_timeout",
-    "key_not_allowed",
-    "destination_not_allowed",
     "unavailable",
     "commit_backlog",
 ];
+
+/// Every reason `jobd_submissions_rejected_total` counts: the core's, and each kind's
+/// token limit's (`key_not_allowed`).
+pub fn rejection_reasons() -> impl Iterator<Item = &'static str> {
+    REJECTION_REASONS.into_iter().chain(crate::kinds::token_limits().map(|limit| limit.rejection_reason))
+}
 /// Why a request was refused before its route ran.
 pub const HTTP_REFUSAL_REASONS: [&str; 2] = ["header_too_large", "host_not_allowed"];
 /// What SIGHUP reloads.
@@ -61,8 +66,8 @@ pub struct Metrics {
     /// `worker_restarts` counts them too.
     pub worker_replacements: IntCounter,
     pub submissions_rejected: IntCounterVec,
-    /// Requests refused for their token, by reason (`missing`, `invalid`, `scope`,
-    /// `key_prefix`).
+    /// Requests refused for their token, by reason (`missing`, `invalid`, `scope`, and
+    /// each kind's token limit's, `key_prefix`).
     pub auth_failures: IntCounterVec,
     /// SIGHUP reloads, by what was reloaded and whether it worked.
     pub reloads: IntCounterVec,
@@ -257,10 +262,10 @@ impl Metrics {
                 jobs_finished.with_label_values(&[kind, outcome]);
             }
         }
-        for reason in REJECTION_REASONS {
+        for reason in rejection_reasons() {
             submissions_rejected.with_label_values(&[reason]);
         }
-        for reason in crate::auth::AuthFailure::REASONS {
+        for reason in crate::auth::AuthFailure::reasons() {
             auth_failures.with_label_values(&[reason]);
         }
         for reason in HTTP_REFUSAL_REASONS {

@@ -138,6 +138,11 @@ impl Stats {
         let total_workers = read_gauge(&self.workers_total);
         let busy = read_gauge(&self.workers_busy);
         let replacements = metrics.worker_replacements.get();
+        // A refusal by a kind's token limit is the caller's mistake, as a bad field is.
+        let invalid_reasons: Vec<&str> = ["invalid", "too_deep", "body_timeout"]
+            .into_iter()
+            .chain(crate::kinds::token_limits().map(|limit| limit.rejection_reason))
+            .collect();
         StatsSnapshot {
             jobs: JobCounts {
                 accepted: total(&metrics.jobs_submitted, None),
@@ -162,13 +167,7 @@ impl Stats {
             },
             rejected: RejectionCounts {
                 queue_full: rejected(&["queue_full"]),
-                invalid: rejected(&[
-                    "invalid",
-                    "too_deep",
-                    "body_timeout",
-                    "key_not_allowed",
-                    "destination_not_allowed",
-                ]),
+                invalid: rejected(&invalid_reasons),
                 too_large: rejected(&["too_large", "too_many_jobs"]),
                 unavailable: rejected(&["unavailable", "commit_backlog"]),
             },

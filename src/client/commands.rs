@@ -32,14 +32,27 @@ pub async fn jobs(connection: ConnectionArgs, command: JobsCommand) -> Result<Ex
             client.send(reqwest::Method::DELETE, &path, &[], None).await?.json()?
         }
     };
-    match connection.output {
-        Output::Json => println!("{answer}"),
+    let text = match connection.output {
+        Output::Json => format!("{answer}\n"),
         Output::Text => match command {
-            JobsCommand::List { .. } => print_list(&answer),
-            _ => print_record(&answer),
+            JobsCommand::List { .. } => list_text(&answer),
+            _ => record_text(&answer),
         },
-    }
+    };
+    emit(&text)?;
     Ok(Exit::Success)
+}
+
+/// Writes `text` to standard output at once. A reader that went away (`jobd jobs list |
+/// head -2`) ends the command quietly and successfully, as `ls | head` does: what it
+/// wanted, it read.
+pub(super) fn emit(text: &str) -> Result<(), ClientError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(ClientError::OutputClosed),
+        Err(error) => Err(ClientError::Usage(format!("cannot write to standard output: {error}"))),
+    }
 }
 
 /// An id as one path segment, whatever the user typed.
@@ -47,37 +60,53 @@ fn path_segment(id: &str) -> String {
     percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-fn print_record(record: &Value) {
-    if let Some(fields) = record.as_object() {
-        for (name, value) in fields {
-            match value {
-                Value::String(text) => println!("{name}: {}", printable(text)),
-                Value::Null => println!("{name}: -"),
-                other => println!("{name}: {}", printable(&other.to_string())),
-            }
-        }
+/// The fields a person looks for first, in this order; the rest follow alphabetically.
+const LEADING_FIELDS: [&str; 6] = ["id", "kind", "state", "attempts", "max_attempts", "last_error"];
+
+/// One job's record, a field a line, every value and name stripped of control characters.
+fn record_text(record: &Value) -> String {
+    let Some(fields) = record.as_object() else {
+        return format!("{}\n", printable(&record.to_string()));
+    };
+    let leading = LEADING_FIELDS.iter().filter_map(|name| fields.get_key_value(*name));
+    let rest = fields.iter().filter(|(name, _)| !LEADING_FIELDS.contains(&name.as_str()));
+    let mut text = String::new();
+    for (name, value) in leading.chain(rest) {
+        let value = match value {
+            Value::String(text) => printable(text),
+            Value::Null => "-".to_owned(),
+            other => printable(&other.to_string()),
+        };
+        text.push_str(&format!("{}: {value}\n", printable(name)));
     }
+    text
 }
 
-fn print_list(page: &Value) {
+/// A page of jobs as a table; the last error, the last column, is printed whole.
+fn list_text(page: &Value) -> String {
     let records = page["jobs"].as_array().map(Vec::as_slice).unwrap_or_default();
-    println!("{:<36}  {:<10}  {:<9}  {:>8}  {:<24}  LAST ERROR", "ID", "KIND", "STATE", "ATTEMPTS", "CREATED");
+    let mut text =
+        format!("{:<36}  {:<10}  {:<9}  {:>8}  {:<24}  LAST ERROR\n", "ID", "KIND", "STATE", "ATTEMPTS", "CREATED");
     for record in records {
-        let error = record["last_error"].as_str().unwrap_or("");
-        let error: String = error.chars().take(60).map(|c| if c.is_control() { ' ' } else { c }).collect();
-        println!(
-            "{:<36}  {:<10}  {:<9}  {:>8}  {:<24}  {error}",
-            printable(record["id"].as_str().unwrap_or("?")),
-            printable(record["kind"].as_str().unwrap_or("?")),
-            record["state"].as_str().unwrap_or("?"),
+        let field = |name: &str| printable(record[name].as_str().unwrap_or("?"));
+        text.push_str(&format!(
+            "{:<36}  {:<10}  {:<9}  {:>8}  {:<24}  {}\n",
+            field("id"),
+            field("kind"),
+            field("state"),
             format!("{}/{}", record["attempts"], record["max_attempts"]),
-            record["created_at"].as_str().unwrap_or("?"),
-        );
+            field("created_at"),
+            printable(record["last_error"].as_str().unwrap_or("")),
+        ));
     }
     match page["next_cursor"].as_str() {
-        Some(cursor) => println!("more: --cursor {cursor}"),
-        None => println!("({} jobs, no more)", records.len()),
+        Some(cursor) => text.push_str(&format!("more: --cursor {}\n", printable(cursor))),
+        None => {
+            let noun = if records.len() == 1 { "job" } else { "jobs" };
+            text.push_str(&format!("({} {noun}, no more)\n", records.len()));
+        }
     }
+    text
 }
 
 /// Runs `jobd stats`, once or every `watch` seconds until interrupted.
@@ -86,23 +115,19 @@ pub async fn stats(connection: ConnectionArgs, watch: Option<u64>) -> Result<Exi
     let redraw = watch.is_some() && connection.output == Output::Text && std::io::stdout().is_terminal();
     loop {
         let stats = client.get_json("/v1/stats", &[]).await?;
-        match connection.output {
-            Output::Json => println!("{stats}"),
-            Output::Text => {
-                if redraw {
-                    // Clears the screen and homes the cursor, so each refresh replaces the last.
-                    print!("\x1b[2J\x1b[H");
-                }
-                print_stats(&stats);
-            }
-        }
-        drop(std::io::stdout().flush());
+        let text = match connection.output {
+            Output::Json => format!("{stats}\n"),
+            // Clears the screen and homes the cursor, so each refresh replaces the last.
+            Output::Text if redraw => format!("\x1b[2J\x1b[H{}", stats_text(&stats)),
+            Output::Text => stats_text(&stats),
+        };
+        emit(&text)?;
         let Some(every) = watch else { return Ok(Exit::Success) };
         tokio::time::sleep(Duration::from_secs(every.max(1))).await;
     }
 }
 
-fn print_stats(stats: &Value) {
+fn stats_text(stats: &Value) -> String {
     let (queue, counters) = (&stats["queue"], &stats["counters"]);
     let queue_fields = [
         ("queued", "queued"),
@@ -112,27 +137,30 @@ fn print_stats(stats: &Value) {
         ("dead", "dead"),
     ];
     let capacity = format!("(capacity {})", count(&queue["capacity"]));
-    stats_line("queue", queue, &queue_fields, &capacity);
     let restarts = format!("(restarts {})", count(&counters["workers"]["restarts"]));
-    stats_line("workers", &counters["workers"], &[("busy", "busy"), ("idle", "idle"), ("of", "total")], &restarts);
     let job_fields = [("accepted", "accepted"), ("succeeded", "succeeded"), ("failed", "failed"), ("dead", "dead")];
-    stats_line("jobs", &counters["jobs"], &job_fields, "(since start)");
     let refusals = [
         ("queue full", "queue_full"),
         ("invalid", "invalid"),
         ("too large", "too_large"),
         ("unavailable", "unavailable"),
     ];
-    stats_line("refused", &counters["rejected"], &refusals, "");
+    [
+        stats_line("queue", queue, &queue_fields, &capacity),
+        stats_line("workers", &counters["workers"], &[("busy", "busy"), ("idle", "idle"), ("of", "total")], &restarts),
+        stats_line("jobs", &counters["jobs"], &job_fields, "(since start)"),
+        stats_line("refused", &counters["rejected"], &refusals, ""),
+    ]
+    .concat()
 }
 
 /// One line of `jobd stats`: a label, each `(name, field)` of `object` as `name value`,
 /// then a note.
-fn stats_line(label: &str, object: &Value, fields: &[(&str, &str)], note: &str) {
+fn stats_line(label: &str, object: &Value, fields: &[(&str, &str)], note: &str) -> String {
     let figures: Vec<String> =
         fields.iter().map(|(name, field)| format!("{name} {}", count(&object[*field]))).collect();
     let line = format!("{label:<10} {}  {note}", figures.join("  "));
-    println!("{}", line.trim_end());
+    format!("{}\n", line.trim_end())
 }
 
 fn count(value: &Value) -> u64 {

@@ -44,9 +44,13 @@ pub struct ConnectionArgs {
     /// A bearer token.
     #[arg(long, env = "JOBD_TOKEN", hide_env_values = true, global = true, conflicts_with = "token_file")]
     pub token: Option<String>,
-    /// A file holding the bearer token (surrounding whitespace is ignored).
+    /// A file holding the bearer token: the bare token, or a line of jobd's token file as
+    /// `jobd token new` prints it (`<name> <scopes> <token> ...`).
     #[arg(long, env = "JOBD_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// Which line of a --token-file with several tokens to use, by its name.
+    #[arg(long, env = "JOBD_TOKEN_NAME", global = true, requires = "token_file")]
+    pub token_name: Option<String>,
     /// How answers are printed.
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     pub output: Output,
@@ -102,12 +106,16 @@ pub enum ClientError {
     /// jobd answered with an error status; `detail` is its problem in one line.
     #[error("jobd answered {status}: {detail}")]
     Refused { status: u16, detail: String },
+    /// Whoever read the output closed it (`| head`): the command ends quietly.
+    #[error("standard output was closed")]
+    OutputClosed,
 }
 
 impl ClientError {
     pub fn exit(&self) -> Exit {
         match self {
             ClientError::Usage(_) => Exit::Usage,
+            ClientError::OutputClosed => Exit::Success,
             ClientError::Unreachable { .. } => Exit::Unreachable,
             ClientError::Refused { status: 401 | 403, .. } => Exit::Unauthorized,
             ClientError::Refused { status, .. } if *status >= 500 => Exit::Unreachable,
@@ -180,6 +188,46 @@ pub(crate) struct Client {
     token: Option<String>,
 }
 
+/// The token a `--token-file` holds: the file is either the bare token, or lines of jobd's
+/// own token file (`<name> <scopes> <token> [options]`, with `#` comments), of which the one
+/// named `name`, or the only one. What is wrong names lines and names, never a token.
+fn token_in_file(text: &str, name: Option<&str>) -> Result<String, String> {
+    let lines: Vec<(usize, Vec<&str>)> = text
+        .lines()
+        .enumerate()
+        .map(|(index, line)| (index + 1, line.split_whitespace().collect::<Vec<_>>()))
+        .filter(|(_, fields)| fields.first().is_some_and(|first| !first.starts_with('#')))
+        .collect();
+    if let [(_, fields)] = lines.as_slice()
+        && let [token] = fields.as_slice()
+    {
+        return match name {
+            None => Ok((*token).to_owned()),
+            Some(name) => Err(format!("it holds a bare token, not a line named {name}")),
+        };
+    }
+    let mut tokens = Vec::new();
+    for (number, fields) in &lines {
+        let [line_name, _scopes, token, ..] = fields.as_slice() else {
+            return Err(format!(
+                "line {number}: expected a bare token, or a token-file line `<name> <scopes> <token> ...`"
+            ));
+        };
+        tokens.push((*line_name, *token));
+    }
+    let names = || tokens.iter().map(|(line_name, _)| *line_name).collect::<Vec<_>>().join(", ");
+    match (name, tokens.as_slice()) {
+        (Some(name), _) => tokens
+            .iter()
+            .find(|(line_name, _)| *line_name == name)
+            .map(|(_, token)| (*token).to_owned())
+            .ok_or_else(|| format!("no line is named {name}; the names are {}", names())),
+        (None, [(_, token)]) => Ok((*token).to_owned()),
+        (None, []) => Err("it holds no token".to_owned()),
+        (None, _) => Err(format!("it holds {} tokens ({}); choose one with --token-name", tokens.len(), names())),
+    }
+}
+
 impl Client {
     pub fn new(args: &ConnectionArgs) -> Result<Client, ClientError> {
         let token = match (&args.token, &args.token_file) {
@@ -188,7 +236,9 @@ impl Client {
                 let text = std::fs::read_to_string(path).map_err(|error| {
                     ClientError::Usage(format!("cannot read the token file {}: {error}", path.display()))
                 })?;
-                Some(text.trim().to_owned())
+                let token = token_in_file(&text, args.token_name.as_deref())
+                    .map_err(|problem| ClientError::Usage(format!("token file {}: {problem}", path.display())))?;
+                Some(token)
             }
             (None, None) => None,
         };
@@ -270,6 +320,7 @@ where
     };
     match runtime.block_on(command) {
         Ok(exit) => exit,
+        Err(ClientError::OutputClosed) => Exit::Success,
         Err(error) => {
             eprintln!("jobd: {error}");
             error.exit()
@@ -282,12 +333,38 @@ mod tests {
     use super::*;
 
     /// A request that cannot be sent says why, not only "error sending request".
+    #[test]
+    fn a_token_file_may_hold_the_bare_token_or_lines_of_jobds_own_file() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let other = "fedcba9876543210fedcba9876543210";
+        assert_eq!(token_in_file(&format!("  {token}\n"), None).as_deref(), Ok(token));
+        let line = format!("# made by jobd token new\ningest submit,read {token}\n");
+        assert_eq!(token_in_file(&line, None).as_deref(), Ok(token), "the line jobd token new prints");
+        let file = format!("ingest submit,read {token} allowed_key_prefixes=a/\nops admin {other}\n");
+        assert_eq!(token_in_file(&file, Some("ops")).as_deref(), Ok(other));
+        for (text, name, expected) in [
+            (file.clone(), None, "it holds 2 tokens (ingest, ops); choose one with --token-name"),
+            (file.clone(), Some("nobody"), "no line is named nobody; the names are ingest, ops"),
+            (format!("ingest {token}\n"), None, "line 1: expected a bare token"),
+            ("# nothing\n".to_owned(), None, "it holds no token"),
+        ] {
+            let problem = token_in_file(&text, name).expect_err("refused");
+            assert!(problem.starts_with(expected), "{problem:?} does not start with {expected:?}");
+            assert!(!problem.contains(token) && !problem.contains(other), "{problem:?} shows a token");
+        }
+    }
+
     #[tokio::test]
     async fn an_unreachable_daemon_is_reported_with_the_cause() {
         // A port that was free a moment ago: nothing listens on it.
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("port");
-        let args =
-            ConnectionArgs { url: format!("http://{port}"), token: None, token_file: None, output: Output::Text };
+        let args = ConnectionArgs {
+            url: format!("http://{port}"),
+            token: None,
+            token_file: None,
+            token_name: None,
+            output: Output::Text,
+        };
         let client = Client::new(&args).expect("client");
         let Err(error) = client.send(reqwest::Method::GET, "/healthz", &[], None).await else {
             panic!("something answered on a port nothing listens on");

@@ -149,14 +149,20 @@ pub async fn submit(connection: ConnectionArgs, args: SubmitArgs) -> Result<Exit
         tally.waits.load(Ordering::Relaxed),
     );
     let seconds = started.elapsed().as_secs_f64();
-    match connection.output {
-        Output::Json => println!(
-            "{}",
+    let summary = match connection.output {
+        Output::Json => format!(
+            "{}\n",
             serde_json::json!({"accepted": accepted, "refused": refused, "failed": failed, "waits": waits, "seconds": seconds})
         ),
-        Output::Text => println!(
-            "accepted {accepted}, refused {refused}, failed {failed} in {seconds:.1} s (waited {waits} times on 429/503)"
+        Output::Text => format!(
+            "accepted {accepted}, refused {refused}, failed {failed} in {seconds:.1} s (waited {waits} times on 429/503)\n"
         ),
+    };
+    // A closed output loses only the summary: the jobs were sent, and the exit status
+    // below still says how it went.
+    match super::commands::emit(&summary) {
+        Ok(()) | Err(ClientError::OutputClosed) => {}
+        Err(error) => return Err(error),
     }
     Ok(if failed > 0 {
         Exit::Unreachable

@@ -60,38 +60,51 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_INGEST_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 
 /// jobd: a job-processing daemon. Accepts jobs over HTTP, runs them on a bounded pool of
-/// workers, and uploads payloads to an object store.
+/// workers, uploads payloads to an object store and delivers signed webhooks.
 ///
-/// Settings come from, highest first: command-line flags, JOBD_* environment variables,
-/// the TOML file given by --config (keys as the flags, with underscores), built-in defaults.
+/// `jobd serve` runs the daemon (`jobd serve --help` lists its settings); the other
+/// commands check its configuration, make tokens, or talk to a running jobd.
 #[derive(Debug, Parser)]
 #[command(name = "jobd", version, about, long_about)]
 pub struct Cli {
-    /// A TOML configuration file [default: $CONFIGURATION_DIRECTORY/jobd.toml under systemd, if present].
-    #[arg(long, env = "JOBD_CONFIG", global = true)]
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What the daemon's commands (`serve`, `check-config`) read: the configuration file,
+/// the log format and every setting. Client commands have none of these, so that their
+/// help shows their own flags.
+///
+/// Settings come from, highest first: command-line flags, JOBD_* environment variables,
+/// the TOML file (keys as the flags, with underscores), built-in defaults.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// A TOML configuration file. Without it, the first that exists of
+    /// $CONFIGURATION_DIRECTORY/jobd.toml (under systemd), ./jobd.toml and
+    /// /etc/jobd/jobd.toml is read; with none, the built-in defaults apply.
+    #[arg(long, env = "JOBD_CONFIG")]
     pub config: Option<PathBuf>,
 
     /// Log format: human-readable text, or one JSON object per line.
-    #[arg(long, env = "JOBD_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "JOBD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     #[command(flatten)]
     pub settings: Settings,
-
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 /// What to do.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the daemon until SIGTERM or SIGINT.
-    Serve,
+    Serve(ServerArgs),
     /// Validate the configuration, print it, and exit non-zero on error.
     CheckConfig {
         /// Also check once that the object store answers (e.g. the S3 bucket is reachable).
         #[arg(long)]
         probe: bool,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Manage bearer tokens.
     #[command(subcommand)]
@@ -124,17 +137,20 @@ pub enum Command {
 /// `jobd token ...`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum TokenCommand {
-    /// Print a line for the token file with a new random token: `<name> <scopes> <token>`.
-    /// Append it to the file (`>> tokens`), then reload jobd (SIGHUP) or start it.
+    /// Print a line for the token file with a new random token:
+    /// `<name> <scopes> <token> [<option>=<items>]...`. Append it to the file
+    /// (`>> tokens`), then reload jobd (SIGHUP) or start it. The client commands'
+    /// --token-file reads such a line as well as a bare token.
     New {
         /// The token's name, shown in logs and metrics: letters, digits, '-', '_', '.'.
         name: String,
-        /// Comma-separated scopes: submit, read, admin.
+        /// Comma-separated scopes: submit, read, admin (admin retries and cancels jobs).
         scopes: String,
-        /// Confine the token's uploads (and its view of jobs) to keys under these
-        /// comma-separated prefixes.
-        #[arg(long)]
-        allowed_key_prefixes: Option<String>,
+        /// Confinements, as the token file spells them: `allowed_key_prefixes=a/,b/`
+        /// confines uploads (and the token's view of jobs) to keys under those prefixes,
+        /// `allowed_destinations=billing,crm` confines webhooks to those destinations.
+        #[arg(value_name = "OPTION=ITEMS")]
+        options: Vec<String>,
     },
 }
 
@@ -210,6 +226,10 @@ pub struct Config {
     pub retry_cap_ms: u64,
     pub job_timeout_ms: u64,
     pub job_timeouts_ms: std::collections::BTreeMap<String, u64>,
+    /// The file the settings were read from, if any; `check-config` prints it as a
+    /// comment and `serve` logs it, since it is no setting.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
     /// The kinds' own tables of the file, by key, printed as each kind describes it (a
     /// webhook destination without its secrets).
     #[serde(flatten, serialize_with = "serialize_kind_tables")]
@@ -283,13 +303,27 @@ fn serialize_kind_tables<S: serde::Serializer>(
     map.end()
 }
 
+/// Where the configuration file is looked for when neither `--config` nor `JOBD_CONFIG`
+/// names one, in order, after systemd's `$CONFIGURATION_DIRECTORY/jobd.toml`: the working
+/// directory, where a newcomer writes it, then the packaged location.
+pub const CONFIG_SEARCH: [&str; 2] = ["jobd.toml", "/etc/jobd/jobd.toml"];
+
+/// The first configuration file that exists: systemd's, then [`CONFIG_SEARCH`]'s. A file
+/// found in the working directory is named by its absolute path, for the log.
+fn search_config_file() -> Option<PathBuf> {
+    crate::systemd::configuration_file().or_else(|| {
+        let found = CONFIG_SEARCH.iter().map(Path::new).find(|path| path.is_file())?;
+        Some(std::path::absolute(found).unwrap_or_else(|_| found.to_owned()))
+    })
+}
+
 impl Config {
     /// Merges `cli` (flags and environment, which clap has already merged) over the
-    /// file `config_file`, if any, over the defaults.
+    /// file `config_file`, or the first file of [`CONFIG_SEARCH`] that exists, over the
+    /// defaults.
     pub fn load(cli: Settings, config_file: Option<&Path>) -> Result<Config, ConfigError> {
-        // Under systemd, `ConfigurationDirectory=jobd` makes /etc/jobd/jobd.toml the default.
-        let systemd_file = crate::systemd::configuration_file();
-        let file = match config_file.or(systemd_file.as_deref()) {
+        let path = config_file.map(Path::to_owned).or_else(search_config_file);
+        let file = match &path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
@@ -298,7 +332,9 @@ impl Config {
             }
             None => Settings::default(),
         };
-        Config::resolve(cli.or(file))
+        let mut config = Config::resolve(cli.or(file))?;
+        config.config_file = path;
+        Ok(config)
     }
 
     /// Fills in defaults and checks every value.
@@ -353,6 +389,7 @@ impl Config {
             retry_cap_ms: settings.retry_cap_ms.unwrap_or(DEFAULT_RETRY_CAP_MS),
             job_timeout_ms: settings.job_timeout_ms.unwrap_or(DEFAULT_JOB_TIMEOUT_MS),
             job_timeouts_ms: settings.job_timeouts_ms.unwrap_or_default(),
+            config_file: None,
             kind_tables: settings.kind_tables,
             metrics_listen: settings.metrics_listen,
             s3_endpoint: settings.s3_endpoint,

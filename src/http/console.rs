@@ -68,7 +68,7 @@ pub(super) struct WhoAmI {
     responses(
         (status = 200, description = "The caller's token and what it may do", body = WhoAmI),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json")
+        (status = 403, description = "The token lacks the scope", body = ProblemBody, content_type = "application/problem+json")
     ),
     security(("bearer" = []))
 )]

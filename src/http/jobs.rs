@@ -42,7 +42,7 @@ pub(super) struct GetJobQuery {
         (status = 200, description = "The job", body = crate::job::JobRecord),
         (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
     ),
@@ -143,7 +143,7 @@ fn kind_filter(kind: Option<&str>) -> Result<Option<String>, Problem> {
         (status = 200, description = "A page of records, newest first", body = JobList),
         (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
     ),
     security(("bearer" = []))
@@ -240,7 +240,7 @@ fn control_problem(id: JobId, control: Control, error: ControlError) -> Problem 
     responses(
         (status = 202, description = "Queued again", body = AcceptedJob),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The job is in a state that does not allow this", body = ProblemBody, content_type = "application/problem+json"),
         (status = 429, description = "The queue is full; nothing was enqueued; see Retry-After", body = ProblemBody, content_type = "application/problem+json"),
@@ -269,7 +269,7 @@ pub(super) async fn retry_job(
     responses(
         (status = 200, description = "Cancelled", body = AcceptedJob),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The job is in a state that does not allow this", body = ProblemBody, content_type = "application/problem+json"),
         (status = 429, description = "The queue is full; nothing was enqueued; see Retry-After", body = ProblemBody, content_type = "application/problem+json"),
@@ -336,7 +336,7 @@ pub(super) struct BulkRetried {
         (status = 200, description = "What matched and what was queued again", body = BulkRetried),
         (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
     ),
     security(("bearer" = []))

@@ -94,7 +94,7 @@ pub(super) async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> 
     responses(
         (status = 200, description = "Current figures", body = Object),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")
     ),
     security(("bearer" = []))

@@ -153,20 +153,12 @@ impl From<AuthFailure> for Problem {
 }
 
 impl Problem {
-    /// A 403 for jobs that would write outside the caller's `allowed_key_prefixes`.
-    /// A webhook to a destination outside the token's `allowed_destinations`.
-    pub fn destination_not_allowed(errors: Vec<FieldError>) -> Self {
-        let detail = SubmissionError::Invalid(errors.clone()).to_string();
-        let mut problem =
-            Problem::new(StatusCode::FORBIDDEN, "destination-not-allowed", "Destination Not Allowed", detail);
-        problem.errors = errors;
-        problem
-    }
-
-    pub fn key_not_allowed(errors: Vec<FieldError>) -> Self {
+    /// A 403 for jobs a kind's token limit refused (a key outside the token's
+    /// `allowed_key_prefixes`), with the kind's problem type and each job's field.
+    pub fn not_allowed(slug: &'static str, title: &'static str, errors: Vec<FieldError>) -> Self {
         // The same "jobs[i].field: message" detail as every other field problem.
         let detail = SubmissionError::Invalid(errors.clone()).to_string();
-        let mut problem = Problem::new(StatusCode::FORBIDDEN, "key-not-allowed", "Key Not Allowed", detail);
+        let mut problem = Problem::new(StatusCode::FORBIDDEN, slug, title, detail);
         problem.errors = errors;
         problem
     }

@@ -44,7 +44,7 @@ pub(super) struct Accepted {
         (status = 200, description = "Every job was already known by its idempotency key", body = Accepted),
         (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or one of its confinements (a kind's token limit) refused a job; `type` and `errors` say which", body = ProblemBody, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within client_body_timeout_ms", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "The body exceeds max_body_bytes, or holds more than max_jobs_per_request jobs", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
@@ -101,7 +101,7 @@ fn apply_idempotency_header(
         (status = 202, description = "Accepted; every job is durably queued", body = Accepted),
         (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope, or a key lies outside its allowed_key_prefixes", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or one of its confinements (a kind's token limit) refused a job; `type` and `errors` say which", body = ProblemBody, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within client_body_timeout_ms", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "The body exceeds max_body_bytes, or holds more than max_jobs_per_request jobs", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not JSON", body = ProblemBody, content_type = "application/problem+json"),
@@ -134,11 +134,11 @@ async fn counted(
             "too-many-jobs" => "too_many_jobs",
             "too-deep" => "too_deep",
             "body-timeout" => "body_timeout",
-            "key-not-allowed" => "key_not_allowed",
-            "destination-not-allowed" => "destination_not_allowed",
             "unavailable" => "unavailable",
             "commit-backlog" => "commit_backlog",
-            _ => "invalid",
+            slug => crate::kinds::token_limits()
+                .find(|limit| limit.problem_slug == slug)
+                .map_or("invalid", |limit| limit.rejection_reason),
         };
         state.metrics.submissions_rejected.with_label_values(&[reason]).inc();
     }
@@ -227,8 +227,9 @@ async fn submit(
 
 /// Asks each job's kind whether the caller may submit it: an upload's key must lie under
 /// the token's `allowed_key_prefixes`, a webhook's destination among its
-/// `allowed_destinations`. Nothing of a refused request is enqueued. A refusal comes with
-/// its reason for `jobd_auth_failures_total`: the first refusal's confinement decides it.
+/// `allowed_destinations`. Nothing of a refused request is enqueued. The first refusal's
+/// confinement, a kind's [`crate::kinds::TokenLimit`], decides the problem and its reason
+/// for `jobd_auth_failures_total`.
 fn authorize_jobs(principal: &Principal, jobs: &[JobSpec], kinds: &Kinds) -> Result<(), Box<(&'static str, Problem)>> {
     let mut confinement = None;
     let errors: Vec<submission::FieldError> = jobs
@@ -240,13 +241,18 @@ fn authorize_jobs(principal: &Principal, jobs: &[JobSpec], kinds: &Kinds) -> Res
             Some(submission::FieldError { index: Some(index), field: refusal.field, message: refusal.message })
         })
         .collect();
-    match confinement {
-        None => Ok(()),
-        Some(confinement @ "allowed_destinations") => {
-            Err(Box::new((confinement, Problem::destination_not_allowed(errors))))
+    let Some(confinement) = confinement else {
+        return Ok(());
+    };
+    let problem = match crate::kinds::token_limit(confinement) {
+        Some(limit) => {
+            (limit.auth_failure_reason, Problem::not_allowed(limit.problem_slug, limit.problem_title, errors))
         }
-        Some(confinement) => Err(Box::new((confinement, Problem::key_not_allowed(errors)))),
-    }
+        // A kind that refuses by an option it did not register is a bug; the caller still
+        // gets a 403 that names each field.
+        None => ("scope", Problem::not_allowed("forbidden", "Forbidden", errors)),
+    };
+    Err(Box::new(problem))
 }
 
 /// Accepts `application/json` and any `+json` type, with parameters such as charset.

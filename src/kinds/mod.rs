@@ -61,8 +61,9 @@ pub struct RunContext {
 }
 
 /// Why a caller may not submit a job: the field at fault, what is wrong, and which of the
-/// token's confinements refused it (`key_prefix` or `allowed_destinations`), which names
-/// the problem and is the reason `jobd_auth_failures_total` counts.
+/// token's confinements refused it: the option of a [`TokenLimit`]
+/// (`allowed_key_prefixes`, `allowed_destinations`), which names the problem and the
+/// reasons the metrics count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub field: String,
@@ -316,6 +317,34 @@ pub fn settings_tables() -> impl Iterator<Item = &'static SettingsTable> {
     REGISTRY.iter().filter_map(|registration| registration.settings.as_ref())
 }
 
+/// A confinement a kind reads from a token-file line (`allowed_destinations=billing,crm`):
+/// the option's name, what each of its comma-separated items must be, and how a job it
+/// refuses is answered and counted. The token file keeps the items per option
+/// ([`Principal::limit`]); only the kind's [`Kind::authorize`] gives them a meaning.
+pub struct TokenLimit {
+    /// The option as the token file spells it.
+    pub option: &'static str,
+    /// One item of the option as it is kept, or why it cannot be.
+    pub parse_item: fn(&str) -> Result<String, String>,
+    /// The problem type of a refusal (`/problems/<slug>`), answered with 403.
+    pub problem_slug: &'static str,
+    pub problem_title: &'static str,
+    /// The `reason` label of `jobd_submissions_rejected_total` for a refusal.
+    pub rejection_reason: &'static str,
+    /// The `reason` label of `jobd_auth_failures_total` for a refusal.
+    pub auth_failure_reason: &'static str,
+}
+
+/// The token-file options kinds read, one per kind that has one.
+pub fn token_limits() -> impl Iterator<Item = &'static TokenLimit> {
+    REGISTRY.iter().filter_map(|registration| registration.token_limit.as_ref())
+}
+
+/// The token limit a refusal names by its option.
+pub fn token_limit(option: &str) -> Option<&'static TokenLimit> {
+    token_limits().find(|limit| limit.option == option)
+}
+
 /// How the registry builds a kind.
 pub struct Registration {
     pub name: &'static str,
@@ -328,6 +357,8 @@ pub struct Registration {
     pub request_schema: fn() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
     /// The kind's own table of the configuration file, if it has one.
     pub settings: Option<SettingsTable>,
+    /// The kind's own option of the token file, if it has one.
+    pub token_limit: Option<TokenLimit>,
 }
 
 /// Every kind jobd has. Adding a kind is its module and one line here.

@@ -18,6 +18,7 @@ pub const REGISTRATION: Registration = Registration {
     },
     request_schema: || utoipa::openapi::ObjectBuilder::new().into(),
     settings: None,
+    token_limit: None,
 };
 
 #[derive(Debug)]

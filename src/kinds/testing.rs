@@ -25,6 +25,7 @@ pub const SLEEP: Registration = Registration {
     },
     request_schema: payload_schema,
     settings: None,
+    token_limit: None,
 };
 
 pub const FAIL: Registration = Registration {
@@ -35,6 +36,7 @@ pub const FAIL: Registration = Registration {
     },
     request_schema: payload_schema,
     settings: None,
+    token_limit: None,
 };
 
 pub const PANIC: Registration = Registration {
@@ -45,6 +47,7 @@ pub const PANIC: Registration = Registration {
     },
     request_schema: payload_schema,
     settings: None,
+    token_limit: None,
 };
 
 /// The test kinds' one field, `payload`, holds their options.

@@ -169,13 +169,35 @@ fn reload(auth: &Authenticator, certificate: Option<&CertificateReloader>, metri
     tracing::info!("SIGHUP: other settings are read at start only; restart jobd to apply them");
 }
 
+/// Says at start where the settings came from, and what each kind's own table of the
+/// file configured (the webhook destinations by name), so that a file that was not read,
+/// or a table that was misplaced, shows in the first lines of the log.
+fn log_configuration(config: &Config) {
+    match &config.config_file {
+        Some(path) => tracing::info!(config_file = %path.display(), "configuration file read"),
+        None => tracing::info!(
+            searched = crate::config::CONFIG_SEARCH.join(", "),
+            "no configuration file found; built-in defaults, flags and JOBD_* variables apply"
+        ),
+    }
+    for (table, value) in &config.kind_tables {
+        let names: Vec<&str> =
+            value.as_table().map(|entries| entries.keys().map(String::as_str).collect()).unwrap_or_default();
+        tracing::info!(table, entries = names.join(", "), "configured [{table}]");
+    }
+}
+
 /// Runs the daemon until a shutdown signal, then drains and returns.
 pub fn serve(config: Config) -> Result<(), ServeError> {
     // The queue opens, and recovers, before anything listens: jobd is ready only after
     // recovery.
     let metrics = Arc::new(Metrics::new(&crate::kinds::registered_names(config.test_kinds))?);
+    log_configuration(&config);
     let node = crate::queue::NodeId::generate();
-    tracing::info!(node = %node, node_name = config.node_name, "this process holds the jobs it claims as this node");
+    // Only a shared queue has other nodes to tell this one's claims apart from.
+    if config.queue != crate::queue::QueueKind::Sqlite {
+        tracing::info!(node = %node, node_name = config.node_name, "this process holds the jobs it claims as this node");
+    }
     let backend = crate::queue::open(&config.queue_settings(node), metrics.cluster.clone())?;
     let cancel_hold = config.test_hooks.cancel_hold();
     if let Some(hold) = cancel_hold {

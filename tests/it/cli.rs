@@ -155,15 +155,124 @@ async fn a_new_token_line_works_as_printed() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scope"));
 
+    let bad_message = String::from_utf8_lossy(&bad.stderr).to_string();
+    assert!(bad_message.contains("scopes: unknown scope"), "names the argument: {bad_message}");
+    assert!(!bad_message.contains("token file line"), "speaks of a file nobody gave: {bad_message}");
+
+    // Confinements are written as the file spells them, each kind's own.
+    let confined = jobd(&["token", "new", "billing", "submit", "allowed_destinations=billing,crm"], &[]);
+    assert!(confined.status.success(), "{}", String::from_utf8_lossy(&confined.stderr));
+    let confined_line = String::from_utf8(confined.stdout).expect("utf-8");
+    assert!(confined_line.trim_end().ends_with(" allowed_destinations=billing,crm"), "{confined_line}");
+    let unknown = jobd(&["token", "new", "billing", "submit", "allowed_colours=red"], &[]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("option: unknown option"));
+
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, &line).expect("write the token file");
-    let daemon = common::Daemon::start(&[("JOBD_TOKENS_FILE", tokens.to_str().expect("utf-8 path"))]);
+    std::fs::write(&tokens, format!("{line}{confined_line}")).expect("write the token file");
+    let tokens_path = tokens.to_str().expect("utf-8 path");
+    let daemon = common::Daemon::start(&[("JOBD_TOKENS_FILE", tokens_path)]);
     let job = serde_json::json!({"kind": "noop"});
     let with = daemon.client.post(daemon.url("/v1/jobs")).bearer_auth(fields[2]).json(&job).send().await;
     assert_eq!(with.expect("POST").status(), 202);
     let without = daemon.client.post(daemon.url("/v1/jobs")).json(&job).send().await;
     assert_eq!(without.expect("POST").status(), 401);
+
+    // The client commands read the token from the same file, by the line's name.
+    let listed =
+        jobd(&["jobs", "list", "--url", &daemon.base, "--token-file", tokens_path, "--token-name", "ingest"], &[]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("(1 job, no more)"));
+    let ambiguous = jobd(&["jobs", "list", "--url", &daemon.base, "--token-file", tokens_path], &[]);
+    assert_eq!(ambiguous.status.code(), Some(2), "a usage error: nothing was sent");
+    assert!(String::from_utf8_lossy(&ambiguous.stderr).contains("choose one with --token-name"));
+}
+
+/// Client commands show their own flags, not the daemon's settings, and no command shows
+/// a test hook; the daemon's commands show every setting.
+#[test]
+fn each_command_has_help_of_its_own() {
+    let options = |text: &str| text.lines().filter(|line| line.trim_start().starts_with("--")).count();
+    let top = jobd(&["--help"], &[]);
+    let top = String::from_utf8_lossy(&top.stdout).to_string();
+    assert!(top.contains("webhooks") && top.contains("serve") && top.contains("submit"), "{top}");
+    assert!(!top.contains("--max-workers") && options(&top) <= 3, "{top}");
+    for command in [&["submit"][..], &["jobs", "list"], &["stats"], &["token", "new"]] {
+        let help = jobd(&[command, &["--help"]].concat(), &[]);
+        assert!(help.status.success());
+        let text = String::from_utf8_lossy(&help.stdout).to_string();
+        for server_setting in ["--max-workers", "--listen", "--store-url", "--config", "test-", "JOBD_MAX_QUEUE"] {
+            assert!(!text.contains(server_setting), "jobd {command:?} --help shows {server_setting}:\n{text}");
+        }
+        assert!(options(&text) <= 20, "jobd {command:?} --help lists {} options:\n{text}", options(&text));
+    }
+    let check = jobd(&["check-config", "--help"], &[]);
+    let check = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(check.contains("--max-workers") && check.contains("--probe") && !check.contains("test-sync"), "{check}");
+    let client_flag_first = jobd(&["--max-workers", "4", "serve"], &[]);
+    assert_eq!(client_flag_first.status.code(), Some(2), "settings belong to serve: jobd serve --max-workers 4");
+}
+
+/// Without --config or JOBD_CONFIG, `./jobd.toml` is read (then /etc/jobd/jobd.toml), and
+/// check-config says which file it read; JOBD_CONFIG and flags each take precedence.
+#[test]
+fn the_config_file_is_searched_for_and_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("jobd.toml"), "max_workers = 7\n").expect("write jobd.toml");
+    std::fs::write(dir.path().join("other.toml"), "max_workers = 9\n").expect("write other.toml");
+    let check = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_jobd"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("JOBD_") || key == "CONFIGURATION_DIRECTORY" {
+                command.env_remove(key);
+            }
+        }
+        let output = command
+            .arg("check-config")
+            .args(args)
+            .envs(env.iter().copied())
+            .env("JOBD_DATA_DIR", dir.path().join("data"))
+            .current_dir(dir.path())
+            .output()
+            .expect("run jobd");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let found = check(&[], &[]);
+    let local = std::path::absolute(dir.path().join("jobd.toml")).expect("absolute");
+    assert!(found.contains(&format!("read from {}", local.display())), "{found}");
+    assert!(found.contains("max_workers = 7"), "{found}");
+    let named = check(&[], &[("JOBD_CONFIG", "other.toml")]);
+    assert!(named.contains("read from other.toml") && named.contains("max_workers = 9"), "{named}");
+    let flagged = check(&["--config", "other.toml", "--max-workers", "11"], &[]);
+    assert!(flagged.contains("max_workers = 11"), "a flag beats the file: {flagged}");
+    std::fs::remove_file(dir.path().join("jobd.toml")).expect("remove jobd.toml");
+    let none = check(&[], &[]);
+    if std::path::Path::new("/etc/jobd/jobd.toml").is_file() {
+        assert!(none.contains("read from /etc/jobd/jobd.toml"), "{none}");
+    } else {
+        assert!(none.contains("no configuration file was found") && none.contains("max_workers = 16"), "{none}");
+    }
+}
+
+/// `jobd jobs list | head -1` ends quietly when the reader goes away: no panic, exit 0.
+#[tokio::test]
+async fn a_closed_output_ends_a_client_command_quietly() {
+    let daemon = common::Daemon::start(&[]);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jobd"));
+    let mut child = command
+        .args(["jobs", "list", "--url", &daemon.base])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run jobd");
+    // The reader is gone before the answer is written: the write meets a closed pipe.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait for jobd");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
 }
 
 /// A webhook destination's secrets and header values never reach check-config's output.

@@ -1,4 +1,4 @@
-//! The defaults are stated in four places: the code (`Config::resolve`), `jobd --help`, the
+//! The defaults are stated in four places: the code (`Config::resolve`), `jobd serve --help`, the
 //! configuration reference (docs/configuration.md) and `deploy/jobd.toml`. These tests compare the other three
 //! with the code, so that none of them can drift: a default changed in one place and not in
 //! the others fails here, naming the setting.
@@ -69,7 +69,9 @@ fn assert_states_the_codes_defaults(place: &str, stated: Vec<(String, Value)>) {
 #[test]
 fn the_help_text_states_the_codes_defaults() {
     let mut stated = Vec::new();
-    for argument in Cli::command().get_arguments() {
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").expect("jobd serve");
+    for argument in serve.get_arguments() {
         let key = argument.get_id().as_str().to_owned();
         let help = argument.get_help().map(ToString::to_string).unwrap_or_default();
         let Some(start) = help.find("[default: ") else { continue };
@@ -79,7 +81,7 @@ fn the_help_text_states_the_codes_defaults() {
             stated.push((key, value));
         }
     }
-    assert_states_the_codes_defaults("jobd --help", stated);
+    assert_states_the_codes_defaults("jobd serve --help", stated);
 }
 
 #[test]

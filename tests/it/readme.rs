@@ -1,6 +1,8 @@
 //! The README's "Run it" section, run as written against a live jobd: every shell example
-//! in order, with `cargo run --release --` standing for the built binary, `localhost:8080`
-//! for the test daemon's address and the README's job ids for the ones jobd answered.
+//! in order, with `cargo run --release --` standing for the built binary (and `jobd` on the
+//! PATH once the README installs it), `localhost:8080` and the client's default URL for the
+//! test daemon's address, `$(pgrep -x jobd)` for its pid, and the README's job ids for the
+//! ones jobd answered.
 //! Each command must succeed, and its output must have the shape the README shows under it
 //! (the same keys and kinds of values, not the same ids or times).
 
@@ -103,13 +105,22 @@ async fn every_example_of_run_it_works_as_shown() {
     let mut daemon: Option<Daemon> = None;
     // The README's ids, each mapped to the id jobd gave in its place.
     let mut ids: HashMap<String, String> = HashMap::new();
+    // `jobd` is on the PATH once the README has installed it, and not before.
+    let mut path = std::env::var("PATH").unwrap_or_default();
     for (position, block) in blocks.iter().enumerate() {
         if block.language != "sh" {
             continue;
         }
         let command = block.text.replace("\\\n", " ");
         let shown = blocks.get(position + 1).filter(|next| next.language != "sh");
-        if command.ends_with("-- serve") {
+        if command == "cargo install --path . --locked" {
+            // What the install does, without building again: the tests' build of the same
+            // source goes first on the PATH as `jobd`.
+            let bin = std::path::Path::new(jobd).parent().expect("the binary's directory");
+            path = format!("{}:{path}", bin.display());
+            continue;
+        }
+        if command.split_whitespace().last() == Some("serve") {
             // The daemon the rest talks to, with the environment the line gives; its
             // data directory is ./jobd-data, as the README says.
             drop(daemon.take());
@@ -126,9 +137,12 @@ async fn every_example_of_run_it_works_as_shown() {
             continue;
         }
         let address = daemon.as_ref().map(|daemon| daemon.url("")).unwrap_or_default();
+        let pid = daemon.as_ref().map(|daemon| daemon.pid().to_string()).unwrap_or_default();
         let mut runnable = command
             .replace("cargo run --release --", jobd)
-            .replace("localhost:8080", address.trim_start_matches("http://").trim_end_matches('/'));
+            .replace("localhost:8080", address.trim_start_matches("http://").trim_end_matches('/'))
+            // The test's daemon, not every jobd on the machine (other tests run theirs).
+            .replace("$(pgrep -x jobd)", &pid);
         for (shown_id, actual_id) in &ids {
             runnable = runnable.replace(shown_id, actual_id);
         }
@@ -136,7 +150,15 @@ async fn every_example_of_run_it_works_as_shown() {
         // has the shape shown, or the deadline passes.
         let deadline = Instant::now() + WAIT_DEADLINE;
         let output = loop {
-            let output = Command::new("bash").arg("-c").arg(&runnable).current_dir(work.path()).output().expect("bash");
+            // The client commands' default URL, 127.0.0.1:8080, is the test daemon's here.
+            let output = Command::new("bash")
+                .arg("-c")
+                .arg(&runnable)
+                .current_dir(work.path())
+                .env("PATH", &path)
+                .env("JOBD_URL", address.trim_end_matches('/'))
+                .output()
+                .expect("bash");
             let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
             let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
             // An object may not be written yet: a failure is tried again until the deadline.

@@ -130,6 +130,38 @@ fn the_core_names_no_kind_module() {
     assert!(named.is_empty(), "{}", named.join("\n"));
 }
 
+/// A kind's token limit is its own (ARCHITECTURE.md, "Adding a kind"): outside
+/// `src/kinds/`, no code names a token option, its problem type or its metric reasons.
+/// Comments and tests may: they explain and exercise the kinds, they do not decide for them.
+#[test]
+fn no_code_outside_the_kinds_names_a_token_limit() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut named = Vec::new();
+    for path in source_files().into_iter().filter(|path| !path.starts_with(src.join("kinds")) && !is_test_file(path)) {
+        let text = std::fs::read_to_string(&path).expect("read source");
+        let code = without_tests(&text);
+        for (number, line) in code.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for name in [
+                "allowed_key_prefixes",
+                "allowed_destinations",
+                "key-not-allowed",
+                "destination-not-allowed",
+                "key_not_allowed",
+                "destination_not_allowed",
+                "\"key_prefix\"",
+            ] {
+                if line.contains(name) {
+                    named.push(format!("{}:{} names {name}", path.display(), number + 1));
+                }
+            }
+        }
+    }
+    assert!(named.is_empty(), "{}", named.join("\n"));
+}
+
 /// The scheduling core decides without I/O (ARCHITECTURE.md, `src/actors/`): no actor,
 /// runtime, clock, thread, file or queue call in it, so that every decision can be driven
 /// by a unit test with the time and the lease passed in.

@@ -17,7 +17,7 @@ use self::metadata::{Metadata, check_metadata};
 use super::field_problem;
 use super::{
     Admission, FieldProblem, GateKey, JobError, Kind, KindSettings, Refusal, Registration, RequestFields, RunContext,
-    Validated,
+    TokenLimit, Validated,
 };
 use crate::auth::Principal;
 use crate::job::{Body, Job, JobResult, JobSpec};
@@ -47,7 +47,33 @@ pub const REGISTRATION: Registration = Registration {
     },
     request_schema: || <UploadFields as utoipa::PartialSchema>::schema(),
     settings: None,
+    token_limit: Some(TokenLimit {
+        option: TOKEN_OPTION,
+        // Kept without a trailing `/`: a prefix is a whole number of key segments.
+        parse_item: |prefix| {
+            let trimmed = prefix.trim_end_matches('/');
+            crate::keys::ObjectKey::parse(trimmed).map_err(|error| format!("allowed key prefix {prefix:?} {error}"))?;
+            Ok(trimmed.to_owned())
+        },
+        problem_slug: "key-not-allowed",
+        problem_title: "Key Not Allowed",
+        rejection_reason: "key_not_allowed",
+        auth_failure_reason: "key_prefix",
+    }),
 };
+
+/// The token-file option that confines a token's uploads to keys under some prefixes.
+const TOKEN_OPTION: &str = "allowed_key_prefixes";
+
+/// Whether a caller confined to `prefixes` may write `key`: always without prefixes, else
+/// when the key lies under one of them segment by segment, so `tenant-a` does not admit
+/// `tenant-ab/x`.
+fn may_write(prefixes: &[String], key: &str) -> bool {
+    prefixes.is_empty()
+        || prefixes.iter().any(|prefix| {
+            key.strip_prefix(prefix.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+}
 
 /// An upload's request fields, as the API description shows them.
 #[derive(utoipa::ToSchema)]
@@ -174,17 +200,18 @@ impl Kind for Upload {
     /// writes under the default key prefix, which must then be allowed too.
     fn authorize(&self, job: &JobSpec, caller: &Principal) -> Result<(), Refusal> {
         let key = requested_key(job);
-        // A token confined to webhook destinations alone may not upload at all.
-        if caller.is_confined() && caller.allowed_key_prefixes.is_empty() {
+        let allowed = caller.limit(TOKEN_OPTION);
+        // A token confined another way (to webhook destinations alone) may not upload at all.
+        if caller.is_confined() && allowed.is_empty() {
             let message =
-                format!("token {} is confined by allowed_destinations and has no allowed_key_prefixes", caller.name);
-            return Err(Refusal { field: "key".to_owned(), message, confinement: "key_prefix" });
+                format!("token {} is confined by {} and has no {TOKEN_OPTION}", caller.name, caller.confinements());
+            return Err(Refusal { field: "key".to_owned(), message, confinement: TOKEN_OPTION });
         }
         let target = key.as_deref().unwrap_or(&self.default_key_prefix);
-        if caller.may_write(target) {
+        if may_write(allowed, target) {
             return Ok(());
         }
-        let prefixes = caller.allowed_key_prefixes.join(", ");
+        let prefixes = allowed.join(", ");
         let message = match key {
             Some(_) => format!("lies outside token {}'s allowed_key_prefixes ({prefixes})", caller.name),
             None => format!(
@@ -192,7 +219,7 @@ impl Kind for Upload {
                 self.default_key_prefix, caller.name
             ),
         };
-        Err(Refusal { field: "key".to_owned(), message, confinement: "key_prefix" })
+        Err(Refusal { field: "key".to_owned(), message, confinement: TOKEN_OPTION })
     }
 
     /// Closed while the store cannot be reached: no node could run the job either, so a
@@ -260,4 +287,25 @@ fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::default());
     encoder.write_all(body)?;
     encoder.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_admits_the_keys_under_it_segment_by_segment() {
+        let prefixes = ["tenant-a".to_owned(), "shared".to_owned()];
+        assert!(may_write(&prefixes, "tenant-a/x.json") && may_write(&prefixes, "shared/y"));
+        assert!(may_write(&prefixes, "tenant-a"), "the prefix itself is a key under it");
+        assert!(!may_write(&prefixes, "tenant-ab/x.json") && !may_write(&prefixes, "other/tenant-a/x"));
+        assert!(may_write(&[], "anything/at/all"), "no prefixes confine nothing");
+    }
+
+    #[test]
+    fn the_token_option_keeps_prefixes_without_their_trailing_slash() {
+        let limit = REGISTRATION.token_limit.as_ref().expect("upload has a token limit");
+        assert_eq!((limit.parse_item)("tenant-a/"), Ok("tenant-a".to_owned()));
+        assert!((limit.parse_item)("../x").is_err_and(|problem| problem.contains("allowed key prefix")));
+    }
 }

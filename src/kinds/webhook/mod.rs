@@ -20,7 +20,7 @@ pub use self::destination::{
 };
 use super::{
     Admission, FieldProblem, JobError, Kind, KindSettings, Placement, Refusal, Registration, RequestFields, RunContext,
-    RunsOn, SettingsTable, Starts, Validated, field_problem,
+    RunsOn, SettingsTable, Starts, TokenLimit, Validated, field_problem,
 };
 use crate::auth::Principal;
 use crate::job::{Body, Job, JobResult, JobSpec};
@@ -62,7 +62,26 @@ pub const REGISTRATION: Registration = Registration {
             described.unwrap_or_else(toml::Value::String)
         },
     }),
+    token_limit: Some(TokenLimit {
+        option: TOKEN_OPTION,
+        parse_item: |destination| {
+            if !destination.is_empty()
+                && destination.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                Ok(destination.to_owned())
+            } else {
+                Err("a destination name holds only letters, digits, '-', '_' and '.'".to_owned())
+            }
+        },
+        problem_slug: "destination-not-allowed",
+        problem_title: "Destination Not Allowed",
+        rejection_reason: "destination_not_allowed",
+        auth_failure_reason: "allowed_destinations",
+    }),
 };
+
+/// The token-file option that confines a token to some destinations.
+const TOKEN_OPTION: &str = "allowed_destinations";
 
 /// The kind's table of the configuration file: `[webhooks.<name>]`, one per destination.
 const SETTINGS_KEY: &str = "webhooks";
@@ -188,21 +207,18 @@ impl Kind for Webhook {
             .and_then(|args| serde_json::from_str::<WebhookArgs>(args.get()).ok())
             .map(|args| args.destination)
             .unwrap_or_default();
-        if caller.allowed_destinations.contains(&destination) {
+        let allowed = caller.limit(TOKEN_OPTION);
+        if allowed.contains(&destination) {
             return Ok(());
         }
         Err(Refusal {
             field: "destination".to_owned(),
-            message: if caller.allowed_destinations.is_empty() {
-                format!("token {} is confined by allowed_key_prefixes and has no allowed_destinations", caller.name)
+            message: if allowed.is_empty() {
+                format!("token {} is confined by {} and has no {TOKEN_OPTION}", caller.name, caller.confinements())
             } else {
-                format!(
-                    "{destination:?} is not among token {}'s allowed_destinations ({})",
-                    caller.name,
-                    caller.allowed_destinations.join(", ")
-                )
+                format!("{destination:?} is not among token {}'s {TOKEN_OPTION} ({})", caller.name, allowed.join(", "))
             },
-            confinement: "allowed_destinations",
+            confinement: TOKEN_OPTION,
         })
     }
 

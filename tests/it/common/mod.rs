@@ -60,7 +60,10 @@ impl Daemon {
             .env("JOBD_DATA_DIR", data_dir.path())
             .env("JOBD_LOG_FORMAT", "json")
             .env("JOBD_LOG", "info,jobd=debug")
-            .env("JOBD_TEST_KINDS", "1");
+            .env("JOBD_TEST_KINDS", "1")
+            // Nor a configuration file it finds (./jobd.toml, /etc/jobd/jobd.toml): an
+            // empty file, unless the test names its own.
+            .env("JOBD_CONFIG", "/dev/null");
         if let Some(url) = postgres_pass_database(data_dir.path()) {
             command.env("JOBD_QUEUE", "postgres").env("JOBD_POSTGRES_URL", url);
         }
