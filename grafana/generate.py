@@ -42,9 +42,14 @@ panel("Jobs finished per second, by outcome",
       description="Attempts by outcome; dead counts jobs that failed for good.")
 panel("Jobs submitted per second, by kind",
       [(f"sum by (kind) (rate(jobd_jobs_submitted_total{{{KIND}}}[{RATE}]))", "{{kind}}")], "ops")
-panel("Queue depth by state", [("sum by (state) (jobd_queue_depth)", "{{state}}")])
+# The queue-wide series carry a `queue` label: every node of a shared (PostgreSQL) queue
+# reports the same figures, each single-host queue its own. Take the max by queue, then
+# sum over queues, so that N nodes of one queue count it once.
+panel("Queue depth by state", [("sum by (state) (max by (queue, state) (jobd_queue_depth))", "{{state}}")],
+      description="Jobs by state over every queue; a queue shared by several nodes counts once.")
 panel("Queue fill (unfinished / max_queue)",
-      [('sum(jobd_queue_depth{state=~"queued|scheduled|running|failed"}) / max(jobd_queue_capacity)', "fill")],
+      [('sum(max by (queue, state) (jobd_queue_depth{state=~"queued|scheduled|running|failed"}))'
+        ' / sum(max by (queue) (jobd_queue_capacity))', "fill")],
       "percentunit")
 panel("Oldest queued job age", [("max(jobd_queue_oldest_age_seconds)", "oldest")], "s")
 panel("Workers busy and idle", [("sum by (state) (jobd_workers)", "{{state}}")])
@@ -84,6 +89,16 @@ panel("Webhook delivery time p99, by destination",
 panel("Webhook circuits open", [("max by (destination) (jobd_webhook_circuit_open)", "{{destination}}")],
       description="1 while a destination's circuit is open: its deliveries wait without using attempts, "
                   "then one probe is tried.")
+panel("Nodes sharing each queue", [("max by (queue) (jobd_nodes)", "queue {{queue}}")],
+      description="Nodes whose lease on the queue is live; 1 for a single host (SQLite).")
+panel("Rescues and fenced work per second", [
+    (f"sum(rate(jobd_jobs_rescued_total[{RATE}]))", "rescued"),
+    (f"sum(rate(jobd_fenced_writes_total[{RATE}]))", "fenced writes"),
+    (f"sum(rate(jobd_fenced_starts_total[{RATE}]))", "fenced starts"),
+], "ops", description="Running jobs taken back from nodes whose lease lapsed, and the starts and finishes "
+                      "refused to nodes that no longer held their jobs.")
+panel("Lease held, by node", [("jobd_lease_held", "{{instance}}")],
+      description="0 while a node cannot prove it holds its lease: it then claims and starts nothing.")
 panel("Resident memory", [('process_resident_memory_bytes{job="jobd"}', "{{instance}}")], "bytes")
 panel("CPU", [(f'rate(process_cpu_seconds_total{{job="jobd"}}[{RATE}])', "{{instance}}")], "percentunit")
 panel("Open file descriptors", [('process_open_fds{job="jobd"}', "{{instance}}")])

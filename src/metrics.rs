@@ -83,9 +83,14 @@ pub struct Metrics {
     pub cluster: crate::queue::ClusterMetrics,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    /// The queue-wide series carry the `queue` label ([`crate::queue::QueueBackend::queue_id`]):
+    /// every node of a shared queue reports the same figures under the same label, so a
+    /// dashboard takes the `max` by queue, then sums over queues.
     queue_depth: IntGaugeVec,
-    queue_capacity: IntGauge,
-    queue_oldest_age: prometheus::Gauge,
+    queue_capacity: IntGaugeVec,
+    queue_oldest_age: prometheus::GaugeVec,
+    /// `jobd_nodes`, by queue, read at scrape time from `cluster.nodes`.
+    nodes: IntGaugeVec,
     workers: IntGaugeVec,
     uploads_in_flight: IntGauge,
     upload_concurrency: IntGauge,
@@ -204,11 +209,24 @@ impl Metrics {
             ),
             &["route", "method"],
         )?;
-        let queue_depth = IntGaugeVec::new(Opts::new("jobd_queue_depth", "Jobs in the queue, by state."), &["state"])?;
-        let queue_capacity = IntGauge::new("jobd_queue_capacity", "The most unfinished jobs accepted (max_queue).")?;
-        let queue_oldest_age = prometheus::Gauge::new(
-            "jobd_queue_oldest_age_seconds",
-            "How long the oldest queued job has been due without starting; 0 when none is queued.",
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("jobd_queue_depth", "Jobs in the queue, by state; the same on every node of a shared queue."),
+            &["state", "queue"],
+        )?;
+        let queue_capacity = IntGaugeVec::new(
+            Opts::new("jobd_queue_capacity", "The most unfinished jobs accepted (max_queue)."),
+            &["queue"],
+        )?;
+        let queue_oldest_age = prometheus::GaugeVec::new(
+            Opts::new(
+                "jobd_queue_oldest_age_seconds",
+                "How long the oldest queued job has been due without starting; 0 when none is queued.",
+            ),
+            &["queue"],
+        )?;
+        let nodes = IntGaugeVec::new(
+            Opts::new("jobd_nodes", "Nodes sharing the queue whose lease is live, this one included."),
+            &["queue"],
         )?;
         let workers = IntGaugeVec::new(Opts::new("jobd_workers", "Workers, by state."), &["state"])?;
         let uploads_in_flight = IntGauge::new("jobd_uploads_in_flight", "Uploads to the object store in flight.")?;
@@ -219,7 +237,8 @@ impl Metrics {
             "1 if the object store answered its latest probe; 0 while it is unreachable and uploads are held.",
         )?;
         let cluster = crate::queue::ClusterMetrics {
-            nodes: IntGauge::new("jobd_nodes", "Nodes sharing the queue whose lease is live, this one included.")?,
+            // Registered by queue as `jobd_nodes` ([`Metrics::render`]).
+            nodes: IntGauge::new("jobd_nodes_unlabelled", "Read into jobd_nodes at scrape time.")?,
             rescued: IntCounter::new(
                 "jobd_jobs_rescued_total",
                 "Running jobs this node took back from nodes whose lease expired.",
@@ -300,7 +319,7 @@ impl Metrics {
             Box::new(uploads_in_flight.clone()),
             Box::new(upload_concurrency.clone()),
             Box::new(store_up.clone()),
-            Box::new(cluster.nodes.clone()),
+            Box::new(nodes.clone()),
             Box::new(cluster.rescued.clone()),
             Box::new(cluster.fenced.clone()),
             Box::new(cluster.heartbeat_lag.clone()),
@@ -335,6 +354,7 @@ impl Metrics {
             queue_depth,
             queue_capacity,
             queue_oldest_age,
+            nodes,
             workers,
             uploads_in_flight,
             upload_concurrency,
@@ -348,6 +368,7 @@ impl Metrics {
         self.upload_concurrency.set(i64::try_from(scrape.uploads.1).unwrap_or(i64::MAX));
         if let Some(status) = scrape.queue {
             let depth = &status.depth;
+            let queue = &*status.queue_id;
             for state in DEPTH_STATES {
                 let value = match state {
                     JobState::Queued => depth.queued,
@@ -356,11 +377,13 @@ impl Metrics {
                     JobState::Failed => depth.failed,
                     _ => depth.dead,
                 };
-                self.queue_depth.with_label_values(&[state.name()]).set(i64::try_from(value).unwrap_or(i64::MAX));
+                let value = i64::try_from(value).unwrap_or(i64::MAX);
+                self.queue_depth.with_label_values(&[state.name(), queue]).set(value);
             }
-            self.queue_capacity.set(i64::try_from(depth.capacity).unwrap_or(i64::MAX));
+            self.queue_capacity.with_label_values(&[queue]).set(i64::try_from(depth.capacity).unwrap_or(i64::MAX));
             let age = status.oldest_queued_at.map_or(0.0, |due| (Utc::now() - due).as_seconds_f64().max(0.0));
-            self.queue_oldest_age.set(age);
+            self.queue_oldest_age.with_label_values(&[queue]).set(age);
+            self.nodes.with_label_values(&[queue]).set(self.cluster.nodes.get());
         }
         let busy = i64::try_from(workers_busy).unwrap_or(i64::MAX);
         let idle = i64::try_from(workers_total.saturating_sub(workers_busy)).unwrap_or(i64::MAX);

@@ -7,6 +7,8 @@
 //! **Architecture Invariant:** a backend stores and returns [`Job`] envelopes and never
 //! interprets a kind's name, arguments or body.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use super::{
@@ -158,6 +160,12 @@ pub trait RecordReader: Send {
 pub trait QueueBackend: Transactions + JobWriter + JobReader + Send + 'static {
     /// Whether jobs the backend accepted are still there after the process dies.
     fn is_durable(&self) -> bool;
+
+    /// What names this queue for as long as its storage lives, the same on every node
+    /// that shares it: the `queue` label of the queue-wide series, so that a dashboard
+    /// counts a shared queue once however many nodes report it, and separate queues
+    /// (single hosts behind one Prometheus) each once.
+    fn queue_id(&self) -> Arc<str>;
 
     /// Whether listings are ordered, and their cursors made, by job id ([`Cursor::Id`])
     /// rather than by an insertion sequence ([`Cursor::Seq`]).

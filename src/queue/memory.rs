@@ -2,6 +2,7 @@
 //! the process ends. For tests and for deployments that prefer speed over durability.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -31,9 +32,16 @@ pub struct MemoryBackend {
     idempotency: HashMap<(String, String), JobId>,
     next_seq: i64,
     capacity: usize,
+    /// Lives as long as the backend, like its jobs.
+    queue_id: Arc<str>,
     /// What each sync does, in tests of how the queue thread orders syncs and answers.
     #[cfg(test)]
     sync_for_test: Option<Box<dyn FnMut() -> Result<(), StorageError> + Send>>,
+}
+
+/// A queue id no other queue has: the random half of a UUIDv7 (62 random bits), as hex.
+pub(crate) fn new_queue_id() -> Arc<str> {
+    Arc::from(&uuid::Uuid::now_v7().simple().to_string()[16..])
 }
 
 impl MemoryBackend {
@@ -47,6 +55,7 @@ impl MemoryBackend {
             idempotency: HashMap::new(),
             next_seq: 0,
             capacity,
+            queue_id: new_queue_id(),
             #[cfg(test)]
             sync_for_test: None,
         }
@@ -313,6 +322,10 @@ impl Transactions for MemoryBackend {
 impl QueueBackend for MemoryBackend {
     fn is_durable(&self) -> bool {
         false
+    }
+
+    fn queue_id(&self) -> Arc<str> {
+        self.queue_id.clone()
     }
 }
 

@@ -29,6 +29,8 @@ pub use sqlite::Synchronous;
 pub use test_hooks::TestHooks;
 pub use thread::{CommitMetrics, ProgressNotRecorded, QueueHandle, QueueLost, QueueThread, SubmissionAnswer, Waker};
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::job::{Job, JobId, JobRecord, JobState};
@@ -244,9 +246,11 @@ impl std::fmt::Display for Cursor {
 }
 
 /// The queue's health as `/readyz` and `/v1/stats` see it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct QueueStatus {
     pub depth: QueueDepth,
+    /// [`QueueBackend::queue_id`]: the `queue` label of the queue-wide series.
+    pub queue_id: Arc<str>,
     /// When the oldest queued job became due; its age is how far the queue lags. A shared
     /// queue reports only the jobs no node holds: each node adds its own window's
     /// ([`crate::stats::Stats::earliest_due`]).

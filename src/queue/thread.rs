@@ -573,6 +573,7 @@ fn answer_read(backend: &mut dyn QueueBackend, command: Command, writable: &mut 
             }
             let status = backend.depth().map(|depth| QueueStatus {
                 depth,
+                queue_id: backend.queue_id(),
                 oldest_queued_at: backend.oldest_queued().unwrap_or(None),
                 durable: backend.is_durable(),
                 // A size check that fails counts as full: submissions wait until it works.

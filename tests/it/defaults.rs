@@ -134,3 +134,26 @@ fn the_example_configuration_file_states_the_codes_defaults() {
     }
     assert_states_the_codes_defaults("deploy/jobd.toml", stated);
 }
+
+/// Prose that names a setting's default as "the `key` setting, value" (the HTTP API's
+/// request fields do) states the code's default. The HTTP API once said 5 attempts when
+/// the code's default was 25.
+#[test]
+fn the_http_api_states_the_codes_defaults() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/http-api.md")).expect("http-api.md");
+    let defaults = defaults();
+    let mut stated = Vec::new();
+    let mut problems = Vec::new();
+    for (start, _) in text.match_indices("` setting, ") {
+        let Some(key_start) = text[..start].rfind('`') else { continue };
+        let key = &text[key_start + 1..start];
+        let rest = &text[start + "` setting, ".len()..];
+        let value: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if let Some(value) = literal(&value) {
+            stated.push(key.to_owned());
+            compare("docs/http-api.md", key, value, &defaults, &mut problems);
+        }
+    }
+    assert!(!stated.is_empty(), "no \"the `key` setting, value\" found in docs/http-api.md");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -14,6 +14,7 @@ mod cluster_safety;
 mod concurrency;
 mod console;
 mod defaults;
+mod documents;
 mod durability;
 mod failures;
 mod fuzz;

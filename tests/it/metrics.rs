@@ -5,6 +5,7 @@
 
 use crate::common;
 
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,12 +39,21 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: &str) -> Prometheus {
+        Self::start_with(&[target], None)
+    }
+
+    /// Scraping every one of `targets`, and evaluating the rules of `rules`, if given,
+    /// every second.
+    fn start_with(targets: &[&str], rules: Option<&Path>) -> Prometheus {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|target| format!("\"{target}\"")).collect();
+        let rule_files = rules.map(|path| format!("rule_files: [\"{}\"]\n", path.display())).unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: jobd\n    static_configs:\n      - targets: [\"{target}\"]\n"
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: jobd\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
             ),
         )
         .expect("write config");
@@ -96,8 +106,10 @@ impl Drop for Prometheus {
     }
 }
 
-/// The value of one series in a scrape, by its exact name and labels.
+/// The value of one series in a scrape, by its exact name and labels, the `queue` label
+/// of the queue-wide series aside (one daemon has one queue).
 fn sample(scrape: &str, series: &str) -> Option<f64> {
+    let scrape = common::without_queue_label(scrape);
     scrape.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
@@ -154,7 +166,7 @@ async fn a_scrape_under_load_passes_promtool_check_metrics() {
         "jobd_http_requests_total{method=\"POST\",route=\"/v1/jobs\",status=\"2xx\"}",
         "process_open_fds",
     ] {
-        assert!(scrape.contains(name), "scrape lacks {name}");
+        assert!(common::without_queue_label(&scrape).contains(name), "scrape lacks {name}");
     }
 }
 
@@ -300,4 +312,93 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
     println!("{} dashboard queries run, {} empty", expressions.len(), empty.len());
     assert!(empty.is_empty(), "dashboard queries that match nothing:\n{}", empty.join("\n"));
+}
+
+/// The dashboard's expression of the panel titled `title`, its first query.
+fn dashboard_expression(title: &str) -> String {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("grafana/dashboards/jobd.json")).expect("read dashboard"),
+    )
+    .expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let panel = panels.iter().find(|panel| panel["title"] == title).unwrap_or_else(|| panic!("no panel {title}"));
+    panel["targets"][0]["expr"].as_str().expect("an expression").to_owned()
+}
+
+/// Two nodes of one PostgreSQL queue behind one real Prometheus with the shipped alert
+/// rules: each node reports the whole queue's depth, under the same `queue` label, and
+/// the dashboard and the alerts count the queue once. A sum over instances, as the
+/// dashboard used to take, reads double.
+#[tokio::test]
+async fn two_nodes_of_one_queue_are_counted_once_by_the_dashboard_and_the_alerts() {
+    let cluster = common::postgres::Cluster::start();
+    let url = cluster.new_database();
+    // A queue that ten jobs fill, so that the capacity alert's condition holds.
+    let settings = |name: &'static str| {
+        vec![
+            ("JOBD_QUEUE", "postgres"),
+            ("JOBD_POSTGRES_URL", url.as_str()),
+            ("JOBD_NODE_NAME", name),
+            ("JOBD_MAX_QUEUE", "10"),
+        ]
+    };
+    let nodes = [Daemon::start(&settings("node-1")), Daemon::start(&settings("node-2"))];
+    let later: Vec<Value> = (0..10).map(|_| json!({"kind": "noop", "delay_ms": 3_600_000})).collect();
+    accepted_ids(nodes[0].post_json("/v1/jobs", &json!({"jobs": later})).await).await;
+    let targets: Vec<String> =
+        nodes.iter().map(|node| node.base.trim_start_matches("http://").trim_end_matches('/').to_owned()).collect();
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let prometheus = Prometheus::start_with(&targets, Some(&repo().join("deploy/prometheus/jobd-alerts.yml")));
+    let client = &nodes[0].client;
+    prometheus.wait_ready(client).await;
+
+    // Both nodes scraped, both reporting ten scheduled jobs and two nodes, under one label.
+    let deadline = Instant::now() + common::WAIT_DEADLINE;
+    loop {
+        let reporting = prometheus.query(client, "jobd_queue_depth{state=\"scheduled\"} == 10").await;
+        let two_nodes = prometheus.query(client, "jobd_nodes == 2").await;
+        if reporting.len() == 2 && two_nodes.len() == 2 {
+            let queues: HashSet<&str> =
+                reporting.iter().filter_map(|series| series["metric"]["queue"].as_str()).collect();
+            assert_eq!(queues.len(), 1, "one queue label for both nodes: {reporting:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "prometheus never saw both nodes report the queue");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let value = |series: &Value| series["value"][1].as_str().and_then(|text| text.parse::<f64>().ok());
+    let naive = prometheus.query(client, "sum(jobd_queue_depth{state=\"scheduled\"})").await;
+    assert_eq!(naive.first().and_then(value), Some(20.0), "a sum over nodes counts the queue twice");
+    let depth = prometheus.query(client, &dashboard_expression("Queue depth by state")).await;
+    let scheduled = depth.iter().find(|series| series["metric"]["state"] == "scheduled").and_then(value);
+    assert_eq!(scheduled, Some(10.0), "the dashboard counts the queue once: {depth:?}");
+    let fill = prometheus.query(client, &dashboard_expression("Queue fill (unfinished / max_queue)")).await;
+    assert_eq!(fill.first().and_then(value), Some(1.0), "{fill:?}");
+    let nodes_panel = prometheus.query(client, &dashboard_expression("Nodes sharing each queue")).await;
+    assert_eq!(nodes_panel.iter().filter_map(value).collect::<Vec<_>>(), [2.0], "{nodes_panel:?}");
+
+    // The capacity alert's condition holds (its `for` keeps it pending): once for the
+    // queue, not once per node.
+    let near_capacity = || async {
+        let answer: Value = client
+            .get(format!("{}/api/v1/alerts", prometheus.base))
+            .send()
+            .await
+            .expect("GET alerts")
+            .json()
+            .await
+            .expect("alerts JSON");
+        let alerts = answer["data"]["alerts"].as_array().cloned().unwrap_or_default();
+        alerts.into_iter().filter(|alert| alert["labels"]["alertname"] == "JobdQueueNearCapacity").collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + common::WAIT_DEADLINE;
+    while near_capacity().await.is_empty() {
+        assert!(Instant::now() < deadline, "the capacity alert never became pending");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Two more evaluations, in which an alert per node would have appeared.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pending = near_capacity().await;
+    assert_eq!(pending.len(), 1, "one alert for the one queue: {pending:?}");
+    assert!(pending[0]["labels"]["queue"].is_string() && pending[0]["labels"]["instance"].is_null(), "{pending:?}");
 }

@@ -23,6 +23,26 @@ pub(super) fn storage_error(context: &str, error: &postgres::Error) -> StorageEr
     StorageError::new(format!("PostgreSQL {context}: {detail}"))
 }
 
+/// Why a connection could not be made, saying whether the server answered. A server that
+/// refuses (a wrong password, a role or database that does not exist, pg_hba.conf) will
+/// refuse again: that is a configuration to fix, not an outage, and its message says what
+/// to do.
+pub(super) fn connect_error(error: &postgres::Error) -> StorageError {
+    let Some(db) = error.as_db_error() else {
+        return storage_error("unreachable", error);
+    };
+    let hint = match db.code().code() {
+        "28P01" => "; check the user and password of postgres_url",
+        "28000" => {
+            "; the role may not exist, or pg_hba.conf refuses it: create it (createuser jobd, or CREATE ROLE jobd \
+             LOGIN) or fix postgres_url (docs/several-nodes.md)"
+        }
+        "3D000" => "; create the database, owned by jobd's role (createdb -O jobd jobd), or fix postgres_url",
+        _ => "",
+    };
+    StorageError::new(format!("PostgreSQL refused the connection: {}: {}{hint}", db.code().code(), db.message()))
+}
+
 /// A connection that comes back: connects on demand, and after a failure waits a
 /// doubling backoff before it tries again, answering with the last error meanwhile, so
 /// that submissions during an outage get a quick 503 instead of a connect timeout each.
@@ -66,8 +86,11 @@ impl Connection {
                     self.client = Some(client);
                 }
                 Err(error) => {
-                    let error = storage_error("connection failed", &error);
-                    if self.last_error.is_none() {
+                    let refused = error.as_db_error().is_some();
+                    let error = connect_error(&error);
+                    if self.last_error.is_none() && refused {
+                        tracing::warn!(error = error.message(), "PostgreSQL refused the connection; trying again");
+                    } else if self.last_error.is_none() {
                         tracing::warn!(error = error.message(), "PostgreSQL unreachable; reconnecting with backoff");
                     }
                     self.next_attempt = Instant::now() + self.backoff;
@@ -78,6 +101,13 @@ impl Connection {
             }
         }
         self.client.as_mut().ok_or_else(|| StorageError::new("PostgreSQL is unreachable"))
+    }
+
+    /// Connects now, for a node's start: a failure is returned at once, neither logged nor
+    /// retried, since the node does not start without its database.
+    pub(super) fn connect_at_start(&mut self) -> Result<&mut postgres::Client, StorageError> {
+        let client = self.config.client.connect(self.config.tls.clone()).map_err(|error| connect_error(&error))?;
+        Ok(self.client.insert(client))
     }
 
     /// Forgets a client whose connection broke; the next call reconnects.

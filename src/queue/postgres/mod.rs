@@ -268,6 +268,8 @@ pub struct PostgresBackend {
     seen_term: u64,
     /// This lane's latest claim epoch; with the node's id it names one claim.
     next_claim: i64,
+    /// See [`QueueBackend::queue_id`]; kept in `jobd_schema`, so every node has the same.
+    queue_id: Arc<str>,
     /// Where the queue's head was at this lane's last claim (the highest `ready_seq` it
     /// picked), and when it last looked from the very start ([`pick::pick_floor`]).
     queue_head: i64,
@@ -284,8 +286,9 @@ impl PostgresBackend {
         metrics: ClusterMetrics,
     ) -> Result<PostgresBackend, StorageError> {
         let mut connection = Connection::new(connection_config(settings, "queue", STATEMENT_TIMEOUT)?);
-        let client = connection.client()?;
+        let client = connection.connect_at_start()?;
         let version = schema::migrate(client)?;
+        let queue_id = schema::queue_id(client)?;
         let mut depth = [0i64; 5];
         for row in connection.query(schema::DEPTH, &[])? {
             if let Some(slot) = Deltas::slot(crate::queue::columns::state_of(row.get(0))) {
@@ -312,6 +315,7 @@ impl PostgresBackend {
         backend.waker = waker;
         backend.seen_term = lease.term();
         backend.lease = lease;
+        backend.queue_id = queue_id;
         backend.read_config = Some(connection_config(settings, "read", READ_STATEMENT_TIMEOUT)?);
         Ok(backend)
     }
@@ -353,6 +357,7 @@ impl PostgresBackend {
             lease: Arc::new(LeaseClock::new()),
             seen_term: 0,
             next_claim: 0,
+            queue_id: Arc::from(""),
             queue_head: 0,
             last_full_pick: None,
         }
@@ -378,7 +383,9 @@ impl PostgresBackend {
             tracing::error!(error = error.message(), "the ingest connection to PostgreSQL failed at start");
         }
         let (config, metrics, news) = (self.ingest_config.clone(), self.metrics.clone(), self.news.clone());
-        Self::on_connection(connection, self.node, 1, config, self.capacity, metrics, news)
+        let mut lane = Self::on_connection(connection, self.node, 1, config, self.capacity, metrics, news);
+        lane.queue_id = self.queue_id.clone();
+        lane
     }
 
     /// The schema version of the database at `settings.url`, for `check-config --probe`;
@@ -526,6 +533,10 @@ impl Transactions for PostgresBackend {
 impl QueueBackend for PostgresBackend {
     fn is_durable(&self) -> bool {
         true
+    }
+
+    fn queue_id(&self) -> Arc<str> {
+        self.queue_id.clone()
     }
 
     fn lists_by_id(&self) -> bool {

@@ -57,6 +57,16 @@ pub(super) fn version(client: &mut postgres::Client) -> Result<Option<i32>, Stor
     Ok(row.map(|row| row.get(0)))
 }
 
+/// The queue's id ([`crate::queue::QueueBackend::queue_id`]): 64 random bits, made by the
+/// first node that migrated the database and kept beside its schema version, so that
+/// every node reports the same. Builds before it ignore the column.
+pub(super) fn queue_id(client: &mut postgres::Client) -> Result<std::sync::Arc<str>, StorageError> {
+    let row = client
+        .query_one("SELECT queue_id FROM jobd_schema", &[])
+        .map_err(|error| storage_error("queue id read failed", &error))?;
+    Ok(std::sync::Arc::from(row.get::<_, String>(0)))
+}
+
 /// Brings the schema to [`SCHEMA_VERSION`] and returns it. Nodes
 /// starting together take turns on an advisory lock; the first migrates, the others find
 /// the work done.
@@ -79,10 +89,17 @@ pub(super) fn migrate(client: &mut postgres::Client) -> Result<i32, StorageError
 
 fn migrate_locked(client: &mut postgres::Client) -> Result<i32, StorageError> {
     let failed = |error: postgres::Error| storage_error("migration failed", &error);
+    // Without the notice level raised, every start after the first logs PostgreSQL's
+    // "relation jobd_schema already exists, skipping".
     client
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS jobd_schema (version integer NOT NULL);
-             INSERT INTO jobd_schema (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM jobd_schema);",
+            "SET client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS jobd_schema (version integer NOT NULL);
+             INSERT INTO jobd_schema (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM jobd_schema);
+             ALTER TABLE jobd_schema ADD COLUMN IF NOT EXISTS queue_id text;
+             UPDATE jobd_schema SET queue_id = substr(md5(random()::text || clock_timestamp()::text), 1, 16)
+                 WHERE queue_id IS NULL;
+             RESET client_min_messages;",
         )
         .map_err(failed)?;
     let found: i32 = client.query_one("SELECT version FROM jobd_schema", &[]).map_err(failed)?.get(0);
@@ -102,7 +119,7 @@ fn migrate_locked(client: &mut postgres::Client) -> Result<i32, StorageError> {
         transaction.batch_execute(migration).map_err(failed)?;
         transaction.execute("UPDATE jobd_schema SET version = $1", &[&target]).map_err(failed)?;
         transaction.commit().map_err(failed)?;
-        tracing::info!(from = found, to = target, "PostgreSQL schema migrated");
+        tracing::info!(from = target - 1, to = target, "PostgreSQL schema migrated");
     }
     Ok(SCHEMA_VERSION)
 }

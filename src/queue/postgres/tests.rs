@@ -51,6 +51,32 @@ fn the_ingest_lanes_last_ready_jobs_are_announced_when_it_closes() {
     assert_eq!(announced.payload(), node.to_string(), "the announcement names the node, which ignores its own");
 }
 
+/// A server that refuses the connection (a role or a database that does not exist) is
+/// reported as such at start, with what to do, and not as an outage.
+#[test]
+fn a_refused_connection_at_start_says_what_was_refused_and_what_to_do() {
+    let cluster = cluster::Cluster::start();
+    let url = url::Url::parse(&cluster.new_database()).expect("the cluster's URL");
+    let mut no_role = url.clone();
+    no_role.set_username("nobody_here").expect("a user name");
+    let mut no_database = url.clone();
+    no_database.set_path("/no_such_database");
+    for (url, expected) in
+        [(no_role, "28000: role \"nobody_here\" does not exist; the role may not exist"), (no_database, "3D000")]
+    {
+        let settings =
+            ClusterSettings { url: url.to_string(), node_name: "refused".to_owned(), lease: Duration::from_secs(5) };
+        let metrics = crate::metrics::Metrics::new(&["noop"]).expect("metrics").cluster;
+        let Err(error) = PostgresBackend::open(&settings, NodeId::generate(), 1_000, metrics) else {
+            panic!("{url} opened");
+        };
+        let message = error.to_string();
+        assert!(message.contains("PostgreSQL refused the connection"), "{message}");
+        assert!(message.contains(expected), "{message} lacks {expected:?}");
+        assert!(!message.contains("unreachable"), "{message}");
+    }
+}
+
 /// Opens node `name` on `url` with the default lease.
 fn open_node(url: &str, name: &str) -> (PostgresBackend, NodeId) {
     let settings = ClusterSettings { url: url.to_owned(), node_name: name.to_owned(), lease: Duration::from_secs(5) };

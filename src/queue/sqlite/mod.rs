@@ -74,6 +74,8 @@ pub struct SqliteBackend {
     sync_delay: Option<std::time::Duration>,
     /// The file, for the read lane's own connection ([`QueueBackend::record_reader`]).
     path: std::path::PathBuf,
+    /// See [`QueueBackend::queue_id`]; kept in the file's `identity` table.
+    queue_id: std::sync::Arc<str>,
     /// Declared after `connection`, so it is dropped (and its thread joined) after it.
     checkpointer: Checkpointer,
 }
@@ -125,6 +127,7 @@ impl SqliteBackend {
         connection.pragma_update(None, "synchronous", sync)?;
         connection.pragma_update(None, "busy_timeout", 5_000)?;
         schema::migrate(&connection, path)?;
+        let queue_id = schema::queue_id(&connection)?;
         let page_size = connection.query_row("PRAGMA page_size", [], |row| row.get::<_, i64>(0))?.unsigned_abs();
         if let Some(bytes) = max_bytes {
             // Submissions stop at `bytes`; the hard limit above it leaves room for what
@@ -188,6 +191,7 @@ impl SqliteBackend {
             fail_syncs_after: None,
             sync_delay: None,
             path: path.to_path_buf(),
+            queue_id,
             checkpointer,
         };
         Ok((backend, recovery))
@@ -270,5 +274,9 @@ impl QueueBackend for SqliteBackend {
 
     fn is_durable(&self) -> bool {
         true
+    }
+
+    fn queue_id(&self) -> std::sync::Arc<str> {
+        self.queue_id.clone()
     }
 }

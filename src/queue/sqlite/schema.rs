@@ -50,6 +50,8 @@ CREATE INDEX IF NOT EXISTS jobs_cancelled ON jobs(seq) WHERE state = 'cancelled'
 CREATE INDEX IF NOT EXISTS jobs_kind ON jobs(kind, seq);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(submitted_by, seq) WHERE submitted_by <> '';
 CREATE TABLE IF NOT EXISTS probe (value BLOB);
+CREATE TABLE IF NOT EXISTS identity (queue_id TEXT NOT NULL);
+INSERT INTO identity (queue_id) SELECT lower(hex(randomblob(8))) WHERE NOT EXISTS (SELECT 1 FROM identity);
 DROP INDEX IF EXISTS jobs_state;
 DROP INDEX IF EXISTS jobs_due;
 DROP INDEX IF EXISTS jobs_finished;
@@ -102,6 +104,13 @@ COMMIT;
 
 /// Brings the file at `path` to [`SCHEMA_VERSION`], one version at a time, and creates
 /// what is missing. A file of an unknown version is refused rather than misread.
+/// The queue's id ([`crate::queue::QueueBackend::queue_id`]): 64 random bits, made when
+/// the file was created (or first opened by a build that has it) and kept with the jobs.
+pub(super) fn queue_id(connection: &Connection) -> Result<std::sync::Arc<str>, StorageError> {
+    let id: String = connection.query_row("SELECT queue_id FROM identity LIMIT 1", [], |row| row.get(0))?;
+    Ok(std::sync::Arc::from(id))
+}
+
 pub(super) fn migrate(connection: &Connection, path: &Path) -> Result<(), StorageError> {
     let mut version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     let has_jobs: bool = connection.query_row(
