@@ -269,12 +269,15 @@ pub enum AuthFailure {
     Invalid,
     /// A valid token without the route's scope.
     Scope { name: String, needed: Scope },
+    /// A valid token confined to its own jobs, on a route that describes the whole
+    /// daemon (`/metrics`).
+    Confined { name: String },
 }
 
 impl AuthFailure {
     /// Every reason: this module's, and each kind's token limit's.
     pub fn reasons() -> impl Iterator<Item = &'static str> {
-        ["missing", "invalid", "scope"]
+        ["missing", "invalid", "scope", "confined"]
             .into_iter()
             .chain(crate::kinds::token_limits().map(|limit| limit.auth_failure_reason))
     }
@@ -284,6 +287,7 @@ impl AuthFailure {
             AuthFailure::Missing => "missing",
             AuthFailure::Invalid => "invalid",
             AuthFailure::Scope { .. } => "scope",
+            AuthFailure::Confined { .. } => "confined",
         }
     }
 }

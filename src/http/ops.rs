@@ -73,7 +73,14 @@ pub(super) async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> 
         },
     });
     let authorization = request.headers().get(header::AUTHORIZATION).map(header::HeaderValue::as_bytes);
-    if state.auth.check(authorization, Scope::Read).is_ok() {
+    // The details name the store and every webhook destination: an operator's, not a
+    // tenant's, to read.
+    let operator = match state.auth.check(authorization, Scope::Read) {
+        Ok(None) => true,
+        Ok(Some(principal)) => !principal.is_confined(),
+        Err(_) => false,
+    };
+    if operator {
         body["store"]["url"] = json!(state.store.url());
         body["store"]["error"] = json!(state.store_health.last_error());
         // The kinds' own state, such as each webhook destination's circuit: a detail, not
@@ -135,8 +142,11 @@ pub(super) async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse
     tag = "meta",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 401, description = "With a token file: no bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "With a token file: a token without the read scope, or one confined to its own jobs (metrics name every destination and kind)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "On the API listener when metrics_listen is set: metrics are served there only", body = ProblemBody, content_type = "application/problem+json")
-    )
+    ),
+    security(("bearer" = []))
 )]
 pub async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
     render_metrics(&state.metrics, &state.queue, &state.stats, &state.store).await

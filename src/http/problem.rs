@@ -145,6 +145,16 @@ impl From<AuthFailure> for Problem {
                 format!("token {name} lacks the {} scope this route needs", needed.name()),
                 format!(r#"Bearer realm="jobd", error="insufficient_scope", scope="{}""#, needed.name()),
             ),
+            AuthFailure::Confined { name } => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                format!(
+                    "token {name} is confined to its own jobs, and this route describes the whole daemon: it needs \
+                     a read token without confinements"
+                ),
+                r#"Bearer realm="jobd", error="insufficient_scope", scope="read""#.to_owned(),
+            ),
         };
         let mut problem = Problem::new(status, slug, title, detail);
         problem.headers.push((header::WWW_AUTHENTICATE, challenge));

@@ -23,6 +23,10 @@ pub enum Access {
     Open,
     /// A bearer token with this scope, when a token file is configured.
     Needs(Scope),
+    /// A bearer token with the `read` scope and no confinement, when a token file is
+    /// configured: what describes the whole daemon (its metrics name every webhook
+    /// destination and every kind's figures), which a tenant may not see.
+    Operators,
 }
 
 /// One route of the API: the single table that both the router and the OpenAPI
@@ -51,7 +55,7 @@ pub fn routes() -> Vec<RouteSpec> {
         spec("/v1/openapi.json", Method::GET, Access::Open, || web::get().to(openapi::get_openapi)),
         spec("/healthz", Method::GET, Access::Open, || web::get().to(healthz)),
         spec("/readyz", Method::GET, Access::Open, || web::get().to(readyz)),
-        spec("/metrics", Method::GET, Access::Open, || web::get().to(get_metrics)),
+        spec("/metrics", Method::GET, Access::Operators, || web::get().to(get_metrics)),
     ]
 }
 
@@ -91,7 +95,12 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                 let route = (spec.route)();
                 resource = resource.route(match spec.access {
                     Access::Open => route,
-                    Access::Needs(scope) => route.wrap(from_fn(move |request, next| authorize(request, next, scope))),
+                    Access::Needs(scope) => {
+                        route.wrap(from_fn(move |request, next| authorize(request, next, scope, false)))
+                    }
+                    Access::Operators => {
+                        route.wrap(from_fn(move |request, next| authorize(request, next, Scope::Read, true)))
+                    }
                 });
             }
             config.service(resource.default_service(web::to(move || {
@@ -106,19 +115,27 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
     }
 }
 
-/// Lets a request through when its bearer token has `scope` (or authentication is off),
-/// and records who it is for the handler; otherwise answers 401 or 403 and counts why.
+/// Lets a request through when its bearer token has `scope` (and no confinement, with
+/// `unconfined`), or authentication is off, and records who it is for the handler;
+/// otherwise answers 401 or 403 and counts why.
 async fn authorize(
     request: ServiceRequest,
     next: Next<BoxBody>,
     scope: Scope,
+    unconfined: bool,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let Some(state) = request.app_data::<web::Data<AppState>>().cloned() else {
         // Unreachable in a configured app; refusing keeps the check fail-closed.
         return Ok(request.error_response(Problem::unavailable("the API is not configured")));
     };
     let authorization = request.headers().get(header::AUTHORIZATION).map(header::HeaderValue::as_bytes);
-    match state.auth.check(authorization, scope) {
+    let checked = state.auth.check(authorization, scope).and_then(|principal| match principal {
+        Some(principal) if unconfined && principal.is_confined() => {
+            Err(AuthFailure::Confined { name: principal.name.clone() })
+        }
+        other => Ok(other),
+    });
+    match checked {
         Ok(None) if is_cross_site_write(&request) => {
             // Without tokens, a page on another site could make the operator's browser
             // submit, retry or cancel; with tokens it cannot, lacking the bearer token.
@@ -140,7 +157,7 @@ async fn authorize(
         Err(failure) => {
             state.metrics.auth_failures.with_label_values(&[failure.reason()]).inc();
             let token_name = match &failure {
-                AuthFailure::Scope { name, .. } => Some(name.clone()),
+                AuthFailure::Scope { name, .. } | AuthFailure::Confined { name } => Some(name.clone()),
                 _ => None,
             };
             tracing::warn!(
@@ -157,10 +174,16 @@ async fn authorize(
     }
 }
 
-/// A write (any method but GET and HEAD) that a browser marks as sent from another site.
-/// Browsers set `Sec-Fetch-Site` on every request and scripts cannot forge it; other
-/// clients do not send it.
+/// A write (any method but GET and HEAD) that a browser marks as sent from anywhere but
+/// this origin: `cross-site`, and `same-site` too, since a page on another port of the
+/// same host (`127.0.0.1:3000`) is the same site as jobd's. Only `same-origin` (the
+/// console) and `none` (typed by the user) pass. Browsers set `Sec-Fetch-Site` on every
+/// request and scripts cannot forge it; other clients do not send it.
 fn is_cross_site_write(request: &ServiceRequest) -> bool {
     let safe = matches!(*request.method(), Method::GET | Method::HEAD);
-    !safe && request.headers().get("sec-fetch-site").is_some_and(|site| site.as_bytes() == b"cross-site")
+    !safe
+        && request
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|site| !matches!(site.as_bytes(), b"same-origin" | b"none"))
 }

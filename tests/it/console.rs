@@ -120,8 +120,9 @@ async fn the_console_is_served_strictly_and_its_api_works() {
     assert_eq!((status, &problem["errors"][0]["field"]), (400, &json!("state")), "only dead jobs are retried");
 }
 
-/// Without tokens, a browser's write sent from another site is refused, so that a page
-/// elsewhere cannot make the operator's browser retry or submit; the same request from a
+/// Without tokens, a browser's write sent from another site, or from another origin of the
+/// same site, is refused, so that a page elsewhere cannot make the operator's browser
+/// retry or submit; the same request from a
 /// non-browser client, and a cross-site read, still work.
 #[tokio::test]
 async fn without_tokens_cross_site_browser_writes_are_refused() {
@@ -140,6 +141,9 @@ async fn without_tokens_cross_site_browser_writes_are_refused() {
     assert_eq!(problem["type"], "/problems/cross-site", "{problem}");
     let retry = send(Some("cross-site"), reqwest::Method::POST, "/v1/jobs/retry").send().await.expect("retry");
     assert_eq!(retry.status(), 403);
+    // A page on another port of the same host is `same-site`, not `same-origin`.
+    let same_site = send(Some("same-site"), reqwest::Method::POST, "/v1/jobs/retry").send().await.expect("retry");
+    assert_eq!(same_site.status(), 403, "a page on 127.0.0.1:<another port> may not retry jobs");
     for site in [Some("same-origin"), Some("none"), None] {
         let response = send(site, reqwest::Method::POST, "/v1/jobs").json(&job).send().await.expect("post");
         assert_eq!(response.status(), 202, "{site:?}");

@@ -73,9 +73,12 @@ fn series(metrics: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {name}"))
 }
 
+/// `/metrics`, read as an operator's Prometheus does with tokens on: with a read token
+/// that is not confined.
 async fn metrics_text(daemon: &Daemon) -> String {
-    let response = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET /metrics");
-    assert_eq!(response.status(), 200, "/metrics stays open");
+    let response =
+        daemon.client.get(daemon.url("/metrics")).bearer_auth(READ_TOKEN).send().await.expect("GET /metrics");
+    assert_eq!(response.status(), 200, "/metrics answers an operator's read token");
     response.text().await.expect("metrics text")
 }
 
@@ -142,12 +145,21 @@ async fn every_route_needs_a_token_with_its_scope_and_token_values_never_reach_t
     assert_eq!(basic.status(), 401);
     refusals.1 += 1;
 
-    // Probes, metrics and the API description need no token.
+    // Probes and the API description need no token. Metrics need a read token that is not
+    // confined: they name every destination and kind, which a tenant may not learn.
     for path in ["/healthz", "/readyz", "/v1/openapi.json"] {
         let status = daemon.client.get(daemon.url(path)).send().await.expect("GET").status();
         assert_eq!(status, 200, "{path}");
     }
+    let anonymous = daemon.client.get(daemon.url("/metrics")).send().await.expect("GET /metrics");
+    assert_eq!(anonymous.status(), 401, "/metrics without a token");
+    refusals.0 += 1;
+    let tenant = daemon.client.get(daemon.url("/metrics")).bearer_auth(CONFINED_TOKEN).send().await.expect("GET");
+    assert_eq!(tenant.status(), 403, "/metrics with a tenant's token");
+    let problem: Value = tenant.json().await.expect("problem");
+    assert!(problem["detail"].as_str().is_some_and(|detail| detail.contains("confined")), "{problem}");
     let metrics = metrics_text(&daemon).await;
+    assert_eq!(series(&metrics, r#"jobd_auth_failures_total{reason="confined"}"#), 1.0);
     assert_eq!(series(&metrics, r#"jobd_auth_failures_total{reason="missing"}"#), f64::from(refusals.0));
     assert_eq!(series(&metrics, r#"jobd_auth_failures_total{reason="invalid"}"#), f64::from(refusals.1));
     assert_eq!(series(&metrics, r#"jobd_auth_failures_total{reason="scope"}"#), f64::from(refusals.2));
@@ -224,7 +236,9 @@ async fn confined_tokens_write_only_under_their_prefixes_and_sighup_reloads_toke
     daemon.wait_for_logs("reload", 1, |record| record["message"] == "SIGHUP: token file reloaded").await;
     assert_eq!(send(&daemon, "GET", "/v1/stats", Some(READ_TOKEN), None).await.status(), 401);
     assert_eq!(send(&daemon, "GET", "/v1/stats", Some(ADMIN_TOKEN), None).await.status(), 200);
-    let metrics = metrics_text(&daemon).await;
+    // The reader's token is gone with the reload: the operator's reads the metrics.
+    let response = daemon.client.get(daemon.url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.expect("GET");
+    let metrics = response.text().await.expect("metrics text");
     assert_eq!(series(&metrics, r#"jobd_reloads_total{outcome="error",what="tokens"}"#), 1.0);
     assert_eq!(series(&metrics, r#"jobd_reloads_total{outcome="ok",what="tokens"}"#), 1.0);
 }
@@ -249,14 +263,18 @@ async fn a_token_file_emptied_of_tokens_leaves_no_token_valid_after_sighup() {
         assert_eq!(send(&daemon, "GET", "/v1/stats", Some(token), None).await.status(), 401, "{token}");
     }
     assert_eq!(send(&daemon, "POST", "/v1/jobs", None, Some(&noop)).await.status(), 401);
-    let metrics = metrics_text(&daemon).await;
-    assert_eq!(series(&metrics, r#"jobd_reloads_total{outcome="ok",what="tokens"}"#), 1.0);
+    assert_eq!(
+        daemon.client.get(daemon.url("/metrics")).bearer_auth(READ_TOKEN).send().await.expect("GET").status(),
+        401
+    );
     // Tokens written back work again on the next SIGHUP.
     token_file(tokens_dir.path());
     daemon.signal("HUP");
     // The second reload: the emptied file's reload logged the same line first.
     daemon.wait_for_logs("the second reload", 2, |record| record["message"] == "SIGHUP: token file reloaded").await;
     assert_eq!(send(&daemon, "GET", "/v1/stats", Some(READ_TOKEN), None).await.status(), 200);
+    let metrics = metrics_text(&daemon).await;
+    assert_eq!(series(&metrics, r#"jobd_reloads_total{outcome="ok",what="tokens"}"#), 2.0, "both reloads worked");
 
     // Starting with an empty token file is allowed too, with the same warning and the
     // same effect: authentication is on and nothing can be submitted.

@@ -165,6 +165,35 @@ async fn a_hanging_receiver_is_cut_off_at_the_default_timeout() {
     assert_eq!(record["last_error"], "the delivery timed out after 15000 ms", "{record}");
 }
 
+/// A job whose own timeout is shorter than the destination's is cut off by the worker,
+/// mid-delivery: the cut-off still counts toward the circuit, so a receiver that hangs
+/// opens it whatever the jobs' timeouts.
+#[tokio::test]
+async fn deliveries_cut_off_by_the_jobs_own_timeout_open_the_circuit() {
+    let (_receiver, _dir, _file, daemon) = start(&[("hang", "/hang", "circuit_failures = 2")]);
+    for n in 0..2 {
+        let job = json!({"kind": "webhook", "destination": "hang", "payload": {"n": n}, "max_attempts": 1, "timeout_ms": 300});
+        let id = submit(&daemon, &job).await;
+        let record = daemon.wait_for_job(&id, "the cut-off delivery", |record| record["state"] == "dead").await;
+        assert!(record["last_error"].as_str().is_some_and(|error| error.contains("timed out")), "{record}");
+    }
+    // The cut-off delivery is noted as its future is dropped, as the attempt ends.
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    loop {
+        let ready: Value =
+            daemon.client.get(daemon.url("/readyz")).send().await.expect("GET").json().await.expect("json");
+        if ready["kinds"]["webhook"]["destinations"]["hang"]["circuit"] != "closed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the circuit never opened: {ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        daemon.metric(r#"jobd_webhook_deliveries_total{destination="hang",outcome="timed_out"}"#).await,
+        Some(2.0)
+    );
+}
+
 /// The circuit opens after five consecutive failures (the default), holds the
 /// destination's jobs without starting them, and closes after the receiver recovers.
 /// `circuit_open_secs = 2` shortens the wait before the probe; the opening and the
@@ -265,6 +294,47 @@ async fn unknown_and_forbidden_destinations_are_refused_and_queue_nothing() {
     assert_eq!(refused.status(), 403);
     let problem: Value = refused.json().await.expect("problem");
     assert_eq!(problem["type"], "/problems/destination-not-allowed", "{problem}");
+}
+
+/// Destination names are an operator's to read: `/readyz` shows each destination's
+/// circuit, and `/metrics` its series, only to a read token without confinements. A
+/// tenant's token, even one allowed a destination, learns no names from either.
+#[tokio::test]
+async fn destination_names_are_shown_to_operators_and_never_to_tenants() {
+    let receiver = Receiver::start(&[SECRET]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = config(dir.path(), &receiver, &[("main", "/ok", ""), ("secret-partner", "/ok", "")]);
+    let tokens = dir.path().join("tokens");
+    let (operator, tenant) = ("o".repeat(40), "t".repeat(40));
+    std::fs::write(
+        &tokens,
+        format!(
+            "operator read {operator}
+tenant submit,read {tenant} allowed_destinations=main
+"
+        ),
+    )
+    .expect("tokens");
+    let daemon = Daemon::start(&[("JOBD_CONFIG", &file), ("JOBD_TOKENS_FILE", tokens.to_str().expect("utf-8"))]);
+    let get = |path: &str, token: Option<&str>| {
+        let request = daemon.client.get(daemon.url(path));
+        match token {
+            Some(token) => request.bearer_auth(token).send(),
+            None => request.send(),
+        }
+    };
+    for token in [None, Some(tenant.as_str())] {
+        let ready = get("/readyz", token).await.expect("GET /readyz").text().await.expect("text");
+        assert!(!ready.contains("secret-partner") && !ready.contains("\"main\""), "{token:?}: {ready}");
+        let metrics = get("/metrics", token).await.expect("GET /metrics");
+        assert_eq!(metrics.status(), if token.is_some() { 403 } else { 401 }, "{token:?}");
+        assert!(!metrics.text().await.expect("text").contains("secret-partner"));
+    }
+    let ready: Value = get("/readyz", Some(&operator)).await.expect("GET").json().await.expect("json");
+    assert_eq!(ready["kinds"]["webhook"]["destinations"]["secret-partner"]["circuit"], "closed", "{ready}");
+    let metrics = get("/metrics", Some(&operator)).await.expect("GET");
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.expect("text").contains(r#"destination="secret-partner""#));
 }
 
 /// Deliveries over TLS: a receiver whose certificate chains to a CA in the system's trust

@@ -81,6 +81,10 @@ pub(super) async fn deliver(
         request
     });
     let started = Instant::now();
+    // A job whose own timeout is shorter than the destination's is cut off by the worker,
+    // which drops this future mid-exchange: the guard still counts it as the timeout it
+    // is, so that a receiver that hangs opens the circuit whatever the jobs' timeouts.
+    let mut unanswered = Unanswered { destination, started, done: false };
     // The destination's timeout covers the whole exchange: connecting, sending, and
     // reading the part of the answer that is kept. An answer whose head came in time is
     // judged by its status, with as much of its body as came by then.
@@ -88,11 +92,6 @@ pub(super) async fn deliver(
     let exchange = async { Ok::<_, DeliveryError>(destination.client.send(request?).await?) };
     let sent = tokio::time::timeout_at(deadline, exchange).await;
     let elapsed = started.elapsed();
-    let name = destination.name.as_ref();
-    let series = destination.series();
-    if let Some(series) = series {
-        series.duration.observe(elapsed.as_secs_f64());
-    }
     let (outcome, verdict, result) = match sent {
         Err(_elapsed) => (
             "timed_out",
@@ -113,7 +112,16 @@ pub(super) async fn deliver(
             classify(destination, &head, &answer, elapsed)
         }
     };
+    unanswered.done = true;
+    note(destination, outcome, verdict, started.elapsed());
+    result
+}
+
+/// Counts a delivery that ended, by `outcome`, and gives its verdict to the circuit.
+fn note(destination: &Destination, outcome: &str, verdict: Verdict, took: Duration) {
+    let series = destination.series();
     if let Some(series) = series {
+        series.duration.observe(took.as_secs_f64());
         series.deliveries(outcome).inc();
     }
     let (open, changed) = destination.record(verdict);
@@ -121,13 +129,29 @@ pub(super) async fn deliver(
         if let Some(series) = series {
             series.circuit_open.set(i64::from(open));
         }
+        let name = destination.name.as_ref();
         if open {
             tracing::warn!(destination = name, "webhook circuit opened: deliveries wait, then one probe is tried");
         } else {
             tracing::info!(destination = name, "webhook circuit closed: the destination answers again");
         }
     }
-    result
+}
+
+/// A delivery under way: dropped before it was noted (the job's own timeout cut it off,
+/// or the node stopped it), it is noted as timed out.
+struct Unanswered<'a> {
+    destination: &'a Destination,
+    started: Instant,
+    done: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            note(self.destination, "timed_out", Verdict::ReceiverDown, self.started.elapsed());
+        }
+    }
 }
 
 /// Why a request got no answer: the request could not be built (a header value the
@@ -168,8 +192,8 @@ fn classify(
     match code {
         429 | 503 => {
             // Throttling is the receiver's say, not a failure of it: a 503 counts toward
-            // the circuit, a 429 does not.
-            let verdict = if code == 503 { Verdict::ReceiverDown } else { Verdict::ReceiverUp };
+            // the circuit; a 429 neither counts toward it nor closes it.
+            let verdict = if code == 503 { Verdict::ReceiverDown } else { Verdict::Throttled };
             let result = match wait {
                 Some(retry_after) => Err(JobError::Deferred { message, retry_after }),
                 None => Err(JobError::Failed { message, retryable: true }),

@@ -337,6 +337,10 @@ pub enum Verdict {
     ReceiverUp,
     /// A `5xx`, a timeout or a connection failure: one more toward opening the circuit.
     ReceiverDown,
+    /// A `429`: the receiver is up but asks for less. It does not count toward opening
+    /// the circuit, and an open circuit stays open for another wait: a probe answered
+    /// `429` says nothing about whether deliveries may flow again.
+    Throttled,
 }
 
 /// Gives a destination's slot back when a delivery's attempt ends.
@@ -400,6 +404,8 @@ impl Destination {
                     gate.open_until = Some(Instant::now() + self.open_for);
                 }
             }
+            Verdict::Throttled if was_open => gate.open_until = Some(Instant::now() + self.open_for),
+            Verdict::Throttled => {}
         }
         let open = gate.open_until.is_some();
         (open, open != was_open)
@@ -439,6 +445,22 @@ mod tests {
             circuit_failures: None,
             circuit_open_secs: None,
         }
+    }
+
+    /// A `429` neither opens the circuit nor closes it: answered to a probe, the circuit
+    /// stays open for another wait; only a delivery that gets through closes it.
+    #[test]
+    fn a_throttled_answer_neither_opens_nor_closes_the_circuit() {
+        let mut settings = settings("http://billing.example/in", &[]);
+        settings.circuit_failures = Some(2);
+        let destination = settings.resolve("billing").expect("a destination");
+        for _ in 0..5 {
+            assert_eq!(destination.record(Verdict::Throttled), (false, false), "throttling opens nothing");
+        }
+        assert_eq!(destination.record(Verdict::ReceiverDown), (false, false));
+        assert_eq!(destination.record(Verdict::ReceiverDown), (true, true), "two failures open it");
+        assert_eq!(destination.record(Verdict::Throttled), (true, false), "a 429 to the probe keeps it open");
+        assert_eq!(destination.record(Verdict::ReceiverUp), (false, true), "a delivery closes it");
     }
 
     /// Credentials in the URL become `authorization: Basic`, percent-decoded, and leave
