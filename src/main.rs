@@ -69,10 +69,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// The settings `serve` takes that the printed configuration lacks: those unset, with no
+/// default (`tokens_file`, `tls_cert`), which TOML cannot print as a value.
+fn unset_settings(printed: &str) -> Vec<String> {
+    use clap::CommandFactory as _;
+    let printed: toml::Table = toml::from_str(printed).unwrap_or_default();
+    let command = Cli::command();
+    let Some(serve) = command.find_subcommand("serve") else { return Vec::new() };
+    serve
+        .get_arguments()
+        .filter(|argument| !argument.is_hide_set())
+        .map(|argument| argument.get_id().to_string())
+        .filter(|id| !matches!(id.as_str(), "config" | "log_format" | "help") && !printed.contains_key(id))
+        .collect()
+}
+
 /// `jobd check-config`: checks the configuration (and the store with `probe`), then
 /// prints the effective settings and the file they were read from.
 fn check_config(config: &Config, probe: bool) -> ExitCode {
     match jobd::server::check(config, probe).map(|()| toml::to_string(config)) {
+        // Not a configuration to fix, perhaps: a service it names is down or unreachable.
+        Err(unreachable @ jobd::server::ServeError::Unreachable { .. }) => {
+            eprintln!("jobd: {unreachable}");
+            ExitCode::FAILURE
+        }
         Err(error) => {
             eprintln!("jobd: invalid configuration: {error}");
             ExitCode::from(2)
@@ -83,6 +103,10 @@ fn check_config(config: &Config, probe: bool) -> ExitCode {
                 None => "no configuration file was found; built-in defaults, flags and JOBD_* variables".to_owned(),
             };
             println!("# configuration is valid ({source}); effective settings:\n{text}");
+            let unset = unset_settings(&text);
+            if !unset.is_empty() {
+                println!("# not set: {}", unset.join(", "));
+            }
             ExitCode::SUCCESS
         }
         Ok(Err(error)) => {

@@ -55,9 +55,14 @@ pub(super) fn emit(text: &str) -> Result<(), ClientError> {
     }
 }
 
+/// What a path segment may hold as it is: RFC 3986's unreserved characters but `.`, which
+/// could make a dot segment. A job id (hex digits and hyphens) then travels, and shows in
+/// jobd's logs, as typed.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+
 /// An id as one path segment, whatever the user typed.
 fn path_segment(id: &str) -> String {
-    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(id, SEGMENT).to_string()
 }
 
 /// The fields a person looks for first, in this order; the rest follow alphabetically.
@@ -145,24 +150,111 @@ fn stats_text(stats: &Value) -> String {
         ("too large", "too_large"),
         ("unavailable", "unavailable"),
     ];
+    let at = stats["at"].as_str().map(printable).unwrap_or_else(|| "?".to_owned());
+    let nodes = count(&stats["cluster"]["nodes"]);
+    // Whose figures: a shared queue's depth is the whole cluster's, the rest this node's.
+    let header = if stats["scope"]["queue"] == "cluster" {
+        format!("at {at}: the queue is the cluster's ({nodes} nodes); workers, jobs and rates are this node's\n")
+    } else {
+        format!("at {at}\n")
+    };
+    let rates = &stats["rates"];
+    let rates_line = if rates.is_object() {
+        let rate = |field: &str| format!("{}/s", separated_rate(rates[field].as_f64().unwrap_or(0.0)));
+        format!(
+            "rates      accepted {}  succeeded {}  failed {}  dead {}  (last {:.0} s)\n",
+            rate("accepted_per_second"),
+            rate("succeeded_per_second"),
+            rate("failed_per_second"),
+            rate("dead_per_second"),
+            rates["over_secs"].as_f64().unwrap_or(0.0)
+        )
+    } else {
+        "rates      - (jobd has just started)\n".to_owned()
+    };
     [
+        header,
         stats_line("queue", queue, &queue_fields, &capacity),
         stats_line("workers", &counters["workers"], &[("busy", "busy"), ("idle", "idle"), ("of", "total")], &restarts),
         stats_line("jobs", &counters["jobs"], &job_fields, "(since start)"),
+        rates_line,
         stats_line("refused", &counters["rejected"], &refusals, ""),
     ]
     .concat()
+}
+
+/// A rate with one decimal below 10 and none above, thousands separated.
+fn separated_rate(rate: f64) -> String {
+    if rate < 10.0 { format!("{rate:.1}") } else { separated(rate.round() as u64) }
+}
+
+/// A count with thousands separated by commas: 1,234,567.
+fn separated(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
 }
 
 /// One line of `jobd stats`: a label, each `(name, field)` of `object` as `name value`,
 /// then a note.
 fn stats_line(label: &str, object: &Value, fields: &[(&str, &str)], note: &str) -> String {
     let figures: Vec<String> =
-        fields.iter().map(|(name, field)| format!("{name} {}", count(&object[*field]))).collect();
+        fields.iter().map(|(name, field)| format!("{name} {}", separated(count(&object[*field])))).collect();
     let line = format!("{label:<10} {}  {note}", figures.join("  "));
     format!("{}\n", line.trim_end())
 }
 
 fn count(value: &Value) -> u64 {
     value.as_u64().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_say_when_and_whose_with_rates_and_separated_figures() {
+        let stats = serde_json::json!({
+            "at": "2026-12-07T18:00:00.000Z",
+            "scope": {"queue": "cluster", "counters": "node"},
+            "cluster": {"nodes": 2},
+            "queue": {"queued": 1234567, "capacity": 1000000},
+            "counters": {"jobs": {"accepted": 5000}, "workers": {}, "rejected": {}},
+            "rates": {"over_secs": 10.0, "accepted_per_second": 12345.0, "succeeded_per_second": 2.5,
+                      "failed_per_second": 0.0, "dead_per_second": 0.0},
+        });
+        let text = stats_text(&stats);
+        assert!(text.starts_with("at 2026-12-07T18:00:00.000Z: the queue is the cluster's (2 nodes)"), "{text}");
+        assert!(text.contains("queued 1,234,567") && text.contains("accepted 5,000"), "{text}");
+        assert!(text.contains("accepted 12,345/s  succeeded 2.5/s") && text.contains("(last 10 s)"), "{text}");
+        let young = serde_json::json!({"at": "x", "scope": {"queue": "node"}, "rates": null});
+        assert!(stats_text(&young).contains("rates      - (jobd has just started)"));
+    }
+
+    #[test]
+    fn an_id_travels_as_typed_and_anything_else_stays_one_segment() {
+        assert_eq!(path_segment("01a24e15-7230-7d21-9f7e-3c8e5f1a2b3c"), "01a24e15-7230-7d21-9f7e-3c8e5f1a2b3c");
+        assert_eq!(path_segment("../x?y#z"), "%2E%2E%2Fx%3Fy%23z");
+    }
+
+    #[test]
+    fn a_record_prints_what_a_person_looks_for_first_without_control_characters() {
+        let record = serde_json::json!({
+            "created_at": "2026-12-07T18:00:00Z", "id": "x", "kind": "upload", "state": "dead\u{1b}[31m",
+            "attempts": 3, "last_error": "boom\nnext", "result": null
+        });
+        let text = record_text(&record);
+        let names: Vec<&str> = text.lines().filter_map(|line| line.split(':').next()).collect();
+        assert_eq!(names[..4], ["id", "kind", "state", "attempts"], "{text}");
+        assert!(!text.contains('\u{1b}') && text.contains("last_error: boom next"), "{text}");
+        let page = serde_json::json!({"jobs": [record], "next_cursor": "c\u{7}ursor"});
+        let list = list_text(&page);
+        assert!(!list.contains('\u{7}') && !list.contains('\u{1b}') && list.contains("boom next"), "{list}");
+    }
 }

@@ -58,6 +58,8 @@ pub(super) struct WhoAmI {
     scopes: Vec<&'static str>,
     /// Whether the token sees and controls only the jobs it submitted.
     confined: bool,
+    /// The kinds this jobd runs, for a filter that offers them.
+    kinds: Vec<&'static str>,
 }
 
 /// `GET /v1/whoami`: the caller's token name and scopes.
@@ -72,20 +74,23 @@ pub(super) struct WhoAmI {
     ),
     security(("bearer" = []))
 )]
-pub(super) async fn whoami(request: HttpRequest) -> HttpResponse {
+pub(super) async fn whoami(request: HttpRequest, state: actix_web::web::Data<super::AppState>) -> HttpResponse {
     let principal = request.extensions().get::<Arc<Principal>>().cloned();
+    let kinds = state.kinds.names();
     let answer = match principal {
         Some(principal) => WhoAmI {
             authenticated: true,
             name: Some(principal.name.clone()),
             scopes: Scope::ALL.into_iter().filter(|&scope| principal.has(scope)).map(Scope::name).collect(),
             confined: principal.is_confined(),
+            kinds,
         },
         None => WhoAmI {
             authenticated: false,
             name: None,
             scopes: Scope::ALL.into_iter().map(Scope::name).collect(),
             confined: false,
+            kinds,
         },
     };
     HttpResponse::Ok().json(answer)

@@ -314,11 +314,26 @@ pub(super) struct BulkRetryQuery {
     dry_run: bool,
 }
 
+/// The jobs a bulk retry is to retry, exactly: the `ids` a dry run answered, so that the
+/// jobs retried are those an operator confirmed, not the newest dead jobs at that later
+/// moment.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetryIds {
+    /// At most 1000 job ids; those no longer dead (or not the caller's) are skipped.
+    #[schema(value_type = Vec<String>)]
+    ids: Vec<String>,
+}
+
 /// What a bulk retry matched and did.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct BulkRetried {
     /// Dead jobs that matched, newest first, up to `limit`.
     matched: usize,
+    /// On a dry run, the ids that matched, to send back as the body of the retry itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    ids: Option<Vec<JobId>>,
     /// Of those, the jobs queued again (0 on a dry run). Fewer than `matched` when a job
     /// was retried or purged meanwhile, or the queue filled up.
     retried: usize,
@@ -326,12 +341,14 @@ pub(super) struct BulkRetried {
     more: bool,
 }
 
-/// `POST /v1/jobs/retry?kind=upload&limit=1000`: the newest dead jobs that match run again.
+/// `POST /v1/jobs/retry?kind=upload&limit=1000`: the newest dead jobs that match run again;
+/// with a body `{"ids": [...]}`, exactly those of them that are still dead.
 #[utoipa::path(
     post,
     path = "/v1/jobs/retry",
     tag = "control",
     params(BulkRetryQuery),
+    request_body(content = Option<RetryIds>, description = "Retry exactly these jobs: the `ids` of a dry run", content_type = "application/json"),
     responses(
         (status = 200, description = "What matched and what was queued again", body = BulkRetried),
         (status = 400, description = "The body or a field is invalid; `errors` names each field", body = ProblemBody, content_type = "application/problem+json"),
@@ -344,6 +361,7 @@ pub(super) struct BulkRetried {
 pub(super) async fn retry_dead_jobs(
     request: HttpRequest,
     query: web::Query<BulkRetryQuery>,
+    body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     if query.state.as_deref().is_some_and(|name| name != JobState::Dead.name()) {
@@ -360,13 +378,18 @@ pub(super) async fn retry_dead_jobs(
         submitted_by: confined_tenant(&request),
         kind: kind_filter(query.kind.as_deref())?,
     };
-    // One more than the limit tells whether more match.
-    let page = list_page(&state, filter, None, limit + 1).await?;
-    let more = page.records.len() > limit;
-    let ids: Vec<JobId> = page.records.iter().take(limit).map(|record| record.id).collect();
+    let (ids, more) = match chosen_ids(&body)? {
+        Some(chosen) => (visible_ids(&state, chosen, filter.submitted_by.as_deref()).await?, false),
+        None => {
+            // One more than the limit tells whether more match.
+            let page = list_page(&state, filter, None, limit + 1).await?;
+            let more = page.records.len() > limit;
+            (page.records.iter().take(limit).map(|record| record.id).collect(), more)
+        }
+    };
     let matched = ids.len();
     if query.dry_run {
-        return Ok(HttpResponse::Ok().json(BulkRetried { matched, retried: 0, more }));
+        return Ok(HttpResponse::Ok().json(BulkRetried { matched, ids: Some(ids), retried: 0, more }));
     }
     // Sent at once, the retries reach the queue thread together and share its commits.
     let results = futures_util::future::join_all(ids.iter().map(|&id| state.queue.retry_dead(id))).await;
@@ -380,5 +403,35 @@ pub(super) async fn retry_dead_jobs(
         tracing::warn!(error = error.message(), retried, matched, "part of a bulk retry failed");
     }
     tracing::info!(matched, retried, more, kind = query.kind.as_deref(), "dead jobs retried in bulk");
-    Ok(HttpResponse::Ok().json(BulkRetried { matched, retried, more }))
+    Ok(HttpResponse::Ok().json(BulkRetried { matched, ids: None, retried, more }))
+}
+
+/// The ids a bulk retry's body names, if it has a body: at most [`MAX_BULK_RETRY`], each a
+/// job id, or a 400 naming the one at fault.
+fn chosen_ids(body: &[u8]) -> Result<Option<Vec<JobId>>, Problem> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let chosen: RetryIds = serde_json::from_slice(body).map_err(|error| field_problem("body", error.to_string()))?;
+    if chosen.ids.len() > MAX_BULK_RETRY {
+        return Err(field_problem("ids", format!("at most {MAX_BULK_RETRY} ids, got {}", chosen.ids.len())));
+    }
+    let parsed = chosen.ids.iter().enumerate().map(|(index, id)| {
+        JobId::parse(id).ok_or_else(|| field_problem(&format!("ids[{index}]"), format!("{id:?} is not a job id")))
+    });
+    parsed.collect::<Result<Vec<_>, _>>().map(Some)
+}
+
+/// Of `ids`, those the caller may control: a confined tenant's own, others' skipped as if
+/// they did not exist.
+async fn visible_ids(state: &AppState, ids: Vec<JobId>, tenant: Option<&str>) -> Result<Vec<JobId>, Problem> {
+    let Some(tenant) = tenant else { return Ok(ids) };
+    let records = futures_util::future::join_all(ids.iter().map(|&id| visible_record(state, id, false, Some(tenant))));
+    let mut visible = Vec::with_capacity(ids.len());
+    for (id, record) in ids.iter().zip(records.await) {
+        if record?.is_some() {
+            visible.push(*id);
+        }
+    }
+    Ok(visible)
 }

@@ -93,11 +93,14 @@ pub(super) async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> 
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
 
-/// Queue depths, counters and runtime figures.
+/// Queue depths, counters and runtime figures: when (`at`), whose (`scope`: the queue's
+/// figures are the whole queue's, the counters this node's), and this node's rates over the
+/// last ten seconds (`rates`, null just after start).
 #[utoipa::path(
     get,
     path = "/v1/stats",
     tag = "meta",
+    params(StatsQuery),
     responses(
         (status = 200, description = "Current figures", body = Object),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
@@ -106,12 +109,27 @@ pub(super) async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> 
     ),
     security(("bearer" = []))
 )]
-pub(super) async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub(super) async fn get_stats(
+    state: web::Data<AppState>,
+    query: web::Query<StatsQuery>,
+) -> Result<HttpResponse, Problem> {
     let status = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, state.queue.status())
         .await
         .map_err(|_| Problem::unavailable("the queue did not answer in time"))?
         .map_err(|error| Problem::unavailable(error.to_string()))?;
-    Ok(HttpResponse::Ok().json(json!({
+    let counters = state.stats.snapshot(&state.metrics);
+    let now = chrono::Utc::now();
+    let sample = crate::stats::history::Sample::of(&counters, now.timestamp_millis());
+    let shared = state.queue.is_shared();
+    let mut body = json!({
+        "at": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        // Whose figures each part is: the queue's are the whole queue's, which on a shared
+        // queue every node reports alike; the counters and workers are this node's alone.
+        "scope": {
+            "queue": if shared { "cluster" } else { "node" },
+            "counters": "node",
+        },
+        "rates": state.stats.history.rates(sample),
         "queue": {
             "queued": status.depth.queued,
             "scheduled": status.depth.scheduled,
@@ -122,7 +140,7 @@ pub(super) async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse
             "durable": status.durable,
             "writable": status.writable,
         },
-        "counters": state.stats.snapshot(&state.metrics),
+        "counters": counters,
         // The nodes sharing the queue whose lease is live (1 with SQLite).
         "cluster": { "nodes": state.metrics.cluster.nodes.get() },
         // Flat however many jobs wait: delayed jobs cost no task and no timer of their own.
@@ -131,7 +149,21 @@ pub(super) async fn get_stats(state: web::Data<AppState>) -> Result<HttpResponse
             "body_tasks": state.body_runtime.metrics().num_alive_tasks(),
             "body_threads": state.body_runtime.metrics().num_workers(),
         },
-    })))
+    });
+    if query.history {
+        body["history"] = json!(state.stats.history.samples());
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// `GET /v1/stats`'s options.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct StatsQuery {
+    /// Include this node's counters of the last five minutes, one sample a second
+    /// (`at_ms`, `accepted`, `succeeded`, `failed`, `dead`), oldest first.
+    #[serde(default)]
+    history: bool,
 }
 
 /// `GET /metrics`: every series in the Prometheus text format, with the queue gauges

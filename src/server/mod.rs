@@ -46,6 +46,10 @@ pub enum ServeError {
     Tokens(#[from] TokenFileError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// `check-config --probe`: the settings hold, but the probe of a service they name
+    /// failed (it could not be reached, or refused: a missing bucket, a wrong key).
+    #[error("the settings are valid, but the probe of {service} failed: {reason}")]
+    Unreachable { service: String, reason: String },
 }
 
 /// Checks what `serve` would build from `config` without starting anything or writing
@@ -82,8 +86,9 @@ pub fn check(config: &Config, probe: bool) -> Result<(), ServeError> {
             if probe {
                 let settings = config.queue_settings(crate::queue::NodeId::generate());
                 let cluster = settings.cluster.as_ref().ok_or(crate::queue::OpenError::NoPostgresUrl)?;
-                let version = crate::queue::postgres::PostgresBackend::probe(cluster)
-                    .map_err(crate::queue::OpenError::Storage)?;
+                let version = crate::queue::postgres::PostgresBackend::probe(cluster).map_err(|error| {
+                    ServeError::Unreachable { service: format!("PostgreSQL at {shown}"), reason: error.to_string() }
+                })?;
                 match version {
                     Some(version) => eprintln!("jobd: PostgreSQL {shown} answers; jobd schema version {version}"),
                     None => {
@@ -104,7 +109,10 @@ pub fn check(config: &Config, probe: bool) -> Result<(), ServeError> {
     if probe && !config.store_url.starts_with("file:") {
         let store = JobStore::from_url(&config.store_url, &config.store_options())?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ServeError::Http)?;
-        runtime.block_on(store.probe())?;
+        runtime.block_on(store.probe()).map_err(|error| ServeError::Unreachable {
+            service: format!("the store {}", store.url()),
+            reason: error.to_string(),
+        })?;
         eprintln!("jobd: store {} answers", store.url());
     }
     Ok(())

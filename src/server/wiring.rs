@@ -50,6 +50,8 @@ pub(super) struct Wiring {
     pub(super) purge_task: JoinHandle<()>,
     /// The periodic activity line ([`super::summary::log_activity`]).
     pub(super) summary_task: JoinHandle<()>,
+    /// The counters' short history ([`crate::stats::sample_history`]).
+    pub(super) history_task: JoinHandle<()>,
     /// What every HTTP handler shares.
     pub(super) state: web::Data<AppState>,
 }
@@ -133,6 +135,7 @@ pub(super) async fn wire(
         metrics.clone(),
         super::summary::SUMMARY_PERIOD,
     ));
+    let history_task = actix::spawn(crate::stats::sample_history(stats.clone(), metrics.clone()));
 
     let state = web::Data::new(AppState {
         ingest,
@@ -167,6 +170,7 @@ pub(super) async fn wire(
         probe_task,
         purge_task,
         summary_task,
+        history_task,
         state,
     })
 }

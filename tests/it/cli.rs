@@ -294,6 +294,13 @@ fn check_config_never_prints_a_webhook_secret() {
     let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{printed}");
     assert!(printed.contains("[webhooks.billing]") && printed.contains("(secret)"), "{printed}");
+    // A destination's effective defaults are printed, not only what the file set; and so
+    // are the names of the settings left unset.
+    for default in ["timeout_ms = 15000", "max_in_flight = 8", "circuit_failures = 5", "circuit_open_secs = 30"] {
+        assert!(printed.contains(default), "{default} is not printed: {printed}");
+    }
+    let unset = printed.lines().find(|line| line.starts_with("# not set")).unwrap_or_default();
+    assert!(unset.contains("tokens_file") && unset.contains("tls_cert") && !unset.contains("max_workers"), "{printed}");
     for secret in ["MfKQ9r8G", "hush-hush", "pass-word", "q-u-e-r-y"] {
         assert!(!printed.contains(secret), "{secret} was printed: {printed}");
     }

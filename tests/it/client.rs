@@ -275,3 +275,47 @@ async fn daemon_stats_capacity(daemon: &common::Daemon) -> Value {
     let response = daemon.client.get(daemon.url("/v1/stats")).bearer_auth("b".repeat(64)).send().await.expect("stats");
     response.json::<Value>().await.expect("JSON")["queue"]["capacity"].clone()
 }
+
+/// `/v1/stats` says when and whose its figures are, with this node's rates and, on request,
+/// the counters of the last minutes; `jobd stats` prints them from one request.
+#[tokio::test]
+async fn stats_carry_their_time_their_scope_their_rates_and_a_history() {
+    let daemon = common::Daemon::start(&[]);
+    let jobs: Vec<Value> = (0..20).map(|_| json!({"kind": "noop"})).collect();
+    common::accepted_ids(daemon.post_json("/v1/jobs", &json!({"jobs": jobs})).await).await;
+    daemon.wait_for("the jobs done", |stats| stats["counters"]["jobs"]["succeeded"] == 20).await;
+    // The history samples once a second: wait for two samples after the jobs.
+    let deadline = Instant::now() + common::WAIT_DEADLINE;
+    let stats = loop {
+        let stats: Value = daemon
+            .client
+            .get(daemon.url("/v1/stats?history=true"))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("json");
+        let history = stats["history"].as_array().cloned().unwrap_or_default();
+        if stats["rates"].is_object() && history.iter().filter(|sample| sample["accepted"] == 20).count() >= 2 {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "no rates or history: {stats}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let at = stats["at"].as_str().expect("at");
+    assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{at}");
+    assert!(matches!(stats["scope"]["queue"].as_str(), Some("node" | "cluster")), "{stats}");
+    assert_eq!(stats["scope"]["counters"], "node");
+    let history = stats["history"].as_array().expect("history");
+    let times: Vec<i64> = history.iter().filter_map(|sample| sample["at_ms"].as_i64()).collect();
+    assert!(times.windows(2).all(|pair| pair[0] < pair[1]), "oldest first: {times:?}");
+    assert!(history.len() <= 300, "bounded: {}", history.len());
+    let without: Value = daemon.client.get(daemon.url("/v1/stats")).send().await.expect("GET").json().await.expect("j");
+    assert!(without["history"].is_null(), "history only on request");
+
+    let printed = jobd(&["stats", "--url", &daemon.base], &[]);
+    let out = text(&printed.stdout);
+    assert!(printed.status.success(), "{}", text(&printed.stderr));
+    assert!(out.starts_with("at ") && out.contains("rates      accepted ") && out.contains("accepted 20"), "{out}");
+}

@@ -21,7 +21,17 @@ fn start_with_tokens() -> (common::Daemon, tempfile::TempDir) {
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("ops submit,read,admin {ADMIN_TOKEN}\nviewer read {READ_TOKEN}\n"))
         .expect("tokens");
-    let daemon = common::Daemon::start(&[("JOBD_TOKENS_FILE", tokens.to_str().expect("utf-8"))]);
+    // A webhook destination, for the overview's table of destinations; nothing is sent to it.
+    let config = dir.path().join("jobd.toml");
+    std::fs::write(
+        &config,
+        "[webhooks.billing]\nurl = \"http://127.0.0.1:9/hook\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+    )
+    .expect("config");
+    let daemon = common::Daemon::start(&[
+        ("JOBD_TOKENS_FILE", tokens.to_str().expect("utf-8")),
+        ("JOBD_CONFIG", config.to_str().expect("utf-8")),
+    ]);
     (daemon, dir)
 }
 
@@ -105,10 +115,28 @@ async fn the_console_is_served_strictly_and_its_api_works() {
     let post = reqwest::Method::POST;
     let (status, counted) =
         call(&daemon, post.clone(), "/v1/jobs/retry?kind=fail&dry_run=true", ADMIN_TOKEN, None).await;
-    assert_eq!((status, counted.clone()), (200, json!({"matched": 3, "retried": 0, "more": false})));
+    let fail_ids: Vec<Value> = ids[..3].iter().rev().map(|id| json!(id)).collect();
+    assert_eq!((status, counted.clone()), (200, json!({"matched": 3, "ids": fail_ids, "retried": 0, "more": false})));
     let (_, first) =
         call(&daemon, post.clone(), "/v1/jobs/retry?kind=fail&limit=2&dry_run=true", ADMIN_TOKEN, None).await;
-    assert_eq!(first, json!({"matched": 2, "retried": 0, "more": true}));
+    assert_eq!((&first["matched"], &first["more"]), (&json!(2), &json!(true)), "{first}");
+
+    // What was counted is what is retried: a `fail` job that dies after the count is not.
+    let confirmed = json!({"ids": first["ids"].clone()});
+    let late = submit(&daemon, json!({"kind": "fail", "max_attempts": 1})).await;
+    wait_dead(&daemon, &late).await;
+    let (_, late_before) = call(&daemon, reqwest::Method::GET, &format!("/v1/jobs/{late}"), ADMIN_TOKEN, None).await;
+    let (status, done) = call(&daemon, post.clone(), "/v1/jobs/retry?kind=fail", ADMIN_TOKEN, Some(confirmed)).await;
+    assert_eq!((status, done), (200, json!({"matched": 2, "retried": 2, "more": false})));
+    let (_, late_record) = call(&daemon, reqwest::Method::GET, &format!("/v1/jobs/{late}"), ADMIN_TOKEN, None).await;
+    assert_eq!(
+        (&late_record["state"], &late_record["finished_at"]),
+        (&json!("dead"), &late_before["finished_at"]),
+        "the job that died after the count was left alone: {late_record}"
+    );
+    let bad = json!({"ids": ["not-an-id"]});
+    let (status, problem) = call(&daemon, post.clone(), "/v1/jobs/retry", ADMIN_TOKEN, Some(bad)).await;
+    assert_eq!((status, &problem["errors"][0]["field"]), (400, &json!("ids[0]")), "{problem}");
     let (status, done) = call(&daemon, post.clone(), "/v1/jobs/retry?kind=panic", ADMIN_TOKEN, None).await;
     assert_eq!((status, done), (200, json!({"matched": 2, "retried": 2, "more": false})));
     let (status, _) = call(&daemon, post.clone(), "/v1/jobs/retry?kind=fail", READ_TOKEN, None).await;
@@ -274,6 +302,16 @@ async fn the_console_works_in_a_browser() {
     .await;
     wait_dead(&daemon, &upload).await;
     wait_dead(&daemon, &hostile).await;
+    // A few seconds of the server's history, which the console draws from at once.
+    let deadline = Instant::now() + common::WAIT_DEADLINE;
+    loop {
+        let (_, stats) = call(&daemon, reqwest::Method::GET, "/v1/stats?history=true", ADMIN_TOKEN, None).await;
+        if stats["history"].as_array().is_some_and(|history| history.len() >= 5) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no history: {stats}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let driver = Driver::start();
     let browser = driver.browser().await;
@@ -284,13 +322,22 @@ async fn the_console_works_in_a_browser() {
     assert_eq!(stored, json!(ADMIN_TOKEN), "the token lives in the tab's session storage only");
     assert_eq!(browser.execute("return localStorage.length", vec![]).await.expect("local"), json!(0));
 
-    // The overview shows the depth /v1/stats reports.
+    // The overview shows the depth /v1/stats reports, with thousands separated, and its
+    // rates from the first reading on: the server's history seeds them.
     wait_text(&browser, "#depth-dead", |text| text == "2").await;
+    let rate = browser.find(Locator::Id("rate-submitted")).await.expect("rate").text().await.expect("text");
+    assert_ne!(rate, "-", "the first reading shows a rate");
+    let points = browser.execute("return samples.length", vec![]).await.expect("samples");
+    assert!(points.as_u64().is_some_and(|points| points >= 3), "the chart was seeded: {points}");
     let (_, stats) = call(&daemon, reqwest::Method::GET, "/v1/stats", ADMIN_TOKEN, None).await;
     for state in ["queued", "scheduled", "running", "failed", "dead", "capacity"] {
         let shown = wait_text(&browser, &format!("#depth-{state}"), |text| text != "-").await;
-        assert_eq!(shown, stats["queue"][state].to_string(), "{state}");
+        assert_eq!(shown.replace(',', ""), stats["queue"][state].to_string(), "{state}");
     }
+    assert_eq!(wait_text(&browser, "#depth-capacity", |text| text != "-").await, "1,000,000");
+    assert_eq!(wait_text(&browser, "#jobs-dead", |text| text != "-").await, "2", "this node's dead jobs");
+    let destinations = wait_text(&browser, "#destinations-table tbody", |text| !text.is_empty()).await;
+    assert!(destinations.contains("billing") && destinations.contains("closed"), "{destinations}");
     assert_eq!(wait_text(&browser, "#ready", |text| text != "-").await, "yes");
     std::fs::write(screenshot_path("console-overview.png"), browser.screenshot().await.expect("png")).expect("save");
     // A phone-sized window: nothing overflows sideways.
@@ -308,11 +355,19 @@ async fn the_console_works_in_a_browser() {
     assert_eq!(rows.len(), 2);
     let table = wait_text(&browser, "#jobs-table tbody", |_| true).await;
     assert!(table.contains("<script>alert(1)</script>"), "the error shows as text: {table}");
+    assert!(table.contains("ops"), "each row names the token that submitted it: {table}");
+    let kinds =
+        browser.execute("return [...document.querySelectorAll('#filter-kind option')].map(o => o.value)", vec![]);
+    let kinds = kinds.await.expect("the kind filter");
+    for kind in ["", "upload", "webhook", "noop", "fail"] {
+        assert!(kinds.as_array().is_some_and(|offered| offered.contains(&json!(kind))), "{kind} not offered: {kinds}");
+    }
     std::fs::write(screenshot_path("console-dead-jobs.png"), browser.screenshot().await.expect("png")).expect("save");
 
-    // The failed job's page: its error as text; the upload's page: its payload as text.
-    // Nothing of either ran.
-    browser.goto(&daemon.url(&format!("/ui#/job/{hostile}"))).await.expect("open the job");
+    // The failed job's page, opened by its id from the box in the header: its error as
+    // text; the upload's page: its payload as text. Nothing of either ran.
+    browser.find(Locator::Id("goto-id")).await.expect("the id box").send_keys(&hostile).await.expect("type the id");
+    click(&browser, "#goto-button").await;
     open_job(&browser, &hostile, "dead").await;
     assert_eq!(wait_text(&browser, "#last-error", |text| text != "(none)" && !text.is_empty()).await, HOSTILE);
     std::fs::remove_file(&blocker).expect("remove the blocker");

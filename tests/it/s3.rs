@@ -224,9 +224,22 @@ async fn a_missing_bucket_makes_jobs_dead_with_the_s3_code_and_readiness_name_th
         .envs(env_for(&moto.endpoint, &[("JOBD_DATA_DIR", daemon.data_path().to_str().expect("utf-8"))]))
         .output()
         .expect("check-config");
-    assert_eq!(probe.status.code(), Some(2));
+    // The settings hold; the store they name refused the probe: exit 1, not the 2 of an
+    // invalid configuration.
+    assert_eq!(probe.status.code(), Some(1));
     let complaint = String::from_utf8_lossy(&probe.stderr);
-    assert!(complaint.contains("NoSuchBucket"), "{complaint}");
+    assert!(complaint.contains("NoSuchBucket") && complaint.contains("the probe of the store"), "{complaint}");
+    assert!(!complaint.contains("invalid configuration"), "{complaint}");
+    // An endpoint nothing listens on is not an invalid configuration either.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let unreachable = std::process::Command::new(env!("CARGO_BIN_EXE_jobd"))
+        .args(["check-config", "--probe"])
+        .envs(env_for(&format!("http://{closed}"), &[("JOBD_DATA_DIR", daemon.data_path().to_str().expect("utf-8"))]))
+        .output()
+        .expect("check-config");
+    let complaint = String::from_utf8_lossy(&unreachable.stderr);
+    assert_eq!(unreachable.status.code(), Some(1), "{complaint}");
+    assert!(!complaint.contains("invalid configuration") && complaint.contains("probe"), "{complaint}");
     assert!(!complaint.contains(common::s3::SECRET), "the secret leaked: {complaint}");
     let logs = daemon.logs.lock().expect("logs").join("\n");
     assert!(!logs.contains(common::s3::SECRET), "the secret is in the logs");

@@ -25,13 +25,19 @@ function token() {
   return sessionStorage.getItem(TOKEN_KEY);
 }
 
-// Sends a request to the API; resolves to {ok, status, body} and never throws.
-async function api(method, path) {
+// Sends a request to the API, with `json` as its body if given; resolves to
+// {ok, status, body} and never throws.
+async function api(method, path, json) {
   const headers = { accept: "application/json" };
   const bearer = token();
   if (bearer) headers.authorization = "Bearer " + bearer;
+  const init = { method, headers, cache: "no-store" };
+  if (json !== undefined) {
+    headers["content-type"] = "application/json";
+    init.body = JSON.stringify(json);
+  }
   try {
-    const response = await fetch(path, { method, headers, cache: "no-store" });
+    const response = await fetch(path, init);
     const text = await response.text();
     let body = null;
     try { body = text ? JSON.parse(text) : null; } catch (_) { body = { detail: text }; }
@@ -74,6 +80,7 @@ async function signIn() {
     const name = answer.body.authenticated ? answer.body.name + " (" + scopes.join(", ") + ")" : "no tokens in force";
     $("who-name").textContent = name;
     $("sign-out").hidden = !answer.body.authenticated;
+    offerKinds(answer.body.kinds || []);
     return true;
   }
   show("login");
@@ -84,14 +91,57 @@ async function signIn() {
   return false;
 }
 
+// The kind filter offers the kinds this jobd runs.
+function offerKinds(kinds) {
+  const select = $("filter-kind");
+  if (select.options.length > 1) return;
+  for (const kind of kinds) {
+    const option = document.createElement("option");
+    option.textContent = kind;
+    select.appendChild(option);
+  }
+}
+
 // ---- overview ----
 
+// A count with thousands separated (1,234,567), whatever the browser's locale.
+function separated(value) {
+  return typeof value === "number" ? value.toLocaleString("en-US") : String(value);
+}
+
 function setFigure(id, value) {
-  $(id).textContent = value === undefined || value === null ? "-" : String(value);
+  $(id).textContent = value === undefined || value === null ? "-" : separated(value);
+}
+
+// A point of the chart from a sample of the server's history or a reading of /v1/stats.
+function chartPoint(t, jobs) {
+  return { t, submitted: jobs.accepted, finished: jobs.succeeded + jobs.dead };
+}
+
+// The webhook destinations and their circuits, from /readyz (an operator's token sees them).
+function showDestinations(readiness) {
+  const destinations = ((readiness.kinds || {}).webhook || {}).destinations || {};
+  const names = Object.keys(destinations).sort();
+  $("destinations-section").hidden = names.length === 0;
+  const body = $("destinations-table").querySelector("tbody");
+  body.replaceChildren();
+  for (const name of names) {
+    const destination = destinations[name];
+    const row = document.createElement("tr");
+    cell(row, name);
+    cell(row, destination.circuit, destination.circuit === "closed" ? "" : "error");
+    cell(row, destination.in_flight + " of " + destination.max_in_flight);
+    cell(row, destination.consecutive_failures);
+    body.appendChild(row);
+  }
 }
 
 async function refreshOverview() {
-  const [stats, ready] = await Promise.all([api("GET", "/v1/stats"), api("GET", "/readyz")]);
+  // The first reading brings the server's last minutes, so that the chart and the rates
+  // show at once rather than after the tab has been open a while.
+  const seeding = samples.length === 0;
+  const [stats, ready] =
+    await Promise.all([api("GET", seeding ? "/v1/stats?history=true" : "/v1/stats"), api("GET", "/readyz")]);
   if (!stats.ok) {
     say("Stats unavailable: " + problemText(stats), true);
     return;
@@ -103,17 +153,26 @@ async function refreshOverview() {
   setFigure("workers-busy", counters.workers.busy);
   setFigure("workers-idle", counters.workers.idle);
   setFigure("bodies-running", counters.workers.bodies_running);
+  setFigure("jobs-accepted", counters.jobs.accepted);
+  setFigure("jobs-succeeded", counters.jobs.succeeded);
+  setFigure("jobs-failed", counters.jobs.failed + counters.jobs.timed_out + counters.jobs.panicked);
+  setFigure("jobs-dead", counters.jobs.dead);
   const nodes = stats.body.cluster ? stats.body.cluster.nodes : 1;
   $("nodes-card").hidden = !(nodes > 1);
   setFigure("nodes", nodes);
   const readiness = ready.body || {};
   setFigure("ready", readiness.ready ? "yes" : "no");
   setFigure("store", readiness.store && readiness.store.reachable ? "reachable" : "unreachable");
-  samples.push({
-    t: Date.now(),
-    submitted: counters.jobs.accepted,
-    finished: counters.jobs.succeeded + counters.jobs.dead,
-  });
+  showDestinations(readiness);
+  if (seeding && Array.isArray(stats.body.history)) {
+    // One sample a second on the server, one point every two seconds here.
+    const history = stats.body.history;
+    for (let i = history.length % 2; i < history.length; i += 2) {
+      samples.push(chartPoint(history[i].at_ms, history[i]));
+    }
+    samples = samples.slice(-CHART_POINTS);
+  }
+  samples.push(chartPoint(Date.parse(stats.body.at) || Date.now(), counters.jobs));
   if (samples.length > CHART_POINTS + 1) samples.shift();
   drawChart();
 }
@@ -134,8 +193,8 @@ function drawChart() {
     });
   }
   const last = rates[rates.length - 1];
-  $("rate-submitted").textContent = last ? last.submitted.toFixed(0) : "-";
-  $("rate-finished").textContent = last ? last.finished.toFixed(0) : "-";
+  $("rate-submitted").textContent = last ? separated(Math.round(last.submitted)) : "-";
+  $("rate-finished").textContent = last ? separated(Math.round(last.finished)) : "-";
   const top = Math.max(1, ...rates.map((rate) => Math.max(rate.submitted, rate.finished)));
   context.fillStyle = "#5d6b7e";
   context.font = "11px sans-serif";
@@ -161,7 +220,7 @@ function drawChart() {
 function filterQuery() {
   const params = new URLSearchParams();
   const state = $("filter-state").value;
-  const kind = $("filter-kind").value.trim();
+  const kind = $("filter-kind").value;
   if (state) params.set("state", state);
   if (kind) params.set("kind", kind);
   return params;
@@ -208,8 +267,8 @@ async function loadJobs(cursor) {
     cell(row, record.state);
     cell(row, record.attempts + "/" + record.max_attempts);
     cell(row, shortTime(record.created_at), "nowrap");
-    const error = cell(row, record.last_error, "error-cell");
-    error.title = record.last_error || "";
+    cell(row, record.submitted_by || "");
+    cell(row, record.last_error, "error-cell");
     body.appendChild(row);
   }
   nextCursor = answer.body.next_cursor;
@@ -244,9 +303,12 @@ async function bulkRetry() {
   if (dialog.returnValue !== "ok") return;
   params.delete("dry_run");
   params.set("limit", String(count.body.matched));
-  const done = await api("POST", "/v1/jobs/retry?" + params.toString());
+  // Exactly the jobs counted: one that died since is not among them.
+  const done = await api("POST", "/v1/jobs/retry?" + params.toString(), { ids: count.body.ids || [] });
   if (done.ok) {
-    say("Retried " + done.body.retried + " of " + done.body.matched + " dead jobs.");
+    const left = done.body.matched - done.body.retried;
+    say("Retried " + done.body.retried + " of " + done.body.matched + " dead jobs." +
+      (left > 0 ? " " + left + " of those counted were no longer dead (retried or purged meanwhile)." : ""));
   } else {
     say("Bulk retry failed: " + problemText(done), true);
   }
@@ -362,6 +424,12 @@ function start() {
   });
   $("next-page").addEventListener("click", () => { if (nextCursor) loadJobs(nextCursor); });
   $("first-page").addEventListener("click", () => loadJobs(null));
+  $("goto-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const id = $("goto-id").value.trim();
+    if (id) location.hash = "#/job/" + encodeURIComponent(id);
+    $("goto-id").value = "";
+  });
   $("bulk-retry").addEventListener("click", bulkRetry);
   $("payload-button").addEventListener("click", loadPayload);
   $("retry-button").addEventListener("click", (event) => control(event.currentTarget, "POST", "/retry", "Retried"));

@@ -70,6 +70,18 @@ pub struct DestinationSettings {
     pub circuit_open_secs: Option<u64>,
 }
 
+impl DestinationSettings {
+    /// The settings with every default filled in, as `check-config` prints them: what a
+    /// destination does is then on the page, not only what the file changed.
+    pub fn with_defaults(mut self) -> Self {
+        self.timeout_ms = Some(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
+        self.max_in_flight = Some(self.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT));
+        self.circuit_failures = Some(self.circuit_failures.unwrap_or(DEFAULT_CIRCUIT_FAILURES));
+        self.circuit_open_secs = Some(self.circuit_open_secs.unwrap_or(DEFAULT_CIRCUIT_OPEN_SECS));
+        self
+    }
+}
+
 impl std::fmt::Debug for DestinationSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DestinationSettings")

@@ -57,7 +57,9 @@ pub const REGISTRATION: Registration = Registration {
         // Secrets never reach the output: `DestinationSettings` serializes without them.
         describe: |table| {
             let described = destinations_of(table).and_then(|destinations| {
-                toml::Value::try_from(destinations).map_err(|error| format!("[webhooks] {error}"))
+                let effective: BTreeMap<String, DestinationSettings> =
+                    destinations.into_iter().map(|(name, destination)| (name, destination.with_defaults())).collect();
+                toml::Value::try_from(effective).map_err(|error| format!("[webhooks] {error}"))
             });
             described.unwrap_or_else(toml::Value::String)
         },

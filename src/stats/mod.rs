@@ -1,6 +1,8 @@
 //! What `GET /v1/stats` shows: the live gauges the actors keep, and the event counters of
 //! the Prometheus registry, summed over their labels.
 
+pub mod history;
+
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
@@ -32,6 +34,20 @@ pub struct Stats {
     /// epoch; 0 when the window is empty. Published every second, on a queue shared by
     /// nodes only: a queue of its own reports its window's jobs itself (they are queued).
     pub window_oldest_due_ms: AtomicI64,
+    /// The counters of the last five minutes, for rates without a second request.
+    pub history: history::History,
+}
+
+/// Takes a sample of the counters every [`history::SAMPLE_PERIOD`], for as long as the
+/// task that runs it lives (the server's, which ends with it).
+pub async fn sample_history(stats: std::sync::Arc<Stats>, metrics: std::sync::Arc<Metrics>) {
+    let mut interval = tokio::time::interval(history::SAMPLE_PERIOD);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let snapshot = stats.snapshot(&metrics);
+        stats.history.record(history::Sample::of(&snapshot, Utc::now().timestamp_millis()));
+    }
 }
 
 impl Stats {
