@@ -271,6 +271,19 @@ pub struct JobRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Box<RawValue>>,
+    /// Where the job writes or sends, as its kind names it (an upload's object key, a
+    /// webhook's destination), whether or not it got there: a dead upload says which key
+    /// it failed to write. Filled in by the HTTP layer from the kind ([`crate::kinds::Kind::target`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The kind's arguments, as stored; only the kind reads them.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub args: Option<Box<RawValue>>,
+    /// Whether the body is JSON, which an upload's default key follows (`.json` or `.bin`).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub body_is_json: bool,
 }
 
 /// How one attempt of a job ended.

@@ -58,7 +58,10 @@ pub(super) async fn get_job(
     let tenant = confined_tenant(&request);
     let record = visible_record(&state, job_id, query.payload, tenant.as_deref()).await?;
     match record {
-        Some(record) => Ok(HttpResponse::Ok().json(record)),
+        Some(mut record) => {
+            record.target = state.kinds.get(&record.kind).and_then(|kind| kind.target(&record));
+            Ok(HttpResponse::Ok().json(record))
+        }
         None => Err(Problem::not_found(format!("no job {job_id}; unknown, or purged after its retention"))),
     }
 }

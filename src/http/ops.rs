@@ -103,6 +103,7 @@ pub(super) async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> 
     params(StatsQuery),
     responses(
         (status = 200, description = "Current figures", body = Object),
+        (status = 400, description = "A query parameter is invalid; `errors` names it", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks the scope", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down, or the queue cannot be written; nothing was enqueued", body = ProblemBody, content_type = "application/problem+json")

@@ -256,6 +256,12 @@ pub trait Kind: Send + Sync + std::fmt::Debug + 'static {
         Admission::Now(None)
     }
 
+    /// Where a job writes or sends, for its record (an upload's object key, a webhook's
+    /// destination): what an operator looking at a dead job needs to know first.
+    fn target(&self, _record: &crate::job::JobRecord) -> Option<String> {
+        None
+    }
+
     /// What `/readyz` shows of the kind's own state (a webhook destination's circuit), if
     /// it has any.
     fn readiness(&self) -> Option<serde_json::Value> {

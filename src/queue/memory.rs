@@ -167,6 +167,9 @@ impl JobWriter for MemoryBackend {
                 idempotency_key: job.idempotency_key.clone(),
                 submitted_by: job.submitted_by.clone(),
                 payload: None,
+                target: None,
+                args: job.args.clone(),
+                body_is_json: job.body.as_ref().is_some_and(|body| body.is_json),
             };
             self.by_seq.insert(seq, job.id);
             self.entries.insert(job.id, Entry { job, record, seq });

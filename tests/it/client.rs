@@ -268,7 +268,9 @@ async fn client_commands_exit_with_the_documented_codes() {
     let printed: Value = serde_json::from_slice(&stats.stdout).expect("JSON stats");
     assert_eq!(printed["queue"]["capacity"], daemon_stats_capacity(&daemon).await);
     let human = run(&["stats"], &viewer);
-    assert!(text(&human.stdout).starts_with("queue      queued "), "{}", text(&human.stdout));
+    // A first line says when the figures were read; the queue's line follows it.
+    let human = text(&human.stdout);
+    assert!(human.starts_with("at ") && human.contains("\nqueue      queued "), "{human}");
 }
 
 async fn daemon_stats_capacity(daemon: &common::Daemon) -> Value {

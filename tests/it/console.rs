@@ -373,6 +373,12 @@ async fn the_console_works_in_a_browser() {
     std::fs::remove_file(&blocker).expect("remove the blocker");
     browser.goto(&daemon.url(&format!("/ui#/job/{upload}"))).await.expect("open the job");
     open_job(&browser, &upload, "dead").await;
+    // A dead upload names the key it failed to write.
+    let (_, dead_upload) = call(&daemon, reqwest::Method::GET, &format!("/v1/jobs/{upload}"), ADMIN_TOKEN, None).await;
+    let target = dead_upload["target"].as_str().expect("a dead upload's target").to_owned();
+    assert!(target.starts_with("payloads/") && target.ends_with(&format!("/{upload}.json")), "{dead_upload}");
+    let record = wait_text(&browser, "#job-record", |text| text.contains("target")).await;
+    assert!(record.contains(&target), "the page shows the target key: {record}");
     click(&browser, "#payload-button").await;
     let payload = wait_text(&browser, "#payload", |text| text.contains("note")).await;
     assert_eq!(serde_json::from_str::<Value>(&payload).expect("the payload as JSON text"), json!({"note": HOSTILE}));
@@ -394,6 +400,8 @@ async fn the_console_works_in_a_browser() {
         assert!(Instant::now() < deadline, "the retried upload never succeeded");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let (_, done) = call(&daemon, reqwest::Method::GET, &format!("/v1/jobs/{upload}"), ADMIN_TOKEN, None).await;
+    assert_eq!(done["result"]["key"].as_str(), Some(target.as_str()), "the target was the key: {done}");
 
     // Retry every dead `fail` job, after a confirmation that says how many.
     browser.goto(&daemon.url("/ui#/jobs?state=dead&kind=fail")).await.expect("filtered list");

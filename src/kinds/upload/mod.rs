@@ -196,6 +196,26 @@ impl Kind for Upload {
         Ok(Validated { args, body: Some(body) })
     }
 
+    /// The object key the job writes: its own, or the default one, which follows from its
+    /// id, its creation date and whether its body is JSON, as the run computes it.
+    fn target(&self, record: &crate::job::JobRecord) -> Option<String> {
+        let args = record.args.as_ref().and_then(|args| serde_json::from_str::<UploadArgs>(args.get()).ok());
+        if let Some(key) = args.and_then(|args| args.key) {
+            return Some(key);
+        }
+        use chrono::Datelike as _;
+        let created = record.created_at;
+        let extension = if record.body_is_json { "json" } else { "bin" };
+        Some(format!(
+            "{}/{:04}/{:02}/{:02}/{}.{extension}",
+            self.default_key_prefix,
+            created.year(),
+            created.month(),
+            created.day(),
+            record.id
+        ))
+    }
+
     /// Refuses a key outside the caller's `allowed_key_prefixes`; a job without a key
     /// writes under the default key prefix, which must then be allowed too.
     fn authorize(&self, job: &JobSpec, caller: &Principal) -> Result<(), Refusal> {

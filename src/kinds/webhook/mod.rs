@@ -196,6 +196,12 @@ impl Kind for Webhook {
         Ok(Validated { args: Some(args), body: Some(Body::json(payload.to_owned())) })
     }
 
+    /// The destination the job is delivered to.
+    fn target(&self, record: &crate::job::JobRecord) -> Option<String> {
+        let args = record.args.as_ref()?;
+        serde_json::from_str::<WebhookArgs>(args.get()).ok().map(|args| args.destination)
+    }
+
     /// A token with `allowed_destinations` may send only to those; a token confined in
     /// another way (by `allowed_key_prefixes` alone) may send to none, so that adding
     /// webhooks gives no tenant token a new power.

@@ -15,7 +15,7 @@ pub(super) const CLAIMED_COLUMNS: &str = "j.ready_seq, j.id, j.kind, j.attempts,
 
 /// The columns a record is read from, by position; the body comes last when asked for.
 pub(super) const RECORD_COLUMNS: &str = "id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at,
-     started_at, finished_at, last_error, result, idempotency_key, submitted_by, body_is_json";
+     started_at, finished_at, last_error, result, idempotency_key, submitted_by, body_is_json, args";
 
 pub(super) fn job_id(id: uuid::Uuid) -> JobId {
     JobId::from_bytes(id.into_bytes())
@@ -68,7 +68,7 @@ pub(super) fn record_from_row(row: &Row, with_payload: bool) -> Result<JobRecord
     let state: String = column(row, 2, "state")?;
     let result: Option<String> = column(row, 11, "result")?;
     let payload = if with_payload {
-        let body: Option<Vec<u8>> = column(row, 15, "body")?;
+        let body: Option<Vec<u8>> = column(row, 16, "body")?;
         let is_json: bool = column(row, 14, "body_is_json")?;
         body.and_then(|bytes| payload_value(bytes, is_json))
     } else {
@@ -91,5 +91,10 @@ pub(super) fn record_from_row(row: &Row, with_payload: bool) -> Result<JobRecord
         idempotency_key: column(row, 12, "idempotency_key")?,
         submitted_by: Some(submitted_by).filter(|name| !name.is_empty()),
         payload,
+        target: None,
+        args: column::<Option<String>>(row, 15, "args")?
+            .map(|text| RawValue::from_string(text).map_err(|error| format!("column args: {error}")))
+            .transpose()?,
+        body_is_json: column(row, 14, "body_is_json")?,
     })
 }

@@ -84,5 +84,8 @@ pub(super) fn record_from_row(row: &Row<'_>, with_payload: bool) -> rusqlite::Re
         idempotency_key: row.get("idempotency_key")?,
         submitted_by: row.get::<_, String>("submitted_by").map(|name| Some(name).filter(|name| !name.is_empty()))?,
         payload,
+        target: None,
+        args: row.get::<_, Option<String>>("args")?.and_then(|text| RawValue::from_string(text).ok()),
+        body_is_json: row.get("body_is_json")?,
     })
 }

@@ -111,7 +111,7 @@ pub(super) const RECORD_STARTED: &str =
 /// The columns a record is read from, for `get` and `list`.
 pub(super) const RECORD_COLUMNS: &str =
     "seq, id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at, started_at,
-     finished_at, last_error, result, idempotency_key, submitted_by, body_is_json";
+     finished_at, last_error, result, idempotency_key, submitted_by, body_is_json, args";
 
 /// The claim query's columns, read by position: reading by name scans the column names
 /// for every value, which showed in profiles of the queue thread.
