@@ -12,8 +12,9 @@ use subtle::ConstantTimeEq as _;
 /// The shortest token accepted: 128 bits of hex. Shorter secrets can be guessed online.
 pub const MIN_TOKEN_CHARS: usize = 32;
 
-/// What a token may do. Each route needs one scope; `/healthz`, `/readyz`, `/metrics` and
-/// `/v1/openapi.json` need none.
+/// What a token may do. Each route needs one scope; `/healthz`, `/readyz` and
+/// `/v1/openapi.json` need none, and `/metrics` on the API port needs `read` from a token
+/// without confinements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     /// Create jobs: `POST /v1/jobs`, `POST /v1/payloads`.

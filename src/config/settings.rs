@@ -145,7 +145,7 @@ pub struct Settings {
     #[arg(long, env = "JOBD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Bearer tokens, one `<name> <scopes> <token> [allowed_key_prefixes=a/,b/]` per line [default: $CREDENTIALS_DIRECTORY/tokens under systemd, else none: no authentication, loopback only].
+    /// Bearer tokens, one `<name> <scopes> <token> [allowed_key_prefixes=a/,b/] [allowed_destinations=billing]` per line [default: $CREDENTIALS_DIRECTORY/tokens under systemd, else none: no authentication, loopback only].
     #[arg(long, env = "JOBD_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
 
