@@ -216,8 +216,10 @@ impl TokenSet {
                     return Err(fail(column, format!("unknown option; {} exist", known.join(" and "))));
                 };
                 let items = limits.entry(limit.option).or_default();
-                for item in list.split(',') {
-                    items.push((limit.parse_item)(item).map_err(|problem| fail(column, problem))?);
+                for (number, item) in list.split(',').enumerate() {
+                    let kept = (limit.parse_item)(item)
+                        .map_err(|problem| fail(column, format!("item {}: {problem}", number + 1)))?;
+                    items.push(kept);
                 }
             }
             let token_digest = sha256(token.as_bytes());
@@ -426,7 +428,10 @@ mod tests {
             ("a submit short\n".to_owned(), "shorter than"),
             (format!("a submit {TOKEN_A} allowed_key_prefixes=../x\n"), "allowed key prefix"),
             (format!("a submit {TOKEN_A}\na read {TOKEN_B}\n"), "used twice"),
-            (format!("a submit {TOKEN_A} allowed_destinations=bill/ing\n"), "column 4 (option): a destination name"),
+            (
+                format!("a submit {TOKEN_A} allowed_destinations=bill/ing\n"),
+                "column 4 (option): item 1: a destination name",
+            ),
             (
                 format!("a submit {TOKEN_A} allowed_key_prefixes=a/ frobnicate=x\n"),
                 "column 5 (option): unknown option; allowed_key_prefixes=... and allowed_destinations=... exist",

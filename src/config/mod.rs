@@ -177,6 +177,11 @@ pub enum ConfigError {
          submit and control jobs; set tokens_file, or allow_unauthenticated = true if a proxy in front authenticates"
     )]
     Unauthenticated { listen: SocketAddr },
+    #[error(
+        "{path} was found, not named, and another user owns it or others may write it: not read; name it with \
+         --config to use it anyway"
+    )]
+    UntrustedFile { path: PathBuf },
     #[error("tls_cert and tls_key go together; only {given} is set")]
     TlsHalf { given: &'static str },
     /// A kind's own table of the file (`[webhooks.<name>]`) does not hold.
@@ -310,11 +315,32 @@ pub const CONFIG_SEARCH: [&str; 2] = ["jobd.toml", "/etc/jobd/jobd.toml"];
 
 /// The first configuration file that exists: systemd's, then [`CONFIG_SEARCH`]'s. A file
 /// found in the working directory is named by its absolute path, for the log.
-fn search_config_file() -> Option<PathBuf> {
-    crate::systemd::configuration_file().or_else(|| {
-        let found = CONFIG_SEARCH.iter().map(Path::new).find(|path| path.is_file())?;
-        Some(std::path::absolute(found).unwrap_or_else(|_| found.to_owned()))
-    })
+fn search_config_file() -> Result<Option<PathBuf>, ConfigError> {
+    if let Some(file) = crate::systemd::configuration_file() {
+        return Ok(Some(file));
+    }
+    let Some(found) = CONFIG_SEARCH.iter().map(Path::new).find(|path| path.is_file()) else { return Ok(None) };
+    let path = std::path::absolute(found).unwrap_or_else(|_| found.to_owned());
+    refuse_if_others_control(&path)?;
+    Ok(Some(path))
+}
+
+/// Refuses a file that was found rather than named, when someone else could have put it
+/// there or changed it: owned by another user than this process's or root, or writable by
+/// its group or by others. Started from a shared directory (`/tmp`), jobd would otherwise
+/// take its listener, tokens and store from whoever wrote `jobd.toml` there. Naming the
+/// file with `--config` uses it as it is.
+fn refuse_if_others_control(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = std::fs::metadata(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    // The process's own user, without a system call of our own: `/proc/self` belongs to it.
+    let own_user = std::fs::metadata("/proc/self").map(|own| own.uid()).ok();
+    let foreign_owner = metadata.uid() != 0 && own_user.is_some_and(|own| own != metadata.uid());
+    let writable_by_others = metadata.mode() & 0o022 != 0;
+    if foreign_owner || writable_by_others {
+        return Err(ConfigError::UntrustedFile { path: path.to_owned() });
+    }
+    Ok(())
 }
 
 impl Config {
@@ -322,7 +348,10 @@ impl Config {
     /// file `config_file`, or the first file of [`CONFIG_SEARCH`] that exists, over the
     /// defaults.
     pub fn load(cli: Settings, config_file: Option<&Path>) -> Result<Config, ConfigError> {
-        let path = config_file.map(Path::to_owned).or_else(search_config_file);
+        let path = match config_file {
+            Some(named) => Some(named.to_owned()),
+            None => search_config_file()?,
+        };
         let file = match &path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)

@@ -382,7 +382,7 @@ pub(super) async fn retry_dead_jobs(
         kind: kind_filter(query.kind.as_deref())?,
     };
     let (ids, more) = match chosen_ids(&body)? {
-        Some(chosen) => (visible_ids(&state, chosen, filter.submitted_by.as_deref()).await?, false),
+        Some(chosen) => (matching_ids(&state, chosen, &filter).await?, false),
         None => {
             // One more than the limit tells whether more match.
             let page = list_page(&state, filter, None, limit + 1).await?;
@@ -425,16 +425,22 @@ fn chosen_ids(body: &[u8]) -> Result<Option<Vec<JobId>>, Problem> {
     parsed.collect::<Result<Vec<_>, _>>().map(Some)
 }
 
-/// Of `ids`, those the caller may control: a confined tenant's own, others' skipped as if
-/// they did not exist.
-async fn visible_ids(state: &AppState, ids: Vec<JobId>, tenant: Option<&str>) -> Result<Vec<JobId>, Problem> {
-    let Some(tenant) = tenant else { return Ok(ids) };
-    let records = futures_util::future::join_all(ids.iter().map(|&id| visible_record(state, id, false, Some(tenant))));
-    let mut visible = Vec::with_capacity(ids.len());
+/// Of `ids`, once each, those that match `filter` now: dead, of its kind if it names one,
+/// and the caller's own if the caller is a tenant (another tenant's job is skipped as if it
+/// did not exist).
+async fn matching_ids(state: &AppState, mut ids: Vec<JobId>, filter: &ListFilter) -> Result<Vec<JobId>, Problem> {
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    let tenant = filter.submitted_by.as_deref();
+    let records = futures_util::future::join_all(ids.iter().map(|&id| visible_record(state, id, false, tenant)));
+    let mut matching = Vec::with_capacity(ids.len());
     for (id, record) in ids.iter().zip(records.await) {
-        if record?.is_some() {
-            visible.push(*id);
+        let matches = record?.is_some_and(|record| {
+            record.state == JobState::Dead && filter.kind.as_deref().is_none_or(|kind| record.kind == kind)
+        });
+        if matches {
+            matching.push(*id);
         }
     }
-    Ok(visible)
+    Ok(matching)
 }

@@ -247,7 +247,22 @@ fn the_config_file_is_searched_for_and_named() {
     assert!(named.contains("read from other.toml") && named.contains("max_workers = 9"), "{named}");
     let flagged = check(&["--config", "other.toml", "--max-workers", "11"], &[]);
     assert!(flagged.contains("max_workers = 11"), "a flag beats the file: {flagged}");
-    std::fs::remove_file(dir.path().join("jobd.toml")).expect("remove jobd.toml");
+    // A file others may write is not taken from the working directory; named, it is read.
+    use std::os::unix::fs::PermissionsExt as _;
+    let local_file = dir.path().join("jobd.toml");
+    std::fs::set_permissions(&local_file, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jobd"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("JOBD_") || key == "CONFIGURATION_DIRECTORY" {
+            command.env_remove(key);
+        }
+    }
+    let refused = command.arg("check-config").current_dir(dir.path()).output().expect("run jobd");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("others may write it: not read"));
+    let named = check(&["--config", "jobd.toml"], &[]);
+    assert!(named.contains("max_workers = 7"), "{named}");
+    std::fs::remove_file(&local_file).expect("remove jobd.toml");
     let none = check(&[], &[]);
     if std::path::Path::new("/etc/jobd/jobd.toml").is_file() {
         assert!(none.contains("read from /etc/jobd/jobd.toml"), "{none}");

@@ -134,6 +134,16 @@ async fn the_console_is_served_strictly_and_its_api_works() {
         (&json!("dead"), &late_before["finished_at"]),
         "the job that died after the count was left alone: {late_record}"
     );
+    // Each id once, only dead jobs, only of the kind asked for; an unknown id is skipped.
+    let unknown = "01890f3a-0000-7000-8000-000000000000";
+    let waiting = submit(&daemon, json!({"kind": "fail", "delay_ms": 3_600_000})).await;
+    let chosen = json!({"ids": [late, late, unknown, waiting]});
+    let (_, counted) =
+        call(&daemon, post.clone(), "/v1/jobs/retry?kind=fail&dry_run=true", ADMIN_TOKEN, Some(chosen.clone())).await;
+    assert_eq!(counted["ids"], json!([late]), "a job that is not dead is not retried: {counted}");
+    let (_, other_kind) =
+        call(&daemon, post.clone(), "/v1/jobs/retry?kind=panic&dry_run=true", ADMIN_TOKEN, Some(chosen)).await;
+    assert_eq!(other_kind["matched"], 0, "{other_kind}");
     let bad = json!({"ids": ["not-an-id"]});
     let (status, problem) = call(&daemon, post.clone(), "/v1/jobs/retry", ADMIN_TOKEN, Some(bad)).await;
     assert_eq!((status, &problem["errors"][0]["field"]), (400, &json!("ids[0]")), "{problem}");

@@ -52,7 +52,8 @@ pub const REGISTRATION: Registration = Registration {
         // Kept without a trailing `/`: a prefix is a whole number of key segments.
         parse_item: |prefix| {
             let trimmed = prefix.trim_end_matches('/');
-            crate::keys::ObjectKey::parse(trimmed).map_err(|error| format!("allowed key prefix {prefix:?} {error}"))?;
+            // The problem, never the item: a line with its columns swapped holds its token here.
+            crate::keys::ObjectKey::parse(trimmed).map_err(|error| format!("the allowed key prefix {error}"))?;
             Ok(trimmed.to_owned())
         },
         problem_slug: "key-not-allowed",
@@ -206,14 +207,12 @@ impl Kind for Upload {
         use chrono::Datelike as _;
         let created = record.created_at;
         let extension = if record.body_is_json { "json" } else { "bin" };
-        Some(format!(
-            "{}/{:04}/{:02}/{:02}/{}.{extension}",
-            self.default_key_prefix,
-            created.year(),
-            created.month(),
-            created.day(),
-            record.id
-        ))
+        // The prefix as the store reads it (`JobStore::default_key`): without a leading or
+        // trailing `/`, and nothing at all when it is empty.
+        let prefix = object_store::path::Path::parse(&self.default_key_prefix).ok()?.to_string();
+        let date =
+            format!("{:04}/{:02}/{:02}/{}.{extension}", created.year(), created.month(), created.day(), record.id);
+        Some(if prefix.is_empty() { date } else { format!("{prefix}/{date}") })
     }
 
     /// Refuses a key outside the caller's `allowed_key_prefixes`; a job without a key
@@ -326,6 +325,57 @@ mod tests {
     fn the_token_option_keeps_prefixes_without_their_trailing_slash() {
         let limit = REGISTRATION.token_limit.as_ref().expect("upload has a token limit");
         assert_eq!((limit.parse_item)("tenant-a/"), Ok("tenant-a".to_owned()));
-        assert!((limit.parse_item)("../x").is_err_and(|problem| problem.contains("allowed key prefix")));
+        let refused = (limit.parse_item)("../secret-looking-text").expect_err("a bad prefix");
+        assert!(refused.contains("allowed key prefix") && !refused.contains("secret-looking"), "{refused}");
+    }
+
+    #[test]
+    fn the_target_of_an_upload_is_the_key_the_store_would_write() {
+        let record = |args: Option<&str>| crate::job::JobRecord {
+            id: crate::job::JobId::parse("01a216d3-b082-737a-89d5-c6d7616e096d").expect("an id"),
+            kind: NAME.to_owned(),
+            state: crate::job::JobState::Dead,
+            attempts: 1,
+            max_attempts: 1,
+            timeout_ms: None,
+            created_at: chrono::DateTime::parse_from_rfc3339("2026-11-26T08:03:35Z").expect("a time").into(),
+            run_at: None,
+            started_at: None,
+            finished_at: None,
+            last_error: None,
+            result: None,
+            idempotency_key: None,
+            submitted_by: None,
+            payload: None,
+            target: None,
+            args: args.map(|args| serde_json::value::RawValue::from_string(args.to_owned()).expect("json")),
+            body_is_json: true,
+        };
+        let upload = |prefix: &str| Upload {
+            metadata_supported: true,
+            default_key_prefix: prefix.to_owned(),
+            store_health: None,
+            gate: GateKey::from(STORE_GATE),
+        };
+        let default = "2026/11/26/01a216d3-b082-737a-89d5-c6d7616e096d.json";
+        assert_eq!(upload("payloads").target(&record(None)), Some(format!("payloads/{default}")));
+        assert_eq!(
+            upload("payloads/").target(&record(None)),
+            Some(format!("payloads/{default}")),
+            "as the store reads it"
+        );
+        assert_eq!(upload("").target(&record(None)), Some(default.to_owned()));
+        assert_eq!(upload("payloads").target(&record(Some(r#"{"key": "a/b.json"}"#))), Some("a/b.json".to_owned()));
+        let options = crate::store::StoreOptions {
+            key_prefix: "payloads/".to_owned(),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_allow_http: false,
+            multipart_threshold: 1 << 20,
+            upload_concurrency: 1,
+        };
+        let store = crate::store::JobStore::from_url("memory://", &options).expect("a memory store");
+        let written = store.default_key(record(None).id, record(None).created_at, "json").to_string();
+        assert_eq!(Some(written), upload("payloads/").target(&record(None)), "the store writes the same key");
     }
 }

@@ -61,6 +61,8 @@ pub(super) async fn deliver(
     job: Job,
     event_type: Option<&str>,
 ) -> Result<JobResult, JobError> {
+    // The job's own timeout, which the worker applies by dropping this future.
+    let job_timeout = job.timeout_ms.map(Duration::from_millis);
     // The job is this attempt's own copy: its body moves into the request.
     let body = job.body.map(|body| body.bytes).unwrap_or_default();
     let id = job.id.to_string();
@@ -84,7 +86,8 @@ pub(super) async fn deliver(
     // A job whose own timeout is shorter than the destination's is cut off by the worker,
     // which drops this future mid-exchange: the guard still counts it as the timeout it
     // is, so that a receiver that hangs opens the circuit whatever the jobs' timeouts.
-    let mut unanswered = Unanswered { destination, started, done: false };
+    let cut_off_after = job_timeout.filter(|timeout| *timeout < destination.timeout);
+    let mut unanswered = Unanswered { destination, started, cut_off_after, armed: true };
     // The destination's timeout covers the whole exchange: connecting, sending, and
     // reading the part of the answer that is kept. An answer whose head came in time is
     // judged by its status, with as much of its body as came by then.
@@ -107,12 +110,14 @@ pub(super) async fn deliver(
             Err(JobError::Failed { message: format!("the delivery failed: {error}"), retryable: true }),
         ),
         Ok(Ok(response)) => {
+            // The receiver answered: whatever cuts the body short, it was up.
+            unanswered.armed = false;
             let (head, body) = response.into_parts();
             let answer = client::body_start(body, RESPONSE_KEPT_BYTES, deadline).await;
             classify(destination, &head, &answer, elapsed)
         }
     };
-    unanswered.done = true;
+    unanswered.armed = false;
     note(destination, outcome, verdict, started.elapsed());
     result
 }
@@ -138,18 +143,27 @@ fn note(destination: &Destination, outcome: &str, verdict: Verdict, took: Durati
     }
 }
 
-/// A delivery under way: dropped before it was noted (the job's own timeout cut it off,
-/// or the node stopped it), it is noted as timed out.
+/// A delivery waiting for its answer's head. Dropped while armed at or after the job's own
+/// timeout (shorter than the destination's), it was cut off by that timeout, and is noted
+/// as timed out. Dropped earlier (the node stopped the job: its lease lapsed, or it shut
+/// down), it says nothing about the receiver, and nothing is noted.
 struct Unanswered<'a> {
     destination: &'a Destination,
     started: Instant,
-    done: bool,
+    cut_off_after: Option<Duration>,
+    armed: bool,
 }
+
+/// How much earlier than the job's timeout a drop still counts as that timeout: the
+/// worker's timer and this clock are read at slightly different instants.
+const CUT_OFF_SLACK: Duration = Duration::from_millis(20);
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            note(self.destination, "timed_out", Verdict::ReceiverDown, self.started.elapsed());
+        let elapsed = self.started.elapsed();
+        let timed_out = self.cut_off_after.is_some_and(|timeout| elapsed + CUT_OFF_SLACK >= timeout);
+        if self.armed && timed_out {
+            note(self.destination, "timed_out", Verdict::ReceiverDown, elapsed);
         }
     }
 }

@@ -96,7 +96,14 @@ fn migrate_locked(client: &mut postgres::Client) -> Result<i32, StorageError> {
             "SET client_min_messages = warning;
              CREATE TABLE IF NOT EXISTS jobd_schema (version integer NOT NULL);
              INSERT INTO jobd_schema (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM jobd_schema);
-             ALTER TABLE jobd_schema ADD COLUMN IF NOT EXISTS queue_id text;
+             DO $$ BEGIN
+                 -- Altered only when missing: ALTER needs the table's owner, even for a no-op.
+                 IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                                WHERE table_schema = current_schema() AND table_name = 'jobd_schema'
+                                  AND column_name = 'queue_id') THEN
+                     ALTER TABLE jobd_schema ADD COLUMN queue_id text;
+                 END IF;
+             END $$;
              UPDATE jobd_schema SET queue_id = substr(md5(random()::text || clock_timestamp()::text), 1, 16)
                  WHERE queue_id IS NULL;
              RESET client_min_messages;",
