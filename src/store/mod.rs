@@ -210,6 +210,22 @@ pub struct JobStore {
     open_multipart_uploads: Arc<watch::Sender<usize>>,
 }
 
+/// The default key of an upload job under `prefix`: `<prefix>/<yyyy>/<mm>/<dd>/<id>.<ext>`,
+/// by its creation date. One function, so that the key a run writes and the key a record
+/// names (`Kind::target`) cannot differ.
+pub fn default_key(prefix: &Path, id: JobId, created_at: DateTime<Utc>, extension: &str) -> Path {
+    let mut key = prefix.clone();
+    for part in [
+        format!("{:04}", created_at.year()),
+        format!("{:02}", created_at.month()),
+        format!("{:02}", created_at.day()),
+        format!("{id}.{extension}"),
+    ] {
+        key = key.join(part.as_str());
+    }
+    key
+}
+
 impl JobStore {
     /// Checks what [`from_url`](Self::from_url) would build, without side effects: the URL
     /// and the store's settings parse, and a `file://` root exists and is writable, or the
@@ -315,17 +331,7 @@ impl JobStore {
 
     /// The default key of an upload job.
     pub fn default_key(&self, id: JobId, created_at: DateTime<Utc>, extension: &str) -> Path {
-        let name = format!("{id}.{extension}");
-        let mut key = self.key_prefix.clone();
-        for part in [
-            format!("{:04}", created_at.year()),
-            format!("{:02}", created_at.month()),
-            format!("{:02}", created_at.day()),
-            name,
-        ] {
-            key = key.join(part.as_str());
-        }
-        key
+        default_key(&self.key_prefix, id, created_at, extension)
     }
 
     /// Checks that the store answers: a listing of the key prefix, which fails on a

@@ -47,6 +47,20 @@ async fn submit(daemon: &Daemon, job: &Value) -> String {
     accepted_ids(daemon.post_json("/v1/jobs", job).await).await.remove(0)
 }
 
+/// Polls `/readyz` until `destination`'s circuit is no longer closed.
+async fn wait_circuit_open(daemon: &Daemon, destination: &str) {
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    loop {
+        let ready: Value =
+            daemon.client.get(daemon.url("/readyz")).send().await.expect("GET").json().await.expect("json");
+        if ready["kinds"]["webhook"]["destinations"][destination]["circuit"] != "closed" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the circuit of {destination} never opened: {ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls until `done` holds for what the receiver saw at `path`.
 async fn wait_seen(receiver: &Receiver, path: &str, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + WAIT_DEADLINE;
@@ -178,16 +192,7 @@ async fn deliveries_cut_off_by_the_jobs_own_timeout_open_the_circuit() {
         assert!(record["last_error"].as_str().is_some_and(|error| error.contains("timed out")), "{record}");
     }
     // The cut-off delivery is noted as its future is dropped, as the attempt ends.
-    let deadline = Instant::now() + WAIT_DEADLINE;
-    loop {
-        let ready: Value =
-            daemon.client.get(daemon.url("/readyz")).send().await.expect("GET").json().await.expect("json");
-        if ready["kinds"]["webhook"]["destinations"]["hang"]["circuit"] != "closed" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the circuit never opened: {ready}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_circuit_open(&daemon, "hang").await;
     assert_eq!(
         daemon.metric(r#"jobd_webhook_deliveries_total{destination="hang",outcome="timed_out"}"#).await,
         Some(2.0)
@@ -213,16 +218,7 @@ async fn the_circuit_opens_holds_jobs_without_using_attempts_and_closes_again() 
         ids
     };
     wait_seen(&receiver, "/switch", "five failures", |seen| seen.len() >= 5).await;
-    let deadline = Instant::now() + WAIT_DEADLINE;
-    loop {
-        let ready: Value =
-            daemon.client.get(daemon.url("/readyz")).send().await.expect("GET").json().await.expect("json");
-        if ready["kinds"]["webhook"]["destinations"]["switch"]["circuit"] != "closed" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the circuit never opened: {ready}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_circuit_open(&daemon, "switch").await;
     assert_eq!(daemon.metric(r#"jobd_webhook_circuit_open{destination="switch"}"#).await, Some(1.0));
 
     // While it is open, new jobs wait without starting.

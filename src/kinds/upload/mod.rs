@@ -204,15 +204,10 @@ impl Kind for Upload {
         if let Some(key) = args.and_then(|args| args.key) {
             return Some(key);
         }
-        use chrono::Datelike as _;
-        let created = record.created_at;
+        // The prefix as the store reads it: without a leading or trailing `/`.
+        let prefix = object_store::path::Path::parse(&self.default_key_prefix).ok()?;
         let extension = if record.body_is_json { "json" } else { "bin" };
-        // The prefix as the store reads it (`JobStore::default_key`): without a leading or
-        // trailing `/`, and nothing at all when it is empty.
-        let prefix = object_store::path::Path::parse(&self.default_key_prefix).ok()?.to_string();
-        let date =
-            format!("{:04}/{:02}/{:02}/{}.{extension}", created.year(), created.month(), created.day(), record.id);
-        Some(if prefix.is_empty() { date } else { format!("{prefix}/{date}") })
+        Some(crate::store::default_key(&prefix, record.id, record.created_at, extension).to_string())
     }
 
     /// Refuses a key outside the caller's `allowed_key_prefixes`; a job without a key
