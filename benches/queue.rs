@@ -23,6 +23,7 @@ fn noop() -> Job {
         idempotency_key: None,
         submitted_by: None,
         kind: std::borrow::Cow::Borrowed("noop"),
+        queue: jobd::job::default_queue(),
         args: None,
         body: None,
     }

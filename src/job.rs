@@ -77,6 +77,25 @@ impl Body {
 /// read back from storage, which may name a kind this build does not have.
 pub type KindName = Cow<'static, str>;
 
+/// A named queue's name: shared by every job of the queue, since one node holds thousands
+/// of them in its window.
+pub type QueueName = std::sync::Arc<str>;
+
+/// The queue a job runs in when it names none; it always exists.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// The shared name of [`DEFAULT_QUEUE`], so that jobs of the default queue (most jobs)
+/// allocate nothing for it.
+pub fn default_queue() -> QueueName {
+    static NAME: std::sync::OnceLock<QueueName> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| QueueName::from(DEFAULT_QUEUE)).clone()
+}
+
+/// The name of a queue read back from storage, shared when it is the default one.
+pub fn queue_name(name: &str) -> QueueName {
+    if name == DEFAULT_QUEUE { default_queue() } else { QueueName::from(name) }
+}
+
 /// A validated job as submitted, before it has an id.
 #[derive(Debug)]
 pub struct JobSpec {
@@ -94,12 +113,24 @@ pub struct JobSpec {
     pub timeout_ms: Option<u64>,
     /// When the job becomes due; `None` means now.
     pub run_at: Option<DateTime<Utc>>,
+    /// The queue it runs in; `None` means [`DEFAULT_QUEUE`]. The submission's parse checks
+    /// the name's form; the HTTP layer checks that the queue is declared.
+    pub queue: Option<QueueName>,
 }
 
 impl JobSpec {
     /// A spec of `kind` with its arguments and body, and every option at its default.
     pub fn new(kind: &'static str, args: Option<Box<RawValue>>, body: Option<Body>) -> Self {
-        Self { kind, args, body, idempotency_key: None, max_attempts: None, timeout_ms: None, run_at: None }
+        Self {
+            kind,
+            args,
+            body,
+            idempotency_key: None,
+            max_attempts: None,
+            timeout_ms: None,
+            run_at: None,
+            queue: None,
+        }
     }
 
     /// The bytes of the body the job carries.
@@ -131,6 +162,8 @@ pub struct Job {
     /// reads only the jobs it submitted.
     pub submitted_by: Option<String>,
     pub kind: KindName,
+    /// The queue it runs in ([`DEFAULT_QUEUE`] unless it named one).
+    pub queue: QueueName,
     /// The kind's arguments as JSON; `None` when it takes none.
     pub args: Option<Box<RawValue>>,
     pub body: Option<Body>,
@@ -176,6 +209,7 @@ impl Job {
             idempotency_key: None,
             submitted_by: None,
             kind: Cow::Borrowed(kind),
+            queue: default_queue(),
             args: None,
             body: None,
         }
@@ -188,7 +222,7 @@ impl Job {
 }
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Due and waiting for a worker.
@@ -248,6 +282,8 @@ impl JobState {
 pub struct JobRecord {
     pub id: JobId,
     pub kind: String,
+    /// The queue it runs in.
+    pub queue: String,
     pub state: JobState,
     pub attempts: u32,
     pub max_attempts: u32,

@@ -26,6 +26,7 @@ pub mod keys;
 pub mod kinds;
 mod metrics;
 pub mod queue;
+pub mod queues;
 mod retry;
 mod runner;
 pub mod server;

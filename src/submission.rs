@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 
 use crate::job::JobSpec;
 use crate::kinds::{FieldProblem, Kinds, RequestFields, field_problem, strip_position};
+use crate::queues::Queues;
 
 /// The most attempts a job may ask for.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
@@ -109,6 +110,8 @@ pub(crate) struct JobOptions {
     run_at: Option<String>,
     /// How long from now the job is due, in ms, instead of `run_at`.
     delay_ms: Option<u64>,
+    /// The queue the job runs in, one the configuration declares (`[queues.<name>]`); `default` unless given.
+    queue: Option<String>,
 }
 
 /// One job of a request as it is read: the options every job has, typed, and the kind's
@@ -120,6 +123,7 @@ struct JobEntry<'de> {
     timeout_ms: Option<u64>,
     run_at: Option<String>,
     delay_ms: Option<u64>,
+    queue: Option<String>,
     fields: RequestFields<'de>,
 }
 
@@ -154,6 +158,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
             timeout_ms: None,
             run_at: None,
             delay_ms: None,
+            queue: None,
             fields: RequestFields::default(),
         };
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
@@ -164,6 +169,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 "timeout_ms" => once(&mut map, &mut entry.timeout_ms, "timeout_ms")?,
                 "run_at" => once(&mut map, &mut entry.run_at, "run_at")?,
                 "delay_ms" => once(&mut map, &mut entry.delay_ms, "delay_ms")?,
+                "queue" => once(&mut map, &mut entry.queue, "queue")?,
                 _ => {
                     // Bounded, so that a job of a million fields costs a parse error, not a
                     // list of a million borrowed values (and checks for a duplicate in it).
@@ -314,7 +320,12 @@ impl<'de> Visitor<'de> for PayloadsBody<'_> {
 }
 
 /// Parses a `POST /v1/jobs` body: `{"jobs": [...]}` or a single job object.
-pub fn parse_jobs(body: &[u8], kinds: &Kinds, options: ParseOptions) -> Result<Vec<JobSpec>, SubmissionError> {
+pub fn parse_jobs(
+    body: &[u8],
+    kinds: &Kinds,
+    queues: &Queues,
+    options: ParseOptions,
+) -> Result<Vec<JobSpec>, SubmissionError> {
     check_depth(body, options.max_json_depth)?;
     let text = std::str::from_utf8(body).map_err(|error| SubmissionError::Syntax(error.to_string()))?;
     let top: JobsBodyTop = serde_json::from_str(text).map_err(top_level_error)?;
@@ -350,7 +361,7 @@ pub fn parse_jobs(body: &[u8], kinds: &Kinds, options: ParseOptions) -> Result<V
     let mut specs = Vec::with_capacity(entries.len());
     let mut errors = Vec::new();
     for (index, entry) in entries.into_iter().enumerate() {
-        match validate_job(entry, kinds) {
+        match validate_job(entry, kinds, queues) {
             Ok(spec) => specs.push(spec),
             Err((field, message)) => errors.push(FieldError { index: Some(index), field, message }),
         }
@@ -496,8 +507,11 @@ fn split_path(root: &str, path: &serde_path_to_error::Path) -> (Option<usize>, S
 }
 
 /// Checks the options every job has and has its kind validate the rest.
-fn validate_job(entry: JobEntry<'_>, kinds: &Kinds) -> Result<JobSpec, FieldProblem> {
-    let JobEntry { kind: kind_name, idempotency_key, max_attempts, timeout_ms, run_at, delay_ms, mut fields } = entry;
+fn validate_job(entry: JobEntry<'_>, kinds: &Kinds, queues: &Queues) -> Result<JobSpec, FieldProblem> {
+    let JobEntry { kind: kind_name, idempotency_key, max_attempts, timeout_ms, run_at, delay_ms, queue, mut fields } =
+        entry;
+    let queue =
+        queue.map(|name| queues.resolve(&name)).transpose().map_err(|message| field_problem("queue", message))?;
     if let Some(key) = &idempotency_key {
         check_idempotency_key(key).map_err(|message| field_problem("idempotency_key", message))?;
     }
@@ -548,6 +562,7 @@ fn validate_job(entry: JobEntry<'_>, kinds: &Kinds) -> Result<JobSpec, FieldProb
         max_attempts,
         timeout_ms,
         run_at,
+        queue,
         ..JobSpec::new(kind.name(), validated.args, validated.body)
     })
 }
@@ -565,7 +580,7 @@ mod tests {
     }
 
     fn parse(body: &[u8], options: ParseOptions) -> Result<Vec<JobSpec>, SubmissionError> {
-        parse_jobs(body, &all_kinds(), options)
+        parse_jobs(body, &all_kinds(), &Queues::default(), options)
     }
 
     fn first_error(result: Result<Vec<JobSpec>, SubmissionError>) -> FieldError {
@@ -660,7 +675,8 @@ mod tests {
     #[test]
     fn test_kinds_are_unknown_unless_enabled() {
         let closed = Kinds::unserved(&crate::kinds::KindSettings::defaults()).expect("kinds");
-        let error = first_error(parse_jobs(br#"{"kind":"sleep","payload":{"ms":1}}"#, &closed, OPTIONS));
+        let error =
+            first_error(parse_jobs(br#"{"kind":"sleep","payload":{"ms":1}}"#, &closed, &Queues::default(), OPTIONS));
         assert_eq!(error.field, "kind");
     }
 

@@ -59,6 +59,12 @@ pub struct CancelJob(pub JobId);
 #[rtype(result = "()")]
 pub struct GateOpened(pub GateKey);
 
+/// The named queues paused now, as the queue's storage says (`server/pauses.rs`): their
+/// jobs do not start, on this node or any other. Sent with `send`, one at a time.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct QueuesPaused(pub std::collections::HashSet<crate::job::QueueName>);
+
 /// Stop starting jobs; answers once every running job has finished and its outcome
 /// has been recorded.
 #[derive(Message)]
@@ -117,6 +123,12 @@ impl Dispatcher {
             notifier: None,
             watchdog: None,
         }
+    }
+
+    /// Limits the jobs of each named queue that run at once on this node (its `concurrency`).
+    pub fn with_queue_limits(mut self, limits: impl IntoIterator<Item = (crate::job::QueueName, usize)>) -> Self {
+        self.core = self.core.with_queue_limits(limits);
+        self
     }
 
     /// Reports to systemd: watchdog pings every `watchdog`, and a status line.
@@ -412,6 +424,15 @@ impl Handler<GateOpened> for Dispatcher {
 
     fn handle(&mut self, GateOpened(gate): GateOpened, ctx: &mut Self::Context) {
         self.core.gate_opened(&gate);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<QueuesPaused> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, QueuesPaused(paused): QueuesPaused, ctx: &mut Self::Context) {
+        self.core.queues_paused(&paused);
         self.pump(ctx);
     }
 }

@@ -228,6 +228,7 @@ impl Handler<Submit> for Ingest {
                 idempotency_key: spec.idempotency_key,
                 submitted_by: submit.submitted_by.clone(),
                 kind: std::borrow::Cow::Borrowed(spec.kind),
+                queue: spec.queue.unwrap_or_else(crate::job::default_queue),
                 args: spec.args,
                 body: spec.body,
             })

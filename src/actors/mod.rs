@@ -9,5 +9,5 @@ pub mod scheduler;
 pub mod window;
 pub mod worker;
 
-pub use dispatcher::Dispatcher;
+pub use dispatcher::{Dispatcher, QueuesPaused};
 pub use ingest::Ingest;

@@ -65,6 +65,9 @@ pub struct RunningJob {
     /// The gate whose permit the job holds (a webhook destination): when the job ends, a
     /// job waiting at that gate may start.
     pub gate: Option<GateKey>,
+    /// Its named queue: when it ends, a job of the queue waiting at the queue's limit may
+    /// start.
+    pub queue: crate::job::QueueName,
 }
 
 /// What [`Scheduler::pump`] decided.
@@ -265,6 +268,7 @@ impl Scheduler {
                 claim: job.claim,
                 max_attempts: job.max_attempts,
                 gate: permit.as_ref().map(|permit| permit.gate().clone()),
+                queue: job.queue.clone(),
             });
             self.busy += 1;
             pumped.waits.push((kind.label, (now - job.due()).as_seconds_f64().max(0.0)));
@@ -365,6 +369,7 @@ impl Scheduler {
             // Its permit was given back as the attempt ended: the next job at its gate may start.
             self.window.release_gate(gate);
         }
+        self.window.queue_job_ended(&running.queue);
         let finished = self.decide(&running, outcome, now);
         self.outcomes.push(finished);
         true
@@ -382,6 +387,7 @@ impl Scheduler {
         if let Some(gate) = &running.gate {
             self.window.release_gate(gate);
         }
+        self.window.queue_job_ended(&running.queue);
         let finished = self.decide(&running, Outcome::WorkerLost, now);
         self.outcomes.push(finished);
         true
@@ -466,6 +472,7 @@ impl Scheduler {
                 continue;
             };
             self.busy = self.busy.saturating_sub(1);
+            self.window.queue_job_ended(&running.queue);
             if !self.idle.contains(&worker) {
                 self.idle.push(worker);
             }
@@ -516,6 +523,18 @@ impl Scheduler {
     /// could not be cancelled goes back to the front of the window.
     pub fn cancel_answered(&mut self, id: JobId, cancelled: bool) {
         self.window.cancel_answered(id, cancelled, self.fetching);
+    }
+
+    /// Limits the jobs of each named queue that run at once on this node.
+    pub fn with_queue_limits(mut self, limits: impl IntoIterator<Item = (crate::job::QueueName, usize)>) -> Self {
+        self.window = self.window.with_queue_limits(limits);
+        self
+    }
+
+    /// The named queues paused now (on every node that shares the queue): their jobs in
+    /// the window wait without starting, and those of a queue resumed may start again.
+    pub fn queues_paused(&mut self, paused: &HashSet<crate::job::QueueName>) {
+        self.window.set_paused_queues(paused);
     }
 
     /// A gate opened by itself: every job waiting at it tries again, in order.

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::job::{Job, JobId};
+use crate::job::{Job, JobId, QueueName};
 use crate::kinds::{Admission, GateKey, Kinds, Permit, ResolvedKind};
 use crate::queue::CLAIM_MAX_BODY_BYTES;
 
@@ -52,6 +52,27 @@ pub struct Window {
     /// them. Cleared at each fetch's answer: a fetch sent after the cancel's answer was
     /// received runs after the cancel committed and cannot bring the job.
     cancelled_during_fetch: Vec<JobId>,
+    /// The named queues paused now, each with the gate its claimed jobs wait at: nothing of
+    /// a paused queue starts, and its jobs claimed before the pause wait, closed (they
+    /// count against no claim), until it resumes.
+    paused_queues: HashMap<QueueName, GateKey>,
+    /// The named queues with a limit on their jobs running at once on this node
+    /// (`concurrency`): a job of a queue at its limit waits at the queue's gate, without a
+    /// worker, until one of the queue's jobs ends.
+    queue_slots: HashMap<QueueName, QueueSlots>,
+}
+
+/// One queue's limit on this node, how many of its jobs run, and the gate its jobs wait at.
+#[derive(Debug)]
+struct QueueSlots {
+    limit: usize,
+    running: usize,
+    gate: GateKey,
+}
+
+/// The gate at which the jobs of a paused queue, or of a queue at its limit, wait.
+fn queue_gate(queue: &QueueName) -> GateKey {
+    GateKey::from(format!("queue:{queue}"))
 }
 
 impl Window {
@@ -69,6 +90,47 @@ impl Window {
             max_bytes,
             cancelling: HashMap::new(),
             cancelled_during_fetch: Vec::new(),
+            paused_queues: HashMap::new(),
+            queue_slots: HashMap::new(),
+        }
+    }
+
+    /// Limits the jobs of each named queue that run at once here (a queue's `concurrency`).
+    pub fn with_queue_limits(mut self, limits: impl IntoIterator<Item = (QueueName, usize)>) -> Self {
+        self.queue_slots = limits
+            .into_iter()
+            .map(|(queue, limit)| {
+                let gate = queue_gate(&queue);
+                (queue, QueueSlots { limit, running: 0, gate })
+            })
+            .collect();
+        self
+    }
+
+    /// A job of `queue` that had started ended (or never ran after all): one more of the
+    /// queue's jobs may start.
+    pub fn queue_job_ended(&mut self, queue: &QueueName) {
+        let Some(slots) = self.queue_slots.get_mut(queue) else { return };
+        slots.running = slots.running.saturating_sub(1);
+        let gate = slots.gate.clone();
+        self.release_gate(&gate);
+    }
+
+    /// The named queues paused now. The jobs of a queue no longer paused try again, in
+    /// their order, ahead of the jobs claimed after them.
+    pub fn set_paused_queues(&mut self, paused: &std::collections::HashSet<QueueName>) {
+        let resumed: Vec<GateKey> = self
+            .paused_queues
+            .iter()
+            .filter(|(queue, _)| !paused.contains(*queue))
+            .map(|(_, gate)| gate.clone())
+            .collect();
+        self.paused_queues.retain(|queue, _| paused.contains(queue));
+        for queue in paused {
+            self.paused_queues.entry(queue.clone()).or_insert_with(|| queue_gate(queue));
+        }
+        for gate in resumed {
+            self.open_gate(&gate);
         }
     }
 
@@ -184,11 +246,24 @@ impl Window {
             };
             let resolved = kinds.resolve(&job);
             let kind = kinds.resolved(resolved);
-            let admission = kind.map_or(Admission::Now(None), |kind| kind.admit(&job));
+            let slots = self.queue_slots.get(&job.queue);
+            let admission = match (self.paused_queues.get(&job.queue), slots) {
+                (Some(gate), _) => Admission::Closed(gate.clone()),
+                (None, Some(slots)) if slots.running >= slots.limit => Admission::Later(slots.gate.clone()),
+                (None, _) => kind.map_or(Admission::Now(None), |kind| kind.admit(&job)),
+            };
             let closed = matches!(admission, Admission::Closed(_));
             match admission {
                 Admission::Now(permit) => {
                     self.bytes = self.bytes.saturating_sub(job.footprint());
+                    if let Some(slots) = self.queue_slots.get_mut(&job.queue) {
+                        slots.running += 1;
+                        // Its queue's gate may admit the next in line too.
+                        if from_gate && slots.running < slots.limit {
+                            let gate = slots.gate.clone();
+                            self.release_gate(&gate);
+                        }
+                    }
                     if let Some(permit) = &permit {
                         self.closed.remove(permit.gate());
                     }

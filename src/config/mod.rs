@@ -187,6 +187,9 @@ pub enum ConfigError {
     /// A kind's own table of the file (`[webhooks.<name>]`) does not hold.
     #[error("{0}")]
     KindTable(String),
+    /// A `[queues.<name>]` table does not hold.
+    #[error("{0}")]
+    Queues(String),
     #[error(
         "{setting} is a test hook (it breaks the queue's disk on purpose or holds its thread): only a debug build, \
          the one the tests run, accepts it"
@@ -231,6 +234,8 @@ pub struct Config {
     pub retry_cap_ms: u64,
     pub job_timeout_ms: u64,
     pub job_timeouts_ms: std::collections::BTreeMap<String, u64>,
+    /// The `[queues.<name>]` tables; `default` exists whether or not it has one.
+    pub queues: std::collections::BTreeMap<String, crate::queues::QueueTable>,
     /// The file the settings were read from, if any; `check-config` prints it as a
     /// comment and `serve` logs it, since it is no setting.
     #[serde(skip)]
@@ -418,6 +423,7 @@ impl Config {
             retry_cap_ms: settings.retry_cap_ms.unwrap_or(DEFAULT_RETRY_CAP_MS),
             job_timeout_ms: settings.job_timeout_ms.unwrap_or(DEFAULT_JOB_TIMEOUT_MS),
             job_timeouts_ms: settings.job_timeouts_ms.unwrap_or_default(),
+            queues: settings.queues.unwrap_or_default(),
             config_file: None,
             kind_tables: settings.kind_tables,
             metrics_listen: settings.metrics_listen,
@@ -536,6 +542,7 @@ impl Config {
                 });
             }
         }
+        crate::queues::check_tables(&self.queues).map_err(ConfigError::Queues)?;
         for table in crate::kinds::settings_tables() {
             if let Some(value) = self.kind_tables.get(table.key) {
                 (table.check)(value).map_err(ConfigError::KindTable)?;

@@ -198,6 +198,10 @@ pub struct Settings {
     /// Per-kind attempt timeouts in ms, e.g. `[job_timeouts_ms] upload = 60000`. File only.
     #[arg(skip)]
     pub job_timeouts_ms: Option<std::collections::BTreeMap<String, u64>>,
+
+    /// Named queues and their limits, e.g. `[queues.bulk] concurrency = 4`. File only.
+    #[arg(skip)]
+    pub queues: Option<std::collections::BTreeMap<String, crate::queues::QueueTable>>,
 }
 
 impl Settings {
@@ -232,6 +236,7 @@ impl Settings {
             retry_cap_ms: self.retry_cap_ms.or(lower.retry_cap_ms),
             job_timeout_ms: self.job_timeout_ms.or(lower.job_timeout_ms),
             job_timeouts_ms: self.job_timeouts_ms.or(lower.job_timeouts_ms),
+            queues: self.queues.or(lower.queues),
             kind_tables: if self.kind_tables.is_empty() { lower.kind_tables } else { self.kind_tables },
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             s3_endpoint: self.s3_endpoint.or(lower.s3_endpoint),

@@ -10,6 +10,7 @@ mod middleware;
 pub mod openapi;
 mod ops;
 pub mod problem;
+mod queues;
 mod routes;
 mod submit;
 
@@ -64,6 +65,8 @@ pub struct AppState {
     pub parse_options: ParseOptions,
     /// The kinds this daemon runs: what submissions may name.
     pub kinds: Arc<crate::kinds::Kinds>,
+    /// The queues this daemon declares: what submissions may name.
+    pub queues: Arc<crate::queues::Queues>,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
     pub store: Arc<JobStore>,

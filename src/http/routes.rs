@@ -11,6 +11,7 @@ use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
 use super::console::whoami;
 use super::jobs::{cancel_job, get_job, list_jobs, retry_dead_jobs, retry_job};
 use super::ops::{get_metrics, get_stats, healthz, readyz};
+use super::queues::{list_queues, pause_queue, resume_queue};
 use super::submit::{post_jobs, post_payloads};
 use super::{AppState, Problem, openapi};
 use crate::auth::{AuthFailure, Scope};
@@ -50,6 +51,9 @@ pub fn routes() -> Vec<RouteSpec> {
         spec("/v1/jobs/{id}", Method::DELETE, Access::Needs(Scope::Admin), || web::delete().to(cancel_job)),
         spec("/v1/jobs/{id}/retry", Method::POST, Access::Needs(Scope::Admin), || web::post().to(retry_job)),
         spec("/v1/payloads", Method::POST, Access::Needs(Scope::Submit), || web::post().to(post_payloads)),
+        spec("/v1/queues", Method::GET, Access::Operators, || web::get().to(list_queues)),
+        spec("/v1/queues/{name}/pause", Method::POST, Access::Needs(Scope::Admin), || web::post().to(pause_queue)),
+        spec("/v1/queues/{name}/resume", Method::POST, Access::Needs(Scope::Admin), || web::post().to(resume_queue)),
         spec("/v1/stats", Method::GET, Access::Needs(Scope::Read), || web::get().to(get_stats)),
         spec("/v1/whoami", Method::GET, Access::Needs(Scope::Read), || web::get().to(whoami)),
         spec("/v1/openapi.json", Method::GET, Access::Open, || web::get().to(openapi::get_openapi)),

@@ -60,9 +60,10 @@ pub(super) async fn post_jobs(
 ) -> Result<HttpResponse, Problem> {
     let options = state.parse_options;
     let kinds = state.kinds.clone();
+    let queues = state.queues.clone();
     let header_key = request.headers().get("idempotency-key").map(|value| value.to_str().map(str::to_owned));
     let parse = move |bytes: &[u8]| {
-        let mut jobs = submission::parse_jobs(bytes, &kinds, options)?;
+        let mut jobs = submission::parse_jobs(bytes, &kinds, &queues, options)?;
         if let Some(key) = header_key {
             apply_idempotency_header(&mut jobs, key)?;
         }

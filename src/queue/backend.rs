@@ -12,8 +12,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{
-    Admitted, ControlError, Cursor, JobPage, Lease, ListFilter, QueueDepth, ReadyBatch, Refusal, RefusedStarts,
-    StorageError, Waker,
+    Admitted, ControlError, Cursor, JobPage, Lease, ListFilter, QueueDepth, QueuesView, ReadyBatch, Refusal,
+    RefusedStarts, StorageError, Waker,
 };
 use crate::job::{FinishedJob, Job, JobId, JobRecord, StartedJob};
 
@@ -118,6 +118,19 @@ pub trait JobWriter {
 
     /// Deletes up to `limit` finished jobs that finished before `cutoff`; returns how many.
     fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError>;
+
+    /// Pauses or resumes the named queue for every process that shares the storage: from
+    /// the commit on, claims skip a paused queue's jobs, and a resumed queue's jobs are
+    /// claimed again in their order. With `if_unset`, it writes only when the storage holds
+    /// no word on the queue yet (a queue the configuration starts paused), so that an
+    /// operator's resume outlives restarts.
+    fn set_queue_paused(
+        &mut self,
+        name: &str,
+        paused: bool,
+        if_unset: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StorageError>;
 }
 
 /// Reading jobs and the queue's state; all fallible, since a shared backend reads them
@@ -131,6 +144,10 @@ pub trait JobReader {
 
     /// How many jobs are in each state.
     fn depth(&mut self) -> Result<QueueDepth, StorageError>;
+
+    /// The named queues' state: which are paused, and, `with_depths`, their unfinished
+    /// jobs by state (a read of every unfinished job's index entry).
+    fn queues(&mut self, with_depths: bool) -> Result<QueuesView, StorageError>;
 
     /// When the oldest queued job (the next to be claimed) became due.
     fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {
@@ -153,6 +170,8 @@ pub trait RecordReader: Send {
 
     /// A page of records that pass `filter`, newest first, before a cursor.
     fn list(&mut self, filter: &ListFilter, before: Option<Cursor>, limit: usize) -> Result<JobPage, StorageError>;
+    /// See [`JobReader::queues`].
+    fn queues(&mut self, with_depths: bool) -> Result<QueuesView, StorageError>;
 }
 
 /// A place where accepted jobs wait for a worker: the capabilities above, plus what the

@@ -3,7 +3,7 @@
 //! PostgreSQL on a private cluster the suite starts itself). A backend that passes it
 //! behaves as the queue thread and the Dispatcher expect, whatever it stores jobs in: claim
 //! order, leases, fencing of stale attempts, cancel, retry of dead jobs, purge, counts,
-//! `max_queue`, idempotency per tenant, and listings with every filter.
+//! `max_queue`, idempotency per tenant, paused queues, and listings with every filter.
 //!
 //! A new backend gets the suite by one more `conformance_suite!` line at the bottom.
 
@@ -351,6 +351,41 @@ fn listings_show_what_each_filter_names_newest_first_across_pages(mut opened: Op
     }
 }
 
+/// A pause passes over the queue's jobs on every claim; a resume hands them out in their
+/// order, and never a job claimed before the pause (the claiming node holds it). The
+/// stored word outlives a write `if_unset` (the configuration's), and the view shows it
+/// with each queue's depth.
+fn a_paused_queue_is_passed_over_and_resumes_in_order(mut opened: Opened) {
+    let in_queue = |queue: &str| Job { queue: crate::job::queue_name(queue), ..job("noop", None) };
+    let set = |opened: &mut Opened, paused: bool, if_unset: bool| {
+        committed(opened.backend.as_mut(), |backend| backend.set_queue_paused("bulk", paused, if_unset, Utc::now()))
+            .expect("pause or resume");
+    };
+    let before = enqueue_each(opened.backend.as_mut(), vec![in_queue("bulk")]);
+    assert_eq!(claim(&mut opened, 1).iter().map(|job| job.id).collect::<Vec<_>>(), before);
+    set(&mut opened, true, false);
+    let ids = enqueue_each(
+        opened.backend.as_mut(),
+        vec![in_queue("bulk"), in_queue("default"), in_queue("bulk"), in_queue("default")],
+    );
+    let during = claim(&mut opened, 10);
+    assert_eq!(during.iter().map(|job| job.id).collect::<Vec<_>>(), [ids[1], ids[3]], "only the running queue");
+    assert!(during.iter().all(|job| &*job.queue == "default"));
+    set(&mut opened, false, true);
+    assert!(claim(&mut opened, 10).is_empty(), "a write if unset keeps the stored pause");
+    let view = opened.backend.queues(true).expect("queues");
+    assert_eq!(view.paused.get("bulk"), Some(&true));
+    assert_eq!(view.depths["bulk"][&JobState::Queued], 3, "the claimed job, and the two passed over");
+    assert_eq!(view.depths["default"][&JobState::Queued], 2);
+    let record = opened.backend.get(ids[0], false).expect("get").expect("the job");
+    assert_eq!(record.queue, "bulk");
+    set(&mut opened, false, false);
+    let after = claim(&mut opened, 10);
+    assert_eq!(after.iter().map(|job| job.id).collect::<Vec<_>>(), [ids[0], ids[2]], "the passed-over jobs, in order");
+    assert!(claim(&mut opened, 10).is_empty(), "the job claimed before the pause is not handed out again");
+    assert_eq!(opened.backend.queues(false).expect("queues").paused.get("bulk"), Some(&false));
+}
+
 /// Opens a fresh memory backend with room for `capacity` unfinished jobs.
 fn memory(capacity: usize) -> Opened {
     Opened {
@@ -437,6 +472,11 @@ macro_rules! suite_tests {
         #[test]
         fn an_idempotency_key_names_one_job_per_tenant() {
             super::an_idempotency_key_names_one_job_per_tenant($open(1_000));
+        }
+
+        #[test]
+        fn a_paused_queue_is_passed_over_and_resumes_in_order() {
+            super::a_paused_queue_is_passed_over_and_resumes_in_order($open(1_000));
         }
 
         #[test]

@@ -34,6 +34,11 @@ pub struct MemoryBackend {
     capacity: usize,
     /// Lives as long as the backend, like its jobs.
     queue_id: Arc<str>,
+    /// What operators said of named queues: paused or not.
+    paused: BTreeMap<String, bool>,
+    /// Queued jobs a claim passed over because their queue was paused, by ready order:
+    /// they go back to `ready`, in their places, when it resumes.
+    parked: BTreeMap<i64, JobId>,
     /// What each sync does, in tests of how the queue thread orders syncs and answers.
     #[cfg(test)]
     sync_for_test: Option<Box<dyn FnMut() -> Result<(), StorageError> + Send>>,
@@ -56,6 +61,8 @@ impl MemoryBackend {
             next_seq: 0,
             capacity,
             queue_id: new_queue_id(),
+            paused: BTreeMap::new(),
+            parked: BTreeMap::new(),
             #[cfg(test)]
             sync_for_test: None,
         }
@@ -154,6 +161,7 @@ impl JobWriter for MemoryBackend {
             let record = JobRecord {
                 id: job.id,
                 kind: job.kind.to_string(),
+                queue: job.queue.to_string(),
                 state,
                 attempts: 0,
                 max_attempts: job.max_attempts,
@@ -198,6 +206,11 @@ impl JobWriter for MemoryBackend {
                 self.ready.remove(&ready_seq);
                 continue;
             };
+            if self.paused.get(&*entry.job.queue).copied().unwrap_or(false) {
+                self.ready.remove(&ready_seq);
+                self.parked.insert(ready_seq, id);
+                continue;
+            }
             let size = entry.job.body_len();
             if !claim_has_room(jobs.len(), bytes, size) {
                 stopped_at_byte_limit = true;
@@ -220,6 +233,33 @@ impl JobWriter for MemoryBackend {
         self.record_started(started);
         self.record_finished(finished);
         Ok(RefusedStarts::new())
+    }
+
+    fn set_queue_paused(
+        &mut self,
+        name: &str,
+        paused: bool,
+        if_unset: bool,
+        _now: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        if if_unset && self.paused.contains_key(name) {
+            return Ok(());
+        }
+        self.paused.insert(name.to_owned(), paused);
+        if !paused {
+            let entries = &self.entries;
+            let resumed: Vec<(i64, JobId)> = self
+                .parked
+                .iter()
+                .filter(|(_, id)| entries.get(*id).is_some_and(|entry| &*entry.job.queue == name))
+                .map(|(&ready_seq, &id)| (ready_seq, id))
+                .collect();
+            for (ready_seq, id) in resumed {
+                self.parked.remove(&ready_seq);
+                self.ready.insert(ready_seq, id);
+            }
+        }
+        Ok(())
     }
 
     fn purge_finished(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Result<usize, StorageError> {
@@ -269,6 +309,7 @@ impl JobWriter for MemoryBackend {
         entry.record.state = JobState::Cancelled;
         entry.record.finished_at = Some(now);
         self.ready.retain(|_, ready| *ready != id);
+        self.parked.retain(|_, parked| *parked != id);
         self.due.retain(|_, due| *due != id);
         Ok(Ok(()))
     }
@@ -308,6 +349,18 @@ impl JobReader for MemoryBackend {
             dead: self.count(JobState::Dead),
             capacity: self.capacity,
         })
+    }
+
+    fn queues(&mut self, with_depths: bool) -> Result<super::QueuesView, StorageError> {
+        let mut view = super::QueuesView { paused: self.paused.clone(), ..super::QueuesView::default() };
+        if !with_depths {
+            return Ok(view);
+        }
+        for entry in self.entries.values().filter(|entry| !entry.record.state.is_finished()) {
+            let states = view.depths.entry(entry.record.queue.clone()).or_default();
+            *states.entry(entry.record.state).or_default() += 1;
+        }
+        Ok(view)
     }
 
     fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {

@@ -114,6 +114,24 @@ impl QueueDepth {
     }
 }
 
+/// The named queues as the storage knows them ([`JobReader::queues`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueuesView {
+    /// Each queue an operator paused or resumed (or the configuration started paused), and
+    /// whether it is paused now. A queue not listed runs.
+    pub paused: std::collections::BTreeMap<String, bool>,
+    /// Unfinished jobs (queued, scheduled, running, failed) by queue and state; a queue
+    /// with none is not listed.
+    pub depths: std::collections::BTreeMap<String, std::collections::BTreeMap<JobState, u64>>,
+}
+
+impl QueuesView {
+    /// The queues paused now.
+    pub fn paused_names(&self) -> impl Iterator<Item = &str> {
+        self.paused.iter().filter(|(_, paused)| **paused).map(|(name, _)| name.as_str())
+    }
+}
+
 /// The most body bytes one claim hands the Dispatcher beyond its first job. With the
 /// Dispatcher's window of jobs, it bounds the memory that claimed jobs hold, however large
 /// their bodies, while a window of small jobs can be large.

@@ -29,15 +29,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use prometheus::Histogram;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    Admitted, ControlError, Cursor, JobPage, Lease, ListFilter, NodeId, QueueBackend, QueueStatus, ReadyBatch, Refusal,
-    RefusedStarts, StorageError,
-};
-use crate::job::{FinishedJob, Job, JobId, JobRecord, StartedJob};
+use super::{Admitted, Lease, NodeId, QueueBackend, QueueStatus, ReadyBatch, Refusal, StorageError};
+use crate::job::{FinishedJob, StartedJob};
 
 /// The queue thread's own metrics: how long commits and syncs take, and how many requests
 /// a commit carries. Handed in by whoever owns the registry.
@@ -84,162 +81,6 @@ pub struct ProgressNotRecorded {
     pub error: StorageError,
     pub started: Vec<StartedJob>,
     pub finished: Vec<FinishedJob>,
-}
-
-enum Command {
-    /// Another process may have readied jobs: the waiting fetch looks again.
-    Wake,
-    /// Submissions, and who waits for which: each reply is owed the answers of the next
-    /// `usize` submissions. The groups of one batch are merged into one command
-    /// ([`merge_enqueues`]), so that a backend inserts them with one statement.
-    Enqueue {
-        group: Vec<Vec<Job>>,
-        replies: Vec<(usize, Reply<Vec<SubmissionAnswer>>)>,
-    },
-    TakeReady(Fetch),
-    /// Answers the waiting fetch now, whatever it finds.
-    Nudge,
-    RecordProgress {
-        started: Vec<StartedJob>,
-        finished: Vec<FinishedJob>,
-        reply: ProgressReply,
-    },
-    Purge {
-        cutoff: DateTime<Utc>,
-        limit: usize,
-        reply: Reply<usize>,
-    },
-    Retry {
-        id: JobId,
-        reply: Reply<Result<(), ControlError>>,
-    },
-    Cancel {
-        id: JobId,
-        now: DateTime<Utc>,
-        reply: Reply<Result<(), ControlError>>,
-    },
-    Get {
-        id: JobId,
-        with_payload: bool,
-        reply: Reply<Option<JobRecord>>,
-    },
-    List {
-        filter: ListFilter,
-        before: Option<Cursor>,
-        limit: usize,
-        reply: Reply<JobPage>,
-    },
-    Status {
-        reply: Reply<QueueStatus>,
-    },
-}
-
-type ProgressReply = oneshot::Sender<Result<RefusedStarts, ProgressNotRecorded>>;
-
-/// How a fetch that finds nothing new waits: see [`QueueHandle::wait_ready`].
-#[derive(Debug, Clone, Copy)]
-struct Waiting {
-    /// When the caller's own timer fires; a delayed job due by then needs no answer.
-    timer_due: Option<DateTime<Utc>>,
-}
-
-/// A call for ready jobs. One that may wait and finds nothing worth answering is held by
-/// the queue thread until a commit may have changed that or the caller nudges it.
-struct Fetch {
-    max: usize,
-    wait: Option<Waiting>,
-    reply: Reply<ReadyBatch>,
-}
-
-/// Whether a fetch's result tells its caller something: jobs, or a delayed job due before
-/// the caller's timer fires.
-fn worth_answering(batch: &ReadyBatch, waiting: Waiting) -> bool {
-    !batch.jobs.is_empty()
-        || batch.stopped_at_byte_limit
-        || batch.next_due.is_some_and(|due| waiting.timer_due.is_none_or(|timer| due < timer))
-}
-
-/// What a write command produced inside the open transaction; its answer is held back
-/// until the commit has returned.
-enum Output {
-    Enqueue(Vec<SubmissionAnswer>),
-    RecordProgress(RefusedStarts),
-    Purge(usize),
-    Control(Result<(), ControlError>),
-}
-
-impl Command {
-    fn is_read(&self) -> bool {
-        matches!(self, Command::Get { .. } | Command::Status { .. } | Command::List { .. })
-    }
-
-    /// Whether a committed transaction that carried this command may have made jobs ready
-    /// or moved the next due time, so that a waiting fetch must look again.
-    fn may_ready_jobs(&self) -> bool {
-        matches!(self, Command::Enqueue { .. } | Command::Retry { .. })
-    }
-
-    /// Does a write command's work. Jobs to enqueue are moved into the backend; progress
-    /// is only borrowed, so that it can be handed back if the commit fails.
-    fn execute(&mut self, backend: &mut dyn QueueBackend) -> Result<Output, StorageError> {
-        match self {
-            Command::Enqueue { group, .. } => Ok(Output::Enqueue(backend.enqueue_group(std::mem::take(group))?)),
-            Command::Retry { id, .. } => Ok(Output::Control(backend.retry_dead(*id)?)),
-            Command::Cancel { id, now, .. } => Ok(Output::Control(backend.cancel(*id, *now)?)),
-            Command::RecordProgress { started, finished, .. } => {
-                Ok(Output::RecordProgress(backend.record_progress(started, finished)?))
-            }
-            Command::Purge { cutoff, limit, .. } => Ok(Output::Purge(backend.purge_finished(*cutoff, *limit)?)),
-            Command::Get { .. } | Command::Status { .. } | Command::List { .. } => {
-                unreachable!("reads run outside transactions")
-            }
-            Command::TakeReady(_) | Command::Nudge | Command::Wake => {
-                unreachable!("fetches run in transactions of their own")
-            }
-        }
-    }
-
-    /// Answers a write command after its transaction committed.
-    fn answer(self, output: Output) {
-        // A reply whose receiver went away is dropped: the caller gave up, and the work
-        // is done either way, exactly as if the answer had been lost on the wire.
-        match (self, output) {
-            (Command::Enqueue { replies, .. }, Output::Enqueue(answers)) => {
-                let mut answers = answers.into_iter();
-                for (submissions, reply) in replies {
-                    drop(reply.send(Ok(answers.by_ref().take(submissions).collect())));
-                }
-            }
-            (Command::Retry { reply, .. } | Command::Cancel { reply, .. }, Output::Control(result)) => {
-                drop(reply.send(Ok(result)))
-            }
-            (Command::RecordProgress { reply, .. }, Output::RecordProgress(refused)) => drop(reply.send(Ok(refused))),
-            (Command::Purge { reply, .. }, Output::Purge(count)) => drop(reply.send(Ok(count))),
-            _ => unreachable!("each command produces its own kind of output"),
-        }
-    }
-
-    /// Answers a command with a storage error: its transaction failed and nothing it did
-    /// remains, or the queue is lost and nobody knows.
-    fn fail(self, error: &StorageError) {
-        match self {
-            Command::Enqueue { replies, .. } => {
-                for (_, reply) in replies {
-                    drop(reply.send(Err(error.clone())));
-                }
-            }
-            Command::TakeReady(fetch) => drop(fetch.reply.send(Err(error.clone()))),
-            Command::Retry { reply, .. } | Command::Cancel { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Command::List { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Command::RecordProgress { started, finished, reply } => {
-                drop(reply.send(Err(ProgressNotRecorded { error: error.clone(), started, finished })))
-            }
-            Command::Purge { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Command::Get { reply, .. } => drop(reply.send(Err(error.clone()))),
-            Command::Status { reply } => drop(reply.send(Err(error.clone()))),
-            Command::Nudge | Command::Wake => {}
-        }
-    }
 }
 
 /// Owns the thread that runs the backend (which owns the sync thread, if any). Dropping
@@ -567,6 +408,7 @@ fn answer_read(backend: &mut dyn QueueBackend, command: Command, writable: &mut 
     match command {
         Command::Get { id, with_payload, reply } => drop(reply.send(backend.get(id, with_payload))),
         Command::List { filter, before, limit, reply } => drop(reply.send(backend.list(&filter, before, limit))),
+        Command::Queues { with_depths, reply } => drop(reply.send(backend.queues(with_depths))),
         Command::Status { reply } => {
             if !*writable {
                 *writable = backend.check_writable().is_ok();
@@ -679,11 +521,13 @@ fn run_writes(
     Some(Committed(writes.into_iter().zip(outputs).collect()))
 }
 
+mod command;
 mod handle;
 mod lanes;
 mod reads;
 mod sync;
 
+use command::{Command, Fetch, Output, Waiting, worth_answering};
 pub use handle::QueueHandle;
 use lanes::Lanes;
 use sync::{LostSignal, Syncing, run_sync_thread};

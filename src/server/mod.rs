@@ -3,6 +3,7 @@
 //! holds the public entry points, [`serve`] and [`check`], their [`ServeError`], and the
 //! loading of the token file and the TLS certificate that both use and SIGHUP repeats.
 
+mod pauses;
 mod serving;
 mod shutdown;
 mod summary;
@@ -34,6 +35,8 @@ pub enum ServeError {
     QueueOpen(#[from] OpenError),
     #[error("{0}; jobd stopped, and its next start recovers the queue from what is on disk")]
     QueueLost(StorageError),
+    #[error("cannot pause the queues the configuration starts paused: {0}")]
+    QueuePauses(StorageError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("HTTP server failed: {0}")]

@@ -112,6 +112,7 @@ pub(super) async fn stop_in_order(
     wiring.purge_task.abort();
     wiring.summary_task.abort();
     wiring.history_task.abort();
+    wiring.pauses_task.abort();
     if let Some(queued) = queue_status_for_log(&wiring.queue).await
         && queued > 0
     {

@@ -52,6 +52,7 @@ pub(super) struct Wiring {
     pub(super) summary_task: JoinHandle<()>,
     /// The counters' short history ([`crate::stats::sample_history`]).
     pub(super) history_task: JoinHandle<()>,
+    pub(super) pauses_task: JoinHandle<()>,
     /// What every HTTP handler shares.
     pub(super) state: web::Data<AppState>,
 }
@@ -117,7 +118,9 @@ pub(super) async fn wire(
         window_max_bytes: config.window_max_bytes,
         shared_queue: config.queue == QueueKind::Postgres,
     };
+    let queues = Arc::new(crate::queues::Queues::from_tables(&config.queues));
     let dispatcher = Dispatcher::new(queue.clone(), runner, stats.clone(), pool)
+        .with_queue_limits(queues.concurrency_limits())
         .with_systemd(notifier.clone(), crate::systemd::watchdog_interval())
         .start();
     let gate_opened = {
@@ -136,6 +139,8 @@ pub(super) async fn wire(
         super::summary::SUMMARY_PERIOD,
     ));
     let history_task = actix::spawn(crate::stats::sample_history(stats.clone(), metrics.clone()));
+    super::pauses::pause_configured(&queue, &queues).await.map_err(ServeError::QueuePauses)?;
+    let pauses_task = actix::spawn(super::pauses::watch_pauses(queue.clone(), dispatcher.clone()));
 
     let state = web::Data::new(AppState {
         ingest,
@@ -147,6 +152,7 @@ pub(super) async fn wire(
         store_health: store_health.clone(),
         lifecycle: lifecycle.clone(),
         kinds,
+        queues,
         parse_options: ParseOptions {
             max_json_depth: config.max_json_depth,
             max_jobs_per_request: config.max_jobs_per_request,
@@ -171,6 +177,7 @@ pub(super) async fn wire(
         purge_task,
         summary_task,
         history_task,
+        pauses_task,
         state,
     })
 }

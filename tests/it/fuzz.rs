@@ -165,7 +165,12 @@ fn assert_parsed_keys_are_confined(parsed: &Result<Vec<jobd::job::JobSpec>, Subm
 #[test]
 fn arbitrary_bytes_never_crash_the_parsers() {
     fuzz("arbitrary bytes", prop::collection::vec(any::<u8>(), 0..2048), |bytes| {
-        assert_parsed_keys_are_confined(&submission::parse_jobs(&bytes, &kinds(), OPTIONS))?;
+        assert_parsed_keys_are_confined(&submission::parse_jobs(
+            &bytes,
+            &kinds(),
+            &jobd::queues::Queues::default(),
+            OPTIONS,
+        ))?;
         let _ = submission::parse_payloads(&bytes, OPTIONS);
         let _ = submission::check_depth(&bytes, 64);
         Ok(())
@@ -182,7 +187,7 @@ fn job_shaped_json_is_parsed_or_refused_by_field_never_crashes() {
     ];
     fuzz("job-shaped JSON", body, |value| {
         let bytes = serde_json::to_vec(&value).expect("serialize");
-        let parsed = submission::parse_jobs(&bytes, &kinds(), OPTIONS);
+        let parsed = submission::parse_jobs(&bytes, &kinds(), &jobd::queues::Queues::default(), OPTIONS);
         assert_parsed_keys_are_confined(&parsed)?;
         if let (Ok(jobs), Some(list)) = (&parsed, value.get("jobs").and_then(Value::as_array)) {
             prop_assert_eq!(jobs.len(), list.len(), "one job per entry");

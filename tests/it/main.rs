@@ -21,6 +21,7 @@ mod fuzz;
 mod logs;
 mod metrics;
 mod postgres;
+mod queues;
 mod readme;
 mod s3;
 mod security;

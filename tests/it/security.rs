@@ -769,7 +769,7 @@ async fn every_described_operation_is_served_and_every_served_route_is_described
             operations += 1;
         }
     }
-    assert_eq!(operations, 13, "{paths:?}");
+    assert_eq!(operations, 16, "{paths:?}");
     // A method the description does not list is a 405 naming the ones it does.
     let response = send(&daemon, "PUT", "/v1/jobs", Some(ALL_TOKEN), None).await;
     assert_eq!(response.status(), 405);

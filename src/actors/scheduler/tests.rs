@@ -66,6 +66,37 @@ fn a_noop_runs_at_once_and_a_guarded_job_once_its_start_is_recorded() {
 }
 
 #[test]
+fn a_paused_queue_waits_without_holding_workers_and_a_limited_queue_runs_its_limit() {
+    let kinds = kinds(true);
+    let mut scheduler = Scheduler::new(settings(false), fastrand::Rng::with_seed(3), std::time::Instant::now())
+        .with_queue_limits([(crate::job::queue_name("limited"), 1)]);
+    for worker in 0..WORKERS {
+        scheduler.worker_idle(worker);
+    }
+    let in_queue = |queue: &str| claimed(Job { queue: crate::job::queue_name(queue), ..Job::for_test("noop") });
+    let (bulk, limited) = ([in_queue("bulk"), in_queue("bulk")], [in_queue("limited"), in_queue("limited")]);
+    let (bulk_ids, limited_ids): (Vec<JobId>, Vec<JobId>) =
+        (bulk.iter().map(|job| job.id).collect(), limited.iter().map(|job| job.id).collect());
+    let other = in_queue("default");
+    let other_id = other.id;
+    scheduler.queues_paused(&HashSet::from([crate::job::queue_name("bulk")]));
+    let wanted = scheduler.pump(&kinds, Utc::now(), std::time::Instant::now()).fetch.expect("fetch");
+    scheduler.fetched(bulk.into_iter().chain(limited).chain([other]).collect(), wanted);
+    let ran =
+        |pumped: Pumped| pumped.run_now.into_iter().map(|launch| (launch.worker, launch.job.id)).collect::<Vec<_>>();
+    let first = ran(scheduler.pump(&kinds, Utc::now(), std::time::Instant::now()));
+    assert_eq!(first.iter().map(|(_, id)| *id).collect::<Vec<_>>(), [limited_ids[0], other_id], "one of limited");
+    let (limited_worker, _) = first[0];
+    assert_eq!(scheduler.busy(), 2, "the paused queue's jobs hold no worker");
+    scheduler.job_finished(limited_worker, succeeded(), false, Utc::now());
+    let second = ran(scheduler.pump(&kinds, Utc::now(), std::time::Instant::now()));
+    assert_eq!(second.iter().map(|(_, id)| *id).collect::<Vec<_>>(), [limited_ids[1]], "its next, once a slot frees");
+    scheduler.queues_paused(&HashSet::new());
+    let resumed = ran(scheduler.pump(&kinds, Utc::now(), std::time::Instant::now()));
+    assert_eq!(resumed.iter().map(|(_, id)| *id).collect::<Vec<_>>(), bulk_ids, "the resumed queue, in order");
+}
+
+#[test]
 fn a_refused_start_frees_its_worker_and_a_lapsed_lease_interrupts_the_attempt() {
     let kinds = kinds(true);
     let mut scheduler = Scheduler::new(settings(true), fastrand::Rng::with_seed(2), std::time::Instant::now());
@@ -164,7 +195,16 @@ enum Event {
         pick: u8,
     },
     WorkerBack,
+    /// The `bulk` queue is paused, or resumed.
+    Pause {
+        paused: bool,
+    },
 }
+
+/// The named queues of the model: `bulk` is paused now and then, and `limited` runs at
+/// most [`LIMITED_CONCURRENCY`] jobs at once.
+const QUEUES: [&str; 3] = ["default", "bulk", "limited"];
+const LIMITED_CONCURRENCY: usize = 2;
 
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
@@ -181,6 +221,7 @@ fn event() -> impl Strategy<Value = Event> {
             .prop_map(|(held, new_term)| Event::Lease { held, new_term }),
         1 => any::<u8>().prop_map(|pick| Event::WorkerLost { pick }),
         2 => Just(Event::WorkerBack),
+        1 => any::<bool>().prop_map(|paused| Event::Pause { paused }),
     ]
 }
 
@@ -213,11 +254,16 @@ struct Model {
     term: u64,
     largest_footprint: usize,
     recorded_starts: HashSet<(JobId, u32)>,
+    /// Each job's named queue.
+    queue_of: HashMap<JobId, crate::job::QueueName>,
+    /// Whether `bulk` is paused.
+    bulk_paused: bool,
 }
 
 impl Model {
     fn new(shared: bool) -> Self {
-        let mut scheduler = Scheduler::new(settings(shared), fastrand::Rng::with_seed(7), std::time::Instant::now());
+        let mut scheduler = Scheduler::new(settings(shared), fastrand::Rng::with_seed(7), std::time::Instant::now())
+            .with_queue_limits([(crate::job::queue_name("limited"), LIMITED_CONCURRENCY)]);
         for number in 0..WORKERS {
             assert!(scheduler.worker_idle(number));
         }
@@ -241,6 +287,8 @@ impl Model {
             term: 0,
             largest_footprint: 0,
             recorded_starts: HashSet::new(),
+            queue_of: HashMap::new(),
+            bulk_paused: false,
         }
     }
 
@@ -255,7 +303,14 @@ impl Model {
 
     fn pump(&mut self) {
         let kinds = if self.store_reachable { &self.up } else { &self.down };
+        let awaiting_before: HashSet<JobId> =
+            self.scheduler.awaiting_start.iter().map(|launch| launch.job.id).collect();
         let pumped = self.scheduler.pump(kinds, Utc::now(), std::time::Instant::now());
+        let handed_out = pumped.run_now.iter().chain(&self.scheduler.awaiting_start).map(|launch| launch.job.id);
+        for id in handed_out.filter(|id| !awaiting_before.contains(id)) {
+            let queue = self.queue_of.get(&id).map_or("default", |queue| &**queue);
+            assert!(!(self.bulk_paused && queue == "bulk"), "{id} of the paused queue was handed a worker");
+        }
         if self.scheduler.is_draining() {
             assert!(pumped.run_now.is_empty() && !pumped.dispatched, "a drain starts nothing");
         }
@@ -402,6 +457,8 @@ impl Model {
                         size => Job::upload_for_test(usize::from(size) << 10),
                     };
                     job.attempt = 1;
+                    job.queue = crate::job::queue_name(QUEUES[usize::from(size) % QUEUES.len()]);
+                    self.queue_of.insert(job.id, job.queue.clone());
                     self.largest_footprint = self.largest_footprint.max(job.footprint());
                     self.queue.push_back(job);
                 }
@@ -452,6 +509,12 @@ impl Model {
                     self.scheduler.worker_idle(worker);
                 }
             }
+            Event::Pause { paused } => {
+                self.bulk_paused = paused;
+                let paused: HashSet<crate::job::QueueName> =
+                    paused.then(|| crate::job::queue_name("bulk")).into_iter().collect();
+                self.scheduler.queues_paused(&paused);
+            }
         }
         self.pump();
         self.check();
@@ -469,11 +532,14 @@ impl Model {
             WINDOW_MAX_BYTES
         );
         assert!(self.fetch_out.is_some() == scheduler.is_fetching(), "the core knows whether its fetch is out");
+        let limited = scheduler.running.iter().flatten().filter(|running| &*running.queue == "limited").count();
+        assert!(limited <= LIMITED_CONCURRENCY, "{limited} jobs of a queue limited to {LIMITED_CONCURRENCY} run");
     }
 
     /// Drains: every running job finishes, every flush commits, every fetch and cancel is
     /// answered, and the drain must end.
     fn drain(&mut self) {
+        // A paused queue's jobs wait; the drain must end whether or not they do.
         self.scheduler.drain();
         if self.shared && !self.lease_held {
             self.lease_held = true;
@@ -509,8 +575,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// No job starts twice or after its cancel, the window's byte bound holds, nothing
-    /// starts while the lease is lapsed, and a drain ends; on a queue of one node and on a
-    /// shared one.
+    /// starts while the lease is lapsed, nothing of a paused queue starts, a queue's
+    /// concurrency limit holds, and a drain ends; on a queue of one node and on a shared one.
     #[test]
     fn the_core_keeps_its_invariants_under_any_order_of_events(
         shared in any::<bool>(),

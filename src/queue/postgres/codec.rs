@@ -1,21 +1,22 @@
-//! PostgreSQL rows to envelopes and records. Nothing here knows a kind: arguments and
-//! body come back as the job carried them.
+//! PostgreSQL rows to envelopes and records, and jobs to the column arrays an insert takes.
+//! Nothing here knows a kind: arguments and body come back as the job carried them.
 
 use std::borrow::Cow;
 
 use postgres::Row;
 use serde_json::value::RawValue;
 
-use crate::job::{Body, Job, JobId, JobRecord, JobResult};
+use crate::job::{Body, Job, JobId, JobRecord, JobResult, queue_name};
 use crate::queue::columns::{from_millis, payload_value, state_of};
 
 /// The columns a claim returns, by position.
 pub(super) const CLAIMED_COLUMNS: &str = "j.ready_seq, j.id, j.kind, j.attempts, j.max_attempts, j.timeout_ms,
-     j.run_at, j.created_at, j.idempotency_key, j.body, j.body_is_json, j.args, j.submitted_by, j.claim_epoch";
+     j.run_at, j.created_at, j.idempotency_key, j.body, j.body_is_json, j.args, j.submitted_by, j.claim_epoch,
+     j.queue";
 
 /// The columns a record is read from, by position; the body comes last when asked for.
 pub(super) const RECORD_COLUMNS: &str = "id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at,
-     started_at, finished_at, last_error, result, idempotency_key, submitted_by, body_is_json, args";
+     started_at, finished_at, last_error, result, idempotency_key, submitted_by, body_is_json, args, queue";
 
 pub(super) fn job_id(id: uuid::Uuid) -> JobId {
     JobId::from_bytes(id.into_bytes())
@@ -60,6 +61,7 @@ pub(super) fn decode_claimed(row: &Row) -> Result<Job, String> {
             .map(|text| RawValue::from_string(text).map_err(|error| format!("column args: {error}")))
             .transpose()?,
         submitted_by: Some(submitted_by).filter(|name| !name.is_empty()),
+        queue: queue_name(row.try_get::<_, &str>(14).map_err(|error| format!("column queue: {error}"))?),
     })
 }
 
@@ -68,7 +70,7 @@ pub(super) fn record_from_row(row: &Row, with_payload: bool) -> Result<JobRecord
     let state: String = column(row, 2, "state")?;
     let result: Option<String> = column(row, 11, "result")?;
     let payload = if with_payload {
-        let body: Option<Vec<u8>> = column(row, 16, "body")?;
+        let body: Option<Vec<u8>> = column(row, 17, "body")?;
         let is_json: bool = column(row, 14, "body_is_json")?;
         body.and_then(|bytes| payload_value(bytes, is_json))
     } else {
@@ -78,6 +80,7 @@ pub(super) fn record_from_row(row: &Row, with_payload: bool) -> Result<JobRecord
     Ok(JobRecord {
         id: job_id(column(row, 0, "id")?),
         kind: column(row, 1, "kind")?,
+        queue: column(row, 16, "queue")?,
         state: state_of(&state),
         attempts: unsigned(column(row, 3, "attempts")?, "attempts")?,
         max_attempts: unsigned(column(row, 4, "max_attempts")?, "max_attempts")?,
@@ -97,4 +100,41 @@ pub(super) fn record_from_row(row: &Row, with_payload: bool) -> Result<JobRecord
             .transpose()?,
         body_is_json: column(row, 14, "body_is_json")?,
     })
+}
+
+/// An insert's columns as arrays, borrowing from the jobs.
+pub(super) struct InsertColumns<'a> {
+    pub(super) ids: Vec<uuid::Uuid>,
+    pub(super) kinds: Vec<&'a str>,
+    pub(super) states: Vec<&'static str>,
+    pub(super) run_at: Vec<Option<i64>>,
+    pub(super) max_attempts: Vec<i32>,
+    pub(super) timeout_ms: Vec<Option<i64>>,
+    pub(super) created_at: Vec<i64>,
+    pub(super) keys: Vec<Option<&'a str>>,
+    pub(super) submitted_by: Vec<&'a str>,
+    pub(super) bodies: Vec<Option<&'a [u8]>>,
+    pub(super) body_is_json: Vec<bool>,
+    pub(super) args: Vec<Option<&'a str>>,
+    pub(super) queues: Vec<&'a str>,
+}
+
+impl InsertColumns<'_> {
+    pub(super) fn with_capacity(count: usize) -> Self {
+        InsertColumns {
+            ids: Vec::with_capacity(count),
+            kinds: Vec::with_capacity(count),
+            states: Vec::with_capacity(count),
+            run_at: Vec::with_capacity(count),
+            max_attempts: Vec::with_capacity(count),
+            timeout_ms: Vec::with_capacity(count),
+            created_at: Vec::with_capacity(count),
+            keys: Vec::with_capacity(count),
+            submitted_by: Vec::with_capacity(count),
+            bodies: Vec::with_capacity(count),
+            body_is_json: Vec::with_capacity(count),
+            args: Vec::with_capacity(count),
+            queues: Vec::with_capacity(count),
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod cluster;
 mod codec;
 mod connection;
 mod pick;
+mod queues;
 mod reader;
 mod schema;
 #[cfg(test)]
@@ -448,6 +449,10 @@ impl super::RecordReader for PostgresBackend {
         limit: usize,
     ) -> Result<super::JobPage, StorageError> {
         self.read_again_if_lost(|backend| super::JobReader::list(backend, filter, before, limit))
+    }
+
+    fn queues(&mut self, with_depths: bool) -> Result<super::QueuesView, StorageError> {
+        self.read_again_if_lost(|backend| super::JobReader::queues(backend, with_depths))
     }
 }
 

@@ -108,6 +108,10 @@ impl JobReader for PostgresBackend {
         Ok(page)
     }
 
+    fn queues(&mut self, with_depths: bool) -> Result<crate::queue::QueuesView, StorageError> {
+        super::queues::view(&mut self.connection, with_depths)
+    }
+
     /// Sums every node's count rows: a handful of rows per node, whatever the backlog.
     fn depth(&mut self) -> Result<QueueDepth, StorageError> {
         let rows = self.connection.query(DEPTH, &[])?;

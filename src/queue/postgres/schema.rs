@@ -10,7 +10,7 @@ use crate::queue::StorageError;
 
 /// The schema this build writes. A database with a higher version was written by a newer
 /// jobd, and this one refuses it rather than misread it.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The advisory lock the migrations hold: one node migrates while the others wait.
 const MIGRATION_LOCK: i64 = 0x6a6f_6264_0001;
@@ -25,11 +25,12 @@ pub(super) const READY_CHANNEL: &str = "jobd_ready";
 /// Each migration, in order: version `n` is the `n`th entry. Each runs in one transaction
 /// with its version bump. A migration never changes once released: a database that ran
 /// it must stay what the next one expects (the tests upgrade a version 1 database).
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("migrations/v1.sql"),
     include_str!("migrations/v2.sql"),
     include_str!("migrations/v3.sql"),
     include_str!("migrations/v4.sql"),
+    include_str!("migrations/v5.sql"),
 ];
 
 /// Adds a transaction's count changes to its connection's rows: `$1` the node, `$2` its

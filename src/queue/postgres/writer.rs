@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::PostgresBackend;
-use super::codec::{CLAIMED_COLUMNS, decode_claimed, job_id, uuid_of};
+use super::codec::{CLAIMED_COLUMNS, InsertColumns, decode_claimed, job_id, uuid_of};
 use super::schema::PURGE_LOCK;
 use crate::job::{FinishedJob, Job, JobId, JobState, StartedJob};
 use crate::queue::columns::{FinishColumns, millis, split_progress, state_of};
@@ -21,13 +21,13 @@ const FIND_BY_KEY: &str = "SELECT id, state FROM jobd_jobs WHERE submitted_by = 
 /// transaction took meanwhile is skipped (`ON CONFLICT DO NOTHING`), and the caller finds
 /// the winner by its key: concurrent duplicates sent to different nodes create one job.
 const INSERT: &str = "INSERT INTO jobd_jobs (id, kind, state, ready_seq, run_at, max_attempts, timeout_ms,
-         created_at, idempotency_key, submitted_by, body, body_is_json, args)
+         created_at, idempotency_key, submitted_by, body, body_is_json, args, queue)
      SELECT id, kind, state, CASE WHEN state = 'queued' THEN nextval('jobd_ready_seq') END, run_at, max_attempts,
-         timeout_ms, created_at, idempotency_key, submitted_by, body, body_is_json, args
+         timeout_ms, created_at, idempotency_key, submitted_by, body, body_is_json, args, queue
      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::integer[], $6::bigint[], $7::bigint[],
-         $8::text[], $9::text[], $10::bytea[], $11::boolean[], $12::text[])
+         $8::text[], $9::text[], $10::bytea[], $11::boolean[], $12::text[], $13::text[])
          AS new(id, kind, state, run_at, max_attempts, timeout_ms, created_at, idempotency_key, submitted_by, body,
-             body_is_json, args)
+             body_is_json, args, queue)
      ON CONFLICT DO NOTHING
      RETURNING id";
 
@@ -47,9 +47,14 @@ const PROMOTE_DUE: &str = "WITH due AS (
 /// The next queued jobs no node holds, from `ready_seq` `$2` on, in order, locked for this
 /// transaction, with their body sizes: the claim cuts the batch at its byte bound before it
 /// takes them.
-const PICK: &str = "SELECT id, octet_length(body), ready_seq FROM jobd_jobs
+///
+/// A paused queue's jobs are passed over (`queues.rs`); they keep their places,
+/// and a claim finds them again once the queue resumes (within a second: a claim looks
+/// from the start of the queue once a second, `pick.rs`).
+const PICK: &str = "SELECT id, octet_length(body), ready_seq FROM jobd_jobs j
      WHERE state = 'queued' AND lease_owner IS NULL AND ready_seq >= $2
-     ORDER BY ready_seq LIMIT $1 FOR UPDATE SKIP LOCKED";
+         AND NOT EXISTS (SELECT 1 FROM jobd_queue_states q WHERE q.name = j.queue AND q.paused)
+     ORDER BY ready_seq LIMIT $1 FOR UPDATE OF j SKIP LOCKED";
 
 /// Takes picked jobs into this node's window: leased to `$2` under its claim epoch `$3`,
 /// still `queued` until their start is recorded, if this node's row is still there.
@@ -180,6 +185,7 @@ impl PostgresBackend {
             columns.bodies.push(job.body.as_ref().map(|body| body.bytes.as_slice()));
             columns.body_is_json.push(job.body.as_ref().is_some_and(|body| body.is_json));
             columns.args.push(job.args.as_ref().map(|args| args.get()));
+            columns.queues.push(&job.queue);
         }
         let rows = self.connection.query(
             INSERT,
@@ -196,6 +202,7 @@ impl PostgresBackend {
                 &columns.bodies,
                 &columns.body_is_json,
                 &columns.args,
+                &columns.queues,
             ],
         )?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
@@ -381,41 +388,6 @@ fn attempt_column(attempt: u32) -> i32 {
     i32::try_from(attempt).unwrap_or(i32::MAX)
 }
 
-/// An insert's columns as arrays, borrowing from the jobs.
-struct InsertColumns<'a> {
-    ids: Vec<uuid::Uuid>,
-    kinds: Vec<&'a str>,
-    states: Vec<&'static str>,
-    run_at: Vec<Option<i64>>,
-    max_attempts: Vec<i32>,
-    timeout_ms: Vec<Option<i64>>,
-    created_at: Vec<i64>,
-    keys: Vec<Option<&'a str>>,
-    submitted_by: Vec<&'a str>,
-    bodies: Vec<Option<&'a [u8]>>,
-    body_is_json: Vec<bool>,
-    args: Vec<Option<&'a str>>,
-}
-
-impl InsertColumns<'_> {
-    fn with_capacity(count: usize) -> Self {
-        InsertColumns {
-            ids: Vec::with_capacity(count),
-            kinds: Vec::with_capacity(count),
-            states: Vec::with_capacity(count),
-            run_at: Vec::with_capacity(count),
-            max_attempts: Vec::with_capacity(count),
-            timeout_ms: Vec::with_capacity(count),
-            created_at: Vec::with_capacity(count),
-            keys: Vec::with_capacity(count),
-            submitted_by: Vec::with_capacity(count),
-            bodies: Vec::with_capacity(count),
-            body_is_json: Vec::with_capacity(count),
-            args: Vec::with_capacity(count),
-        }
-    }
-}
-
 /// Attempts' ends as arrays.
 #[derive(Default)]
 struct FinishArrays {
@@ -431,6 +403,16 @@ struct FinishArrays {
 }
 
 impl JobWriter for PostgresBackend {
+    fn set_queue_paused(
+        &mut self,
+        name: &str,
+        paused: bool,
+        if_unset: bool,
+        _now: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        super::queues::set_paused(&mut self.connection, name, paused, if_unset)
+    }
+
     fn enqueue(&mut self, submission: Vec<Job>) -> Result<Result<Vec<Admitted>, Refusal>, StorageError> {
         let submitted_by = submission.first().and_then(|job| job.submitted_by.clone()).unwrap_or_default();
         let (mut admitted, is_new) = admit(&submission, |key| self.find_by_idempotency_key(&submitted_by, key))?;

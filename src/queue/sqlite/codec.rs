@@ -7,7 +7,7 @@ use rusqlite::Row;
 use serde_json::value::RawValue;
 
 use super::sql::claim;
-use crate::job::{Body, Job, JobId, JobRecord, JobResult};
+use crate::job::{Body, Job, JobId, JobRecord, JobResult, queue_name};
 use crate::queue::columns::payload_value;
 pub(super) use crate::queue::columns::{FinishColumns, from_millis, millis, state_of};
 
@@ -52,6 +52,11 @@ pub(super) fn decode_claimed(row: &Row<'_>) -> Result<Job, String> {
             .map(|name| Some(name).filter(|name| !name.is_empty()))
             .map_err(|error| column("submitted_by", error))?,
         kind: Cow::Owned(row.get(claim::KIND).map_err(|error| column("kind", error))?),
+        queue: queue_name(
+            row.get_ref(claim::QUEUE)
+                .and_then(|value| value.as_str().map_err(Into::into))
+                .map_err(|error| column("queue", error))?,
+        ),
         args,
         body,
     })
@@ -71,6 +76,7 @@ pub(super) fn record_from_row(row: &Row<'_>, with_payload: bool) -> rusqlite::Re
     Ok(JobRecord {
         id: JobId::from_bytes(row.get("id")?),
         kind: row.get("kind")?,
+        queue: row.get("queue")?,
         state: state_of(&state),
         attempts: row.get("attempts")?,
         max_attempts: row.get("max_attempts")?,

@@ -77,13 +77,15 @@ impl FreshJobs {
 
     /// Moves committed jobs that follow `claimed_up_to` into `into`, up to `max` in all and
     /// as many body bytes as the claim has room for, advancing `claimed_up_to` and adding
-    /// to `bytes`. Returns whether it stopped at the byte limit.
+    /// to `bytes`; jobs `passed_over` (of a paused queue) only advance it. Returns whether
+    /// it stopped at the byte limit.
     pub(super) fn claim(
         &mut self,
         claimed_up_to: &mut i64,
         max: usize,
         into: &mut Vec<Job>,
         bytes: &mut usize,
+        passed_over: impl Fn(&Job) -> bool,
     ) -> bool {
         // Jobs a claim already read from the table are of no more use.
         while !self.committed.is_empty() && self.first <= *claimed_up_to {
@@ -99,8 +101,11 @@ impl FreshJobs {
                 return true;
             }
             let Some(mut job) = self.pop_front() else { break };
-            *bytes += size;
             *claimed_up_to = self.first - 1;
+            if passed_over(&job) {
+                continue;
+            }
+            *bytes += size;
             // What the table would say of a job never started: its first attempt.
             job.attempt = 1;
             into.push(job);

@@ -20,6 +20,7 @@ use super::{QueueBackend, StorageError, Syncer, Transactions};
 mod books;
 mod codec;
 mod fresh;
+mod paused;
 mod reader;
 mod schema;
 mod sql;
@@ -65,6 +66,12 @@ pub struct SqliteBackend {
     books_at_begin: Bookkeeping,
     /// Queued jobs this process inserted, which the next claims take from memory.
     fresh: FreshJobs,
+    /// The paused queues, each with the claim cursor at its pause: claims pass over a
+    /// paused queue's jobs, and its resume puts those passed over (after that cursor) back
+    /// in the queue behind the rest (`paused.rs`).
+    paused: std::collections::HashMap<String, i64>,
+    /// `paused` as it was before the open transaction changed it, to restore on rollback.
+    paused_at_begin: Option<std::collections::HashMap<String, i64>>,
     /// With [`Synchronous::Full`], the WAL file that the [`Syncer`] fsyncs, until
     /// [`QueueBackend::syncer`] hands it over; until then SQLite syncs in each commit.
     wal: Option<WalFile>,
@@ -178,6 +185,7 @@ impl SqliteBackend {
             [],
             |r| r.get(0),
         )?;
+        let paused = paused::load(&connection)?;
         let recovery = Recovery { requeued, buried, queued: books.queued, delayed: books.scheduled + books.failed };
         let backend = Self {
             connection,
@@ -187,6 +195,8 @@ impl SqliteBackend {
             books,
             books_at_begin: books,
             fresh: FreshJobs::default(),
+            paused,
+            paused_at_begin: None,
             wal: (synchronous == Synchronous::Full).then(|| WalFile::new(path)),
             fail_syncs_after: None,
             sync_delay: None,
@@ -226,6 +236,7 @@ impl Transactions for SqliteBackend {
     fn commit(&mut self) -> Result<(), StorageError> {
         self.connection.prepare_cached("COMMIT")?.execute([])?;
         self.fresh.commit();
+        self.paused_at_begin = None;
         Ok(())
     }
 
@@ -248,6 +259,9 @@ impl Transactions for SqliteBackend {
     fn rollback(&mut self) {
         self.books = self.books_at_begin;
         self.fresh.rollback();
+        if let Some(paused) = self.paused_at_begin.take() {
+            self.paused = paused;
+        }
         if !self.connection.is_autocommit()
             && let Err(error) = self.connection.execute_batch("ROLLBACK")
         {

@@ -76,6 +76,10 @@ impl RecordReader for SqliteReader {
     fn list(&mut self, filter: &ListFilter, before: Option<Cursor>, limit: usize) -> Result<JobPage, StorageError> {
         self.bounded(|connection| list_records(connection, filter, before, limit))
     }
+
+    fn queues(&mut self, with_depths: bool) -> Result<crate::queue::QueuesView, StorageError> {
+        self.bounded(|connection| super::paused::view(connection, with_depths))
+    }
 }
 
 /// A page of a listing; see [`JobReader::list`].
@@ -165,6 +169,10 @@ impl JobReader for SqliteBackend {
             dead: books.dead,
             capacity: self.capacity,
         })
+    }
+
+    fn queues(&mut self, with_depths: bool) -> Result<crate::queue::QueuesView, StorageError> {
+        super::paused::view(&self.connection, with_depths)
     }
 
     fn oldest_queued(&mut self) -> Result<Option<DateTime<Utc>>, StorageError> {

@@ -8,7 +8,7 @@ use crate::queue::StorageError;
 
 /// The schema's version, in `PRAGMA user_version`; a file of another version is refused
 /// rather than misread.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// The schema.
 ///
@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted_by TEXT NOT NULL DEFAULT '',
     body BLOB,
     body_is_json INTEGER NOT NULL DEFAULT 0,
-    args TEXT
+    args TEXT,
+    queue TEXT NOT NULL DEFAULT 'default'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(submitted_by, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(ready_seq) WHERE state = 'queued';
@@ -50,6 +51,7 @@ CREATE INDEX IF NOT EXISTS jobs_cancelled ON jobs(seq) WHERE state = 'cancelled'
 CREATE INDEX IF NOT EXISTS jobs_kind ON jobs(kind, seq);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(submitted_by, seq) WHERE submitted_by <> '';
 CREATE TABLE IF NOT EXISTS probe (value BLOB);
+CREATE TABLE IF NOT EXISTS queue_states (name TEXT PRIMARY KEY, paused INTEGER NOT NULL, changed_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS identity (queue_id TEXT NOT NULL);
 INSERT INTO identity (queue_id) SELECT lower(hex(randomblob(8))) WHERE NOT EXISTS (SELECT 1 FROM identity);
 DROP INDEX IF EXISTS jobs_state;
@@ -102,8 +104,11 @@ PRAGMA user_version = 4;
 COMMIT;
 ";
 
-/// Brings the file at `path` to [`SCHEMA_VERSION`], one version at a time, and creates
-/// what is missing. A file of an unknown version is refused rather than misread.
+/// Brings a version 4 file to version 5: each job names its queue, and jobs from before
+/// queues run in the default one. SQLite adds a column with a constant default without
+/// rewriting the table, so this is instant however many jobs the file holds.
+pub(super) const MIGRATE_4_TO_5: &str = "ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default';";
+
 /// The queue's id ([`crate::queue::QueueBackend::queue_id`]): 64 random bits, made when
 /// the file was created (or first opened by a build that has it) and kept with the jobs.
 pub(super) fn queue_id(connection: &Connection) -> Result<std::sync::Arc<str>, StorageError> {
@@ -111,6 +116,8 @@ pub(super) fn queue_id(connection: &Connection) -> Result<std::sync::Arc<str>, S
     Ok(std::sync::Arc::from(id))
 }
 
+/// Brings the file at `path` to [`SCHEMA_VERSION`], one version at a time, and creates
+/// what is missing. A file of an unknown version is refused rather than misread.
 pub(super) fn migrate(connection: &Connection, path: &Path) -> Result<(), StorageError> {
     let mut version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     let has_jobs: bool = connection.query_row(
@@ -133,6 +140,12 @@ pub(super) fn migrate(connection: &Connection, path: &Path) -> Result<(), Storag
         }
         tracing::info!(path = %path.display(), "queue.db upgraded from schema version 3 to 4 (job envelopes)");
         version = 4;
+    }
+    if has_jobs && version == 4 {
+        connection.execute_batch(MIGRATE_4_TO_5)?;
+        connection.pragma_update(None, "user_version", 5)?;
+        tracing::info!(path = %path.display(), "queue.db upgraded from schema version 4 to 5 (named queues)");
+        version = 5;
     }
     if has_jobs && version != SCHEMA_VERSION {
         return Err(StorageError::new(format!(

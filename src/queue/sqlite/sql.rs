@@ -22,10 +22,10 @@ pub(super) fn integer(value: Option<i64>) -> ToSqlOutput<'static> {
 
 /// The columns [`SqliteBackend::insert_all`] writes, in order.
 const INSERT_COLUMN_NAMES: &str = "id, kind, state, ready_seq, run_at, max_attempts, timeout_ms, created_at,
-     idempotency_key, submitted_by, body, body_is_json, args";
-pub(super) const INSERT_COLUMNS: usize = 13;
+     idempotency_key, submitted_by, body, body_is_json, args, queue";
+pub(super) const INSERT_COLUMNS: usize = 14;
 /// The row counts of the multi-row statements, largest first: any number of rows is
-/// written with at most one statement of each size below the largest. 64 rows of 13
+/// written with at most one statement of each size below the largest. 64 rows of 14
 /// values stay far below SQLite's limit of 32,766 bound values.
 const STATEMENT_ROWS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
@@ -111,13 +111,13 @@ pub(super) const RECORD_STARTED: &str =
 /// The columns a record is read from, for `get` and `list`.
 pub(super) const RECORD_COLUMNS: &str =
     "seq, id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at, started_at,
-     finished_at, last_error, result, idempotency_key, submitted_by, body_is_json, args";
+     finished_at, last_error, result, idempotency_key, submitted_by, body_is_json, args, queue";
 
 /// The claim query's columns, read by position: reading by name scans the column names
 /// for every value, which showed in profiles of the queue thread.
 pub(super) mod claim {
     pub const SQL: &str = "SELECT seq, ready_seq, id, kind, attempts, max_attempts, timeout_ms, run_at, created_at,
-             idempotency_key, body, body_is_json, args, submitted_by
+             idempotency_key, body, body_is_json, args, submitted_by, queue
          FROM jobs INDEXED BY jobs_ready WHERE state = 'queued' AND ready_seq > ?1 ORDER BY ready_seq";
     pub const SEQ: usize = 0;
     pub const READY_SEQ: usize = 1;
@@ -133,4 +133,5 @@ pub(super) mod claim {
     pub const BODY_IS_JSON: usize = 11;
     pub const ARGS: usize = 12;
     pub const SUBMITTED_BY: usize = 13;
+    pub const QUEUE: usize = 14;
 }

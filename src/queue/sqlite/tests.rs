@@ -342,7 +342,10 @@ mod delayed {
         let path = dir.path().join("queue.db");
         // Version 2 had version 3's kind columns, and no `submitted_by`.
         let version_2_schema = SCHEMA
-            .replace("    args TEXT\n", "    object_key TEXT,\n    content_type TEXT,\n    arg TEXT\n")
+            .replace(
+                "    args TEXT,\n    queue TEXT NOT NULL DEFAULT 'default'\n",
+                "    object_key TEXT,\n    content_type TEXT,\n    arg TEXT\n",
+            )
             .replace("    submitted_by TEXT NOT NULL DEFAULT '',\n", "")
             .replace(
                 "jobs_idempotency ON jobs(submitted_by, idempotency_key)",

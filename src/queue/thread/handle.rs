@@ -8,7 +8,8 @@ use super::reads::Read;
 use super::{Command, Fetch, ProgressNotRecorded, Reply, SubmissionAnswer, Waiting};
 use crate::job::{FinishedJob, Job, JobId, JobRecord, StartedJob};
 use crate::queue::{
-    ControlError, Cursor, JobPage, LeaseClock, ListFilter, QueueStatus, ReadyBatch, RefusedStarts, StorageError,
+    ControlError, Cursor, JobPage, LeaseClock, ListFilter, QueueStatus, QueuesView, ReadyBatch, RefusedStarts,
+    StorageError,
 };
 
 /// The error every [`QueueHandle`] call returns once the queue thread has stopped.
@@ -151,6 +152,24 @@ impl QueueHandle {
         match &self.reads {
             Some(lane) => super::reads::call(lane, |reply| Read::Get { id, with_payload, reply }).await,
             None => self.call(|reply| Command::Get { id, with_payload, reply }).await,
+        }
+    }
+
+    /// See [`super::JobWriter::set_queue_paused`]; answered once durable.
+    pub async fn set_queue_paused(&self, name: &str, paused: bool, if_unset: bool) -> Result<(), StorageError> {
+        let name = name.to_owned();
+        self.call(|reply| Command::SetPaused { name, paused, if_unset, reply }).await
+    }
+
+    /// See [`super::JobReader::queues`]; on the read lane when there is one.
+    /// Without `with_depths`, only which queues are paused: one read of a few rows, which
+    /// goes to the queue thread, so that a watch of the pauses never waits in the read
+    /// lane behind (or ahead of) a costly listing. With them, a read of every unfinished
+    /// job's index entry, on the read lane where there is one.
+    pub async fn queues(&self, with_depths: bool) -> Result<QueuesView, StorageError> {
+        match &self.reads {
+            Some(lane) if with_depths => super::reads::call(lane, |reply| Read::Queues { with_depths, reply }).await,
+            _ => self.call(|reply| Command::Queues { with_depths, reply }).await,
         }
     }
 

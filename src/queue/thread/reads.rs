@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::job::{JobId, JobRecord};
-use crate::queue::{Cursor, JobPage, ListFilter, RecordReader, StorageError};
+use crate::queue::{Cursor, JobPage, ListFilter, QueuesView, RecordReader, StorageError};
 
 /// Reads waiting beyond this make their callers (HTTP handlers) wait for room: a flood of
 /// listings queues at the lane, bounded, instead of in memory.
@@ -31,6 +31,7 @@ type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 pub(super) enum Read {
     Get { id: JobId, with_payload: bool, reply: Reply<Option<JobRecord>> },
     List { filter: ListFilter, before: Option<Cursor>, limit: usize, reply: Reply<JobPage> },
+    Queues { with_depths: bool, reply: Reply<QueuesView> },
 }
 
 /// Starts the read lane's thread on `reader`; returns it and the sender of its reads. The
@@ -46,6 +47,7 @@ pub(super) fn spawn_reads(
             match read {
                 Read::Get { id, with_payload, reply } => drop(reply.send(reader.get(id, with_payload))),
                 Read::List { filter, before, limit, reply } => drop(reply.send(reader.list(&filter, before, limit))),
+                Read::Queues { with_depths, reply } => drop(reply.send(reader.queues(with_depths))),
             }
             let took = began.elapsed();
             if took > COSTLY_READ {

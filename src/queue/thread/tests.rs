@@ -1,8 +1,10 @@
 //! The queue thread's tests: held fetches, syncs, and failures, against the memory and
 //! SQLite backends.
 
+use chrono::DateTime;
+
 use super::*;
-use crate::job::JobState;
+use crate::job::{Job, JobId, JobState};
 use crate::queue::sqlite::{SqliteBackend, Synchronous};
 use crate::queue::{JobWriter as _, Transactions as _, memory};
 
