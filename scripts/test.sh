@@ -80,7 +80,7 @@ export JOBD_FUZZ_SECONDS="${JOBD_FUZZ_SECONDS:-60}"
 # cluster per test process) instead of SQLite. Tests of what only SQLite has (its file, its
 # fsyncs) say so and skip themselves.
 # Every integration suite is a module of one test binary, `it` (tests/it/main.rs).
-postgres_suites=(backpressure bad_input concurrency durability failures logs metrics security shutdown tenants
+postgres_suites=(backpressure bad_input concurrency durability failures logs metrics queues security shutdown tenants
   uploads webhooks s3 readme console)
 if [ $# -eq 0 ]; then
   # Settings: .config/nextest.toml.

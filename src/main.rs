@@ -17,6 +17,9 @@ fn main() -> ExitCode {
         Command::Jobs { connection, command } => {
             return jobd::client::run(jobd::client::jobs(connection, command)).into();
         }
+        Command::Queues { connection, command } => {
+            return jobd::client::run(jobd::client::queues(connection, command)).into();
+        }
         Command::Stats { connection, watch } => {
             return jobd::client::run(jobd::client::stats(connection, watch)).into();
         }
@@ -44,7 +47,11 @@ fn main() -> ExitCode {
     let (server, probe) = match cli.command {
         Command::Serve(server) => (server, None),
         Command::CheckConfig { probe, server } => (server, Some(probe)),
-        Command::Token(_) | Command::Submit { .. } | Command::Jobs { .. } | Command::Stats { .. } => {
+        Command::Token(_)
+        | Command::Submit { .. }
+        | Command::Jobs { .. }
+        | Command::Queues { .. }
+        | Command::Stats { .. } => {
             return ExitCode::SUCCESS;
         }
     };

@@ -1,12 +1,12 @@
-//! `jobd jobs get|list|retry|cancel` and `jobd stats [--watch]`: one request each (one per
-//! refresh), printed for a person or as JSON.
+//! `jobd jobs get|list|retry|cancel`, `jobd queues list|pause|resume` and `jobd stats
+//! [--watch]`: one request each (one per refresh), printed for a person or as JSON.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Client, ClientError, ConnectionArgs, Exit, JobsCommand, Output, printable};
+use super::{Client, ClientError, ConnectionArgs, Exit, JobsCommand, Output, QueuesCommand, printable};
 
 /// Runs `jobd jobs …`.
 pub async fn jobs(connection: ConnectionArgs, command: JobsCommand) -> Result<Exit, ClientError> {
@@ -41,6 +41,53 @@ pub async fn jobs(connection: ConnectionArgs, command: JobsCommand) -> Result<Ex
     };
     emit(&text)?;
     Ok(Exit::Success)
+}
+
+/// Runs `jobd queues …`.
+pub async fn queues(connection: ConnectionArgs, command: QueuesCommand) -> Result<Exit, ClientError> {
+    let client = Client::new(&connection)?;
+    let answer = match &command {
+        QueuesCommand::List => client.get_json("/v1/queues", &[]).await?,
+        QueuesCommand::Pause { name } | QueuesCommand::Resume { name } => {
+            let action = if matches!(command, QueuesCommand::Pause { .. }) { "pause" } else { "resume" };
+            let path = format!("/v1/queues/{}/{action}", path_segment(name));
+            client.send(reqwest::Method::POST, &path, &[], None).await?.json()?
+        }
+    };
+    let text = match (connection.output, &command) {
+        (Output::Json, _) => format!("{answer}\n"),
+        (Output::Text, QueuesCommand::List) => queues_text(&answer),
+        (Output::Text, _) => {
+            let state = if answer["paused"] == true { "paused" } else { "running" };
+            format!("{}: {state}\n", printable(answer["name"].as_str().unwrap_or("?")))
+        }
+    };
+    emit(&text)?;
+    Ok(Exit::Success)
+}
+
+/// The queues as a table: name, state, unfinished jobs by state, and the node's limit.
+fn queues_text(list: &Value) -> String {
+    let queues = list["queues"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut text = format!(
+        "{:<24}  {:<8}  {:>10}  {:>10}  {:>10}  {:>10}  {:>11}  NOTE\n",
+        "QUEUE", "STATE", "QUEUED", "SCHEDULED", "RUNNING", "FAILED", "CONCURRENCY"
+    );
+    for queue in queues {
+        let state = if queue["paused"] == true { "paused" } else { "running" };
+        let note = if queue["declared"] == true { "" } else { "not declared on this node" };
+        let depth = |state: &str| queue["depth"][state].as_u64().unwrap_or(0);
+        text.push_str(&format!(
+            "{:<24}  {state:<8}  {:>10}  {:>10}  {:>10}  {:>10}  {:>11}  {note}\n",
+            printable(queue["name"].as_str().unwrap_or("?")),
+            depth("queued"),
+            depth("scheduled"),
+            depth("running"),
+            depth("failed"),
+            queue["concurrency"].as_u64().map_or_else(|| "-".to_owned(), |limit| limit.to_string()),
+        ));
+    }
+    text
 }
 
 /// Writes `text` to standard output at once. A reader that went away (`jobd jobs list |

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
 
-pub use commands::{jobs, stats};
+pub use commands::{jobs, queues, stats};
 pub use submit::{SubmitArgs, submit};
 
 /// What a client command's exit status means. Usage errors (2) come from clap as well.
@@ -91,6 +91,16 @@ pub enum JobsCommand {
     Retry { id: String },
     /// Cancel a queued, scheduled or failed job.
     Cancel { id: String },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum QueuesCommand {
+    /// List the queues: paused or running, their unfinished jobs, their limits.
+    List,
+    /// Start nothing more of a queue, on every node; running jobs finish.
+    Pause { name: String },
+    /// Start a paused queue's jobs again, in their order.
+    Resume { name: String },
 }
 
 /// Why a client command failed, and the exit status that says so.

@@ -124,6 +124,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::client::JobsCommand,
     },
+    /// Read, pause and resume the named queues of a running jobd.
+    Queues {
+        #[command(flatten)]
+        connection: crate::client::ConnectionArgs,
+        #[command(subcommand)]
+        command: crate::client::QueuesCommand,
+    },
     /// Print a running jobd's queue depth, workers and counters.
     Stats {
         #[command(flatten)]

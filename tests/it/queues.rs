@@ -35,6 +35,19 @@ async fn all_succeed(daemon: &Daemon, ids: &[String]) {
     }
 }
 
+/// Runs the `jobd` client against `daemon` and returns its standard output.
+fn jobd_client(daemon: &Daemon, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_jobd"))
+        .args(args)
+        .env("JOBD_URL", &daemon.base)
+        .env_remove("JOBD_TOKEN")
+        .env_remove("JOBD_TOKEN_FILE")
+        .output()
+        .expect("run the client");
+    assert!(output.status.success(), "jobd {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
 async fn states(daemon: &Daemon, ids: &[String]) -> Vec<String> {
     let mut states = Vec::new();
     for id in ids {
@@ -98,9 +111,105 @@ async fn a_paused_queue_starts_nothing_outlives_a_restart_and_drains_on_resume()
     assert!(states(&daemon, &bulk).await.iter().all(|state| state == "queued"), "the pause outlived the restart");
     assert_eq!(queue_info(&daemon, "bulk").await["paused"], true);
 
-    let resumed = set_paused(&daemon, "bulk", "resume").await;
-    assert_eq!(resumed.status(), 200);
-    assert_eq!(resumed.json::<Value>().await.expect("json")["paused"], false);
+    // The client lists and resumes as the API does.
+    let listed = tokio::task::block_in_place(|| jobd_client(&daemon, &["queues", "list"]));
+    let bulk_line = listed.lines().find(|line| line.starts_with("bulk ")).unwrap_or_default();
+    assert_eq!(bulk_line.split_whitespace().take(3).collect::<Vec<_>>(), ["bulk", "paused", "5"], "{listed}");
+    let urgent_line = listed.lines().find(|line| line.starts_with("urgent ")).unwrap_or_default();
+    assert_eq!(urgent_line.split_whitespace().nth(6), Some("2"), "{listed}");
+    let resumed = tokio::task::block_in_place(|| jobd_client(&daemon, &["queues", "resume", "bulk"]));
+    assert_eq!(resumed, "bulk: running\n");
     all_succeed(&daemon, &bulk).await;
     assert_eq!(queue_info(&daemon, "bulk").await["depth"]["queued"], 0);
+}
+
+/// Starts `count` nodes on the PostgreSQL database `url`, each with the configuration file
+/// `config`.
+fn start_nodes(url: &str, config: &str, count: usize) -> Vec<Daemon> {
+    (0..count)
+        .map(|number| {
+            let name = format!("node-{number}");
+            Daemon::start(&[
+                ("JOBD_QUEUE", "postgres"),
+                ("JOBD_POSTGRES_URL", url),
+                ("JOBD_NODE_NAME", &name),
+                ("JOBD_CONFIG", config),
+            ])
+        })
+        .collect()
+}
+
+/// The newest start among `queue`'s jobs, in ms since the epoch (jobd's clock), if any.
+fn latest_start_ms(url: &str, queue: &str) -> Option<i64> {
+    let queue = queue.to_owned();
+    crate::common::postgres::sql(url, move |client| {
+        client
+            .query_one("SELECT max(started_at) FROM jobd_jobs WHERE queue = $1", &[&queue])
+            .expect("latest start")
+            .get(0)
+    })
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis())
+        .expect("ms")
+}
+
+/// Issue 34's test 5: a pause through one of three nodes stops the queue's starts on every
+/// node within a second while the other queues run; it holds across a restart of every node,
+/// and a resume drains the queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_reaches_every_node_within_a_second_and_outlives_restarting_them_all() {
+    if crate::common::on_postgres() {
+        eprintln!("skipped on the PostgreSQL pass: it starts its own cluster in the first");
+        return;
+    }
+    let cluster = crate::common::postgres::Cluster::start();
+    let url = cluster.new_database();
+    let config_dir = tempfile::tempdir().expect("config dir");
+    let config = config_dir.path().join("jobd.toml");
+    std::fs::write(&config, "[queues.bulk]\n\n[queues.other]\n").expect("config");
+    let config = config.to_str().expect("utf-8 path").to_owned();
+    let mut nodes = start_nodes(&url, &config, 3);
+
+    // A backlog of the bulk queue that takes the three nodes (48 workers) seconds to run.
+    let mut bulk = Vec::new();
+    for node in &nodes {
+        let jobs: Vec<Value> =
+            (0..700).map(|_| json!({"kind": "sleep", "payload": {"ms": 50}, "queue": "bulk"})).collect();
+        let response = node.post_json("/v1/jobs", &json!({"jobs": jobs})).await;
+        assert_eq!(response.status(), 202);
+        bulk.extend(accepted_ids(response).await);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while latest_start_ms(&url, "bulk").is_none() {
+        assert!(std::time::Instant::now() < deadline, "the bulk queue never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(set_paused(&nodes[0], "bulk", "pause").await.status(), 200);
+    let paused_at = now_ms();
+    let other = submit_to(&nodes[2], "other", 30).await;
+    all_succeed(&nodes[1], &other).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let latest = latest_start_ms(&url, "bulk").expect("bulk jobs started before the pause");
+    assert!(latest <= paused_at + 1_000, "a bulk job started {} ms after the pause", latest - paused_at);
+    let queued = queue_info(&nodes[1], "bulk").await["depth"]["queued"].as_u64().unwrap_or(0);
+    assert!(queued > 0, "the pause came after the whole backlog ran: make it longer");
+
+    // Every node restarts; the queue stays paused, and the other queue still runs.
+    for node in &mut nodes {
+        node.signal("TERM");
+        assert!(node.wait_exit().success());
+    }
+    drop(nodes);
+    let nodes = start_nodes(&url, &config, 3);
+    let restarted_at = now_ms();
+    let other = submit_to(&nodes[0], "other", 30).await;
+    all_succeed(&nodes[2], &other).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(latest_start_ms(&url, "bulk").unwrap_or(0) < restarted_at, "a bulk job started after the restarts");
+    assert_eq!(queue_info(&nodes[2], "bulk").await["paused"], true);
+
+    assert_eq!(set_paused(&nodes[1], "bulk", "resume").await.status(), 200);
+    all_succeed(&nodes[0], &bulk).await;
 }
