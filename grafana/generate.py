@@ -43,13 +43,13 @@ panel("Jobs finished per second, by outcome",
 panel("Jobs submitted per second, by kind",
       [(f"sum by (kind) (rate(jobd_jobs_submitted_total{{{KIND}}}[{RATE}]))", "{{kind}}")], "ops")
 # The queue-wide series carry a `queue` label: every node of a shared (PostgreSQL) queue
-# reports the same figures, each single-host queue its own. Take the max by queue, then
+# reports the same figures, each single-host queue its own. Take the max by queue_id, then
 # sum over queues, so that N nodes of one queue count it once.
-panel("Queue depth by state", [("sum by (state) (max by (queue, state) (jobd_queue_depth))", "{{state}}")],
+panel("Queue depth by state", [("sum by (state) (max by (queue_id, state) (jobd_queue_depth))", "{{state}}")],
       description="Jobs by state over every queue; a queue shared by several nodes counts once.")
 panel("Queue fill (unfinished / max_queue)",
-      [('sum(max by (queue, state) (jobd_queue_depth{state=~"queued|scheduled|running|failed"}))'
-        ' / sum(max by (queue) (jobd_queue_capacity))', "fill")],
+      [('sum(max by (queue_id, state) (jobd_queue_depth{state=~"queued|scheduled|running|failed"}))'
+        ' / sum(max by (queue_id) (jobd_queue_capacity))', "fill")],
       "percentunit")
 panel("Oldest queued job age", [("max(jobd_queue_oldest_age_seconds)", "oldest")], "s")
 panel("Workers busy and idle", [("sum by (state) (jobd_workers)", "{{state}}")])
@@ -89,8 +89,21 @@ panel("Webhook delivery time p99, by destination",
 panel("Webhook circuits open", [("max by (destination) (jobd_webhook_circuit_open)", "{{destination}}")],
       description="1 while a destination's circuit is open: its deliveries wait without using attempts, "
                   "then one probe is tried.")
-panel("Nodes sharing each queue", [("max by (queue) (jobd_nodes)", "queue {{queue}}")],
+panel("Nodes sharing each queue", [("max by (queue_id) (jobd_nodes)", "queue {{queue_id}}")],
       description="Nodes whose lease on the queue is live; 1 for a single host (SQLite).")
+# The named queues: depth and pauses are facts of the whole queue (max by queue_id and
+# queue), starts, running and throttled jobs each node's own (summed over nodes).
+panel("Named queues: unfinished jobs by queue and state",
+      [("sum by (queue, state) (max by (queue_id, queue, state) (jobd_queue_jobs))", "{{queue}} {{state}}")],
+      description="Sampled every 15 s by each node; a queue shared by several nodes counts once.")
+panel("Named queues: starts per second", [(f"sum by (queue) (rate(jobd_queue_started_total[{RATE}]))", "{{queue}}")],
+      "ops")
+panel("Named queues: running and throttled", [
+    ("sum by (queue) (jobd_queue_running)", "{{queue}} running"),
+    ("sum by (queue) (jobd_queue_throttled)", "{{queue}} at its concurrency limit"),
+], description="Jobs running, and jobs claimed that wait at their queue's concurrency, over every node.")
+panel("Named queues paused", [("max by (queue_id, queue) (jobd_queue_paused)", "{{queue}}")],
+      description="1 while a queue is paused (POST /v1/queues/{name}/pause): nothing new of it starts.")
 panel("Rescues and fenced work per second", [
     (f"sum(rate(jobd_jobs_rescued_total[{RATE}]))", "rescued"),
     (f"sum(rate(jobd_fenced_writes_total[{RATE}]))", "fenced writes"),

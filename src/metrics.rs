@@ -83,9 +83,10 @@ pub struct Metrics {
     pub cluster: crate::queue::ClusterMetrics,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
-    /// The queue-wide series carry the `queue` label ([`crate::queue::QueueBackend::queue_id`]):
+    /// The queue-wide series carry the `queue_id` label ([`crate::queue::QueueBackend::queue_id`]):
     /// every node of a shared queue reports the same figures under the same label, so a
-    /// dashboard takes the `max` by queue, then sums over queues.
+    /// dashboard takes the `max` by `queue_id`, then sums over them. (The `queue` label
+    /// names a named queue: `crate::queues::QueueMetrics`.)
     queue_depth: IntGaugeVec,
     queue_capacity: IntGaugeVec,
     queue_oldest_age: prometheus::GaugeVec,
@@ -211,22 +212,22 @@ impl Metrics {
         )?;
         let queue_depth = IntGaugeVec::new(
             Opts::new("jobd_queue_depth", "Jobs in the queue, by state; the same on every node of a shared queue."),
-            &["state", "queue"],
+            &["state", "queue_id"],
         )?;
         let queue_capacity = IntGaugeVec::new(
             Opts::new("jobd_queue_capacity", "The most unfinished jobs accepted (max_queue)."),
-            &["queue"],
+            &["queue_id"],
         )?;
         let queue_oldest_age = prometheus::GaugeVec::new(
             Opts::new(
                 "jobd_queue_oldest_age_seconds",
                 "How long the oldest queued job has been due without starting; 0 when none is queued.",
             ),
-            &["queue"],
+            &["queue_id"],
         )?;
         let nodes = IntGaugeVec::new(
             Opts::new("jobd_nodes", "Nodes sharing the queue whose lease is live, this one included."),
-            &["queue"],
+            &["queue_id"],
         )?;
         let workers = IntGaugeVec::new(Opts::new("jobd_workers", "Workers, by state."), &["state"])?;
         let uploads_in_flight = IntGauge::new("jobd_uploads_in_flight", "Uploads to the object store in flight.")?;

@@ -104,6 +104,11 @@ pub struct Dispatcher {
     /// Half of systemd's watchdog timeout. The pings come from this actor's own loop, so
     /// a wedged Dispatcher stops them and systemd restarts jobd.
     watchdog: Option<Duration>,
+    /// The named queues' series, when the server registered them.
+    queue_metrics: Option<crate::queues::QueueMetrics>,
+    /// The named queues whose running and throttled gauges were set, so that they go back
+    /// to 0 when the queue is idle.
+    queues_reported: std::collections::HashSet<crate::job::QueueName>,
 }
 
 impl Dispatcher {
@@ -122,7 +127,33 @@ impl Dispatcher {
             drain_waiters: Vec::new(),
             notifier: None,
             watchdog: None,
+            queue_metrics: None,
+            queues_reported: std::collections::HashSet::new(),
         }
+    }
+
+    /// Reports the named queues' starts, running and throttled jobs in `metrics`.
+    pub fn with_queue_metrics(mut self, metrics: crate::queues::QueueMetrics) -> Self {
+        self.queue_metrics = Some(metrics);
+        self
+    }
+
+    /// Sets the named queues' gauges of this node: running jobs, and jobs waiting at a
+    /// queue's limit. Queues seen before and idle now read 0.
+    fn report_queue_load(&mut self) {
+        let Some(metrics) = &self.queue_metrics else { return };
+        let load = self.core.queue_load();
+        for queue in &self.queues_reported {
+            if !load.contains_key(queue) {
+                metrics.running.with_label_values(&[queue]).set(0);
+                metrics.throttled.with_label_values(&[queue]).set(0);
+            }
+        }
+        for (queue, (running, throttled)) in &load {
+            metrics.running.with_label_values(&[queue]).set(i64::try_from(*running).unwrap_or(i64::MAX));
+            metrics.throttled.with_label_values(&[queue]).set(i64::try_from(*throttled).unwrap_or(i64::MAX));
+        }
+        self.queues_reported.extend(load.into_keys());
     }
 
     /// Limits the jobs of each named queue that run at once on this node (its `concurrency`).
@@ -190,6 +221,11 @@ impl Dispatcher {
         let pumped = self.core.pump(&self.runner.kinds, Utc::now(), std::time::Instant::now());
         for (kind, wait) in &pumped.waits {
             self.runner.metrics.job_wait.with_label_values(&[kind]).observe(*wait);
+        }
+        if let Some(metrics) = &self.queue_metrics {
+            for (queue, started) in &pumped.started_by_queue {
+                metrics.started.with_label_values(&[queue]).inc_by(*started);
+            }
         }
         for launch in pumped.run_now {
             self.run(launch);
@@ -372,6 +408,7 @@ impl Actor for Dispatcher {
         }
         ctx.run_interval(WORKER_CHECK_INTERVAL, |dispatcher, ctx| {
             dispatcher.replace_dead_workers(ctx);
+            dispatcher.report_queue_load();
             let oldest = dispatcher.queue.is_shared().then(|| dispatcher.core.oldest_due()).flatten();
             dispatcher.stats.set_window_oldest_due(oldest);
             // A gate may have opened with time (a circuit's wait over): one job of each

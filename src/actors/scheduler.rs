@@ -80,6 +80,8 @@ pub struct Pumped {
     pub dispatched: bool,
     /// Each started job's kind and how long it waited since it was due, in seconds.
     pub waits: Vec<(&'static str, f64)>,
+    /// How many jobs of each named queue were handed a worker, in the order they first did.
+    pub started_by_queue: Vec<(crate::job::QueueName, u64)>,
     /// Send a fetch for this many jobs.
     pub fetch: Option<usize>,
 }
@@ -272,6 +274,10 @@ impl Scheduler {
             });
             self.busy += 1;
             pumped.waits.push((kind.label, (now - job.due()).as_seconds_f64().max(0.0)));
+            match pumped.started_by_queue.iter_mut().find(|(queue, _)| *queue == job.queue) {
+                Some((_, count)) => *count += 1,
+                None => pumped.started_by_queue.push((job.queue.clone(), 1)),
+            }
             self.started.push(StartedJob { id: job.id, attempt: job.attempt, claim: job.claim, started_at: now });
             if let Some(claim_size) = self.claim_size.as_mut() {
                 claim_size.started(1);
@@ -523,6 +529,17 @@ impl Scheduler {
     /// could not be cancelled goes back to the front of the window.
     pub fn cancel_answered(&mut self, id: JobId, cancelled: bool) {
         self.window.cancel_answered(id, cancelled, self.fetching);
+    }
+
+    /// Per named queue with jobs running or waiting at its limit here: how many run, and how
+    /// many wait at its `concurrency` (not those of a paused queue).
+    pub fn queue_load(&self) -> std::collections::HashMap<crate::job::QueueName, (usize, usize)> {
+        let mut load: std::collections::HashMap<crate::job::QueueName, (usize, usize)> =
+            self.window.throttled_by_queue().map(|(queue, waiting)| (queue, (0, waiting))).collect();
+        for running in self.running.iter().flatten() {
+            load.entry(running.queue.clone()).or_default().0 += 1;
+        }
+        load
     }
 
     /// Limits the jobs of each named queue that run at once on this node.

@@ -107,6 +107,14 @@ impl Window {
         self
     }
 
+    /// Per queue with a limit: the jobs waiting at it now, unless the queue is paused.
+    pub fn throttled_by_queue(&self) -> impl Iterator<Item = (QueueName, usize)> + '_ {
+        self.queue_slots
+            .iter()
+            .filter(|(queue, _)| !self.paused_queues.contains_key(*queue))
+            .map(|(queue, slots)| (queue.clone(), self.gated.get(&slots.gate).map_or(0, VecDeque::len)))
+    }
+
     /// A job of `queue` that had started ended (or never ran after all): one more of the
     /// queue's jobs may start.
     pub fn queue_job_ended(&mut self, queue: &QueueName) {

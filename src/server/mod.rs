@@ -35,7 +35,7 @@ pub enum ServeError {
     QueueOpen(#[from] OpenError),
     #[error("{0}; jobd stopped, and its next start recovers the queue from what is on disk")]
     QueueLost(StorageError),
-    #[error("cannot pause the queues the configuration starts paused: {0}")]
+    #[error("cannot read or pause the named queues at start: {0}")]
     QueuePauses(StorageError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),

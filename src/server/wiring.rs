@@ -119,8 +119,11 @@ pub(super) async fn wire(
         shared_queue: config.queue == QueueKind::Postgres,
     };
     let queues = Arc::new(crate::queues::Queues::from_tables(&config.queues));
+    let queue_id = queue.status().await.map_err(ServeError::QueuePauses)?.queue_id;
+    let queue_metrics = crate::queues::QueueMetrics::register(metrics.registry(), &queues, &queue_id)?;
     let dispatcher = Dispatcher::new(queue.clone(), runner, stats.clone(), pool)
         .with_queue_limits(queues.concurrency_limits())
+        .with_queue_metrics(queue_metrics.clone())
         .with_systemd(notifier.clone(), crate::systemd::watchdog_interval())
         .start();
     let gate_opened = {
@@ -140,7 +143,11 @@ pub(super) async fn wire(
     ));
     let history_task = actix::spawn(crate::stats::sample_history(stats.clone(), metrics.clone()));
     super::pauses::pause_configured(&queue, &queues).await.map_err(ServeError::QueuePauses)?;
-    let pauses_task = actix::spawn(super::pauses::watch_pauses(queue.clone(), dispatcher.clone()));
+    let pauses_task = actix::spawn(super::pauses::watch_pauses(
+        queue.clone(),
+        dispatcher.clone(),
+        super::pauses::Reporting { metrics: queue_metrics, queues: queues.clone(), queue_id },
+    ));
 
     let state = web::Data::new(AppState {
         ingest,

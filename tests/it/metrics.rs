@@ -106,7 +106,7 @@ impl Drop for Prometheus {
     }
 }
 
-/// The value of one series in a scrape, by its exact name and labels, the `queue` label
+/// The value of one series in a scrape, by its exact name and labels, the `queue_id` label
 /// of the queue-wide series aside (one daemon has one queue).
 fn sample(scrape: &str, series: &str) -> Option<f64> {
     let scrape = common::without_queue_label(scrape);
@@ -326,7 +326,7 @@ fn dashboard_expression(title: &str) -> String {
 }
 
 /// Two nodes of one PostgreSQL queue behind one real Prometheus with the shipped alert
-/// rules: each node reports the whole queue's depth, under the same `queue` label, and
+/// rules: each node reports the whole queue's depth, under the same `queue_id` label, and
 /// the dashboard and the alerts count the queue once. A sum over instances, as the
 /// dashboard used to take, reads double.
 #[tokio::test]
@@ -359,8 +359,8 @@ async fn two_nodes_of_one_queue_are_counted_once_by_the_dashboard_and_the_alerts
         let two_nodes = prometheus.query(client, "jobd_nodes == 2").await;
         if reporting.len() == 2 && two_nodes.len() == 2 {
             let queues: HashSet<&str> =
-                reporting.iter().filter_map(|series| series["metric"]["queue"].as_str()).collect();
-            assert_eq!(queues.len(), 1, "one queue label for both nodes: {reporting:?}");
+                reporting.iter().filter_map(|series| series["metric"]["queue_id"].as_str()).collect();
+            assert_eq!(queues.len(), 1, "one queue_id label for both nodes: {reporting:?}");
             break;
         }
         assert!(Instant::now() < deadline, "prometheus never saw both nodes report the queue");
@@ -400,5 +400,5 @@ async fn two_nodes_of_one_queue_are_counted_once_by_the_dashboard_and_the_alerts
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pending = near_capacity().await;
     assert_eq!(pending.len(), 1, "one alert for the one queue: {pending:?}");
-    assert!(pending[0]["labels"]["queue"].is_string() && pending[0]["labels"]["instance"].is_null(), "{pending:?}");
+    assert!(pending[0]["labels"]["queue_id"].is_string() && pending[0]["labels"]["instance"].is_null(), "{pending:?}");
 }

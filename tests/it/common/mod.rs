@@ -389,18 +389,18 @@ pub fn finished(stats: &Value) -> u64 {
     ["succeeded", "failed", "panicked"].iter().map(|key| counters[key].as_u64().unwrap_or(0)).sum()
 }
 
-/// A scrape with the queue-wide series' `queue` label taken out (`jobd_queue_depth{queue="…",
+/// A scrape with the queue-wide series' `queue_id` label taken out (`jobd_queue_depth{queue_id="…",
 /// state="queued"}` reads `jobd_queue_depth{state="queued"}`), for tests of one daemon,
 /// which has one queue: they name a series by its other labels.
 pub fn without_queue_label(scrape: &str) -> String {
     let mut out = String::with_capacity(scrape.len());
     for line in scrape.lines() {
-        let Some(start) = line.find("queue=\"") else {
+        let Some(start) = line.find("queue_id=\"") else {
             out.push_str(line);
             out.push('\n');
             continue;
         };
-        let value_end = line[start + 7..].find('"').map_or(line.len(), |end| start + 7 + end + 1);
+        let value_end = line[start + 10..].find('"').map_or(line.len(), |end| start + 10 + end + 1);
         let (mut before, mut after) = (&line[..start], &line[value_end..]);
         if let Some(rest) = after.strip_prefix(',') {
             after = rest;

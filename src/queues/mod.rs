@@ -1,7 +1,11 @@
 //! Named queues: what the configuration declares (`[queues.<name>]`), the names a job may
 //! give, and each queue's limits on one node. Whether a queue is paused is the queue
-//! storage's to keep (it outlives restarts and reaches every node); this module holds only
-//! what a node starts with.
+//! storage's to keep (it outlives restarts and reaches every node); this module holds what
+//! a node starts with, and the queues' series (`metrics.rs`).
+
+mod metrics;
+
+pub use metrics::{QueueMetrics, UNFINISHED_STATES};
 
 use std::collections::BTreeMap;
 
