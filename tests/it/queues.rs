@@ -213,3 +213,40 @@ async fn a_pause_reaches_every_node_within_a_second_and_outlives_restarting_them
     assert_eq!(set_paused(&nodes[1], "bulk", "resume").await.status(), 200);
     all_succeed(&nodes[0], &bulk).await;
 }
+
+/// Issue 34's test 6, for what exists: queue settings that make no sense are refused by
+/// `check-config` (and `serve`) naming the queue and the setting, and a job naming a queue
+/// badly gets a 400 naming `queue`.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_queue_settings_and_names_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cases = [
+        ("[queues.bulk]\nconcurrency = 0\n", "[queues.bulk] concurrency must be between 1 and 100000"),
+        ("[queues.bulk]\nconcurency = 3\n", "unknown field `concurency`"),
+        ("[queues.\"bad name\"]\n", "[queues.bad name]: the name may hold only ASCII letters"),
+        ("[queues.bulk]\npaused = \"yes\"\n", "paused"),
+    ];
+    for (text, expected) in cases {
+        let path = dir.path().join("jobd.toml");
+        std::fs::write(&path, text).expect("config");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_jobd"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env("JOBD_DATA_DIR", dir.path())
+            .output()
+            .expect("check-config");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(expected), "{text}: {stderr}");
+    }
+    let daemon = Daemon::start(&[]);
+    for (queue, expected) in [(json!("x".repeat(65)), "1 to 64 bytes"), (json!("a/b"), "ASCII letters"), (json!(7), "")]
+    {
+        let response = daemon.post_json("/v1/jobs", &json!({"kind": "noop", "queue": queue})).await;
+        assert_eq!(response.status(), 400, "{queue}");
+        let problem: Value = response.json().await.expect("problem");
+        assert_eq!(problem["errors"][0]["field"], "queue", "{problem}");
+        assert!(problem["errors"][0]["message"].as_str().is_some_and(|text| text.contains(expected)), "{problem}");
+    }
+    assert_eq!(daemon.stats().await["queue"]["queued"], 0, "nothing of a refused request was kept");
+}
