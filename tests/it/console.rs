@@ -25,7 +25,8 @@ fn start_with_tokens() -> (common::Daemon, tempfile::TempDir) {
     let config = dir.path().join("jobd.toml");
     std::fs::write(
         &config,
-        "[webhooks.billing]\nurl = \"http://127.0.0.1:9/hook\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+        "[webhooks.billing]\nurl = \"http://127.0.0.1:9/hook\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n\n\
+         [queues.bulk]\nconcurrency = 3\n",
     )
     .expect("config");
     let daemon = common::Daemon::start(&[
@@ -421,6 +422,34 @@ async fn the_console_works_in_a_browser() {
     click(&browser, "#confirm-ok").await;
     wait_text(&browser, "#message", |text| text == "Retried 1 of 1 dead jobs.").await;
 
+    // The queues page: pausing `bulk` holds its new job, resuming runs it.
+    click(&browser, "#nav-queues").await;
+    let bulk_row = "#queues-table tbody tr[data-queue=\"bulk\"]";
+    let row = wait_text(&browser, bulk_row, |text| text.contains("running")).await;
+    assert!(row.starts_with("bulk") && row.contains('3'), "the row shows the queue and its concurrency: {row}");
+    click(&browser, &format!("{bulk_row} button")).await;
+    wait_text(&browser, "#message", |text| text == "Paused queue bulk.").await;
+    wait_text(&browser, bulk_row, |text| text.contains("paused")).await;
+    let (_, queues) = call(&daemon, reqwest::Method::GET, "/v1/queues", ADMIN_TOKEN, None).await;
+    let listed = queues["queues"].as_array().expect("queues").iter().find(|queue| queue["name"] == "bulk").cloned();
+    assert_eq!(listed.expect("bulk listed")["paused"], true, "{queues}");
+    let held = submit(&daemon, json!({"kind": "noop", "queue": "bulk"})).await;
+    wait_text(&browser, bulk_row, |text| text.contains("paused") && text.contains('1')).await;
+    let (_, record) = call(&daemon, reqwest::Method::GET, &format!("/v1/jobs/{held}"), ADMIN_TOKEN, None).await;
+    assert_eq!(record["state"], "queued", "a paused queue's job waits: {record}");
+    std::fs::write(screenshot_path("console-queues.png"), browser.screenshot().await.expect("png")).expect("save");
+    click(&browser, &format!("{bulk_row} button")).await;
+    wait_text(&browser, "#message", |text| text == "Resumed queue bulk.").await;
+    let deadline = Instant::now() + common::WAIT_DEADLINE;
+    loop {
+        let (_, record) = call(&daemon, reqwest::Method::GET, &format!("/v1/jobs/{held}"), ADMIN_TOKEN, None).await;
+        if record["state"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the resumed queue's job never ran: {record}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // A read-only token: the actions are there, and disabled.
     click(&browser, "#sign-out").await;
     sign_in(&browser, READ_TOKEN).await;
@@ -439,5 +468,10 @@ async fn the_console_works_in_a_browser() {
     wait_text(&browser, "#jobs-table tbody", |_| true).await;
     let bulk = browser.find(Locator::Id("bulk-retry")).await.expect("bulk retry");
     assert!(!bulk.is_enabled().await.expect("enabled?"));
+    browser.goto(&daemon.url("/ui#/queues")).await.expect("queues");
+    let note = wait_text(&browser, "#queues-note", |text| !text.is_empty()).await;
+    assert!(note.contains("admin scope"), "the page says why: {note}");
+    let pause = browser.find(Locator::Css("#queues-table tbody tr[data-queue=\"bulk\"] button")).await.expect("pause");
+    assert!(!pause.is_enabled().await.expect("enabled?"), "a read-only token cannot pause");
     browser.close().await.expect("close the session");
 }

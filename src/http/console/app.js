@@ -65,9 +65,9 @@ function may(scope) {
 }
 
 function show(sectionId) {
-  for (const id of ["login", "overview", "jobs", "job"]) $(id).hidden = id !== sectionId;
+  for (const id of ["login", "overview", "jobs", "job", "queues"]) $(id).hidden = id !== sectionId;
   for (const link of document.querySelectorAll("nav a")) link.classList.remove("current");
-  const nav = { overview: "nav-overview", jobs: "nav-jobs" }[sectionId];
+  const nav = { overview: "nav-overview", jobs: "nav-jobs", queues: "nav-queues" }[sectionId];
   if (nav) $(nav).classList.add("current");
 }
 
@@ -371,6 +371,51 @@ async function control(button, method, suffix, verb) {
   loadJob(currentJob.id);
 }
 
+// ---- queues ----
+
+async function loadQueues() {
+  const answer = await api("GET", "/v1/queues");
+  if (!answer.ok) {
+    say("Cannot list the queues: " + problemText(answer), true);
+    return;
+  }
+  const admin = may("admin");
+  $("queues-note").textContent = admin
+    ? "Pause stops new starts of a queue on every node; running jobs finish. The pause outlives restarts."
+    : "Pausing and resuming needs a token with the admin scope.";
+  const body = $("queues-table").tBodies[0];
+  body.replaceChildren();
+  for (const queue of answer.body.queues || []) {
+    const row = body.insertRow();
+    row.dataset.queue = queue.name;
+    cell(row, queue.name + (queue.declared ? "" : " (not declared here)"));
+    cell(row, queue.paused ? "paused" : "running", queue.paused ? "error" : "");
+    for (const state of ["queued", "scheduled", "running", "failed"]) {
+      cell(row, separated((queue.depth || {})[state] || 0), "figure-cell");
+    }
+    cell(row, queue.concurrency === undefined ? "-" : String(queue.concurrency), "figure-cell");
+    const actions = row.insertCell();
+    if (queue.declared) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = queue.paused ? "Resume" : "Pause";
+      button.disabled = !admin;
+      button.addEventListener("click", () => pauseQueue(button, queue.name, !queue.paused));
+      actions.append(button);
+    }
+  }
+}
+
+async function pauseQueue(button, name, pause) {
+  // Disabled while the request is out, so that a double click sends one.
+  button.disabled = true;
+  const verb = pause ? "pause" : "resume";
+  const answer = await api("POST", "/v1/queues/" + encodeURIComponent(name) + "/" + verb);
+  if (answer.ok) say((pause ? "Paused" : "Resumed") + " queue " + name + ".");
+  else say("Could not " + verb + " queue " + name + ": " + problemText(answer), true);
+  await loadQueues();
+}
+
 // ---- routing ----
 
 function decoded(text) {
@@ -387,6 +432,10 @@ async function route() {
   if (hash.startsWith("#/job/")) {
     show("job");
     await loadJob(decoded(hash.slice("#/job/".length)));
+  } else if (hash.startsWith("#/queues")) {
+    show("queues");
+    await loadQueues();
+    pollTimer = setInterval(loadQueues, POLL_MS);
   } else if (hash.startsWith("#/jobs")) {
     show("jobs");
     const params = new URLSearchParams(hash.split("?")[1] || "");
