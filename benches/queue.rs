@@ -24,6 +24,7 @@ fn noop() -> Job {
         submitted_by: None,
         kind: std::borrow::Cow::Borrowed("noop"),
         queue: jobd::job::default_queue(),
+        priority: jobd::job::DEFAULT_PRIORITY,
         args: None,
         body: None,
     }

@@ -96,6 +96,12 @@ pub fn queue_name(name: &str) -> QueueName {
     if name == DEFAULT_QUEUE { default_queue() } else { QueueName::from(name) }
 }
 
+/// The lowest and highest priority a job may have: a higher one starts first.
+pub const MAX_PRIORITY: u8 = 9;
+/// A job's priority when it names none: the middle of the range, so that bulk work can be
+/// put below the rest as well as urgent work above it (Faktory's convention).
+pub const DEFAULT_PRIORITY: u8 = 5;
+
 /// A validated job as submitted, before it has an id.
 #[derive(Debug)]
 pub struct JobSpec {
@@ -116,6 +122,8 @@ pub struct JobSpec {
     /// The queue it runs in; `None` means [`DEFAULT_QUEUE`]. The submission's parse checks
     /// the name's form; the HTTP layer checks that the queue is declared.
     pub queue: Option<QueueName>,
+    /// 0 to [`MAX_PRIORITY`]; `None` means [`DEFAULT_PRIORITY`].
+    pub priority: Option<u8>,
 }
 
 impl JobSpec {
@@ -130,6 +138,7 @@ impl JobSpec {
             timeout_ms: None,
             run_at: None,
             queue: None,
+            priority: None,
         }
     }
 
@@ -164,6 +173,8 @@ pub struct Job {
     pub kind: KindName,
     /// The queue it runs in ([`DEFAULT_QUEUE`] unless it named one).
     pub queue: QueueName,
+    /// Within its queue, a job of higher priority starts first; equal ones in order.
+    pub priority: u8,
     /// The kind's arguments as JSON; `None` when it takes none.
     pub args: Option<Box<RawValue>>,
     pub body: Option<Body>,
@@ -210,6 +221,7 @@ impl Job {
             submitted_by: None,
             kind: Cow::Borrowed(kind),
             queue: default_queue(),
+            priority: DEFAULT_PRIORITY,
             args: None,
             body: None,
         }
@@ -284,6 +296,8 @@ pub struct JobRecord {
     pub kind: String,
     /// The queue it runs in.
     pub queue: String,
+    /// 0 to 9; a higher one starts first.
+    pub priority: u8,
     pub state: JobState,
     pub attempts: u32,
     pub max_attempts: u32,

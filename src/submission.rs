@@ -112,6 +112,8 @@ pub(crate) struct JobOptions {
     delay_ms: Option<u64>,
     /// The queue the job runs in, one the configuration declares (`[queues.<name>]`); `default` unless given.
     queue: Option<String>,
+    /// 0 to 9, default 5: within its queue, a job of higher priority starts first.
+    priority: Option<u8>,
 }
 
 /// One job of a request as it is read: the options every job has, typed, and the kind's
@@ -124,6 +126,7 @@ struct JobEntry<'de> {
     run_at: Option<String>,
     delay_ms: Option<u64>,
     queue: Option<String>,
+    priority: Option<i64>,
     fields: RequestFields<'de>,
 }
 
@@ -159,6 +162,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
             run_at: None,
             delay_ms: None,
             queue: None,
+            priority: None,
             fields: RequestFields::default(),
         };
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
@@ -170,6 +174,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 "run_at" => once(&mut map, &mut entry.run_at, "run_at")?,
                 "delay_ms" => once(&mut map, &mut entry.delay_ms, "delay_ms")?,
                 "queue" => once(&mut map, &mut entry.queue, "queue")?,
+                "priority" => once(&mut map, &mut entry.priority, "priority")?,
                 _ => {
                     // Bounded, so that a job of a million fields costs a parse error, not a
                     // list of a million borrowed values (and checks for a duplicate in it).
@@ -508,8 +513,25 @@ fn split_path(root: &str, path: &serde_path_to_error::Path) -> (Option<usize>, S
 
 /// Checks the options every job has and has its kind validate the rest.
 fn validate_job(entry: JobEntry<'_>, kinds: &Kinds, queues: &Queues) -> Result<JobSpec, FieldProblem> {
-    let JobEntry { kind: kind_name, idempotency_key, max_attempts, timeout_ms, run_at, delay_ms, queue, mut fields } =
-        entry;
+    let JobEntry {
+        kind: kind_name,
+        idempotency_key,
+        max_attempts,
+        timeout_ms,
+        run_at,
+        delay_ms,
+        queue,
+        priority,
+        mut fields,
+    } = entry;
+    let priority = priority
+        .map(|priority| {
+            u8::try_from(priority)
+                .ok()
+                .filter(|priority| *priority <= crate::job::MAX_PRIORITY)
+                .ok_or_else(|| field_problem("priority", format!("must be between 0 and {}", crate::job::MAX_PRIORITY)))
+        })
+        .transpose()?;
     let queue =
         queue.map(|name| queues.resolve(&name)).transpose().map_err(|message| field_problem("queue", message))?;
     if let Some(key) = &idempotency_key {
@@ -563,6 +585,7 @@ fn validate_job(entry: JobEntry<'_>, kinds: &Kinds, queues: &Queues) -> Result<J
         timeout_ms,
         run_at,
         queue,
+        priority,
         ..JobSpec::new(kind.name(), validated.args, validated.body)
     })
 }

@@ -229,6 +229,7 @@ impl Handler<Submit> for Ingest {
                 submitted_by: submit.submitted_by.clone(),
                 kind: std::borrow::Cow::Borrowed(spec.kind),
                 queue: spec.queue.unwrap_or_else(crate::job::default_queue),
+                priority: spec.priority.unwrap_or(crate::job::DEFAULT_PRIORITY),
                 args: spec.args,
                 body: spec.body,
             })

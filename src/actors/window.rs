@@ -16,7 +16,7 @@ use crate::queue::CLAIM_MAX_BODY_BYTES;
 /// `max_bytes` plus one job.
 #[derive(Debug)]
 pub struct Window {
-    /// Jobs that may start, in order.
+    /// Jobs that may start, in order: by priority, highest first, then as claimed.
     ready: VecDeque<Job>,
     /// Jobs their kind would not admit yet, by gate (a webhook destination at its
     /// in-flight limit, or whose circuit is open; the object store while it cannot be
@@ -238,8 +238,20 @@ impl Window {
                         self.bytes = self.bytes.saturating_sub(older.footprint());
                     }
                 }
-                None => self.ready.push_back(job),
+                None => self.push_ready(job),
             }
+        }
+    }
+
+    /// Puts a claimed job in line: behind every job of its priority or higher, ahead of
+    /// every lower one. A claim comes in priority order, so a job goes at the back unless a
+    /// later claim brought a higher priority than the window's last job.
+    fn push_ready(&mut self, job: Job) {
+        if self.ready.back().is_none_or(|last| last.priority >= job.priority) {
+            self.ready.push_back(job);
+        } else {
+            let place = self.ready.partition_point(|waiting| waiting.priority >= job.priority);
+            self.ready.insert(place, job);
         }
     }
 
@@ -361,7 +373,7 @@ impl Window {
 
     /// The queue answered the cancel of `id`. If it was carried out, the job is dropped,
     /// and the fetch out now (which may have claimed it before the cancel committed)
-    /// drops it too. If not, the job goes back to the front of the window.
+    /// drops it too. If not, the job goes back to the front of its priority in the window.
     pub fn cancel_answered(&mut self, id: JobId, cancelled: bool, fetching: bool) {
         let job = self.cancelling.remove(&id).flatten();
         if cancelled {
@@ -374,7 +386,9 @@ impl Window {
         } else {
             self.cancelled_during_fetch.retain(|other| *other != id);
             if let Some(job) = job {
-                self.ready.push_front(job);
+                // First among the jobs of its priority, keeping the order by priority.
+                let place = self.ready.partition_point(|waiting| waiting.priority > job.priority);
+                self.ready.insert(place, job);
             }
         }
     }

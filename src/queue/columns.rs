@@ -1,5 +1,6 @@
 //! Columns both database backends share: times as milliseconds, states by name, the
-//! columns an attempt's end writes, and a stored body shown as a record's payload.
+//! columns an attempt's end writes, a stored body shown as a record's payload, and the
+//! priority bands of `ready_seq`.
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -32,6 +33,30 @@ pub(crate) fn listing_statement(
     });
     let state_slot = states().position(|candidate| candidate == state).unwrap_or(0);
     &statements[state_slot * 4 + usize::from(by_tenant) * 2 + usize::from(by_kind)]
+}
+
+/// How many values of `ready_seq` one priority holds. A queued job's `ready_seq` is its
+/// priority's band (`9 - priority`) times this, plus its place in that band: claims read
+/// `ready_seq` in order, so every job of a higher priority comes before every job of a lower
+/// one, and jobs of one priority in the order they became ready. 2^48 places a band is more
+/// than a million jobs a second for eight years.
+pub(crate) const PRIORITY_BAND: i64 = 1 << 48;
+/// How many bands there are: one per priority.
+pub(crate) const BANDS: usize = crate::job::MAX_PRIORITY as usize + 1;
+
+/// The band of `priority`: 0 for the highest.
+pub(crate) fn band_of(priority: u8) -> usize {
+    usize::from(crate::job::MAX_PRIORITY - priority.min(crate::job::MAX_PRIORITY))
+}
+
+/// Where `band`'s values of `ready_seq` start (that value itself is never handed out).
+pub(crate) fn band_start(band: usize) -> i64 {
+    i64::try_from(band).unwrap_or(0) * PRIORITY_BAND
+}
+
+/// A priority read back from storage: out of range reads as the nearest in range.
+pub(crate) fn priority_of(stored: i64) -> u8 {
+    u8::try_from(stored.clamp(0, i64::from(crate::job::MAX_PRIORITY))).unwrap_or(crate::job::DEFAULT_PRIORITY)
 }
 
 pub(crate) fn millis(at: DateTime<Utc>) -> i64 {

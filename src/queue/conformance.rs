@@ -3,7 +3,7 @@
 //! PostgreSQL on a private cluster the suite starts itself). A backend that passes it
 //! behaves as the queue thread and the Dispatcher expect, whatever it stores jobs in: claim
 //! order, leases, fencing of stale attempts, cancel, retry of dead jobs, purge, counts,
-//! `max_queue`, idempotency per tenant, paused queues, and listings with every filter.
+//! `max_queue`, idempotency per tenant, priorities, paused queues, and listings with every filter.
 //!
 //! A new backend gets the suite by one more `conformance_suite!` line at the bottom.
 
@@ -386,6 +386,29 @@ fn a_paused_queue_is_passed_over_and_resumes_in_order(mut opened: Opened) {
     assert_eq!(opened.backend.queues(false).expect("queues").paused.get("bulk"), Some(&false));
 }
 
+/// Claims hand out every job of a higher priority before any of a lower one, and jobs of
+/// one priority in submission order: also a job of high priority submitted after a claim
+/// took part of a backlog, and one that falls due later.
+fn higher_priorities_are_claimed_first_and_equal_ones_in_order(mut opened: Opened) {
+    let at = |priority: u8| Job { priority, ..job("noop", None) };
+    let ids = enqueue_each(opened.backend.as_mut(), vec![at(0), at(5), at(9), at(5), at(0), at(9)]);
+    let first = claim(&mut opened, 3);
+    assert_eq!(first.iter().map(|job| job.id).collect::<Vec<_>>(), [ids[2], ids[5], ids[1]]);
+    assert_eq!(first.iter().map(|job| job.priority).collect::<Vec<_>>(), [9, 9, 5]);
+    let urgent = enqueue_each(opened.backend.as_mut(), vec![at(7)]);
+    let rest = claim(&mut opened, 10);
+    assert_eq!(rest.iter().map(|job| job.id).collect::<Vec<_>>(), [urgent[0], ids[3], ids[0], ids[4]]);
+    let now = Utc::now();
+    let later = enqueue_each(
+        opened.backend.as_mut(),
+        vec![at(1), Job { run_at: Some(now + chrono::Duration::seconds(60)), ..at(8) }],
+    );
+    let due = claim_at(&mut opened, 10, now + chrono::Duration::seconds(61));
+    assert_eq!(due.iter().map(|job| job.id).collect::<Vec<_>>(), [later[1], later[0]], "a due job keeps its priority");
+    let record = opened.backend.get(later[1], false).expect("get").expect("the job");
+    assert_eq!(record.priority, 8);
+}
+
 /// Opens a fresh memory backend with room for `capacity` unfinished jobs.
 fn memory(capacity: usize) -> Opened {
     Opened {
@@ -472,6 +495,11 @@ macro_rules! suite_tests {
         #[test]
         fn an_idempotency_key_names_one_job_per_tenant() {
             super::an_idempotency_key_names_one_job_per_tenant($open(1_000));
+        }
+
+        #[test]
+        fn higher_priorities_are_claimed_first_and_equal_ones_in_order() {
+            super::higher_priorities_are_claimed_first_and_equal_ones_in_order($open(1_000));
         }
 
         #[test]

@@ -44,6 +44,12 @@ pub struct MemoryBackend {
     sync_for_test: Option<Box<dyn FnMut() -> Result<(), StorageError> + Send>>,
 }
 
+/// A queued job's place in `ready`: its priority's band, then its order (as the database
+/// backends number `ready_seq`).
+fn ready_key(priority: u8, seq: i64) -> i64 {
+    super::columns::band_start(super::columns::band_of(priority)) + seq
+}
+
 /// A queue id no other queue has: the random half of a UUIDv7 (62 random bits), as hex.
 pub(crate) fn new_queue_id() -> Arc<str> {
     Arc::from(&uuid::Uuid::now_v7().simple().to_string()[16..])
@@ -150,7 +156,7 @@ impl JobWriter for MemoryBackend {
                     JobState::Scheduled
                 }
                 None => {
-                    self.ready.insert(seq, job.id);
+                    self.ready.insert(ready_key(job.priority, seq), job.id);
                     JobState::Queued
                 }
             };
@@ -162,6 +168,7 @@ impl JobWriter for MemoryBackend {
                 id: job.id,
                 kind: job.kind.to_string(),
                 queue: job.queue.to_string(),
+                priority: job.priority,
                 state,
                 attempts: 0,
                 max_attempts: job.max_attempts,
@@ -193,9 +200,9 @@ impl JobWriter for MemoryBackend {
             }
             self.due.remove(&(at, seq));
             let ready_seq = self.take_seq();
-            self.ready.insert(ready_seq, id);
             if let Some(entry) = self.entries.get_mut(&id) {
                 entry.record.state = JobState::Queued;
+                self.ready.insert(ready_key(entry.job.priority, ready_seq), id);
             }
         }
         let mut jobs = Vec::new();
@@ -296,7 +303,8 @@ impl JobWriter for MemoryBackend {
         entry.record.finished_at = None;
         entry.record.run_at = None;
         self.next_seq += 1;
-        self.ready.insert(self.next_seq, id);
+        let priority = entry.job.priority;
+        self.ready.insert(ready_key(priority, self.next_seq), id);
         Ok(Ok(()))
     }
 

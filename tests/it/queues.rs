@@ -250,3 +250,33 @@ async fn bad_queue_settings_and_names_are_refused_naming_the_field() {
     }
     assert_eq!(daemon.stats().await["queue"]["queued"], 0, "nothing of a refused request was kept");
 }
+
+/// Issue 34's test 4, at the defaults: a priority-9 job submitted behind 100,000 queued
+/// priority-0 jobs runs ahead of the backlog: when it has succeeded, most of the backlog is
+/// still queued (without priorities it would run last). Its wait is printed, for the note.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_high_priority_job_overtakes_a_backlog_of_a_hundred_thousand() {
+    let daemon = Daemon::start(&[]);
+    for _ in 0..100 {
+        let jobs: Vec<Value> = (0..1_000).map(|_| json!({"kind": "noop", "priority": 0})).collect();
+        assert_eq!(daemon.post_json("/v1/jobs", &json!({"jobs": jobs})).await.status(), 202);
+    }
+    let urgent = accepted_ids(daemon.post_json("/v1/jobs", &json!({"kind": "noop", "priority": 9})).await).await;
+    let record = daemon.wait_for_job(&urgent[0], "succeeded", |job| job["state"] == "succeeded").await;
+    let queued = daemon.stats().await["queue"]["queued"].as_u64().unwrap_or(0);
+    assert_eq!(record["priority"], 9);
+    let at =
+        |field: &str| chrono::DateTime::parse_from_rfc3339(record[field].as_str().expect("a time")).expect("RFC 3339");
+    println!(
+        "priority 9 behind 100,000: started {} ms after it was accepted, with {queued} of the backlog still queued",
+        (at("started_at") - at("created_at")).num_milliseconds()
+    );
+    assert!(queued > 20_000, "the backlog ran first: {queued} left when the urgent job had run");
+    // Out of range, or not a number: a 400 naming the field, and nothing kept.
+    for priority in [json!(10), json!(-1), json!("high")] {
+        let response = daemon.post_json("/v1/jobs", &json!({"kind": "noop", "priority": priority})).await;
+        assert_eq!(response.status(), 400, "{priority}");
+        let problem: Value = response.json().await.expect("problem");
+        assert_eq!(problem["errors"][0]["field"], "priority", "{problem}");
+    }
+}

@@ -97,6 +97,31 @@ fn a_paused_queue_waits_without_holding_workers_and_a_limited_queue_runs_its_lim
 }
 
 #[test]
+fn a_job_of_higher_priority_claimed_later_starts_before_the_window_it_joins() {
+    let kinds = kinds(true);
+    let mut scheduler = Scheduler::new(settings(false), fastrand::Rng::with_seed(4), std::time::Instant::now());
+    let at = |priority: u8| claimed(Job { priority, ..Job::for_test("noop") });
+    let wanted = scheduler.pump(&kinds, Utc::now(), std::time::Instant::now()).fetch.expect("fetch");
+    let backlog = [at(5), at(0), at(5)];
+    let backlog_ids: Vec<JobId> = backlog.iter().map(|job| job.id).collect();
+    scheduler.fetched(backlog.into(), wanted);
+    let wanted = scheduler.pump(&kinds, Utc::now(), std::time::Instant::now()).fetch.expect("room for more");
+    let urgent = [at(9), at(5)];
+    let urgent_ids: Vec<JobId> = urgent.iter().map(|job| job.id).collect();
+    scheduler.fetched(urgent.into(), wanted);
+    scheduler.worker_idle(0);
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let pumped = scheduler.pump(&kinds, Utc::now(), std::time::Instant::now());
+        for launch in pumped.run_now {
+            order.push(launch.job.id);
+            scheduler.job_finished(launch.worker, succeeded(), false, Utc::now());
+        }
+    }
+    assert_eq!(order, [urgent_ids[0], backlog_ids[0], backlog_ids[2], urgent_ids[1], backlog_ids[1]]);
+}
+
+#[test]
 fn a_refused_start_frees_its_worker_and_a_lapsed_lease_interrupts_the_attempt() {
     let kinds = kinds(true);
     let mut scheduler = Scheduler::new(settings(true), fastrand::Rng::with_seed(2), std::time::Instant::now());

@@ -330,6 +330,7 @@ mod tests {
             id: crate::job::JobId::parse("01a216d3-b082-737a-89d5-c6d7616e096d").expect("an id"),
             kind: NAME.to_owned(),
             queue: crate::job::DEFAULT_QUEUE.to_owned(),
+            priority: crate::job::DEFAULT_PRIORITY,
             state: crate::job::JobState::Dead,
             attempts: 1,
             max_attempts: 1,

@@ -105,7 +105,8 @@ macro_rules! rescue_where {
          FOR UPDATE OF j SKIP LOCKED)
      UPDATE jobd_jobs j SET
          state = CASE WHEN was_running AND j.attempts >= j.max_attempts THEN 'dead' ELSE 'queued' END,
-         ready_seq = CASE WHEN was_running THEN nextval('jobd_ready_seq') ELSE j.ready_seq END,
+         ready_seq = CASE WHEN was_running THEN nextval('jobd_ready_seq') + (9 - j.priority) * 281474976710656::bigint
+             ELSE j.ready_seq END,
          lease_owner = NULL,
          last_error = CASE WHEN was_running
              THEN 'attempt ' || j.attempts || ' was lost with node ' || orphaned.lease_owner::text

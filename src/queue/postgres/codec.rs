@@ -12,11 +12,11 @@ use crate::queue::columns::{from_millis, payload_value, state_of};
 /// The columns a claim returns, by position.
 pub(super) const CLAIMED_COLUMNS: &str = "j.ready_seq, j.id, j.kind, j.attempts, j.max_attempts, j.timeout_ms,
      j.run_at, j.created_at, j.idempotency_key, j.body, j.body_is_json, j.args, j.submitted_by, j.claim_epoch,
-     j.queue";
+     j.queue, j.priority";
 
 /// The columns a record is read from, by position; the body comes last when asked for.
 pub(super) const RECORD_COLUMNS: &str = "id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at,
-     started_at, finished_at, last_error, result, idempotency_key, submitted_by, body_is_json, args, queue";
+     started_at, finished_at, last_error, result, idempotency_key, submitted_by, body_is_json, args, queue, priority";
 
 pub(super) fn job_id(id: uuid::Uuid) -> JobId {
     JobId::from_bytes(id.into_bytes())
@@ -62,6 +62,7 @@ pub(super) fn decode_claimed(row: &Row) -> Result<Job, String> {
             .transpose()?,
         submitted_by: Some(submitted_by).filter(|name| !name.is_empty()),
         queue: queue_name(row.try_get::<_, &str>(14).map_err(|error| format!("column queue: {error}"))?),
+        priority: crate::queue::columns::priority_of(i64::from(column::<i16>(row, 15, "priority")?)),
     })
 }
 
@@ -70,7 +71,7 @@ pub(super) fn record_from_row(row: &Row, with_payload: bool) -> Result<JobRecord
     let state: String = column(row, 2, "state")?;
     let result: Option<String> = column(row, 11, "result")?;
     let payload = if with_payload {
-        let body: Option<Vec<u8>> = column(row, 17, "body")?;
+        let body: Option<Vec<u8>> = column(row, 18, "body")?;
         let is_json: bool = column(row, 14, "body_is_json")?;
         body.and_then(|bytes| payload_value(bytes, is_json))
     } else {
@@ -81,6 +82,7 @@ pub(super) fn record_from_row(row: &Row, with_payload: bool) -> Result<JobRecord
         id: job_id(column(row, 0, "id")?),
         kind: column(row, 1, "kind")?,
         queue: column(row, 16, "queue")?,
+        priority: crate::queue::columns::priority_of(i64::from(column::<i16>(row, 17, "priority")?)),
         state: state_of(&state),
         attempts: unsigned(column(row, 3, "attempts")?, "attempts")?,
         max_attempts: unsigned(column(row, 4, "max_attempts")?, "max_attempts")?,
@@ -117,6 +119,7 @@ pub(super) struct InsertColumns<'a> {
     pub(super) body_is_json: Vec<bool>,
     pub(super) args: Vec<Option<&'a str>>,
     pub(super) queues: Vec<&'a str>,
+    pub(super) priorities: Vec<i16>,
 }
 
 impl InsertColumns<'_> {
@@ -135,6 +138,7 @@ impl InsertColumns<'_> {
             body_is_json: Vec::with_capacity(count),
             args: Vec::with_capacity(count),
             queues: Vec::with_capacity(count),
+            priorities: Vec::with_capacity(count),
         }
     }
 }

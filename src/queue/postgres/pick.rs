@@ -1,5 +1,25 @@
-//! Where a claim (and the read of the oldest queued job) starts to look in the queue's
-//! ready index: a slack behind the head it last found, and now and then from the start.
+//! What a claim picks from the queue's ready index (`PICK`), and where it (and the read of
+//! the oldest queued job) starts to look: a slack behind the head it last found, the higher
+//! priorities' bands from the start, and now and then everything from the start.
+
+/// The next queued jobs no node holds, from `ready_seq` `$2` on, in order, locked for this
+/// transaction, with their body sizes: the claim cuts the batch at its byte bound before it
+/// takes them.
+///
+/// A paused queue's jobs are passed over (`queues.rs`); they keep their places,
+/// and a claim finds them again once the queue resumes (within a second: a claim looks
+/// from the start of the queue once a second, `pick.rs`).
+pub(super) const PICK: &str = "SELECT id, octet_length(body), ready_seq FROM jobd_jobs j
+     WHERE state = 'queued' AND lease_owner IS NULL AND ready_seq >= $2
+         AND NOT EXISTS (SELECT 1 FROM jobd_queue_states q WHERE q.name = j.queue AND q.paused)
+     ORDER BY ready_seq LIMIT $1 FOR UPDATE OF j SKIP LOCKED";
+
+/// [`PICK`] of the jobs before `$2` (the start of the band of priority that the claim's
+/// floor is in): every job of a higher priority, from the start of the queue.
+pub(super) const PICK_HIGHER_PRIORITIES: &str = "SELECT id, octet_length(body), ready_seq FROM jobd_jobs j
+     WHERE state = 'queued' AND lease_owner IS NULL AND ready_seq < $2
+         AND NOT EXISTS (SELECT 1 FROM jobd_queue_states q WHERE q.name = j.queue AND q.paused)
+     ORDER BY ready_seq LIMIT $1 FOR UPDATE OF j SKIP LOCKED";
 
 /// How far behind the head of its last claim a claim starts to look ([`pick_floor`]):
 /// more than a claim's most jobs, so that the jobs of a claim that rolled back are seen
@@ -12,10 +32,19 @@ const PICK_SLACK: i64 = 250_000;
 /// slack.
 const FULL_PICK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Where a claim starts to look in the ready index: [`pick_floor`] with the claims' slack
-/// and period.
-pub(super) fn claim_floor(queue_head: i64, last_full_pick: &mut Option<std::time::Instant>) -> i64 {
-    pick_floor(queue_head, last_full_pick, PICK_SLACK, FULL_PICK_EVERY)
+/// Where a claim looks in the ready index: every job before the first value (the bands of
+/// higher priority than the last claim's head, [`PICK_HIGHER_PRIORITIES`]; 0 for none), and
+/// from the second on ([`PICK`]): [`pick_floor`] with the claims' slack and period, kept
+/// within the head's band, so that a band's dead entries are walked only from a slack
+/// behind its head. A job of the head's band put back further behind than that is found
+/// by the pick from the start, once a second.
+pub(super) fn claim_range(queue_head: i64, last_full_pick: &mut Option<std::time::Instant>) -> (i64, i64) {
+    let floor = pick_floor(queue_head, last_full_pick, PICK_SLACK, FULL_PICK_EVERY);
+    if floor == 0 {
+        return (0, 0);
+    }
+    let head_band_start = queue_head - queue_head.rem_euclid(crate::queue::columns::PRIORITY_BAND);
+    (head_band_start, floor.max(head_band_start))
 }
 
 /// Where a scan starts to look in the ready index. Each claim leaves a dead entry at the

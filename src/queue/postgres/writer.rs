@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::PostgresBackend;
 use super::codec::{CLAIMED_COLUMNS, InsertColumns, decode_claimed, job_id, uuid_of};
+use super::pick::{PICK, PICK_HIGHER_PRIORITIES};
 use super::schema::PURGE_LOCK;
 use crate::job::{FinishedJob, Job, JobId, JobState, StartedJob};
 use crate::queue::columns::{FinishColumns, millis, split_progress, state_of};
@@ -21,13 +22,15 @@ const FIND_BY_KEY: &str = "SELECT id, state FROM jobd_jobs WHERE submitted_by = 
 /// transaction took meanwhile is skipped (`ON CONFLICT DO NOTHING`), and the caller finds
 /// the winner by its key: concurrent duplicates sent to different nodes create one job.
 const INSERT: &str = "INSERT INTO jobd_jobs (id, kind, state, ready_seq, run_at, max_attempts, timeout_ms,
-         created_at, idempotency_key, submitted_by, body, body_is_json, args, queue)
-     SELECT id, kind, state, CASE WHEN state = 'queued' THEN nextval('jobd_ready_seq') END, run_at, max_attempts,
-         timeout_ms, created_at, idempotency_key, submitted_by, body, body_is_json, args, queue
+         created_at, idempotency_key, submitted_by, body, body_is_json, args, queue, priority)
+     SELECT id, kind, state,
+         CASE WHEN state = 'queued' THEN nextval('jobd_ready_seq') + (9 - priority) * 281474976710656::bigint END,
+         run_at, max_attempts, timeout_ms, created_at, idempotency_key, submitted_by, body, body_is_json, args, queue,
+         priority
      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::integer[], $6::bigint[], $7::bigint[],
-         $8::text[], $9::text[], $10::bytea[], $11::boolean[], $12::text[], $13::text[])
+         $8::text[], $9::text[], $10::bytea[], $11::boolean[], $12::text[], $13::text[], $14::smallint[])
          AS new(id, kind, state, run_at, max_attempts, timeout_ms, created_at, idempotency_key, submitted_by, body,
-             body_is_json, args, queue)
+             body_is_json, args, queue, priority)
      ON CONFLICT DO NOTHING
      RETURNING id";
 
@@ -37,24 +40,13 @@ const INSERT: &str = "INSERT INTO jobd_jobs (id, kind, state, ready_seq, run_at,
 /// an `UPDATE … FROM` would number the rows in whatever order its join produced them, which
 /// let a later-due job start a moment before an earlier one.
 const PROMOTE_DUE: &str = "WITH due AS (
-         SELECT id, state, run_at FROM jobd_jobs WHERE state IN ('scheduled', 'failed') AND run_at <= $1
+         SELECT id, state, run_at, priority FROM jobd_jobs WHERE state IN ('scheduled', 'failed') AND run_at <= $1
          ORDER BY run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED),
      numbered AS (
-         SELECT id, state, nextval('jobd_ready_seq') AS ready_seq FROM due ORDER BY run_at, id)
+         SELECT id, state, nextval('jobd_ready_seq') + (9 - priority) * 281474976710656::bigint AS ready_seq
+         FROM due ORDER BY run_at, id)
      UPDATE jobd_jobs j SET state = 'queued', ready_seq = numbered.ready_seq
      FROM numbered WHERE j.id = numbered.id RETURNING numbered.state";
-
-/// The next queued jobs no node holds, from `ready_seq` `$2` on, in order, locked for this
-/// transaction, with their body sizes: the claim cuts the batch at its byte bound before it
-/// takes them.
-///
-/// A paused queue's jobs are passed over (`queues.rs`); they keep their places,
-/// and a claim finds them again once the queue resumes (within a second: a claim looks
-/// from the start of the queue once a second, `pick.rs`).
-const PICK: &str = "SELECT id, octet_length(body), ready_seq FROM jobd_jobs j
-     WHERE state = 'queued' AND lease_owner IS NULL AND ready_seq >= $2
-         AND NOT EXISTS (SELECT 1 FROM jobd_queue_states q WHERE q.name = j.queue AND q.paused)
-     ORDER BY ready_seq LIMIT $1 FOR UPDATE OF j SKIP LOCKED";
 
 /// Takes picked jobs into this node's window: leased to `$2` under its claim epoch `$3`,
 /// still `queued` until their start is recorded, if this node's row is still there.
@@ -129,6 +121,7 @@ pub fn hot_statements() -> Vec<(&'static str, &'static str)> {
     vec![
         ("promote due", PROMOTE_DUE),
         ("pick", PICK),
+        ("pick higher priorities", PICK_HIGHER_PRIORITIES),
         ("take", take_sql()),
         ("record started", RECORD_STARTED),
         ("already started", ALREADY_STARTED),
@@ -186,6 +179,7 @@ impl PostgresBackend {
             columns.body_is_json.push(job.body.as_ref().is_some_and(|body| body.is_json));
             columns.args.push(job.args.as_ref().map(|args| args.get()));
             columns.queues.push(&job.queue);
+            columns.priorities.push(i16::from(job.priority));
         }
         let rows = self.connection.query(
             INSERT,
@@ -203,6 +197,7 @@ impl PostgresBackend {
                 &columns.body_is_json,
                 &columns.args,
                 &columns.queues,
+                &columns.priorities,
             ],
         )?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
@@ -532,10 +527,19 @@ impl JobWriter for PostgresBackend {
         for row in &promoted {
             self.deltas.moved(state_of(row.get(0)), JobState::Queued, 1);
         }
-        let floor = super::pick::claim_floor(self.queue_head, &mut self.last_full_pick);
-        let picked = self.connection.query(PICK, &[&limit, &floor])?;
-        if let Some(head) = picked.last().and_then(|row| row.get::<_, Option<i64>>(2)) {
-            self.queue_head = self.queue_head.max(head);
+        let (higher_before, floor) = super::pick::claim_range(self.queue_head, &mut self.last_full_pick);
+        let mut picked = if higher_before > 0 {
+            self.connection.query(PICK_HIGHER_PRIORITIES, &[&limit, &higher_before])?
+        } else {
+            Vec::new()
+        };
+        let rest = limit - i64::try_from(picked.len()).unwrap_or(limit);
+        if rest > 0 {
+            picked.extend(self.connection.query(PICK, &[&rest, &floor])?);
+        }
+        // The next claim looks behind the last job this one took, in that job's band.
+        if let Some(head) = picked.iter().filter_map(|row| row.get::<_, Option<i64>>(2)).max() {
+            self.queue_head = head;
         }
         let mut ids = Vec::with_capacity(picked.len());
         let mut bytes = 0usize;
@@ -619,7 +623,8 @@ impl JobWriter for PostgresBackend {
             return Ok(Err(ControlError::Refused(refusal)));
         }
         let changed = self.connection.execute(
-            "UPDATE jobd_jobs SET state = 'queued', attempts = 0, ready_seq = nextval('jobd_ready_seq'),
+            "UPDATE jobd_jobs SET state = 'queued', attempts = 0,
+                 ready_seq = nextval('jobd_ready_seq') + (9 - priority) * 281474976710656::bigint,
                  run_at = NULL, finished_at = NULL
              WHERE id = $1 AND state = 'dead'",
             &[&uuid_of(id)],

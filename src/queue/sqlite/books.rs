@@ -2,19 +2,36 @@
 //! depth cost no query.
 
 use crate::job::JobState;
+use crate::queue::columns::{BANDS, band_of, band_start};
 
 /// Counts kept in memory so capacity checks and depth cost no query; restored on rollback.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Bookkeeping {
     pub(super) queued: usize,
     pub(super) scheduled: usize,
     pub(super) running: usize,
     pub(super) failed: usize,
     pub(super) dead: usize,
-    /// The last `ready_seq` handed out; the next one is one more.
-    pub(super) last_ready_seq: i64,
-    /// The highest `ready_seq` claimed by this process.
-    pub(super) claimed_up_to: i64,
+    /// By priority band (`crate::queue::columns::band_of`): the last `ready_seq` handed
+    /// out in it; the next one is one more.
+    pub(super) last_ready_seq: [i64; BANDS],
+    /// By priority band: the highest `ready_seq` claimed by this process.
+    pub(super) claimed_up_to: [i64; BANDS],
+}
+
+impl Default for Bookkeeping {
+    fn default() -> Self {
+        let starts = std::array::from_fn(band_start);
+        Bookkeeping {
+            queued: 0,
+            scheduled: 0,
+            running: 0,
+            failed: 0,
+            dead: 0,
+            last_ready_seq: starts,
+            claimed_up_to: starts,
+        }
+    }
 }
 
 impl Bookkeeping {
@@ -42,8 +59,10 @@ impl Bookkeeping {
         }
     }
 
-    pub(super) fn take_ready_seq(&mut self) -> i64 {
-        self.last_ready_seq += 1;
-        self.last_ready_seq
+    /// The next place in line for a job of `priority`.
+    pub(super) fn take_ready_seq(&mut self, priority: u8) -> i64 {
+        let last = &mut self.last_ready_seq[band_of(priority)];
+        *last += 1;
+        *last
     }
 }

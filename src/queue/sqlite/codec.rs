@@ -57,6 +57,9 @@ pub(super) fn decode_claimed(row: &Row<'_>) -> Result<Job, String> {
                 .and_then(|value| value.as_str().map_err(Into::into))
                 .map_err(|error| column("queue", error))?,
         ),
+        priority: crate::queue::columns::priority_of(
+            row.get(claim::PRIORITY).map_err(|error| column("priority", error))?,
+        ),
         args,
         body,
     })
@@ -77,6 +80,7 @@ pub(super) fn record_from_row(row: &Row<'_>, with_payload: bool) -> rusqlite::Re
         id: JobId::from_bytes(row.get("id")?),
         kind: row.get("kind")?,
         queue: row.get("queue")?,
+        priority: crate::queue::columns::priority_of(row.get("priority")?),
         state: state_of(&state),
         attempts: row.get("attempts")?,
         max_attempts: row.get("max_attempts")?,

@@ -29,6 +29,7 @@ mod tests;
 mod wal;
 mod writer;
 
+use crate::queue::columns::{BANDS, PRIORITY_BAND, band_start};
 use books::Bookkeeping;
 use codec::{millis, state_of};
 #[cfg(test)]
@@ -69,9 +70,9 @@ pub struct SqliteBackend {
     /// The paused queues, each with the claim cursor at its pause: claims pass over a
     /// paused queue's jobs, and its resume puts those passed over (after that cursor) back
     /// in the queue behind the rest (`paused.rs`).
-    paused: std::collections::HashMap<String, i64>,
+    paused: std::collections::HashMap<String, paused::Cursors>,
     /// `paused` as it was before the open transaction changed it, to restore on rollback.
-    paused_at_begin: Option<std::collections::HashMap<String, i64>>,
+    paused_at_begin: Option<std::collections::HashMap<String, paused::Cursors>>,
     /// With [`Synchronous::Full`], the WAL file that the [`Syncer`] fsyncs, until
     /// [`QueueBackend::syncer`] hands it over; until then SQLite syncs in each commit.
     wal: Option<WalFile>,
@@ -178,13 +179,18 @@ impl SqliteBackend {
                 }
             }
         }
-        // New jobs queue behind every queued one, including those just put back. Finished
-        // jobs may hold higher values, which is harmless: the claim cursor reads queued rows.
-        books.last_ready_seq = connection.query_row(
-            "SELECT COALESCE(MAX(ready_seq), 0) FROM jobs INDEXED BY jobs_ready WHERE state = 'queued'",
-            [],
-            |r| r.get(0),
-        )?;
+        // New jobs queue behind every queued one of their priority, including those just
+        // put back. Finished jobs may hold higher values, which is harmless: the claim
+        // cursors read queued rows.
+        for band in 0..BANDS {
+            let start = band_start(band);
+            books.last_ready_seq[band] = connection.query_row(
+                "SELECT COALESCE(MAX(ready_seq), ?1) FROM jobs INDEXED BY jobs_ready
+                 WHERE state = 'queued' AND ready_seq > ?1 AND ready_seq < ?2",
+                params![start, start + PRIORITY_BAND],
+                |r| r.get(0),
+            )?;
+        }
         let paused = paused::load(&connection)?;
         let recovery = Recovery { requeued, buried, queued: books.queued, delayed: books.scheduled + books.failed };
         let backend = Self {

@@ -17,16 +17,21 @@ use rusqlite::{Connection, params};
 
 use super::SqliteBackend;
 use super::codec::millis;
+use crate::queue::columns::{BANDS, band_start, priority_of};
 use crate::queue::{QueuesView, StorageError};
 
-/// The queues stored as paused, each with a kept cursor of 0: after a restart, claims start
-/// from the beginning, so every job of the queue counts as passed over.
-pub(super) fn load(connection: &Connection) -> Result<HashMap<String, i64>, StorageError> {
+/// The claim cursors of a pause, one per priority band.
+pub(super) type Cursors = [i64; BANDS];
+
+/// The queues stored as paused, each with its kept cursors at the start of each band: after
+/// a restart, claims start from the beginning, so every job of the queue counts as passed
+/// over.
+pub(super) fn load(connection: &Connection) -> Result<HashMap<String, Cursors>, StorageError> {
     let mut statement = connection.prepare("SELECT name FROM queue_states WHERE paused")?;
     let names = statement.query_map([], |row| row.get::<_, String>(0))?;
     let mut paused = HashMap::new();
     for name in names {
-        paused.insert(name?, 0);
+        paused.insert(name?, std::array::from_fn(band_start));
     }
     Ok(paused)
 }
@@ -85,19 +90,24 @@ impl SqliteBackend {
             return Ok(());
         }
         let Some(passed_from) = self.paused.remove(name) else { return Ok(()) };
-        // The jobs passed over, in their order, each given the next place in line.
-        let passed_over: Vec<i64> = {
-            let mut statement = self.connection.prepare_cached(
-                "SELECT seq FROM jobs INDEXED BY jobs_ready
-                 WHERE state = 'queued' AND ready_seq > ?1 AND ready_seq <= ?2 AND queue = ?3 ORDER BY ready_seq",
-            )?;
-            let rows = statement.query_map(params![passed_from, self.books.claimed_up_to, name], |row| row.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        let mut renumber = self.connection.prepare_cached("UPDATE jobs SET ready_seq = ?2 WHERE seq = ?1")?;
-        for seq in passed_over {
-            let ready_seq = self.books.take_ready_seq();
-            renumber.execute(params![seq, ready_seq])?;
+        // The jobs passed over, band by band in their order, each given the next place in
+        // line of its band.
+        for (band, from) in passed_from.into_iter().enumerate() {
+            let passed_over: Vec<(i64, i64)> = {
+                let mut statement = self.connection.prepare_cached(
+                    "SELECT seq, priority FROM jobs INDEXED BY jobs_ready
+                     WHERE state = 'queued' AND ready_seq > ?1 AND ready_seq <= ?2 AND queue = ?3
+                     ORDER BY ready_seq",
+                )?;
+                let to = self.books.claimed_up_to[band];
+                let rows = statement.query_map(params![from, to, name], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut renumber = self.connection.prepare_cached("UPDATE jobs SET ready_seq = ?2 WHERE seq = ?1")?;
+            for (seq, priority) in passed_over {
+                let ready_seq = self.books.take_ready_seq(priority_of(priority));
+                renumber.execute(params![seq, ready_seq])?;
+            }
         }
         Ok(())
     }

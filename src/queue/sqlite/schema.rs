@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     body BLOB,
     body_is_json INTEGER NOT NULL DEFAULT 0,
     args TEXT,
-    queue TEXT NOT NULL DEFAULT 'default'
+    queue TEXT NOT NULL DEFAULT 'default',
+    priority INTEGER NOT NULL DEFAULT 5
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(submitted_by, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(ready_seq) WHERE state = 'queued';
@@ -104,10 +105,21 @@ PRAGMA user_version = 4;
 COMMIT;
 ";
 
-/// Brings a version 4 file to version 5: each job names its queue, and jobs from before
-/// queues run in the default one. SQLite adds a column with a constant default without
-/// rewriting the table, so this is instant however many jobs the file holds.
-pub(super) const MIGRATE_4_TO_5: &str = "ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default';";
+/// Brings a version 4 file to version 5: each job names its queue and has a priority;
+/// jobs from before run in the default queue at the default priority. SQLite adds a column
+/// with a constant default without rewriting the table. The jobs that will be claimed
+/// again (queued, and running ones, which the open puts back in line) move to the default
+/// priority's band of `ready_seq` (`crate::queue::columns::PRIORITY_BAND`), in their order.
+/// One transaction with the version bump.
+pub(super) const MIGRATE_4_TO_5: &str = "
+BEGIN IMMEDIATE;
+ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 5;
+UPDATE jobs SET ready_seq = ready_seq + 4 * 281474976710656
+    WHERE ready_seq IS NOT NULL AND (state = 'queued' OR state = 'running');
+PRAGMA user_version = 5;
+COMMIT;
+";
 
 /// The queue's id ([`crate::queue::QueueBackend::queue_id`]): 64 random bits, made when
 /// the file was created (or first opened by a build that has it) and kept with the jobs.
@@ -142,8 +154,12 @@ pub(super) fn migrate(connection: &Connection, path: &Path) -> Result<(), Storag
         version = 4;
     }
     if has_jobs && version == 4 {
-        connection.execute_batch(MIGRATE_4_TO_5)?;
-        connection.pragma_update(None, "user_version", 5)?;
+        if let Err(error) = connection.execute_batch(MIGRATE_4_TO_5) {
+            if !connection.is_autocommit() {
+                drop(connection.execute_batch("ROLLBACK"));
+            }
+            return Err(error.into());
+        }
         tracing::info!(path = %path.display(), "queue.db upgraded from schema version 4 to 5 (named queues)");
         version = 5;
     }

@@ -22,10 +22,10 @@ pub(super) fn integer(value: Option<i64>) -> ToSqlOutput<'static> {
 
 /// The columns [`SqliteBackend::insert_all`] writes, in order.
 const INSERT_COLUMN_NAMES: &str = "id, kind, state, ready_seq, run_at, max_attempts, timeout_ms, created_at,
-     idempotency_key, submitted_by, body, body_is_json, args, queue";
-pub(super) const INSERT_COLUMNS: usize = 14;
+     idempotency_key, submitted_by, body, body_is_json, args, queue, priority";
+pub(super) const INSERT_COLUMNS: usize = 15;
 /// The row counts of the multi-row statements, largest first: any number of rows is
-/// written with at most one statement of each size below the largest. 64 rows of 14
+/// written with at most one statement of each size below the largest. 64 rows of 15
 /// values stay far below SQLite's limit of 32,766 bound values.
 const STATEMENT_ROWS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
@@ -94,13 +94,14 @@ pub(super) fn finish_sql(from: JobState, ids: usize) -> &'static str {
     &statements[usize::from(from != JobState::Queued)][size_index(ids)]
 }
 
-/// Due scheduled and failed jobs, earliest first.
+/// Due scheduled and failed jobs, earliest first, with their priorities (which band of
+/// `ready_seq` each goes to).
 ///
 /// The hot queries have no `LIMIT ?`: SQLite plans with a bound LIMIT's value, so a bound
 /// LIMIT made it re-prepare the statement on every run (a tenth of the queue thread's time
 /// in profiles of single-job submissions). They walk their index in order, and the caller
 /// stops reading after as many rows as it wants.
-pub(super) const PROMOTE_DUE: &str = "SELECT seq, state FROM jobs INDEXED BY jobs_waiting
+pub(super) const PROMOTE_DUE: &str = "SELECT seq, state, priority FROM jobs INDEXED BY jobs_waiting
      WHERE (state = 'scheduled' OR state = 'failed') AND run_at <= ?1 ORDER BY run_at, seq";
 /// When the earliest scheduled or failed job falls due.
 pub(super) const NEXT_DUE: &str =
@@ -111,14 +112,15 @@ pub(super) const RECORD_STARTED: &str =
 /// The columns a record is read from, for `get` and `list`.
 pub(super) const RECORD_COLUMNS: &str =
     "seq, id, kind, state, attempts, max_attempts, timeout_ms, created_at, run_at, started_at,
-     finished_at, last_error, result, idempotency_key, submitted_by, body_is_json, args, queue";
+     finished_at, last_error, result, idempotency_key, submitted_by, body_is_json, args, queue, priority";
 
 /// The claim query's columns, read by position: reading by name scans the column names
 /// for every value, which showed in profiles of the queue thread.
 pub(super) mod claim {
     pub const SQL: &str = "SELECT seq, ready_seq, id, kind, attempts, max_attempts, timeout_ms, run_at, created_at,
-             idempotency_key, body, body_is_json, args, submitted_by, queue
-         FROM jobs INDEXED BY jobs_ready WHERE state = 'queued' AND ready_seq > ?1 ORDER BY ready_seq";
+             idempotency_key, body, body_is_json, args, submitted_by, queue, priority
+         FROM jobs INDEXED BY jobs_ready WHERE state = 'queued' AND ready_seq > ?1 AND ready_seq <= ?2
+         ORDER BY ready_seq";
     pub const SEQ: usize = 0;
     pub const READY_SEQ: usize = 1;
     pub const ID: usize = 2;
@@ -134,4 +136,5 @@ pub(super) mod claim {
     pub const ARGS: usize = 12;
     pub const SUBMITTED_BY: usize = 13;
     pub const QUEUE: usize = 14;
+    pub const PRIORITY: usize = 15;
 }

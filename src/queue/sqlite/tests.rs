@@ -343,7 +343,7 @@ mod delayed {
         // Version 2 had version 3's kind columns, and no `submitted_by`.
         let version_2_schema = SCHEMA
             .replace(
-                "    args TEXT,\n    queue TEXT NOT NULL DEFAULT 'default'\n",
+                "    args TEXT,\n    queue TEXT NOT NULL DEFAULT 'default',\n    priority INTEGER NOT NULL DEFAULT 5\n",
                 "    object_key TEXT,\n    content_type TEXT,\n    arg TEXT\n",
             )
             .replace("    submitted_by TEXT NOT NULL DEFAULT '',\n", "")

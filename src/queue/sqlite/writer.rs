@@ -14,8 +14,8 @@ use super::sql::{
     INSERT_COLUMNS, NEXT_DUE, NULL, PROMOTE_DUE, RECORD_STARTED, blob, claim, finish_sql, insert_sql, integer,
     statement_rows, text,
 };
-use crate::job::{FinishedJob, Job, JobId, JobState, StartedJob};
-use crate::queue::columns::split_progress;
+use crate::job::{DEFAULT_PRIORITY, FinishedJob, Job, JobId, JobState, StartedJob};
+use crate::queue::columns::{BANDS, band_of, priority_of, split_progress};
 use crate::queue::{
     Admitted, ControlError, JobWriter, Lease, ReadyBatch, Refusal, RefusedStarts, StorageError, admit, claim_has_room,
 };
@@ -54,7 +54,7 @@ impl SqliteBackend {
         let delayed = job.run_at.filter(|at| *at > now);
         let (state, ready_seq) = match delayed {
             Some(_) => (JobState::Scheduled, None),
-            None => (JobState::Queued, Some(self.books.take_ready_seq())),
+            None => (JobState::Queued, Some(self.books.take_ready_seq(job.priority))),
         };
         values.extend([
             blob(job.id.as_bytes()),
@@ -71,6 +71,7 @@ impl SqliteBackend {
             integer(Some(i64::from(job.body.as_ref().is_some_and(|body| body.is_json)))),
             job.args.as_ref().map_or(NULL, |args| text(args.get())),
             text(&job.queue),
+            integer(Some(i64::from(job.priority))),
         ]);
         if let Some(counter) = self.books.count(state) {
             *counter += 1;
@@ -107,15 +108,73 @@ impl SqliteBackend {
         Ok(pages.saturating_sub(free).unsigned_abs() * self.page_size)
     }
 
+    /// Claims the queued jobs of one priority band after its cursor, into `jobs`, until the
+    /// claim holds `max` (with `undecodable`) or its byte bound; returns whether it stopped at
+    /// the byte bound. The default priority's jobs just inserted come from memory
+    /// ([`super::fresh::FreshJobs`]); the rest, and every other band, from the table.
+    fn claim_band(
+        &mut self,
+        band: usize,
+        max: usize,
+        jobs: &mut Vec<Job>,
+        bytes: &mut usize,
+        undecodable: &mut Vec<(i64, String)>,
+    ) -> Result<bool, StorageError> {
+        let paused = &self.paused;
+        let passed_over = |job: &Job| !paused.is_empty() && paused.contains_key(&*job.queue);
+        if band == band_of(DEFAULT_PRIORITY)
+            && self.fresh.claim(&mut self.books.claimed_up_to[band], max, jobs, bytes, passed_over)
+        {
+            return Ok(true);
+        }
+        // The table holds more only if some `ready_seq` of the band was handed out and not
+        // claimed.
+        let (cursor, last) = (self.books.claimed_up_to[band], self.books.last_ready_seq[band]);
+        if jobs.len() + undecodable.len() >= max || cursor >= last {
+            return Ok(false);
+        }
+        let mut statement = self.connection.prepare_cached(claim::SQL)?;
+        let mut rows = statement.query(params![cursor, last])?;
+        while jobs.len() + undecodable.len() < max
+            && let Some(row) = rows.next()?
+        {
+            let ready_seq: i64 = row.get(claim::READY_SEQ)?;
+            // A paused queue's job is passed over undecoded: a pause of a large backlog
+            // costs one walk of its index entries, not a decode of each job.
+            if !self.paused.is_empty()
+                && self.paused.contains_key(row.get_ref(claim::QUEUE)?.as_str().map_err(rusqlite::Error::from)?)
+            {
+                self.books.claimed_up_to[band] = ready_seq;
+                continue;
+            }
+            match decode_claimed(row) {
+                Ok(job) => {
+                    let size = job.body_len();
+                    if !claim_has_room(jobs.len(), *bytes, size) {
+                        return Ok(true);
+                    }
+                    *bytes += size;
+                    self.books.claimed_up_to[band] = ready_seq;
+                    jobs.push(job);
+                }
+                Err(error) => {
+                    self.books.claimed_up_to[band] = ready_seq;
+                    undecodable.push((row.get::<_, i64>(claim::SEQ)?, error));
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Moves due scheduled and failed jobs to the queue, earliest first, at most `max`.
     fn promote_due(&mut self, max: usize, now: DateTime<Utc>) -> Result<(), StorageError> {
-        let due: Vec<(i64, String)> = {
+        let due: Vec<(i64, String, i64)> = {
             let mut statement = self.connection.prepare_cached(PROMOTE_DUE)?;
-            let rows = statement.query_map(params![millis(now)], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            let rows = statement.query_map(params![millis(now)], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
             rows.take(max).collect::<Result<_, _>>()?
         };
-        for (seq, state) in due {
-            let ready_seq = self.books.take_ready_seq();
+        for (seq, state, priority) in due {
+            let ready_seq = self.books.take_ready_seq(priority_of(priority));
             self.connection
                 .prepare_cached("UPDATE jobs SET state = 'queued', ready_seq = ?2 WHERE seq = ?1")?
                 .execute(params![seq, ready_seq])?;
@@ -238,7 +297,11 @@ impl JobWriter for SqliteBackend {
         }
         let ready_seqs = self.insert_all(&new_jobs, now)?;
         for (job, ready_seq) in new_jobs.into_iter().zip(ready_seqs) {
-            if let Some(ready_seq) = ready_seq {
+            // Only the default priority's jobs are kept in memory: one band's buffer keeps
+            // its bound, and the other bands are read from the table.
+            if let Some(ready_seq) = ready_seq
+                && job.priority == DEFAULT_PRIORITY
+            {
                 self.fresh.add(ready_seq, job);
             }
         }
@@ -266,45 +329,14 @@ impl JobWriter for SqliteBackend {
         }
         let mut jobs = Vec::with_capacity(max);
         let mut bytes = 0;
-        let paused = &self.paused;
-        let mut stopped_at_byte_limit =
-            self.fresh.claim(&mut self.books.claimed_up_to, max, &mut jobs, &mut bytes, |job| {
-                !paused.is_empty() && paused.contains_key(&*job.queue)
-            });
         let mut undecodable = Vec::new();
-        // The table holds more only if some `ready_seq` was handed out and not claimed.
-        if !stopped_at_byte_limit && jobs.len() < max && self.books.claimed_up_to < self.books.last_ready_seq {
-            let mut statement = self.connection.prepare_cached(claim::SQL)?;
-            let mut rows = statement.query(params![self.books.claimed_up_to])?;
-            while jobs.len() + undecodable.len() < max
-                && let Some(row) = rows.next()?
-            {
-                let ready_seq: i64 = row.get(claim::READY_SEQ)?;
-                // A paused queue's job is passed over undecoded: a pause of a large
-                // backlog costs one walk of its index entries, not a decode of each job.
-                if !self.paused.is_empty()
-                    && self.paused.contains_key(row.get_ref(claim::QUEUE)?.as_str().map_err(rusqlite::Error::from)?)
-                {
-                    self.books.claimed_up_to = ready_seq;
-                    continue;
-                }
-                match decode_claimed(row) {
-                    Ok(job) => {
-                        let size = job.body_len();
-                        if !claim_has_room(jobs.len(), bytes, size) {
-                            stopped_at_byte_limit = true;
-                            break;
-                        }
-                        bytes += size;
-                        self.books.claimed_up_to = ready_seq;
-                        jobs.push(job);
-                    }
-                    Err(error) => {
-                        self.books.claimed_up_to = ready_seq;
-                        undecodable.push((row.get::<_, i64>(claim::SEQ)?, error));
-                    }
-                }
+        let mut stopped_at_byte_limit = false;
+        // Highest priority first: each band in its order, until the claim is full.
+        for band in 0..BANDS {
+            if stopped_at_byte_limit || jobs.len() + undecodable.len() >= max {
+                break;
             }
+            stopped_at_byte_limit = self.claim_band(band, max, &mut jobs, &mut bytes, &mut undecodable)?;
         }
         for (seq, error) in undecodable {
             self.bury_undecodable(seq, &error)?;
@@ -354,7 +386,11 @@ impl JobWriter for SqliteBackend {
                 Refusal::QueueFull { unfinished: self.books.unfinished(), capacity: self.capacity, requested: 1 };
             return Ok(Err(ControlError::Refused(refusal)));
         }
-        let ready_seq = self.books.take_ready_seq();
+        let priority: i64 = self
+            .connection
+            .prepare_cached("SELECT priority FROM jobs WHERE id = ?1")?
+            .query_row([id.to_bytes().as_slice()], |row| row.get(0))?;
+        let ready_seq = self.books.take_ready_seq(priority_of(priority));
         self.connection
             .prepare_cached(
                 "UPDATE jobs SET state = 'queued', attempts = 0, ready_seq = ?2, run_at = NULL, finished_at = NULL
