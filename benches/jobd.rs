@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 #[path = "jobd/postgres.rs"]
 mod postgres;
+#[path = "jobd/queues.rs"]
+mod queues;
 
 use futures_util::StreamExt as _;
 use object_store::ObjectStoreExt as _;
@@ -838,6 +840,9 @@ async fn run() -> Vec<Figure> {
     }
     if wanted(&[10, 11, 12, 13, 14, 15]) {
         figures.extend(postgres::figures(&client).await);
+    }
+    if wanted(&[16, 17]) {
+        figures.extend(queues::figures(&client).await);
     }
     figures
 }

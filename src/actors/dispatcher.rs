@@ -138,10 +138,13 @@ impl Dispatcher {
         self
     }
 
-    /// Sets the named queues' gauges of this node: running jobs, and jobs waiting at a
-    /// queue's limit. Queues seen before and idle now read 0.
+    /// Sets the named queues' series of this node: starts since the last report, running
+    /// jobs, and jobs waiting at a queue's limit. Queues seen before and idle now read 0.
     fn report_queue_load(&mut self) {
         let Some(metrics) = &self.queue_metrics else { return };
+        for (queue, started) in self.core.take_started_by_queue() {
+            metrics.started.with_label_values(&[&queue]).inc_by(started);
+        }
         let load = self.core.queue_load();
         for queue in &self.queues_reported {
             if !load.contains_key(queue) {
@@ -221,11 +224,6 @@ impl Dispatcher {
         let pumped = self.core.pump(&self.runner.kinds, Utc::now(), std::time::Instant::now());
         for (kind, wait) in &pumped.waits {
             self.runner.metrics.job_wait.with_label_values(&[kind]).observe(*wait);
-        }
-        if let Some(metrics) = &self.queue_metrics {
-            for (queue, started) in &pumped.started_by_queue {
-                metrics.started.with_label_values(&[queue]).inc_by(*started);
-            }
         }
         for launch in pumped.run_now {
             self.run(launch);

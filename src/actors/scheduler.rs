@@ -80,8 +80,6 @@ pub struct Pumped {
     pub dispatched: bool,
     /// Each started job's kind and how long it waited since it was due, in seconds.
     pub waits: Vec<(&'static str, f64)>,
-    /// How many jobs of each named queue were handed a worker, in the order they first did.
-    pub started_by_queue: Vec<(crate::job::QueueName, u64)>,
     /// Send a fetch for this many jobs.
     pub fetch: Option<usize>,
 }
@@ -162,6 +160,10 @@ pub struct Scheduler {
     outcomes: Vec<FinishedJob>,
     recording: bool,
     draining: bool,
+    /// How many jobs of each named queue were handed a worker since the last
+    /// [`take_started_by_queue`](Self::take_started_by_queue): counted here, and reported
+    /// once a second, so that a start costs no metric lookup.
+    started_by_queue: Vec<(crate::job::QueueName, u64)>,
 }
 
 impl Scheduler {
@@ -198,6 +200,7 @@ impl Scheduler {
             outcomes: Vec::new(),
             recording: false,
             draining: false,
+            started_by_queue: Vec::new(),
         }
     }
 
@@ -274,9 +277,9 @@ impl Scheduler {
             });
             self.busy += 1;
             pumped.waits.push((kind.label, (now - job.due()).as_seconds_f64().max(0.0)));
-            match pumped.started_by_queue.iter_mut().find(|(queue, _)| *queue == job.queue) {
+            match self.started_by_queue.iter_mut().find(|(queue, _)| *queue == job.queue) {
                 Some((_, count)) => *count += 1,
-                None => pumped.started_by_queue.push((job.queue.clone(), 1)),
+                None => self.started_by_queue.push((job.queue.clone(), 1)),
             }
             self.started.push(StartedJob { id: job.id, attempt: job.attempt, claim: job.claim, started_at: now });
             if let Some(claim_size) = self.claim_size.as_mut() {
@@ -529,6 +532,11 @@ impl Scheduler {
     /// could not be cancelled goes back to the front of the window.
     pub fn cancel_answered(&mut self, id: JobId, cancelled: bool) {
         self.window.cancel_answered(id, cancelled, self.fetching);
+    }
+
+    /// The starts of each named queue since the last call.
+    pub fn take_started_by_queue(&mut self) -> Vec<(crate::job::QueueName, u64)> {
+        std::mem::take(&mut self.started_by_queue)
     }
 
     /// Per named queue with jobs running or waiting at its limit here: how many run, and how

@@ -118,6 +118,9 @@ impl Window {
     /// A job of `queue` that had started ended (or never ran after all): one more of the
     /// queue's jobs may start.
     pub fn queue_job_ended(&mut self, queue: &QueueName) {
+        if self.queue_slots.is_empty() {
+            return;
+        }
         let Some(slots) = self.queue_slots.get_mut(queue) else { return };
         slots.running = slots.running.saturating_sub(1);
         let gate = slots.gate.clone();
@@ -266,8 +269,10 @@ impl Window {
             };
             let resolved = kinds.resolve(&job);
             let kind = kinds.resolved(resolved);
-            let slots = self.queue_slots.get(&job.queue);
-            let admission = match (self.paused_queues.get(&job.queue), slots) {
+            // Most nodes pause nothing and limit no queue: no lookup per job then.
+            let slots = if self.queue_slots.is_empty() { None } else { self.queue_slots.get(&job.queue) };
+            let paused = if self.paused_queues.is_empty() { None } else { self.paused_queues.get(&job.queue) };
+            let admission = match (paused, slots) {
                 (Some(gate), _) => Admission::Closed(gate.clone()),
                 (None, Some(slots)) if slots.running >= slots.limit => Admission::Later(slots.gate.clone()),
                 (None, _) => kind.map_or(Admission::Now(None), |kind| kind.admit(&job)),
@@ -276,7 +281,9 @@ impl Window {
             match admission {
                 Admission::Now(permit) => {
                     self.bytes = self.bytes.saturating_sub(job.footprint());
-                    if let Some(slots) = self.queue_slots.get_mut(&job.queue) {
+                    if let Some(slots) =
+                        (!self.queue_slots.is_empty()).then(|| self.queue_slots.get_mut(&job.queue)).flatten()
+                    {
                         slots.running += 1;
                         // Its queue's gate may admit the next in line too.
                         if from_gate && slots.running < slots.limit {

@@ -124,8 +124,9 @@ mod basics {
         // An IN list in a partial index's condition makes SQLite build a temporary table
         // for every row written; none of the writes on the hot path may do that.
         for write in [
-            insert_sql(1),
-            insert_sql(64),
+            insert_sql(1, false),
+            insert_sql(64, false),
+            insert_sql(64, true),
             "UPDATE jobs SET state = 'running', started_at = 1, attempts = attempts + 1 WHERE id = x'01'",
             "UPDATE jobs SET state = 'succeeded', finished_at = 2 WHERE seq = 1",
             "UPDATE jobs SET state = 'failed', run_at = 3 WHERE seq = 1",
@@ -566,8 +567,8 @@ mod delayed {
             NEXT_DUE,
             claim::SQL,
             RECORD_STARTED,
-            insert_sql(1),
-            insert_sql(2),
+            insert_sql(1, false),
+            insert_sql(2, false),
             finish_sql(JobState::Queued, 1),
             finish_sql(JobState::Queued, 2),
             finish_sql(JobState::Running, 1),

@@ -11,8 +11,8 @@ use rusqlite::{OptionalExtension as _, params};
 use super::SqliteBackend;
 use super::codec::{FinishColumns, decode_claimed, from_millis, millis, state_of};
 use super::sql::{
-    INSERT_COLUMNS, NEXT_DUE, NULL, PROMOTE_DUE, RECORD_STARTED, blob, claim, finish_sql, insert_sql, integer,
-    statement_rows, text,
+    INSERT_COLUMNS, NEXT_DUE, NULL, PLACED_COLUMNS, PROMOTE_DUE, RECORD_STARTED, blob, claim, finish_sql, insert_sql,
+    integer, statement_rows, text,
 };
 use crate::job::{DEFAULT_PRIORITY, FinishedJob, Job, JobId, JobState, StartedJob};
 use crate::queue::columns::{BANDS, band_of, priority_of, split_progress};
@@ -31,11 +31,12 @@ impl SqliteBackend {
         while !rest.is_empty() {
             let rows = statement_rows(rest.len());
             let (chunk, after) = rest.split_at(rows);
-            let mut values: Vec<ToSqlOutput<'_>> = Vec::with_capacity(rows * INSERT_COLUMNS);
+            let placed = chunk.iter().any(|job| job.priority != DEFAULT_PRIORITY || !job.queue.is_default());
+            let mut values: Vec<ToSqlOutput<'_>> = Vec::with_capacity(rows * (INSERT_COLUMNS + PLACED_COLUMNS));
             for job in chunk {
-                ready_seqs.push(self.push_insert_values(job, now, &mut values));
+                ready_seqs.push(self.push_insert_values(job, now, placed, &mut values));
             }
-            self.connection.prepare_cached(insert_sql(rows))?.execute(rusqlite::params_from_iter(values))?;
+            self.connection.prepare_cached(insert_sql(rows, placed))?.execute(rusqlite::params_from_iter(values))?;
             rest = after;
         }
         Ok(ready_seqs)
@@ -49,6 +50,7 @@ impl SqliteBackend {
         &mut self,
         job: &'a Job,
         now: DateTime<Utc>,
+        placed: bool,
         values: &mut Vec<ToSqlOutput<'a>>,
     ) -> Option<i64> {
         let delayed = job.run_at.filter(|at| *at > now);
@@ -70,9 +72,10 @@ impl SqliteBackend {
             job.body.as_ref().map_or(NULL, |body| blob(&body.bytes)),
             integer(Some(i64::from(job.body.as_ref().is_some_and(|body| body.is_json)))),
             job.args.as_ref().map_or(NULL, |args| text(args.get())),
-            text(&job.queue),
-            integer(Some(i64::from(job.priority))),
         ]);
+        if placed {
+            values.extend([text(&job.queue), integer(Some(i64::from(job.priority)))]);
+        }
         if let Some(counter) = self.books.count(state) {
             *counter += 1;
         }
