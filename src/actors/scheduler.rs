@@ -264,6 +264,7 @@ impl Scheduler {
                 // Unreachable: a worker is idle only once it registered. The job is not
                 // lost either way: it was never started, so the next claim runs it.
                 tracing::error!(worker = number, job_id = %job.id, "an idle worker is not registered");
+                self.window.queue_job_ended(&job.queue);
                 continue;
             }
             self.running[number] = Some(RunningJob {

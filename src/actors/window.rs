@@ -7,13 +7,15 @@ use crate::job::{Job, JobId, QueueName};
 use crate::kinds::{Admission, GateKey, Kinds, Permit, ResolvedKind};
 use crate::queue::CLAIM_MAX_BODY_BYTES;
 
-/// Claimed jobs that have not started, in claim order.
+/// Claimed jobs that have not started, in priority and claim order.
 ///
 /// **Architecture Invariant:** the window is bounded in jobs and in bytes. A fetch is sent
 /// only while the runnable jobs number at most half of `max_ready` and one more claim
 /// ([`CLAIM_MAX_BODY_BYTES`] of bodies) still fits under `max_bytes`, or when the window
 /// is empty; a claim's first job is always taken, so the bytes held stay below
-/// `max_bytes` plus one job.
+/// `max_bytes` plus one job. Jobs held at a paused named queue's gate count against neither
+/// bound (claims pass over a paused queue's jobs, so they are at most what the window held
+/// at the pause): with them, the window holds at most twice its bounds, plus a claim.
 #[derive(Debug)]
 pub struct Window {
     /// Jobs that may start, in order: by priority, highest first, then as claimed.
@@ -56,6 +58,11 @@ pub struct Window {
     /// a paused queue starts, and its jobs claimed before the pause wait, closed (they
     /// count against no claim), until it resumes.
     paused_queues: HashMap<QueueName, GateKey>,
+    /// The jobs, and their bytes, that wait at paused queues' gates. They count against
+    /// neither of the window's bounds: claims pass over a paused queue's jobs, so these are
+    /// at most what the window held when the pause came (bounded as it was), and counted,
+    /// a paused backlog would stop the claims of every other queue until the resume.
+    held: (usize, usize),
     /// The named queues with a limit on their jobs running at once on this node
     /// (`concurrency`): a job of a queue at its limit waits at the queue's gate, without a
     /// worker, until one of the queue's jobs ends.
@@ -91,6 +98,7 @@ impl Window {
             cancelling: HashMap::new(),
             cancelled_during_fetch: Vec::new(),
             paused_queues: HashMap::new(),
+            held: (0, 0),
             queue_slots: HashMap::new(),
         }
     }
@@ -130,18 +138,44 @@ impl Window {
     /// The named queues paused now. The jobs of a queue no longer paused try again, in
     /// their order, ahead of the jobs claimed after them.
     pub fn set_paused_queues(&mut self, paused: &std::collections::HashSet<QueueName>) {
-        let resumed: Vec<GateKey> = self
+        let resumed: Vec<(QueueName, GateKey)> = self
             .paused_queues
             .iter()
             .filter(|(queue, _)| !paused.contains(*queue))
-            .map(|(_, gate)| gate.clone())
+            .map(|(queue, gate)| (queue.clone(), gate.clone()))
             .collect();
-        self.paused_queues.retain(|queue, _| paused.contains(queue));
-        for queue in paused {
-            self.paused_queues.entry(queue.clone()).or_insert_with(|| queue_gate(queue));
+        for (queue, gate) in resumed {
+            self.paused_queues.remove(&queue);
+            // No longer held: they count against the window's bounds again.
+            if let Some(waiting) = self.gated.get(&gate) {
+                self.held.0 -= waiting.len();
+                self.held.1 -= waiting.iter().map(Job::footprint).sum::<usize>();
+            }
+            self.closed.remove(&gate);
+            // A queue with a limit lets out only as many as it may run, so that the rest
+            // keep their order at its gate; each of its jobs that ends lets out the next.
+            match self.queue_slots.get(&queue).map(|slots| slots.limit.saturating_sub(slots.running)) {
+                Some(free) => {
+                    for _ in 0..free {
+                        self.release_gate(&gate);
+                    }
+                }
+                None => self.open_gate(&gate),
+            }
         }
-        for gate in resumed {
-            self.open_gate(&gate);
+        for queue in paused {
+            if self.paused_queues.contains_key(queue) {
+                continue;
+            }
+            let gate = queue_gate(queue);
+            // Jobs already waiting at the queue's limit are held from now on, as are those
+            // that come to its gate while it is paused.
+            if let Some(waiting) = self.gated.get(&gate) {
+                self.held.0 += waiting.len();
+                self.held.1 += waiting.iter().map(Job::footprint).sum::<usize>();
+                self.closed.insert(gate.clone());
+            }
+            self.paused_queues.insert(queue.clone(), gate);
         }
     }
 
@@ -180,6 +214,12 @@ impl Window {
         self.bytes
     }
 
+    /// The jobs, and their bytes, held at paused queues' gates.
+    #[cfg(test)]
+    pub fn held(&self) -> (usize, usize) {
+        self.held
+    }
+
     /// How many jobs a fetch may ask for now, if one may be sent.
     pub fn wanted(&self) -> Option<usize> {
         if self.is_empty() {
@@ -187,11 +227,11 @@ impl Window {
         }
         // Jobs waiting at a gate count as well: the window never holds more than
         // `max_jobs` however many wait.
-        let waiting = self.gated_len + self.released.len();
+        let waiting = self.gated_len + self.released.len() - self.held.0;
         let runnable =
             if self.waiting_is_ready { self.ready.len() + self.countable_waiting() } else { self.ready.len() };
         let room_in_jobs = runnable <= self.max_ready / 2 && self.ready.len() + waiting < self.max_jobs;
-        let room_in_bytes = self.bytes.saturating_add(CLAIM_MAX_BODY_BYTES) <= self.max_bytes;
+        let room_in_bytes = (self.bytes - self.held.1).saturating_add(CLAIM_MAX_BODY_BYTES) <= self.max_bytes;
         (room_in_jobs && room_in_bytes)
             .then(|| (self.max_ready - runnable).min(self.max_jobs - self.ready.len() - waiting))
     }
@@ -215,6 +255,7 @@ impl Window {
         let freed: usize = jobs.chain(gated).map(|job| job.footprint()).sum();
         self.bytes -= freed;
         self.gated_len = 0;
+        self.held = (0, 0);
         dropped
     }
 
@@ -307,6 +348,10 @@ impl Window {
                     } else {
                         self.closed.remove(&gate);
                     }
+                    if self.is_paused_gate(&gate) {
+                        self.held.0 += 1;
+                        self.held.1 += job.footprint();
+                    }
                     let waiting = self.gated.entry(gate).or_default();
                     // A job let out to try again keeps its place at the front.
                     if from_gate {
@@ -320,16 +365,29 @@ impl Window {
         }
     }
 
+    /// Whether `gate` is a paused queue's, whose jobs are held (see `held`).
+    fn is_paused_gate(&self, gate: &GateKey) -> bool {
+        !self.paused_queues.is_empty() && self.paused_queues.values().any(|paused| paused == gate)
+    }
+
+    /// Takes a job of `footprint` bytes, leaving `gate`, out of the held count if the gate
+    /// is a paused queue's.
+    fn unhold(&mut self, gate: &GateKey, footprint: usize) {
+        if self.is_paused_gate(gate) {
+            self.held.0 -= 1;
+            self.held.1 -= footprint;
+        }
+    }
+
     /// Lets the first job waiting at `gate` try again: a permit of it was given back.
     pub fn release_gate(&mut self, gate: &GateKey) {
-        let Some(waiting) = self.gated.get_mut(gate) else { return };
-        if let Some(job) = waiting.pop_front() {
-            self.gated_len -= 1;
-            self.released.push_back(job);
-        }
-        if waiting.is_empty() {
+        let Some(job) = self.gated.get_mut(gate).and_then(VecDeque::pop_front) else { return };
+        if self.gated.get(gate).is_some_and(VecDeque::is_empty) {
             self.gated.remove(gate);
         }
+        self.gated_len -= 1;
+        self.unhold(gate, job.footprint());
+        self.released.push_back(job);
     }
 
     /// Lets the first job of every gate try again, as time may have opened them (a
@@ -347,6 +405,9 @@ impl Window {
     pub fn open_gate(&mut self, gate: &GateKey) {
         self.closed.remove(gate);
         if let Some(waiting) = self.gated.remove(gate) {
+            for job in &waiting {
+                self.unhold(gate, job.footprint());
+            }
             self.gated_len -= waiting.len();
             self.released.extend(waiting);
         }
@@ -363,12 +424,17 @@ impl Window {
     pub fn cancel_started(&mut self, id: JobId, fetching: bool) {
         let mut taken = take_by_id(&mut self.ready, id).or_else(|| take_by_id(&mut self.released, id));
         if taken.is_none() {
-            for waiting in self.gated.values_mut() {
+            let mut from_gate = None;
+            for (gate, waiting) in &mut self.gated {
                 taken = take_by_id(waiting, id);
                 if taken.is_some() {
                     self.gated_len -= 1;
+                    from_gate = Some(gate.clone());
                     break;
                 }
+            }
+            if let (Some(gate), Some(job)) = (from_gate, &taken) {
+                self.unhold(&gate, job.footprint());
             }
             self.gated.retain(|_, waiting| !waiting.is_empty());
         }
@@ -444,6 +510,37 @@ mod tests {
             assert!(window.next_runnable(&Kinds::unserved(&KindSettings::defaults()).expect("kinds")).is_some());
         }
         assert!(window.wanted().is_some(), "started jobs free their bytes");
+    }
+
+    #[test]
+    fn a_paused_queues_backlog_in_a_full_window_stops_no_other_queues_claims() {
+        let kinds = Kinds::unserved(&KindSettings::defaults()).expect("kinds");
+        let in_queue = |queue: &str| Job { queue: crate::job::queue_name(queue), ..Job::for_test("noop") };
+        let mut window = Window::new(4, 64 << 20).with_queue_limits([(crate::job::queue_name("bulk"), 1)]);
+        let bulk: Vec<Job> = (0..4).map(|_| in_queue("bulk")).collect();
+        let bulk_ids = ids(&bulk);
+        window.add_fetched(bulk);
+        assert_eq!(window.wanted(), None, "a full window claims nothing more");
+        window.set_paused_queues(&std::collections::HashSet::from([crate::job::queue_name("bulk")]));
+        assert!(window.next_runnable(&kinds).is_none(), "nothing of a paused queue starts");
+        assert_eq!(window.held(), (4, window.bytes()));
+        assert_eq!(window.wanted(), Some(4), "held jobs leave room for the other queues");
+        let other = in_queue("default");
+        let other_id = other.id;
+        window.add_fetched(vec![other]);
+        assert_eq!(window.next_runnable(&kinds).map(|(job, ..)| job.id), Some(other_id));
+        // The resume lets out as many as the queue may run (its limit is 1), in order; each
+        // of its jobs that ends lets out the next.
+        window.set_paused_queues(&std::collections::HashSet::new());
+        assert_eq!(window.held(), (0, 0));
+        let mut started = Vec::new();
+        for _ in 0..4 {
+            let (job, ..) = window.next_runnable(&kinds).expect("the next bulk job");
+            assert!(window.next_runnable(&kinds).is_none(), "one at a time: its limit");
+            window.queue_job_ended(&job.queue);
+            started.push(job.id);
+        }
+        assert_eq!(started, bulk_ids, "in their order");
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub struct AppState {
     pub kinds: Arc<crate::kinds::Kinds>,
     /// The queues this daemon declares: what submissions may name.
     pub queues: Arc<crate::queues::Queues>,
+    /// Wakes the watch of paused queues after a pause or resume through this node, so that
+    /// its Dispatcher holds or starts the queue's jobs at once (`server/pauses.rs`).
+    pub pauses_changed: Arc<tokio::sync::Notify>,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
     pub store: Arc<JobStore>,

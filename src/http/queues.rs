@@ -8,8 +8,7 @@ use serde::Serialize;
 
 use super::problem::ProblemBody;
 use super::{AppState, Problem};
-use crate::actors::QueuesPaused;
-use crate::job::{JobState, queue_name};
+use crate::job::JobState;
 
 /// One queue as `GET /v1/queues` shows it.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -41,13 +40,14 @@ pub(super) struct QueuePaused {
     paused: bool,
 }
 
-/// `GET /v1/queues`: every declared queue and every queue that holds unfinished jobs.
+/// `GET /v1/queues`: every declared queue, every queue that holds unfinished jobs, and every
+/// queue an operator paused or resumed.
 #[utoipa::path(
     get,
     path = "/v1/queues",
     tag = "queues",
     responses(
-        (status = 200, description = "Every declared queue, and every queue holding unfinished jobs", body = QueueList),
+        (status = 200, description = "Every declared queue, every queue holding unfinished jobs, and every queue paused or resumed", body = QueueList),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks the read scope, or is confined to a tenant", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "The queue cannot be read", body = ProblemBody, content_type = "application/problem+json")
@@ -57,8 +57,9 @@ pub(super) struct QueuePaused {
 pub(super) async fn list_queues(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let view = state.queue.queues(true).await.map_err(|error| Problem::storage(&error))?;
     let mut names: Vec<String> = state.queues.iter().map(|queue| queue.name.to_string()).collect();
-    names.extend(view.depths.keys().filter(|name| state.queues.get(name).is_none()).cloned());
+    names.extend(view.depths.keys().chain(view.paused.keys()).filter(|name| state.queues.get(name).is_none()).cloned());
     names.sort();
+    names.dedup();
     let queues = names
         .into_iter()
         .map(|name| {
@@ -93,7 +94,7 @@ pub(super) async fn list_queues(state: web::Data<AppState>) -> Result<HttpRespon
         (status = 200, description = "Paused (or already paused)", body = QueuePaused),
         (status = 401, description = "No bearer token, or an unknown one", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks the admin scope", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such queue is declared", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such queue is declared (or stored)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "The queue cannot be written; nothing changed", body = ProblemBody, content_type = "application/problem+json")
     ),
     security(("bearer" = []))
@@ -121,23 +122,26 @@ pub(super) async fn resume_queue(name: web::Path<String>, state: web::Data<AppSt
     set_paused(&name, false, &state).await
 }
 
+/// Pauses or resumes a declared queue, or one the storage holds a word on (a queue paused
+/// and then taken out of the configuration can still be resumed).
 async fn set_paused(name: &str, paused: bool, state: &AppState) -> Result<HttpResponse, Problem> {
-    let Some(queue) = state.queues.get(name) else {
+    let known = match state.queues.get(name) {
+        Some(_) => true,
+        None => {
+            let view = state.queue.queues(false).await.map_err(|error| Problem::storage(&error))?;
+            view.paused.contains_key(name)
+        }
+    };
+    if !known {
         return Err(Problem::not_found(format!(
             "no queue named {name:?} is declared; declared queues: {}",
             state.queues.names_text()
         )));
-    };
-    state.queue.set_queue_paused(&queue.name, paused, false).await.map_err(|error| Problem::storage(&error))?;
-    tracing::info!(queue = %queue.name, paused, "queue {}", if paused { "paused" } else { "resumed" });
-    // This node's Dispatcher hears at once; the others read it within a second
-    // (`server/pauses.rs`). A failed read here leaves it to that watch.
-    if let Ok(view) = state.queue.queues(false).await {
-        let paused_now = view.paused_names().map(queue_name).collect();
-        if state.dispatcher.send(QueuesPaused(paused_now)).await.is_err() {
-            // The Dispatcher is gone only at shutdown, when nothing starts anyway.
-            tracing::debug!("the Dispatcher did not take the paused queues");
-        }
     }
-    Ok(HttpResponse::Ok().json(QueuePaused { name: queue.name.to_string(), paused }))
+    state.queue.set_queue_paused(name, paused, false).await.map_err(|error| Problem::storage(&error))?;
+    tracing::info!(queue = name, paused, "queue {}", if paused { "paused" } else { "resumed" });
+    // This node's Dispatcher hears at once, through the watch; the others read it within
+    // a quarter of a second (`server/pauses.rs`).
+    state.pauses_changed.notify_one();
+    Ok(HttpResponse::Ok().json(QueuePaused { name: name.to_owned(), paused }))
 }

@@ -64,15 +64,29 @@ pub(super) async fn pause_configured(queue: &QueueHandle, queues: &Queues) -> Re
     Ok(())
 }
 
-/// Reads the paused queues every [`PAUSE_READ_PERIOD`] and tells the Dispatcher whenever
-/// they change, and the depths every [`DEPTH_READ_PERIOD`]; runs until aborted at shutdown.
-pub(super) async fn watch_pauses(queue: QueueHandle, dispatcher: Addr<Dispatcher>, reporting: Reporting) {
+/// Reads the paused queues every [`PAUSE_READ_PERIOD`], and at once when `changed` is
+/// notified (a pause or resume through this node), and tells the Dispatcher whenever they
+/// change; reads the depths every [`DEPTH_READ_PERIOD`]; runs until aborted at shutdown.
+///
+/// **Architecture Invariant:** this watch is the only sender of the paused queues to the
+/// Dispatcher, so what it last told is what the Dispatcher holds: a second sender (the
+/// handler of a pause) could leave the Dispatcher with a set the watch never compares
+/// against, and a queue held paused that the storage runs.
+pub(super) async fn watch_pauses(
+    queue: QueueHandle,
+    dispatcher: Addr<Dispatcher>,
+    reporting: Reporting,
+    changed: Arc<tokio::sync::Notify>,
+) {
     let mut told: Option<HashSet<QueueName>> = None;
     let mut interval = tokio::time::interval(PAUSE_READ_PERIOD);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut depths_read_at: Option<std::time::Instant> = None;
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = changed.notified() => {}
+        }
         let with_depths = depths_read_at.is_none_or(|at| at.elapsed() >= DEPTH_READ_PERIOD);
         let view = match queue.queues(with_depths).await {
             Ok(view) => view,

@@ -143,10 +143,12 @@ pub(super) async fn wire(
     ));
     let history_task = actix::spawn(crate::stats::sample_history(stats.clone(), metrics.clone()));
     super::pauses::pause_configured(&queue, &queues).await.map_err(ServeError::QueuePauses)?;
+    let pauses_changed = Arc::new(tokio::sync::Notify::new());
     let pauses_task = actix::spawn(super::pauses::watch_pauses(
         queue.clone(),
         dispatcher.clone(),
         super::pauses::Reporting { metrics: queue_metrics, queues: queues.clone(), queue_id },
+        pauses_changed.clone(),
     ));
 
     let state = web::Data::new(AppState {
@@ -160,6 +162,7 @@ pub(super) async fn wire(
         lifecycle: lifecycle.clone(),
         kinds,
         queues,
+        pauses_changed,
         parse_options: ParseOptions {
             max_json_depth: config.max_json_depth,
             max_jobs_per_request: config.max_jobs_per_request,

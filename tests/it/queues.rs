@@ -102,7 +102,13 @@ async fn a_paused_queue_starts_nothing_outlives_a_restart_and_drains_on_resume()
     daemon.signal("TERM");
     let mut daemon = daemon;
     assert!(daemon.wait_exit().success());
-    let daemon = Daemon::start_in(daemon.into_data_dir(), &[("JOBD_CONFIG", &config)]);
+    // Restarted with `bulk` taken out of the configuration: its stored pause still holds,
+    // and it can still be resumed (below).
+    let data_dir = daemon.into_data_dir();
+    let config = data_dir.path().join("jobd-without-bulk.toml");
+    std::fs::write(&config, CONFIG.replace("[queues.bulk]\n", "")).expect("config");
+    let config = config.to_str().expect("utf-8 path").to_owned();
+    let daemon = Daemon::start_in(data_dir, &[("JOBD_CONFIG", &config)]);
     let held_after = submit_to(&daemon, "held", 1).await;
     let default_after = submit_to(&daemon, "default", 1).await;
     all_succeed(&daemon, &default_after).await;
@@ -115,6 +121,7 @@ async fn a_paused_queue_starts_nothing_outlives_a_restart_and_drains_on_resume()
     let listed = tokio::task::block_in_place(|| jobd_client(&daemon, &["queues", "list"]));
     let bulk_line = listed.lines().find(|line| line.starts_with("bulk ")).unwrap_or_default();
     assert_eq!(bulk_line.split_whitespace().take(3).collect::<Vec<_>>(), ["bulk", "paused", "5"], "{listed}");
+    assert!(bulk_line.ends_with("not declared on this node"), "{listed}");
     let urgent_line = listed.lines().find(|line| line.starts_with("urgent ")).unwrap_or_default();
     assert_eq!(urgent_line.split_whitespace().nth(6), Some("2"), "{listed}");
     let resumed = tokio::task::block_in_place(|| jobd_client(&daemon, &["queues", "resume", "bulk"]));

@@ -10,7 +10,7 @@ use super::*;
 use crate::job::JobResult;
 use crate::kinds::KindSettings;
 use crate::kinds::upload::{STORE_GATE, StoreHealth};
-use crate::queue::claim_has_room;
+use crate::queue::{CLAIM_MAX_BODY_BYTES, claim_has_room};
 
 const WORKERS: usize = 4;
 const WINDOW_MAX_BYTES: usize = 24 << 20;
@@ -283,6 +283,8 @@ struct Model {
     queue_of: HashMap<JobId, crate::job::QueueName>,
     /// Whether `bulk` is paused.
     bulk_paused: bool,
+    /// Whether `bulk` was ever paused in this run.
+    ever_paused: bool,
 }
 
 impl Model {
@@ -314,6 +316,7 @@ impl Model {
             recorded_starts: HashSet::new(),
             queue_of: HashMap::new(),
             bulk_paused: false,
+            ever_paused: false,
         }
     }
 
@@ -371,8 +374,14 @@ impl Model {
         }
         let mut jobs = Vec::new();
         let mut bytes = 0;
+        // The queue passes over a paused queue's jobs, which keep their places.
+        let mut at = 0;
         while jobs.len() < wanted {
-            let Some(next) = self.queue.front() else { break };
+            let Some(next) = self.queue.get(at) else { break };
+            if self.bulk_paused && &*next.queue == "bulk" {
+                at += 1;
+                continue;
+            }
             let id = next.id;
             let pending_cancel = self.cancels_out.contains(&id);
             if (self.cancelled.contains(&id) && !(race && self.cancelled_during_fetch.contains(&id)))
@@ -380,7 +389,7 @@ impl Model {
             {
                 // The queue cancelled it before this claim, or the cancel holds it back.
                 if !pending_cancel {
-                    self.queue.pop_front();
+                    self.queue.remove(at);
                     continue;
                 }
                 break;
@@ -389,7 +398,7 @@ impl Model {
                 break;
             }
             bytes += next.body_len();
-            jobs.extend(self.queue.pop_front());
+            jobs.extend(self.queue.remove(at));
         }
         self.cancelled_during_fetch.clear();
         if !self.lease_held {
@@ -536,6 +545,7 @@ impl Model {
             }
             Event::Pause { paused } => {
                 self.bulk_paused = paused;
+                self.ever_paused |= paused;
                 let paused: HashSet<crate::job::QueueName> =
                     paused.then(|| crate::job::queue_name("bulk")).into_iter().collect();
                 self.scheduler.queues_paused(&paused);
@@ -550,11 +560,23 @@ impl Model {
         let busy = scheduler.running.iter().flatten().count();
         assert_eq!(scheduler.busy(), busy, "busy counts the running slots");
         assert!(busy <= WORKERS);
+        // Jobs held at a paused queue's gate count against no bound, and are at most what
+        // the window held when the pause came (the queue passes over the paused queue's
+        // jobs), so the window holds at most twice its bound, plus a claim.
+        let (held_jobs, held_bytes) = scheduler.window().held();
+        assert!(held_jobs == 0 || self.bulk_paused, "jobs held while nothing is paused");
+        // Without a pause in the run, the bound holds as it always did: one job past it.
         assert!(
-            scheduler.window().bytes() <= WINDOW_MAX_BYTES + self.largest_footprint,
+            self.ever_paused || scheduler.window().bytes() <= WINDOW_MAX_BYTES + self.largest_footprint,
             "the window holds {} bytes, past its bound of {} plus one job",
             scheduler.window().bytes(),
             WINDOW_MAX_BYTES
+        );
+        assert!(held_bytes <= scheduler.window().bytes());
+        assert!(
+            scheduler.window().bytes() <= 2 * (WINDOW_MAX_BYTES + self.largest_footprint + CLAIM_MAX_BODY_BYTES),
+            "the window holds {} bytes, past twice its bound",
+            scheduler.window().bytes()
         );
         assert!(self.fetch_out.is_some() == scheduler.is_fetching(), "the core knows whether its fetch is out");
         let limited = scheduler.running.iter().flatten().filter(|running| &*running.queue == "limited").count();
