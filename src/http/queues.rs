@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::problem::ProblemBody;
 use super::{AppState, Problem};
 use crate::job::JobState;
+use crate::queues::UNFINISHED_STATES;
 
 /// One queue as `GET /v1/queues` shows it.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -67,9 +68,8 @@ pub(super) async fn list_queues(state: web::Data<AppState>) -> Result<HttpRespon
             QueueInfo {
                 declared: declared.is_some(),
                 paused: view.paused.get(&name).copied().unwrap_or(false),
-                depth: JobState::ALL
+                depth: UNFINISHED_STATES
                     .into_iter()
-                    .filter(|state| !state.is_finished())
                     .map(|state| {
                         (state, view.depths.get(&name).and_then(|states| states.get(&state)).copied().unwrap_or(0))
                     })

@@ -128,6 +128,18 @@ pub(super) fn queue_id(connection: &Connection) -> Result<std::sync::Arc<str>, S
     Ok(std::sync::Arc::from(id))
 }
 
+/// Runs a migration that holds its own transaction and version bump: on an error, what it
+/// began is rolled back, so that the file stays at the version before, never half of each.
+fn run_whole(connection: &Connection, migration: &str) -> Result<(), StorageError> {
+    if let Err(error) = connection.execute_batch(migration) {
+        if !connection.is_autocommit() {
+            drop(connection.execute_batch("ROLLBACK"));
+        }
+        return Err(error.into());
+    }
+    Ok(())
+}
+
 /// Brings the file at `path` to [`SCHEMA_VERSION`], one version at a time, and creates
 /// what is missing. A file of an unknown version is refused rather than misread.
 pub(super) fn migrate(connection: &Connection, path: &Path) -> Result<(), StorageError> {
@@ -144,22 +156,12 @@ pub(super) fn migrate(connection: &Connection, path: &Path) -> Result<(), Storag
         version = 3;
     }
     if has_jobs && version == 3 {
-        if let Err(error) = connection.execute_batch(MIGRATE_3_TO_4) {
-            if !connection.is_autocommit() {
-                drop(connection.execute_batch("ROLLBACK"));
-            }
-            return Err(error.into());
-        }
+        run_whole(connection, MIGRATE_3_TO_4)?;
         tracing::info!(path = %path.display(), "queue.db upgraded from schema version 3 to 4 (job envelopes)");
         version = 4;
     }
     if has_jobs && version == 4 {
-        if let Err(error) = connection.execute_batch(MIGRATE_4_TO_5) {
-            if !connection.is_autocommit() {
-                drop(connection.execute_batch("ROLLBACK"));
-            }
-            return Err(error.into());
-        }
+        run_whole(connection, MIGRATE_4_TO_5)?;
         tracing::info!(path = %path.display(), "queue.db upgraded from schema version 4 to 5 (named queues)");
         version = 5;
     }
